@@ -1,0 +1,1 @@
+"""The sandbox server: identity, catalogue, scenarios and grants, budget ledger, audit log."""

@@ -1,0 +1,556 @@
+"""Dataset catalogue: schema validation, all-or-nothing CSV import, versioned columnar storage.
+
+A dataset version is the SHA-256 of its canonical schema and stored column
+bytes, so the same CSV under the same schema always yields the same version.
+Rejection reasons and error details name lines, columns and counts, never a
+data value: the administrator's import error may end up in logs and replies.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, ImportReport, Level
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.storage import Database
+
+MAX_CSV_BYTES = 512 * 1024 * 1024  # decompressed
+MAX_CATEGORIES = 1000
+MAX_COLUMNS = 1000
+MAX_STRING_CHARS = 256  # string columns are stored fixed-width
+MAX_TEXT_CHARS = 2000  # descriptions and source
+REPORTED_REJECTIONS = 100
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_COLUMN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
+_VERSION_RE = re.compile(r"[0-9a-f]{64}")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NAN = float("nan")  # one shared object, so rows with missing values still deduplicate
+_BOUNDLESS_LEVELS = (Level.IDENTIFIER, Level.CORE)
+
+
+def _invalid_schema(detail: str) -> SandboxError:
+    return SandboxError(ErrorCode.INVALID_SCHEMA, public_detail=detail)
+
+
+def _invalid_csv(detail: str) -> SandboxError:
+    return SandboxError(ErrorCode.INVALID_CSV, public_detail=detail)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _validate_column(col: ColumnSchema) -> None:
+    where = f"column '{col.name}'"
+    if len(col.description) > MAX_TEXT_CHARS:
+        raise _invalid_schema(f"{where}: description longer than {MAX_TEXT_CHARS} characters")
+    has_bounds = col.lower is not None or col.upper is not None
+    if col.type is ColumnType.CATEGORICAL:
+        if has_bounds:
+            raise _invalid_schema(f"{where}: categorical columns take no bounds")
+        if not col.categories:
+            raise _invalid_schema(f"{where}: categorical columns must declare their categories")
+        if len(col.categories) > MAX_CATEGORIES:
+            raise _invalid_schema(f"{where}: more than {MAX_CATEGORIES} categories")
+        if len(set(col.categories)) != len(col.categories):
+            raise _invalid_schema(f"{where}: categories must be unique")
+        for cat in col.categories:
+            if not isinstance(cat, str) or not cat.strip() or cat != cat.strip() or len(cat) > MAX_STRING_CHARS:
+                raise _invalid_schema(f"{where}: categories must be non-empty text without surrounding spaces")
+        return
+    if col.categories:
+        raise _invalid_schema(f"{where}: only categorical columns declare categories")
+    if col.type is ColumnType.STRING:
+        if has_bounds:
+            raise _invalid_schema(f"{where}: string columns take no bounds")
+        return
+    if not has_bounds and col.level in _BOUNDLESS_LEVELS:
+        return
+    if col.lower is None or col.upper is None:
+        raise _invalid_schema(f"{where}: numeric {col.level.value} columns must declare lower and upper bounds")
+    if not (_is_number(col.lower) and _is_number(col.upper)):
+        raise _invalid_schema(f"{where}: bounds must be numbers")
+    if not (math.isfinite(col.lower) and math.isfinite(col.upper)) or not col.lower < col.upper:
+        raise _invalid_schema(f"{where}: bounds must be finite with lower < upper")
+
+
+def validate_schema(schema: DatasetSchema) -> None:
+    """Raise INVALID_SCHEMA unless the schema is complete and consistent."""
+    if not isinstance(schema.name, str) or not _NAME_RE.fullmatch(schema.name):
+        raise _invalid_schema("dataset name must match [a-z][a-z0-9_]{0,63}")
+    if len(schema.description) > MAX_TEXT_CHARS or len(schema.source) > MAX_TEXT_CHARS:
+        raise _invalid_schema(f"description and source are limited to {MAX_TEXT_CHARS} characters")
+    if not schema.columns:
+        raise _invalid_schema("a dataset needs at least one column")
+    if len(schema.columns) > MAX_COLUMNS:
+        raise _invalid_schema(f"more than {MAX_COLUMNS} columns")
+    seen: set[str] = set()
+    for index, col in enumerate(schema.columns, start=1):
+        if not isinstance(col.name, str) or not _COLUMN_RE.fullmatch(col.name):
+            raise _invalid_schema(f"column {index}: name must match [A-Za-z][A-Za-z0-9_-]{{0,63}}")
+        if not isinstance(col.type, ColumnType) or not isinstance(col.level, Level):
+            raise _invalid_schema(f"column '{col.name}': unknown type or level")
+        # Columns become file names, so names differing only in case would collide on some file systems.
+        if col.name.lower() in seen:
+            raise _invalid_schema(f"column '{col.name}' is declared twice (names are case-insensitive)")
+        seen.add(col.name.lower())
+        _validate_column(col)
+    if schema.max_rows_per_person < 0:
+        raise _invalid_schema("max_rows_per_person must not be negative")
+    if schema.person_key:
+        key = schema.column(schema.person_key)
+        if key is None:
+            raise _invalid_schema(f"person_key '{schema.person_key}' is not a column")
+        if key.nullable:
+            raise _invalid_schema(f"person_key column '{key.name}' must not be nullable")
+        if schema.max_rows_per_person < 1:
+            raise _invalid_schema("person_key requires max_rows_per_person >= 1")
+    elif schema.max_rows_per_person:
+        raise _invalid_schema("max_rows_per_person requires a person_key")
+    if schema.partition_column:
+        part = schema.column(schema.partition_column)
+        if part is None:
+            raise _invalid_schema(f"partition_column '{schema.partition_column}' is not a column")
+        if part.type is not ColumnType.CATEGORICAL or part.nullable:
+            raise _invalid_schema(f"partition_column '{part.name}' must be a non-nullable categorical column")
+        if part.level not in (Level.OPEN, Level.INTERNAL):
+            raise _invalid_schema(f"partition_column '{part.name}' must be open or internal")
+        if part.name == schema.person_key:
+            raise _invalid_schema("partition_column and person_key must differ")
+
+
+def _schema_dict(schema: DatasetSchema) -> dict[str, object]:
+    return {
+        "name": schema.name,
+        "description": schema.description,
+        "source": schema.source,
+        "person_key": schema.person_key,
+        "max_rows_per_person": schema.max_rows_per_person,
+        "partition_column": schema.partition_column,
+        "columns": [
+            {
+                "name": c.name,
+                "type": c.type.value,
+                "level": c.level.value,
+                "nullable": c.nullable,
+                # Bounds are always floats so that 17 and 17.0 hash the same.
+                "lower": None if c.lower is None else float(c.lower),
+                "upper": None if c.upper is None else float(c.upper),
+                "categories": list(c.categories),
+                "description": c.description,
+            }
+            for c in schema.columns
+        ],
+    }
+
+
+def schema_to_json(schema: DatasetSchema) -> str:
+    """Canonical JSON of a schema (sorted keys, compact, ASCII): what is stored and hashed."""
+    return json.dumps(_schema_dict(schema), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def schema_from_json(text: str) -> DatasetSchema:
+    """Parse JSON made by :func:`schema_to_json`; INVALID_SCHEMA if it is malformed."""
+    try:
+        d = json.loads(text)
+        columns = tuple(
+            ColumnSchema(
+                name=str(c["name"]),
+                type=ColumnType(c["type"]),
+                level=Level(c["level"]),
+                nullable=bool(c.get("nullable", False)),
+                lower=None if c.get("lower") is None else float(c["lower"]),
+                upper=None if c.get("upper") is None else float(c["upper"]),
+                categories=tuple(str(x) for x in c.get("categories", ())),
+                description=str(c.get("description", "")),
+            )
+            for c in d["columns"]
+        )
+        return DatasetSchema(
+            name=str(d["name"]),
+            columns=columns,
+            description=str(d.get("description", "")),
+            person_key=str(d.get("person_key", "")),
+            max_rows_per_person=int(d.get("max_rows_per_person", 0)),
+            partition_column=str(d.get("partition_column", "")),
+            source=str(d.get("source", "")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SandboxError(ErrorCode.INVALID_SCHEMA, "stored schema is malformed", log_detail=repr(exc)) from exc
+
+
+def _decode(csv_bytes: bytes) -> str:
+    if csv_bytes[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(csv_bytes)) as gz:
+                csv_bytes = gz.read(MAX_CSV_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SandboxError(ErrorCode.INVALID_CSV, "not a valid gzip stream", log_detail=repr(exc)) from exc
+    if len(csv_bytes) > MAX_CSV_BYTES:
+        raise _invalid_csv(f"CSV larger than {MAX_CSV_BYTES // (1024 * 1024)} MiB")
+    try:
+        return csv_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _invalid_csv(f"not valid UTF-8 (byte offset {exc.start})") from None
+
+
+def _read_records(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (first line, fields) of every non-blank record."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []
+    header: list[str] | None = None
+    last = 0
+    try:
+        for row in reader:
+            start, last = last + 1, reader.line_num
+            if not row:
+                continue
+            if header is None:
+                header = row
+            else:
+                records.append((start, row))
+    except csv.Error:
+        raise _invalid_csv(f"malformed CSV near line {reader.line_num}") from None
+    if header is None:
+        raise _invalid_csv("empty CSV: no header")
+    return header, records
+
+
+def _check_header(schema: DatasetSchema, header: list[str]) -> None:
+    # Only identifier-like names are echoed: a header-less file would otherwise echo its first row.
+    counts = Counter(header)
+    dupes = sorted(h for h, n in counts.items() if n > 1 and _COLUMN_RE.fullmatch(h))
+    if len(counts) != len(header):
+        raise _invalid_csv("duplicate header column(s)" + (f": {', '.join(map(repr, dupes))}" if dupes else ""))
+    names = {c.name for c in schema.columns}
+    unknown = [
+        f"'{h}'" if _COLUMN_RE.fullmatch(h) else f"header field {i}" for i, h in enumerate(header, 1) if h not in names
+    ]
+    missing = [f"'{c.name}'" for c in schema.columns if c.name not in header]
+    problems = []
+    if unknown:
+        problems.append("unknown column(s): " + ", ".join(unknown[:10]))
+    if missing:
+        problems.append("missing column(s): " + ", ".join(missing[:10]))
+    if problems:
+        raise _invalid_csv("; ".join(problems))
+
+
+def _parse_column(col: ColumnSchema, raw: Sequence[str]) -> tuple[list[object], dict[int, str]]:
+    """Parsed values (placeholders where bad) and {row index: reason}; reasons never quote the value."""
+    out: list[object] = []
+    bad: dict[int, str] = {}
+    kind = col.type
+    missing_value: object = "" if kind is ColumnType.STRING else (-1 if kind is ColumnType.CATEGORICAL else _NAN)
+    codes = {c: i for i, c in enumerate(col.categories)}
+    for i, v in enumerate(raw):
+        t = v if kind is ColumnType.STRING else v.strip()
+        if not t:
+            if not col.nullable:
+                bad[i] = "empty value in a non-nullable column"
+            out.append(missing_value)
+            continue
+        if kind is ColumnType.CATEGORICAL:
+            code = codes.get(t)
+            if code is None:
+                bad[i] = "not one of the declared categories"
+                code = -1
+            out.append(code)
+        elif kind is ColumnType.STRING:
+            if len(t) > MAX_STRING_CHARS:
+                bad[i] = f"longer than {MAX_STRING_CHARS} characters"
+            out.append(t)
+        elif not t.isascii() or "_" in t:  # int()/float() would accept non-ASCII digits and 1_000
+            bad[i] = "not an integer" if kind is ColumnType.INTEGER else "not a number"
+            out.append(0)
+        elif kind is ColumnType.FLOAT:
+            try:
+                f = float(t)
+            except ValueError:
+                f = _NAN
+            if not math.isfinite(f):
+                bad[i] = "not a finite number"
+                f = 0.0
+            out.append(f)
+        else:
+            n: int | None
+            try:
+                n = int(t)
+            except ValueError:
+                try:
+                    f = float(t)
+                except ValueError:
+                    f = _NAN
+                n = int(f) if math.isfinite(f) and f.is_integer() else None
+            if n is None:
+                bad[i] = "not an integer"
+                n = 0
+            elif not _INT64_MIN <= n <= _INT64_MAX or (col.nullable and abs(n) > 2**53):
+                bad[i] = "integer out of range"
+                n = 0
+            out.append(float(n) if col.nullable else n)
+    return out, bad
+
+
+def _to_array(col: ColumnSchema, values: list[object]) -> np.ndarray:
+    if col.type is ColumnType.INTEGER:
+        return np.array(values, dtype=np.float64 if col.nullable else np.int64)
+    if col.type is ColumnType.FLOAT:
+        return np.array(values, dtype=np.float64)
+    if col.type is ColumnType.CATEGORICAL:
+        return np.array(values, dtype=np.int16 if len(col.categories) < 2**15 else np.int32)
+    width = max([1, *map(len, values)])  # type: ignore[arg-type]
+    return np.array(values, dtype=f"<U{width}")
+
+
+def _content_version(schema_json: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(schema_json.encode("utf-8"))
+    for col in schema.columns:
+        arr = np.ascontiguousarray(arrays[col.name])
+        raw = arr.tobytes()
+        h.update(f"\n{col.name}\0{arr.dtype.str}\0{arr.shape}\0{len(raw)}\n".encode())
+        h.update(raw)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_dataset(target: Path, schema_json: str, arrays: dict[str, np.ndarray]) -> None:
+    target.mkdir(mode=0o700)
+    files = [(f"{name}.npy", arr) for name, arr in arrays.items()] + [("schema.json", schema_json)]
+    for filename, content in files:
+        path = target / filename
+        with open(path, "xb") as f:
+            if isinstance(content, str):
+                f.write(content.encode("utf-8"))
+            else:
+                np.save(f, content, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(path, 0o444)
+    _fsync_dir(target)
+
+
+def _exists(conn: sqlite3.Connection, name: str, version: str) -> bool:
+    row = conn.execute("SELECT 1 FROM datasets WHERE name = ? AND version = ?", (name, version)).fetchone()
+    return row is not None
+
+
+def _already_exists(name: str) -> SandboxError:
+    return SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
+
+
+def import_csv(
+    db: Database,
+    data_dir: Path,
+    schema: DatasetSchema,
+    csv_bytes: bytes,
+    *,
+    imported_by: str,
+    max_rejected: int = 0,
+    dry_run: bool = False,
+    now_ms: int,
+    conn: sqlite3.Connection | None = None,
+) -> ImportReport:
+    """Validate a (possibly gzipped) CSV against ``schema`` and store it as a new dataset version.
+
+    All or nothing: on any error no row and no directory is left behind. With
+    ``conn`` the catalogue row is inserted in the caller's open write transaction.
+    """
+    validate_schema(schema)
+    if max_rejected < 0:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "max_rejected must not be negative")
+    header, records = _read_records(_decode(csv_bytes))
+    _check_header(schema, header)
+    if not records:
+        raise _invalid_csv("no data rows after the header")
+
+    width = len(header)
+    rejected: dict[int, tuple[str, str]] = {}  # line -> (column, reason)
+    good: list[tuple[int, list[str]]] = []
+    for line, row in records:
+        if len(row) == width:
+            good.append((line, row))
+        else:
+            rejected[line] = ("", f"expected {width} fields, found {len(row)}")
+    lines = [line for line, _ in good]
+    raw_columns = list(zip(*(row for _, row in good))) if good else [() for _ in header]
+    position = {h: i for i, h in enumerate(header)}
+    parsed: dict[str, list[object]] = {}
+    bad_rows: dict[int, tuple[str, str]] = {}
+    for name in header:  # the header holds exactly the schema's columns
+        col = schema.column(name)
+        assert col is not None
+        parsed[name], bad = _parse_column(col, raw_columns[position[name]])
+        for i, reason in bad.items():
+            bad_rows.setdefault(i, (name, reason))  # first bad field of a row, left to right in the file
+
+    ordered = [parsed[c.name] for c in schema.columns]
+    seen: set[tuple[object, ...]] = set()
+    keep: list[int] = []
+    duplicates = 0
+    for i, key in enumerate(zip(*ordered)):
+        if i in bad_rows:
+            rejected[lines[i]] = bad_rows[i]
+        elif key in seen:
+            duplicates += 1
+        else:
+            seen.add(key)
+            keep.append(i)
+
+    if schema.person_key:
+        per_person: Counter[object] = Counter()
+        key_values = parsed[schema.person_key]
+        kept = []
+        for i in keep:
+            per_person[key_values[i]] += 1
+            if per_person[key_values[i]] > schema.max_rows_per_person:
+                reason = f"more than {schema.max_rows_per_person} rows for one person"
+                rejected[lines[i]] = (schema.person_key, reason)
+            else:
+                kept.append(i)
+        keep = kept
+
+    rejections = tuple((line, *rejected[line]) for line in sorted(rejected))
+    if len(rejections) > max_rejected:
+        examples = "; ".join(
+            f"line {line}, column '{column}': {reason}" if column else f"line {line}: {reason}"
+            for line, column, reason in rejections[:3]
+        )
+        detail = f"{len(rejections)} rows rejected (limit {max_rejected}); first: {examples}"
+        raise SandboxError(ErrorCode.ROWS_REJECTED, public_detail=detail)
+    if not keep:
+        raise _invalid_csv("no rows left to import")
+
+    index = np.asarray(keep, dtype=np.int64)
+    whole = len(keep) == len(lines)
+    arrays = {}
+    for col in schema.columns:
+        arr = _to_array(col, parsed[col.name])
+        arrays[col.name] = arr if whole else arr[index]
+    schema_json = schema_to_json(schema)
+    version = _content_version(schema_json, schema, arrays)
+    info = DatasetInfo(schema=schema, version=version, row_count=len(keep), imported_at_ms=now_ms)
+    report = ImportReport(
+        info=info,
+        rows_imported=len(keep),
+        duplicates_dropped=duplicates,
+        rejected=rejections[:REPORTED_REJECTIONS],
+        rejected_count=len(rejections),
+    )
+    if _exists(conn if conn is not None else db.connection(), schema.name, version):
+        raise _already_exists(schema.name)
+    if dry_run:
+        return report
+
+    parent = Path(data_dir) / "datasets" / schema.name
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / version
+    tmp = parent / f".tmp-{version[:16]}-{secrets.token_hex(4)}"
+    renamed = False
+    try:
+        _write_dataset(tmp, schema_json, arrays)
+        with nullcontext(conn) if conn is not None else db.write() as c:
+            if _exists(c, schema.name, version):
+                raise _already_exists(schema.name)
+            # We hold the write lock, so a directory without a row is debris of a crashed import.
+            _remove_tree(final)
+            os.rename(tmp, final)
+            renamed = True
+            os.chmod(final, 0o555)
+            _fsync_dir(parent)
+            try:
+                c.execute(
+                    "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (schema.name, version, schema_json, len(keep), now_ms, imported_by),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _already_exists(schema.name) from exc
+    except BaseException:
+        if renamed:
+            _remove_tree(final)
+        raise
+    finally:
+        _remove_tree(tmp)
+    return report
+
+
+def _info_from_row(row: tuple[str, str, str, int, int]) -> DatasetInfo:
+    _, version, schema_json, row_count, imported_at_ms = row
+    return DatasetInfo(schema_from_json(schema_json), version, int(row_count), int(imported_at_ms))
+
+
+_SELECT = "SELECT name, version, schema_json, row_count, imported_at_ms FROM datasets"
+_LATEST = (
+    " WHERE rowid = (SELECT d2.rowid FROM datasets d2 WHERE d2.name = datasets.name"
+    " ORDER BY d2.imported_at_ms DESC, d2.rowid DESC LIMIT 1)"
+)
+
+
+def list_catalogue(conn: sqlite3.Connection) -> list[DatasetInfo]:
+    """The latest version of every dataset, sorted by name."""
+    return [_info_from_row(r) for r in conn.execute(_SELECT + _LATEST + " ORDER BY name")]
+
+
+def get_dataset(conn: sqlite3.Connection, name: str, version: str = "") -> DatasetInfo:
+    """The given version of a dataset, or its latest; NOT_FOUND if there is none."""
+    if version:
+        row = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, version)).fetchone()
+    else:
+        row = conn.execute(_SELECT + _LATEST + " AND name = ?", (name,)).fetchone()
+    if row is None:
+        shown = f"dataset '{name}'" if _NAME_RE.fullmatch(name) else "dataset"
+        if version and _VERSION_RE.fullmatch(version):
+            shown += f" version {version}"
+        raise SandboxError(ErrorCode.NOT_FOUND, public_detail=shown)
+    return _info_from_row(row)
+
+
+def load_columns(data_dir: Path, info: DatasetInfo, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Memory-mapped, read-only arrays of the named columns of one dataset version."""
+    directory = Path(data_dir) / "datasets" / info.schema.name / info.version
+    result: dict[str, np.ndarray] = {}
+    for name in columns:
+        if info.schema.column(name) is None:
+            shown = f"'{name}'" if _COLUMN_RE.fullmatch(name) else "requested"
+            raise SandboxError(ErrorCode.NOT_FOUND, public_detail=f"column {shown} in dataset '{info.schema.name}'")
+        path = directory / f"{name}.npy"
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise SandboxError(ErrorCode.INTERNAL, log_detail=f"cannot load {path}: {exc!r}") from exc
+        if arr.shape != (info.row_count,):
+            raise SandboxError(ErrorCode.INTERNAL, log_detail=f"{path} has shape {arr.shape}, expected {info.row_count}")
+        result[name] = arr
+    return result

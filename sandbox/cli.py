@@ -1,0 +1,115 @@
+"""The ``sandbox`` command: init a data directory, serve it, verify and export its audit log offline."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from sandbox import audit
+from sandbox.config import load_config
+from sandbox.datadir import init_data_dir
+
+app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False)
+audit_app = typer.Typer(help="Work with the audit log of a data directory, offline.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def init(
+    data_dir: Path = typer.Argument(..., help="Directory to create (must be empty or absent)."),
+    admin_name: str = typer.Option("Administrator", help="Name of the first administrator."),
+    organisation: str = typer.Option("City data bureau", help="Organisation of the first administrator."),
+) -> None:
+    """Create a data directory: database, CA and server certificate, audit key, first administrator."""
+    try:
+        result = init_data_dir(data_dir, admin_name=admin_name, organisation=organisation)
+    except FileExistsError:
+        err.print(f"[red]refusing to initialise:[/] {data_dir} is not empty")
+        raise typer.Exit(1)
+    cfg = result.config
+    console.print(f"Initialised sandbox in [bold]{cfg.data_dir}[/]")
+    console.print(f"  CA certificate      {cfg.ca_cert}")
+    console.print(f"  first administrator {result.admin.id} ({result.admin.name})")
+    console.print(f"  administrator key   {result.admin_key_path}  [dim](mode 0600; move it to the administrator)[/]")
+    console.print(f"Start it with: sandbox serve {data_dir}")
+
+
+@app.command()
+def serve(
+    data_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="An initialised data directory."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on (0 picks a free one)."),
+    host: Optional[str] = typer.Option(None, help="Address to bind."),
+    reflection: Optional[bool] = typer.Option(None, "--reflection/--no-reflection", help="Serve gRPC reflection."),
+) -> None:
+    """Run the TLS gRPC server until SIGTERM or Ctrl-C."""
+    from sandbox.server import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = load_config(data_dir, flags={"port": port, "host": host, "reflection": reflection})
+    except ValueError as exc:
+        err.print(f"[red]bad configuration:[/] {exc}")
+        raise typer.Exit(2)
+
+    def ready(running) -> None:  # type: ignore[no-untyped-def]
+        print(f"sandbox listening on {cfg.host}:{running.port}", flush=True)
+
+    serve_forever(cfg, on_ready=ready)
+    print("sandbox stopped", flush=True)
+
+
+def _open(data_dir: Path) -> tuple[sqlite3.Connection, bytes]:
+    cfg = load_config(data_dir, environ={})
+    if not cfg.db_path.exists():
+        err.print(f"[red]no sandbox database in[/] {data_dir}")
+        raise typer.Exit(2)
+    conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True)
+    public_key = bytes.fromhex(cfg.audit_public_key.read_text().strip())
+    return conn, public_key
+
+
+@audit_app.command("verify")
+def audit_verify(
+    data_dir: Path = typer.Argument(..., help="The data directory."),
+    public_key: Optional[str] = typer.Option(None, help="Audit public key (hex) to trust instead of the stored one."),
+) -> None:
+    """Recompute the hash chain and check the signed checkpoints; name the first bad entry."""
+    conn, stored_key = _open(data_dir)
+    report = audit.verify(conn, bytes.fromhex(public_key) if public_key else stored_key)
+    if report.ok:
+        console.print(f"[green]audit log OK[/]: {report.entries} entries, {report.checkpoints} signed checkpoints"
+                      f" ({report.unsigned_tail} entries after the last checkpoint)")
+        return
+    console.print(f"[red]audit log BROKEN[/] at entry {report.first_bad_seq}: {report.reason}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    data_dir: Path = typer.Argument(..., help="The data directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> None:
+    """Write the audit log as JSON Lines."""
+    conn, _ = _open(data_dir)
+    if out is None:
+        audit.export_jsonl(conn, sys.stdout)
+        return
+    with out.open("w", encoding="utf-8") as fh:
+        n = audit.export_jsonl(conn, fh)
+    err.print(f"wrote {n} audit entries to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

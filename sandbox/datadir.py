@@ -1,0 +1,112 @@
+"""``sandbox init``: create a data directory with its database, TLS material and keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sandbox import principals
+from sandbox.config import CONFIG_FILE, ServerConfig
+from sandbox.domain import Principal, Role
+from sandbox.identity import public_key_bytes, write_private_key
+from sandbox.storage import Database
+
+CERT_DAYS = 825
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config: ServerConfig
+    admin: Principal
+    admin_key_path: Path
+
+
+def _write_pem_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+def _make_tls(tls_dir: Path) -> None:
+    """A CA (ECDSA P-256) and a server certificate for localhost and 127.0.0.1 signed by it."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sandbox CA"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Data sandbox")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls_dir.mkdir(mode=0o700)
+    (tls_dir / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_pem_key(tls_dir / "ca.key", ca_key)
+    (tls_dir / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    _write_pem_key(tls_dir / "server.key", server_key)
+
+
+def init_data_dir(
+    data_dir: Path, *, admin_name: str = "Administrator", organisation: str = "City data bureau"
+) -> InitResult:
+    """Create everything ``sandbox serve`` needs. Refuses a non-empty directory."""
+    data_dir = Path(data_dir)
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise FileExistsError("data directory is not empty")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = ServerConfig(data_dir=data_dir.resolve())
+    _make_tls(data_dir / "tls")
+    keys = data_dir / "keys"
+    keys.mkdir(mode=0o700)
+    audit_key = Ed25519PrivateKey.generate()
+    write_private_key(config.audit_key, audit_key)
+    config.audit_public_key.write_bytes(public_key_bytes(audit_key.public_key()).hex().encode() + b"\n")
+    admin_key = Ed25519PrivateKey.generate()
+    admin_key_path = keys / "admin.key"
+    write_private_key(admin_key_path, admin_key)
+    (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
+    config.datasets_dir.mkdir(mode=0o700)
+    (data_dir / CONFIG_FILE).write_text(
+        "# Sandbox server settings; SANDBOX_<NAME> environment variables and flags override them.\n"
+        'host = "127.0.0.1"\nport = 50051\nreflection = true\nclock_skew_seconds = 300\n'
+        "max_message_bytes = 67108864\n"
+    )
+    db = Database.create(config.db_path)
+    try:
+        with db.write() as conn:
+            admin = principals.enrol(conn, name=admin_name, organisation=organisation, roles=frozenset({Role.ADMIN}),
+                                     public_key=public_key_bytes(admin_key.public_key()), enrolled_by=None,
+                                     now_ms=int(time.time() * 1000))
+    finally:
+        db.close()
+    return InitResult(config, admin, admin_key_path)

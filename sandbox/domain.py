@@ -1,0 +1,236 @@
+"""Domain types: frozen dataclasses the server's logic works with (protobuf stops at serde)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(str, enum.Enum):
+    ADMIN = "admin"
+    APPLICANT = "applicant"
+    RESEARCHER = "researcher"
+    AUDITOR = "auditor"
+
+
+class PrincipalStatus(str, enum.Enum):
+    ACTIVE = "active"
+    PENDING = "pending"
+    SUSPENDED = "suspended"
+
+
+class Kind(str, enum.Enum):
+    DP_QUERY = "DP_QUERY"
+    HE_SCORING = "HE_SCORING"
+    FL_TRAINING = "FL_TRAINING"
+
+
+class Level(str, enum.Enum):
+    """Classification level of a column (分类分级), from least to most restricted use."""
+
+    IDENTIFIER = "identifier"
+    OPEN = "open"
+    INTERNAL = "internal"
+    SENSITIVE = "sensitive"
+    CORE = "core"
+
+
+class ColumnType(str, enum.Enum):
+    INTEGER = "integer"
+    FLOAT = "float"
+    CATEGORICAL = "categorical"
+    STRING = "string"
+
+
+class ScenarioStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    name: str
+    organisation: str
+    roles: frozenset[Role]
+    public_key: bytes
+    status: PrincipalStatus
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class ColumnSchema:
+    name: str
+    type: ColumnType
+    level: Level
+    nullable: bool = False
+    lower: float | None = None
+    upper: float | None = None
+    categories: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in (ColumnType.INTEGER, ColumnType.FLOAT)
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    name: str
+    columns: tuple[ColumnSchema, ...]
+    description: str = ""
+    person_key: str = ""
+    max_rows_per_person: int = 0
+    partition_column: str = ""
+    source: str = ""
+
+    def column(self, name: str) -> ColumnSchema | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    schema: DatasetSchema
+    version: str
+    row_count: int
+    imported_at_ms: int
+
+    @property
+    def approx_rows(self) -> int:
+        """The row count rounded to two significant digits: the catalogue never shows the exact count."""
+        return round_to_significant(self.row_count, 2)
+
+
+def round_to_significant(n: int, digits: int) -> int:
+    if n <= 0:
+        return 0
+    scale = 10 ** max(len(str(n)) - digits, 0)
+    return ((n + scale // 2) // scale) * scale
+
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    name: str
+    version: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An exact privacy budget: epsilon in 1e-9 units, delta in 1e-18 units."""
+
+    epsilon_nano: int = 0
+    delta_atto: int = 0
+
+
+@dataclass(frozen=True)
+class Application:
+    title: str
+    purpose: str
+    legal_basis: str
+    kind: Kind
+    datasets: tuple[DatasetSelection, ...]
+    model_hash: str
+    budget: Budget
+    max_epsilon_per_call_nano: int
+    valid_from_ms: int
+    valid_until_ms: int
+    quota: int
+
+
+@dataclass(frozen=True)
+class GrantTerms:
+    scenario_id: str
+    grantee_id: str
+    grantee_public_key: bytes
+    kind: Kind
+    datasets: tuple[DatasetSelection, ...]
+    model_hash: str
+    budget: Budget
+    max_epsilon_per_call_nano: int
+    not_before_ms: int
+    not_after_ms: int
+    quota: int
+    approver_id: str
+    approver_public_key: bytes
+    issued_at_ms: int
+
+    def dataset(self, name: str) -> DatasetSelection | None:
+        for ds in self.datasets:
+            if ds.name == name:
+                return ds
+        return None
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    terms_bytes: bytes
+    signature: bytes
+    terms: GrantTerms
+    revoked_at_ms: int | None = None
+    revoke_reason: str = ""
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at_ms is not None
+
+
+@dataclass(frozen=True)
+class GrantUsage:
+    epsilon_spent_nano: int = 0
+    delta_spent_atto: int = 0
+    quota_used: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    applicant_id: str
+    application: Application
+    status: ScenarioStatus
+    decision_reason: str
+    created_at_ms: int
+    grant: Grant | None = None
+    usage: GrantUsage | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What the boundary knows about one RPC when it appends its audit entry."""
+
+    principal_id: str
+    method: str
+    status: str
+    error_code: str = ""
+    scenario_id: str = ""
+    grant_id: str = ""
+    epsilon_nano: int = 0
+    delta_atto: int = 0
+    request_sha256: str = ""
+    response_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time_ms: int
+    record: AuditRecord
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """Outcome of a dataset import (or of a dry run)."""
+
+    info: DatasetInfo
+    rows_imported: int
+    duplicates_dropped: int
+    rejected: tuple[tuple[int, str, str], ...] = field(default=())  # (line, column, reason), first 100
+    rejected_count: int = 0

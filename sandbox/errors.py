@@ -1,0 +1,109 @@
+"""One error base and one catalogue: each code maps to a gRPC status and a public message.
+
+The public message is all a caller ever sees. Internal detail (``log_detail``)
+goes to the server log only. ``public_detail`` is for facts the caller is
+entitled to and that contain no data value: a column *name*, a count, a limit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class ErrorCode(str, enum.Enum):
+    """Machine-readable error codes; they travel in the ``x-sandbox-error`` trailer."""
+
+    SIGNATURE_MISSING = "SIGNATURE_MISSING"
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"
+    CLOCK_SKEW = "CLOCK_SKEW"
+    NONCE_REPLAYED = "NONCE_REPLAYED"
+    UNKNOWN_PRINCIPAL = "UNKNOWN_PRINCIPAL"
+    PRINCIPAL_INACTIVE = "PRINCIPAL_INACTIVE"
+    WRONG_ROLE = "WRONG_ROLE"
+    NOT_GRANTEE = "NOT_GRANTEE"
+    GRANT_REVOKED = "GRANT_REVOKED"
+    GRANT_EXPIRED = "GRANT_EXPIRED"
+    GRANT_NOT_YET_VALID = "GRANT_NOT_YET_VALID"
+    OUTSIDE_GRANT = "OUTSIDE_GRANT"
+    COLUMN_CORE = "COLUMN_CORE"
+    COLUMN_NOT_NAMED = "COLUMN_NOT_NAMED"
+    COLUMN_LEVEL_FORBIDDEN = "COLUMN_LEVEL_FORBIDDEN"
+    SCENARIO_NOT_PENDING = "SCENARIO_NOT_PENDING"
+    SCENARIO_NOT_APPROVED = "SCENARIO_NOT_APPROVED"
+    PRINCIPAL_NOT_PENDING = "PRINCIPAL_NOT_PENDING"
+    GRANT_EXISTS = "GRANT_EXISTS"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_SCHEMA = "INVALID_SCHEMA"
+    INVALID_CSV = "INVALID_CSV"
+    ROWS_REJECTED = "ROWS_REJECTED"
+    INVALID_TERMS = "INVALID_TERMS"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    STORAGE_BUSY = "STORAGE_BUSY"
+    INTERNAL = "INTERNAL"
+
+
+_S = grpc.StatusCode
+
+#: code -> (gRPC status, public message). A test checks every code is here.
+CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
+    ErrorCode.SIGNATURE_MISSING: (_S.UNAUTHENTICATED, "request is not signed"),
+    ErrorCode.SIGNATURE_INVALID: (_S.UNAUTHENTICATED, "request signature is not valid"),
+    ErrorCode.CLOCK_SKEW: (_S.UNAUTHENTICATED, "request timestamp is outside the allowed clock window"),
+    ErrorCode.NONCE_REPLAYED: (_S.UNAUTHENTICATED, "request nonce was already used"),
+    ErrorCode.UNKNOWN_PRINCIPAL: (_S.UNAUTHENTICATED, "unknown principal"),
+    ErrorCode.PRINCIPAL_INACTIVE: (_S.PERMISSION_DENIED, "principal is not active"),
+    ErrorCode.WRONG_ROLE: (_S.PERMISSION_DENIED, "caller's role may not call this method"),
+    ErrorCode.NOT_GRANTEE: (_S.PERMISSION_DENIED, "caller is not the grantee of this grant"),
+    ErrorCode.GRANT_REVOKED: (_S.PERMISSION_DENIED, "grant has been revoked"),
+    ErrorCode.GRANT_EXPIRED: (_S.PERMISSION_DENIED, "grant has expired"),
+    ErrorCode.GRANT_NOT_YET_VALID: (_S.PERMISSION_DENIED, "grant is not valid yet"),
+    ErrorCode.OUTSIDE_GRANT: (_S.PERMISSION_DENIED, "request lies outside the grant"),
+    ErrorCode.COLUMN_CORE: (_S.PERMISSION_DENIED, "core columns may not be used in any scenario"),
+    ErrorCode.COLUMN_NOT_NAMED: (_S.PERMISSION_DENIED, "column must be named explicitly"),
+    ErrorCode.COLUMN_LEVEL_FORBIDDEN: (_S.PERMISSION_DENIED, "column level not allowed for this computation"),
+    ErrorCode.SCENARIO_NOT_PENDING: (_S.FAILED_PRECONDITION, "scenario is not pending review"),
+    ErrorCode.SCENARIO_NOT_APPROVED: (_S.FAILED_PRECONDITION, "scenario is not approved"),
+    ErrorCode.PRINCIPAL_NOT_PENDING: (_S.FAILED_PRECONDITION, "principal is not pending approval"),
+    ErrorCode.GRANT_EXISTS: (_S.ALREADY_EXISTS, "scenario already has a grant"),
+    ErrorCode.ALREADY_EXISTS: (_S.ALREADY_EXISTS, "already exists"),
+    ErrorCode.NOT_FOUND: (_S.NOT_FOUND, "not found"),
+    ErrorCode.INVALID_ARGUMENT: (_S.INVALID_ARGUMENT, "invalid argument"),
+    ErrorCode.INVALID_SCHEMA: (_S.INVALID_ARGUMENT, "invalid dataset schema"),
+    ErrorCode.INVALID_CSV: (_S.INVALID_ARGUMENT, "CSV does not match the schema"),
+    ErrorCode.ROWS_REJECTED: (_S.INVALID_ARGUMENT, "rows were rejected; nothing was imported"),
+    ErrorCode.INVALID_TERMS: (_S.INVALID_ARGUMENT, "grant terms do not match the application"),
+    ErrorCode.BUDGET_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "privacy budget exhausted"),
+    ErrorCode.QUOTA_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "quota exhausted"),
+    ErrorCode.MESSAGE_TOO_LARGE: (_S.RESOURCE_EXHAUSTED, "message too large"),
+    ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
+    ErrorCode.STORAGE_BUSY: (_S.UNAVAILABLE, "storage busy; try again"),
+    ErrorCode.INTERNAL: (_S.INTERNAL, "internal error"),
+}
+
+ERROR_TRAILER = "x-sandbox-error"
+
+
+class SandboxError(Exception):
+    """Base of every error the server turns into a gRPC status."""
+
+    def __init__(self, code: ErrorCode, public_detail: str = "", *, log_detail: str = "") -> None:
+        self.code = code
+        self.public_detail = public_detail
+        self.log_detail = log_detail
+        super().__init__(self.public_message)
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return CATALOGUE[self.code][0]
+
+    @property
+    def public_message(self) -> str:
+        base = CATALOGUE[self.code][1]
+        return f"{base}: {self.public_detail}" if self.public_detail else base

@@ -1,0 +1,145 @@
+"""Grants: administrators approve a scenario by signing its terms; anyone can verify them offline.
+
+The signature covers the exact serialised ``GrantTerms`` bytes, which are stored
+verbatim; ``verify_grant`` needs nothing but those bytes, the signature and the
+administrators' public keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+
+from sandbox import ledger, principals, serde
+from sandbox.domain import Application, Grant, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.identity import verify_signature
+
+_SELECT = "SELECT id, terms, signature, revoked_at_ms, revoke_reason FROM grants"
+
+
+def grant_id_for(terms_bytes: bytes) -> str:
+    return "g-" + hashlib.sha256(terms_bytes).hexdigest()[:32]
+
+
+def _row_to_grant(row: tuple) -> Grant:
+    gid, terms, sig, revoked_at, reason = row
+    return Grant(gid, bytes(terms), bytes(sig), serde.terms_from_bytes(bytes(terms)), revoked_at, reason)
+
+
+def get(conn: sqlite3.Connection, grant_id: str) -> Grant | None:
+    row = conn.execute(_SELECT + " WHERE id = ?", (grant_id,)).fetchone()
+    return _row_to_grant(row) if row else None
+
+
+def for_scenario(conn: sqlite3.Connection, scenario_id: str) -> Grant | None:
+    row = conn.execute(_SELECT + " WHERE scenario_id = ?", (scenario_id,)).fetchone()
+    return _row_to_grant(row) if row else None
+
+
+def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterable[bytes]) -> GrantTerms:
+    """Offline check: the terms were signed by one of these administrators. Returns the parsed terms."""
+    terms = serde.terms_from_bytes(terms_bytes)
+    keys = set(admin_public_keys)
+    if terms.approver_public_key not in keys or not verify_signature(terms.approver_public_key, signature, terms_bytes):
+        raise SandboxError(ErrorCode.INVALID_TERMS, "grant signature does not verify")
+    return terms
+
+
+def verify_stored(conn: sqlite3.Connection, grant: Grant) -> None:
+    """Re-check a stored grant's signature against its approver's enrolled key (defence against DB edits)."""
+    approver = principals.get(conn, grant.terms.approver_id)
+    if approver is None or approver.public_key != grant.terms.approver_public_key or Role.ADMIN not in approver.roles:
+        raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: approver unknown")
+    if not verify_signature(approver.public_key, grant.signature, grant.terms_bytes) or grant.id != grant_id_for(
+        grant.terms_bytes
+    ):
+        raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: stored signature does not verify")
+
+
+def check_terms_narrow(terms: GrantTerms, scenario: Scenario, app: Application, approver: Principal,
+                       applicant: Principal, now_ms: int, skew_ms: int) -> None:
+    """The signed terms may only narrow what was applied for."""
+    def bad(why: str) -> SandboxError:
+        return SandboxError(ErrorCode.INVALID_TERMS, why)
+
+    if terms.scenario_id != scenario.id:
+        raise bad("scenario id differs")
+    if terms.grantee_id != applicant.id or terms.grantee_public_key != applicant.public_key:
+        raise bad("grantee differs from the applicant")
+    if terms.approver_id != approver.id or terms.approver_public_key != approver.public_key:
+        raise bad("approver must be the caller")
+    if terms.kind is not app.kind:
+        raise bad("computation kind differs")
+    if terms.model_hash != app.model_hash:
+        raise bad("model differs")
+    if len(terms.datasets) != len({d.name for d in terms.datasets}) or not terms.datasets:
+        raise bad("datasets must be listed once each")
+    for sel in terms.datasets:
+        asked = next((a for a in app.datasets if a.name == sel.name), None)
+        if asked is None or asked.version != sel.version:
+            raise bad(f"dataset '{sel.name[:64]}' was not applied for at this version")
+        if not sel.columns or not set(sel.columns) <= set(asked.columns) or len(set(sel.columns)) != len(sel.columns):
+            raise bad(f"columns of '{sel.name}' must be a non-empty subset of those applied for")
+    if terms.budget.epsilon_nano > app.budget.epsilon_nano or terms.budget.delta_atto > app.budget.delta_atto:
+        raise bad("budget exceeds the application")
+    cap = app.max_epsilon_per_call_nano
+    if cap and not 0 < terms.max_epsilon_per_call_nano <= cap:
+        raise bad("per-call epsilon cap exceeds the application")
+    if terms.max_epsilon_per_call_nano > terms.budget.epsilon_nano:
+        raise bad("per-call epsilon cap exceeds the budget")
+    if not 0 < terms.quota <= app.quota:
+        raise bad("quota must be between 1 and the quota applied for")
+    if terms.not_before_ms < app.valid_from_ms or terms.not_after_ms > app.valid_until_ms:
+        raise bad("validity lies outside the application")
+    if terms.not_after_ms <= max(terms.not_before_ms, now_ms):
+        raise bad("validity has already ended")
+    if abs(terms.issued_at_ms - now_ms) > skew_ms:
+        raise bad("issue time is outside the clock window")
+
+
+def approve(
+    conn: sqlite3.Connection, scenario: Scenario, terms_bytes: bytes, signature: bytes, approver: Principal,
+    *, now_ms: int, skew_ms: int,
+) -> Grant:
+    """Store the signed grant and open its budget, in the caller's transaction."""
+    if for_scenario(conn, scenario.id) is not None:
+        raise SandboxError(ErrorCode.GRANT_EXISTS)
+    if scenario.status is not ScenarioStatus.PENDING:
+        raise SandboxError(ErrorCode.SCENARIO_NOT_PENDING)
+    terms = serde.terms_from_bytes(terms_bytes)
+    if not verify_signature(approver.public_key, signature, terms_bytes):
+        raise SandboxError(ErrorCode.INVALID_TERMS, "signature over the terms does not verify with your key")
+    applicant = principals.require(conn, scenario.applicant_id)
+    if applicant.status is not PrincipalStatus.ACTIVE:
+        raise SandboxError(ErrorCode.PRINCIPAL_INACTIVE, "applicant is not active")
+    check_terms_narrow(terms, scenario, scenario.application, approver, applicant, now_ms, skew_ms)
+    grant = Grant(grant_id_for(terms_bytes), terms_bytes, signature, terms)
+    try:
+        conn.execute(
+            "INSERT INTO grants (id, scenario_id, terms, signature, approver_id, issued_at_ms) VALUES (?,?,?,?,?,?)",
+            (grant.id, scenario.id, terms_bytes, signature, approver.id, now_ms),
+        )
+    except sqlite3.IntegrityError as exc:  # the UNIQUE(scenario_id) constraint is the real enforcement
+        raise SandboxError(ErrorCode.GRANT_EXISTS) from exc
+    ledger.open_budget(conn, grant.id, terms.budget, terms.quota)
+    conn.execute(
+        "UPDATE scenarios SET status = 'approved', decided_by = ?, decided_at_ms = ? WHERE id = ?",
+        (approver.id, now_ms, scenario.id),
+    )
+    return grant
+
+
+def revoke(conn: sqlite3.Connection, grant_id: str, reason: str, *, now_ms: int) -> Grant:
+    grant = get(conn, grant_id)
+    if grant is None:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no such grant")
+    if grant.revoked:
+        raise SandboxError(ErrorCode.SCENARIO_NOT_APPROVED, "grant is already revoked")
+    reason = (reason or "revoked by an administrator").strip()[:500]
+    conn.execute("UPDATE grants SET revoked_at_ms = ?, revoke_reason = ? WHERE id = ?", (now_ms, reason, grant_id))
+    conn.execute(
+        "UPDATE scenarios SET status = 'revoked', decision_reason = ? WHERE id = ?", (reason, grant.terms.scenario_id)
+    )
+    return get(conn, grant_id)  # type: ignore[return-value]

@@ -1,0 +1,142 @@
+"""Ed25519 identities and request signatures.
+
+A request is signed over ``sandbox.v1-request`` + method + timestamp + nonce +
+SHA-256 of the exact request bytes, newline-separated (see ``signing_payload``).
+The same construction lives in ``clients/signing.py``: the two must agree, and
+the integration tests exercise both.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sandbox.domain import Principal, PrincipalStatus
+from sandbox.errors import ErrorCode, SandboxError
+
+MD_PRINCIPAL = "x-sandbox-principal"
+MD_TIMESTAMP = "x-sandbox-timestamp"
+MD_NONCE = "x-sandbox-nonce"
+MD_SIGNATURE = "x-sandbox-signature"
+MD_PUBLIC_KEY = "x-sandbox-public-key"  # only on self-registration
+
+_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def principal_id_for(public_key: bytes) -> str:
+    """A principal's id is derived from its key, so an id can never be re-bound to another key."""
+    return "p-" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+def signing_payload(method: str, timestamp_ms: int, nonce: str, body_sha256: str) -> bytes:
+    return f"sandbox.v1-request\n{method}\n{timestamp_ms}\n{nonce}\n{body_sha256}".encode()
+
+
+def public_key_bytes(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def load_public_key(raw: bytes) -> Ed25519PublicKey:
+    if len(raw) != 32:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "public key must be a raw 32-byte Ed25519 key")
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "public key is not a valid Ed25519 key") from exc
+
+
+def verify_signature(public_key: bytes, signature: bytes, payload: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write a PKCS#8 PEM private key readable by its owner only (mode 0600 from creation)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+def read_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 private key")
+    return key
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    principal_id: str
+    timestamp_ms: int
+    nonce: str
+    signature: bytes
+    public_key: bytes  # only for self-registration
+
+
+def parse_headers(metadata: dict[str, str | bytes]) -> SignedHeaders:
+    """Read the signature headers; missing ones are SIGNATURE_MISSING, malformed ones SIGNATURE_INVALID."""
+    names = (MD_PRINCIPAL, MD_TIMESTAMP, MD_NONCE, MD_SIGNATURE)
+    if any(not metadata.get(n) for n in names):
+        raise SandboxError(ErrorCode.SIGNATURE_MISSING)
+    try:
+        timestamp_ms = int(str(metadata[MD_TIMESTAMP]))
+        signature = base64.b64decode(str(metadata[MD_SIGNATURE]), validate=True)
+        pk_text = metadata.get(MD_PUBLIC_KEY)
+        public_key = base64.b64decode(str(pk_text), validate=True) if pk_text else b""
+    except ValueError as exc:
+        raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="malformed signature headers") from exc
+    nonce = str(metadata[MD_NONCE])
+    if not _NONCE_RE.match(nonce) or len(signature) != 64:
+        raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="malformed nonce or signature")
+    return SignedHeaders(str(metadata[MD_PRINCIPAL]), timestamp_ms, nonce, signature, public_key)
+
+
+def check_request(
+    headers: SignedHeaders,
+    *,
+    method: str,
+    body_sha256: str,
+    public_key: bytes,
+    now_ms: int,
+    skew_ms: int,
+) -> None:
+    """Verify the signature, then the clock window. Raises SandboxError (UNAUTHENTICATED)."""
+    payload = signing_payload(method, headers.timestamp_ms, headers.nonce, body_sha256)
+    if not verify_signature(public_key, headers.signature, payload):
+        raise SandboxError(ErrorCode.SIGNATURE_INVALID)
+    if abs(now_ms - headers.timestamp_ms) > skew_ms:
+        raise SandboxError(ErrorCode.CLOCK_SKEW)
+
+
+def claim_nonce(conn: sqlite3.Connection, principal_id: str, nonce: str, timestamp_ms: int) -> None:
+    """Record a nonce inside the caller's transaction; a second use is a replay."""
+    try:
+        conn.execute(
+            "INSERT INTO nonces (principal_id, nonce, ts_ms) VALUES (?, ?, ?)", (principal_id, nonce, timestamp_ms)
+        )
+    except sqlite3.IntegrityError as exc:
+        raise SandboxError(ErrorCode.NONCE_REPLAYED) from exc
+
+
+def prune_nonces(conn: sqlite3.Connection, now_ms: int, skew_ms: int) -> int:
+    """Forget nonces whose timestamps can no longer pass the clock window anyway."""
+    cur = conn.execute("DELETE FROM nonces WHERE ts_ms < ?", (now_ms - 2 * skew_ms,))
+    return cur.rowcount
+
+
+def require_active(principal: Principal) -> None:
+    if principal.status is not PrincipalStatus.ACTIVE:
+        raise SandboxError(ErrorCode.PRINCIPAL_INACTIVE)

@@ -1,0 +1,173 @@
+"""The request boundary: authenticate, authorise by role, audit, and translate errors.
+
+Every ``sandbox.v1`` RPC goes through ``SigningInterceptor``. It receives the raw
+request bytes (so the signature is checked over exactly what was sent), verifies
+the Ed25519 signature and clock window before any handler runs, then runs the
+handler inside one write transaction together with the nonce claim and the
+audit entry: either all three commit, or nothing does and the caller gets
+UNAVAILABLE. Refused calls are audited in a transaction of their own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from sandbox import principals
+from sandbox.audit import AuditLog
+from sandbox.domain import AuditRecord, Principal, Role
+from sandbox.errors import ERROR_TRAILER, ErrorCode, SandboxError
+from sandbox.identity import (
+    check_request, claim_nonce, parse_headers, principal_id_for, prune_nonces, require_active,
+)
+from sandbox.storage import Database
+
+log = logging.getLogger("sandbox.rpc")
+
+#: Roles allowed per method; ``None`` means any active principal.
+MethodRoles = Mapping[str, frozenset[Role] | None]
+REGISTER_METHOD = "/sandbox.v1.ApplicantService/Register"
+PENDING_ALLOWED = frozenset({REGISTER_METHOD, "/sandbox.v1.ApplicantService/WhoAmI"})
+
+
+@dataclass
+class Call:
+    """The authenticated caller and the open transaction, for the duration of one handler."""
+
+    principal: Principal
+    conn: sqlite3.Connection
+    now_ms: int
+    scenario_id: str = ""
+    grant_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def annotate(self, *, scenario_id: str = "", grant_id: str = "") -> None:
+        self.scenario_id = scenario_id or self.scenario_id
+        self.grant_id = grant_id or self.grant_id
+
+
+_CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
+
+
+def current_call() -> Call:
+    return _CURRENT.get()
+
+
+class SigningInterceptor(grpc.ServerInterceptor):
+    def __init__(
+        self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._roles = method_roles
+        self._skew_ms = skew_ms
+        self._clock = clock
+        self._calls = 0
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method: str = handler_call_details.method
+        if not method.startswith("/sandbox.v1."):
+            return continuation(handler_call_details)  # health and reflection: public, reveal no data
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary is None:
+            raise RuntimeError(f"{method}: only unary sandbox.v1 methods are supported by the boundary")
+        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
+
+        def behaviour(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            return self._handle(method, handler, metadata, raw, context)
+
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=None, response_serializer=None)
+
+    def _handle(self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        now_ms = int(self._clock() * 1000)
+        request_sha = hashlib.sha256(raw).hexdigest()
+        claimed = str(metadata.get("x-sandbox-principal", ""))[:64]
+        call: Call | None = None
+        try:
+            principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
+            allowed = self._roles.get(method, frozenset())
+            if allowed is not None and not (principal.roles & allowed):
+                raise SandboxError(ErrorCode.WRONG_ROLE)
+            try:
+                request = handler.request_deserializer(raw)
+            except DecodeError as exc:
+                raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+            with self._db.write() as conn:
+                claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
+                call = Call(principal, conn, now_ms)
+                token = _CURRENT.set(call)
+                try:
+                    response = handler.unary_unary(request, context)
+                finally:
+                    _CURRENT.reset(token)
+                body: bytes = handler.response_serializer(response)
+                self._audit.append(conn, AuditRecord(
+                    principal.id, method, "OK", "", call.scenario_id, call.grant_id, 0, 0,
+                    request_sha, hashlib.sha256(body).hexdigest()))
+                self._maybe_prune(conn, now_ms)
+            log.info("%s principal=%s status=OK", method, principal.id)
+            return body
+        except SandboxError as exc:
+            self._refuse(context, method, claimed, request_sha, exc, call)
+        except Exception:  # never let an internal detail reach the caller
+            log.exception("%s principal=%s failed", method, claimed)
+            self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _authenticate(
+        self, method: str, metadata: dict, raw: bytes, request_sha: str, now_ms: int
+    ) -> tuple[Principal, Any]:
+        headers = parse_headers(metadata)
+        if method == REGISTER_METHOD and headers.public_key:
+            if headers.principal_id != principal_id_for(headers.public_key):
+                raise SandboxError(ErrorCode.SIGNATURE_INVALID)
+            check_request(headers, method=method, body_sha256=request_sha, public_key=headers.public_key,
+                          now_ms=now_ms, skew_ms=self._skew_ms)
+            existing = principals.get(self._db.connection(), headers.principal_id)
+            if existing is not None:
+                raise SandboxError(ErrorCode.ALREADY_EXISTS, "a principal with this key is already enrolled")
+            return Principal(headers.principal_id, "", "", frozenset(), headers.public_key,
+                             principals.PrincipalStatus.PENDING, now_ms), headers
+        principal = principals.get(self._db.connection(), headers.principal_id)
+        if principal is None:
+            raise SandboxError(ErrorCode.UNKNOWN_PRINCIPAL)
+        check_request(headers, method=method, body_sha256=request_sha, public_key=principal.public_key,
+                      now_ms=now_ms, skew_ms=self._skew_ms)
+        if method not in PENDING_ALLOWED:
+            require_active(principal)
+        return principal, headers
+
+    def _refuse(
+        self, context: grpc.ServicerContext, method: str, claimed: str, request_sha: str, exc: SandboxError,
+        call: Call | None,
+    ) -> None:
+        if exc.log_detail:
+            log.warning("%s principal=%s refused %s (%s)", method, claimed, exc.code.value, exc.log_detail)
+        else:
+            log.info("%s principal=%s refused %s", method, claimed, exc.code.value)
+        try:
+            self._audit.append_alone(AuditRecord(
+                claimed, method, exc.status.name, exc.code.value,
+                call.scenario_id if call else "", call.grant_id if call else "", 0, 0, request_sha, ""))
+        except SandboxError as audit_exc:
+            log.error("%s: audit unavailable (%s)", method, audit_exc.log_detail)
+            exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)
+        context.set_trailing_metadata(((ERROR_TRAILER, exc.code.value),))
+        context.abort(exc.status, exc.public_message)
+
+    def _maybe_prune(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        self._calls += 1
+        if self._calls % 1000 == 0:
+            prune_nonces(conn, now_ms, self._skew_ms)

@@ -1,0 +1,109 @@
+"""Policy: which columns an application may name, and whether a call lies inside its grant.
+
+Every compute service calls ``check_call`` before any computation. It is the
+single place where "one scenario, one authorisation" is enforced at run time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sandbox import grants, ledger
+from sandbox.domain import ColumnSchema, DatasetSchema, Grant, Kind, Level, Principal
+from sandbox.errors import ErrorCode, SandboxError
+
+#: Levels each computation kind may touch at all (core never; identifier only as an HE lookup key).
+ALLOWED_LEVELS: dict[Kind, frozenset[Level]] = {
+    Kind.DP_QUERY: frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
+    Kind.HE_SCORING: frozenset({Level.IDENTIFIER, Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
+    Kind.FL_TRAINING: frozenset({Level.OPEN, Level.INTERNAL}),
+}
+#: What "*" in an application expands to: never sensitive, identifier or core columns.
+WILDCARD_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
+
+
+def check_column_use(kind: Kind, col: ColumnSchema) -> None:
+    if col.level is Level.CORE:
+        raise SandboxError(ErrorCode.COLUMN_CORE, f"column '{col.name}'")
+    if col.level not in ALLOWED_LEVELS[kind]:
+        raise SandboxError(ErrorCode.COLUMN_LEVEL_FORBIDDEN, f"column '{col.name}' ({col.level.value}) for {kind.value}")
+
+
+def resolve_columns(kind: Kind, schema: DatasetSchema, requested: Sequence[str]) -> tuple[str, ...]:
+    """Expand "*" and check each named column; return exact names in schema order."""
+    if not requested:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"no columns requested from '{schema.name}'")
+    wanted: set[str] = set()
+    for name in requested:
+        if name == "*":
+            wanted.update(c.name for c in schema.columns if c.level in WILDCARD_LEVELS)
+            continue
+        col = schema.column(name)
+        if col is None:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"unknown column '{name[:64]}' in '{schema.name}'")
+        check_column_use(kind, col)
+        wanted.add(name)
+    return tuple(c.name for c in schema.columns if c.name in wanted)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a compute call asks to touch."""
+
+    kind: Kind
+    dataset: str
+    dataset_version: str
+    columns: tuple[str, ...]
+    model_hash: str = ""
+
+
+@dataclass(frozen=True)
+class Authorised:
+    grant: Grant
+    budget: ledger.BudgetState
+
+
+def check_call(
+    conn: sqlite3.Connection, caller: Principal, grant_id: str, call: CallContext, *, now_ms: int,
+    schema: DatasetSchema | None = None,
+) -> Authorised:
+    """Refuse unless ``caller`` may make ``call`` under ``grant_id`` right now. Charges nothing."""
+    grant = grants.get(conn, grant_id)
+    # A grant that does not exist and one that is someone else's look the same: no existence oracle.
+    if grant is None or grant.terms.grantee_id != caller.id or grant.terms.grantee_public_key != caller.public_key:
+        raise SandboxError(ErrorCode.NOT_GRANTEE)
+    grants.verify_stored(conn, grant)
+    terms = grant.terms
+    if grant.revoked:
+        raise SandboxError(ErrorCode.GRANT_REVOKED)
+    if now_ms < terms.not_before_ms:
+        raise SandboxError(ErrorCode.GRANT_NOT_YET_VALID)
+    if now_ms >= terms.not_after_ms:
+        raise SandboxError(ErrorCode.GRANT_EXPIRED)
+    if call.kind is not terms.kind:
+        raise SandboxError(ErrorCode.OUTSIDE_GRANT, f"grant is for {terms.kind.value}")
+    selection = terms.dataset(call.dataset)
+    if selection is None:
+        raise SandboxError(ErrorCode.OUTSIDE_GRANT, "dataset not in grant")
+    if call.dataset_version and call.dataset_version != selection.version:
+        raise SandboxError(ErrorCode.OUTSIDE_GRANT, "dataset version not in grant")
+    granted = set(selection.columns)
+    for name in call.columns:
+        if name in granted:
+            continue
+        col = schema.column(name) if schema is not None else None
+        if col is not None and col.level is Level.CORE:
+            raise SandboxError(ErrorCode.COLUMN_CORE, f"column '{name}'")
+        if col is not None and col.level in (Level.SENSITIVE, Level.IDENTIFIER):
+            raise SandboxError(ErrorCode.COLUMN_NOT_NAMED, f"column '{name}' is not named in the grant")
+        raise SandboxError(ErrorCode.OUTSIDE_GRANT, f"column '{name[:64]}' not in grant")
+    if terms.model_hash and call.model_hash != terms.model_hash:
+        raise SandboxError(ErrorCode.OUTSIDE_GRANT, "model is not the granted one")
+    state = ledger.budget_state(conn, grant.id)
+    if state.quota_remaining <= 0:
+        raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"0 of {state.quota_cap} remain")
+    if terms.kind is not Kind.HE_SCORING and state.remaining.epsilon_nano <= 0:
+        raise SandboxError(ErrorCode.BUDGET_EXHAUSTED, "remaining epsilon 0")
+    return Authorised(grant, state)

@@ -1,0 +1,104 @@
+"""Principals: enrolment by an administrator, self-registration, approval, suspension."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sandbox.domain import Principal, PrincipalStatus, Role
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.identity import load_public_key, principal_id_for
+
+_MAX_TEXT = 200
+
+
+def _row_to_principal(row: tuple) -> Principal:
+    pid, name, org, roles, pk, status, created = row
+    return Principal(pid, name, org, frozenset(Role(r) for r in roles.split(",") if r), bytes(pk),
+                     PrincipalStatus(status), created)
+
+
+_SELECT = "SELECT id, name, organisation, roles, public_key, status, created_at_ms FROM principals"
+
+
+def get(conn: sqlite3.Connection, principal_id: str) -> Principal | None:
+    row = conn.execute(_SELECT + " WHERE id = ?", (principal_id,)).fetchone()
+    return _row_to_principal(row) if row else None
+
+
+def require(conn: sqlite3.Connection, principal_id: str) -> Principal:
+    p = get(conn, principal_id)
+    if p is None:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no such principal")
+    return p
+
+
+def list_all(conn: sqlite3.Connection) -> list[Principal]:
+    return [_row_to_principal(r) for r in conn.execute(_SELECT + " ORDER BY created_at_ms, id")]
+
+
+def administrators(conn: sqlite3.Connection) -> list[Principal]:
+    return [p for p in list_all(conn) if Role.ADMIN in p.roles and p.status is PrincipalStatus.ACTIVE]
+
+
+def _check_text(value: str, what: str) -> str:
+    value = value.strip()
+    if not value or len(value) > _MAX_TEXT or any(ord(ch) < 32 for ch in value):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{what} must be 1 to {_MAX_TEXT} printable characters")
+    return value
+
+
+def _insert(
+    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
+    status: PrincipalStatus, by: str | None, now_ms: int,
+) -> Principal:
+    load_public_key(public_key)
+    if not roles:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "at least one role is required")
+    p = Principal(principal_id_for(public_key), _check_text(name, "name"), _check_text(organisation, "organisation"),
+                  roles, public_key, status, now_ms)
+    try:
+        conn.execute(
+            "INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms, enrolled_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (p.id, p.name, p.organisation, ",".join(sorted(r.value for r in roles)), public_key, status.value,
+             now_ms, by),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise SandboxError(ErrorCode.ALREADY_EXISTS, "a principal with this key is already enrolled") from exc
+    return p
+
+
+def enrol(
+    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
+    enrolled_by: str | None, now_ms: int,
+) -> Principal:
+    """An administrator enrols an active principal."""
+    return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
+                   status=PrincipalStatus.ACTIVE, by=enrolled_by, now_ms=now_ms)
+
+
+def register(
+    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes, now_ms: int
+) -> Principal:
+    """Self-registration: the principal exists but stays pending until an administrator approves it."""
+    if Role.ADMIN in roles:
+        raise SandboxError(ErrorCode.WRONG_ROLE, "administrators are enrolled, never self-registered")
+    return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
+                   status=PrincipalStatus.PENDING, by=None, now_ms=now_ms)
+
+
+def set_status(
+    conn: sqlite3.Connection, principal_id: str, status: PrincipalStatus, roles: frozenset[Role] | None = None
+) -> Principal:
+    p = require(conn, principal_id)
+    new_roles = roles if roles else p.roles
+    conn.execute("UPDATE principals SET status = ?, roles = ? WHERE id = ?",
+                 (status.value, ",".join(sorted(r.value for r in new_roles)), principal_id))
+    return require(conn, principal_id)
+
+
+def approve(conn: sqlite3.Connection, principal_id: str, roles: frozenset[Role]) -> Principal:
+    p = require(conn, principal_id)
+    if p.status is not PrincipalStatus.PENDING:
+        raise SandboxError(ErrorCode.PRINCIPAL_NOT_PENDING)
+    return set_status(conn, principal_id, PrincipalStatus.ACTIVE, roles)

@@ -1,0 +1,112 @@
+"""Scenarios: one application per scenario, reviewed once (approved with a grant, or rejected)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+
+from sandbox import catalogue, grants, ledger, policy, serde
+from sandbox.domain import (
+    Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
+)
+from sandbox.errors import ErrorCode, SandboxError
+
+MAX_DATASETS = 8
+MAX_TEXT = 4000
+MAX_VALIDITY_MS = 366 * 24 * 3600 * 1000
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+#: Which role may apply for which kind.
+KIND_ROLE = {Kind.DP_QUERY: Role.APPLICANT, Kind.HE_SCORING: Role.APPLICANT, Kind.FL_TRAINING: Role.RESEARCHER}
+
+_SELECT = "SELECT id, applicant_id, application, status, decision_reason, created_at_ms FROM scenarios"
+
+
+def _text(value: str, what: str) -> str:
+    value = value.strip()
+    if not value or len(value) > MAX_TEXT:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{what} must be 1 to {MAX_TEXT} characters")
+    return value
+
+
+def _load(conn: sqlite3.Connection, row: tuple) -> Scenario:
+    sid, applicant, app, status, reason, created = row
+    grant = grants.for_scenario(conn, sid)
+    usage = ledger.budget_state(conn, grant.id).usage if grant else None
+    return Scenario(sid, applicant, serde.application_from_bytes(bytes(app)), ScenarioStatus(status), reason,
+                    created, grant, usage)
+
+
+def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, now_ms: int) -> Scenario:
+    """Validate and resolve an application (versions pinned, columns exact), store it pending."""
+    if KIND_ROLE[app.kind] not in applicant.roles:
+        raise SandboxError(ErrorCode.WRONG_ROLE, f"{app.kind.value} needs the {KIND_ROLE[app.kind].value} role")
+    title, purpose, basis = _text(app.title, "title"), _text(app.purpose, "purpose"), _text(app.legal_basis, "legal basis")
+    if not app.datasets or len(app.datasets) > MAX_DATASETS:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"name 1 to {MAX_DATASETS} datasets")
+    if len({d.name for d in app.datasets}) != len(app.datasets):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "each dataset may be named once")
+    resolved = []
+    for sel in app.datasets:
+        info = catalogue.get_dataset(conn, sel.name, sel.version)
+        cols = policy.resolve_columns(app.kind, info.schema, sel.columns)
+        resolved.append(DatasetSelection(info.schema.name, info.version, cols))
+    needs_model = app.kind in (Kind.HE_SCORING, Kind.FL_TRAINING)
+    if (needs_model and not _HASH_RE.match(app.model_hash)) or (app.model_hash and not _HASH_RE.match(app.model_hash)):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "model_hash must be a SHA-256 hex digest" +
+                           (f"; {app.kind.value} requires one" if needs_model else ""))
+    if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
+    if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{app.kind.value} needs a positive epsilon budget")
+    if app.max_epsilon_per_call_nano > app.budget.epsilon_nano:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "per-call epsilon cap exceeds the budget")
+    if app.quota <= 0 or app.quota > 10**12:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "quota must be between 1 and 10^12")
+    valid_from = app.valid_from_ms or now_ms
+    if app.valid_until_ms <= max(valid_from, now_ms) or app.valid_until_ms - valid_from > MAX_VALIDITY_MS:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "validity must end in the future and last at most 366 days")
+    stored = Application(title, purpose, basis, app.kind, tuple(resolved), app.model_hash, app.budget,
+                         app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota)
+    sid = "s-" + secrets.token_hex(12)
+    conn.execute(
+        "INSERT INTO scenarios (id, applicant_id, application, status, created_at_ms) VALUES (?, ?, ?, 'pending', ?)",
+        (sid, applicant.id, serde.application_to_bytes(stored), now_ms),
+    )
+    return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)
+
+
+def _sees_all(viewer: Principal) -> bool:
+    return bool(viewer.roles & {Role.ADMIN, Role.AUDITOR})
+
+
+def get(conn: sqlite3.Connection, scenario_id: str, viewer: Principal) -> Scenario:
+    """A scenario, to its applicant or an administrator; to anyone else it does not exist."""
+    row = conn.execute(_SELECT + " WHERE id = ?", (scenario_id,)).fetchone()
+    if row is None or (row[1] != viewer.id and not _sees_all(viewer)):
+        raise SandboxError(ErrorCode.NOT_FOUND, "no such scenario")
+    return _load(conn, row)
+
+
+def list_for(conn: sqlite3.Connection, viewer: Principal) -> list[Scenario]:
+    if _sees_all(viewer):
+        rows = conn.execute(_SELECT + " ORDER BY created_at_ms, id").fetchall()
+    else:
+        rows = conn.execute(_SELECT + " WHERE applicant_id = ? ORDER BY created_at_ms, id", (viewer.id,)).fetchall()
+    return [_load(conn, r) for r in rows]
+
+
+def list_pending(conn: sqlite3.Connection) -> list[Scenario]:
+    rows = conn.execute(_SELECT + " WHERE status = 'pending' ORDER BY created_at_ms, id").fetchall()
+    return [_load(conn, r) for r in rows]
+
+
+def reject(conn: sqlite3.Connection, scenario_id: str, reason: str, admin: Principal, *, now_ms: int) -> Scenario:
+    scenario = get(conn, scenario_id, admin)
+    if scenario.status is not ScenarioStatus.PENDING:
+        raise SandboxError(ErrorCode.SCENARIO_NOT_PENDING)
+    conn.execute(
+        "UPDATE scenarios SET status = 'rejected', decision_reason = ?, decided_by = ?, decided_at_ms = ? WHERE id = ?",
+        (_text(reason, "reason")[:500], admin.id, now_ms, scenario_id),
+    )
+    return get(conn, scenario_id, admin)

@@ -1,0 +1,117 @@
+-- The sandbox's SQLite schema. Budgets are integers (nano-epsilon, atto-delta).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS principals (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    organisation  TEXT NOT NULL,
+    roles         TEXT NOT NULL,            -- comma-separated role names
+    public_key    BLOB NOT NULL UNIQUE,
+    status        TEXT NOT NULL CHECK (status IN ('active', 'pending', 'suspended')),
+    created_at_ms INTEGER NOT NULL,
+    enrolled_by   TEXT
+);
+
+CREATE TABLE IF NOT EXISTS nonces (
+    principal_id TEXT NOT NULL,
+    nonce        TEXT NOT NULL,
+    ts_ms        INTEGER NOT NULL,
+    PRIMARY KEY (principal_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts_ms);
+
+CREATE TABLE IF NOT EXISTS datasets (
+    name           TEXT NOT NULL,
+    version        TEXT NOT NULL,           -- SHA-256 of the stored content
+    schema_json    TEXT NOT NULL,
+    row_count      INTEGER NOT NULL,
+    imported_at_ms INTEGER NOT NULL,
+    imported_by    TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TRIGGER IF NOT EXISTS datasets_read_only BEFORE UPDATE ON datasets
+BEGIN SELECT RAISE(ABORT, 'datasets are read-only'); END;
+
+CREATE TABLE IF NOT EXISTS scenarios (
+    id               TEXT PRIMARY KEY,
+    applicant_id     TEXT NOT NULL REFERENCES principals (id),
+    application      BLOB NOT NULL,         -- serialised sandbox.v1.Application, resolved
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'revoked')),
+    decision_reason  TEXT NOT NULL DEFAULT '',
+    decided_by       TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    decided_at_ms    INTEGER
+);
+CREATE INDEX IF NOT EXISTS scenarios_status ON scenarios (status);
+
+-- One scenario, one authorisation: the UNIQUE constraint is the enforcement.
+CREATE TABLE IF NOT EXISTS grants (
+    id             TEXT PRIMARY KEY,
+    scenario_id    TEXT NOT NULL UNIQUE REFERENCES scenarios (id),
+    terms          BLOB NOT NULL,           -- serialised sandbox.v1.GrantTerms, as signed
+    signature      BLOB NOT NULL,
+    approver_id    TEXT NOT NULL REFERENCES principals (id),
+    issued_at_ms   INTEGER NOT NULL,
+    revoked_at_ms  INTEGER,
+    revoke_reason  TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS grants_terms_immutable BEFORE UPDATE OF id, scenario_id, terms, signature, approver_id, issued_at_ms ON grants
+BEGIN SELECT RAISE(ABORT, 'grant terms are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS grants_no_delete BEFORE DELETE ON grants
+BEGIN SELECT RAISE(ABORT, 'grants cannot be deleted'); END;
+
+CREATE TABLE IF NOT EXISTS budgets (
+    grant_id           TEXT PRIMARY KEY REFERENCES grants (id),
+    epsilon_cap_nano   INTEGER NOT NULL CHECK (epsilon_cap_nano >= 0),
+    epsilon_spent_nano INTEGER NOT NULL DEFAULT 0,
+    delta_cap_atto     INTEGER NOT NULL CHECK (delta_cap_atto >= 0),
+    delta_spent_atto   INTEGER NOT NULL DEFAULT 0,
+    quota_cap          INTEGER NOT NULL CHECK (quota_cap >= 0),
+    quota_used         INTEGER NOT NULL DEFAULT 0,
+    CHECK (epsilon_spent_nano BETWEEN 0 AND epsilon_cap_nano),
+    CHECK (delta_spent_atto BETWEEN 0 AND delta_cap_atto),
+    CHECK (quota_used BETWEEN 0 AND quota_cap)
+);
+CREATE TRIGGER IF NOT EXISTS budgets_never_refund BEFORE UPDATE ON budgets
+WHEN NEW.epsilon_spent_nano < OLD.epsilon_spent_nano
+  OR NEW.delta_spent_atto < OLD.delta_spent_atto
+  OR NEW.quota_used < OLD.quota_used
+  OR NEW.epsilon_cap_nano != OLD.epsilon_cap_nano
+  OR NEW.delta_cap_atto != OLD.delta_cap_atto
+  OR NEW.quota_cap != OLD.quota_cap
+BEGIN SELECT RAISE(ABORT, 'budgets only grow their spend'); END;
+
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq             INTEGER PRIMARY KEY,
+    time_ms         INTEGER NOT NULL,
+    principal_id    TEXT NOT NULL,
+    method          TEXT NOT NULL,
+    scenario_id     TEXT NOT NULL,
+    grant_id        TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    error_code      TEXT NOT NULL,
+    epsilon_nano    INTEGER NOT NULL,
+    delta_atto      INTEGER NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    response_sha256 TEXT NOT NULL,
+    prev_hash       TEXT NOT NULL,
+    entry_hash      TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq          INTEGER PRIMARY KEY,
+    head_hash    TEXT NOT NULL,
+    signed_at_ms INTEGER NOT NULL,
+    signature    BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;

@@ -1,0 +1,220 @@
+"""The only place that converts between protobuf messages and domain types (server side)."""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.message import DecodeError
+
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2
+from sandbox import domain as d
+from sandbox.errors import ErrorCode, SandboxError
+
+ROLE_TO_PB = {
+    d.Role.ADMIN: common_pb2.ROLE_ADMIN,
+    d.Role.APPLICANT: common_pb2.ROLE_APPLICANT,
+    d.Role.RESEARCHER: common_pb2.ROLE_RESEARCHER,
+    d.Role.AUDITOR: common_pb2.ROLE_AUDITOR,
+}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+STATUS_TO_PB = {
+    d.PrincipalStatus.ACTIVE: common_pb2.PRINCIPAL_ACTIVE,
+    d.PrincipalStatus.PENDING: common_pb2.PRINCIPAL_PENDING,
+    d.PrincipalStatus.SUSPENDED: common_pb2.PRINCIPAL_SUSPENDED,
+}
+KIND_TO_PB = {
+    d.Kind.DP_QUERY: common_pb2.DP_QUERY,
+    d.Kind.HE_SCORING: common_pb2.HE_SCORING,
+    d.Kind.FL_TRAINING: common_pb2.FL_TRAINING,
+}
+KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
+LEVEL_TO_PB = {
+    d.Level.IDENTIFIER: common_pb2.LEVEL_IDENTIFIER,
+    d.Level.OPEN: common_pb2.LEVEL_OPEN,
+    d.Level.INTERNAL: common_pb2.LEVEL_INTERNAL,
+    d.Level.SENSITIVE: common_pb2.LEVEL_SENSITIVE,
+    d.Level.CORE: common_pb2.LEVEL_CORE,
+}
+LEVEL_FROM_PB = {v: k for k, v in LEVEL_TO_PB.items()}
+TYPE_TO_PB = {
+    d.ColumnType.INTEGER: common_pb2.TYPE_INTEGER,
+    d.ColumnType.FLOAT: common_pb2.TYPE_FLOAT,
+    d.ColumnType.CATEGORICAL: common_pb2.TYPE_CATEGORICAL,
+    d.ColumnType.STRING: common_pb2.TYPE_STRING,
+}
+TYPE_FROM_PB = {v: k for k, v in TYPE_TO_PB.items()}
+SCENARIO_STATUS_TO_PB = {
+    d.ScenarioStatus.PENDING: common_pb2.SCENARIO_PENDING,
+    d.ScenarioStatus.APPROVED: common_pb2.SCENARIO_APPROVED,
+    d.ScenarioStatus.REJECTED: common_pb2.SCENARIO_REJECTED,
+    d.ScenarioStatus.REVOKED: common_pb2.SCENARIO_REVOKED,
+}
+
+
+def _enum(table: dict, value: int, what: str):  # type: ignore[no-untyped-def]
+    try:
+        return table[value]
+    except KeyError:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"unknown {what}") from None
+
+
+def roles_from_pb(values: list[int]) -> frozenset[d.Role]:
+    return frozenset(_enum(ROLE_FROM_PB, v, "role") for v in values)
+
+
+def kind_from_pb(value: int) -> d.Kind:
+    return _enum(KIND_FROM_PB, value, "computation kind")  # type: ignore[no-any-return]
+
+
+def principal_to_pb(p: d.Principal) -> common_pb2.Principal:
+    return common_pb2.Principal(
+        id=p.id, name=p.name, organisation=p.organisation,
+        roles=sorted(ROLE_TO_PB[r] for r in p.roles), public_key=p.public_key,
+        status=STATUS_TO_PB[p.status], created_at_unix_ms=p.created_at_ms,
+    )
+
+
+def column_from_pb(c: common_pb2.ColumnSchema) -> d.ColumnSchema:
+    lower = c.lower if c.HasField("lower") else None
+    upper = c.upper if c.HasField("upper") else None
+    for bound in (lower, upper):
+        if bound is not None and not math.isfinite(bound):
+            raise SandboxError(ErrorCode.INVALID_SCHEMA, f"column '{c.name}': bounds must be finite")
+    return d.ColumnSchema(
+        name=c.name, type=_enum(TYPE_FROM_PB, c.type, "column type"), level=_enum(LEVEL_FROM_PB, c.level, "level"),
+        nullable=c.nullable, lower=lower, upper=upper, categories=tuple(c.categories), description=c.description,
+    )
+
+
+def column_to_pb(c: d.ColumnSchema) -> common_pb2.ColumnSchema:
+    pb = common_pb2.ColumnSchema(
+        name=c.name, type=TYPE_TO_PB[c.type], level=LEVEL_TO_PB[c.level], nullable=c.nullable,
+        categories=list(c.categories), description=c.description,
+    )
+    if c.lower is not None:
+        pb.lower = c.lower
+    if c.upper is not None:
+        pb.upper = c.upper
+    return pb
+
+
+def schema_from_pb(s: common_pb2.DatasetSchema) -> d.DatasetSchema:
+    return d.DatasetSchema(
+        name=s.name, columns=tuple(column_from_pb(c) for c in s.columns), description=s.description,
+        person_key=s.person_key, max_rows_per_person=s.max_rows_per_person,
+        partition_column=s.partition_column, source=s.source,
+    )
+
+
+def schema_to_pb(s: d.DatasetSchema) -> common_pb2.DatasetSchema:
+    return common_pb2.DatasetSchema(
+        name=s.name, description=s.description, columns=[column_to_pb(c) for c in s.columns],
+        person_key=s.person_key, max_rows_per_person=s.max_rows_per_person,
+        partition_column=s.partition_column, source=s.source,
+    )
+
+
+def dataset_info_to_pb(info: d.DatasetInfo) -> common_pb2.DatasetInfo:
+    return common_pb2.DatasetInfo(
+        schema=schema_to_pb(info.schema), version=info.version, approx_rows=info.approx_rows,
+        imported_at_unix_ms=info.imported_at_ms,
+    )
+
+
+def import_report_to_pb(r: d.ImportReport) -> admin_pb2.ImportDatasetResponse:
+    return admin_pb2.ImportDatasetResponse(
+        dataset=dataset_info_to_pb(r.info), rows_imported=r.rows_imported, duplicates_dropped=r.duplicates_dropped,
+        rejected=[admin_pb2.RowRejection(line=line, column=col, reason=why) for line, col, why in r.rejected],
+        rejected_count=r.rejected_count,
+    )
+
+
+def selection_from_pb(s: common_pb2.DatasetSelection) -> d.DatasetSelection:
+    return d.DatasetSelection(name=s.name, version=s.version, columns=tuple(s.columns))
+
+
+def selection_to_pb(s: d.DatasetSelection) -> common_pb2.DatasetSelection:
+    return common_pb2.DatasetSelection(name=s.name, version=s.version, columns=list(s.columns))
+
+
+def budget_from_pb(b: common_pb2.PrivacyBudget) -> d.Budget:
+    return d.Budget(epsilon_nano=b.epsilon_nano, delta_atto=b.delta_atto)
+
+
+def budget_to_pb(b: d.Budget) -> common_pb2.PrivacyBudget:
+    return common_pb2.PrivacyBudget(epsilon_nano=b.epsilon_nano, delta_atto=b.delta_atto)
+
+
+def application_from_pb(a: common_pb2.Application) -> d.Application:
+    return d.Application(
+        title=a.title, purpose=a.purpose, legal_basis=a.legal_basis, kind=kind_from_pb(a.kind),
+        datasets=tuple(selection_from_pb(s) for s in a.datasets), model_hash=a.model_hash,
+        budget=budget_from_pb(a.budget), max_epsilon_per_call_nano=a.max_epsilon_per_call_nano,
+        valid_from_ms=a.valid_from_unix_ms, valid_until_ms=a.valid_until_unix_ms, quota=a.quota,
+    )
+
+
+def application_to_pb(a: d.Application) -> common_pb2.Application:
+    return common_pb2.Application(
+        title=a.title, purpose=a.purpose, legal_basis=a.legal_basis, kind=KIND_TO_PB[a.kind],
+        datasets=[selection_to_pb(s) for s in a.datasets], model_hash=a.model_hash,
+        budget=budget_to_pb(a.budget), max_epsilon_per_call_nano=a.max_epsilon_per_call_nano,
+        valid_from_unix_ms=a.valid_from_ms, valid_until_unix_ms=a.valid_until_ms, quota=a.quota,
+    )
+
+
+def application_from_bytes(raw: bytes) -> d.Application:
+    return application_from_pb(common_pb2.Application.FromString(raw))
+
+
+def application_to_bytes(a: d.Application) -> bytes:
+    return application_to_pb(a).SerializeToString(deterministic=True)
+
+
+def terms_from_bytes(raw: bytes) -> d.GrantTerms:
+    """Parse the signed grant terms exactly as the administrator signed them."""
+    try:
+        t = common_pb2.GrantTerms.FromString(raw)
+    except DecodeError as exc:
+        raise SandboxError(ErrorCode.INVALID_TERMS, "terms are not a GrantTerms message") from exc
+    return d.GrantTerms(
+        scenario_id=t.scenario_id, grantee_id=t.grantee_id, grantee_public_key=t.grantee_public_key,
+        kind=kind_from_pb(t.kind), datasets=tuple(selection_from_pb(s) for s in t.datasets),
+        model_hash=t.model_hash, budget=budget_from_pb(t.budget),
+        max_epsilon_per_call_nano=t.max_epsilon_per_call_nano, not_before_ms=t.not_before_unix_ms,
+        not_after_ms=t.not_after_unix_ms, quota=t.quota, approver_id=t.approver_id,
+        approver_public_key=t.approver_public_key, issued_at_ms=t.issued_at_unix_ms,
+    )
+
+
+def grant_to_pb(g: d.Grant) -> common_pb2.Grant:
+    return common_pb2.Grant(
+        id=g.id, terms=g.terms_bytes, signature=g.signature, revoked=g.revoked,
+        revoke_reason=g.revoke_reason, revoked_at_unix_ms=g.revoked_at_ms or 0,
+    )
+
+
+def scenario_to_pb(s: d.Scenario) -> common_pb2.Scenario:
+    pb = common_pb2.Scenario(
+        id=s.id, applicant_id=s.applicant_id, application=application_to_pb(s.application),
+        status=SCENARIO_STATUS_TO_PB[s.status], decision_reason=s.decision_reason,
+        created_at_unix_ms=s.created_at_ms,
+    )
+    if s.grant is not None:
+        pb.grant.CopyFrom(grant_to_pb(s.grant))
+    if s.usage is not None:
+        pb.usage.CopyFrom(common_pb2.GrantUsage(
+            epsilon_spent_nano=s.usage.epsilon_spent_nano, delta_spent_atto=s.usage.delta_spent_atto,
+            quota_used=s.usage.quota_used,
+        ))
+    return pb
+
+
+def audit_entry_to_pb(e: d.AuditEntry) -> audit_pb2.AuditEntry:
+    r = e.record
+    return audit_pb2.AuditEntry(
+        seq=e.seq, time_unix_ms=e.time_ms, principal_id=r.principal_id, method=r.method,
+        scenario_id=r.scenario_id, grant_id=r.grant_id, status=r.status, error_code=r.error_code,
+        epsilon_nano=r.epsilon_nano, delta_atto=r.delta_atto, request_sha256=r.request_sha256,
+        response_sha256=r.response_sha256, prev_hash=e.prev_hash, entry_hash=e.entry_hash,
+    )

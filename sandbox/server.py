@@ -1,0 +1,92 @@
+"""Build and run the TLS gRPC server with health checking and (optionally) reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2
+from sandbox.audit import AuditLog
+from sandbox.config import ServerConfig
+from sandbox.identity import public_key_bytes, read_private_key
+from sandbox.interceptor import SigningInterceptor
+from sandbox.servicers import METHOD_ROLES, add_servicers
+from sandbox.storage import Database
+
+log = logging.getLogger("sandbox.server")
+
+SERVICE_NAMES = tuple(
+    f.services_by_name[name].full_name
+    for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (applicant_pb2.DESCRIPTOR, "ApplicantService"),
+                    (audit_pb2.DESCRIPTOR, "AuditService"))
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    db: Database
+    audit: AuditLog
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let running ones finish, sign the audit head, close the database."""
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        try:
+            self.audit.checkpoint()
+        finally:
+            self.db.close()
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    db = Database.create(config.db_path)
+    db.busy_timeout_ms = config.busy_timeout_ms
+    audit_key = read_private_key(config.audit_key)
+    audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
+    interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=[interceptor],
+                         options=options)
+    add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if config.reflection:
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    creds = grpc.ssl_server_credentials(
+        [(config.server_key.read_bytes(), config.server_cert.read_bytes())], require_client_auth=False
+    )
+    port = server.add_secure_port(f"{config.host}:{config.port}", creds)
+    if port == 0:
+        db.close()
+        raise OSError(f"cannot bind {config.host}:{config.port}")
+    server.start()
+    return RunningServer(server, port, db, audit, health_servicer)
+
+
+def serve_forever(config: ServerConfig, *, on_ready=None) -> None:  # type: ignore[no-untyped-def]
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = start_server(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if on_ready is not None:
+        on_ready(running)
+    stop.wait()
+    log.info("shutting down")
+    running.stop()

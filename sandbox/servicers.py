@@ -1,0 +1,179 @@
+"""Thin gRPC servicers: translate the request, call one domain function, translate the result.
+
+Authentication, role checks, the transaction and the audit entry are the
+boundary's job (``sandbox.interceptor``); each handler finds the caller and the
+open transaction in ``current_call()``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from protos.sandbox.v1 import admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc
+from sandbox import audit, catalogue, grants, policy, principals, scenarios, serde
+from sandbox.audit import AuditLog
+from sandbox.config import ServerConfig
+from sandbox.domain import PrincipalStatus, Role
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.interceptor import current_call
+
+ADMIN = frozenset({Role.ADMIN})
+AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
+
+#: Who may call what; ``None`` = any active principal. A test checks every RPC is listed.
+METHOD_ROLES: dict[str, frozenset[Role] | None] = {
+    **{f"/sandbox.v1.AdminService/{m}": ADMIN for m in (
+        "EnrolPrincipal", "ListPrincipals", "ApprovePrincipal", "SuspendPrincipal", "ImportDataset",
+        "ListPendingScenarios", "ApproveScenario", "RejectScenario", "RevokeGrant")},
+    **{f"/sandbox.v1.ApplicantService/{m}": None for m in (
+        "Register", "WhoAmI", "ListCatalogue", "Apply", "GetScenario", "ListScenarios", "CheckAccess",
+        "ListAdministratorKeys")},
+    **{f"/sandbox.v1.AuditService/{m}": AUDITORS for m in ("ListAuditEntries", "GetAuditHead")},
+}
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+
+    def EnrolPrincipal(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        p = principals.enrol(call.conn, name=request.name, organisation=request.organisation,
+                             roles=serde.roles_from_pb(list(request.roles)), public_key=request.public_key,
+                             enrolled_by=call.principal.id, now_ms=call.now_ms)
+        return admin_pb2.EnrolPrincipalResponse(principal=serde.principal_to_pb(p))
+
+    def ListPrincipals(self, request, context):  # type: ignore[no-untyped-def]
+        ps = principals.list_all(current_call().conn)
+        return admin_pb2.ListPrincipalsResponse(principals=[serde.principal_to_pb(p) for p in ps])
+
+    def ApprovePrincipal(self, request, context):  # type: ignore[no-untyped-def]
+        p = principals.approve(current_call().conn, request.principal_id, serde.roles_from_pb(list(request.roles)))
+        return admin_pb2.ApprovePrincipalResponse(principal=serde.principal_to_pb(p))
+
+    def SuspendPrincipal(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        if request.principal_id == call.principal.id:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "an administrator cannot suspend itself")
+        p = principals.set_status(call.conn, request.principal_id, PrincipalStatus.SUSPENDED)
+        return admin_pb2.SuspendPrincipalResponse(principal=serde.principal_to_pb(p))
+
+    def ImportDataset(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        report = catalogue.import_csv(
+            call.conn, self._config.datasets_dir, serde.schema_from_pb(request.schema), request.csv,
+            imported_by=call.principal.id, max_rejected=request.max_rejected_rows, dry_run=request.dry_run,
+            now_ms=call.now_ms,
+        )
+        return serde.import_report_to_pb(report)
+
+    def ListPendingScenarios(self, request, context):  # type: ignore[no-untyped-def]
+        found = scenarios.list_pending(current_call().conn)
+        return admin_pb2.ListPendingScenariosResponse(scenarios=[serde.scenario_to_pb(s) for s in found])
+
+    def ApproveScenario(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(scenario_id=request.scenario_id)
+        scenario = scenarios.get(call.conn, request.scenario_id, call.principal)
+        grant = grants.approve(call.conn, scenario, request.terms, request.signature, call.principal,
+                               now_ms=call.now_ms, skew_ms=self._config.clock_skew_seconds * 1000)
+        call.annotate(grant_id=grant.id)
+        return admin_pb2.ApproveScenarioResponse(
+            scenario=serde.scenario_to_pb(scenarios.get(call.conn, scenario.id, call.principal)))
+
+    def RejectScenario(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(scenario_id=request.scenario_id)
+        s = scenarios.reject(call.conn, request.scenario_id, request.reason, call.principal, now_ms=call.now_ms)
+        return admin_pb2.RejectScenarioResponse(scenario=serde.scenario_to_pb(s))
+
+    def RevokeGrant(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(grant_id=request.grant_id)
+        g = grants.revoke(call.conn, request.grant_id, request.reason, now_ms=call.now_ms)
+        call.annotate(scenario_id=g.terms.scenario_id)
+        s = scenarios.get(call.conn, g.terms.scenario_id, call.principal)
+        return admin_pb2.RevokeGrantResponse(scenario=serde.scenario_to_pb(s))
+
+
+class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
+    def Register(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        p = principals.register(call.conn, name=request.name, organisation=request.organisation,
+                                roles=serde.roles_from_pb(list(request.roles)),
+                                public_key=call.principal.public_key, now_ms=call.now_ms)
+        return applicant_pb2.RegisterResponse(principal=serde.principal_to_pb(p))
+
+    def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
+        return applicant_pb2.WhoAmIResponse(principal=serde.principal_to_pb(current_call().principal))
+
+    def ListCatalogue(self, request, context):  # type: ignore[no-untyped-def]
+        infos = catalogue.list_catalogue(current_call().conn)
+        return applicant_pb2.ListCatalogueResponse(datasets=[serde.dataset_info_to_pb(i) for i in infos])
+
+    def Apply(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        s = scenarios.apply(call.conn, call.principal, serde.application_from_pb(request.application),
+                            now_ms=call.now_ms)
+        call.annotate(scenario_id=s.id)
+        return applicant_pb2.ApplyResponse(scenario=serde.scenario_to_pb(s))
+
+    def GetScenario(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(scenario_id=request.scenario_id)
+        s = scenarios.get(call.conn, request.scenario_id, call.principal)
+        return applicant_pb2.GetScenarioResponse(scenario=serde.scenario_to_pb(s))
+
+    def ListScenarios(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        found = scenarios.list_for(call.conn, call.principal)
+        return applicant_pb2.ListScenariosResponse(scenarios=[serde.scenario_to_pb(s) for s in found])
+
+    def CheckAccess(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(grant_id=request.grant_id)
+        grant = grants.get(call.conn, request.grant_id)
+        schema = None
+        if grant is not None and grant.terms.grantee_id == call.principal.id:
+            sel = grant.terms.dataset(request.dataset)
+            if sel is not None:
+                schema = catalogue.get_dataset(call.conn, sel.name, sel.version).schema
+        ctx = policy.CallContext(serde.kind_from_pb(request.kind), request.dataset, request.dataset_version,
+                                 tuple(request.columns), request.model_hash)
+        auth = policy.check_call(call.conn, call.principal, request.grant_id, ctx, now_ms=call.now_ms, schema=schema)
+        call.annotate(scenario_id=auth.grant.terms.scenario_id)
+        s = scenarios.get(call.conn, auth.grant.terms.scenario_id, call.principal)
+        return applicant_pb2.CheckAccessResponse(scenario=serde.scenario_to_pb(s))
+
+    def ListAdministratorKeys(self, request, context):  # type: ignore[no-untyped-def]
+        admins = principals.administrators(current_call().conn)
+        return applicant_pb2.ListAdministratorKeysResponse(administrators=[serde.principal_to_pb(p) for p in admins])
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, log: AuditLog, audit_public_key: bytes) -> None:
+        self._log = log
+        self._public_key = audit_public_key
+
+    def ListAuditEntries(self, request, context):  # type: ignore[no-untyped-def]
+        limit = request.limit or 1000
+        if limit > 1000:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "limit is at most 1000")
+        entries = audit.read_entries(current_call().conn, request.after_seq, limit + 1)
+        return audit_pb2.ListAuditEntriesResponse(
+            entries=[serde.audit_entry_to_pb(e) for e in entries[:limit]], more=len(entries) > limit)
+
+    def GetAuditHead(self, request, context):  # type: ignore[no-untyped-def]
+        conn = current_call().conn
+        cp = audit.latest_checkpoint(conn)
+        resp = audit_pb2.GetAuditHeadResponse(audit_public_key=self._public_key, entries=audit.count_entries(conn))
+        if cp is not None:
+            resp.checkpoint.CopyFrom(audit_pb2.AuditCheckpoint(
+                seq=cp.seq, head_hash=cp.head_hash, signed_at_unix_ms=cp.signed_at_ms, signature=cp.signature))
+        return resp
+
+
+def add_servicers(server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes) -> None:
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config), server)
+    applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log, audit_public_key), server)
