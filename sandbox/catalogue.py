@@ -253,60 +253,82 @@ def _check_header(schema: DatasetSchema, header: list[str]) -> None:
         raise _invalid_csv("; ".join(problems))
 
 
-def _parse_column(col: ColumnSchema, raw: Sequence[str]) -> tuple[list[object], dict[int, str]]:
-    """Parsed values (placeholders where bad) and {row index: reason}; reasons never quote the value."""
+def _fast_column(col: ColumnSchema, raw: tuple[str, ...]) -> np.ndarray | None:
+    """Whole-column conversion for the usual clean column; None sends it to the careful path."""
+    try:
+        if col.type is ColumnType.CATEGORICAL:
+            lookup = {c: i for i, c in enumerate(col.categories)} | ({"": -1} if col.nullable else {})
+            return _to_array(col, [lookup[v] for v in raw])
+        if col.type is ColumnType.STRING:
+            ok = (col.nullable or "" not in raw) and max(map(len, raw), default=0) <= MAX_STRING_CHARS
+            return _to_array(col, list(raw)) if ok else None
+        text = "".join(raw)
+        if not text.isascii() or "_" in text:  # int()/float() would accept non-ASCII digits and 1_000
+            return None
+        if col.type is ColumnType.INTEGER and not col.nullable:
+            try:
+                return np.array([int(v) for v in raw], dtype=np.int64)
+            except ValueError:  # integral float text such as "3.0"
+                pass
+        arr = np.array([float(v) if v else _NAN for v in raw], dtype=np.float64)
+        missing = np.isnan(arr)
+        if np.isinf(arr).any() or int(missing.sum()) != (raw.count("") if col.nullable else 0):
+            return None
+        if col.type is ColumnType.FLOAT:
+            return arr
+        if not np.all(missing | ((arr == np.trunc(arr)) & (np.abs(arr) <= 2**53))):
+            return None
+        return arr if col.nullable else arr.astype(np.int64)
+    except (KeyError, ValueError, OverflowError):
+        return None
+
+
+def _parse_column(col: ColumnSchema, raw: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
+    """Parsed column (placeholders where bad) and {row index: reason}; reasons never quote the value."""
+    fast = _fast_column(col, raw)
+    if fast is not None:
+        return fast, {}
+    kind = col.type
     out: list[object] = []
     bad: dict[int, str] = {}
-    kind = col.type
     missing_value: object = "" if kind is ColumnType.STRING else (-1 if kind is ColumnType.CATEGORICAL else _NAN)
     codes = {c: i for i, c in enumerate(col.categories)}
     for i, v in enumerate(raw):
         t = v if kind is ColumnType.STRING else v.strip()
+        value: object = 0
         if not t:
+            value = missing_value
             if not col.nullable:
                 bad[i] = "empty value in a non-nullable column"
-            out.append(missing_value)
-            continue
-        if kind is ColumnType.CATEGORICAL:
-            code = codes.get(t)
-            if code is None:
+        elif kind is ColumnType.CATEGORICAL:
+            value = codes.get(t, -1)
+            if t not in codes:
                 bad[i] = "not one of the declared categories"
-                code = -1
-            out.append(code)
         elif kind is ColumnType.STRING:
+            value = t
             if len(t) > MAX_STRING_CHARS:
                 bad[i] = f"longer than {MAX_STRING_CHARS} characters"
-            out.append(t)
-        elif not t.isascii() or "_" in t:  # int()/float() would accept non-ASCII digits and 1_000
+        elif not t.isascii() or "_" in t:
             bad[i] = "not an integer" if kind is ColumnType.INTEGER else "not a number"
-            out.append(0)
-        elif kind is ColumnType.FLOAT:
+        else:
             try:
                 f = float(t)
             except ValueError:
                 f = _NAN
-            if not math.isfinite(f):
-                bad[i] = "not a finite number"
-                f = 0.0
-            out.append(f)
-        else:
-            n: int | None
-            try:
-                n = int(t)
-            except ValueError:
-                try:
-                    f = float(t)
-                except ValueError:
-                    f = _NAN
-                n = int(f) if math.isfinite(f) and f.is_integer() else None
-            if n is None:
+            if kind is ColumnType.FLOAT:
+                value = f
+                if not math.isfinite(f):
+                    bad[i] = "not a finite number"
+            elif not (math.isfinite(f) and f.is_integer()):
                 bad[i] = "not an integer"
-                n = 0
-            elif not _INT64_MIN <= n <= _INT64_MAX or (col.nullable and abs(n) > 2**53):
-                bad[i] = "integer out of range"
-                n = 0
-            out.append(float(n) if col.nullable else n)
-    return out, bad
+            else:
+                n = int(t) if t.lstrip("+-").isdigit() else int(f)  # exact for long integer text
+                value = float(n) if col.nullable else n
+                if not _INT64_MIN <= n <= _INT64_MAX or (col.nullable and abs(n) > 2**53):
+                    bad[i] = "integer out of range"
+                    value = 0
+        out.append(value)
+    return _to_array(col, out), bad
 
 
 def _to_array(col: ColumnSchema, values: list[object]) -> np.ndarray:
@@ -318,6 +340,16 @@ def _to_array(col: ColumnSchema, values: list[object]) -> np.ndarray:
         return np.array(values, dtype=np.int16 if len(col.categories) < 2**15 else np.int32)
     width = max([1, *map(len, values)])  # type: ignore[arg-type]
     return np.array(values, dtype=f"<U{width}")
+
+
+def _first_distinct(arrays: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The rows, in order, that are the first occurrence of their exact parsed values."""
+    packed = np.empty(len(rows), dtype=[(f"c{i}", a.dtype) for i, a in enumerate(arrays)])
+    for i, arr in enumerate(arrays):
+        packed[f"c{i}"] = arr[rows]
+    # Parsed values are canonical (one NaN bit pattern for missing), so equal rows have equal bytes.
+    _, first = np.unique(packed.view(np.dtype((np.void, packed.dtype.itemsize))), return_index=True)
+    return rows[np.sort(first)]
 
 
 def _content_version(schema_json: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> str:
@@ -370,6 +402,76 @@ def _already_exists(name: str) -> SandboxError:
     return SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
 
 
+def _parse_rows(
+    schema: DatasetSchema, header: list[str], records: list[tuple[int, list[str]]]
+) -> tuple[dict[str, np.ndarray], dict[int, tuple[str, str]], int]:
+    """Arrays of the rows to keep, {line: (column, reason)} of rejected rows, and duplicates dropped."""
+    rejected: dict[int, tuple[str, str]] = {}
+    good = [(line, row) for line, row in records if len(row) == len(header)]
+    for line, row in records:
+        if len(row) != len(header):
+            rejected[line] = ("", f"expected {len(header)} fields, found {len(row)}")
+    lines = [line for line, _ in good]
+    raw_columns = list(zip(*(row for _, row in good))) if good else [() for _ in header]
+    parsed: dict[str, np.ndarray] = {}
+    bad_rows: dict[int, tuple[str, str]] = {}
+    for name, raw in zip(header, raw_columns):  # the header holds exactly the schema's columns
+        column = schema.column(name)
+        assert column is not None
+        parsed[name], bad = _parse_column(column, raw)
+        for i, reason in bad.items():
+            bad_rows.setdefault(i, (name, reason))  # a row's first bad field, left to right in the file
+    for i, problem in bad_rows.items():
+        rejected[lines[i]] = problem
+    valid = np.array([i for i in range(len(lines)) if i not in bad_rows], dtype=np.int64)
+    keep = _first_distinct([parsed[c.name] for c in schema.columns], valid)
+    duplicates = len(valid) - len(keep)
+    if schema.person_key:
+        seen: Counter[object] = Counter()
+        over = []
+        for position, key in enumerate(parsed[schema.person_key][keep].tolist()):
+            seen[key] += 1
+            if seen[key] > schema.max_rows_per_person:
+                over.append(position)
+                reason = f"more than {schema.max_rows_per_person} rows for one person"
+                rejected[lines[keep[position]]] = (schema.person_key, reason)
+        keep = np.delete(keep, over)
+    return {c.name: parsed[c.name][keep] for c in schema.columns}, rejected, duplicates
+
+
+def _publish(
+    db: Database, conn: sqlite3.Connection | None, parent: Path, info: DatasetInfo, schema_json: str,
+    arrays: dict[str, np.ndarray], imported_by: str,
+) -> None:
+    """Write the files beside their final place, then rename them in and insert the row in one transaction."""
+    name, version = info.schema.name, info.version
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / version
+    tmp = parent / f".tmp-{version[:16]}-{secrets.token_hex(4)}"
+    renamed = False
+    try:
+        _write_dataset(tmp, schema_json, arrays)
+        with nullcontext(conn) if conn is not None else db.write() as c:
+            if _exists(c, name, version):
+                raise _already_exists(name)
+            _remove_tree(final)  # we hold the write lock: a directory without a row is debris of a crash
+            os.rename(tmp, final)
+            renamed = True
+            os.chmod(final, 0o555)
+            _fsync_dir(parent)
+            c.execute(
+                "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, version, schema_json, info.row_count, info.imported_at_ms, imported_by),
+            )
+    except BaseException:
+        if renamed:
+            _remove_tree(final)
+        raise
+    finally:
+        _remove_tree(tmp)
+
+
 def import_csv(
     db: Database,
     data_dir: Path,
@@ -394,116 +496,27 @@ def import_csv(
     _check_header(schema, header)
     if not records:
         raise _invalid_csv("no data rows after the header")
-
-    width = len(header)
-    rejected: dict[int, tuple[str, str]] = {}  # line -> (column, reason)
-    good: list[tuple[int, list[str]]] = []
-    for line, row in records:
-        if len(row) == width:
-            good.append((line, row))
-        else:
-            rejected[line] = ("", f"expected {width} fields, found {len(row)}")
-    lines = [line for line, _ in good]
-    raw_columns = list(zip(*(row for _, row in good))) if good else [() for _ in header]
-    position = {h: i for i, h in enumerate(header)}
-    parsed: dict[str, list[object]] = {}
-    bad_rows: dict[int, tuple[str, str]] = {}
-    for name in header:  # the header holds exactly the schema's columns
-        col = schema.column(name)
-        assert col is not None
-        parsed[name], bad = _parse_column(col, raw_columns[position[name]])
-        for i, reason in bad.items():
-            bad_rows.setdefault(i, (name, reason))  # first bad field of a row, left to right in the file
-
-    ordered = [parsed[c.name] for c in schema.columns]
-    seen: set[tuple[object, ...]] = set()
-    keep: list[int] = []
-    duplicates = 0
-    for i, key in enumerate(zip(*ordered)):
-        if i in bad_rows:
-            rejected[lines[i]] = bad_rows[i]
-        elif key in seen:
-            duplicates += 1
-        else:
-            seen.add(key)
-            keep.append(i)
-
-    if schema.person_key:
-        per_person: Counter[object] = Counter()
-        key_values = parsed[schema.person_key]
-        kept = []
-        for i in keep:
-            per_person[key_values[i]] += 1
-            if per_person[key_values[i]] > schema.max_rows_per_person:
-                reason = f"more than {schema.max_rows_per_person} rows for one person"
-                rejected[lines[i]] = (schema.person_key, reason)
-            else:
-                kept.append(i)
-        keep = kept
-
+    arrays, rejected, duplicates = _parse_rows(schema, header, records)
     rejections = tuple((line, *rejected[line]) for line in sorted(rejected))
     if len(rejections) > max_rejected:
         examples = "; ".join(
             f"line {line}, column '{column}': {reason}" if column else f"line {line}: {reason}"
             for line, column, reason in rejections[:3]
         )
-        detail = f"{len(rejections)} rows rejected (limit {max_rejected}); first: {examples}"
-        raise SandboxError(ErrorCode.ROWS_REJECTED, public_detail=detail)
-    if not keep:
+        raise SandboxError(
+            ErrorCode.ROWS_REJECTED, f"{len(rejections)} rows rejected (limit {max_rejected}); first: {examples}"
+        )
+    row_count = len(next(iter(arrays.values())))
+    if not row_count:
         raise _invalid_csv("no rows left to import")
-
-    index = np.asarray(keep, dtype=np.int64)
-    whole = len(keep) == len(lines)
-    arrays = {}
-    for col in schema.columns:
-        arr = _to_array(col, parsed[col.name])
-        arrays[col.name] = arr if whole else arr[index]
     schema_json = schema_to_json(schema)
-    version = _content_version(schema_json, schema, arrays)
-    info = DatasetInfo(schema=schema, version=version, row_count=len(keep), imported_at_ms=now_ms)
-    report = ImportReport(
-        info=info,
-        rows_imported=len(keep),
-        duplicates_dropped=duplicates,
-        rejected=rejections[:REPORTED_REJECTIONS],
-        rejected_count=len(rejections),
-    )
-    if _exists(conn if conn is not None else db.connection(), schema.name, version):
+    info = DatasetInfo(schema, _content_version(schema_json, schema, arrays), row_count, now_ms)
+    if _exists(conn if conn is not None else db.connection(), schema.name, info.version):
         raise _already_exists(schema.name)
-    if dry_run:
-        return report
-
-    parent = Path(data_dir) / "datasets" / schema.name
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / version
-    tmp = parent / f".tmp-{version[:16]}-{secrets.token_hex(4)}"
-    renamed = False
-    try:
-        _write_dataset(tmp, schema_json, arrays)
-        with nullcontext(conn) if conn is not None else db.write() as c:
-            if _exists(c, schema.name, version):
-                raise _already_exists(schema.name)
-            # We hold the write lock, so a directory without a row is debris of a crashed import.
-            _remove_tree(final)
-            os.rename(tmp, final)
-            renamed = True
-            os.chmod(final, 0o555)
-            _fsync_dir(parent)
-            try:
-                c.execute(
-                    "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (schema.name, version, schema_json, len(keep), now_ms, imported_by),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise _already_exists(schema.name) from exc
-    except BaseException:
-        if renamed:
-            _remove_tree(final)
-        raise
-    finally:
-        _remove_tree(tmp)
-    return report
+    if not dry_run:
+        parent = Path(data_dir) / "datasets" / schema.name
+        _publish(db, conn, parent, info, schema_json, arrays, imported_by)
+    return ImportReport(info, row_count, duplicates, rejections[:REPORTED_REJECTIONS], len(rejections))
 
 
 def _info_from_row(row: tuple[str, str, str, int, int]) -> DatasetInfo:

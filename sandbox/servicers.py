@@ -61,9 +61,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ImportDataset(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         report = catalogue.import_csv(
-            call.conn, self._config.datasets_dir, serde.schema_from_pb(request.schema), request.csv,
+            None, self._config.data_dir, serde.schema_from_pb(request.schema), request.csv,  # type: ignore[arg-type]
             imported_by=call.principal.id, max_rejected=request.max_rejected_rows, dry_run=request.dry_run,
-            now_ms=call.now_ms,
+            now_ms=call.now_ms, conn=call.conn,
         )
         return serde.import_report_to_pb(report)
 

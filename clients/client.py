@@ -1,0 +1,273 @@
+"""Clients for administrators, applicants and researchers.
+
+    with ApplicantClient("localhost:50051", key="bank.key", ca="ca.pem") as bank:
+        scenario = bank.apply(title=..., kind="DP_QUERY", datasets={"adult_census": ["*"]}, epsilon=1, ...)
+
+Every call is signed, has a deadline (``timeout``, default 10 s) and raises a
+``clients.errors`` exception on failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2
+
+from clients import serde
+from clients import types as t
+from clients.errors import InvalidArgument, PermissionDenied
+from clients.schema_file import load_schema_file
+from clients.signing import load_key, verify_terms_signature
+from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2
+
+__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AdminClient"]
+
+_ADMIN = "/sandbox.v1.AdminService/"
+_APPLICANT = "/sandbox.v1.ApplicantService/"
+_AUDIT = "/sandbox.v1.AuditService/"
+_HEALTH = "/grpc.health.v1.Health/Check"
+
+
+class SandboxClient:
+    """What every enrolled principal can do: who am I, the catalogue, my scenarios."""
+
+    def __init__(
+        self, address: str, *, key: Ed25519PrivateKey | str | Path, ca: str | Path | bytes, timeout: float = 10.0,
+        principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        private_key = key if isinstance(key, Ed25519PrivateKey) else load_key(key)
+        self._t = SignedTransport(address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
+                                  max_message_bytes=max_message_bytes)
+
+    @property
+    def principal_id(self) -> str:
+        return self._t.principal_id
+
+    @property
+    def transport(self) -> SignedTransport:
+        return self._t
+
+    def __enter__(self) -> SandboxClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._t.close()
+
+    def health(self, service: str = "") -> str:
+        """The standard gRPC health status (unsigned; it reveals no data)."""
+        resp = self._t.invoke_raw(_HEALTH, health_pb2.HealthCheckRequest(service=service).SerializeToString(), (),
+                                  health_pb2.HealthCheckResponse)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    def whoami(self) -> t.Principal:
+        resp = self._t.call(_APPLICANT + "WhoAmI", applicant_pb2.WhoAmIRequest(), applicant_pb2.WhoAmIResponse)
+        return serde.principal(resp.principal)
+
+    def register(self, *, name: str, organisation: str, roles: Sequence[str] = ("applicant",)) -> t.Principal:
+        """Self-registration with this client's key; an administrator must approve it."""
+        req = applicant_pb2.RegisterRequest(name=name, organisation=organisation,
+                                            roles=[serde.role_to_pb(r) for r in roles])
+        resp = self._t.call(_APPLICANT + "Register", req, applicant_pb2.RegisterResponse, register=True)
+        return serde.principal(resp.principal)
+
+    def catalogue(self) -> list[t.Dataset]:
+        resp = self._t.call(_APPLICANT + "ListCatalogue", applicant_pb2.ListCatalogueRequest(),
+                            applicant_pb2.ListCatalogueResponse)
+        return [serde.dataset(d) for d in resp.datasets]
+
+    def scenario(self, scenario_id: str) -> t.Scenario:
+        resp = self._t.call(_APPLICANT + "GetScenario", applicant_pb2.GetScenarioRequest(scenario_id=scenario_id),
+                            applicant_pb2.GetScenarioResponse)
+        return serde.scenario(resp.scenario)
+
+    def scenarios(self) -> list[t.Scenario]:
+        resp = self._t.call(_APPLICANT + "ListScenarios", applicant_pb2.ListScenariosRequest(),
+                            applicant_pb2.ListScenariosResponse)
+        return [serde.scenario(s) for s in resp.scenarios]
+
+    def administrator_keys(self) -> list[t.Principal]:
+        resp = self._t.call(_APPLICANT + "ListAdministratorKeys", applicant_pb2.ListAdministratorKeysRequest(),
+                            applicant_pb2.ListAdministratorKeysResponse)
+        return [serde.principal(p) for p in resp.administrators]
+
+    def verify_grant(self, grant: t.Grant, admin_public_keys: Sequence[bytes] | None = None) -> t.GrantTerms:
+        """Check a grant's signature offline against administrators' public keys (fetched if not given)."""
+        keys = list(admin_public_keys) if admin_public_keys is not None else [
+            p.public_key for p in self.administrator_keys()]
+        if not verify_terms_signature(grant.terms_bytes, grant.signature, keys):
+            raise PermissionDenied("grant signature does not verify", status="PERMISSION_DENIED",
+                                   code="GRANT_SIGNATURE_INVALID")
+        return serde.terms(grant.terms_bytes)
+
+    def check_access(
+        self, grant_id: str, *, kind: str, dataset: str, columns: Sequence[str], dataset_version: str = "",
+        model_hash: str = "",
+    ) -> t.Scenario:
+        """Would this computation be allowed under the grant now? Charges nothing."""
+        req = applicant_pb2.CheckAccessRequest(grant_id=grant_id, kind=serde.kind_to_pb(kind), dataset=dataset,
+                                               dataset_version=dataset_version, columns=list(columns),
+                                               model_hash=model_hash)
+        resp = self._t.call(_APPLICANT + "CheckAccess", req, applicant_pb2.CheckAccessResponse)
+        return serde.scenario(resp.scenario)
+
+
+class ApplicantClient(SandboxClient):
+    """An applicant (a bank, an insurer, a statistics office) applies for scenarios."""
+
+    default_kind = "DP_QUERY"
+
+    def apply(
+        self, *, title: str, purpose: str, legal_basis: str, datasets: Mapping[str, Sequence[str]],
+        kind: str | None = None, epsilon: float | str | Decimal = 0, delta: float | str | Decimal = 0,
+        max_epsilon_per_call: float | str | Decimal = 0, valid_for: dt.timedelta = dt.timedelta(days=30),
+        valid_from: dt.datetime | None = None, quota: int = 1000, model_hash: str = "",
+        dataset_versions: Mapping[str, str] | None = None,
+    ) -> t.Scenario:
+        """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal)."""
+        try:
+            start = valid_from or dt.datetime.now(dt.timezone.utc)
+            app = common_pb2.Application(
+                title=title, purpose=purpose, legal_basis=legal_basis, kind=serde.kind_to_pb(kind or self.default_kind),
+                datasets=[common_pb2.DatasetSelection(name=n, version=(dataset_versions or {}).get(n, ""),
+                                                      columns=list(cols)) for n, cols in datasets.items()],
+                model_hash=model_hash,
+                budget=common_pb2.PrivacyBudget(epsilon_nano=serde.to_units(epsilon, serde.NANO, "epsilon"),
+                                                delta_atto=serde.to_units(delta, serde.ATTO, "delta")),
+                max_epsilon_per_call_nano=serde.to_units(max_epsilon_per_call, serde.NANO, "max_epsilon_per_call"),
+                valid_from_unix_ms=serde.ms(start) if valid_from else 0,
+                valid_until_unix_ms=serde.ms(start + valid_for), quota=quota,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), status="INVALID_ARGUMENT", code="INVALID_ARGUMENT") from None
+        resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
+                            applicant_pb2.ApplyResponse)
+        return serde.scenario(resp.scenario)
+
+
+class ResearcherClient(ApplicantClient):
+    """A researcher applies for federated-training scenarios."""
+
+    default_kind = "FL_TRAINING"
+
+
+class AdminClient(SandboxClient):
+    """The city data bureau: enrols principals, imports data, reviews and signs scenarios, reads the audit log."""
+
+    def enrol(self, *, name: str, organisation: str, roles: Sequence[str], public_key: bytes) -> t.Principal:
+        req = admin_pb2.EnrolPrincipalRequest(name=name, organisation=organisation,
+                                              roles=[serde.role_to_pb(r) for r in roles], public_key=public_key)
+        return serde.principal(self._t.call(_ADMIN + "EnrolPrincipal", req, admin_pb2.EnrolPrincipalResponse).principal)
+
+    def principals(self) -> list[t.Principal]:
+        resp = self._t.call(_ADMIN + "ListPrincipals", admin_pb2.ListPrincipalsRequest(),
+                            admin_pb2.ListPrincipalsResponse)
+        return [serde.principal(p) for p in resp.principals]
+
+    def approve_principal(self, principal_id: str, roles: Sequence[str] = ()) -> t.Principal:
+        req = admin_pb2.ApprovePrincipalRequest(principal_id=principal_id, roles=[serde.role_to_pb(r) for r in roles])
+        return serde.principal(self._t.call(_ADMIN + "ApprovePrincipal", req,
+                                            admin_pb2.ApprovePrincipalResponse).principal)
+
+    def suspend_principal(self, principal_id: str, reason: str = "") -> t.Principal:
+        req = admin_pb2.SuspendPrincipalRequest(principal_id=principal_id, reason=reason)
+        return serde.principal(self._t.call(_ADMIN + "SuspendPrincipal", req,
+                                            admin_pb2.SuspendPrincipalResponse).principal)
+
+    def import_dataset(
+        self, schema: str | Path | common_pb2.DatasetSchema, csv: str | Path | bytes, *, max_rejected: int = 0,
+        dry_run: bool = False, timeout: float = 120.0,
+    ) -> t.ImportResult:
+        """Import a CSV (plain or gzip) under a schema file; all or nothing."""
+        schema_pb = schema if isinstance(schema, common_pb2.DatasetSchema) else load_schema_file(schema)
+        data = csv if isinstance(csv, bytes) else Path(csv).read_bytes()
+        req = admin_pb2.ImportDatasetRequest(schema=schema_pb, csv=data, max_rejected_rows=max_rejected,
+                                             dry_run=dry_run)
+        return serde.import_result(self._t.call(_ADMIN + "ImportDataset", req, admin_pb2.ImportDatasetResponse,
+                                                timeout=timeout))
+
+    def pending(self) -> list[t.Scenario]:
+        resp = self._t.call(_ADMIN + "ListPendingScenarios", admin_pb2.ListPendingScenariosRequest(),
+                            admin_pb2.ListPendingScenariosResponse)
+        return [serde.scenario(s) for s in resp.scenarios]
+
+    def grant_terms(
+        self, scenario_id: str, *, columns: Mapping[str, Sequence[str]] | None = None,
+        epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
+        max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
+        valid_until: dt.datetime | None = None,
+    ) -> bytes:
+        """The serialised terms for approving a scenario as applied for, optionally narrowed."""
+        resp = self._t.call(_APPLICANT + "GetScenario", applicant_pb2.GetScenarioRequest(scenario_id=scenario_id),
+                            applicant_pb2.GetScenarioResponse)
+        s, app = resp.scenario, resp.scenario.application
+        grantee_key = self._grantee_key(s.applicant_id)
+        try:
+            datasets = []
+            for sel in app.datasets:
+                cols = list(columns[sel.name]) if columns and sel.name in columns else list(sel.columns)
+                datasets.append(common_pb2.DatasetSelection(name=sel.name, version=sel.version, columns=cols))
+            budget = common_pb2.PrivacyBudget(
+                epsilon_nano=app.budget.epsilon_nano if epsilon is None else serde.to_units(epsilon, serde.NANO, "epsilon"),
+                delta_atto=app.budget.delta_atto if delta is None else serde.to_units(delta, serde.ATTO, "delta"))
+            per_call = (app.max_epsilon_per_call_nano if max_epsilon_per_call is None
+                        else serde.to_units(max_epsilon_per_call, serde.NANO, "max_epsilon_per_call"))
+            terms = common_pb2.GrantTerms(
+                scenario_id=s.id, grantee_id=s.applicant_id, grantee_public_key=grantee_key, kind=app.kind,
+                datasets=datasets, model_hash=app.model_hash, budget=budget, max_epsilon_per_call_nano=per_call,
+                not_before_unix_ms=app.valid_from_unix_ms,
+                not_after_unix_ms=app.valid_until_unix_ms if valid_until is None else serde.ms(valid_until),
+                quota=app.quota if quota is None else quota, approver_id=self.principal_id,
+                approver_public_key=self._t.public_key,
+                issued_at_unix_ms=int(self._t.clock() * 1000),
+            )
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), status="INVALID_ARGUMENT", code="INVALID_ARGUMENT") from None
+        return terms.SerializeToString(deterministic=True)
+
+    def _grantee_key(self, principal_id: str) -> bytes:
+        for p in self.principals():
+            if p.id == principal_id:
+                return p.public_key
+        raise InvalidArgument("applicant is not enrolled", status="INVALID_ARGUMENT", code="NOT_FOUND")
+
+    def approve(self, scenario_id: str, **narrowing: Any) -> t.Scenario:
+        """Approve by signing the grant terms with this administrator's own key (the key never leaves)."""
+        terms = self.grant_terms(scenario_id, **narrowing)
+        return self.approve_terms(scenario_id, terms, self._t.key.sign(terms))
+
+    def approve_terms(self, scenario_id: str, terms: bytes, signature: bytes) -> t.Scenario:
+        req = admin_pb2.ApproveScenarioRequest(scenario_id=scenario_id, terms=terms, signature=signature)
+        return serde.scenario(self._t.call(_ADMIN + "ApproveScenario", req, admin_pb2.ApproveScenarioResponse).scenario)
+
+    def reject(self, scenario_id: str, reason: str) -> t.Scenario:
+        req = admin_pb2.RejectScenarioRequest(scenario_id=scenario_id, reason=reason)
+        return serde.scenario(self._t.call(_ADMIN + "RejectScenario", req, admin_pb2.RejectScenarioResponse).scenario)
+
+    def revoke(self, grant_id: str, reason: str) -> t.Scenario:
+        req = admin_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason)
+        return serde.scenario(self._t.call(_ADMIN + "RevokeGrant", req, admin_pb2.RevokeGrantResponse).scenario)
+
+    def audit_entries(self, *, after_seq: int = 0, page_size: int = 1000) -> Iterator[t.AuditEntry]:
+        """Every audit entry after ``after_seq``, fetched page by page."""
+        while True:
+            resp = self._t.call(_AUDIT + "ListAuditEntries",
+                                audit_pb2.ListAuditEntriesRequest(after_seq=after_seq, limit=page_size),
+                                audit_pb2.ListAuditEntriesResponse)
+            for e in resp.entries:
+                yield serde.audit_entry(e)
+                after_seq = e.seq
+            if not resp.more:
+                return
+
+    def audit_head(self) -> t.AuditHead:
+        return serde.audit_head(self._t.call(_AUDIT + "GetAuditHead", audit_pb2.GetAuditHeadRequest(),
+                                             audit_pb2.GetAuditHeadResponse))

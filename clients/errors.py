@@ -1,0 +1,82 @@
+"""Typed exceptions of the SDK. The SDK never lets a ``grpc.RpcError`` escape.
+
+    SandboxClientError            base; .status (gRPC status name), .code (sandbox code), .message
+    ├── Unauthenticated           bad or missing signature, stale clock, replayed nonce, unknown key
+    ├── PermissionDenied          wrong role, outside or without a grant, revoked or expired grant
+    ├── NotFound
+    ├── AlreadyExists             e.g. a second grant for one scenario
+    ├── InvalidArgument           malformed input; nothing was charged or written
+    ├── FailedPrecondition        not yet (e.g. scenario still pending)
+    ├── ResourceExhausted         budget or quota spent, message too large
+    ├── Unavailable               server down, or the audit log could not be written
+    ├── DeadlineExceeded
+    ├── Cancelled
+    └── InternalServerError       the server failed; it says no more
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "SandboxClientError", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists", "InvalidArgument",
+    "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Cancelled",
+    "InternalServerError", "from_rpc_error",
+]
+
+ERROR_TRAILER = "x-sandbox-error"
+
+
+class SandboxClientError(Exception):
+    def __init__(self, message: str, *, status: str = "UNKNOWN", code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}" + (f" [{self.code}]" if self.code else "")
+
+
+class Unauthenticated(SandboxClientError): ...
+class PermissionDenied(SandboxClientError): ...
+class NotFound(SandboxClientError): ...
+class AlreadyExists(SandboxClientError): ...
+class InvalidArgument(SandboxClientError): ...
+class FailedPrecondition(SandboxClientError): ...
+class ResourceExhausted(SandboxClientError): ...
+class Unavailable(SandboxClientError): ...
+class DeadlineExceeded(SandboxClientError): ...
+class Cancelled(SandboxClientError): ...
+class InternalServerError(SandboxClientError): ...
+
+
+STATUS_TO_ERROR: dict[grpc.StatusCode, type[SandboxClientError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.INTERNAL: InternalServerError,
+    grpc.StatusCode.DATA_LOSS: InternalServerError,
+    grpc.StatusCode.UNIMPLEMENTED: InternalServerError,
+}
+
+
+def from_rpc_error(exc: grpc.RpcError) -> SandboxClientError:
+    """The most specific SDK exception for a gRPC error."""
+    status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    message = exc.details() if hasattr(exc, "details") else ""
+    code = ""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_TRAILER:
+            code = value if isinstance(value, str) else value.decode()
+    cls = STATUS_TO_ERROR.get(status, SandboxClientError)
+    return cls(message or status.name.lower(), status=status.name, code=code)

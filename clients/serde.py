@@ -1,0 +1,125 @@
+"""The SDK's only place that converts protobuf messages to and from its result types."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2
+from clients import types as t
+
+NANO = Decimal(10**9)
+ATTO = Decimal(10**18)
+
+
+def _name(enum_type, value: int, prefix: str = "") -> str:  # type: ignore[no-untyped-def]
+    name: str = enum_type.Name(value)
+    return name[len(prefix):].lower() if prefix and name.startswith(prefix) else name
+
+
+def role_to_pb(role: str) -> int:
+    try:
+        return int(common_pb2.Role.Value("ROLE_" + role.upper()))
+    except ValueError:
+        raise ValueError(f"unknown role {role!r} (admin, applicant, researcher, auditor)") from None
+
+
+def kind_to_pb(kind: str) -> int:
+    try:
+        return int(common_pb2.ComputationKind.Value(kind.upper()))
+    except ValueError:
+        raise ValueError(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING)") from None
+
+
+def to_units(value: float | int | str | Decimal, scale: Decimal, what: str) -> int:
+    """Exact conversion of a budget figure to integer units, rounding down (a request never grows)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what} must be finite")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{what} is not a number") from None
+    if not d.is_finite() or d < 0:
+        raise ValueError(f"{what} must be finite and not negative")
+    return int((d * scale).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def ms(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError("datetimes must be timezone-aware")
+    return int(value.timestamp() * 1000)
+
+
+def when(value_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(value_ms / 1000, tz=dt.timezone.utc)
+
+
+def principal(p: common_pb2.Principal) -> t.Principal:
+    return t.Principal(p.id, p.name, p.organisation, tuple(_name(common_pb2.Role, r, "ROLE_") for r in p.roles),
+                       p.public_key, _name(common_pb2.PrincipalStatus, p.status, "PRINCIPAL_"),
+                       when(p.created_at_unix_ms))
+
+
+def dataset(d: common_pb2.DatasetInfo) -> t.Dataset:
+    s = d.schema
+    cols = tuple(
+        t.Column(c.name, _name(common_pb2.ColumnType, c.type, "TYPE_"), _name(common_pb2.ColumnLevel, c.level, "LEVEL_"),
+                 c.nullable, c.lower if c.HasField("lower") else None, c.upper if c.HasField("upper") else None,
+                 tuple(c.categories), c.description)
+        for c in s.columns
+    )
+    return t.Dataset(s.name, s.description, d.version, d.approx_rows, cols, s.person_key, s.max_rows_per_person,
+                     s.partition_column, s.source, when(d.imported_at_unix_ms))
+
+
+def selections(items: Iterable[common_pb2.DatasetSelection]) -> tuple[t.DatasetSelection, ...]:
+    return tuple(t.DatasetSelection(s.name, s.version, tuple(s.columns)) for s in items)
+
+
+def terms(raw: bytes) -> t.GrantTerms:
+    g = common_pb2.GrantTerms.FromString(raw)
+    return t.GrantTerms(
+        g.scenario_id, g.grantee_id, _name(common_pb2.ComputationKind, g.kind), selections(g.datasets), g.model_hash,
+        Decimal(g.budget.epsilon_nano) / NANO, Decimal(g.budget.delta_atto) / ATTO,
+        Decimal(g.max_epsilon_per_call_nano) / NANO, when(g.not_before_unix_ms), when(g.not_after_unix_ms),
+        g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
+    )
+
+
+def scenario(s: common_pb2.Scenario) -> t.Scenario:
+    a = s.application
+    grant = None
+    if s.HasField("grant"):
+        grant = t.Grant(s.grant.id, terms(s.grant.terms), s.grant.terms, s.grant.signature, s.grant.revoked,
+                        s.grant.revoke_reason)
+    usage = None
+    if s.HasField("usage"):
+        usage = t.Usage(Decimal(s.usage.epsilon_spent_nano) / NANO, Decimal(s.usage.delta_spent_atto) / ATTO,
+                        s.usage.quota_used)
+    return t.Scenario(
+        s.id, s.applicant_id, a.title, a.purpose, a.legal_basis, _name(common_pb2.ComputationKind, a.kind),
+        selections(a.datasets), a.model_hash, Decimal(a.budget.epsilon_nano) / NANO,
+        Decimal(a.budget.delta_atto) / ATTO, Decimal(a.max_epsilon_per_call_nano) / NANO,
+        when(a.valid_from_unix_ms), when(a.valid_until_unix_ms), a.quota,
+        _name(common_pb2.ScenarioStatus, s.status, "SCENARIO_"), s.decision_reason, when(s.created_at_unix_ms),
+        grant, usage,
+    )
+
+
+def import_result(r: admin_pb2.ImportDatasetResponse) -> t.ImportResult:
+    return t.ImportResult(dataset(r.dataset), r.rows_imported, r.duplicates_dropped, r.rejected_count,
+                          tuple(t.Rejection(x.line, x.column, x.reason) for x in r.rejected))
+
+
+def audit_entry(e: audit_pb2.AuditEntry) -> t.AuditEntry:
+    return t.AuditEntry(e.seq, when(e.time_unix_ms), e.principal_id, e.method, e.scenario_id, e.grant_id, e.status,
+                        e.error_code, Decimal(e.epsilon_nano) / NANO, Decimal(e.delta_atto) / ATTO,
+                        e.request_sha256, e.response_sha256, e.prev_hash, e.entry_hash)
+
+
+def audit_head(h: audit_pb2.GetAuditHeadResponse) -> t.AuditHead:
+    cp = h.checkpoint
+    return t.AuditHead(h.entries, cp.seq, cp.head_hash, cp.signature,
+                       when(cp.signed_at_unix_ms) if h.HasField("checkpoint") else None, h.audit_public_key)

@@ -1,0 +1,162 @@
+"""Result types the SDK returns: frozen dataclasses, never protobuf messages.
+
+Enumerations are plain strings (``"DP_QUERY"``, ``"open"``, ``"approved"``), budgets are
+``Decimal`` converted exactly from the integer units on the wire.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+__all__ = [
+    "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
+    "ImportResult", "Rejection", "AuditEntry", "AuditHead",
+]
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    name: str
+    organisation: str
+    roles: tuple[str, ...]
+    public_key: bytes
+    status: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    level: str
+    nullable: bool
+    lower: float | None
+    upper: float | None
+    categories: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    description: str
+    version: str
+    approx_rows: int
+    columns: tuple[Column, ...]
+    person_key: str
+    max_rows_per_person: int
+    partition_column: str
+    source: str
+    imported_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    name: str
+    version: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GrantTerms:
+    scenario_id: str
+    grantee_id: str
+    kind: str
+    datasets: tuple[DatasetSelection, ...]
+    model_hash: str
+    epsilon: Decimal
+    delta: Decimal
+    max_epsilon_per_call: Decimal
+    not_before: dt.datetime
+    not_after: dt.datetime
+    quota: int
+    approver_id: str
+    approver_public_key: bytes
+    issued_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    terms: GrantTerms
+    terms_bytes: bytes
+    signature: bytes
+    revoked: bool
+    revoke_reason: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    epsilon_spent: Decimal
+    delta_spent: Decimal
+    quota_used: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    applicant_id: str
+    title: str
+    purpose: str
+    legal_basis: str
+    kind: str
+    datasets: tuple[DatasetSelection, ...]
+    model_hash: str
+    epsilon: Decimal
+    delta: Decimal
+    max_epsilon_per_call: Decimal
+    valid_from: dt.datetime
+    valid_until: dt.datetime
+    quota: int
+    status: str
+    decision_reason: str
+    created_at: dt.datetime
+    grant: Grant | None
+    usage: Usage | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    column: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    dataset: Dataset
+    rows_imported: int
+    duplicates_dropped: int
+    rejected_count: int
+    rejected: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: dt.datetime
+    principal_id: str
+    method: str
+    scenario_id: str
+    grant_id: str
+    status: str
+    error_code: str
+    epsilon: Decimal
+    delta: Decimal
+    request_sha256: str
+    response_sha256: str
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    entries: int
+    checkpoint_seq: int
+    checkpoint_hash: str
+    checkpoint_signature: bytes
+    checkpoint_signed_at: dt.datetime | None
+    audit_public_key: bytes
