@@ -9,6 +9,7 @@ data value: the administrator's import error may end up in logs and replies.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -41,157 +42,101 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _COLUMN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 _VERSION_RE = re.compile(r"[0-9a-f]{64}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_NAN = float("nan")  # one shared object, so rows with missing values still deduplicate
-_BOUNDLESS_LEVELS = (Level.IDENTIFIER, Level.CORE)
+_NAN = float("nan")  # a missing numeric value
 
 
-def _invalid_schema(detail: str) -> SandboxError:
-    return SandboxError(ErrorCode.INVALID_SCHEMA, public_detail=detail)
+def _require(ok: bool, detail: str) -> None:
+    if not ok:
+        raise SandboxError(ErrorCode.INVALID_SCHEMA, public_detail=detail)
 
 
 def _invalid_csv(detail: str) -> SandboxError:
     return SandboxError(ErrorCode.INVALID_CSV, public_detail=detail)
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _validate_column(col: ColumnSchema) -> None:
     where = f"column '{col.name}'"
-    if len(col.description) > MAX_TEXT_CHARS:
-        raise _invalid_schema(f"{where}: description longer than {MAX_TEXT_CHARS} characters")
+    _require(len(col.description) <= MAX_TEXT_CHARS, f"{where}: description longer than {MAX_TEXT_CHARS} characters")
     has_bounds = col.lower is not None or col.upper is not None
     if col.type is ColumnType.CATEGORICAL:
-        if has_bounds:
-            raise _invalid_schema(f"{where}: categorical columns take no bounds")
-        if not col.categories:
-            raise _invalid_schema(f"{where}: categorical columns must declare their categories")
-        if len(col.categories) > MAX_CATEGORIES:
-            raise _invalid_schema(f"{where}: more than {MAX_CATEGORIES} categories")
-        if len(set(col.categories)) != len(col.categories):
-            raise _invalid_schema(f"{where}: categories must be unique")
-        for cat in col.categories:
-            if not isinstance(cat, str) or not cat.strip() or cat != cat.strip() or len(cat) > MAX_STRING_CHARS:
-                raise _invalid_schema(f"{where}: categories must be non-empty text without surrounding spaces")
+        cats = col.categories
+        _require(not has_bounds, f"{where}: categorical columns take no bounds")
+        _require(0 < len(cats) <= MAX_CATEGORIES, f"{where}: declare 1 to {MAX_CATEGORIES} categories")
+        _require(len(set(cats)) == len(cats), f"{where}: categories must be unique")
+        _require(
+            all(isinstance(c, str) and c and c == c.strip() and len(c) <= MAX_STRING_CHARS for c in cats),
+            f"{where}: categories must be non-empty text without surrounding spaces",
+        )
         return
-    if col.categories:
-        raise _invalid_schema(f"{where}: only categorical columns declare categories")
+    _require(not col.categories, f"{where}: only categorical columns declare categories")
     if col.type is ColumnType.STRING:
-        if has_bounds:
-            raise _invalid_schema(f"{where}: string columns take no bounds")
-        return
-    if not has_bounds and col.level in _BOUNDLESS_LEVELS:
-        return
-    if col.lower is None or col.upper is None:
-        raise _invalid_schema(f"{where}: numeric {col.level.value} columns must declare lower and upper bounds")
-    if not (_is_number(col.lower) and _is_number(col.upper)):
-        raise _invalid_schema(f"{where}: bounds must be numbers")
-    if not (math.isfinite(col.lower) and math.isfinite(col.upper)) or not col.lower < col.upper:
-        raise _invalid_schema(f"{where}: bounds must be finite with lower < upper")
+        _require(not has_bounds, f"{where}: string columns take no bounds")
+    elif has_bounds or col.level not in (Level.IDENTIFIER, Level.CORE):
+        lo, hi = col.lower, col.upper
+        _require(lo is not None and hi is not None, f"{where}: numeric {col.level.value} columns need lower and upper")
+        _require(
+            all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in (lo, hi))
+            and lo < hi,  # type: ignore[operator]
+            f"{where}: bounds must be finite numbers with lower < upper",
+        )
 
 
 def validate_schema(schema: DatasetSchema) -> None:
     """Raise INVALID_SCHEMA unless the schema is complete and consistent."""
-    if not isinstance(schema.name, str) or not _NAME_RE.fullmatch(schema.name):
-        raise _invalid_schema("dataset name must match [a-z][a-z0-9_]{0,63}")
-    if len(schema.description) > MAX_TEXT_CHARS or len(schema.source) > MAX_TEXT_CHARS:
-        raise _invalid_schema(f"description and source are limited to {MAX_TEXT_CHARS} characters")
-    if not schema.columns:
-        raise _invalid_schema("a dataset needs at least one column")
-    if len(schema.columns) > MAX_COLUMNS:
-        raise _invalid_schema(f"more than {MAX_COLUMNS} columns")
+    good_name = isinstance(schema.name, str) and bool(_NAME_RE.fullmatch(schema.name))
+    _require(good_name, "dataset name must match [a-z][a-z0-9_]{0,63}")
+    long_text = max(len(schema.description), len(schema.source)) > MAX_TEXT_CHARS
+    _require(not long_text, f"description and source are limited to {MAX_TEXT_CHARS} characters")
+    _require(0 < len(schema.columns) <= MAX_COLUMNS, f"a dataset needs 1 to {MAX_COLUMNS} columns")
     seen: set[str] = set()
     for index, col in enumerate(schema.columns, start=1):
-        if not isinstance(col.name, str) or not _COLUMN_RE.fullmatch(col.name):
-            raise _invalid_schema(f"column {index}: name must match [A-Za-z][A-Za-z0-9_-]{{0,63}}")
-        if not isinstance(col.type, ColumnType) or not isinstance(col.level, Level):
-            raise _invalid_schema(f"column '{col.name}': unknown type or level")
-        # Columns become file names, so names differing only in case would collide on some file systems.
-        if col.name.lower() in seen:
-            raise _invalid_schema(f"column '{col.name}' is declared twice (names are case-insensitive)")
+        good_name = isinstance(col.name, str) and bool(_COLUMN_RE.fullmatch(col.name))
+        _require(good_name, f"column {index}: name must match [A-Za-z][A-Za-z0-9_-]{{0,63}}")
+        known = isinstance(col.type, ColumnType) and isinstance(col.level, Level)
+        _require(known, f"column '{col.name}': unknown type or level")
+        # Columns become file names, and names differing only in case collide on some file systems.
+        _require(col.name.lower() not in seen, f"column '{col.name}' is declared twice (names ignore case)")
         seen.add(col.name.lower())
         _validate_column(col)
-    if schema.max_rows_per_person < 0:
-        raise _invalid_schema("max_rows_per_person must not be negative")
+    _require(schema.max_rows_per_person >= 0, "max_rows_per_person must not be negative")
     if schema.person_key:
         key = schema.column(schema.person_key)
-        if key is None:
-            raise _invalid_schema(f"person_key '{schema.person_key}' is not a column")
-        if key.nullable:
-            raise _invalid_schema(f"person_key column '{key.name}' must not be nullable")
-        if schema.max_rows_per_person < 1:
-            raise _invalid_schema("person_key requires max_rows_per_person >= 1")
-    elif schema.max_rows_per_person:
-        raise _invalid_schema("max_rows_per_person requires a person_key")
+        _require(key is not None, f"person_key '{schema.person_key}' is not a column")
+        assert key is not None
+        _require(not key.nullable, f"person_key column '{key.name}' must not be nullable")
+        _require(schema.max_rows_per_person >= 1, "person_key requires max_rows_per_person >= 1")
+    else:
+        _require(not schema.max_rows_per_person, "max_rows_per_person requires a person_key")
     if schema.partition_column:
         part = schema.column(schema.partition_column)
-        if part is None:
-            raise _invalid_schema(f"partition_column '{schema.partition_column}' is not a column")
-        if part.type is not ColumnType.CATEGORICAL or part.nullable:
-            raise _invalid_schema(f"partition_column '{part.name}' must be a non-nullable categorical column")
-        if part.level not in (Level.OPEN, Level.INTERNAL):
-            raise _invalid_schema(f"partition_column '{part.name}' must be open or internal")
-        if part.name == schema.person_key:
-            raise _invalid_schema("partition_column and person_key must differ")
-
-
-def _schema_dict(schema: DatasetSchema) -> dict[str, object]:
-    return {
-        "name": schema.name,
-        "description": schema.description,
-        "source": schema.source,
-        "person_key": schema.person_key,
-        "max_rows_per_person": schema.max_rows_per_person,
-        "partition_column": schema.partition_column,
-        "columns": [
-            {
-                "name": c.name,
-                "type": c.type.value,
-                "level": c.level.value,
-                "nullable": c.nullable,
-                # Bounds are always floats so that 17 and 17.0 hash the same.
-                "lower": None if c.lower is None else float(c.lower),
-                "upper": None if c.upper is None else float(c.upper),
-                "categories": list(c.categories),
-                "description": c.description,
-            }
-            for c in schema.columns
-        ],
-    }
+        where = f"partition_column '{schema.partition_column}'"
+        _require(part is not None, f"{where} is not a column")
+        assert part is not None
+        _require(part.type is ColumnType.CATEGORICAL and not part.nullable, f"{where} must be non-nullable categorical")
+        _require(part.level in (Level.OPEN, Level.INTERNAL), f"{where} must be open or internal")
+        _require(part.name != schema.person_key, "partition_column and person_key must differ")
 
 
 def schema_to_json(schema: DatasetSchema) -> str:
     """Canonical JSON of a schema (sorted keys, compact, ASCII): what is stored and hashed."""
-    return json.dumps(_schema_dict(schema), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    doc = dataclasses.asdict(schema)  # enums are str subclasses and serialise as their values
+    for col in doc["columns"]:
+        for bound in ("lower", "upper"):  # always floats, so that 17 and 17.0 hash the same
+            col[bound] = None if col[bound] is None else float(col[bound])
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def schema_from_json(text: str) -> DatasetSchema:
     """Parse JSON made by :func:`schema_to_json`; INVALID_SCHEMA if it is malformed."""
     try:
-        d = json.loads(text)
+        doc = json.loads(text)
         columns = tuple(
             ColumnSchema(
-                name=str(c["name"]),
-                type=ColumnType(c["type"]),
-                level=Level(c["level"]),
-                nullable=bool(c.get("nullable", False)),
-                lower=None if c.get("lower") is None else float(c["lower"]),
-                upper=None if c.get("upper") is None else float(c["upper"]),
-                categories=tuple(str(x) for x in c.get("categories", ())),
-                description=str(c.get("description", "")),
+                **{**c, "type": ColumnType(c["type"]), "level": Level(c["level"]), "categories": tuple(c["categories"])}
             )
-            for c in d["columns"]
+            for c in doc.pop("columns")
         )
-        return DatasetSchema(
-            name=str(d["name"]),
-            columns=columns,
-            description=str(d.get("description", "")),
-            person_key=str(d.get("person_key", "")),
-            max_rows_per_person=int(d.get("max_rows_per_person", 0)),
-            partition_column=str(d.get("partition_column", "")),
-            source=str(d.get("source", "")),
-        )
+        return DatasetSchema(columns=columns, **doc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SandboxError(ErrorCode.INVALID_SCHEMA, "stored schema is malformed", log_detail=repr(exc)) from exc
 
@@ -211,26 +156,25 @@ def _decode(csv_bytes: bytes) -> str:
         raise _invalid_csv(f"not valid UTF-8 (byte offset {exc.start})") from None
 
 
-def _read_records(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (first line, fields) of every non-blank record."""
+def _read_records(text: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, non-blank records, and the line (1-based, header = 1) where each record starts."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records: list[tuple[int, list[str]]] = []
-    header: list[str] | None = None
-    last = 0
     try:
-        for row in reader:
-            start, last = last + 1, reader.line_num
-            if not row:
-                continue
-            if header is None:
-                header = row
-            else:
-                records.append((start, row))
+        rows = list(reader)
+        starts = list(range(1, len(rows) + 1))
+        if reader.line_num != len(rows) or not all(rows):  # multi-line records or blank lines
+            reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+            rows, starts, last = [], [], 0
+            for row in reader:
+                if row:
+                    rows.append(row)
+                    starts.append(last + 1)
+                last = reader.line_num
     except csv.Error:
         raise _invalid_csv(f"malformed CSV near line {reader.line_num}") from None
-    if header is None:
+    if not rows:
         raise _invalid_csv("empty CSV: no header")
-    return header, records
+    return rows[0], rows[1:], starts[1:]
 
 
 def _check_header(schema: DatasetSchema, header: list[str]) -> None:
@@ -403,16 +347,18 @@ def _already_exists(name: str) -> SandboxError:
 
 
 def _parse_rows(
-    schema: DatasetSchema, header: list[str], records: list[tuple[int, list[str]]]
+    schema: DatasetSchema, header: list[str], rows: list[list[str]], lines: list[int]
 ) -> tuple[dict[str, np.ndarray], dict[int, tuple[str, str]], int]:
     """Arrays of the rows to keep, {line: (column, reason)} of rejected rows, and duplicates dropped."""
     rejected: dict[int, tuple[str, str]] = {}
-    good = [(line, row) for line, row in records if len(row) == len(header)]
-    for line, row in records:
-        if len(row) != len(header):
-            rejected[line] = ("", f"expected {len(header)} fields, found {len(row)}")
-    lines = [line for line, _ in good]
-    raw_columns = list(zip(*(row for _, row in good))) if good else [() for _ in header]
+    width = len(header)
+    if any(len(row) != width for row in rows):
+        for line, row in zip(lines, rows):
+            if len(row) != width:
+                rejected[line] = ("", f"expected {width} fields, found {len(row)}")
+        lines = [line for line, row in zip(lines, rows) if len(row) == width]
+        rows = [row for row in rows if len(row) == width]
+    raw_columns = list(zip(*rows)) if rows else [() for _ in header]
     parsed: dict[str, np.ndarray] = {}
     bad_rows: dict[int, tuple[str, str]] = {}
     for name, raw in zip(header, raw_columns):  # the header holds exactly the schema's columns
@@ -492,11 +438,11 @@ def import_csv(
     validate_schema(schema)
     if max_rejected < 0:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "max_rejected must not be negative")
-    header, records = _read_records(_decode(csv_bytes))
+    header, rows, lines = _read_records(_decode(csv_bytes))
     _check_header(schema, header)
-    if not records:
+    if not rows:
         raise _invalid_csv("no data rows after the header")
-    arrays, rejected, duplicates = _parse_rows(schema, header, records)
+    arrays, rejected, duplicates = _parse_rows(schema, header, rows, lines)
     rejections = tuple((line, *rejected[line]) for line in sorted(rejected))
     if len(rejections) > max_rejected:
         examples = "; ".join(
@@ -564,6 +510,7 @@ def load_columns(data_dir: Path, info: DatasetInfo, columns: Sequence[str]) -> d
         except (OSError, ValueError) as exc:
             raise SandboxError(ErrorCode.INTERNAL, log_detail=f"cannot load {path}: {exc!r}") from exc
         if arr.shape != (info.row_count,):
-            raise SandboxError(ErrorCode.INTERNAL, log_detail=f"{path} has shape {arr.shape}, expected {info.row_count}")
+            detail = f"{path} has shape {arr.shape}, expected ({info.row_count},)"
+            raise SandboxError(ErrorCode.INTERNAL, log_detail=detail)
         result[name] = arr
     return result

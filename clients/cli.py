@@ -1,0 +1,363 @@
+"""The ``sandbox-client`` command: keys, the catalogue, applications and their status, over the SDK.
+
+Administrators' commands live in ``clients.cli_admin`` and are registered on the same app.
+Expected failures (a refused call, a bad file) print one red line and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import tomllib
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from clients import types as t
+from clients.client import ApplicantClient, SandboxClient
+from clients.errors import PermissionDenied, SandboxClientError
+from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
+
+__all__ = ["app", "main"]
+
+C = TypeVar("C", bound=SandboxClient)
+KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
+# Statuses where the server understood the call and said no; anything else "failed".
+_REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+             "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
+
+
+class _Group(TyperGroup):
+    """Turns SDK errors from any command into one readable line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SandboxClientError as exc:
+            word = "refused" if exc.status in _REFUSALS else "failed"
+            code = f" [{exc.code}]" if exc.code else ""
+            _err().print(Text(f"{word} ({exc.status}): {clean(exc.message)}{code}", style="red"))
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, review and audit computations.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@dataclass(frozen=True)
+class Options:
+    server: str
+    key: Optional[Path]
+    ca: Optional[Path]
+    timeout: float
+
+
+def out() -> Console:
+    # Created per call so the width follows the terminal (or COLUMNS) of this invocation.
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one red line; the caller raises the returned exit (code 1)."""
+    _err().print(Text(message, style="red"))
+    return typer.Exit(1)
+
+
+def clean(value: object) -> str:
+    """Text from the server or another principal, with control characters made visible (no terminal escapes)."""
+    return "".join(ch if unicodedata.category(ch)[0] != "C" else "\ufffd" for ch in str(value))
+
+
+def table(*headers: str, title: str | None = None) -> Table:
+    tbl = Table(*headers, title=title, title_justify="left", header_style="bold")
+    return tbl
+
+
+def row(tbl: Table, *values: object) -> None:
+    """Add a row of untrusted values as plain text (never rich markup)."""
+    tbl.add_row(*(v if isinstance(v, Text) else Text(clean(v)) for v in values))
+
+
+def dec(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def day(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def selection_text(selections: tuple[t.DatasetSelection, ...]) -> str:
+    return "; ".join(f"{s.name}: {', '.join(s.columns)}" for s in selections)
+
+
+def parse_selections(items: list[str], option: str) -> dict[str, list[str]]:
+    """``NAME=col1,col2`` (repeatable; ``*`` for all open and internal columns) as a mapping."""
+    result: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, cols = item.partition("=")
+        columns = [c.strip() for c in cols.split(",") if c.strip()]
+        if not sep or not name.strip() or not columns:
+            raise typer.BadParameter(f"expected NAME=col1,col2 (or NAME='*'), got {item!r}", param_hint=option)
+        result.setdefault(name.strip(), []).extend(columns)
+    return result
+
+
+@contextmanager
+def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
+    """An SDK client from the global options; a missing or unreadable key or CA is a usage error."""
+    opts: Options = ctx.find_root().obj
+    if opts.key is None:
+        raise click.UsageError("no signing key: pass --key PATH or set SANDBOX_KEY", ctx)
+    if opts.ca is None:
+        raise click.UsageError("no CA certificate: pass --ca PATH or set SANDBOX_CA", ctx)
+    try:
+        key = load_key(opts.key)
+        ca = opts.ca.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"cannot read key or CA: {exc}", ctx) from None
+    with cls(opts.server, key=key, ca=ca, timeout=opts.timeout) as client:
+        yield client
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    server: str = typer.Option("localhost:50051", envvar="SANDBOX_SERVER", help="Sandbox address host:port."),
+    key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help="Your Ed25519 private key (PEM)."),
+    ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help="CA certificate of the sandbox (PEM)."),
+    timeout: float = typer.Option(10.0, min=0.1, help="Deadline of each call, in seconds."),
+) -> None:
+    """Client of the data sandbox."""
+    ctx.obj = Options(server, key, ca, timeout)
+
+
+@app.command()
+def keygen(path: Path = typer.Argument(..., help="Where to write the private key; the public key goes beside it.")) -> None:
+    """Create an Ed25519 key pair (private key mode 0600, public key as hex in .pub)."""
+    pub_path = path.with_suffix(".pub")
+    for p in (path, pub_path):
+        if p.exists():
+            raise fail(f"refusing to overwrite {p}")
+    key = generate_key()
+    try:
+        save_key(key, path)
+    except OSError as exc:
+        raise fail(f"cannot write key: {exc}") from None
+    public = public_key_of(key)
+    con = out()
+    con.print(f"private key   {path}  (mode 0600; keep it secret)")
+    con.print(f"public key    {pub_path}")
+    con.print(f"principal id  {principal_id_for(public)}")
+    con.print(f"public hex    {public.hex()}")
+
+
+def print_principal(p: t.Principal) -> None:
+    con = out()
+    con.print(Text(clean(f"{p.id}  {p.name} ({p.organisation})"), style="bold"))
+    con.print(Text(clean(f"  roles   {', '.join(p.roles) or '-'}\n  status  {p.status}\n"
+                         f"  since   {day(p.created_at)}\n  key     {p.public_key.hex()}")))
+
+
+@app.command()
+def whoami(ctx: typer.Context) -> None:
+    """Show the principal this key is enrolled as."""
+    with connect(ctx, SandboxClient) as client:
+        print_principal(client.whoami())
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    name: str = typer.Option(..., help="Your name or your service's name."),
+    organisation: str = typer.Option(..., help="Your organisation."),
+    role: list[str] = typer.Option(["applicant"], help="Role to ask for (repeatable)."),
+) -> None:
+    """Register this key yourself; an administrator must approve it before it can do anything."""
+    with connect(ctx, SandboxClient) as client:
+        p = client.register(name=name, organisation=organisation, roles=role)
+    print_principal(p)
+    if p.status == "pending":
+        out().print("An administrator must approve this registration (sandbox-client approve-principal).")
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def column_bounds(c: t.Column, width: int = 48) -> str:
+    if c.categories:
+        text = ", ".join(c.categories)
+        return text if len(text) <= width else text[: width - 1] + f"… ({len(c.categories)})"
+    if c.lower is not None or c.upper is not None:
+        return f"[{_num(c.lower)}, {_num(c.upper)}]"
+    return ""
+
+
+@app.command()
+def catalogue(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """The datasets you may apply for: schema, classification and approximate size (never exact counts)."""
+    with connect(ctx, SandboxClient) as client:
+        datasets = client.catalogue()
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(d) for d in datasets], indent=2, default=str))
+        return
+    con = out()
+    if not datasets:
+        con.print("The catalogue is empty.")
+    for d in datasets:
+        con.print(Text(clean(f"{d.name}  version {d.version[:12]}  ≈{d.approx_rows:,} rows"), style="bold"))
+        if d.description:
+            con.print(Text(clean(d.description), style="dim"))
+        tbl = table("column", "type", "level", "bounds / categories")
+        for c in d.columns:
+            row(tbl, c.name + (" (nullable)" if c.nullable else ""), c.type, c.level, column_bounds(c))
+        con.print(tbl)
+
+
+_APPLICATION_KEYS = {"title", "purpose", "legal_basis", "kind", "datasets", "epsilon", "delta",
+                     "max_epsilon_per_call", "days", "quota", "model_hash"}
+
+
+def read_application(path: Path) -> dict[str, Any]:
+    """An application TOML file: the same fields as the options, ``[datasets]`` mapping name to columns."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--file") from None
+    unknown = set(data) - _APPLICATION_KEYS
+    if unknown:
+        raise typer.BadParameter(f"unknown fields {sorted(unknown)}", param_hint="--file")
+    datasets = data.get("datasets", {})
+    if not isinstance(datasets, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in datasets.values()):
+        raise typer.BadParameter("[datasets] must map dataset names to lists of column names", param_hint="--file")
+    return data
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    file: Optional[Path] = typer.Option(None, "--file", exists=True, dir_okay=False,
+                                        help="Application TOML; options given too override it."),
+    title: Optional[str] = typer.Option(None),
+    purpose: Optional[str] = typer.Option(None),
+    legal_basis: Optional[str] = typer.Option(None, help="The law or contract that allows the use."),
+    kind: Optional[str] = typer.Option(None, help="DP_QUERY, HE_SCORING or FL_TRAINING (default DP_QUERY)."),
+    dataset: list[str] = typer.Option([], help="NAME=col1,col2 (repeatable; quote NAME='*' for all allowed)."),
+    epsilon: Optional[str] = typer.Option(None, help="Total privacy budget epsilon."),
+    delta: Optional[str] = typer.Option(None, help="Total privacy budget delta."),
+    max_epsilon_per_call: Optional[str] = typer.Option(None),
+    days: Optional[int] = typer.Option(None, min=1, help="Validity in days from now (default 30)."),
+    quota: Optional[int] = typer.Option(None, min=0, help="Maximum number of computations (default 1000)."),
+    model_hash: Optional[str] = typer.Option(None, help="SHA-256 of the model (HE scoring, FL training)."),
+) -> None:
+    """Apply for one computation scenario; an administrator reviews it."""
+    fields = read_application(file) if file else {}
+    given = dict(title=title, purpose=purpose, legal_basis=legal_basis, kind=kind, epsilon=epsilon, delta=delta,
+                 max_epsilon_per_call=max_epsilon_per_call, days=days, quota=quota, model_hash=model_hash)
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if dataset:
+        fields["datasets"] = parse_selections(dataset, "--dataset")
+    missing = [f"--{k.replace('_', '-')}" for k in ("title", "purpose", "legal_basis", "datasets") if not fields.get(k)]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (as options or in --file)", ctx)
+    kind_name = str(fields.get("kind", "DP_QUERY")).upper()
+    if kind_name not in KINDS:
+        raise typer.BadParameter(f"{kind_name!r} is not one of {', '.join(KINDS)}", param_hint="--kind")
+    with connect(ctx, ApplicantClient) as client:
+        s = client.apply(
+            title=fields["title"], purpose=fields["purpose"], legal_basis=fields["legal_basis"], kind=kind_name,
+            datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
+            max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
+            valid_for=dt.timedelta(days=int(fields.get("days", 30))), quota=int(fields.get("quota", 1000)),
+            model_hash=str(fields.get("model_hash", "")))
+    out().print(Text(clean(f"applied: {s.id}  status {s.status}"), style="green"))
+
+
+def budget_text(s: t.Scenario) -> str:
+    spent = s.usage.epsilon_spent if s.usage else Decimal(0)
+    return f"{dec(spent)} / {dec(s.epsilon)}"
+
+
+def quota_text(s: t.Scenario) -> str:
+    return f"{s.usage.quota_used if s.usage else 0} / {s.quota}"
+
+
+def scenario_details(s: t.Scenario, tbl: Table) -> None:
+    """The application's fields as key/value rows (shared with the administrators' review)."""
+    row(tbl, "title", s.title)
+    row(tbl, "purpose", s.purpose)
+    row(tbl, "legal basis", s.legal_basis)
+    row(tbl, "kind", s.kind)
+    row(tbl, "datasets", "\n".join(f"{d.name} ({d.version[:12] or 'latest'}): {', '.join(d.columns)}"
+                                    for d in s.datasets))
+    if s.model_hash:
+        row(tbl, "model hash", s.model_hash)
+    row(tbl, "budget", f"epsilon {dec(s.epsilon)}, delta {dec(s.delta)}, "
+                       f"max epsilon per call {dec(s.max_epsilon_per_call) if s.max_epsilon_per_call else '-'}")
+    row(tbl, "validity", f"{day(s.valid_from) if s.valid_from.year > 1970 else 'on approval'} "
+                         f"to {day(s.valid_until)}")
+    row(tbl, "quota", s.quota)
+
+
+@app.command()
+def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show.")) -> None:
+    """Your scenarios, or one in detail with its grant and whether the grant's signature verifies."""
+    with connect(ctx, SandboxClient) as client:
+        if scenario_id is None:
+            scenarios = client.scenarios()
+            tbl = table("id", "title", "kind", "status", "epsilon spent / cap", "quota used / cap")
+            for s in scenarios:
+                row(tbl, s.id, s.title, s.kind, s.status, budget_text(s), quota_text(s))
+            out().print(tbl if scenarios else "You have no scenarios.")
+            return
+        s = client.scenario(scenario_id)
+        verified: Text | None = None
+        if s.grant is not None:
+            try:
+                client.verify_grant(s.grant)
+                verified = Text("verified against the administrators' keys", style="green")
+            except PermissionDenied:
+                verified = Text("DOES NOT VERIFY against the administrators' keys", style="bold red")
+    tbl = table("field", "value", title=f"{s.id}  ({s.status})")
+    row(tbl, "status", s.status + (f": {s.decision_reason}" if s.decision_reason else ""))
+    scenario_details(s, tbl)
+    row(tbl, "epsilon spent / cap", budget_text(s))
+    row(tbl, "quota used / cap", quota_text(s))
+    if s.grant is not None and verified is not None:
+        g = s.grant
+        row(tbl, "grant", g.id + (f" (revoked: {g.revoke_reason})" if g.revoked else ""))
+        row(tbl, "granted terms", f"epsilon {dec(g.terms.epsilon)}, delta {dec(g.terms.delta)}, quota "
+                                  f"{g.terms.quota}, until {day(g.terms.not_after)}; "
+                                  f"{selection_text(g.terms.datasets)}")
+        row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
+        row(tbl, "signature", verified)
+    out().print(tbl)
+
+
+def main() -> None:
+    app()
+
+
+import clients.cli_admin  # noqa: E402,F401  (registers the administrators' commands on ``app``)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Dependencies flow one way (ARCHITECTURE.md), and the generated code matches the protos."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("protos", "sandbox", "dp_engine", "he_engine", "fl_server", "clients")
+#: Which of our packages each package may import.
+ALLOWED = {
+    "protos": {"protos"},
+    "dp_engine": {"dp_engine"},
+    "he_engine": {"he_engine"},
+    "fl_server": {"fl_server"},
+    "clients": {"clients", "protos"},
+    "sandbox": {"sandbox", "protos", "dp_engine", "he_engine", "fl_server"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of every import in a file, including ones inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def reverse_edges(root: Path) -> list[str]:
+    bad = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for target in sorted(imported_packages(path) - ALLOWED[package]):
+                bad.append(f"{path.relative_to(root)} imports {target}")
+    return bad
+
+
+def test_no_reverse_import_edges() -> None:
+    assert reverse_edges(ROOT) == []
+
+
+def test_the_checker_catches_a_reverse_edge(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "clients" / "leak.py").write_text("def f():\n    from sandbox.storage import Database\n")
+    (tmp_path / "dp_engine" / "up.py").write_text("import he_engine\n")
+    assert sorted(reverse_edges(tmp_path)) == ["clients/leak.py imports sandbox", "dp_engine/up.py imports he_engine"]
+
+
+def test_generated_protos_have_no_drift(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.suffix in (".py", ".pyi"))
+    assert generated, "protoc produced nothing"
+    checked_in = sorted(p.relative_to(ROOT) for p in (ROOT / "protos" / "sandbox" / "v1").glob("*_pb2*"))
+    assert generated == checked_in, "generated files differ from those checked in: run `make protos`"
+    drifted = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
+    assert drifted == [], f"run `make protos`: {drifted}"
+
+
+def test_drift_check_detects_an_edited_proto(tmp_path: Path) -> None:
+    """Regenerating from a changed .proto gives different code: the drift test can fail."""
+    import shutil
+
+    fake = tmp_path / "repo"
+    shutil.copytree(ROOT / "protos", fake / "protos")
+    shutil.copytree(ROOT / "scripts", fake / "scripts")
+    proto = fake / "protos" / "sandbox" / "v1" / "audit.proto"
+    proto.write_text(proto.read_text().replace("bool more = 2;", "bool more = 2;\n  uint32 extra = 3;"))
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, str(fake / "scripts" / "gen_protos.py"), str(out)], check=True,
+                   capture_output=True)
+    rel = Path("protos/sandbox/v1/audit_pb2.py")
+    assert not filecmp.cmp(out / rel, ROOT / rel, shallow=False)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import(package: str) -> None:
+    __import__(package)
