@@ -38,6 +38,9 @@ KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
 _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
              "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
 
+# Columns never squeezed to make a table fit: an identifier is useless in pieces.
+_WHOLE = {"id", "seq", "principal", "time", "since", "status", "field"}
+
 
 class _Group(TyperGroup):
     """Turns SDK errors from any command into one readable line and exit code 1."""
@@ -85,7 +88,10 @@ def clean(value: object) -> str:
 
 
 def table(*headers: str, title: str | None = None) -> Table:
-    tbl = Table(*headers, title=title, title_justify="left", header_style="bold")
+    """A table whose cells fold rather than cut, so an id or a reason is never shown truncated."""
+    tbl = Table(title=title, title_justify="left", header_style="bold")
+    for h in headers:
+        tbl.add_column(h, overflow="fold", no_wrap=h in _WHOLE)
     return tbl
 
 
@@ -131,6 +137,8 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
         ca = opts.ca.read_bytes()
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot read key or CA: {exc}", ctx) from None
+    if b"-----BEGIN CERTIFICATE-----" not in ca:
+        raise click.UsageError(f"{opts.ca} is not a PEM certificate", ctx)
     with cls(opts.server, key=key, ca=ca, timeout=opts.timeout) as client:
         yield client
 
@@ -170,8 +178,9 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
 def print_principal(p: t.Principal) -> None:
     con = out()
     con.print(Text(clean(f"{p.id}  {p.name} ({p.organisation})"), style="bold"))
-    con.print(Text(clean(f"  roles   {', '.join(p.roles) or '-'}\n  status  {p.status}\n"
-                         f"  since   {day(p.created_at)}\n  key     {p.public_key.hex()}")))
+    for label, value in (("roles", ", ".join(p.roles) or "-"), ("status", p.status), ("since", day(p.created_at)),
+                         ("key", p.public_key.hex())):
+        con.print(Text(f"  {label:<7} {clean(value)}"))
 
 
 @app.command()
@@ -293,12 +302,13 @@ def apply(
 
 
 def budget_text(s: t.Scenario) -> str:
-    spent = s.usage.epsilon_spent if s.usage else Decimal(0)
-    return f"{dec(spent)} / {dec(s.epsilon)}"
+    """Spent against the cap in force: the granted terms once approved (perhaps narrowed), else as applied for."""
+    cap = s.grant.terms.epsilon if s.grant else s.epsilon
+    return f"{dec(s.usage.epsilon_spent if s.usage else Decimal(0))} / {dec(cap)}"
 
 
 def quota_text(s: t.Scenario) -> str:
-    return f"{s.usage.quota_used if s.usage else 0} / {s.quota}"
+    return f"{s.usage.quota_used if s.usage else 0} / {s.grant.terms.quota if s.grant else s.quota}"
 
 
 def scenario_details(s: t.Scenario, tbl: Table) -> None:
@@ -324,7 +334,7 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
     with connect(ctx, SandboxClient) as client:
         if scenario_id is None:
             scenarios = client.scenarios()
-            tbl = table("id", "title", "kind", "status", "epsilon spent / cap", "quota used / cap")
+            tbl = table("id", "title", "kind", "status", "epsilon spent/cap", "quota used/cap")
             for s in scenarios:
                 row(tbl, s.id, s.title, s.kind, s.status, budget_text(s), quota_text(s))
             out().print(tbl if scenarios else "You have no scenarios.")

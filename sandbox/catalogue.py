@@ -178,23 +178,24 @@ def _read_records(text: str) -> tuple[list[str], list[list[str]], list[int]]:
 
 
 def _check_header(schema: DatasetSchema, header: list[str]) -> None:
-    # Only identifier-like names are echoed: a header-less file would otherwise echo its first row.
-    counts = Counter(header)
-    dupes = sorted(h for h, n in counts.items() if n > 1 and _COLUMN_RE.fullmatch(h))
-    if len(counts) != len(header):
-        raise _invalid_csv("duplicate header column(s)" + (f": {', '.join(map(repr, dupes))}" if dupes else ""))
     names = {c.name for c in schema.columns}
-    unknown = [
-        f"'{h}'" if _COLUMN_RE.fullmatch(h) else f"header field {i}" for i, h in enumerate(header, 1) if h not in names
-    ]
-    missing = [f"'{c.name}'" for c in schema.columns if c.name not in header]
-    problems = []
-    if unknown:
-        problems.append("unknown column(s): " + ", ".join(unknown[:10]))
-    if missing:
-        problems.append("missing column(s): " + ", ".join(missing[:10]))
+    # Header fields are echoed only when they look like names and most of the header is known:
+    # a file without its header row would otherwise echo its first data row.
+    echo = 2 * sum(h in names for h in header) >= len(header)
+
+    def shown(i: int, h: str) -> str:
+        return f"'{h}'" if echo and _COLUMN_RE.fullmatch(h) else f"header field {i}"
+
+    counts = Counter(header)
+    dupes = [shown(i, h) for i, h in enumerate(header, 1) if counts[h] > 1 and header.index(h) < i - 1]
+    if dupes:
+        raise _invalid_csv("duplicate header column(s): " + ", ".join(dupes[:10]))
+    unknown = [shown(i, h) for i, h in enumerate(header, 1) if h not in names]
+    missing = [f"'{c.name}'" for c in schema.columns if c.name not in counts]
+    problems = ["unknown column(s): " + ", ".join(unknown[:10])] if unknown else []
+    problems += ["missing column(s): " + ", ".join(missing[:10])] if missing else []
     if problems:
-        raise _invalid_csv("; ".join(problems))
+        raise _invalid_csv("; ".join(problems) + ("" if echo else " (is the header row missing?)"))
 
 
 def _fast_column(col: ColumnSchema, raw: tuple[str, ...]) -> np.ndarray | None:
@@ -227,6 +228,13 @@ def _fast_column(col: ColumnSchema, raw: tuple[str, ...]) -> np.ndarray | None:
         return None
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _parse_column(col: ColumnSchema, raw: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
     """Parsed column (placeholders where bad) and {row index: reason}; reasons never quote the value."""
     fast = _fast_column(col, raw)
@@ -235,7 +243,7 @@ def _parse_column(col: ColumnSchema, raw: tuple[str, ...]) -> tuple[np.ndarray, 
     kind = col.type
     out: list[object] = []
     bad: dict[int, str] = {}
-    missing_value: object = "" if kind is ColumnType.STRING else (-1 if kind is ColumnType.CATEGORICAL else _NAN)
+    missing_value = {ColumnType.STRING: "", ColumnType.CATEGORICAL: -1}.get(kind, _NAN if col.nullable else 0)
     codes = {c: i for i, c in enumerate(col.categories)}
     for i, v in enumerate(raw):
         t = v if kind is ColumnType.STRING else v.strip()
@@ -255,15 +263,12 @@ def _parse_column(col: ColumnSchema, raw: tuple[str, ...]) -> tuple[np.ndarray, 
         elif not t.isascii() or "_" in t:
             bad[i] = "not an integer" if kind is ColumnType.INTEGER else "not a number"
         else:
-            try:
-                f = float(t)
-            except ValueError:
-                f = _NAN
+            f = _float_or_none(t)
             if kind is ColumnType.FLOAT:
-                value = f
-                if not math.isfinite(f):
-                    bad[i] = "not a finite number"
-            elif not (math.isfinite(f) and f.is_integer()):
+                value = f if f is not None and math.isfinite(f) else 0.0
+                if f is None or not math.isfinite(f):
+                    bad[i] = "not a number" if f is None else "not a finite number"
+            elif f is None or not math.isfinite(f) or not f.is_integer():
                 bad[i] = "not an integer"
             else:
                 n = int(t) if t.lstrip("+-").isdigit() else int(f)  # exact for long integer text
@@ -439,6 +444,7 @@ def import_csv(
     if max_rejected < 0:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "max_rejected must not be negative")
     header, rows, lines = _read_records(_decode(csv_bytes))
+    header = [h.strip() for h in header]
     _check_header(schema, header)
     if not rows:
         raise _invalid_csv("no data rows after the header")

@@ -18,8 +18,8 @@ from sandbox.datadir import init_data_dir
 app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False)
 audit_app = typer.Typer(help="Work with the audit log of a data directory, offline.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()

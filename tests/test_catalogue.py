@@ -323,6 +323,8 @@ def test_line_numbers_count_physical_lines(db: Database, data_dir: Path) -> None
         (HEADER.replace("age", "agee"), "unknown column(s): 'agee'; missing column(s): 'age'"),
         (HEADER + f",{SECRET} Smith", "unknown column(s): header field 8"),
         (HEADER + ",age", "duplicate header column(s): 'age'"),
+        ("F,north,34,2,hello,1500.5,1", "unknown column(s): header field 1, header field 2, header field 3"),
+        ("F,north,Male,2,hello,Bachelors,Private", "(is the header row missing?)"),
     ],
 )
 def test_header_must_match_schema(db: Database, data_dir: Path, header: str, fragment: str) -> None:
@@ -354,6 +356,12 @@ def test_decompressed_size_is_capped(db: Database, data_dir: Path, monkeypatch: 
     expect_error(db, data_dir, ErrorCode.INVALID_CSV, data)
     monkeypatch.setattr(catalogue, "MAX_CSV_BYTES", len(data))
     assert do_import(db, data_dir, gzip.compress(data)).rows_imported == 4
+
+
+def test_header_names_may_have_surrounding_spaces(db: Database, data_dir: Path) -> None:
+    plain = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), dry_run=True)
+    spaced = do_import(db, data_dir, csv_bytes(*GOOD_ROWS, header=" " + HEADER.replace(",", " , ")), dry_run=True)
+    assert spaced.info.version == plain.info.version
 
 
 def test_utf8_bom_and_crlf_are_accepted(db: Database, data_dir: Path) -> None:

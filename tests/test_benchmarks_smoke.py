@@ -1,0 +1,34 @@
+"""The benchmark still runs end to end (``--quick``) and prints its table and ratios.
+
+Benchmarks are not tests (STYLE.md 14): this asserts what is printed, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+BENCH = ROOT / "benchmarks" / "bench_signed_rpc.py"
+RATIO = re.compile(r"clients=(\d+) p50=(\S+) p99=(\S+) rps=(\S+)")
+
+
+def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for heading in ("Signed RPC vs unsigned baseline", "clients", "p50 ms", "p99 ms", "req/s",
+                    "signed WhoAmI", "unsigned Health/Check", "ratio signed/unsigned", "Where the time goes",
+                    "Ed25519 sign", "Ed25519 verify"):
+        assert heading in out, f"missing {heading!r} in:\n{out}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS signed/unsigned: "), last
+    ratios = {int(m[0]): [float(x) for x in m[1:]] for m in RATIO.findall(last)}
+    assert sorted(ratios) == [1, 16], last
+    for values in ratios.values():
+        assert all(math.isfinite(v) and v > 0 for v in values), last

@@ -1,0 +1,204 @@
+"""The ``sandbox-client`` command against a real TLS server, run in-process through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from clients.cli import app
+from clients.signing import load_key, principal_id_for, public_key_of
+
+from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox
+
+Run = Callable[..., Result]
+# Wide enough that rich never wraps a cell we assert on; no SANDBOX_* from the developer's shell.
+ENV = {"COLUMNS": "250", "SANDBOX_KEY": None, "SANDBOX_CA": None, "SANDBOX_SERVER": None}
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+@pytest.fixture()
+def run(sandbox: Sandbox) -> Run:
+    """Run one command signed with ``key`` (default: the first administrator's) against the sandbox."""
+    def _run(*args: str | Path, key: Path | None = None) -> Result:
+        return invoke("--server", sandbox.address, "--key", key or sandbox.admin_key_path, "--ca", sandbox.ca, *args)
+    return _run
+
+
+def enrolled(run: Run, tmp_path: Path, name: str, role: str = "applicant") -> Path:
+    """A fresh key, enrolled by the administrator through the CLI."""
+    key = tmp_path / f"{name.lower()}.key"
+    assert invoke("keygen", key).exit_code == 0
+    r = run("enrol", "--name", name, "--organisation", f"{name} Ltd", "--role", role,
+            "--public-key-file", key.with_suffix(".pub"))
+    assert r.exit_code == 0, r.output
+    return key
+
+
+def import_census(run: Run) -> Result:
+    r = run("import", SCHEMAS / "adult_census.toml", DATA / "adult_census.csv.gz")
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def no_traceback(r: Result) -> None:
+    assert "Traceback" not in r.output
+    assert isinstance(r.exception, SystemExit)
+
+
+def test_keygen_writes_a_private_key_0600_and_its_public_hex(tmp_path: Path) -> None:
+    path = tmp_path / "bank.key"
+    r = invoke("keygen", path)
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    public = public_key_of(load_key(path))
+    assert path.with_suffix(".pub").read_text().strip() == public.hex()
+    assert principal_id_for(public) in r.output and public.hex() in r.output
+
+    before = path.read_bytes()
+    again = invoke("keygen", path)
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+    assert path.read_bytes() == before
+
+
+def test_enrolled_key_can_say_who_it_is(run: Run, tmp_path: Path) -> None:
+    key = enrolled(run, tmp_path, "Bank")
+    r = run("whoami", key=key)
+    assert r.exit_code == 0, r.output
+    assert principal_id_for(public_key_of(load_key(key))) in r.output
+    assert "Bank (Bank Ltd)" in r.output and "applicant" in r.output and "active" in r.output
+
+    listed = run("principals")
+    assert "Bank Ltd" in listed.output and "Administrator" in listed.output
+
+
+def test_import_then_catalogue_shows_columns_and_only_a_rounded_row_count(run: Run, tmp_path: Path) -> None:
+    imported = import_census(run).output
+    assert "imported adult_census" in imported and "duplicates dropped" in imported
+
+    key = enrolled(run, tmp_path, "Bank")
+    r = run("catalogue", key=key)
+    assert r.exit_code == 0, r.output
+    assert "adult_census" in r.output and "≈49,000 rows" in r.output
+    assert "48790" not in r.output and "48,790" not in r.output
+    assert re.search(r"age\s+│\s+integer\s+│\s+open\s+│\s+\[17, 90\]", r.output)
+    assert re.search(r"fnlwgt\s+│\s+integer\s+│\s+internal\s+│\s+\[0, 2000000\]", r.output)
+    assert "Preschool, 1st-4th" in r.output and "… (16)" in r.output  # long category lists are cut
+
+    as_json = run("catalogue", "--json", key=key)
+    [dataset] = json.loads(as_json.output)
+    assert dataset["name"] == "adult_census" and dataset["approx_rows"] == 49000
+    assert {"age", "education", "fnlwgt"} <= {c["name"] for c in dataset["columns"]}
+
+
+def test_apply_review_approve_verify_and_revoke(run: Run, tmp_path: Path) -> None:
+    import_census(run)
+    bank = enrolled(run, tmp_path, "Bank")
+    r = run("apply", "--title", "Income by education", "--purpose", "Publish income tables",
+            "--legal-basis", "Statistics Act art. 7", "--kind", "DP_QUERY",
+            "--dataset", "adult_census=age,education,sex", "--epsilon", "0.5", "--quota", "20", key=bank)
+    assert r.exit_code == 0, r.output
+    scenario_id = re.search(r"applied: (s-[0-9a-f]+)\s+status pending", r.output).group(1)  # type: ignore[union-attr]
+
+    review = run("pending")
+    assert scenario_id in review.output
+    for text in ("Bank (Bank Ltd)", "Income by education", "Publish income tables", "Statistics Act art. 7",
+                 "DP_QUERY", "age, education, sex", "epsilon 0.5, delta 0", "20"):
+        assert text in review.output, text
+
+    approved = run("approve", scenario_id, "--columns", "adult_census=age,education", "--epsilon", "0.25",
+                   "--quota", "10")
+    assert approved.exit_code == 0, approved.output
+    grant_id = re.search(r"grant (g-[0-9a-f]+): DP_QUERY, epsilon 0.25", approved.output).group(1)  # type: ignore[union-attr]
+
+    mine = run("status", key=bank)
+    assert re.search(rf"{scenario_id}\s+│\s+Income by education\s+│\s+DP_QUERY\s+│\s+approved\s+│\s+0 / 0.25\s+│"
+                     rf"\s+0 / 10", mine.output), mine.output
+    detail = run("status", scenario_id, key=bank)
+    assert detail.exit_code == 0, detail.output
+    assert grant_id in detail.output and "verified against the administrators' keys" in detail.output
+    assert "quota 10" in detail.output and "adult_census: age, education" in detail.output
+
+    revoked = run("revoke", grant_id, "--reason", "purpose fulfilled")
+    assert revoked.exit_code == 0 and f"scenario {scenario_id} is revoked" in revoked.output
+    after = run("status", scenario_id, key=bank)
+    assert f"{scenario_id}  (revoked)" in after.output and "(revoked: purpose fulfilled)" in after.output
+    assert "No applications are pending." in run("pending").output
+
+
+def test_apply_from_a_file_and_reject(run: Run, tmp_path: Path) -> None:
+    import_census(run)
+    lab = enrolled(run, tmp_path, "Lab", role="researcher")
+    app_file = tmp_path / "application.toml"
+    app_file.write_text('title = "Income model"\npurpose = "Train a model"\nlegal_basis = "Consent"\n'
+                        f'kind = "FL_TRAINING"\nepsilon = 2\ndays = 10\nquota = 5\nmodel_hash = "{"ab" * 32}"\n'
+                        '[datasets]\nadult_census = ["age", "education_num"]\n')
+    r = run("apply", "--file", app_file, "--title", "Income model v2", key=lab)
+    assert r.exit_code == 0, r.output
+    scenario_id = re.search(r"s-[0-9a-f]+", r.output).group(0)  # type: ignore[union-attr]
+    detail = run("status", scenario_id, key=lab).output
+    for text in ("Income model v2", "FL_TRAINING", "age, education_num", "epsilon 2, delta 0", "ab" * 32):
+        assert text in detail, text
+
+    rejected = run("reject", scenario_id, "--reason", "no legal basis for training")
+    assert rejected.exit_code == 0 and "rejected" in rejected.output
+    assert "rejected: no legal basis for training" in run("status", scenario_id, key=lab).output
+
+
+def test_a_refused_call_prints_its_status_in_one_line_and_exits_1(run: Run, tmp_path: Path) -> None:
+    bank = enrolled(run, tmp_path, "Bank")
+    r = run("pending", key=bank)
+    assert r.exit_code == 1
+    assert r.output.startswith("refused (PERMISSION_DENIED): ") and r.output.count("\n") == 1
+    no_traceback(r)
+
+    unknown = run("status", "s-000000000000000000000000", key=bank)
+    assert unknown.exit_code == 1 and "(NOT_FOUND)" in unknown.output
+    no_traceback(unknown)
+
+
+def test_missing_key_or_bad_input_is_a_usage_error(sandbox: Sandbox) -> None:
+    r = invoke("--server", sandbox.address, "--ca", sandbox.ca, "whoami")
+    assert r.exit_code == 2 and "no signing key" in r.output and "SANDBOX_KEY" in r.output
+    no_traceback(r)
+    r = invoke("--server", sandbox.address, "--key", sandbox.admin_key_path, "whoami")
+    assert r.exit_code == 2 and "no CA certificate" in r.output
+
+    bad = invoke("--key", sandbox.admin_key_path, "--ca", sandbox.ca, "apply", "--title", "t", "--purpose", "p",
+                 "--legal-basis", "l", "--dataset", "adult_census")
+    assert bad.exit_code == 2 and "NAME=col1,col2" in bad.output
+
+
+def test_audit_lists_entries_including_a_refused_one(run: Run, tmp_path: Path) -> None:
+    bank = enrolled(run, tmp_path, "Bank")
+    bank_id = principal_id_for(public_key_of(load_key(bank)))
+    assert run("pending", key=bank).exit_code == 1
+
+    r = run("audit")
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"{bank_id}\s+│\s+ListPendingScenarios\s+│\s+PERMISSION_DENIED\s+│\s+\S+", r.output), r.output
+    assert re.search(r"EnrolPrincipal\s+│\s+OK", r.output)
+
+    paged = run("audit", "--limit", "1")
+    assert "more entries follow: --after 1" in paged.output
+    head = run("audit", "--head")
+    assert head.exit_code == 0 and "audit public key" in head.output
+    assert re.search(r"entries\s+│\s+\d+", head.output)
+
+
+def test_installed_entry_point_runs() -> None:
+    exe = ROOT / ".venv" / "bin" / "sandbox-client"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    for command in ("keygen", "catalogue", "apply", "status", "approve", "revoke", "audit"):
+        assert command in r.stdout

@@ -1,0 +1,91 @@
+"""The ``sandbox`` command as an operator runs it: init, serve on a free port, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from clients import AdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX = [sys.executable, "-m", "sandbox.cli"]
+
+
+def _serve(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([*SANDBOX, "serve", str(data_dir), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.match(r"sandbox listening on (\S+):(\d+)", line)
+    if not match:
+        proc.kill()
+        pytest.fail(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc, f"127.0.0.1:{match.group(2)}"
+
+
+def test_init_makes_what_serve_needs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "sbx"
+    out = subprocess.run([*SANDBOX, "init", str(data_dir)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "first administrator p-" in out.stdout
+    for private in ("keys/admin.key", "keys/audit_signing.key", "tls/server.key", "tls/ca.key"):
+        assert stat.S_IMODE(os.stat(data_dir / private).st_mode) == 0o600, private
+    ca_files = [p for p in (data_dir / "tls").iterdir() if "ca" in p.name and p.suffix == ".pem"]
+    assert ca_files and b"BEGIN CERTIFICATE" in ca_files[0].read_bytes()
+    cert = x509.load_pem_x509_certificate((data_dir / "tls" / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    again = subprocess.run([*SANDBOX, "init", str(data_dir)], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_serve_sigterm_restart_keeps_state(tmp_path: Path) -> None:
+    data_dir = tmp_path / "sbx"
+    subprocess.run([*SANDBOX, "init", str(data_dir)], check=True, capture_output=True, cwd=ROOT)
+    proc, address = _serve(data_dir)
+    try:
+        with AdminClient(address, key=data_dir / "keys" / "admin.key", ca=data_dir / "tls" / "ca.pem") as admin:
+            me = admin.whoami()
+            md = admin.transport.sign("/sandbox.v1.ApplicantService/WhoAmI", b"")
+            from protos.sandbox.v1 import applicant_pb2
+            admin.transport.invoke_raw("/sandbox.v1.ApplicantService/WhoAmI", b"", md, applicant_pb2.WhoAmIResponse)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "sandbox stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    verify = subprocess.run([*SANDBOX, "audit", "verify", str(data_dir)], capture_output=True, text=True, cwd=ROOT)
+    assert verify.returncode == 0 and "2 entries" in verify.stdout and "0 entries after the last" in verify.stdout
+    proc, address = _serve(data_dir)
+    try:
+        with AdminClient(address, key=data_dir / "keys" / "admin.key", ca=data_dir / "tls" / "ca.pem") as admin:
+            assert admin.whoami() == me
+            from clients import Unauthenticated
+            with pytest.raises(Unauthenticated):
+                admin.transport.invoke_raw("/sandbox.v1.ApplicantService/WhoAmI", b"", md,
+                                           applicant_pb2.WhoAmIResponse)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    from sandbox.config import load_config
+
+    (tmp_path / "sandbox.toml").write_text("port = 7000\nreflection = false\nworkers = 4\n")
+    cfg = load_config(tmp_path, flags={"port": 7001, "host": None}, environ={"SANDBOX_WORKERS": "8",
+                                                                              "SANDBOX_PORT": "7002"})
+    assert (cfg.port, cfg.reflection, cfg.workers, cfg.host) == (7001, False, 8, "127.0.0.1")
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_config(tmp_path, flags={"nope": 1}, environ={})
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_config(tmp_path, environ={"SANDBOX_PORT": "eighty"})
