@@ -34,6 +34,7 @@ __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
 KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
+ROLES = ("admin", "applicant", "researcher", "auditor")
 # Statuses where the server understood the call and said no; anything else "failed".
 _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
              "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
@@ -51,8 +52,7 @@ class _Group(TyperGroup):
         except SandboxClientError as exc:
             word = "refused" if exc.status in _REFUSALS else "failed"
             code = f" [{exc.code}]" if exc.code else ""
-            _err().print(Text(f"{word} ({exc.status}): {clean(exc.message)}{code}", style="red"))
-            raise typer.Exit(1) from None
+            raise fail(f"{word} ({exc.status}): {exc.message}{code}") from None
 
 
 app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, review and audit computations.",
@@ -62,8 +62,8 @@ app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, revie
 @dataclass(frozen=True)
 class Options:
     server: str
-    key: Optional[Path]
-    ca: Optional[Path]
+    key: Path | None
+    ca: Path | None
     timeout: float
 
 
@@ -72,13 +72,9 @@ def out() -> Console:
     return Console(highlight=False)
 
 
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
 def fail(message: str) -> typer.Exit:
-    """Print one red line; the caller raises the returned exit (code 1)."""
-    _err().print(Text(message, style="red"))
+    """Print one red line (never wrapped); the caller raises the returned exit (code 1)."""
+    Console(stderr=True, highlight=False).print(Text(clean(message), style="red"), soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -124,6 +120,13 @@ def parse_selections(items: list[str], option: str) -> dict[str, list[str]]:
     return result
 
 
+def check_roles(roles: list[str]) -> list[str]:
+    bad = [r for r in roles if r.lower() not in ROLES]
+    if bad:
+        raise typer.BadParameter(f"unknown role {bad[0]!r} (one of {', '.join(ROLES)})", param_hint="--role")
+    return [r.lower() for r in roles]
+
+
 @contextmanager
 def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
     """An SDK client from the global options; a missing or unreadable key or CA is a usage error."""
@@ -135,7 +138,7 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
     try:
         key = load_key(opts.key)
         ca = opts.ca.read_bytes()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a passphrase-protected key
         raise click.UsageError(f"cannot read key or CA: {exc}", ctx) from None
     if b"-----BEGIN CERTIFICATE-----" not in ca:
         raise click.UsageError(f"{opts.ca} is not a PEM certificate", ctx)
@@ -156,7 +159,7 @@ def root(
 
 
 @app.command()
-def keygen(path: Path = typer.Argument(..., help="Where to write the private key; the public key goes beside it.")) -> None:
+def keygen(path: Path = typer.Argument(..., help="Private key file to write; the public key goes beside it.")) -> None:
     """Create an Ed25519 key pair (private key mode 0600, public key as hex in .pub)."""
     pub_path = path.with_suffix(".pub")
     for p in (path, pub_path):
@@ -199,7 +202,7 @@ def register(
 ) -> None:
     """Register this key yourself; an administrator must approve it before it can do anything."""
     with connect(ctx, SandboxClient) as client:
-        p = client.register(name=name, organisation=organisation, roles=role)
+        p = client.register(name=name, organisation=organisation, roles=check_roles(role))
     print_principal(p)
     if p.status == "pending":
         out().print("An administrator must approve this registration (sandbox-client approve-principal).")
@@ -291,13 +294,16 @@ def apply(
     kind_name = str(fields.get("kind", "DP_QUERY")).upper()
     if kind_name not in KINDS:
         raise typer.BadParameter(f"{kind_name!r} is not one of {', '.join(KINDS)}", param_hint="--kind")
+    try:
+        valid_for, limit = dt.timedelta(days=int(fields.get("days", 30))), int(fields.get("quota", 1000))
+    except (TypeError, ValueError, OverflowError):
+        raise typer.BadParameter("days and quota must be whole numbers", param_hint="--file") from None
     with connect(ctx, ApplicantClient) as client:
         s = client.apply(
             title=fields["title"], purpose=fields["purpose"], legal_basis=fields["legal_basis"], kind=kind_name,
             datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
             max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
-            valid_for=dt.timedelta(days=int(fields.get("days", 30))), quota=int(fields.get("quota", 1000)),
-            model_hash=str(fields.get("model_hash", "")))
+            valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")))
     out().print(Text(clean(f"applied: {s.id}  status {s.status}"), style="green"))
 
 
@@ -317,8 +323,8 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "purpose", s.purpose)
     row(tbl, "legal basis", s.legal_basis)
     row(tbl, "kind", s.kind)
-    row(tbl, "datasets", "\n".join(f"{d.name} ({d.version[:12] or 'latest'}): {', '.join(d.columns)}"
-                                    for d in s.datasets))
+    row(tbl, "datasets", Text("\n".join(clean(f"{d.name} ({d.version[:12] or 'latest'}): {', '.join(d.columns)}")
+                                         for d in s.datasets)))
     if s.model_hash:
         row(tbl, "model hash", s.model_hash)
     row(tbl, "budget", f"epsilon {dec(s.epsilon)}, delta {dec(s.delta)}, "

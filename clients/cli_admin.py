@@ -11,7 +11,8 @@ import typer
 from rich.text import Text
 
 from clients.cli import (
-    app, clean, connect, day, dec, fail, out, parse_selections, row, scenario_details, selection_text, table,
+    app, check_roles, clean, connect, day, dec, fail, out, parse_selections, row, scenario_details, selection_text,
+    table,
 )
 from clients.client import AdminClient
 
@@ -41,9 +42,9 @@ def enrol(
     public_key_file: Optional[Path] = typer.Option(None, help="A .pub file written by keygen."),
 ) -> None:
     """Enrol a principal by public key; it is active at once."""
-    raw = _public_key(public_key, public_key_file)
+    raw, roles = _public_key(public_key, public_key_file), check_roles(role)
     with connect(ctx, AdminClient) as admin:
-        p = admin.enrol(name=name, organisation=organisation, roles=role, public_key=raw)
+        p = admin.enrol(name=name, organisation=organisation, roles=roles, public_key=raw)
     out().print(Text(clean(f"enrolled {p.id}  {p.name} ({p.organisation})  roles {', '.join(p.roles)}  "
                            f"status {p.status}"), style="green"))
 
@@ -66,7 +67,7 @@ def approve_principal(
 ) -> None:
     """Activate a self-registered principal."""
     with connect(ctx, AdminClient) as admin:
-        p = admin.approve_principal(principal_id, role)
+        p = admin.approve_principal(principal_id, check_roles(role))
     out().print(Text(clean(f"{p.id} is {p.status}  roles {', '.join(p.roles)}"), style="green"))
 
 

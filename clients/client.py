@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2
@@ -53,7 +53,7 @@ class SandboxClient:
     def transport(self) -> SignedTransport:
         return self._t
 
-    def __enter__(self) -> SandboxClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -147,7 +147,7 @@ class ApplicantClient(SandboxClient):
                 valid_until_unix_ms=serde.ms(start + valid_for), quota=quota,
             )
         except ValueError as exc:
-            raise InvalidArgument(str(exc), status="INVALID_ARGUMENT", code="INVALID_ARGUMENT") from None
+            raise serde.invalid(str(exc)) from None
         resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
                             applicant_pb2.ApplyResponse)
         return serde.scenario(resp.scenario)
@@ -230,7 +230,7 @@ class AdminClient(SandboxClient):
                 issued_at_unix_ms=int(self._t.clock() * 1000),
             )
         except ValueError as exc:
-            raise InvalidArgument(str(exc), status="INVALID_ARGUMENT", code="INVALID_ARGUMENT") from None
+            raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)
 
     def _grantee_key(self, principal_id: str) -> bytes:
@@ -239,9 +239,18 @@ class AdminClient(SandboxClient):
                 return p.public_key
         raise InvalidArgument("applicant is not enrolled", status="INVALID_ARGUMENT", code="NOT_FOUND")
 
-    def approve(self, scenario_id: str, **narrowing: Any) -> t.Scenario:
-        """Approve by signing the grant terms with this administrator's own key (the key never leaves)."""
-        terms = self.grant_terms(scenario_id, **narrowing)
+    def approve(
+        self, scenario_id: str, *, columns: Mapping[str, Sequence[str]] | None = None,
+        epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
+        max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
+        valid_until: dt.datetime | None = None,
+    ) -> t.Scenario:
+        """Approve by signing the grant terms with this administrator's own key (the key never leaves).
+
+        Every keyword narrows what was applied for; the server refuses terms that widen it.
+        """
+        terms = self.grant_terms(scenario_id, columns=columns, epsilon=epsilon, delta=delta,
+                                 max_epsilon_per_call=max_epsilon_per_call, quota=quota, valid_until=valid_until)
         return self.approve_terms(scenario_id, terms, self._t.key.sign(terms))
 
     def approve_terms(self, scenario_id: str, terms: bytes, signature: bytes) -> t.Scenario:

@@ -9,6 +9,7 @@ from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2
 from clients import types as t
+from clients.errors import InvalidArgument
 
 NANO = Decimal(10**9)
 ATTO = Decimal(10**18)
@@ -19,18 +20,23 @@ def _name(enum_type, value: int, prefix: str = "") -> str:  # type: ignore[no-un
     return name[len(prefix):].lower() if prefix and name.startswith(prefix) else name
 
 
-def role_to_pb(role: str) -> int:
-    try:
-        return int(common_pb2.Role.Value("ROLE_" + role.upper()))
-    except ValueError:
-        raise ValueError(f"unknown role {role!r} (admin, applicant, researcher, auditor)") from None
+def invalid(message: str) -> InvalidArgument:
+    """An error the SDK raises itself, before anything is sent."""
+    return InvalidArgument(message, status="INVALID_ARGUMENT", code="CLIENT_VALIDATION")
 
 
-def kind_to_pb(kind: str) -> int:
+def role_to_pb(role: str) -> common_pb2.Role.ValueType:
     try:
-        return int(common_pb2.ComputationKind.Value(kind.upper()))
+        return common_pb2.Role.Value("ROLE_" + role.upper())
     except ValueError:
-        raise ValueError(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING)") from None
+        raise invalid(f"unknown role {role!r} (admin, applicant, researcher, auditor)") from None
+
+
+def kind_to_pb(kind: str) -> common_pb2.ComputationKind.ValueType:
+    try:
+        return common_pb2.ComputationKind.Value(kind.upper())
+    except ValueError:
+        raise invalid(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING)") from None
 
 
 def to_units(value: float | int | str | Decimal, scale: Decimal, what: str) -> int:

@@ -28,8 +28,13 @@ def generate_key() -> Ed25519PrivateKey:
 
 
 def save_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
-    """Write the private key (PKCS#8 PEM, mode 0600) and the public key beside it as ``.pub`` (hex)."""
+    """Write the private key (PKCS#8 PEM, mode 0600) and its public key as hex in ``path.with_suffix(".pub")``.
+
+    ``bank.key`` gives ``bank.pub``, as ``sandbox init`` does for ``admin.key``. Refuses to overwrite either file.
+    """
     path = Path(path)
+    if path.with_suffix(".pub").exists():
+        raise FileExistsError(str(path.with_suffix(".pub")))
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -117,6 +117,15 @@ class Scenario:
     grant: Grant | None
     usage: Usage | None
 
+    @property
+    def epsilon_cap(self) -> Decimal:
+        """The epsilon in force: the grant's once approved (it may be narrower), else what was asked for."""
+        return self.grant.terms.epsilon if self.grant else self.epsilon
+
+    @property
+    def quota_cap(self) -> int:
+        return self.grant.terms.quota if self.grant else self.quota
+
 
 @dataclass(frozen=True)
 class Rejection:

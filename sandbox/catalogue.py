@@ -143,11 +143,15 @@ def schema_from_json(text: str) -> DatasetSchema:
 
 def _decode(csv_bytes: bytes) -> str:
     if csv_bytes[:2] == b"\x1f\x8b":
+        chunks, size = [], 0
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(csv_bytes)) as gz:
-                csv_bytes = gz.read(MAX_CSV_BYTES + 1)
+                while size <= MAX_CSV_BYTES and (chunk := gz.read(1 << 20)):  # a bomb stops at the cap
+                    chunks.append(chunk)
+                    size += len(chunk)
         except (OSError, EOFError, zlib.error) as exc:
             raise SandboxError(ErrorCode.INVALID_CSV, "not a valid gzip stream", log_detail=repr(exc)) from exc
+        csv_bytes = b"".join(chunks)
     if len(csv_bytes) > MAX_CSV_BYTES:
         raise _invalid_csv(f"CSV larger than {MAX_CSV_BYTES // (1024 * 1024)} MiB")
     try:
@@ -342,13 +346,9 @@ def _write_dataset(target: Path, schema_json: str, arrays: dict[str, np.ndarray]
     _fsync_dir(target)
 
 
-def _exists(conn: sqlite3.Connection, name: str, version: str) -> bool:
-    row = conn.execute("SELECT 1 FROM datasets WHERE name = ? AND version = ?", (name, version)).fetchone()
-    return row is not None
-
-
-def _already_exists(name: str) -> SandboxError:
-    return SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
+def _refuse_existing(conn: sqlite3.Connection, name: str, version: str) -> None:
+    if conn.execute("SELECT 1 FROM datasets WHERE name = ? AND version = ?", (name, version)).fetchone():
+        raise SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
 
 
 def _parse_rows(
@@ -403,8 +403,7 @@ def _publish(
     try:
         _write_dataset(tmp, schema_json, arrays)
         with nullcontext(conn) if conn is not None else db.write() as c:
-            if _exists(c, name, version):
-                raise _already_exists(name)
+            _refuse_existing(c, name, version)
             _remove_tree(final)  # we hold the write lock: a directory without a row is debris of a crash
             os.rename(tmp, final)
             renamed = True
@@ -463,8 +462,7 @@ def import_csv(
         raise _invalid_csv("no rows left to import")
     schema_json = schema_to_json(schema)
     info = DatasetInfo(schema, _content_version(schema_json, schema, arrays), row_count, now_ms)
-    if _exists(conn if conn is not None else db.connection(), schema.name, info.version):
-        raise _already_exists(schema.name)
+    _refuse_existing(conn if conn is not None else db.connection(), schema.name, info.version)
     if not dry_run:
         parent = Path(data_dir) / "datasets" / schema.name
         _publish(db, conn, parent, info, schema_json, arrays, imported_by)

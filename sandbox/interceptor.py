@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -62,6 +63,15 @@ def current_call() -> Call:
     return _CURRENT.get()
 
 
+_PRINCIPAL_RE = re.compile(r"^p-[0-9a-f]{24}$")
+
+
+def _claimed_principal(metadata: dict) -> str:
+    """The principal id a request claims, for the audit entry; anything not shaped like an id is recorded as '?'."""
+    value = str(metadata.get("x-sandbox-principal", ""))
+    return value if _PRINCIPAL_RE.match(value) else ("?" if value else "")
+
+
 class SigningInterceptor(grpc.ServerInterceptor):
     def __init__(
         self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
@@ -93,7 +103,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
     def _handle(self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext) -> bytes:
         now_ms = int(self._clock() * 1000)
         request_sha = hashlib.sha256(raw).hexdigest()
-        claimed = str(metadata.get("x-sandbox-principal", ""))[:64]
+        claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
             principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)

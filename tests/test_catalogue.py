@@ -17,7 +17,7 @@ from sandbox import catalogue
 from sandbox.catalogue import (
     get_dataset, import_csv, list_catalogue, load_columns, schema_from_json, schema_to_json, validate_schema,
 )
-from sandbox.domain import ColumnSchema, ColumnType, DatasetSchema, Level
+from sandbox.domain import ColumnSchema, ColumnType, DatasetSchema, ImportReport, Level
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.serde import schema_from_pb
 from sandbox.storage import Database
@@ -77,7 +77,9 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-def do_import(db: Database, data_dir: Path, data: bytes, schema: DatasetSchema | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def do_import(
+    db: Database, data_dir: Path, data: bytes, schema: DatasetSchema | None = None, **kw: object
+) -> ImportReport:
     args: dict[str, object] = {"imported_by": "admin-1", "now_ms": 1_000}
     args.update(kw)
     return import_csv(db, data_dir, schema or people_schema(), data, **args)  # type: ignore[arg-type]
@@ -91,7 +93,9 @@ def stored_files(data_dir: Path) -> list[Path]:
     return [p for p in data_dir.rglob("*") if p.is_file()]
 
 
-def expect_error(db: Database, data_dir: Path, code: ErrorCode, data: bytes, schema=None, **kw) -> SandboxError:  # type: ignore[no-untyped-def]
+def expect_error(
+    db: Database, data_dir: Path, code: ErrorCode, data: bytes, schema: DatasetSchema | None = None, **kw: object
+) -> SandboxError:
     """The import fails with ``code`` and leaves no catalogue row and no file behind."""
     with pytest.raises(SandboxError) as info:
         do_import(db, data_dir, data, schema, **kw)
@@ -110,7 +114,9 @@ def bundled_schema(name: str) -> DatasetSchema:
 
 
 @pytest.mark.parametrize(("name", "rows", "duplicates"), BUNDLED)
-def test_bundled_dataset_imports_without_rejections(db: Database, data_dir: Path, name: str, rows: int, duplicates: int) -> None:
+def test_bundled_dataset_imports_without_rejections(
+    db: Database, data_dir: Path, name: str, rows: int, duplicates: int
+) -> None:
     schema = bundled_schema(name)
     report = do_import(db, data_dir, (DATA / f"{name}.csv.gz").read_bytes(), schema)
     assert report.rejected_count == 0 and report.rejected == ()
@@ -118,7 +124,8 @@ def test_bundled_dataset_imports_without_rejections(db: Database, data_dir: Path
     assert report.duplicates_dropped == duplicates
     assert dataset_rows(db) == [(name, report.info.version)]
     directory = data_dir / "datasets" / name / report.info.version
-    assert sorted(p.name for p in directory.iterdir()) == sorted([f"{c.name}.npy" for c in schema.columns] + ["schema.json"])
+    expected_files = [f"{c.name}.npy" for c in schema.columns] + ["schema.json"]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(expected_files)
     assert schema_from_json((directory / "schema.json").read_text()) == schema
     # Every file is read-only, the directory too.
     assert stat.S_IMODE(directory.stat().st_mode) == 0o555
@@ -152,7 +159,8 @@ def test_bundled_values_are_stored_as_declared(db: Database, data_dir: Path) -> 
 
 def test_bundled_schemas_classify_every_column_with_levels() -> None:
     census, credit, rand = (bundled_schema(n) for n, _, _ in BUNDLED)
-    assert credit.column("ID").level is Level.IDENTIFIER and credit.column("ID").lower is None  # type: ignore[union-attr]
+    credit_id = credit.column("ID")
+    assert credit_id is not None and credit_id.level is Level.IDENTIFIER and credit_id.lower is None
     assert rand.person_key == "zper" and rand.max_rows_per_person == 5 and rand.partition_column == "site"
     assert rand.column("site").categories == tuple(str(i) for i in range(1, 7))  # type: ignore[union-attr]
     assert rand.column("rownames").level is Level.CORE  # type: ignore[union-attr]
@@ -215,7 +223,8 @@ def test_load_columns_dtypes_and_values(db: Database, data_dir: Path) -> None:
     assert np.isnan(cols["income"][2])
     assert cols["sex"].dtype == np.int16 and cols["sex"].tolist() == [0, 0, 1, 1]
     assert cols["region"].tolist() == [0, -1, 1, 0]
-    assert cols["note"].dtype.kind == "U" and cols["note"].tolist() == ["hello", "", "with, comma", "out of bounds is kept"]
+    assert cols["note"].dtype.kind == "U"
+    assert cols["note"].tolist() == ["hello", "", "with, comma", "out of bounds is kept"]
     assert not cols["age"].flags.writeable
     with pytest.raises(SandboxError) as info:
         load_columns(data_dir, report.info, ["age", "salary"])
@@ -239,7 +248,8 @@ def test_integer_accepts_integral_float_text_and_rejects_the_rest(db: Database, 
 
 
 def test_exact_duplicates_are_dropped_and_counted(db: Database, data_dir: Path) -> None:
-    rows = [*GOOD_ROWS, GOOD_ROWS[1], GOOD_ROWS[3], "3,200.0,7,-5.0,M,north,out of bounds is kept", "3,200,7,-5,M,north,other"]
+    rows = [*GOOD_ROWS, GOOD_ROWS[1], GOOD_ROWS[3], "3,200.0,7,-5.0,M,north,out of bounds is kept",
+            "3,200,7,-5,M,north,other"]
     report = do_import(db, data_dir, csv_bytes(*rows), schema=people_schema(max_rows_per_person=5))
     # GOOD_ROWS[1] has missing values (NaN) and still deduplicates; "200.0" parses equal to "200".
     assert report.duplicates_dropped == 3 and report.rows_imported == 5 and report.rejected_count == 0
@@ -304,8 +314,10 @@ def test_report_lists_first_hundred_rejections_and_counts_all(db: Database, data
     assert [line for line, _, _ in report.rejected] == list(range(2, 102))
 
 
-def test_all_rows_rejected_is_invalid_csv(db: Database, data_dir: Path) -> None:
-    expect_error(db, data_dir, ErrorCode.INVALID_CSV, csv_bytes("1,x,1,1,F,north,"), max_rejected=5)
+@pytest.mark.parametrize("rows", [["1,x,1,1,F,north,"], ["1,2", "3"]])
+def test_all_rows_rejected_is_invalid_csv(db: Database, data_dir: Path, rows: list[str]) -> None:
+    err = expect_error(db, data_dir, ErrorCode.INVALID_CSV, csv_bytes(*rows), max_rejected=5)
+    assert err.public_detail == "no rows left to import"
 
 
 def test_line_numbers_count_physical_lines(db: Database, data_dir: Path) -> None:
@@ -399,7 +411,9 @@ def test_import_inside_callers_transaction(db: Database, data_dir: Path) -> None
 
 def with_column(target: str, /, **changes: object) -> DatasetSchema:
     schema = people_schema()
-    cols = tuple(dataclasses.replace(c, **changes) if c.name == target else c for c in schema.columns)  # type: ignore[arg-type]
+    cols = tuple(
+        dataclasses.replace(c, **changes) if c.name == target else c for c in schema.columns  # type: ignore[arg-type]
+    )
     return dataclasses.replace(schema, columns=cols)
 
 
@@ -521,21 +535,24 @@ def test_load_schema_file_parses_bundled_schemas() -> None:
     assert (rand.person_key, rand.max_rows_per_person, rand.partition_column) == ("zper", 5, "site")
 
 
+COL = 'name = "x"\n[[columns]]\nname = "a"\n'
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
         ('name = "x"\n[[columns]\nname = "a"', "not valid TOML"),
         ('name = "x"', "at least one [[columns]]"),
         ('name = "x"\ncolor = "red"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"', "unknown key(s) color"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "decimal"\nlevel = "open"', "type must be one of"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "secret"', "level must be one of"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"\nlower = "0"', "'lower' must be a finite"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"\nupper = inf', "'upper' must be a finite"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"\ncatagories = []', "catagories"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "categorical"\nlevel = "open"\ncategories = [1]', "list of strings"),
+        (COL + 'type = "decimal"\nlevel = "open"', "type must be one of"),
+        (COL + 'type = "float"\nlevel = "secret"', "level must be one of"),
+        (COL + 'type = "float"\nlevel = "open"\nlower = "0"', "'lower' must be a finite"),
+        (COL + 'type = "float"\nlevel = "open"\nupper = inf', "'upper' must be a finite"),
+        (COL + 'type = "float"\nlevel = "open"\ncatagories = []', "catagories"),
+        (COL + 'type = "categorical"\nlevel = "open"\ncategories = [1]', "list of strings"),
         ('name = "x"\n[[columns]]\ntype = "float"\nlevel = "open"', "'name' is required"),
-        ('name = "x"\nmax_rows_per_person = -1\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"', "non-negative"),
-        ('name = "x"\n[[columns]]\nname = "a"\ntype = "float"\nlevel = "open"\nnullable = "yes"', "true or false"),
+        ('max_rows_per_person = -1\n' + COL + 'type = "float"\nlevel = "open"', "non-negative"),
+        (COL + 'type = "float"\nlevel = "open"\nnullable = "yes"', "true or false"),
     ],
 )
 def test_load_schema_file_rejects_malformed_files(tmp_path: Path, text: str, fragment: str) -> None:

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from clients.cli import app
 from clients.signing import load_key, principal_id_for, public_key_of
-
 from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox
 
 Run = Callable[..., Result]
@@ -51,6 +50,12 @@ def import_census(run: Run) -> Result:
     return r
 
 
+def found(pattern: str, text: str) -> re.Match[str]:
+    m = re.search(pattern, text)
+    assert m is not None, f"{pattern!r} not in:\n{text}"
+    return m
+
+
 def no_traceback(r: Result) -> None:
     assert "Traceback" not in r.output
     assert isinstance(r.exception, SystemExit)
@@ -82,6 +87,22 @@ def test_enrolled_key_can_say_who_it_is(run: Run, tmp_path: Path) -> None:
     assert "Bank Ltd" in listed.output and "Administrator" in listed.output
 
 
+def test_self_registration_waits_for_an_administrator(run: Run, tmp_path: Path) -> None:
+    key = tmp_path / "office.key"
+    assert invoke("keygen", key).exit_code == 0
+    office_id = principal_id_for(public_key_of(load_key(key)))
+    r = run("register", "--name", "Office", "--organisation", "Statistics Office", key=key)
+    assert r.exit_code == 0, r.output
+    assert office_id in r.output and "pending" in r.output and "approve-principal" in r.output
+    listed = run("principals").output
+    found(rf"{office_id}\s+│\s+Office\s+│\s+Statistics Office\s+│\s+applicant\s+│\s+pending", listed)
+    assert run("catalogue", key=key).exit_code == 1  # not yet
+
+    approved = run("approve-principal", office_id)
+    assert approved.exit_code == 0 and f"{office_id} is active" in approved.output
+    assert "active" in run("whoami", key=key).output
+
+
 def test_import_then_catalogue_shows_columns_and_only_a_rounded_row_count(run: Run, tmp_path: Path) -> None:
     imported = import_census(run).output
     assert "imported adult_census" in imported and "duplicates dropped" in imported
@@ -91,8 +112,8 @@ def test_import_then_catalogue_shows_columns_and_only_a_rounded_row_count(run: R
     assert r.exit_code == 0, r.output
     assert "adult_census" in r.output and "≈49,000 rows" in r.output
     assert "48790" not in r.output and "48,790" not in r.output
-    assert re.search(r"age\s+│\s+integer\s+│\s+open\s+│\s+\[17, 90\]", r.output)
-    assert re.search(r"fnlwgt\s+│\s+integer\s+│\s+internal\s+│\s+\[0, 2000000\]", r.output)
+    found(r"age\s+│\s+integer\s+│\s+open\s+│\s+\[17, 90\]", r.output)
+    found(r"fnlwgt\s+│\s+integer\s+│\s+internal\s+│\s+\[0, 2000000\]", r.output)
     assert "Preschool, 1st-4th" in r.output and "… (16)" in r.output  # long category lists are cut
 
     as_json = run("catalogue", "--json", key=key)
@@ -108,7 +129,7 @@ def test_apply_review_approve_verify_and_revoke(run: Run, tmp_path: Path) -> Non
             "--legal-basis", "Statistics Act art. 7", "--kind", "DP_QUERY",
             "--dataset", "adult_census=age,education,sex", "--epsilon", "0.5", "--quota", "20", key=bank)
     assert r.exit_code == 0, r.output
-    scenario_id = re.search(r"applied: (s-[0-9a-f]+)\s+status pending", r.output).group(1)  # type: ignore[union-attr]
+    scenario_id = found(r"applied: (s-[0-9a-f]+)\s+status pending", r.output).group(1)
 
     review = run("pending")
     assert scenario_id in review.output
@@ -119,11 +140,12 @@ def test_apply_review_approve_verify_and_revoke(run: Run, tmp_path: Path) -> Non
     approved = run("approve", scenario_id, "--columns", "adult_census=age,education", "--epsilon", "0.25",
                    "--quota", "10")
     assert approved.exit_code == 0, approved.output
-    grant_id = re.search(r"grant (g-[0-9a-f]+): DP_QUERY, epsilon 0.25", approved.output).group(1)  # type: ignore[union-attr]
+    grant_id = found(r"grant (g-[0-9a-f]+): DP_QUERY, epsilon 0.25", approved.output).group(1)
 
     mine = run("status", key=bank)
-    assert re.search(rf"{scenario_id}\s+│\s+Income by education\s+│\s+DP_QUERY\s+│\s+approved\s+│\s+0 / 0.25\s+│"
-                     rf"\s+0 / 10", mine.output), mine.output
+    # Spent against the granted (narrowed) caps, not those applied for.
+    found(rf"{scenario_id}\s+│\s+Income by education\s+│\s+DP_QUERY\s+│\s+approved\s+│"
+          rf"\s+0 / 0.25\s+│\s+0 / 10", mine.output)
     detail = run("status", scenario_id, key=bank)
     assert detail.exit_code == 0, detail.output
     assert grant_id in detail.output and "verified against the administrators' keys" in detail.output
@@ -136,23 +158,34 @@ def test_apply_review_approve_verify_and_revoke(run: Run, tmp_path: Path) -> Non
     assert "No applications are pending." in run("pending").output
 
 
-def test_apply_from_a_file_and_reject(run: Run, tmp_path: Path) -> None:
+def test_apply_from_a_file_over_two_datasets_and_reject(run: Run, tmp_path: Path) -> None:
     import_census(run)
+    assert run("import", SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz").exit_code == 0
     lab = enrolled(run, tmp_path, "Lab", role="researcher")
     app_file = tmp_path / "application.toml"
     app_file.write_text('title = "Income model"\npurpose = "Train a model"\nlegal_basis = "Consent"\n'
                         f'kind = "FL_TRAINING"\nepsilon = 2\ndays = 10\nquota = 5\nmodel_hash = "{"ab" * 32}"\n'
-                        '[datasets]\nadult_census = ["age", "education_num"]\n')
+                        '[datasets]\nadult_census = ["age", "education_num"]\ncredit_default = ["AGE"]\n')
     r = run("apply", "--file", app_file, "--title", "Income model v2", key=lab)
     assert r.exit_code == 0, r.output
-    scenario_id = re.search(r"s-[0-9a-f]+", r.output).group(0)  # type: ignore[union-attr]
+    scenario_id = found(r"s-[0-9a-f]+", r.output).group(0)
     detail = run("status", scenario_id, key=lab).output
-    for text in ("Income model v2", "FL_TRAINING", "age, education_num", "epsilon 2, delta 0", "ab" * 32):
+    for text in ("Income model v2", "FL_TRAINING", "epsilon 2, delta 0", "ab" * 32):
         assert text in detail, text
+    # One line per dataset in the review.
+    found(r"│ adult_census \(\w+\): age, education_num\s+│\n│\s+│ credit_default \(\w+\): AGE\s+│",
+                     run("pending").output)
 
     rejected = run("reject", scenario_id, "--reason", "no legal basis for training")
     assert rejected.exit_code == 0 and "rejected" in rejected.output
     assert "rejected: no legal basis for training" in run("status", scenario_id, key=lab).output
+
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('title = "x"\npurpose = "y"\nlegal_basis = "z"\nquota = "many"\n'
+                        '[datasets]\nadult_census = ["age"]\n')
+    bad = run("apply", "--file", bad_file, key=lab)
+    assert bad.exit_code == 2 and "whole numbers" in bad.output
+    no_traceback(bad)
 
 
 def test_a_refused_call_prints_its_status_in_one_line_and_exits_1(run: Run, tmp_path: Path) -> None:
@@ -177,6 +210,10 @@ def test_missing_key_or_bad_input_is_a_usage_error(sandbox: Sandbox) -> None:
     bad = invoke("--key", sandbox.admin_key_path, "--ca", sandbox.ca, "apply", "--title", "t", "--purpose", "p",
                  "--legal-basis", "l", "--dataset", "adult_census")
     assert bad.exit_code == 2 and "NAME=col1,col2" in bad.output
+    role = invoke("--key", sandbox.admin_key_path, "--ca", sandbox.ca, "enrol", "--name", "X", "--organisation", "Y",
+                  "--role", "owner", "--public-key", "ab" * 32)
+    assert role.exit_code == 2 and "unknown role 'owner'" in role.output
+    no_traceback(role)
 
 
 def test_audit_lists_entries_including_a_refused_one(run: Run, tmp_path: Path) -> None:
@@ -186,14 +223,14 @@ def test_audit_lists_entries_including_a_refused_one(run: Run, tmp_path: Path) -
 
     r = run("audit")
     assert r.exit_code == 0, r.output
-    assert re.search(rf"{bank_id}\s+│\s+ListPendingScenarios\s+│\s+PERMISSION_DENIED\s+│\s+\S+", r.output), r.output
-    assert re.search(r"EnrolPrincipal\s+│\s+OK", r.output)
+    found(rf"{bank_id}\s+│\s+ListPendingScenarios\s+│\s+PERMISSION_DENIED\s+│\s+WRONG_ROLE", r.output)
+    found(r"EnrolPrincipal\s+│\s+OK", r.output)
 
     paged = run("audit", "--limit", "1")
     assert "more entries follow: --after 1" in paged.output
     head = run("audit", "--head")
     assert head.exit_code == 0 and "audit public key" in head.output
-    assert re.search(r"entries\s+│\s+\d+", head.output)
+    found(r"entries\s+│\s+\d+", head.output)
 
 
 def test_installed_entry_point_runs() -> None:

@@ -460,3 +460,13 @@ def test_locked_database_is_unavailable(tmp_path: Path) -> None:
     finally:
         admin.close()
         sbx.stop()
+
+
+def test_claimed_principal_is_sanitised_in_the_audit(env) -> None:  # type: ignore[no-untyped-def]
+    _, admin, bank, _, _, _ = env
+    md = [(k, v if k != "x-sandbox-principal" else "evil'; DROP TABLE audit_log;--") for k, v in
+          bank.transport.sign(WHOAMI, b"")]
+    with pytest.raises(Unauthenticated):
+        _raw_whoami(bank, md)
+    refused = [e for e in admin.audit_entries() if e.status == "UNAUTHENTICATED"]
+    assert refused[-1].principal_id == "?" and refused[-1].error_code == "UNKNOWN_PRINCIPAL"

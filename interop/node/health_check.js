@@ -12,6 +12,11 @@
 // It prints one JSON line, e.g.
 //   {"health":"SERVING","sandbox_methods":8,"unsigned_call":"UNAUTHENTICATED","unsigned_error_code":"SIGNATURE_MISSING"}
 // and exits 0 when all of that held, 1 otherwise (2 on bad usage).
+//
+// Install with `npm ci` (the lock file pins @grpc/grpc-js and @grpc/proto-loader); tests/test_interop_node.py
+// does that and runs this against a real server. With an IP address (127.0.0.1:PORT) Node prints a DEP0123
+// warning because grpc-js passes the IP as the TLS server name (grpc-node#1919); verification still uses the
+// certificate's IP SAN. `localhost:PORT` avoids the warning.
 "use strict";
 
 const fs = require("fs");
