@@ -2,14 +2,16 @@
 
 from clients.client import AdminClient, ApplicantClient, ResearcherClient, SandboxClient
 from clients.errors import (
-    AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, InternalServerError, InvalidArgument, NotFound,
+    Aborted, AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, InternalServerError, InvalidArgument, NotFound,
     PermissionDenied, ResourceExhausted, SandboxClientError, Unauthenticated, Unavailable,
 )
+from clients.query import Query
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
 
 __all__ = [
-    "AdminClient", "ApplicantClient", "ResearcherClient", "SandboxClient",
+    "Query", "AdminClient", "ApplicantClient", "ResearcherClient", "SandboxClient",
     "SandboxClientError", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists", "InvalidArgument",
-    "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Cancelled", "InternalServerError",
+    "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Aborted", "Cancelled",
+    "InternalServerError",
     "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for",
 ]

@@ -374,6 +374,10 @@ def main() -> None:
 
 
 import clients.cli_admin  # noqa: E402,F401  (registers the administrators' commands on ``app``)
+import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 
 if __name__ == "__main__":
-    main()
+    # Run through the package module, where the admin and query commands registered themselves.
+    from clients.cli import main as _package_main
+
+    _package_main()

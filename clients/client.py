@@ -21,16 +21,18 @@ from grpc_health.v1 import health_pb2
 from clients import serde
 from clients import types as t
 from clients.errors import InvalidArgument, PermissionDenied
+from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2
 
 __all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AdminClient"]
 
 _ADMIN = "/sandbox.v1.AdminService/"
 _APPLICANT = "/sandbox.v1.ApplicantService/"
 _AUDIT = "/sandbox.v1.AuditService/"
+_DP = "/sandbox.v1.DpQueryService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -151,6 +153,30 @@ class ApplicantClient(SandboxClient):
         resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
                             applicant_pb2.ApplyResponse)
         return serde.scenario(resp.scenario)
+
+
+    def estimate_query(
+        self, grant_id: str, query: Query, *, epsilon: float | None = None, half_width: float | None = None,
+        delta: float = 0.0,
+    ) -> t.QueryEstimate:
+        """Free: what a query would cost and how accurate it would be (give ``epsilon`` or ``half_width``)."""
+        if (epsilon is None) == (half_width is None):
+            raise serde.invalid("give exactly one of epsilon or half_width")
+        req = dp_pb2.EstimateQueryRequest(grant_id=grant_id, query=query.to_pb(), delta=delta)
+        if epsilon is not None:
+            req.epsilon = float(epsilon)
+        else:
+            req.half_width = float(half_width)  # type: ignore[arg-type]
+        return serde.query_estimate(self._t.call(_DP + "EstimateQuery", req, dp_pb2.EstimateQueryResponse))
+
+    def run_query(
+        self, grant_id: str, query: Query, *, epsilon: float, delta: float = 0.0, idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> t.QueryResult:
+        """Spend ``epsilon`` on a noisy answer. Retrying with the same ``idempotency_key`` is charged once."""
+        req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=query.to_pb(), epsilon=float(epsilon),
+                                     delta=float(delta), idempotency_key=idempotency_key or "")
+        return serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
 
 
 class ResearcherClient(ApplicantClient):

@@ -9,7 +9,8 @@
     ├── FailedPrecondition        not yet (e.g. scenario still pending)
     ├── ResourceExhausted         budget or quota spent, message too large
     ├── Unavailable               server down, or the audit log could not be written
-    ├── DeadlineExceeded
+    ├── DeadlineExceeded          for a query: the answer was not released, the charge stands; retry with the same key
+    ├── Aborted                   a request with the same idempotency key is still running
     ├── Cancelled
     └── InternalServerError       the server failed; it says no more
 """
@@ -20,7 +21,7 @@ import grpc
 
 __all__ = [
     "SandboxClientError", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists", "InvalidArgument",
-    "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Cancelled",
+    "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Aborted", "Cancelled",
     "InternalServerError", "from_rpc_error",
 ]
 
@@ -47,6 +48,7 @@ class FailedPrecondition(SandboxClientError): ...
 class ResourceExhausted(SandboxClientError): ...
 class Unavailable(SandboxClientError): ...
 class DeadlineExceeded(SandboxClientError): ...
+class Aborted(SandboxClientError): ...
 class Cancelled(SandboxClientError): ...
 class InternalServerError(SandboxClientError): ...
 
@@ -62,6 +64,7 @@ STATUS_TO_ERROR: dict[grpc.StatusCode, type[SandboxClientError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.INTERNAL: InternalServerError,
     grpc.StatusCode.DATA_LOSS: InternalServerError,

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
 
@@ -129,3 +129,21 @@ def audit_head(h: audit_pb2.GetAuditHeadResponse) -> t.AuditHead:
     cp = h.checkpoint
     return t.AuditHead(h.entries, cp.seq, cp.head_hash, cp.signature,
                        when(cp.signed_at_unix_ms) if h.HasField("checkpoint") else None, h.audit_public_key)
+
+
+def query_result(r: dp_pb2.RunQueryResponse) -> t.QueryResult:
+    stats = tuple(
+        t.Statistic(s.aggregate, tuple(s.group), s.value, s.low if s.HasField("low") else None,
+                    s.high if s.HasField("high") else None, s.mechanism, s.scale)
+        for s in r.statistics
+    )
+    return t.QueryResult(r.query_id, stats, Decimal(r.charged.epsilon_nano) / NANO, Decimal(r.charged.delta_atto) / ATTO,
+                         Decimal(r.remaining.epsilon_nano) / NANO, Decimal(r.remaining.delta_atto) / ATTO, r.replayed)
+
+
+def query_estimate(r: dp_pb2.EstimateQueryResponse) -> t.QueryEstimate:
+    stats = tuple(t.StatisticEstimate(s.aggregate, s.mechanism, s.scale,
+                                      s.half_width if s.HasField("half_width") else None, s.note)
+                  for s in r.statistics)
+    return t.QueryEstimate(r.epsilon, Decimal(r.cost.epsilon_nano) / NANO, Decimal(r.cost.delta_atto) / ATTO, stats,
+                           Decimal(r.remaining.epsilon_nano) / NANO, Decimal(r.remaining.delta_atto) / ATTO)

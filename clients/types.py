@@ -12,7 +12,8 @@ from decimal import Decimal
 
 __all__ = [
     "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
-    "ImportResult", "Rejection", "AuditEntry", "AuditHead",
+    "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Statistic", "QueryResult", "StatisticEstimate",
+    "QueryEstimate",
 ]
 
 
@@ -169,3 +170,46 @@ class AuditHead:
     checkpoint_signature: bytes
     checkpoint_signed_at: dt.datetime | None
     audit_public_key: bytes
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One released number with its 95% interval (None for quantiles: the exponential mechanism gives none)."""
+
+    aggregate: str
+    group: tuple[str, ...]
+    value: float
+    low: float | None
+    high: float | None
+    mechanism: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query_id: str
+    statistics: tuple[Statistic, ...]
+    epsilon_charged: Decimal
+    delta_charged: Decimal
+    epsilon_remaining: Decimal
+    delta_remaining: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class StatisticEstimate:
+    aggregate: str
+    mechanism: str
+    scale: float
+    half_width: float | None
+    note: str
+
+
+@dataclass(frozen=True)
+class QueryEstimate:
+    epsilon: float
+    epsilon_cost: Decimal
+    delta_cost: Decimal
+    statistics: tuple[StatisticEstimate, ...]
+    epsilon_remaining: Decimal
+    delta_remaining: Decimal

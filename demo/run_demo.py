@@ -16,7 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from clients import AdminClient, ApplicantClient, PermissionDenied, ResearcherClient, generate_key, public_key_of
+from clients import (
+    AdminClient, ApplicantClient, PermissionDenied, Query, ResearcherClient, ResourceExhausted, generate_key,
+    public_key_of,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -64,11 +67,53 @@ def run(tmp: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
-    chapter(8, "A regulator verifies the audit trail offline")
+    chapter(9, "A regulator verifies the audit trail offline")
     out = sandbox_cmd("audit", "verify", str(data_dir))
     console.print(f"The server stopped gracefully (SIGTERM). `sandbox audit verify`: {out.stdout.strip()}")
     console.print("\n[bold green]Done.[/] Every row stayed inside; what left was a catalogue, a signed grant, "
                   "refusals with reasons, and an audit trail anyone with the public key can check.")
+
+
+def statistics_office(admin: AdminClient, address: str, ca: Path) -> None:
+    chapter(7, "A statistics office asks the census questions until its budget is spent")
+    key = generate_key()
+    admin.enrol(name="City Statistics Office", organisation="City government", roles=["applicant"],
+                public_key=public_key_of(key))
+    office = ApplicantClient(address, key=key, ca=ca)
+    s = office.apply(title="Labour statistics 2026", purpose="Publish work-hour and age statistics",
+                     legal_basis="Statistics Act art. 7", kind="DP_QUERY",
+                     datasets={"adult_census": ["age", "sex", "education", "hours_per_week"]}, epsilon=1, quota=50)
+    grant = admin.approve(s.id).grant
+    assert grant is not None
+    q1 = Query("adult_census").where("age", ">=", 30).group_by("sex").count()
+    est = office.estimate_query(grant.id, q1, epsilon=0.25)
+    console.print(f"Budget epsilon 1. Before spending anything, the office asks what 'count by sex where age >= 30' "
+                  f"would cost at epsilon 0.25: {est.epsilon_cost}, with a 95% half-width of "
+                  f"±{est.statistics[0].half_width:.1f} people per count.")
+    questions = [
+        ("count by sex where age >= 30", q1),
+        ("mean hours per week by education", Query("adult_census").group_by("education").mean("hours_per_week")),
+        ("median age", Query("adult_census").median("age")),
+        ("age histogram", Query("adult_census").histogram("age", [20, 30, 40, 50, 60, 70])),
+        ("count of everyone", Query("adult_census").count()),
+    ]
+    for title, q in questions:
+        try:
+            res = office.run_query(grant.id, q, epsilon=0.25)
+        except ResourceExhausted as exc:
+            console.print(f"[bold]{title}[/]: [red]{exc}[/]")
+            break
+        table = Table("statistic", "group", "value", "95% interval", title=f"{title} (epsilon 0.25)",
+                      title_justify="left")
+        for st in res.statistics[:6]:
+            interval = f"[{st.low:,.1f}, {st.high:,.1f}]" if st.low is not None and st.high is not None else "-"
+            table.add_row(st.aggregate, " / ".join(st.group) or "all", f"{st.value:,.1f}", interval)
+        if len(res.statistics) > 6:
+            table.add_row("…", f"{len(res.statistics) - 6} more rows", "", "")
+        console.print(table)
+        console.print(f"charged {res.epsilon_charged}, remaining {res.epsilon_remaining} "
+                      f"({res.statistics[0].mechanism} noise)")
+    office.close()
 
 
 def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
@@ -147,7 +192,9 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     except PermissionDenied as exc:
         console.print(f"The lab trying to use the bank's grant: [red]{exc}[/]")
 
-    chapter(7, "A researcher applies, the bureau revokes, and everything is on the record")
+    statistics_office(admin, address, ca)
+
+    chapter(8, "A researcher applies, the bureau revokes, and everything is on the record")
     fl = lab.apply(title="Medical spending model", purpose="Predict above-median spending across six sites",
                    legal_basis="Research exemption, Health Data Act art. 9", kind="FL_TRAINING",
                    datasets={"rand_hie": ["*"]}, epsilon=4, delta="1e-5", quota=5, model_hash="ab" * 32)

@@ -45,6 +45,11 @@ class ErrorCode(str, enum.Enum):
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    NOT_RELEASED = "NOT_RELEASED"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    IN_PROGRESS = "IN_PROGRESS"
+    INVALID_QUERY = "INVALID_QUERY"
+    EPSILON_OVER_CALL_CAP = "EPSILON_OVER_CALL_CAP"
     STORAGE_BUSY = "STORAGE_BUSY"
     INTERNAL = "INTERNAL"
 
@@ -83,6 +88,13 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.QUOTA_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "quota exhausted"),
     ErrorCode.MESSAGE_TOO_LARGE: (_S.RESOURCE_EXHAUSTED, "message too large"),
     ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
+    ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
+                             "retry with the same idempotency key returns the answer"),
+    ErrorCode.IDEMPOTENCY_CONFLICT: (_S.INVALID_ARGUMENT, "idempotency key was already used for another request"),
+    ErrorCode.IN_PROGRESS: (_S.ABORTED, "a request with this idempotency key is still running or failed; "
+                            "retry later or use a new key"),
+    ErrorCode.INVALID_QUERY: (_S.INVALID_ARGUMENT, "invalid query"),
+    ErrorCode.EPSILON_OVER_CALL_CAP: (_S.PERMISSION_DENIED, "epsilon exceeds the grant's per-query cap"),
     ErrorCode.STORAGE_BUSY: (_S.UNAVAILABLE, "storage busy; try again"),
     ErrorCode.INTERNAL: (_S.INTERNAL, "internal error"),
 }
@@ -97,6 +109,7 @@ class SandboxError(Exception):
         self.code = code
         self.public_detail = public_detail
         self.log_detail = log_detail
+        self.audited = False  # set when the boundary has already written this refusal's audit entry
         super().__init__(self.public_message)
 
     @property

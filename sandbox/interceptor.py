@@ -51,9 +51,37 @@ class Call:
     grant_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    request_sha256: str = ""
+    charge_epsilon_nano: int = 0
+    charge_delta_atto: int = 0
+
     def annotate(self, *, scenario_id: str = "", grant_id: str = "") -> None:
         self.scenario_id = scenario_id or self.scenario_id
         self.grant_id = grant_id or self.grant_id
+
+    def record_charge(self, epsilon_nano: int, delta_atto: int) -> None:
+        """What the handler reserved in this transaction; the boundary writes it into the audit entry."""
+        self.charge_epsilon_nano += epsilon_nano
+        self.charge_delta_atto += delta_atto
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A handler result whose computation runs after its reservation has committed.
+
+    The boundary commits the reservation and its audit entry first, then calls
+    ``compute`` outside any transaction, then, in a second transaction, calls
+    ``on_success`` (e.g. to store an idempotent answer) and audits the release.
+    A charge is never refunded once computation has started.
+    """
+
+    compute: Callable[[], Any]
+    on_success: Callable[[sqlite3.Connection, bytes], None] | None = None
+    on_failure: Callable[[sqlite3.Connection], None] | None = None
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 _CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
@@ -116,17 +144,22 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
             with self._db.write() as conn:
                 claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
-                call = Call(principal, conn, now_ms)
+                call = Call(principal, conn, now_ms, request_sha256=request_sha)
                 token = _CURRENT.set(call)
                 try:
                     response = handler.unary_unary(request, context)
                 finally:
                     _CURRENT.reset(token)
-                body: bytes = handler.response_serializer(response)
-                self._audit.append(conn, AuditRecord(
-                    principal.id, method, "OK", "", call.scenario_id, call.grant_id, 0, 0,
-                    request_sha, hashlib.sha256(body).hexdigest()))
+                if isinstance(response, Deferred):
+                    # Reserve: the charge and its audit entry commit together, before any computation.
+                    self._audit.append(conn, self._record(call, method, "RESERVED", request_sha, "",
+                                                          charged=True))
+                else:
+                    body: bytes = handler.response_serializer(response)
+                    self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
                 self._maybe_prune(conn, now_ms)
+            if isinstance(response, Deferred):
+                body = self._compute_and_release(call, method, request_sha, response, handler, context)
             log.info("%s principal=%s status=OK", method, principal.id)
             return body
         except SandboxError as exc:
@@ -135,6 +168,44 @@ class SigningInterceptor(grpc.ServerInterceptor):
             log.exception("%s principal=%s failed", method, claimed)
             self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _compute_and_release(
+        self, call: Call, method: str, request_sha: str, deferred: Deferred, handler: Any,
+        context: grpc.ServicerContext,
+    ) -> bytes:
+        """Compute outside any transaction, then audit the release (or its withholding) before answering."""
+        try:
+            response = deferred.compute()
+        except Exception as exc:
+            with self._db.write() as conn:
+                if deferred.on_failure is not None:
+                    deferred.on_failure(conn)
+            if isinstance(exc, SandboxError):
+                raise
+            raise SandboxError(ErrorCode.INTERNAL, log_detail=repr(exc)) from exc
+        body: bytes = handler.response_serializer(response)
+        released = context.is_active()
+        with self._db.write() as conn:
+            if deferred.on_success is not None:
+                deferred.on_success(conn, body)
+            if released:
+                self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
+            else:
+                # The caller's deadline passed: the answer is kept for an idempotent retry but not released now.
+                self._audit.append(conn, self._record(call, method, "DEADLINE_EXCEEDED", request_sha, _sha(body),
+                                                      error_code=ErrorCode.NOT_RELEASED.value))
+        if not released:
+            withheld = SandboxError(ErrorCode.NOT_RELEASED)
+            withheld.audited = True  # the entry above already records the withheld release
+            raise withheld
+        return body
+
+    @staticmethod
+    def _record(call: Call, method: str, status: str, request_sha: str, response_sha: str, *,
+                charged: bool = False, error_code: str = "") -> AuditRecord:
+        eps, delta = (call.charge_epsilon_nano, call.charge_delta_atto) if charged else (0, 0)
+        return AuditRecord(call.principal.id, method, status, error_code, call.scenario_id, call.grant_id, eps,
+                           delta, request_sha, response_sha)
 
     def _authenticate(
         self, method: str, metadata: dict, raw: bytes, request_sha: str, now_ms: int
@@ -168,9 +239,10 @@ class SigningInterceptor(grpc.ServerInterceptor):
         else:
             log.info("%s principal=%s refused %s", method, claimed, exc.code.value)
         try:
-            self._audit.append_alone(AuditRecord(
-                claimed, method, exc.status.name, exc.code.value,
-                call.scenario_id if call else "", call.grant_id if call else "", 0, 0, request_sha, ""))
+            if not exc.audited:
+                self._audit.append_alone(AuditRecord(
+                    claimed, method, exc.status.name, exc.code.value,
+                    call.scenario_id if call else "", call.grant_id if call else "", 0, 0, request_sha, ""))
         except SandboxError as audit_exc:
             log.error("%s: audit unavailable (%s)", method, audit_exc.log_detail)
             exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)

@@ -65,6 +65,14 @@ class Authorised:
     budget: ledger.BudgetState
 
 
+def grant_if_grantee(conn: sqlite3.Connection, caller: Principal, grant_id: str) -> Grant | None:
+    """The grant if ``caller`` holds it, else None (a grant of someone else's looks like a missing one)."""
+    grant = grants.get(conn, grant_id)
+    if grant is None or grant.terms.grantee_id != caller.id:
+        return None
+    return grant
+
+
 def check_call(
     conn: sqlite3.Connection, caller: Principal, grant_id: str, call: CallContext, *, now_ms: int,
     schema: DatasetSchema | None = None,

@@ -115,3 +115,14 @@ CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+
+-- Released DP answers by idempotency key: a retry returns the stored answer and is charged once.
+CREATE TABLE IF NOT EXISTS releases (
+    grant_id        TEXT NOT NULL REFERENCES grants (id),
+    idempotency_key TEXT NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+    response        BLOB,
+    created_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (grant_id, idempotency_key)
+) WITHOUT ROWID;

@@ -6,7 +6,8 @@ import math
 
 from google.protobuf.message import DecodeError
 
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2
+import dp_engine.spec as dq
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
 
@@ -218,3 +219,63 @@ def audit_entry_to_pb(e: d.AuditEntry) -> audit_pb2.AuditEntry:
         epsilon_nano=r.epsilon_nano, delta_atto=r.delta_atto, request_sha256=r.request_sha256,
         response_sha256=r.response_sha256, prev_hash=e.prev_hash, entry_hash=e.entry_hash,
     )
+
+
+_OPS = {
+    dp_pb2.FILTER_EQ: dq.Op.EQ, dp_pb2.FILTER_NE: dq.Op.NE, dp_pb2.FILTER_LT: dq.Op.LT, dp_pb2.FILTER_LE: dq.Op.LE,
+    dp_pb2.FILTER_GT: dq.Op.GT, dp_pb2.FILTER_GE: dq.Op.GE, dp_pb2.FILTER_IN: dq.Op.IN,
+}
+_AGGS = {
+    dp_pb2.AGG_COUNT: dq.AggKind.COUNT, dp_pb2.AGG_SUM: dq.AggKind.SUM, dp_pb2.AGG_MEAN: dq.AggKind.MEAN,
+    dp_pb2.AGG_QUANTILE: dq.AggKind.QUANTILE, dp_pb2.AGG_HISTOGRAM: dq.AggKind.HISTOGRAM,
+}
+#: Far above every limit dp_engine enforces, so that a huge message fails fast here, before any work.
+_MAX_LIST = 4096
+
+
+def _literal(lit: dp_pb2.Literal) -> float | str:
+    which = lit.WhichOneof("value")
+    if which == "number":
+        return lit.number
+    if which == "text":
+        return lit.text
+    raise SandboxError(ErrorCode.INVALID_QUERY, "a filter literal is empty")
+
+
+def dp_query_from_pb(q: dp_pb2.DpQuery) -> dq.Query:
+    """The structured query; every list is bounded before it is looked at."""
+    if len(q.filters) > _MAX_LIST or len(q.aggregates) > _MAX_LIST or len(q.group_by) > _MAX_LIST:
+        raise SandboxError(ErrorCode.INVALID_QUERY, "query is too large")
+    filters = []
+    for f in q.filters:
+        op = _enum(_OPS, f.op, "filter operator")
+        if len(f.values) > _MAX_LIST:
+            raise SandboxError(ErrorCode.INVALID_QUERY, "an 'in' set is too large")
+        values = tuple(_literal(v) for v in f.values)
+        if op is dq.Op.IN:
+            filters.append(dq.Filter(f.column, op, values))
+        elif len(values) == 1:
+            filters.append(dq.Filter(f.column, op, values[0]))
+        else:
+            raise SandboxError(ErrorCode.INVALID_QUERY, f"filter on '{f.column[:64]}' needs exactly one value")
+    aggs = []
+    for a in q.aggregates:
+        if len(a.edges) > _MAX_LIST:
+            raise SandboxError(ErrorCode.INVALID_QUERY, "too many histogram edges")
+        aggs.append(dq.Aggregate(_enum(_AGGS, a.kind, "aggregate"), a.column, a.q, tuple(a.edges)))
+    return dq.Query(aggregates=tuple(aggs), filters=tuple(filters), group_by=tuple(q.group_by))
+
+
+def estimate_to_pb(e: dq.StatisticEstimate) -> dp_pb2.StatisticEstimate:
+    pb = dp_pb2.StatisticEstimate(aggregate=e.aggregate, mechanism=e.mechanism, scale=e.scale, note=e.note)
+    if e.half_width is not None:
+        pb.half_width = e.half_width
+    return pb
+
+
+def statistic_to_pb(s: dq.Statistic) -> dp_pb2.Statistic:
+    pb = dp_pb2.Statistic(aggregate=s.aggregate, group=list(s.group), value=s.value, mechanism=s.mechanism,
+                          scale=s.scale)
+    if s.low is not None and s.high is not None:
+        pb.low, pb.high = s.low, s.high
+    return pb

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.identity import public_key_bytes, read_private_key
@@ -25,7 +25,7 @@ log = logging.getLogger("sandbox.server")
 SERVICE_NAMES = tuple(
     f.services_by_name[name].full_name
     for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (applicant_pb2.DESCRIPTOR, "ApplicantService"),
-                    (audit_pb2.DESCRIPTOR, "AuditService"))
+                    (audit_pb2.DESCRIPTOR, "AuditService"), (dp_pb2.DESCRIPTOR, "DpQueryService"))
 )
 
 

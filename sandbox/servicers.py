@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import grpc
 
-from protos.sandbox.v1 import admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc
-from sandbox import audit, catalogue, grants, policy, principals, scenarios, serde
+from protos.sandbox.v1 import (
+    admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc,
+)
+from sandbox import audit, catalogue, dp_queries, grants, policy, principals, scenarios, serde
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
@@ -29,6 +31,7 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
         "Register", "WhoAmI", "ListCatalogue", "Apply", "GetScenario", "ListScenarios", "CheckAccess",
         "ListAdministratorKeys")},
     **{f"/sandbox.v1.AuditService/{m}": AUDITORS for m in ("ListAuditEntries", "GetAuditHead")},
+    **{f"/sandbox.v1.DpQueryService/{m}": frozenset({Role.APPLICANT}) for m in ("EstimateQuery", "RunQuery")},
 }
 
 
@@ -132,9 +135,9 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
     def CheckAccess(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(grant_id=request.grant_id)
-        grant = grants.get(call.conn, request.grant_id)
+        grant = policy.grant_if_grantee(call.conn, call.principal, request.grant_id)
         schema = None
-        if grant is not None and grant.terms.grantee_id == call.principal.id:
+        if grant is not None:
             sel = grant.terms.dataset(request.dataset)
             if sel is not None:
                 schema = catalogue.get_dataset(call.conn, sel.name, sel.version).schema
@@ -173,7 +176,19 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return resp
 
 
+class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
+    def __init__(self, config: ServerConfig) -> None:
+        self._cache = dp_queries.ArrayCache(config.data_dir)
+
+    def EstimateQuery(self, request, context):  # type: ignore[no-untyped-def]
+        return dp_queries.estimate(current_call(), request)
+
+    def RunQuery(self, request, context):  # type: ignore[no-untyped-def]
+        return dp_queries.run(current_call(), request, self._cache)
+
+
 def add_servicers(server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes) -> None:
+    dp_pb2_grpc.add_DpQueryServiceServicer_to_server(DpQueryServicer(config), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config), server)
     applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log, audit_public_key), server)

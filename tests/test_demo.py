@@ -18,5 +18,7 @@ def test_demo_runs_end_to_end() -> None:
     assert "status pending" in text and "Approved with grant g-" in text
     assert "PERMISSION_DENIED: core columns may not be used" in text
     assert "ALREADY_EXISTS" in text and "[COLUMN_NOT_NAMED]" in text and "[GRANT_REVOKED]" in text
+    assert "count by sex where age >= 30 (epsilon 0.25)" in text and "95% interval" in text
+    assert "RESOURCE_EXHAUSTED: privacy budget exhausted: remaining epsilon 0" in text
     assert "audit log OK" in text
     assert "Traceback" not in text + out.stderr
