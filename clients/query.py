@@ -38,8 +38,13 @@ class Query:
         """Keep rows where ``column op value``; ``op`` is one of = != < <= > >= in."""
         if op not in _OPS:
             raise ValueError(f"unknown operator {op!r}; use one of {', '.join(_OPS)}")
-        values = list(value) if op == "in" and not isinstance(value, str) else [value]
-        f = dp_pb2.QueryFilter(column=column, op=_OPS[op], values=[_literal(v) for v in values])  # type: ignore[arg-type]
+        if op == "in" and isinstance(value, Sequence) and not isinstance(value, str):
+            values: list[float | int | str] = list(value)
+        elif isinstance(value, (int, float, str)):
+            values = [value]
+        else:
+            raise TypeError("'in' takes a sequence of values; the other operators one value")
+        f = dp_pb2.QueryFilter(column=column, op=_OPS[op], values=[_literal(v) for v in values])
         return replace(self, _filters=(*self._filters, f))
 
     def group_by(self, *columns: str) -> Query:

@@ -11,7 +11,9 @@ search behind `dp.binary_search_param`, with a predicate that treats a map
 opendp cannot evaluate as too costly) finds the smallest s whose composed
 map(unit) fits the requested epsilon.
 The reported cost is that composed measurement's own map(unit); no privacy
-arithmetic is done here.
+arithmetic is done here. With delta > 0 a plan never spends more than
+rho = MAX_RHO (epsilon about 5e4), where opendp's conversion overflows; asking
+for more gives a plan that costs less than asked, never more.
 
 The privacy unit: `unit` is the most rows one person can contribute. The
 sandbox rejects at import any person with more rows than declared, so
@@ -139,6 +141,6 @@ def _bracket(layouts: Layouts, epsilon: float, delta: float) -> tuple[float, flo
     k = sum(slot.copies for slots in layouts for slot in slots)
     if delta == 0.0:
         return (k / epsilon / 2, 2 * k / epsilon)
-    log_term = math.log(1 / delta)
+    log_term = -math.log(delta)
     rho_low = (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2  # classic rho + 2 sqrt(rho log 1/delta)
     return (math.sqrt(k / epsilon) / 2, 2 * math.sqrt(k / rho_low))

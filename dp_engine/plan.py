@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -168,8 +169,9 @@ def _layouts(query: Query, columns: Mapping[str, ColumnInfo], limits: Limits) ->
 
 def _estimates(query: Query, columns: Mapping[str, ColumnInfo], layouts: Layouts, scale_of: ScaleOf, zcdp: bool,
                n_hint: int | None) -> list[StatisticEstimate]:
-    if n_hint is not None and (isinstance(n_hint, bool) or not isinstance(n_hint, int) or n_hint < 0):
+    if n_hint is not None and (isinstance(n_hint, bool) or not isinstance(n_hint, numbers.Integral) or n_hint < 0):
         raise QueryError("n_hint must be a non-negative integer")
+    n_hint = None if n_hint is None else int(n_hint)
     groups = group_count(query.group_by, columns)
     return [estimate(agg, slots, scale_of, zcdp, groups, columns, n_hint)
             for agg, slots in zip(query.aggregates, layouts)]

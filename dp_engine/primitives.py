@@ -4,7 +4,8 @@ Every primitive reads a float64 vector without NaN under the symmetric
 distance, so all of a query's primitives share one input space and
 `dp.c.make_composition` can price them together. Noise always comes from an
 opendp measurement: discrete Laplace or Gaussian on integer counts, continuous
-ones on float sums, the exponential mechanism for quantiles.
+ones on float sums, the exponential mechanism for quantiles
+(`make_private_quantile`, which prices itself in zCDP directly when delta > 0).
 
 opendp's vector API has no parallel composition, so a grouped sum or quantile
 is one measurement per group composed sequentially (its cost grows with the

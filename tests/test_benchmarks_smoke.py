@@ -32,3 +32,30 @@ def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
     assert sorted(ratios) == [1, 16], last
     for values in ratios.values():
         assert all(math.isfinite(v) and v > 0 for v in values), last
+
+
+DP_BENCH = ROOT / "benchmarks" / "bench_dp_query.py"
+DP_RATIO = re.compile(r"(\w+)\.(\w+) p50=(\S+) p99=(\S+) engine=(\S+)")
+DP_THROUGHPUT = re.compile(r"throughput clients=(\d+)/1 qps=(\S+) p50=(\S+)")
+
+
+def test_dp_query_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(DP_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for heading in ("RunQuery vs opendp called directly", "opendp direct", "dp_engine plan+release",
+                    "server RunQuery (SDK)", "/opendp p50", "Where the time goes", "noise scales the server used",
+                    "Small-query throughput", "queries/s", "ratio 16/1 clients", "Reference round trips",
+                    "unsigned Health/Check", "signed WhoAmI"):
+        assert heading in out, f"missing {heading!r} in:\n{out}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS server/opendp: "), last
+    ratios = {(m[0], m[1]): [float(x) for x in m[2:]] for m in DP_RATIO.findall(last)}
+    assert sorted(ratios) == [("census", "count_by_sex"), ("census", "count_female"), ("census", "count_mean"),
+                              ("synthetic_50000", "count_by_sex"), ("synthetic_50000", "count_mean")], last
+    throughput = {int(m[0]): [float(x) for x in m[1:]] for m in DP_THROUGHPUT.findall(last)}
+    assert sorted(throughput) == [16], last
+    for values in [*ratios.values(), *throughput.values()]:
+        assert all(math.isfinite(v) and v > 0 for v in values), last
