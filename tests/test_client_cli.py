@@ -239,3 +239,32 @@ def test_installed_entry_point_runs() -> None:
     assert r.returncode == 0, r.stderr
     for command in ("keygen", "catalogue", "apply", "status", "approve", "revoke", "audit"):
         assert command in r.stdout
+
+
+def test_query_estimate_run_replay_and_exhaustion(run: Run, tmp_path: Path) -> None:
+    import_census(run)
+    office = enrolled(run, tmp_path, "Office")
+    r = run("apply", "--title", "Census", "--purpose", "Statistics", "--legal-basis", "Statistics Act",
+            "--kind", "DP_QUERY", "--dataset", "adult_census=age,sex,education,hours_per_week", "--epsilon", "0.5",
+            key=office)
+    assert r.exit_code == 0, r.output
+    scenario = found(r"(s-[0-9a-f]{24})", r.output).group(1)
+    approved = run("approve", scenario)
+    assert approved.exit_code == 0, approved.output
+    grant = found(r"(g-[0-9a-f]{32})", run("status", scenario, key=office).output).group(1)
+    base = ("query", "--grant", grant, "--dataset", "adult_census")
+    est = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--estimate", "--epsilon", "0.25", key=office)
+    assert est.exit_code == 0, est.output
+    assert "nothing was charged" in est.output and "remaining epsilon 0.5" in est.output
+    q = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--key", "k1", key=office)
+    assert q.exit_code == 0, q.output
+    assert "Female" in q.output and "Male" in q.output and "95% interval" in q.output
+    assert "charged epsilon 0.25; remaining epsilon 0.25" in q.output
+    again = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--key", "k1", key=office)
+    assert "stored answer" in again.output and "remaining epsilon 0.25" in again.output
+    assert run(*base, "--mean", "hours_per_week", "--by", "education", "--epsilon", "0.25", key=office).exit_code == 0
+    spent = run(*base, "--count", "--epsilon", "0.25", key=office)
+    assert spent.exit_code == 1 and "RESOURCE_EXHAUSTED" in spent.output and "remaining epsilon 0" in spent.output
+    no_traceback(spent)
+    bad = run(*base, "--where", "age", "--count", "--epsilon", "0.1", key=office)
+    assert bad.exit_code == 2 and "--where" in bad.output
