@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2
@@ -21,11 +21,12 @@ from grpc_health.v1 import health_pb2
 from clients import serde
 from clients import types as t
 from clients.errors import InvalidArgument, PermissionDenied
+from clients.he import HeSession, ScoreResult, choose_profile
 from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, he_pb2
 
 __all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AdminClient"]
 
@@ -33,6 +34,8 @@ _ADMIN = "/sandbox.v1.AdminService/"
 _APPLICANT = "/sandbox.v1.ApplicantService/"
 _AUDIT = "/sandbox.v1.AuditService/"
 _DP = "/sandbox.v1.DpQueryService/"
+_MODELS = "/sandbox.v1.ModelService/"
+_HE = "/sandbox.v1.HeScoringService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -177,6 +180,62 @@ class ApplicantClient(SandboxClient):
         req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=query.to_pb(), epsilon=float(epsilon),
                                      delta=float(delta), idempotency_key=idempotency_key or "")
         return serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
+
+
+    def submit_model(
+        self, *, name: str, dataset: str, public_features: Sequence[tuple[str, float]] | Mapping[str, float],
+        private_features: Sequence[tuple[str, float]] | Mapping[str, float], bias: float = 0.0,
+        kind: str = "logistic", description: str = "",
+    ) -> str:
+        """Register a linear or logistic model; returns its id (SHA-256 of the canonical spec) for an application."""
+        pub = list(public_features.items()) if isinstance(public_features, Mapping) else list(public_features)
+        priv = list(private_features.items()) if isinstance(private_features, Mapping) else list(private_features)
+        kinds = {"linear": he_pb2.MODEL_LINEAR, "logistic": he_pb2.MODEL_LOGISTIC}
+        if kind not in kinds:
+            raise serde.invalid("kind is linear or logistic")
+        spec = he_pb2.ModelSpec(
+            name=name, kind=kinds[kind], dataset=dataset, bias=float(bias), description=description,
+            public_features=[he_pb2.PublicFeature(column=c, weight=float(w)) for c, w in pub],
+            private_features=[he_pb2.PrivateFeature(name=n, weight=float(w)) for n, w in priv])
+        return self._t.call(_MODELS + "SubmitModel", he_pb2.SubmitModelRequest(spec=spec),
+                            he_pb2.SubmitModelResponse).model_hash
+
+    def he_session(self, entities: int = 4096) -> HeSession:
+        """A fresh CKKS key pair for a profile that fits ``entities`` per batch, its public context registered."""
+        profiles = self._t.call(_HE + "ListProfiles", he_pb2.ListProfilesRequest(), he_pb2.ListProfilesResponse)
+        return HeSession(self._t, choose_profile(profiles.profiles, entities))
+
+    def score(
+        self, grant_id: str, model_hash: str, entity_ids: Sequence[str], features: Any, *,
+        session: HeSession | None = None, timeout: float = 120.0,
+    ) -> ScoreResult:
+        """Scores for ``entity_ids`` from the applicant's private ``features`` (entities x private features).
+
+        Key generation, encryption and decryption happen here; the sandbox sees only ciphertexts.
+        Returns logits and, for a logistic model, probabilities (the sigmoid is applied here).
+        """
+        import numpy as np
+
+        x = np.asarray(features, dtype=float)
+        model = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
+                             he_pb2.GetModelResponse)
+        logistic = model.spec.kind == he_pb2.MODEL_LOGISTIC
+        sess = session or self.he_session(len(entity_ids))
+        ids = [str(e) for e in entity_ids]
+        parts = []
+        for start in range(0, len(ids), sess.profile.slots):
+            stop = start + sess.profile.slots
+            parts.append(sess.score_batch(grant_id, model_hash, ids[start:stop], x[start:stop], logistic=logistic,
+                                          timeout=timeout))
+        logits = np.concatenate([p.logits for p in parts]) if parts else np.zeros(0)
+        seconds = {"keygen": 0.0 if session else sess.keygen_seconds,
+                   "upload": 0.0 if session else sess.register_seconds}
+        for p in parts:
+            for k, v in p.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+        return ScoreResult(ids, logits, 1.0 / (1.0 + np.exp(-logits)) if logistic else None, seconds,
+                           bytes_sent=sum(p.bytes_sent for p in parts) + (0 if session else sess.context_bytes),
+                           bytes_received=sum(p.bytes_received for p in parts))
 
 
 class ResearcherClient(ApplicantClient):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
-    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "verify_terms_signature",
+    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "stream_digest", "verify_terms_signature",
 ]
 
 
@@ -63,11 +63,13 @@ def principal_id_for(public_key: bytes) -> str:
 def sign_request(
     key: Ed25519PrivateKey, principal_id: str, method: str, body: bytes, *,
     timestamp_ms: int | None = None, nonce: str | None = None, include_public_key: bool = False,
+    body_sha256: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The metadata that authenticates one request."""
+    """The metadata that authenticates one request (``body_sha256`` given for a client stream)."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
-    payload = f"sandbox.v1-request\n{method}\n{ts}\n{nonce}\n{hashlib.sha256(body).hexdigest()}".encode()
+    digest = body_sha256 or hashlib.sha256(body).hexdigest()
+    payload = f"sandbox.v1-request\n{method}\n{ts}\n{nonce}\n{digest}".encode()
     md = [
         ("x-sandbox-principal", principal_id),
         ("x-sandbox-timestamp", str(ts)),
@@ -88,3 +90,12 @@ def verify_terms_signature(terms: bytes, signature: bytes, admin_public_keys: li
         except (InvalidSignature, ValueError):
             continue
     return False
+
+
+def stream_digest(messages: list[bytes]) -> str:
+    """What a client stream's signature covers: SHA-256 over each message's 8-byte length and bytes, in order."""
+    h = hashlib.sha256()
+    for m in messages:
+        h.update(len(m).to_bytes(8, "big"))
+        h.update(m)
+    return h.hexdigest()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
 from clients.errors import from_rpc_error
-from clients.signing import principal_id_for, public_key_of, sign_request
+from clients.signing import principal_id_for, public_key_of, sign_request, stream_digest
 
 R = TypeVar("R", bound=Message)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
@@ -71,6 +71,21 @@ class SignedTransport:
         body = request.SerializeToString(deterministic=True)
         metadata = self.sign(method, body, include_public_key=register)
         return self.invoke_raw(method, body, metadata, response_type, timeout=timeout)
+
+    def call_stream(self, method: str, requests: Sequence[Message], response_type: type[R], *,
+                    timeout: float | None = None) -> R:
+        """A client-streaming call; the signature covers every message (see ``stream_digest``)."""
+        bodies = [r.SerializeToString(deterministic=True) for r in requests]
+        metadata = self.sign(method, b"", body_sha256=stream_digest(bodies))
+        stub = self._stubs.get((method, response_type))
+        if stub is None:
+            stub = self.channel.stream_unary(method, request_serializer=None,
+                                             response_deserializer=response_type.FromString)
+            self._stubs[(method, response_type)] = stub
+        try:
+            return stub(iter(bodies), metadata=metadata, timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     def close(self) -> None:
         self.channel.close()

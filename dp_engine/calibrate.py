@@ -62,10 +62,18 @@ class Calibration:
         return scale_at(self.s, self.unit_costs[primitive], self.zcdp) * factor
 
     def measurement(self, primitive: Primitive, factor: float = 1.0) -> dp.Measurement:
-        """The primitive at its calibrated scale times `factor`, built once per calibration."""
+        """What a release runs for the primitive at its calibrated scale times `factor`, built once.
+
+        That is `primitive.runner`: the priced measurement (`build`) without a leading 1-stable cast.
+        As a guard, opendp's own maps must agree that it costs no more than the priced one at d_in = unit.
+        """
         key = (primitive, factor)
         if key not in self._built:
-            self._built[key] = primitive.build(self.scale(primitive, factor), self.zcdp)
+            scale = self.scale(primitive, factor)
+            runner = primitive.runner(scale, self.zcdp)
+            if runner.map(self.unit) > primitive.build(scale, self.zcdp).map(self.unit):
+                raise RuntimeError(f"the {primitive.kind} measurement a release runs costs more than the priced one")
+            self._built[key] = runner
         return self._built[key]
 
     def composed(self) -> dp.Measurement:

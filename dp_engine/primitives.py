@@ -11,6 +11,13 @@ opendp's vector API has no parallel composition, so a grouped sum or quantile
 is one measurement per group composed sequentially (its cost grows with the
 number of groups). Grouped counts and histograms are a single
 `count_by_categories`, whose map already knows that a row lands in one cell.
+
+A count by categories is priced as `make_cast_default` (float64 codes to
+integers, 1-stable) chained with the measurement that counts integer codes,
+so that it shares the float64 input space. A release runs that second part,
+`Primitive.runner`, on the integer codes `prepare` computes directly (the
+values the cast would give), which spares a float copy and a cast of every row.
+For every other kind the runner is the priced measurement itself.
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import opendp.prelude as dp
 
-from dp_engine.prepare import MAX_ROWS
+from dp_engine.prepare import MAX_ROWS, cell_dtype
 from dp_engine.spec import AggKind, Aggregate, ColumnInfo, Limits, NumericColumn
 
 dp.enable_features("contrib")
 
 _FLOATS = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 _ROWS = dp.symmetric_distance()
+#: opendp's name for each integer type cell_dtype may give.
+_CELL_TYPES = {np.int32: "i32", np.int64: "i64"}
 
 COUNT, SUM, QUANTILE, CATEGORIES = "count", "sum", "quantile", "categories"
 _SLOW_DISCRETE_GAUSSIAN = 1e4
@@ -45,7 +54,22 @@ class Primitive:
     categories: int = 0  # count_by_categories over codes 0..categories-1
 
     def build(self, scale: float, zcdp: bool) -> dp.Measurement:
-        """The measurement with this noise scale, pure DP (Laplace) or zCDP (Gaussian)."""
+        """The measurement with this noise scale, pure DP (Laplace) or zCDP (Gaussian), on float64 vectors.
+
+        This is what composition prices. For CATEGORIES it is a cast of the float codes to integers
+        followed by `runner`; for the other kinds it is `runner`.
+        """
+        runner = self.runner(scale, zcdp)
+        if self.kind == CATEGORIES:
+            return dp.t.make_cast_default(_FLOATS, _ROWS, TOA=self._cell_type) >> runner
+        return runner
+
+    @property
+    def _cell_type(self) -> str:
+        return _CELL_TYPES[cell_dtype(self.categories)]
+
+    def runner(self, scale: float, zcdp: bool) -> dp.Measurement:
+        """What a release invokes on `prepare`'s arrays: `build` without the leading cast for CATEGORIES."""
         noise = dp.m.then_gaussian(scale) if zcdp else dp.m.then_laplace(scale)
         if self.kind == COUNT:
             return dp.t.make_count(_FLOATS, _ROWS) >> noise
@@ -60,9 +84,9 @@ class Primitive:
             return dp.m.make_private_quantile(_FLOATS, _ROWS, measure, candidates=list(self.candidates),
                                               alpha=self.alpha, scale=scale)
         metric = dp.L2Distance[int] if zcdp else dp.L1Distance[int]
-        return (dp.t.make_cast_default(_FLOATS, _ROWS, TOA=dp.i64)
-                >> dp.t.then_count_by_categories(categories=list(range(self.categories)), null_category=False,
-                                                 MO=metric)
+        codes = dp.vector_domain(dp.atom_domain(T=self._cell_type))
+        return (dp.t.make_count_by_categories(codes, _ROWS, categories=list(range(self.categories)),
+                                              null_category=False, MO=metric)
                 >> noise)
 
     def mechanism(self, zcdp: bool) -> str:

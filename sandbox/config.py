@@ -27,6 +27,9 @@ class ServerConfig:
     workers: int = 16
     audit_checkpoint_every: int = 32
     busy_timeout_ms: int = 5000
+    min_public_weights: int = 3
+    he_workers: int = 2
+    he_context_ttl_seconds: int = 3600
 
     # Files inside the data directory.
     @property

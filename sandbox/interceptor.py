@@ -84,6 +84,15 @@ def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def stream_digest(messages: list[bytes]) -> str:
+    """What a client stream's signature covers: SHA-256 over each message's 8-byte length and bytes, in order."""
+    h = hashlib.sha256()
+    for m in messages:
+        h.update(len(m).to_bytes(8, "big"))
+        h.update(m)
+    return h.hexdigest()
+
+
 _CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
 
 
@@ -103,8 +112,9 @@ def _claimed_principal(metadata: dict) -> str:
 class SigningInterceptor(grpc.ServerInterceptor):
     def __init__(
         self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, max_stream_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._max_stream_bytes = max_stream_bytes
         self._db = db
         self._audit = audit
         self._roles = method_roles
@@ -119,18 +129,34 @@ class SigningInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        if handler.unary_unary is None:
-            raise RuntimeError(f"{method}: only unary sandbox.v1 methods are supported by the boundary")
         metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
+        if handler.stream_unary is not None:
+            def stream_behaviour(raws: Any, context: grpc.ServicerContext) -> bytes:
+                chunks, total = [], 0
+                for raw in raws:
+                    total += len(raw)
+                    if total > self._max_stream_bytes:
+                        self._refuse(context, method, _claimed_principal(metadata), "",
+                                     SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream exceeds the upload limit"), None)
+                    chunks.append(raw)
+                return self._handle(method, handler, metadata, chunks, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_behaviour, request_deserializer=None,
+                                                        response_serializer=None)
+        if handler.unary_unary is None:
+            raise RuntimeError(f"{method}: only unary and client-streaming methods are supported by the boundary")
 
         def behaviour(raw: bytes, context: grpc.ServicerContext) -> bytes:
             return self._handle(method, handler, metadata, raw, context)
 
         return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=None, response_serializer=None)
 
-    def _handle(self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext) -> bytes:
+    def _handle(
+        self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], context: grpc.ServicerContext
+    ) -> bytes:
+        """``raw`` is the request's bytes, or the list of a client stream's messages."""
         now_ms = int(self._clock() * 1000)
-        request_sha = hashlib.sha256(raw).hexdigest()
+        request_sha = stream_digest(raw) if isinstance(raw, list) else hashlib.sha256(raw).hexdigest()
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
@@ -139,7 +165,10 @@ class SigningInterceptor(grpc.ServerInterceptor):
             if allowed is not None and not (principal.roles & allowed):
                 raise SandboxError(ErrorCode.WRONG_ROLE)
             try:
-                request = handler.request_deserializer(raw)
+                if isinstance(raw, list):
+                    request: Any = iter([handler.request_deserializer(chunk) for chunk in raw])
+                else:
+                    request = handler.request_deserializer(raw)
             except DecodeError as exc:
                 raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
             with self._db.write() as conn:
@@ -147,7 +176,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 call = Call(principal, conn, now_ms, request_sha256=request_sha)
                 token = _CURRENT.set(call)
                 try:
-                    response = handler.unary_unary(request, context)
+                    behaviour = handler.stream_unary if isinstance(raw, list) else handler.unary_unary
+                    response = behaviour(request, context)
                 finally:
                     _CURRENT.reset(token)
                 if isinstance(response, Deferred):
@@ -208,7 +238,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                            delta, request_sha, response_sha)
 
     def _authenticate(
-        self, method: str, metadata: dict, raw: bytes, request_sha: str, now_ms: int
+        self, method: str, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int
     ) -> tuple[Principal, Any]:
         headers = parse_headers(metadata)
         if method == REGISTER_METHOD and headers.public_key:

@@ -6,7 +6,7 @@ import re
 import secrets
 import sqlite3
 
-from sandbox import catalogue, grants, ledger, policy, serde
+from sandbox import catalogue, grants, ledger, models, policy, serde
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
 )
@@ -55,6 +55,8 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
     if (needs_model and not _HASH_RE.match(app.model_hash)) or (app.model_hash and not _HASH_RE.match(app.model_hash)):
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "model_hash must be a SHA-256 hex digest" +
                            (f"; {app.kind.value} requires one" if needs_model else ""))
+    if app.kind is Kind.HE_SCORING:
+        check_scoring_model(conn, app.model_hash, resolved)
     if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
     if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
@@ -74,6 +76,20 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
         (sid, applicant.id, serde.application_to_bytes(stored), now_ms),
     )
     return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)
+
+
+def check_scoring_model(conn: sqlite3.Connection, model_hash: str, resolved: list[DatasetSelection]) -> None:
+    """An HE scenario names a registered model, its dataset, the entity key and every column the model reads."""
+    spec, _ = models.get(conn, model_hash)
+    sel = next((s for s in resolved if s.name == spec.dataset), None)
+    if sel is None or len(resolved) != 1:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"an HE scenario names exactly the model's dataset '{spec.dataset}'")
+    info = catalogue.get_dataset(conn, sel.name, sel.version)
+    needed = {models.identifier_column(info), *spec.public_columns}
+    missing = sorted(needed - set(sel.columns))
+    if missing:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the scenario must name the columns the model reads: "
+                                                       f"{', '.join(missing)}")
 
 
 def _sees_all(viewer: Principal) -> bool:

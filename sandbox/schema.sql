@@ -126,3 +126,13 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at_ms   INTEGER NOT NULL,
     PRIMARY KEY (grant_id, idempotency_key)
 ) WITHOUT ROWID;
+
+-- Model registry: declarative model specs, identified by the SHA-256 of their canonical JSON.
+CREATE TABLE IF NOT EXISTS models (
+    model_hash    TEXT PRIMARY KEY,
+    canonical     TEXT NOT NULL,
+    submitted_by  TEXT NOT NULL REFERENCES principals (id),
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS models_read_only BEFORE UPDATE ON models
+BEGIN SELECT RAISE(ABORT, 'models are immutable'); END;

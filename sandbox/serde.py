@@ -7,7 +7,8 @@ import math
 from google.protobuf.message import DecodeError
 
 import dp_engine.spec as dq
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, he_pb2
+from sandbox.models import ModelSpec
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
 
@@ -195,6 +196,11 @@ def grant_to_pb(g: d.Grant) -> common_pb2.Grant:
     )
 
 
+def usage_to_pb(u: d.GrantUsage) -> common_pb2.GrantUsage:
+    return common_pb2.GrantUsage(epsilon_spent_nano=u.epsilon_spent_nano, delta_spent_atto=u.delta_spent_atto,
+                                 quota_used=u.quota_used)
+
+
 def scenario_to_pb(s: d.Scenario) -> common_pb2.Scenario:
     pb = common_pb2.Scenario(
         id=s.id, applicant_id=s.applicant_id, application=application_to_pb(s.application),
@@ -204,10 +210,7 @@ def scenario_to_pb(s: d.Scenario) -> common_pb2.Scenario:
     if s.grant is not None:
         pb.grant.CopyFrom(grant_to_pb(s.grant))
     if s.usage is not None:
-        pb.usage.CopyFrom(common_pb2.GrantUsage(
-            epsilon_spent_nano=s.usage.epsilon_spent_nano, delta_spent_atto=s.usage.delta_spent_atto,
-            quota_used=s.usage.quota_used,
-        ))
+        pb.usage.CopyFrom(usage_to_pb(s.usage))
     return pb
 
 
@@ -279,3 +282,23 @@ def statistic_to_pb(s: dq.Statistic) -> dp_pb2.Statistic:
     if s.low is not None and s.high is not None:
         pb.low, pb.high = s.low, s.high
     return pb
+
+
+_MODEL_KINDS = {he_pb2.MODEL_LINEAR: "linear", he_pb2.MODEL_LOGISTIC: "logistic"}
+_MODEL_KINDS_PB = {v: k for k, v in _MODEL_KINDS.items()}
+
+
+def model_from_pb(m: he_pb2.ModelSpec) -> ModelSpec:
+    if len(m.public_features) > 4096 or len(m.private_features) > 4096:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "model is too large")
+    return ModelSpec(m.name, _enum(_MODEL_KINDS, m.kind, "model kind"), m.dataset,
+                     tuple((f.column, f.weight) for f in m.public_features),
+                     tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description)
+
+
+def model_to_pb(spec: ModelSpec) -> he_pb2.ModelSpec:
+    return he_pb2.ModelSpec(
+        name=spec.name, kind=_MODEL_KINDS_PB[spec.kind], dataset=spec.dataset, bias=spec.bias,
+        description=spec.description,
+        public_features=[he_pb2.PublicFeature(column=c, weight=w) for c, w in spec.public_features],
+        private_features=[he_pb2.PrivateFeature(name=n, weight=w) for n, w in spec.private_features])

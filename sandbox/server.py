@@ -6,13 +6,13 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, he_pb2
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.identity import public_key_bytes, read_private_key
@@ -25,7 +25,8 @@ log = logging.getLogger("sandbox.server")
 SERVICE_NAMES = tuple(
     f.services_by_name[name].full_name
     for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (applicant_pb2.DESCRIPTOR, "ApplicantService"),
-                    (audit_pb2.DESCRIPTOR, "AuditService"), (dp_pb2.DESCRIPTOR, "DpQueryService"))
+                    (audit_pb2.DESCRIPTOR, "AuditService"), (dp_pb2.DESCRIPTOR, "DpQueryService"),
+                    (he_pb2.DESCRIPTOR, "ModelService"), (he_pb2.DESCRIPTOR, "HeScoringService"))
 )
 
 
@@ -36,12 +37,15 @@ class RunningServer:
     db: Database
     audit: AuditLog
     health: health.HealthServicer
+    closers: list = field(default_factory=list)
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, sign the audit head, close the database."""
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        for close in self.closers:
+            close()
         try:
             self.audit.checkpoint()
         finally:
@@ -53,7 +57,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     db.busy_timeout_ms = config.busy_timeout_ms
     audit_key = read_private_key(config.audit_key)
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
-    interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000)
+    interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000,
+                                     max_stream_bytes=config.max_message_bytes)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -61,7 +66,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=[interceptor],
                          options=options)
-    add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()))
+    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -76,7 +81,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         db.close()
         raise OSError(f"cannot bind {config.host}:{config.port}")
     server.start()
-    return RunningServer(server, port, db, audit, health_servicer)
+    return RunningServer(server, port, db, audit, health_servicer, closers)
 
 
 def serve_forever(config: ServerConfig, *, on_ready=None) -> None:  # type: ignore[no-untyped-def]

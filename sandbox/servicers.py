@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import grpc
 
+import threading
+from collections.abc import Callable
+
 from protos.sandbox.v1 import (
-    admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc,
+    admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc, he_pb2,
+    he_pb2_grpc,
 )
-from sandbox import audit, catalogue, dp_queries, grants, policy, principals, scenarios, serde
+from sandbox import audit, catalogue, dp_queries, grants, he_scoring, models, policy, principals, scenarios, serde
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
@@ -32,6 +36,10 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
         "ListAdministratorKeys")},
     **{f"/sandbox.v1.AuditService/{m}": AUDITORS for m in ("ListAuditEntries", "GetAuditHead")},
     **{f"/sandbox.v1.DpQueryService/{m}": frozenset({Role.APPLICANT}) for m in ("EstimateQuery", "RunQuery")},
+    "/sandbox.v1.ModelService/SubmitModel": frozenset({Role.APPLICANT, Role.RESEARCHER}),
+    "/sandbox.v1.ModelService/GetModel": None,
+    "/sandbox.v1.HeScoringService/ListProfiles": None,
+    **{f"/sandbox.v1.HeScoringService/{m}": frozenset({Role.APPLICANT}) for m in ("RegisterContext", "Score")},
 }
 
 
@@ -178,17 +186,77 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
-        self._cache = dp_queries.ArrayCache(config.data_dir)
+        self.cache = dp_queries.ArrayCache(config.data_dir)
 
     def EstimateQuery(self, request, context):  # type: ignore[no-untyped-def]
         return dp_queries.estimate(current_call(), request)
 
     def RunQuery(self, request, context):  # type: ignore[no-untyped-def]
-        return dp_queries.run(current_call(), request, self._cache)
+        return dp_queries.run(current_call(), request, self.cache)
 
 
-def add_servicers(server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes) -> None:
-    dp_pb2_grpc.add_DpQueryServiceServicer_to_server(DpQueryServicer(config), server)
+class ModelServicer(he_pb2_grpc.ModelServiceServicer):
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+
+    def SubmitModel(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        spec = serde.model_from_pb(request.spec)
+        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
+                                   min_public_weights=self._config.min_public_weights)
+        return he_pb2.SubmitModelResponse(model_hash=model_hash, canonical=spec.canonical())
+
+    def GetModel(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        spec, submitted_by = models.get(call.conn, request.model_hash)
+        if submitted_by != call.principal.id and not call.principal.roles & {Role.ADMIN, Role.AUDITOR}:
+            raise SandboxError(ErrorCode.NOT_FOUND, "no such model")  # a model is its submitter's and the reviewers'
+        return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
+                                       submitted_by=submitted_by)
+
+
+class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
+    def __init__(self, config: ServerConfig, cache: dp_queries.ArrayCache) -> None:
+        self._config = config
+        self._store = he_scoring.ContextStore(config.he_context_ttl_seconds * 1000)
+        self._cache = cache
+        self._index = he_scoring.EntityIndex(cache)
+        self._pool: he_scoring.he_engine.ScoringPool | None = None
+        self._lock = threading.Lock()
+
+    def pool(self) -> he_scoring.he_engine.ScoringPool:
+        """Worker processes (spawned, never forked) start on first use, so servers without HE work pay nothing."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = he_scoring.he_engine.ScoringPool(workers=self._config.he_workers)
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
+        return he_scoring.list_profiles()
+
+    def RegisterContext(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return he_scoring.register_context(current_call(), list(request_iterator), self.pool(), self._store)
+
+    def Score(self, request, context):  # type: ignore[no-untyped-def]
+        return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index)
+
+
+def add_servicers(
+    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes
+) -> list[Callable[[], None]]:
+    """Register every service; returns what must be closed at shutdown."""
+    dp = DpQueryServicer(config)
+    he = HeScoringServicer(config, dp.cache)
+    dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
+    he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)
+    he_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(config), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config), server)
     applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log, audit_public_key), server)
+    return [he.close]

@@ -327,6 +327,62 @@ def test_filters_combine_and_group_by_drops_missing_groups(data: dict[str, np.nd
     assert sum(s.value for s in stats) < np.count_nonzero(base)  # rows with region -1 are in no group
 
 
+def _count_where(flt: Filter, data: dict[str, np.ndarray]) -> float:
+    (stat,) = release_at(Query((COUNT,), (flt,)), data)
+    return stat.value
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int16, np.uint8])
+def test_integer_column_filters_compare_like_the_float_literal(dtype: type) -> None:
+    """Integer columns are compared with an integer threshold (x > 2.5 as x > 2): same rows as comparing as floats."""
+    rng = np.random.default_rng(5)
+    low = 0 if np.dtype(dtype).kind == "u" else -6
+    age = rng.integers(low, 7, 500).astype(dtype)
+    data = {"age": age}
+    as_float = age.astype(np.float64)
+    for value in (-2.5, -2.0, 0.0, 2.5, 3.0, 1e300, -1e300):
+        for op, truth in ((Op.EQ, as_float == value), (Op.NE, as_float != value), (Op.LT, as_float < value),
+                          (Op.LE, as_float <= value), (Op.GT, as_float > value), (Op.GE, as_float >= value)):
+            assert _count_where(Filter("age", op, value), data) == np.count_nonzero(truth), (op, value)
+    values = (-3.0, 2.5, 4.0, 6.0, 1e300)
+    wanted = np.isin(as_float, values)
+    assert _count_where(Filter("age", Op.IN, values), data) == np.count_nonzero(wanted)
+    many = tuple(float(v) for v in range(-20, 3)) + (0.5,)  # more than a few values: the np.isin path
+    assert _count_where(Filter("age", Op.IN, many), data) == np.count_nonzero(np.isin(as_float, many))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint16])
+def test_categorical_filters_never_pass_missing_or_undeclared_codes(dtype: type) -> None:
+    rng = np.random.default_rng(6)
+    codes = rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 5003, 4000)
+    data = {"many": codes.astype(dtype)}
+    declared = (codes >= 0) & (codes < 5000)
+    assert _count_where(Filter("many", Op.EQ, "c7"), data) == np.count_nonzero(codes == 7)
+    assert _count_where(Filter("many", Op.NE, "c7"), data) == np.count_nonzero(declared & (codes != 7))
+    for wanted in ((0, 4999), tuple(range(0, 5000, 97))):  # a few codes (== passes), many (a lookup table)
+        flt = Filter("many", Op.IN, tuple(f"c{c}" for c in wanted))
+        assert _count_where(flt, data) == np.count_nonzero(np.isin(codes, wanted))
+
+
+def test_release_accepts_read_only_columns(data: dict[str, np.ndarray]) -> None:
+    """The server hands over read-only (memory-mapped) columns; opendp only takes writable arrays."""
+    frozen = {name: array.copy() for name, array in data.items()}
+    frozen["region"] = frozen["region"].astype(np.int32)  # int32 codes: what the category counter reads
+    for array in frozen.values():
+        array.setflags(write=False)
+    incomes = clamped_income(frozen, np.ones(N_ROWS, dtype=bool))
+    stats = {(s.aggregate, s.group): s.value
+             for s in release_at(Query((COUNT, SUM_INCOME, MEAN_INCOME, AGE_HISTOGRAM)), frozen)}
+    assert stats[("count", ())] == N_ROWS
+    assert stats[("sum(income)", ())] == pytest.approx(incomes.sum(), rel=1e-3)
+    score = release_at(Query((Aggregate(AggKind.SUM, "score"),)), frozen)[0].value
+    assert score == pytest.approx(np.clip(frozen["score"], -1, 1).sum(), abs=1.0)
+    counts = release_at(Query((COUNT,), group_by=("region",)), frozen)
+    assert [s.value for s in counts] == [np.count_nonzero(frozen["region"] == r) for r in range(len(REGIONS))]
+    by_sex = release_at(Query((COUNT, MEAN_INCOME), group_by=("sex",)), frozen)
+    assert by_sex[0].value == np.count_nonzero(frozen["sex"] == 0)
+
+
 def test_a_sum_over_more_than_a_million_rows_is_not_truncated() -> None:
     """opendp's plain make_sum on an unknown size keeps at most 2**20 rows; ours must keep them all."""
     values = np.full(1_200_000, 2.0)

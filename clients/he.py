@@ -1,0 +1,102 @@
+"""Client side of HE scoring: the applicant's CKKS keys never leave this process.
+
+``score`` generates a key pair for one of the sandbox's parameter profiles,
+registers only the public context (no secret key, no Galois keys), encrypts one
+ciphertext per private feature with one slot per entity, and decrypts the
+logits the sandbox returns. Decrypted scores are never sent back (CKKS is not
+secure against that), and no RPC accepts them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tenseal as ts
+
+from clients import serde
+from clients.transport import SignedTransport
+from protos.sandbox.v1 import he_pb2
+
+__all__ = ["ScoreResult", "HeSession"]
+
+_HE = "/sandbox.v1.HeScoringService/"
+CHUNK = 1 << 20
+
+
+@dataclass
+class ScoreResult:
+    entity_ids: list[str]
+    logits: np.ndarray
+    probabilities: np.ndarray | None  # sigmoid of the logits for a logistic model; None for a linear one
+    seconds: dict[str, float] = field(default_factory=dict)  # keygen, encrypt, upload, server, decrypt
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class HeSession:
+    """One CKKS key pair and its registered public context, reusable across batches."""
+
+    def __init__(self, transport: SignedTransport, profile: he_pb2.HeProfile) -> None:
+        self.profile = profile
+        t0 = time.perf_counter()
+        ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=profile.poly_modulus_degree,
+                         coeff_mod_bit_sizes=list(profile.coeff_mod_bit_sizes))
+        ctx.global_scale = 2.0 ** profile.scale_bits
+        self._secret = ctx
+        public = ctx.copy()
+        public.make_context_public()
+        blob = public.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                save_relin_keys=False)
+        self.keygen_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        chunks = [he_pb2.ContextChunk(profile=profile.name if i == 0 else "", data=blob[i:i + CHUNK])
+                  for i in range(0, len(blob), CHUNK)]
+        resp = transport.call_stream(_HE + "RegisterContext", chunks, he_pb2.RegisterContextResponse, timeout=120)
+        self.register_seconds = time.perf_counter() - t1
+        self.context_bytes = len(blob)
+        self.context_id = resp.context_id
+        self._t = transport
+
+    def score_batch(self, grant_id: str, model_hash: str, entity_ids: Sequence[str], features: np.ndarray,
+                    *, logistic: bool, timeout: float = 120.0) -> ScoreResult:
+        n = len(entity_ids)
+        if features.ndim != 2 or features.shape[0] != n:
+            raise serde.invalid("features must be an array of shape (entities, private features)")
+        if n > self.profile.slots:
+            raise serde.invalid(f"at most {self.profile.slots} entities per batch for {self.profile.name}")
+        if not np.all(np.isfinite(features)):
+            raise serde.invalid("features must be finite")
+        t0 = time.perf_counter()
+        cts = [ts.ckks_vector(self._secret, features[:, k].astype(float).tolist()).serialize()
+               for k in range(features.shape[1])]
+        encrypt = time.perf_counter() - t0
+        req = he_pb2.ScoreRequest(grant_id=grant_id, context_id=self.context_id, model_hash=model_hash,
+                                  entity_ids=list(entity_ids), encrypted_features=cts)
+        t1 = time.perf_counter()
+        resp = self._t.call(_HE + "Score", req, he_pb2.ScoreResponse, timeout=timeout)
+        server = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        logits = np.array(ts.ckks_vector_from(self._secret, resp.encrypted_logits).decrypt()[:n])
+        probs = 1.0 / (1.0 + np.exp(-logits)) if logistic else None
+        decrypt = time.perf_counter() - t2
+        return ScoreResult(list(entity_ids), logits, probs,
+                           {"encrypt": encrypt, "server": server, "decrypt": decrypt},
+                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize())
+
+
+def choose_profile(profiles: Sequence[he_pb2.HeProfile], entities: int) -> he_pb2.HeProfile:
+    """The smallest profile whose slots hold the batch (or the largest, for batching)."""
+    ordered = sorted(profiles, key=lambda p: p.slots)
+    if not ordered:
+        raise serde.invalid("the sandbox offers no HE profile")
+    for p in ordered:
+        if p.slots >= entities:
+            return p
+    return ordered[-1]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

@@ -1,0 +1,193 @@
+"""Batch scoring in worker processes, so a TenSEAL crash costs a worker and not the server.
+
+Workers are started with the ``spawn`` method (a forked copy of a gRPC server
+is not safe to use) and import TenSEAL; this process never does. Every blob
+passes :mod:`he_engine.structure` here before it is sent to a worker, and only
+bytes, floats and small dataclasses cross the process boundary.
+
+When a worker dies (SIGSEGV, SIGFPE, OOM kill) every call in flight on the
+pool fails with ``BrokenProcessPool``, not only the one that killed it. The
+pool is replaced at once for new calls, and each failed call is retried once
+in a one-off worker of its own: an innocent call caught in another's crash
+succeeds there, while the input that crashed TenSEAL crashes only its own
+worker again and is reported as :class:`HeInputError`. A call that outlives
+its timeout has its workers killed (a running TenSEAL call cannot be
+interrupted) and raises :class:`HeUnavailableError`; calls that shared the
+killed pool are retried as after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from he_engine import worker
+from he_engine.errors import HeInputError, HeUnavailableError
+from he_engine.profiles import PROFILES, Profile
+from he_engine.structure import check_ciphertext_blob, check_context_blob
+from he_engine.worker import ContextInfo
+
+T = TypeVar("T")
+
+#: Reported for a call that made a worker die, and then its own one-off worker too.
+CRASHED = worker.REJECTED
+#: Largest magnitude accepted for a weight or a plaintext value: far inside what CKKS at scale 2^40 can hold.
+MAX_ABS_VALUE = 2.0**30
+
+
+class ScoringPool:
+    """A pool of spawned worker processes that register contexts and compute encrypted scores.
+
+    Use as a context manager, or call :meth:`close`. Thread-safe: many server
+    threads may call it at once; at most ``workers`` calls compute at a time.
+    """
+
+    def __init__(self, workers: int = 2, *, timeout: float = 30.0,
+                 profiles: Iterable[Profile] = PROFILES.values()) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._workers = workers
+        self._timeout = timeout
+        self._profiles = tuple(profiles)
+        if not self._profiles:
+            raise ValueError("at least one profile must be allowed")
+        self._mp = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        #: At most ``workers`` isolated retries at once, so a burst of crashes cannot fork a process per call.
+        self._isolation = threading.BoundedSemaphore(workers)
+        self._closed = False
+        self._executor = self._new_executor()
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        """The parameter profiles this pool accepts contexts for."""
+        return self._profiles
+
+    def register_context(self, blob: bytes, *, timeout: float | None = None) -> ContextInfo:
+        """Validate a public context (structure here, then parsed in a worker); return its sha256 and profile."""
+        profile = check_context_blob(blob, self._profiles)
+        return self._call(worker.register_context, bytes(blob), profile, timeout=timeout)
+
+    def score(self, context_blob: bytes, context_sha: str, ciphertexts: Sequence[bytes], weights: Sequence[float],
+              plain: np.ndarray, *, timeout: float | None = None) -> bytes:
+        """Return the serialised encryption of ``sum_k ciphertexts[k] * weights[k] + plain``, one slot per entity.
+
+        ``context_blob`` is a context registered before and ``context_sha`` its
+        sha256 (hex); ``ciphertexts`` are the applicant's encrypted features,
+        one per weight, each holding n = len(plain) values; ``weights`` are the
+        model's private-feature weights and ``plain`` its bias plus public part
+        per entity. Raises :class:`HeInputError` for a bad context, ciphertext
+        or batch size, and ``ValueError`` for bad weights or plain values.
+        """
+        if hashlib.sha256(context_blob).hexdigest() != context_sha:
+            raise ValueError("context_sha is not the sha256 of context_blob")
+        profile = check_context_blob(context_blob, self._profiles)
+        weight_array = _finite_vector(weights, "weights")
+        plain_array = _finite_vector(plain, "plain")
+        if not len(weight_array):
+            raise ValueError("the model has no private feature")
+        if len(ciphertexts) != len(weight_array):
+            raise HeInputError("the number of ciphertexts differs from the model's private features")
+        for blob in ciphertexts:
+            check_ciphertext_blob(blob, profile, len(plain_array))
+        result: bytes = self._call(worker.score, bytes(context_blob), context_sha, profile,
+                                   [bytes(b) for b in ciphertexts], weight_array.tolist(), plain_array,
+                                   timeout=timeout)
+        return result
+
+    def close(self) -> None:
+        """Stop the workers; later calls raise :class:`HeUnavailableError`."""
+        with self._lock:
+            self._closed = True
+            executor = self._executor
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ScoringPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run ``fn(*args)`` in a worker; after a crash, retry it once in a worker of its own (module docstring)."""
+        limit = self._timeout if timeout is None else timeout
+        executor = self._current()
+        try:
+            return _run(executor, fn, args, limit)
+        except BrokenProcessPool:
+            self._replace(executor)
+        except FutureTimeout:
+            self._replace(executor, kill=True)
+            raise HeUnavailableError("the HE engine timed out") from None
+        with self._isolation:
+            self._current()  # refuse if closed meanwhile
+            alone = self._new_executor(workers=1)
+            try:
+                return _run(alone, fn, args, limit)
+            except BrokenProcessPool:
+                raise HeInputError(CRASHED) from None
+            except FutureTimeout:
+                _kill(alone)
+                raise HeUnavailableError("the HE engine timed out") from None
+            finally:
+                alone.shutdown(wait=False, cancel_futures=True)
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise HeUnavailableError("the HE engine is closed")
+            return self._executor
+
+    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        """Swap in a fresh executor unless another thread already replaced ``broken``."""
+        with self._lock:
+            if self._executor is not broken or self._closed:
+                return
+            self._executor = self._new_executor()
+        if kill:
+            _kill(broken)
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def _new_executor(self, workers: int | None = None) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers or self._workers, mp_context=self._mp,
+                                   initializer=worker.init_worker)
+
+
+def _run(executor: ProcessPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], limit: float) -> T:
+    """Submit and wait; a pool shut down under us (replaced by another thread) counts as broken."""
+    try:
+        future = executor.submit(fn, *args)
+    except RuntimeError as exc:
+        raise BrokenProcessPool("executor was shut down") from exc
+    try:
+        return future.result(timeout=limit)
+    except FutureTimeout:
+        future.cancel()
+        raise
+
+
+def _kill(executor: ProcessPoolExecutor) -> None:
+    """Kill an executor's processes: a running TenSEAL call cannot be cancelled any other way."""
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.kill()
+
+
+def _finite_vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    array = np.array(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional")
+    if not np.all(np.isfinite(array)) or np.any(np.abs(array) > MAX_ABS_VALUE):
+        raise ValueError(f"{name} must be finite and at most 2**30 in magnitude")
+    return array

@@ -1,0 +1,189 @@
+"""HE scoring around ``he_engine``: contexts, policy, the sandbox's plaintext part, quota, release.
+
+Unknown entity ids: an id that is not in the dataset is scored with a fixed
+public reference row (every model column at the midpoint of its public
+bounds). The response has the same shape and cost either way and never says
+which ids were unknown; every submitted id counts against the grant's quota.
+The decrypted score of an unknown id is the reference score, so an applicant
+who knows the model can still tell "unknown or exactly average"; that is the
+membership signal the grant allows, bounded by its quota.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+import he_engine
+from protos.sandbox.v1 import he_pb2
+from sandbox import catalogue, ledger, models, policy, serde
+from sandbox.domain import Budget, DatasetInfo, Kind
+from sandbox.dp_queries import ArrayCache
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.interceptor import Call, Deferred
+
+MAX_ENTITY_ID = 64
+MAX_CONTEXTS_PER_PRINCIPAL = 8
+
+
+@dataclass(frozen=True)
+class StoredContext:
+    blob: bytes
+    sha256: str
+    profile: str
+    owner: str
+    expires_ms: int
+
+
+class ContextStore:
+    """Registered public contexts, by id, bound to the principal that registered them, with an expiry."""
+
+    def __init__(self, ttl_ms: int) -> None:
+        self._ttl = ttl_ms
+        self._lock = threading.Lock()
+        self._items: dict[str, StoredContext] = {}
+
+    def put(self, blob: bytes, profile: str, owner: str, now_ms: int) -> StoredContext:
+        sha = hashlib.sha256(blob).hexdigest()
+        ctx = StoredContext(blob, sha, profile, owner, now_ms + self._ttl)
+        with self._lock:
+            self._items = {k: v for k, v in self._items.items() if v.expires_ms > now_ms}
+            mine = sorted((v.expires_ms, k) for k, v in self._items.items() if v.owner == owner)
+            for _, k in mine[: max(0, len(mine) - MAX_CONTEXTS_PER_PRINCIPAL + 1)]:
+                del self._items[k]
+            self._items["c-" + sha[:32]] = ctx
+        return ctx
+
+    def get(self, context_id: str, owner: str, now_ms: int) -> StoredContext:
+        with self._lock:
+            ctx = self._items.get(context_id)
+        if ctx is None or ctx.owner != owner or ctx.expires_ms <= now_ms:
+            raise SandboxError(ErrorCode.NOT_FOUND, "no such context (unknown, expired or not yours)")
+        return ctx
+
+
+def _profile(name: str) -> he_engine.Profile:
+    profile = he_engine.PROFILES.get(name)
+    if profile is None:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"unknown profile; use one of {', '.join(he_engine.PROFILES)}")
+    return profile
+
+
+def list_profiles() -> he_pb2.ListProfilesResponse:
+    return he_pb2.ListProfilesResponse(profiles=[
+        he_pb2.HeProfile(name=p.name, poly_modulus_degree=p.poly_modulus_degree,
+                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes), scale_bits=p.scale_bits, slots=p.slots)
+        for p in he_engine.PROFILES.values()])
+
+
+def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_engine.ScoringPool,
+                     store: ContextStore) -> he_pb2.RegisterContextResponse:
+    if not chunks:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "no context was sent")
+    profile = _profile(chunks[0].profile)
+    blob = b"".join(c.data for c in chunks)
+    if len(blob) > profile.max_context_bytes:
+        raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, f"a context for {profile.name} is at most "
+                                                        f"{profile.max_context_bytes} bytes")
+    try:
+        he_engine.check_context_blob(blob, [profile])
+        pool.register_context(blob)
+    except he_engine.HeInputError as exc:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    ctx = store.put(blob, profile.name, call.principal.id, call.now_ms)
+    return he_pb2.RegisterContextResponse(context_id="c-" + ctx.sha256[:32], expires_at_unix_ms=ctx.expires_ms)
+
+
+class EntityIndex:
+    """Identifier value -> row, built once per dataset version."""
+
+    def __init__(self, cache: ArrayCache) -> None:
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._index: dict[tuple[str, str], dict[str, int]] = {}
+
+    def rows(self, info: DatasetInfo, id_column: str, entity_ids: list[str]) -> np.ndarray:
+        key = (info.version, id_column)
+        with self._lock:
+            index = self._index.get(key)
+        if index is None:
+            values = self._cache.columns(info, [id_column])[id_column]
+            index = {self._norm(v): i for i, v in enumerate(values.tolist())}
+            with self._lock:
+                self._index[key] = index
+        return np.array([index.get(e, -1) for e in entity_ids], dtype=np.int64)
+
+    @staticmethod
+    def _norm(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+
+def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: models.ModelSpec,
+                entity_ids: list[str]) -> np.ndarray:
+    """bias + sum of weight x clamped public column, per entity; unknown ids get the reference row."""
+    id_col = models.identifier_column(info)
+    rows = index.rows(info, id_col, entity_ids)
+    known = rows >= 0
+    cols = cache.columns(info, list(spec.public_columns))
+    plain = np.full(len(entity_ids), spec.bias, dtype=np.float64)
+    for name, weight in spec.public_features:
+        col = info.schema.column(name)
+        assert col is not None and col.lower is not None and col.upper is not None
+        mid = (col.lower + col.upper) / 2.0
+        values = np.full(len(entity_ids), mid)
+        values[known] = np.asarray(cols[name], dtype=np.float64)[rows[known]]
+        values = np.where(np.isnan(values), mid, np.clip(values, col.lower, col.upper))
+        plain += weight * values
+    return plain
+
+
+def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, store: ContextStore,
+          cache: ArrayCache, index: EntityIndex) -> Deferred:
+    call.annotate(grant_id=req.grant_id)
+    ctx = store.get(req.context_id, call.principal.id, call.now_ms)
+    profile = _profile(ctx.profile)
+    spec, _ = models.get(call.conn, req.model_hash) if req.model_hash else (None, None)
+    grant = policy.grant_if_grantee(call.conn, call.principal, req.grant_id)
+    if spec is None or grant is None:
+        raise SandboxError(ErrorCode.NOT_GRANTEE if grant is None else ErrorCode.OUTSIDE_GRANT)
+    selection = grant.terms.dataset(spec.dataset)
+    info = catalogue.get_dataset(call.conn, spec.dataset, selection.version) if selection else None
+    id_col = models.identifier_column(info) if info else ""
+    auth = policy.check_call(call.conn, call.principal, req.grant_id, policy.CallContext(
+        Kind.HE_SCORING, spec.dataset, selection.version if selection else "", (id_col, *spec.public_columns),
+        req.model_hash), now_ms=call.now_ms, schema=info.schema if info else None)
+    call.annotate(scenario_id=auth.grant.terms.scenario_id)
+    assert info is not None
+    ids = list(req.entity_ids)
+    n = len(ids)
+    if not 1 <= n <= profile.slots:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"send 1 to {profile.slots} entity ids per batch")
+    if len(set(ids)) != n or any(not e or len(e) > MAX_ENTITY_ID for e in ids):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "entity ids must be unique, 1 to 64 characters")
+    if len(req.encrypted_features) != len(spec.private_features):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT,
+                           f"the model takes {len(spec.private_features)} encrypted features")
+    cts = list(req.encrypted_features)
+    try:
+        for ct in cts:
+            he_engine.check_ciphertext_blob(ct, profile, n)
+    except he_engine.HeInputError as exc:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    state = ledger.reserve_in(call.conn, auth.grant.id, Budget(0, 0), quota=n)
+    plain = public_part(cache, index, info, spec, ids)
+    weights = [w for _, w in spec.private_features]
+
+    def compute() -> he_pb2.ScoreResponse:
+        try:
+            result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
+        except he_engine.HeInputError as exc:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        return he_pb2.ScoreResponse(encrypted_logits=result, entities=n, usage=serde.usage_to_pb(state.usage))
+
+    return Deferred(compute)
+

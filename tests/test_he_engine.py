@@ -1,0 +1,594 @@
+"""he_engine: profiles, structure checks before TenSEAL, scoring in spawned workers, and crash recovery.
+
+The applicant's side (key generation, encryption, decryption) is done here
+with TenSEAL directly, as the bank's SDK would; the server's side only
+through he_engine.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal as ts
+import tenseal.sealapi as sealapi
+
+import he_engine
+from he_engine import (
+    PROFILES,
+    HeInputError,
+    HeUnavailableError,
+    Profile,
+    ScoringPool,
+    check_ciphertext_blob,
+    check_context_blob,
+    score_plain,
+)
+from he_engine import worker as he_worker
+from he_engine.sealblob import SEAL_VERSION
+from he_engine.wire import read_varint
+
+ROOT = Path(__file__).resolve().parent.parent
+P8K = PROFILES["ckks-8192"]
+P16K = PROFILES["ckks-16384"]
+N = 1000
+WEIGHTS = [0.8, -1.5, 0.25]
+
+
+# --- the applicant's side, with TenSEAL directly -------------------------------------------------
+
+def secret_context(n: int = 8192, bits: tuple[int, ...] = (60, 40, 40, 60), scale_bits: int = 40,
+                   **kw: object) -> ts.Context:
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=n, coeff_mod_bit_sizes=list(bits), **kw)
+    ctx.global_scale = 2.0**scale_bits
+    return ctx
+
+
+def public_blob(ctx: ts.Context, **kw: bool) -> bytes:
+    """The public context as the bank registers it: no secret, Galois or relinearisation keys."""
+    opts = dict(save_secret_key=False, save_galois_keys=False, save_relin_keys=False) | kw
+    return ctx.serialize(**opts)  # type: ignore[no-any-return]
+
+
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def with_length(blob: bytes, n: int) -> bytes:
+    """Rewrite a CKKS vector's declared length (field 1), e.g. to read all slots or to hide junk beyond n."""
+    assert blob[0] == 0x0A
+    length, pos = read_varint(memoryview(blob), 1, "test")
+    return b"\x0a" + varint(len(varint(n))) + varint(n) + blob[pos + length:]
+
+
+def encrypt(ctx: ts.Context, values: np.ndarray, *, junk_beyond: bool = False, slots: int = 4096) -> bytes:
+    """One ciphertext holding ``values``; with ``junk_beyond``, large non-zero values fill every other slot."""
+    if not junk_beyond:
+        return ts.ckks_vector(ctx, list(values)).serialize()  # type: ignore[no-any-return]
+    junk = np.random.default_rng(7).uniform(100.0, 1000.0, size=slots - len(values))
+    full = ts.ckks_vector(ctx, list(np.concatenate([values, junk]))).serialize()
+    return with_length(full, len(values))
+
+
+def decrypt(ctx: ts.Context, blob: bytes, length: int | None = None) -> np.ndarray:
+    if length is not None:
+        blob = with_length(blob, length)
+    return np.array(ts.ckks_vector_from(ctx, blob).decrypt())
+
+
+def field(blob: bytes, number: int) -> tuple[int, int]:
+    """(start, end) of length-delimited field ``number`` at the top level of a message."""
+    buf, pos = memoryview(blob), 0
+    while pos < len(buf):
+        key, pos = read_varint(buf, pos, "test")
+        if key & 7 == 0:
+            _, pos = read_varint(buf, pos, "test")
+        elif key & 7 == 1:
+            pos += 8
+        else:
+            length, pos = read_varint(buf, pos, "test")
+            if key >> 3 == number:
+                return pos, pos + length
+            pos += length
+    raise KeyError(number)
+
+
+def corrupt_first_zstd_block(blob: bytes, seal_at: int) -> bytes:
+    """Overwrite the start of the first zstd block of the SEAL object at ``seal_at`` with 0xFF, headers intact.
+
+    A compressed block then starts with an undecodable literals header, a raw
+    block with coefficients above every modulus: SEAL must refuse either.
+    """
+    frame = seal_at + 16
+    descriptor = blob[frame + 4]
+    single = bool(descriptor & 0x20)
+    pos = frame + 5 + (0 if single else 1) + {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[descriptor >> 6]
+    count = min(int.from_bytes(blob[pos:pos + 3], "little") >> 3, 64)
+    out = bytearray(blob)
+    out[pos + 3:pos + 3 + count] = b"\xff" * count
+    return bytes(out)
+
+
+# --- test-only worker functions (module level, so a spawned worker can import them) ---------------
+
+def crash_worker() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def tenseal_sigfpe() -> None:
+    """Sum a vector that declares 5 values but holds no ciphertext: TenSEAL divides by zero (SIGFPE)."""
+    ctx = secret_context()
+    ts.ckks_vector_from(ctx, b"\x0a\x01\x05").sum()
+
+
+def slow_echo(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+# --- fixtures ----------------------------------------------------------------------------------------
+
+class Bank:
+    """The applicant: a key pair, its registered public context, and private features for N entities."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(2024)
+        self.ctx = secret_context()
+        self.public = public_blob(self.ctx)
+        self.sha = hashlib.sha256(self.public).hexdigest()
+        self.x = rng.normal(0.0, 1.0, size=(len(WEIGHTS), N))
+        self.plain = rng.normal(-1.0, 0.5, size=N)  # the sandbox's bias + public part per entity
+        self.cts = [encrypt(self.ctx, row) for row in self.x]
+
+
+@pytest.fixture(scope="module")
+def bank() -> Bank:
+    return Bank()
+
+
+@pytest.fixture(scope="module")
+def pool(bank: Bank) -> Iterator[ScoringPool]:
+    with ScoringPool(workers=2, timeout=60) as p:
+        info = p.register_context(bank.public)
+        assert info.sha256 == bank.sha
+        yield p
+
+
+def assert_serves(pool: ScoringPool, bank: Bank) -> None:
+    """A valid request succeeds and decrypts to the plaintext score."""
+    out = pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, bank.plain)
+    np.testing.assert_allclose(decrypt(bank.ctx, out), score_plain(bank.x, WEIGHTS, bank.plain), atol=1e-3)
+
+
+def assert_public_message(exc: HeInputError) -> None:
+    assert exc.message == str(exc)
+    assert exc.message.isascii() and exc.message.isprintable() and len(exc.message) < 100
+    assert "\\x" not in exc.message and "0x" not in exc.message
+
+
+# --- API and profiles ----------------------------------------------------------------------------
+
+def test_public_api_is_exactly_all() -> None:
+    public = {name for name in dir(he_engine) if not name.startswith("_")}
+    modules = {"errors", "pool", "profiles", "reference", "sealblob", "structure", "wire", "worker"}
+    assert public - modules == set(he_engine.__all__)
+    assert all(getattr(he_engine, name) is not None for name in he_engine.__all__)
+
+
+def test_he_engine_is_pure_and_keeps_tenseal_out_of_the_server() -> None:
+    banned = {"grpc", "sqlite3", "sandbox", "clients", "dp_engine", "fl_server", "protos"}
+    for path in sorted((ROOT / "he_engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            assert not {n.split(".")[0] for n in names} & banned, path
+    code = "import sys, he_engine; assert 'tenseal' not in sys.modules and 'grpc' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_profiles_are_128_bit_secure() -> None:
+    for p in PROFILES.values():
+        limit = {8192: 218, 16384: 438}[p.poly_modulus_degree]
+        assert sum(p.coeff_mod_bit_sizes) <= limit
+        assert p.slots == p.poly_modulus_degree // 2 and p.scale == 2.0**40
+    with pytest.raises(ValueError, match="128-bit"):
+        replace(P8K, name="deep", coeff_mod_bit_sizes=(60, 40, 40, 40, 60))  # 240 > 218 bits
+
+
+def test_profile_parameters_match_the_installed_tenseal() -> None:
+    """Drift check: the canonical EncryptionParameters bytes and SEAL version are what TenSEAL writes now."""
+    for p in PROFILES.values():
+        blob = public_blob(secret_context(p.poly_modulus_degree, p.coeff_mod_bit_sizes, p.scale_bits))
+        start, end = field(blob, 1)
+        assert blob[start:end] == p.encryption_parameters, f"regenerate {p.name}.encryption_parameters"
+    header = sealapi.Serialization.SEALHeader()
+    assert (header.version_major, header.version_minor) == SEAL_VERSION
+
+
+def test_size_limits_hold_an_uncompressed_blob_and_real_blobs_fit(bank: Bank) -> None:
+    for p in PROFILES.values():
+        # zstd's worst case stores raw blocks: 3 bytes per 128 KiB block, plus frame, SEAL and protobuf headers.
+        def worst(content: int) -> int:
+            return content + 3 * (content // (128 * 1024) + 1) + 18 + 16 + 32
+        assert p.max_ciphertext_bytes >= worst(p.ciphertext_content_size)
+        assert p.max_context_bytes >= worst(p.public_key_content_size) + len(p.encryption_parameters) + 32
+    assert len(bank.public) <= P8K.max_context_bytes and len(bank.cts[0]) <= P8K.max_ciphertext_bytes
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def test_scores_match_plaintext(pool: ScoringPool, bank: Bank) -> None:
+    out = pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, bank.plain)
+    logits = decrypt(bank.ctx, out)
+    expected = score_plain(bank.x, WEIGHTS, bank.plain)
+    assert logits.shape == (N,)
+    np.testing.assert_allclose(logits, expected, atol=1e-3)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-expected)), atol=1e-3)
+    assert np.abs(logits - expected).max() > 0  # it really went through CKKS
+
+
+def test_slots_beyond_n_are_zero_even_with_junk(pool: ScoringPool, bank: Bank) -> None:
+    cts = [encrypt(bank.ctx, row, junk_beyond=True) for row in bank.x]
+    assert np.abs(decrypt(bank.ctx, cts[0], length=P8K.slots)[N:]).min() >= 100  # the junk is really there
+    out = pool.score(bank.public, bank.sha, cts, WEIGHTS, bank.plain)
+    every_slot = decrypt(bank.ctx, out, length=P8K.slots)
+    np.testing.assert_allclose(every_slot[:N], score_plain(bank.x, WEIGHTS, bank.plain), atol=1e-3)
+    assert np.abs(every_slot[N:]).max() < 1e-3
+
+
+def test_zero_weights_and_single_feature(pool: ScoringPool, bank: Bank) -> None:
+    for weights in ([0.0, -1.5, 0.25], [0.0, 0.0, 0.0]):
+        out = pool.score(bank.public, bank.sha, bank.cts, weights, bank.plain)
+        np.testing.assert_allclose(decrypt(bank.ctx, out), score_plain(bank.x, weights, bank.plain), atol=1e-3)
+    out = pool.score(bank.public, bank.sha, bank.cts[:1], [2.0], bank.plain)
+    np.testing.assert_allclose(decrypt(bank.ctx, out), score_plain(bank.x[:1], [2.0], bank.plain), atol=1e-3)
+
+
+def test_the_larger_profile_scores_too(pool: ScoringPool) -> None:
+    ctx = secret_context(16384)
+    blob = public_blob(ctx)
+    info = pool.register_context(blob)
+    assert (info.profile, info.size) == ("ckks-16384", len(blob))
+    x = np.linspace(-2, 2, 6000)
+    out = pool.score(blob, info.sha256, [encrypt(ctx, x)], [0.5], np.ones(6000))
+    np.testing.assert_allclose(decrypt(ctx, out), 1 + 0.5 * x, atol=1e-3)
+
+
+def test_time_one_full_batch_in_the_pool_and_in_process(pool: ScoringPool, bank: Bank,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Print (never assert) the median time of a 4096-entity, 3-feature score in the pool and in this process."""
+    rng = np.random.default_rng(1)
+    x, plain = rng.normal(size=(3, P8K.slots)), rng.normal(size=P8K.slots)
+    cts = [encrypt(bank.ctx, row) for row in x]
+
+    def median_ms(run: Callable[[], bytes]) -> tuple[float, bytes]:
+        run()
+        run()  # each worker may parse the context once
+        times, out = [], b""
+        for _ in range(5):
+            start = time.perf_counter()
+            out = run()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) * 1e3, out
+
+    in_pool, out = median_ms(lambda: pool.score(bank.public, bank.sha, cts, WEIGHTS, plain))
+    in_process, _ = median_ms(lambda: he_worker.score(bank.public, bank.sha, P8K, cts, WEIGHTS, plain))
+    np.testing.assert_allclose(decrypt(bank.ctx, out), score_plain(x, WEIGHTS, plain), atol=1e-3)
+    with capsys.disabled():
+        print(f"\nHE score, {P8K.slots} entities x 3 features (median of 5): pool {in_pool:.1f} ms, "
+              f"in-process {in_process:.1f} ms, ratio {in_pool / in_process:.2f}")
+
+
+# --- contexts ------------------------------------------------------------------------------------
+
+def _bad_contexts() -> dict[str, tuple[bytes, str]]:
+    """Each bad context with the reason it must be refused for."""
+    base = secret_context()
+    with_galois = secret_context()
+    with_galois.generate_galois_keys()
+    good = public_blob(base)
+    start, end = field(good, 2)
+    tag_at = start - 1 - len(varint(end - start))
+    small_galois_public = good[start:end] + b"\x2a" + varint(100) + bytes(100)  # field 5, under the size limit
+    symmetric = secret_context(encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
+    bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=8192, plain_modulus=1032193)
+    return {
+        "empty": (b"", "empty"),
+        "secret key": (base.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False), "secret"),
+        "galois keys (35 MB)": (public_blob(with_galois, save_galois_keys=True), "too large"),
+        "galois keys, small": (good[:tag_at] + b"\x12" + varint(len(small_galois_public)) + small_galois_public,
+                               "Galois"),
+        "relin keys": (public_blob(base, save_relin_keys=True), "too large"),
+        "N=4096": (public_blob(secret_context(4096, (40, 20, 40), 20)), "no allowed profile"),
+        "other primes, same N and count": (public_blob(secret_context(8192, (60, 40, 40, 40))), "no allowed profile"),
+        "N=16384, deeper": (public_blob(secret_context(16384, (60, 40, 40, 40, 40, 60))), "too large"),
+        "other scale": (public_blob(secret_context(8192, (60, 40, 40, 60), 30)), "scale"),
+        "BFV": (public_blob(bfv), "no allowed profile"),
+        "symmetric": (public_blob(symmetric), "public-key encryption"),
+        "oversize": (good + b"\x00" * P16K.max_context_bytes, "too large"),
+        "random": (np.random.default_rng(3).bytes(len(good)), "context"),
+        "truncated": (good[: len(good) // 2], "truncated"),
+        "header bit flipped": (good[:5] + bytes([good[5] ^ 0x01]) + good[6:], "no allowed profile"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_contexts() -> dict[str, tuple[bytes, str]]:
+    return _bad_contexts()
+
+
+def test_bad_contexts_are_rejected_before_tenseal(pool: ScoringPool, bank: Bank,
+                                                  bad_contexts: dict[str, tuple[bytes, str]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(pool, "_call", lambda *a, **k: pytest.fail("a bad context reached a worker"))
+        for name, (blob, reason) in bad_contexts.items():
+            with pytest.raises(HeInputError, match=reason) as exc:
+                pool.register_context(blob)
+            assert_public_message(exc.value)
+    assert_serves(pool, bank)
+
+
+def test_a_context_is_matched_only_against_allowed_profiles(bank: Bank) -> None:
+    assert check_context_blob(bank.public, PROFILES.values()) is P8K
+    with pytest.raises(HeInputError, match="no allowed profile"):
+        check_context_blob(bank.public, [P16K])
+
+
+def test_a_context_with_a_corrupt_key_body_is_rejected_by_the_worker(pool: ScoringPool, bank: Bank) -> None:
+    """The compressed key body is beyond the structure check: SEAL rejects it in a worker, the pool goes on."""
+    start, end = field(bank.public, 2)
+    key_at, _ = field(bank.public[start:end], 1)
+    blob = corrupt_first_zstd_block(bank.public, start + key_at)
+    assert check_context_blob(blob, PROFILES.values()) is P8K
+    with pytest.raises(HeInputError) as exc:
+        pool.register_context(blob)
+    assert str(exc.value) == "context rejected by the HE engine"
+    assert_serves(pool, bank)
+
+
+# --- ciphertexts ---------------------------------------------------------------------------------
+
+def _bad_ciphertexts(bank: Bank) -> dict[str, tuple[bytes, str]]:
+    """Each bad ciphertext (for a batch of N under the 8192 profile) with the reason it must be refused for."""
+    good = bank.cts[1]
+    seal_at, seal_end = field(good, 2)
+    flipped = bytearray(good)
+    flipped[seal_at + 3] ^= 0x02  # SEAL header: version major 4 -> 6
+    return {
+        "empty": (b"", "empty"),
+        "truncated at 1": (good[:1], "truncated"),
+        "truncated at 7": (good[:7], "truncated"),
+        "truncated in the SEAL header": (good[: seal_at + 10], "truncated"),
+        "truncated in the middle": (good[: len(good) // 2], "truncated"),
+        "truncated before the scale": (good[:-9], "lacks"),
+        "truncated by one byte": (good[:-1], "truncated"),
+        "random bytes": (np.random.default_rng(5).bytes(len(good)), "ciphertext"),
+        "random short": (np.random.default_rng(6).bytes(1000), "ciphertext"),
+        "header bit flipped": (bytes(flipped), "SEAL version"),
+        "other profile": (encrypt(secret_context(16384), bank.x[1]), "too large"),
+        "N=4096, same scale": (encrypt(secret_context(4096, (30, 40, 30)), bank.x[1]), "wrong dimensions"),
+        "wrong length": (encrypt(bank.ctx, bank.x[1][:-1]), "length differs"),
+        "two chunks": (good[:seal_end] + b"\x12\x05" + good[seal_at:seal_at + 5] + good[seal_end:], "repeated"),
+        "no ciphertext": (b"\x0a\x02" + varint(N), "lacks"),
+        "oversize": (good + bytes(P8K.max_ciphertext_bytes), "too large"),
+    }
+
+
+def test_bad_ciphertexts_are_rejected_and_the_pool_keeps_serving(pool: ScoringPool, bank: Bank,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, (bad, reason) in _bad_ciphertexts(bank).items():
+        with pytest.raises(HeInputError, match=reason) as exc:
+            check_ciphertext_blob(bad, P8K, N)
+        assert_public_message(exc.value)
+        with monkeypatch.context() as m:
+            m.setattr(pool, "_call", lambda *a, **k: pytest.fail(f"{name} reached a worker"))
+            with pytest.raises(HeInputError, match=reason):
+                pool.score(bank.public, bank.sha, [bank.cts[0], bad, bank.cts[2]], WEIGHTS, bank.plain)
+        assert_serves(pool, bank)
+
+
+def test_a_ciphertext_of_the_other_profile_has_the_wrong_dimensions(bank: Bank) -> None:
+    with pytest.raises(HeInputError, match="wrong dimensions"):
+        check_ciphertext_blob(bank.cts[0], P16K, N)
+
+
+def test_every_header_bit_flip_is_caught_before_tenseal(bank: Bank) -> None:
+    good = bank.cts[0]
+    seal_at, _ = field(good, 2)
+    headers = list(range(seal_at + 16 + 9)) + list(range(len(good) - 9, len(good)))  # protobuf, SEAL, zstd, scale
+    for i in headers:
+        for bit in range(8):
+            bad = bytearray(good)
+            bad[i] ^= 1 << bit
+            with pytest.raises(HeInputError):
+                check_ciphertext_blob(bytes(bad), P8K, N)
+
+
+def test_the_structure_checks_raise_nothing_but_he_input_error_on_fuzzed_input(bank: Bank) -> None:
+    """Truncations, byte mutations and random blobs: the pure-Python checks never fail with another exception."""
+    rng = np.random.default_rng(11)
+    blobs: list[tuple[bytes, bool]] = []  # (blob, is a context)
+    for good, is_context in ((bank.cts[0], False), (bank.public, True)):
+        for _ in range(300):
+            bad = bytearray(good[: int(rng.integers(0, len(good) + 1))] if rng.random() < 0.3 else good)
+            for _ in range(int(rng.integers(1, 4))):
+                if bad:
+                    # mostly the first 64 bytes, where the structure lives; sometimes anywhere
+                    i = int(rng.integers(0, min(len(bad), 64) if rng.random() < 0.8 else len(bad)))
+                    bad[i] = int(rng.integers(0, 256))
+            blobs.append((bytes(bad), is_context))
+    blobs += [(rng.bytes(int(rng.integers(0, 64))), bool(rng.random() < 0.5)) for _ in range(2000)]
+    accepted = 0
+    for blob, is_context in blobs:
+        try:
+            if is_context:
+                check_context_blob(blob, PROFILES.values())
+            else:
+                check_ciphertext_blob(blob, P8K, N)
+            accepted += 1
+        except HeInputError as exc:
+            assert_public_message(exc)
+    assert accepted < len(blobs) // 2  # most mutations land in the checked structure and are refused
+
+
+def test_mutated_bodies_that_pass_the_structure_check_cannot_hurt_the_server(pool: ScoringPool, bank: Bank) -> None:
+    """Bytes changed inside the compressed body pass the structure check; TenSEAL judges them in a worker."""
+    seal_at, seal_end = field(bank.cts[0], 2)
+    rng = np.random.default_rng(13)
+    outcomes = []
+    for _ in range(6):
+        bad = bytearray(bank.cts[0])
+        for i in rng.integers(seal_at + 40, seal_end, size=4):
+            bad[int(i)] ^= int(rng.integers(1, 256))
+        try:
+            check_ciphertext_blob(bytes(bad), P8K, N)
+        except HeInputError:
+            outcomes.append("structure")  # a zstd block header was hit
+            continue
+        try:
+            out = pool.score(bank.public, bank.sha, [bytes(bad), *bank.cts[1:]], WEIGHTS, bank.plain)
+            outcomes.append("garbage" if len(decrypt(bank.ctx, out)) == N else "?")
+        except HeInputError:
+            outcomes.append("worker")
+        assert_serves(pool, bank)
+    assert set(outcomes) <= {"structure", "garbage", "worker"} and len(outcomes) == 6
+
+
+def test_a_ciphertext_count_other_than_the_weights_is_rejected(pool: ScoringPool, bank: Bank) -> None:
+    for cts in (bank.cts[:2], bank.cts + bank.cts[:1], []):
+        with pytest.raises(HeInputError, match="number of ciphertexts"):
+            pool.score(bank.public, bank.sha, cts, WEIGHTS, bank.plain)
+    assert_serves(pool, bank)
+
+
+def test_batch_size_must_fit_the_slots(pool: ScoringPool, bank: Bank) -> None:
+    too_many = np.zeros(P8K.slots + 1)
+    with pytest.raises(HeInputError, match="slot"):
+        pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, too_many)
+    with pytest.raises(HeInputError, match="slot"):
+        pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, np.zeros(0))
+
+
+def test_ciphertexts_the_structure_cannot_judge_are_rejected_by_the_worker(pool: ScoringPool, bank: Bank) -> None:
+    """Same N and number of primes but other primes, or a corrupt compressed body: SEAL refuses them in a worker."""
+    seal_at, _ = field(bank.cts[0], 2)
+    cases = {
+        "other primes": encrypt(secret_context(8192, (60, 40, 40, 40)), bank.x[0]),
+        "corrupt body": corrupt_first_zstd_block(bank.cts[0], seal_at),
+    }
+    for name, blob in cases.items():
+        check_ciphertext_blob(blob, P8K, N)  # the structure cannot tell
+        with pytest.raises(HeInputError) as exc:
+            pool.score(bank.public, bank.sha, [blob, *bank.cts[1:]], WEIGHTS, bank.plain)
+        assert str(exc.value) == "ciphertext rejected by the HE engine", name
+        assert_serves(pool, bank)
+
+
+def test_a_ciphertext_under_another_key_gives_garbage_not_a_crash(pool: ScoringPool, bank: Bank) -> None:
+    """TenSEAL cannot tell which key made a ciphertext: it parses and scores to garbage.
+
+    What binds a ciphertext to its caller is the request signature (THREATS.md):
+    the sandbox accepts ciphertexts only in a request signed by the applicant
+    that registered the context, so another party's ciphertexts cannot be
+    slipped into its batch, and a caller mixing keys only garbles its own scores.
+    """
+    stranger = secret_context()
+    foreign = [encrypt(stranger, row) for row in bank.x]
+    out = pool.score(bank.public, bank.sha, foreign, WEIGHTS, bank.plain)
+    garbage = decrypt(bank.ctx, out)
+    assert np.abs(garbage - score_plain(bank.x, WEIGHTS, bank.plain)).max() > 1e3
+    assert_serves(pool, bank)
+
+
+def test_mismatched_sha_bad_weights_and_bad_plain_are_caller_errors(pool: ScoringPool, bank: Bank) -> None:
+    with pytest.raises(ValueError, match="sha256"):
+        pool.score(bank.public, "0" * 64, bank.cts, WEIGHTS, bank.plain)
+    with pytest.raises(ValueError, match="finite"):
+        pool.score(bank.public, bank.sha, bank.cts, [0.1, float("nan"), 0.2], bank.plain)
+    with pytest.raises(ValueError, match="finite"):
+        pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, np.full(N, np.inf))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        pool.score(bank.public, bank.sha, bank.cts, WEIGHTS, bank.plain.reshape(10, 100))
+
+
+# --- crashes, timeouts, closing ------------------------------------------------------------------
+
+def test_a_crashing_worker_fails_one_call_cleanly_and_the_next_call_works(pool: ScoringPool, bank: Bank) -> None:
+    parent = os.getpid()
+    with pytest.raises(HeInputError, match="ciphertext rejected by the HE engine"):
+        pool._call(crash_worker)
+    assert os.getpid() == parent
+    assert_serves(pool, bank)
+
+
+def test_a_real_tenseal_crash_is_contained_and_its_input_never_passes_the_structure_check(pool: ScoringPool,
+                                                                                          bank: Bank) -> None:
+    crafted = b"\x0a\x01\x05"  # five values, no ciphertext: TenSEAL's sum() dies of SIGFPE on it
+    with pytest.raises(HeInputError):
+        check_ciphertext_blob(crafted, P8K, 5)
+    with pytest.raises(HeInputError, match="ciphertext rejected by the HE engine"):
+        pool._call(tenseal_sigfpe)
+    assert_serves(pool, bank)
+
+
+def test_a_call_caught_in_another_calls_crash_is_retried(pool: ScoringPool, bank: Bank) -> None:
+    results: list[int] = []
+    innocent = threading.Thread(target=lambda: results.append(pool._call(slow_echo, 42, 2.0)))
+    innocent.start()
+    time.sleep(0.5)  # the innocent call is running in one worker when the other crashes
+    with pytest.raises(HeInputError):
+        pool._call(crash_worker)
+    innocent.join(timeout=60)
+    assert results == [42]
+    assert_serves(pool, bank)
+
+
+def test_a_call_that_times_out_is_killed_and_the_pool_recovers(pool: ScoringPool, bank: Bank) -> None:
+    start = time.monotonic()
+    with pytest.raises(HeUnavailableError, match="timed out"):
+        pool._call(slow_echo, 1, 30.0, timeout=0.5)
+    assert time.monotonic() - start < 10
+    assert_serves(pool, bank)
+
+
+def test_a_closed_pool_refuses_calls(bank: Bank) -> None:
+    small = ScoringPool(workers=1)
+    assert small.register_context(bank.public).profile == "ckks-8192"
+    small.close()
+    with pytest.raises(HeUnavailableError, match="closed"):
+        small.register_context(bank.public)
+
+
+def test_a_worker_writes_no_core_dump(pool: ScoringPool) -> None:
+    import resource
+
+    assert pool._call(resource.getrlimit, resource.RLIMIT_CORE) == (0, 0)
+
+
+def test_bad_profiles_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Profile(name="x", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40, slots=8192,
+                max_context_bytes=10**6, max_ciphertext_bytes=10**6, encryption_parameters=b"")
+    with pytest.raises(ValueError):
+        ScoringPool(workers=0)
+    with pytest.raises(ValueError):
+        score_plain(np.zeros((3, 4)), [1.0, 2.0], np.zeros(4))
+    assert struct.calcsize("<HBBBBHQ") == 16

@@ -1,0 +1,187 @@
+"""HE scoring end to end through the SDK: a bank scores credit-dataset entities with its own features encrypted."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from clients import (
+    ApplicantClient, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+)
+from protos.sandbox.v1 import he_pb2
+from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
+
+PUBLIC = {"LIMIT_BAL": -2.0e-6, "AGE": 0.004, "PAY_0": 0.55, "PAY_2": 0.1}
+PRIVATE = {"bill_amt1_1e5": 0.12, "pay_amt1_1e4": -0.35}
+BIAS = -1.1
+COLUMNS = ["ID", *PUBLIC]
+BOUNDS = {"LIMIT_BAL": (0, 1_000_000), "AGE": (18, 100), "PAY_0": (-2, 9), "PAY_2": (-2, 9)}
+
+
+def credit_rows() -> list[dict[str, str]]:
+    with gzip.open(DATA / "credit_default.csv.gz", "rt") as fh:
+        return list(csv.DictReader(fh))
+
+
+def bank_features(rows: list[dict[str, str]]) -> np.ndarray:
+    """The bank's own private features for these people (here taken from the bank's copy of the records)."""
+    return np.array([[float(r["BILL_AMT1"]) / 1e5, float(r["PAY_AMT1"]) / 1e4] for r in rows])
+
+
+def plaintext_logits(rows: list[dict[str, str]]) -> np.ndarray:
+    pub = sum(w * np.clip(np.array([float(r[c]) for r in rows]), *BOUNDS[c]) for c, w in PUBLIC.items())
+    return BIAS + pub + bank_features(rows) @ np.array(list(PRIVATE.values()))
+
+
+@pytest.fixture(scope="module")
+def he_env(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    sbx = start_sandbox(tmp_path_factory.mktemp("he"))
+    admin = sbx.admin()
+    admin.import_dataset(SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz")
+    bank = enrol_client(admin, sbx, ApplicantClient, "Bank", ["applicant"])
+    model = bank.submit_model(name="default-risk", dataset="credit_default", public_features=PUBLIC,  # type: ignore[attr-defined]
+                              private_features=PRIVATE, bias=BIAS)
+
+    def grant(quota: int = 100_000, model_hash: str = model) -> str:
+        s = bank.apply(title="Default risk scoring", purpose="Score loan applicants",  # type: ignore[attr-defined]
+                       legal_basis="Consent; Credit Reporting Regulation", kind="HE_SCORING",
+                       datasets={"credit_default": COLUMNS}, model_hash=model_hash, quota=quota)
+        g = admin.approve(s.id).grant
+        assert g is not None
+        return g.id
+
+    session = bank.he_session(1000)  # type: ignore[attr-defined]
+    yield sbx, admin, bank, model, grant, session, credit_rows()
+    for c in (admin, bank):
+        c.close()  # type: ignore[attr-defined]
+    sbx.stop()
+
+
+def test_scores_equal_plaintext_within_1e_3(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank, model, grant, session, rows = he_env
+    g = grant()
+    picked = rows[:1000]
+    ids = [r["ID"] for r in picked]
+    result = bank.score(g, model, ids, bank_features(picked), session=session)
+    expected = plaintext_logits(picked)
+    assert np.max(np.abs(result.logits - expected)) < 1e-3
+    assert result.probabilities is not None
+    assert np.allclose(result.probabilities, 1 / (1 + np.exp(-expected)), atol=1e-3)
+    s = next(x for x in bank.scenarios() if x.grant and x.grant.id == g)
+    assert s.usage is not None and s.usage.quota_used == 1000  # the quota counts entities
+
+
+def test_unknown_ids_are_scored_as_the_reference_row(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank, model, grant, session, rows = he_env
+    g = grant()
+    feats = bank_features(rows[:3])
+    result = bank.score(g, model, ["999999", rows[1]["ID"], "no-such-person"], feats, session=session)
+    mid = sum(w * (BOUNDS[c][0] + BOUNDS[c][1]) / 2 for c, w in PUBLIC.items())
+    reference = BIAS + mid + feats @ np.array(list(PRIVATE.values()))
+    assert abs(result.logits[0] - reference[0]) < 1e-3 and abs(result.logits[2] - reference[2]) < 1e-3
+    assert abs(result.logits[1] - plaintext_logits(rows[1:2])[0]) < 1e-3
+
+
+def test_model_rules(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank, model, grant, _, _ = he_env
+    with pytest.raises(InvalidArgument) as exc:  # two public weights: too close to revealing one column
+        bank.submit_model(name="thin", dataset="credit_default", public_features={"AGE": 1.0, "PAY_0": 0.0,
+                                                                                "LIMIT_BAL": 1e-6},
+                          private_features={"x": 1.0})
+    assert "at least 3 non-zero public weights" in exc.value.message
+    with pytest.raises(PermissionDenied):  # the entity key is never a model input
+        bank.submit_model(name="ids", dataset="credit_default", public_features={"ID": 1.0, "AGE": 1.0, "PAY_0": 1.0},
+                          private_features={"x": 1.0})
+    with pytest.raises(InvalidArgument):  # the application must name every column the model reads
+        bank.apply(title="t", purpose="p", legal_basis="b", kind="HE_SCORING",
+                   datasets={"credit_default": ["ID", "AGE"]}, model_hash=model, quota=10)
+
+
+def _valid(bank, g, model, session, rows):  # type: ignore[no-untyped-def]
+    return bank.score(g, model, [r["ID"] for r in rows[:50]], bank_features(rows[:50]), session=session)
+
+
+def _raw_score(bank, g, model, session, cts, ids):  # type: ignore[no-untyped-def]
+    req = he_pb2.ScoreRequest(grant_id=g, context_id=session.context_id, model_hash=model, entity_ids=ids,
+                              encrypted_features=cts)
+    return bank.transport.call("/sandbox.v1.HeScoringService/Score", req, he_pb2.ScoreResponse)
+
+
+def test_bad_ciphertexts_are_refused_and_the_server_keeps_serving(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank, model, grant, session, rows = he_env
+    g = grant()
+    ids = [r["ID"] for r in rows[:50]]
+    good = ts.ckks_vector(session._secret, [0.5] * 50).serialize()
+    rng = np.random.default_rng(7)
+    bad_inputs = {
+        "empty": [b"", good],
+        "truncated": [good[: len(good) // 2], good],
+        "truncated header": [good[:20], good],
+        "random": [rng.bytes(len(good)), good],
+        "flipped": [bytes([good[0] ^ 0xFF]) + good[1:], good],
+        "wrong feature count": [good],
+        "wrong length": [ts.ckks_vector(session._secret, [0.5] * 49).serialize(), good],
+    }
+    for name, cts in bad_inputs.items():
+        with pytest.raises(InvalidArgument, match="."):
+            _raw_score(bank, g, model, session, cts, ids)
+        assert _valid(bank, g, model, session, rows).logits.shape == (50,), name
+    with pytest.raises(InvalidArgument):  # more entities than slots
+        bank.transport.call("/sandbox.v1.HeScoringService/Score", he_pb2.ScoreRequest(
+            grant_id=g, context_id=session.context_id, model_hash=model,
+            entity_ids=[str(i) for i in range(session.profile.slots + 1)], encrypted_features=[good, good]),
+            he_pb2.ScoreResponse)
+    assert _valid(bank, g, model, session, rows).logits.shape == (50,)
+
+
+def test_bad_contexts_are_refused(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank, model, grant, session, rows = he_env
+    p = session.profile
+    secret = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=p.poly_modulus_degree,
+                        coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
+    secret.global_scale = 2.0 ** p.scale_bits
+    other = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[40, 20, 40])
+    other.make_context_public()
+    with_galois = secret.copy()
+    with_galois.generate_galois_keys()
+    with_galois.make_context_public()
+    blobs = {
+        "secret key": secret.serialize(save_secret_key=True),
+        "other parameters": other.serialize(),
+        "galois keys": with_galois.serialize(save_galois_keys=True),
+        "random": os.urandom(400_000),
+        "empty": b"",
+    }
+    for name, blob in blobs.items():
+        chunks = [he_pb2.ContextChunk(profile=p.name, data=blob[i:i + (1 << 20)]) for i in range(0, len(blob), 1 << 20)]
+        with pytest.raises((InvalidArgument, ResourceExhausted)):
+            bank.transport.call_stream("/sandbox.v1.HeScoringService/RegisterContext", chunks or
+                                       [he_pb2.ContextChunk(profile=p.name)], he_pb2.RegisterContextResponse)
+        assert _valid(bank, grant(), model, session, rows).logits.shape == (50,), name
+
+
+def test_grant_limits(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, admin, bank, model, grant, session, rows = he_env
+    other_model = bank.submit_model(name="other", dataset="credit_default", public_features=PUBLIC,
+                                    private_features=PRIVATE, bias=0.0)
+    g = grant(quota=60)
+    with pytest.raises(PermissionDenied) as exc:
+        bank.score(g, other_model, [r["ID"] for r in rows[:5]], bank_features(rows[:5]), session=session)
+    assert exc.value.code == "OUTSIDE_GRANT"
+    _valid(bank, g, model, session, rows)  # 50 of 60
+    with pytest.raises(ResourceExhausted) as exc2:
+        _valid(bank, g, model, session, rows)
+    assert exc2.value.code == "QUOTA_EXHAUSTED"
+    g2 = grant()
+    admin.revoke(g2, "ended")
+    with pytest.raises(PermissionDenied) as exc3:
+        _valid(bank, g2, model, session, rows)
+    assert exc3.value.code == "GRANT_REVOKED"
+    with pytest.raises(NotFound):
+        _raw_score(bank, grant(), model, type("S", (), {"context_id": "c-" + "0" * 32})(), [], ["1"])
+    assert _valid(bank, grant(), model, session, rows).logits.shape == (50,)
