@@ -375,6 +375,7 @@ def main() -> None:
 
 import clients.cli_admin  # noqa: E402,F401  (registers the administrators' commands on ``app``)
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
+import clients.cli_score  # noqa: E402,F401  (registers ``score``)
 
 if __name__ == "__main__":
     # Run through the package module, where the admin and query commands registered themselves.

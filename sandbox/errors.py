@@ -46,6 +46,7 @@ class ErrorCode(str, enum.Enum):
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
     NOT_RELEASED = "NOT_RELEASED"
+    ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     IN_PROGRESS = "IN_PROGRESS"
     INVALID_QUERY = "INVALID_QUERY"
@@ -90,6 +91,7 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
     ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
                              "retry with the same idempotency key returns the answer"),
+    ErrorCode.ENGINE_UNAVAILABLE: (_S.UNAVAILABLE, "computation engine busy or restarting; try again"),
     ErrorCode.IDEMPOTENCY_CONFLICT: (_S.INVALID_ARGUMENT, "idempotency key was already used for another request"),
     ErrorCode.IN_PROGRESS: (_S.ABORTED, "a request with this idempotency key is still running or failed; "
                             "retry later or use a new key"),

@@ -93,6 +93,8 @@ def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_eng
         pool.register_context(blob)
     except he_engine.HeInputError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    except he_engine.HeUnavailableError as exc:
+        raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
     ctx = store.put(blob, profile.name, call.principal.id, call.now_ms)
     return he_pb2.RegisterContextResponse(context_id="c-" + ctx.sha256[:32], expires_at_unix_ms=ctx.expires_ms)
 
@@ -183,6 +185,8 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
             result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
         except he_engine.HeInputError as exc:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        except he_engine.HeUnavailableError as exc:
+            raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
         return he_pb2.ScoreResponse(encrypted_logits=result, entities=n, usage=serde.usage_to_pb(state.usage))
 
     return Deferred(compute)
