@@ -20,5 +20,9 @@ def test_demo_runs_end_to_end() -> None:
     assert "ALREADY_EXISTS" in text and "[COLUMN_NOT_NAMED]" in text and "[GRANT_REVOKED]" in text
     assert "count by sex where age >= 30 (epsilon 0.25)" in text and "95% interval" in text
     assert "RESOURCE_EXHAUSTED: privacy budget exhausted: remaining epsilon 0" in text
+    assert "homomorphic scores (CKKS)" in text and "same model in plaintext" in text
+    import re
+    diff = re.search(r"Largest absolute difference between the two sets of logits: (\S+)\.", text)
+    assert diff is not None and float(diff.group(1)) < 1e-3
     assert "audit log OK" in text
     assert "Traceback" not in text + out.stderr

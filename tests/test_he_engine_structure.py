@@ -15,7 +15,15 @@ import pytest
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from he_engine import PROFILES, HeInputError, Profile, ScoringPool, check_ciphertext_blob, check_context_blob
+from he_engine import (
+    PROFILES,
+    HeInputError,
+    Profile,
+    ScoringPool,
+    check_ciphertext_blob,
+    check_context_blob,
+    score_plain,
+)
 from he_engine.sealblob import SEAL_VERSION
 from tests.test_he_engine import (  # noqa: F401  bank and pool are fixtures: one pool for this module too
     N,
@@ -31,7 +39,6 @@ from tests.test_he_engine import (  # noqa: F401  bank and pool are fixtures: on
     field,
     pool,
     public_blob,
-    score_plain,
     secret_context,
     varint,
 )
@@ -279,9 +286,7 @@ def test_ciphertexts_the_structure_cannot_judge_are_rejected_by_the_worker(pool:
         assert_serves(pool, bank)
 
 
-
-
-def test_bad_profiles_are_refused() -> None:
+def test_bad_profiles_and_pool_arguments_are_refused() -> None:
     with pytest.raises(ValueError):
         Profile(name="x", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40, slots=8192,
                 max_context_bytes=10**6, max_ciphertext_bytes=10**6, encryption_parameters=b"")
@@ -289,4 +294,3 @@ def test_bad_profiles_are_refused() -> None:
         ScoringPool(workers=0)
     with pytest.raises(ValueError):
         score_plain(np.zeros((3, 4)), [1.0, 2.0], np.zeros(4))
-    assert struct.calcsize("<HBBBBHQ") == 16
