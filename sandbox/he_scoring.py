@@ -6,7 +6,9 @@ bounds). The response has the same shape and cost either way and never says
 which ids were unknown; every submitted id counts against the grant's quota.
 The decrypted score of an unknown id is the reference score, so an applicant
 who knows the model can still tell "unknown or exactly average"; that is the
-membership signal the grant allows, bounded by its quota.
+membership signal the grant allows, bounded by its quota. A grant with a
+per-call epsilon cap adds opendp Laplace noise to the sandbox's part of every
+score (``he_noise``), which also blurs that signal; each call is charged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 import he_engine
 from protos.sandbox.v1 import he_pb2
-from sandbox import catalogue, ledger, models, policy, serde
+from sandbox import catalogue, he_noise, ledger, models, policy, serde
 from sandbox.domain import Budget, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
@@ -176,8 +178,14 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
             he_engine.check_ciphertext_blob(ct, profile, n)
     except he_engine.HeInputError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
-    state = ledger.reserve_in(call.conn, auth.grant.id, Budget(0, 0), quota=n)
     plain = public_part(cache, index, info, spec, ids)
+    cost = Budget(0, 0)
+    per_call = auth.grant.terms.max_epsilon_per_call_nano
+    if per_call:  # the grant asks for output noise: priced by opendp, charged like any DP release
+        plain, eps = he_noise.noisy(plain, spec, info.schema, per_call / ledger.NANO)
+        cost = Budget(ledger.epsilon_to_nano(repr(eps), charge=True), 0)
+    state = ledger.reserve_in(call.conn, auth.grant.id, cost, quota=n)
+    call.record_charge(cost.epsilon_nano, 0)
     weights = [w for _, w in spec.private_features]
 
     def compute() -> he_pb2.ScoreResponse:

@@ -185,3 +185,23 @@ def test_grant_limits(he_env) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(NotFound):
         _raw_score(bank, grant(), model, type("S", (), {"context_id": "c-" + "0" * 32})(), [], ["1"])
     assert _valid(bank, grant(), model, session, rows).logits.shape == (50,)
+
+
+def test_output_noise_is_charged_to_the_budget(he_env) -> None:  # type: ignore[no-untyped-def]
+    _, admin, bank, model, _, session, rows = he_env
+    s = bank.apply(title="Noisy scoring", purpose="Score with output noise", legal_basis="Consent",
+                   kind="HE_SCORING", datasets={"credit_default": COLUMNS}, model_hash=model, quota=10_000,
+                   epsilon=2, max_epsilon_per_call=1)
+    g = admin.approve(s.id).grant
+    assert g is not None
+    picked = rows[:500]
+    first = bank.score(g.id, model, [r["ID"] for r in picked], bank_features(picked), session=session)
+    diff = first.logits - plaintext_logits(picked)
+    # Laplace noise on the sandbox's part: clearly non-zero, centred, and spread like its opendp scale.
+    assert np.mean(np.abs(diff)) > 1e-2 and abs(np.mean(diff)) < 0.5 * np.mean(np.abs(diff))
+    used = next(x for x in bank.scenarios() if x.grant and x.grant.id == g.id).usage
+    assert used is not None and 0.99 <= float(used.epsilon_spent) <= 1.0
+    bank.score(g.id, model, [r["ID"] for r in picked], bank_features(picked), session=session)
+    with pytest.raises(ResourceExhausted) as exc:
+        bank.score(g.id, model, [r["ID"] for r in picked], bank_features(picked), session=session)
+    assert exc.value.code == "BUDGET_EXHAUSTED"
