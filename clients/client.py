@@ -217,9 +217,12 @@ class ApplicantClient(SandboxClient):
         import numpy as np
 
         x = np.asarray(features, dtype=float)
-        model = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
-                             he_pb2.GetModelResponse)
-        logistic = model.spec.kind == he_pb2.MODEL_LOGISTIC
+        cache: dict[str, bool] = self.__dict__.setdefault("_logistic_models", {})
+        if model_hash not in cache:  # a model is immutable: ask once per hash
+            model = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
+                                 he_pb2.GetModelResponse)
+            cache[model_hash] = model.spec.kind == he_pb2.MODEL_LOGISTIC
+        logistic = cache[model_hash]
         sess = session or self.he_session(len(entity_ids))
         ids = [str(e) for e in entity_ids]
         parts = []

@@ -46,7 +46,7 @@ class SignedTransport:
             options.append(("grpc.ssl_target_name_override", server_name))
         creds = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca))
         self.channel = grpc.secure_channel(address, creds, options=options)
-        self._stubs: dict[tuple[str, type], Any] = {}
+        self._stubs: dict[tuple[Any, ...], Any] = {}
 
     def sign(self, method: str, body: bytes, **overrides: Any) -> list[tuple[str, str]]:
         overrides.setdefault("timestamp_ms", int(self.clock() * 1000))
@@ -84,6 +84,21 @@ class SignedTransport:
             self._stubs[(method, response_type)] = stub
         try:
             return stub(iter(bodies), metadata=metadata, timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def call_server_stream(self, method: str, request: Message, response_type: type[R], *,
+                           timeout: float | None = None) -> Any:
+        """A server-streaming call: yields responses; errors are raised as SDK exceptions."""
+        body = request.SerializeToString(deterministic=True)
+        metadata = self.sign(method, body)
+        stub = self._stubs.get((method, response_type, "stream"))  # type: ignore[index]
+        if stub is None:
+            stub = self.channel.unary_stream(method, request_serializer=None,
+                                             response_deserializer=response_type.FromString)
+            self._stubs[(method, response_type, "stream")] = stub  # type: ignore[index]
+        try:
+            yield from stub(body, metadata=metadata, timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 

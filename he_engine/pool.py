@@ -68,6 +68,7 @@ class ScoringPool:
         self._isolation = threading.BoundedSemaphore(workers)
         self._closed = False
         self._executor = self._new_executor()
+        self._known: dict[str, Profile] = {}  # contexts registered through this pool: sha256 -> profile
 
     @property
     def profiles(self) -> tuple[Profile, ...]:
@@ -77,7 +78,9 @@ class ScoringPool:
     def register_context(self, blob: bytes, *, timeout: float | None = None) -> ContextInfo:
         """Validate a public context (structure here, then parsed in a worker); return its sha256 and profile."""
         profile = check_context_blob(blob, self._profiles)
-        return self._call(worker.register_context, bytes(blob), profile, timeout=timeout)
+        info: ContextInfo = self._call(worker.register_context, bytes(blob), profile, timeout=timeout)
+        self._known[info.sha256] = profile
+        return info
 
     def score(self, context_blob: bytes, context_sha: str, ciphertexts: Sequence[bytes], weights: Sequence[float],
               plain: np.ndarray, *, timeout: float | None = None) -> bytes:
@@ -90,9 +93,12 @@ class ScoringPool:
         per entity. Raises :class:`HeInputError` for a bad context, ciphertext
         or batch size, and ``ValueError`` for bad weights or plain values.
         """
-        if hashlib.sha256(context_blob).hexdigest() != context_sha:
-            raise ValueError("context_sha is not the sha256 of context_blob")
-        profile = check_context_blob(context_blob, self._profiles)
+        profile = self._known.get(context_sha)
+        if profile is None:  # not registered through this pool: check it here once
+            if hashlib.sha256(context_blob).hexdigest() != context_sha:
+                raise ValueError("context_sha is not the sha256 of context_blob")
+            profile = check_context_blob(context_blob, self._profiles)
+            self._known[context_sha] = profile
         weight_array = _finite_vector(weights, "weights")
         plain_array = _finite_vector(plain, "plain")
         if not len(weight_array):
@@ -101,9 +107,13 @@ class ScoringPool:
             raise HeInputError("the number of ciphertexts differs from the model's private features")
         for blob in ciphertexts:
             check_ciphertext_blob(blob, profile, len(plain_array))
-        result: bytes = self._call(worker.score, bytes(context_blob), context_sha, profile,
-                                   [bytes(b) for b in ciphertexts], weight_array.tolist(), plain_array,
-                                   timeout=timeout)
+        cts = [bytes(b) for b in ciphertexts]
+        try:  # most calls land on a worker that already parsed the context: do not ship its 0.5 MB again
+            result: bytes = self._call(worker.score, None, context_sha, profile, cts, weight_array.tolist(),
+                                       plain_array, timeout=timeout)
+        except worker.NeedContext:
+            result = self._call(worker.score, bytes(context_blob), context_sha, profile, cts, weight_array.tolist(),
+                                plain_array, timeout=timeout)
         return result
 
     def close(self) -> None:
@@ -156,6 +166,7 @@ class ScoringPool:
             if self._executor is not broken or self._closed:
                 return
             self._executor = self._new_executor()
+        self._known: dict[str, Profile] = {}  # contexts registered through this pool: sha256 -> profile
         if kill:
             _kill(broken)
         broken.shutdown(wait=False, cancel_futures=True)

@@ -38,8 +38,14 @@ def _calibrated(delta_in: float, epsilon: float) -> tuple[dp.Measurement, float]
     return dp.m.make_laplace(*space, scale=scale), scale
 
 
-def noisy(plain: np.ndarray, spec: ModelSpec, schema: DatasetSchema, epsilon: float) -> tuple[np.ndarray, float]:
-    """The public part with Laplace noise, and the epsilon opendp's map says it costs (at most ``epsilon``)."""
+def cost(spec: ModelSpec, schema: DatasetSchema, epsilon: float) -> float:
+    """What one noisy release costs, from opendp's map (at most ``epsilon``), before anything runs."""
     delta_in = sensitivity(spec, schema)
     meas, _ = _calibrated(delta_in, epsilon)
-    return np.asarray(meas(np.ascontiguousarray(plain, dtype=np.float64))), float(meas.map(delta_in))
+    return float(meas.map(delta_in))
+
+
+def noisy(plain: np.ndarray, spec: ModelSpec, schema: DatasetSchema, epsilon: float) -> np.ndarray:
+    """The public part with Laplace noise from the same calibrated measurement ``cost`` priced."""
+    meas, _ = _calibrated(sensitivity(spec, schema), epsilon)
+    return np.asarray(meas(np.ascontiguousarray(plain, dtype=np.float64)))

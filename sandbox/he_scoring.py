@@ -178,17 +178,21 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
             he_engine.check_ciphertext_blob(ct, profile, n)
     except he_engine.HeInputError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
-    plain = public_part(cache, index, info, spec, ids)
-    cost = Budget(0, 0)
     per_call = auth.grant.terms.max_epsilon_per_call_nano
-    if per_call:  # the grant asks for output noise: priced by opendp, charged like any DP release
-        plain, eps = he_noise.noisy(plain, spec, info.schema, per_call / ledger.NANO)
-        cost = Budget(ledger.epsilon_to_nano(repr(eps), charge=True), 0)
+    if per_call:  # output noise: priced by opendp before anything runs, charged like any DP release
+        noise_eps = he_noise.cost(spec, info.schema, per_call / ledger.NANO)
+        cost = Budget(ledger.epsilon_to_nano(repr(noise_eps), charge=True), 0)
+    else:
+        cost = Budget(0, 0)
     state = ledger.reserve_in(call.conn, auth.grant.id, cost, quota=n)
     call.record_charge(cost.epsilon_nano, 0)
     weights = [w for _, w in spec.private_features]
 
     def compute() -> he_pb2.ScoreResponse:
+        # After the reservation committed: the sandbox's part and the HE work hold no lock.
+        plain = public_part(cache, index, info, spec, ids)
+        if per_call:
+            plain = he_noise.noisy(plain, spec, info.schema, per_call / ledger.NANO)
         try:
             result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
         except he_engine.HeInputError as exc:

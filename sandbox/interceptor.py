@@ -143,8 +143,14 @@ class SigningInterceptor(grpc.ServerInterceptor):
 
             return grpc.stream_unary_rpc_method_handler(stream_behaviour, request_deserializer=None,
                                                         response_serializer=None)
+        if handler.unary_stream is not None:
+            def stream_out(raw: bytes, context: grpc.ServicerContext) -> Any:
+                yield from self._handle_server_stream(method, handler, metadata, raw, context)
+
+            return grpc.unary_stream_rpc_method_handler(stream_out, request_deserializer=None,
+                                                        response_serializer=None)
         if handler.unary_unary is None:
-            raise RuntimeError(f"{method}: only unary and client-streaming methods are supported by the boundary")
+            raise RuntimeError(f"{method}: bidirectional streaming is not supported by the boundary")
 
         def behaviour(raw: bytes, context: grpc.ServicerContext) -> bytes:
             return self._handle(method, handler, metadata, raw, context)
@@ -198,6 +204,46 @@ class SigningInterceptor(grpc.ServerInterceptor):
             log.exception("%s principal=%s failed", method, claimed)
             self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _handle_server_stream(
+        self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext
+    ) -> Any:
+        """Authenticate and audit the opening of a server stream in one transaction, then stream outside it.
+
+        The handler must do its checks eagerly and return an iterator; what it yields are progress reports,
+        never data rows.
+        """
+        now_ms = int(self._clock() * 1000)
+        request_sha = hashlib.sha256(raw).hexdigest()
+        claimed = _claimed_principal(metadata)
+        call: Call | None = None
+        try:
+            principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
+            allowed = self._roles.get(method, frozenset())
+            if allowed is not None and not (principal.roles & allowed):
+                raise SandboxError(ErrorCode.WRONG_ROLE)
+            try:
+                request = handler.request_deserializer(raw)
+            except DecodeError as exc:
+                raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+            with self._db.write() as conn:
+                claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
+                call = Call(principal, conn, now_ms, request_sha256=request_sha)
+                token = _CURRENT.set(call)
+                try:
+                    events = handler.unary_stream(request, context)
+                finally:
+                    _CURRENT.reset(token)
+                self._audit.append(conn, self._record(call, method, "OK", request_sha, "stream"))
+            for event in events:
+                if not context.is_active():
+                    return
+                yield handler.response_serializer(event)
+        except SandboxError as exc:
+            self._refuse(context, method, claimed, request_sha, exc, call)
+        except Exception:  # never let an internal detail reach the caller
+            log.exception("%s principal=%s failed", method, claimed)
+            self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
 
     def _compute_and_release(
         self, call: Call, method: str, request_sha: str, deferred: Deferred, handler: Any,

@@ -59,3 +59,26 @@ def test_dp_query_benchmark_quick_run_prints_tables_and_ratios() -> None:
     assert sorted(throughput) == [16], last
     for values in [*ratios.values(), *throughput.values()]:
         assert all(math.isfinite(v) and v > 0 for v in values), last
+
+
+HE_BENCH = ROOT / "benchmarks" / "bench_he_scoring.py"
+HE_RATIO = re.compile(r"([\w/-]+)=(\S+)")
+
+
+def test_he_scoring_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(HE_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for heading in ("HE scoring end to end", "ckks-8192", "encrypt", "Score RPC (server)", "decrypt",
+                    "upload: RegisterContext", "entities/s", "Server side vs the same TenSEAL computation in-process",
+                    "in-process TenSEAL (baseline)", "ScoringPool.score inside the server", "throughput / in-process",
+                    "Where the Score RPC's time goes", "Single-entity latency", "p50 ms", "Bytes on the wire",
+                    "bytes per entity", "Plaintext reference", "score_plain"):
+        assert heading in out, f"missing {heading!r} in:\n{out}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS server/in-process: "), last
+    ratios = {k: float(v) for k, v in HE_RATIO.findall(last.split(": ", 1)[1])}
+    assert sorted(ratios) == ["end_to_end", "in-process/numpy", "pool", "score_rpc", "worker_fn"], last
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values()), last
