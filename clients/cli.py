@@ -376,6 +376,7 @@ def main() -> None:
 import clients.cli_admin  # noqa: E402,F401  (registers the administrators' commands on ``app``)
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 import clients.cli_score  # noqa: E402,F401  (registers ``score``)
+import clients.cli_train  # noqa: E402,F401  (registers ``plan`` and ``train``)
 
 if __name__ == "__main__":
     # Run through the package module, where the admin and query commands registered themselves.

@@ -26,7 +26,7 @@ from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 
 __all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AdminClient"]
 
@@ -36,6 +36,7 @@ _AUDIT = "/sandbox.v1.AuditService/"
 _DP = "/sandbox.v1.DpQueryService/"
 _MODELS = "/sandbox.v1.ModelService/"
 _HE = "/sandbox.v1.HeScoringService/"
+_FL = "/sandbox.v1.FlTrainingService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -242,9 +243,46 @@ class ApplicantClient(SandboxClient):
 
 
 class ResearcherClient(ApplicantClient):
-    """A researcher applies for federated-training scenarios."""
+    """A researcher applies for federated-training scenarios and runs them; it receives only the model."""
 
     default_kind = "FL_TRAINING"
+
+    def register_plan(self, *, dataset: str, features: Sequence[str], label: str, label_threshold: float,
+                      model: str = "logistic", hidden_units: int = 0) -> str:
+        """Register what is trained on what; the returned hash is the model reference of an FL application."""
+        t = fl_pb2.PlanTemplate(dataset=dataset, model=model, features=list(features), label=label,
+                                label_threshold=float(label_threshold), hidden_units=hidden_units)
+        return self._t.call(_FL + "RegisterPlan", fl_pb2.RegisterPlanRequest(template=t),
+                            fl_pb2.RegisterPlanResponse).plan_hash
+
+    def start_training(
+        self, grant_id: str, plan_hash: str, *, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1,
+        fraction_per_round: float = 1.0, strategy: str = "fedavg", proximal_mu: float = 0.0,
+        clipping_norm: float = 0.0, noise_multiplier: float = 0.0, delta: float = 0.0,
+    ) -> str:
+        """Reserve the plan's privacy cost and start; returns the job id. noise_multiplier 0 = no DP."""
+        s = fl_pb2.TrainingSettings(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
+                                    fraction_per_round=fraction_per_round, strategy=strategy,
+                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm,
+                                    noise_multiplier=noise_multiplier, delta=delta)
+        return self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
+            grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse).job_id
+
+    def watch_training(self, job_id: str, *, timeout: float | None = 3600.0) -> Iterator[t.TrainingEvent]:
+        """Per-round progress until the job ends (the last event has state completed/failed/cancelled/revoked)."""
+        for e in self._t.call_server_stream(_FL + "WatchTraining", fl_pb2.WatchTrainingRequest(job_id=job_id),
+                                            fl_pb2.TrainingEvent, timeout=timeout):
+            yield serde.training_event(e)
+
+    def training_result(self, job_id: str) -> t.TrainingResult:
+        """The aggregate model and federated metrics of a completed job (never a holder's update)."""
+        return serde.training_result(self._t.call(_FL + "GetTrainingResult",
+                                                  fl_pb2.GetTrainingResultRequest(job_id=job_id),
+                                                  fl_pb2.GetTrainingResultResponse))
+
+    def cancel_training(self, job_id: str) -> str:
+        return self._t.call(_FL + "CancelTraining", fl_pb2.CancelTrainingRequest(job_id=job_id),
+                            fl_pb2.CancelTrainingResponse).state
 
 
 class AdminClient(SandboxClient):

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
 
@@ -147,3 +147,17 @@ def query_estimate(r: dp_pb2.EstimateQueryResponse) -> t.QueryEstimate:
                   for s in r.statistics)
     return t.QueryEstimate(r.epsilon, Decimal(r.cost.epsilon_nano) / NANO, Decimal(r.cost.delta_atto) / ATTO, stats,
                            Decimal(r.remaining.epsilon_nano) / NANO, Decimal(r.remaining.delta_atto) / ATTO)
+
+
+def training_event(e: fl_pb2.TrainingEvent) -> t.TrainingEvent:
+    return t.TrainingEvent(e.job_id, e.round, e.rounds, e.loss, e.accuracy, e.epsilon_spent, tuple(e.participants),
+                           tuple(e.dropped), e.state, e.message)
+
+
+def training_result(r: fl_pb2.GetTrainingResultResponse) -> t.TrainingResult:
+    import numpy as np
+
+    weights = tuple(np.array(w.values, dtype=float).reshape(tuple(w.shape)) for w in r.weights)
+    return t.TrainingResult(r.job_id, weights, {m.name: m.value for m in r.metrics},
+                            tuple(training_event(e) for e in r.history), Decimal(r.charged.epsilon_nano) / NANO,
+                            Decimal(r.charged.delta_atto) / ATTO)

@@ -13,7 +13,7 @@ from decimal import Decimal
 __all__ = [
     "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Statistic", "QueryResult", "StatisticEstimate",
-    "QueryEstimate",
+    "QueryEstimate", "TrainingEvent", "TrainingResult",
 ]
 
 
@@ -213,3 +213,27 @@ class QueryEstimate:
     statistics: tuple[StatisticEstimate, ...]
     epsilon_remaining: Decimal
     delta_remaining: Decimal
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    job_id: str
+    round: int
+    rounds: int
+    loss: float
+    accuracy: float
+    epsilon_spent: float
+    participants: tuple[str, ...]
+    dropped: tuple[str, ...]  # data holders that failed this round
+    state: str  # running, completed, failed, cancelled, revoked
+    message: str
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    job_id: str
+    weights: tuple[object, ...]  # numpy arrays, the aggregate model's parameters
+    metrics: dict[str, float]
+    history: tuple[TrainingEvent, ...]
+    epsilon_charged: Decimal
+    delta_charged: Decimal

@@ -1,1 +1,45 @@
-"""Federated training on Flower (built in a later issue). Knows nothing of grants or audit."""
+"""Federated training on Flower: plan, numpy models, DP accounting, and a runner with two backends.
+
+Pure library: it knows nothing of grants, budgets or audit, and imports nothing
+from the sandbox, the SDK or the other engines. Every noise comes from an opendp
+measurement and every privacy cost from a measurement's own map.
+"""
+
+from fl_server.accounting import Unit, epsilon_after_rounds, plan_cost, round_measurement
+from fl_server.data import Partition, load_partition, prepare_partition, save_partition
+from fl_server.errors import FlEngineError, PlanError, TrainingCancelled, TrainingError
+from fl_server.model import auc, evaluate, init_params, predict_proba
+from fl_server.plan import DEFAULT_LIMITS, Feature, Label, Limits, TrainingPlan
+from fl_server.report import RoundReport, TrainingResult
+from fl_server.rounds import Timing
+from fl_server.runner import Backend, DeploymentBackend, InProcessBackend
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Backend",
+    "DeploymentBackend",
+    "Feature",
+    "FlEngineError",
+    "InProcessBackend",
+    "Label",
+    "Limits",
+    "Partition",
+    "PlanError",
+    "RoundReport",
+    "Timing",
+    "TrainingCancelled",
+    "TrainingError",
+    "TrainingPlan",
+    "TrainingResult",
+    "Unit",
+    "auc",
+    "epsilon_after_rounds",
+    "evaluate",
+    "init_params",
+    "load_partition",
+    "plan_cost",
+    "predict_proba",
+    "prepare_partition",
+    "round_measurement",
+    "save_partition",
+]

@@ -18,7 +18,9 @@ from sandbox.errors import ErrorCode, SandboxError
 ALLOWED_LEVELS: dict[Kind, frozenset[Level]] = {
     Kind.DP_QUERY: frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
     Kind.HE_SCORING: frozenset({Level.IDENTIFIER, Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
-    Kind.FL_TRAINING: frozenset({Level.OPEN, Level.INTERNAL}),
+    # FL releases only an aggregate model; sensitive columns (a health outcome, say) must be named explicitly,
+    # and the administrator decides through the budget whether client-level DP is required.
+    Kind.FL_TRAINING: frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
 }
 #: What "*" in an application expands to: never sensitive, identifier or core columns.
 WILDCARD_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})

@@ -6,7 +6,7 @@ import re
 import secrets
 import sqlite3
 
-from sandbox import catalogue, grants, ledger, models, policy, serde
+from sandbox import catalogue, fl_plans, grants, ledger, models, policy, serde
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
 )
@@ -57,6 +57,8 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
                            (f"; {app.kind.value} requires one" if needs_model else ""))
     if app.kind is Kind.HE_SCORING:
         check_scoring_model(conn, app.model_hash, resolved)
+    if app.kind is Kind.FL_TRAINING:
+        check_training_plan(conn, app.model_hash, resolved)
     if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
     if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
@@ -89,6 +91,19 @@ def check_scoring_model(conn: sqlite3.Connection, model_hash: str, resolved: lis
     missing = sorted(needed - set(sel.columns))
     if missing:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the scenario must name the columns the model reads: "
+                                                       f"{', '.join(missing)}")
+
+
+def check_training_plan(conn: sqlite3.Connection, plan_hash: str, resolved: list[DatasetSelection]) -> None:
+    """An FL scenario names a registered plan template, its dataset and every column it trains on."""
+    template = fl_plans.get(conn, plan_hash)
+    sel = next((s for s in resolved if s.name == template.dataset), None)
+    if sel is None or len(resolved) != 1:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"an FL scenario names exactly the plan's dataset "
+                                                       f"'{template.dataset}'")
+    missing = sorted(set(template.columns) - set(sel.columns))
+    if missing:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the scenario must name the columns the plan uses: "
                                                        f"{', '.join(missing)}")
 
 

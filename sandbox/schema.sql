@@ -136,3 +136,13 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE TRIGGER IF NOT EXISTS models_read_only BEFORE UPDATE ON models
 BEGIN SELECT RAISE(ABORT, 'models are immutable'); END;
+
+-- Federated-training plan templates (model, features, label), identified by the SHA-256 of their canonical JSON.
+CREATE TABLE IF NOT EXISTS plans (
+    plan_hash     TEXT PRIMARY KEY,
+    canonical     TEXT NOT NULL,
+    submitted_by  TEXT NOT NULL REFERENCES principals (id),
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS plans_read_only BEFORE UPDATE ON plans
+BEGIN SELECT RAISE(ABORT, 'plans are immutable'); END;

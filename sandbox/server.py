@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.identity import public_key_bytes, read_private_key
@@ -26,7 +26,8 @@ SERVICE_NAMES = tuple(
     f.services_by_name[name].full_name
     for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (applicant_pb2.DESCRIPTOR, "ApplicantService"),
                     (audit_pb2.DESCRIPTOR, "AuditService"), (dp_pb2.DESCRIPTOR, "DpQueryService"),
-                    (he_pb2.DESCRIPTOR, "ModelService"), (he_pb2.DESCRIPTOR, "HeScoringService"))
+                    (he_pb2.DESCRIPTOR, "ModelService"), (he_pb2.DESCRIPTOR, "HeScoringService"),
+                    (fl_pb2.DESCRIPTOR, "FlTrainingService"))
 )
 
 
@@ -66,7 +67,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=[interceptor],
                          options=options)
-    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()))
+    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()), db)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

@@ -13,10 +13,13 @@ import threading
 from collections.abc import Callable
 
 from protos.sandbox.v1 import (
-    admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc, he_pb2,
-    he_pb2_grpc,
+    admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc, fl_pb2,
+    fl_pb2_grpc, he_pb2, he_pb2_grpc,
 )
-from sandbox import audit, catalogue, dp_queries, grants, he_scoring, models, policy, principals, scenarios, serde
+from sandbox import (
+    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
+)
+from sandbox.storage import Database
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
@@ -40,6 +43,8 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     "/sandbox.v1.ModelService/GetModel": None,
     "/sandbox.v1.HeScoringService/ListProfiles": None,
     **{f"/sandbox.v1.HeScoringService/{m}": frozenset({Role.APPLICANT}) for m in ("RegisterContext", "Score")},
+    **{f"/sandbox.v1.FlTrainingService/{m}": frozenset({Role.RESEARCHER}) for m in (
+        "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining")},
 }
 
 
@@ -247,11 +252,39 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
         return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index)
 
 
+class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
+    def __init__(self, jobs: fl_jobs.JobManager) -> None:
+        self._jobs = jobs
+
+    def RegisterPlan(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        t = request.template
+        template = fl_plans.PlanTemplate(t.dataset, t.model, tuple(t.features), t.label, t.label_threshold,
+                                         t.hidden_units)
+        return fl_pb2.RegisterPlanResponse(plan_hash=fl_plans.register(call.conn, template,
+                                                                       submitted_by=call.principal.id,
+                                                                       now_ms=call.now_ms))
+
+    def StartTraining(self, request, context):  # type: ignore[no-untyped-def]
+        return self._jobs.start(current_call(), request)
+
+    def WatchTraining(self, request, context):  # type: ignore[no-untyped-def]
+        return self._jobs.watch(current_call(), request.job_id)
+
+    def GetTrainingResult(self, request, context):  # type: ignore[no-untyped-def]
+        return self._jobs.result(current_call(), request.job_id)
+
+    def CancelTraining(self, request, context):  # type: ignore[no-untyped-def]
+        return self._jobs.cancel(current_call(), request.job_id)
+
+
 def add_servicers(
-    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes
+    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes, db: Database
 ) -> list[Callable[[], None]]:
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
+    fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
+        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache)), server)
     he = HeScoringServicer(config, dp.cache)
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)

@@ -7,7 +7,7 @@ import pytest
 
 import clients
 from clients import errors as client_errors
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
 from sandbox.errors import CATALOGUE, ErrorCode, SandboxError
 from sandbox.servicers import METHOD_ROLES
 
@@ -59,7 +59,7 @@ def test_unknown_status_still_typed() -> None:
 def test_every_rpc_has_a_role_rule() -> None:
     methods = {
         f"/{service.full_name}/{m.name}"
-        for module in (admin_pb2, applicant_pb2, audit_pb2, dp_pb2, he_pb2)
+        for module in (admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     }
@@ -71,5 +71,5 @@ def test_public_api_is_declared() -> None:
     for name in clients.__all__:
         assert hasattr(clients, name), name
     public = {n for n in dir(clients) if not n.startswith("_")} - {
-        "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query", "cli_score", "query", "he"}
+        "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query", "cli_score", "cli_train", "query", "he"}
     assert public <= set(clients.__all__), public - set(clients.__all__)

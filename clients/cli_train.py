@@ -1,0 +1,78 @@
+"""``sandbox-client plan`` and ``train``: federated training with a live progress bar and a final summary."""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from clients.cli import app, connect, out, row, table
+from clients.client import ResearcherClient
+
+
+@app.command("plan")
+def plan_cmd(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset"),
+    features: list[str] = typer.Option(..., "--feature", help="A feature column (repeatable)."),
+    label: str = typer.Option(..., "--label", help="The label column."),
+    threshold: float = typer.Option(..., "--threshold", help="Label = 1 where the column is above this value."),
+    model: str = typer.Option("logistic", "--model", help="logistic or mlp"),
+    hidden_units: int = typer.Option(0, "--hidden-units"),
+) -> None:
+    """Register a training plan template; prints the hash an FL_TRAINING application names."""
+    with connect(ctx, ResearcherClient) as client:
+        h = client.register_plan(dataset=dataset, features=features, label=label, label_threshold=threshold,
+                                 model=model, hidden_units=hidden_units)
+    out().print(f"plan {h}")
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    grant: str = typer.Option(..., "--grant"),
+    plan: str = typer.Option(..., "--plan", help="The plan hash the grant pins."),
+    rounds: int = typer.Option(10, "--rounds"),
+    local_epochs: int = typer.Option(1, "--local-epochs"),
+    learning_rate: float = typer.Option(0.1, "--learning-rate"),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of data holders sampled per round."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg or fedprox"),
+    proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
+    clipping_norm: float = typer.Option(0.0, "--clipping-norm"),
+    noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Client-level DP noise; 0 = no DP."),
+    delta: float = typer.Option(0.0, "--delta"),
+    watch: bool = typer.Option(False, "--watch", help="Follow the rounds with a progress bar."),
+) -> None:
+    """Start a federated training job (its whole privacy cost is reserved first)."""
+    with connect(ctx, ResearcherClient) as client:
+        job = client.start_training(grant, plan, rounds=rounds, local_epochs=local_epochs,
+                                    learning_rate=learning_rate, fraction_per_round=fraction, strategy=strategy,
+                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm,
+                                    noise_multiplier=noise_multiplier, delta=delta)
+        out().print(f"started job {job}")
+        if not watch:
+            return
+        last = None
+        with Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=out()) as bar:
+            task = bar.add_task("train", total=rounds, info="")
+            for e in client.watch_training(job):
+                last = e
+                if e.state == "running":
+                    info = f"loss {e.loss:.4f} accuracy {e.accuracy:.3f} epsilon {e.epsilon_spent:.3f}"
+                    if e.dropped:
+                        info += f" [dropped: {', '.join(e.dropped)}]"
+                    bar.update(task, completed=e.round, info=info)
+        if last is None:
+            return
+        summary = table("field", "value", title=f"job {job}: {last.state}")
+        row(summary, "state", f"{last.state}: {last.message}")
+        row(summary, "rounds", f"{last.round} of {last.rounds}")
+        row(summary, "federated loss / accuracy", f"{last.loss:.4f} / {last.accuracy:.3f}")
+        row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}")
+        if last.state == "completed":
+            res = client.training_result(job)
+            row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))  # type: ignore[attr-defined]
+            row(summary, "charged", f"epsilon {res.epsilon_charged.normalize()}")
+        out().print(summary)
+        if last.state != "completed":
+            raise typer.Exit(1)

@@ -1,0 +1,75 @@
+"""The ServerApp the SuperLink runs (in Flower's ``flwr-serverapp`` process): the round driver over the SuperLink.
+
+It talks to the DeploymentBackend through files in the run's work directory
+(``work-dir`` in the run config): it reads ``run.json`` (plan, holders,
+timing), appends one JSON event per line to ``progress.jsonl`` (``round``,
+then ``done``, ``error`` or ``cancelled``), writes the final model to
+``result.npz`` before ``done``, and stops between rounds once ``stop`` exists.
+Only aggregates are written. Errors become an ``error`` event with the
+engine's public message; anything unexpected is logged here and reported as
+a fixed phrase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fl_server.errors import FlEngineError, TrainingCancelled
+from fl_server.plan import TrainingPlan
+from fl_server.report import RoundReport
+from fl_server.rounds import Timing, drive
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, PROGRESS_FILE, RESULT_FILE, STOP_FILE = "run.json", "progress.jsonl", "result.npz", "stop"
+
+app = ServerApp()
+
+
+class _Events:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, event: str, **fields: Any) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"event": event, **fields}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    work = Path(str(context.run_config["work-dir"]))
+    events = _Events(work / PROGRESS_FILE)
+    events.write("started")
+    try:
+        spec = json.loads((work / RUN_FILE).read_text(encoding="utf-8"))
+        plan = TrainingPlan.from_dict(spec["plan"]).validate()
+
+        def on_round(report: RoundReport) -> None:
+            events.write("round", report=report.to_dict())
+
+        result = drive(grid, plan, spec["holders"], on_round=on_round,
+                       should_stop=lambda: (work / STOP_FILE).exists(), timing=Timing(**spec["timing"]))
+        tmp = work / (RESULT_FILE + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, *result.params)
+        os.replace(tmp, work / RESULT_FILE)
+        events.write("done", dropped=list(result.dropped), epsilon=result.epsilon, delta=result.delta,
+                     plan_digest=result.plan_digest)
+    except TrainingCancelled as exc:
+        events.write("cancelled", message=exc.message, rounds_completed=exc.rounds_completed,
+                     epsilon_spent=exc.epsilon_spent)
+    except FlEngineError as exc:
+        events.write("error", kind=type(exc).__name__, message=exc.message)
+    except Exception:
+        log.exception("the federated training server app failed")
+        events.write("error", kind="TrainingError", message="the training server failed")

@@ -1,0 +1,342 @@
+"""The deployment backend: Flower's own runtime, a SuperLink and one SuperNode per data holder, as processes.
+
+What it starts, all on localhost with free ports and insecure (plain HTTP) links:
+
+    flower-superlink --insecure --host H --port P     (one port: Fleet, Control and Runtime HTTP APIs;
+                                                        it starts flower-superexec, which starts
+                                                        flwr-serverapp for each run)
+    flower-supernode --insecure --superlink H:P --port Pi
+                     --node-config "holder-id='h' data-path='.../i.npz'"
+                                                      (one per holder; it starts flwr-clientapp per message)
+    flwr run APP sandbox --run-config run.toml --format json
+                                                      (submits the Flower app: a generated pyproject.toml
+                                                        whose components are fl_server.app.*)
+
+The ServerApp (``fl_server.app.server_app``) runs the same round driver as the
+in-process backend, against the SuperLink, and reports through files in a
+private work directory (see that module). Each SuperNode's ClientApp reads only
+the partition file its node config names. Every process started here, and
+what it started, is stopped when the run ends, fails or is cancelled; the
+work directory (partition copies included) is removed.
+
+Flower's update check and telemetry are switched off for these processes
+(no network). Dependencies are never installed at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fl_server
+from fl_server.app.server_app import PROGRESS_FILE, RESULT_FILE, RUN_FILE, STOP_FILE
+from fl_server.data import Partition, save_partition
+from fl_server.errors import PlanError, TrainingCancelled, TrainingError
+from fl_server.plan import TrainingPlan
+from fl_server.report import RoundReport, TrainingResult
+from fl_server.rounds import OnRound, ShouldStop, Timing
+
+log = logging.getLogger(__name__)
+
+_HOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_CONNECTION = "sandbox"
+_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "sandbox-fl"
+version = "1.0.0"
+description = "Federated training in the data sandbox (fl_server)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "dataspace-sandbox"
+
+[tool.flwr.app.components]
+serverapp = "fl_server.app.server_app:app"
+clientapp = "fl_server.app.client_app:app"
+
+[tool.flwr.app.config]
+work-dir = ""
+"""
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class _Processes:
+    """The processes one run started, each in its own process group, and their descendants (Linux /proc)."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=self.env, start_new_session=True)
+        self.started.append((name, proc))
+        return proc
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every started process group, SIGKILL what is left after ``grace``, then the same for
+        descendants that left the group (Flower's SuperExec starts its own session)."""
+        descendants = _descendants([p.pid for _, p in self.started])
+        for _, proc in self.started:
+            _signal_group(proc, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for name, proc in self.started:
+            try:
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing it", name)
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [d for d in descendants if _same_process(*d)]
+            for pid, _ in alive:
+                _kill(pid, sig)
+            deadline = time.monotonic() + 1.0
+            while alive and time.monotonic() < deadline:
+                time.sleep(0.05)
+                alive = [d for d in alive if _same_process(*d)]
+            if not alive:
+                break
+        self.started.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) from /proc, or None if the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), fields[19]
+
+
+def _descendants(roots: list[int]) -> list[tuple[int, str]]:
+    """Every live descendant of ``roots`` as (pid, start time); empty where there is no /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            children.setdefault(st[1], []).append((int(entry), st[2]))
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _same_process(pid: int, start: str) -> bool:
+    """True if ``pid`` is still the process that started at ``start`` and is not a zombie."""
+    st = _stat(pid)
+    return st is not None and st[2] == start and st[0] != "Z"
+
+
+class _EventReader:
+    """Complete JSON lines appended to the progress file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+class DeploymentBackend:
+    """Trains with Flower's deployment runtime on this machine: one SuperNode process per holder."""
+
+    def __init__(self, *, host: str = "127.0.0.1",
+                 timing: Timing = Timing(round_timeout=120.0, connect_timeout=60.0, poll_interval=0.2),
+                 startup_timeout: float = 60.0, stop_grace: float = 5.0) -> None:
+        self.host, self.timing = host, timing
+        self.startup_timeout, self.stop_grace = startup_timeout, stop_grace
+        #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
+        self.last_startup_seconds: float | None = None
+
+    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | str | os.PathLike[str]], *,
+            on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
+        """Train ``plan``; ``partitions`` maps holder id to its rows, or to an .npz file ``save_partition`` wrote."""
+        plan.validate()
+        holders = list(partitions)
+        if not all(isinstance(h, str) and _HOLDER_RE.match(h) for h in holders):
+            raise TypeError("holder ids are 1 to 64 letters, digits, '.', '_' or '-'")
+        work = Path(tempfile.mkdtemp(prefix="fl-run-"))
+        procs: _Processes | None = None
+        try:
+            env = self._environment(work)
+            (work / "logs").mkdir()
+            procs = _Processes(env, work / "logs")
+            paths = self._write_inputs(work, plan, partitions)
+            return self._run(plan, holders, paths, work, procs, on_round, should_stop)
+        finally:
+            if procs is not None:
+                procs.stop(self.stop_grace)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _environment(self, work: Path) -> dict[str, str]:
+        home = work / "flwr-home"
+        home.mkdir()
+        env = dict(os.environ)
+        root = str(Path(fl_server.__file__).resolve().parent.parent)
+        env.update({
+            "FLWR_HOME": str(home),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # SuperExec polls for work every second by default; a round has several hops through it.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+        })
+        return env
+
+    def _write_inputs(self, work: Path, plan: TrainingPlan,
+                      partitions: Mapping[str, Partition | str | os.PathLike[str]]) -> dict[str, Path]:
+        (work / "holders").mkdir(mode=0o700)
+        paths = {}
+        for i, (holder, part) in enumerate(partitions.items()):
+            path = work / "holders" / f"{i}.npz"
+            if isinstance(part, Partition):
+                save_partition(path, part)
+            else:
+                source = Path(part).resolve()
+                if not source.is_file():
+                    raise ValueError(f"holder {holder}: no partition file")
+                path.symlink_to(source)
+            paths[holder] = path
+        (work / "app").mkdir()
+        (work / "app" / "pyproject.toml").write_text(_PYPROJECT, encoding="utf-8")
+        (work / "run.toml").write_text(f"work-dir = {json.dumps(str(work))}\n", encoding="utf-8")
+        timing = {"round_timeout": self.timing.round_timeout, "connect_timeout": self.timing.connect_timeout,
+                  "poll_interval": self.timing.poll_interval}
+        (work / RUN_FILE).write_text(json.dumps({"plan": plan.to_dict(), "holders": list(partitions),
+                                                 "timing": timing}), encoding="utf-8")
+        return paths
+
+    def _run(self, plan: TrainingPlan, holders: list[str], paths: dict[str, Path], work: Path, procs: _Processes,
+             on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
+        started = time.monotonic()
+        bin_dir = Path(sys.executable).parent
+        port = free_port(self.host)
+        (work / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
+            f'address = "{self.host}:{port}"\ninsecure = true\n', encoding="utf-8")
+        link = procs.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", self.host,
+                                         "--port", str(port), "--disable-runtime-dependency-installation"])
+        deadline = time.monotonic() + self.startup_timeout
+        while not _accepts(self.host, port):
+            if link.poll() is not None or time.monotonic() > deadline:
+                raise TrainingError("the federated runtime did not start")
+            time.sleep(0.05)
+        for i, holder in enumerate(holders):
+            procs.start(f"supernode-{i}", [
+                str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"{self.host}:{port}",
+                "--host", self.host, "--port", str(free_port(self.host)),
+                "--node-config", f"holder-id='{holder}' data-path='{paths[holder]}'"])
+        self._submit(bin_dir, work, procs.env)
+        return self._follow(plan, work, link, started, on_round, should_stop)
+
+    def _submit(self, bin_dir: Path, work: Path, env: dict[str, str]) -> None:
+        try:
+            done = subprocess.run([str(bin_dir / "flwr"), "run", str(work / "app"), _CONNECTION,
+                                   "--run-config", str(work / "run.toml"), "--format", "json"],
+                                  env=env, capture_output=True, timeout=self.startup_timeout, check=False)
+            reply = json.loads(done.stdout.decode() or "{}")
+        except (subprocess.TimeoutExpired, ValueError) as exc:
+            raise TrainingError("the federated runtime did not accept the run") from exc
+        if done.returncode != 0 or not reply.get("success"):
+            log.warning("flwr run failed: %s", done.stderr.decode(errors="replace")[-2000:])
+            raise TrainingError("the federated runtime did not accept the run")
+        log.info("federated run %s submitted", reply.get("run-id"))
+
+    def _follow(self, plan: TrainingPlan, work: Path, link: subprocess.Popen[bytes], started: float,
+                on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
+        """Relay the ServerApp's events until it is done; ask it to stop (between rounds) when told to."""
+        events = _EventReader(work / PROGRESS_FILE)
+        t = self.timing
+        start_by = time.monotonic() + self.startup_timeout
+        finish_by = start_by + t.connect_timeout + plan.rounds * 2 * (t.round_timeout + 10.0) + 30.0
+        history: list[RoundReport] = []
+        running = False
+        while True:
+            for event in events.read():
+                kind = event.get("event")
+                if kind == "started":
+                    running = True
+                    self.last_startup_seconds = time.monotonic() - started
+                elif kind == "round":
+                    report = RoundReport.from_dict(event["report"])
+                    history.append(report)
+                    on_round(report)
+                elif kind == "done":
+                    with np.load(work / RESULT_FILE, allow_pickle=False) as z:
+                        params = tuple(np.asarray(z[f"arr_{i}"]) for i in range(len(z.files)))
+                    return TrainingResult(params=params, history=tuple(history), dropped=tuple(event["dropped"]),
+                                          epsilon=event["epsilon"], delta=event["delta"],
+                                          plan_digest=event["plan_digest"])
+                elif kind == "cancelled":
+                    raise TrainingCancelled(event["message"], rounds_completed=event["rounds_completed"],
+                                            epsilon_spent=event["epsilon_spent"])
+                elif kind == "error":
+                    raise (PlanError if event.get("kind") == "PlanError" else TrainingError)(event["message"])
+            if should_stop() and not (work / STOP_FILE).exists():
+                (work / STOP_FILE).touch()
+            now = time.monotonic()
+            if link.poll() is not None:
+                raise TrainingError("the federated runtime stopped during training")
+            if (not running and now > start_by) or now > finish_by:
+                raise TrainingError("the federated training did not finish in time")
+            time.sleep(0.05)

@@ -1,0 +1,249 @@
+"""The round driver: a plan's rounds over any Flower Grid, with reporting, dropouts and cancellation.
+
+It is ``Strategy.start`` taken apart so the engine can act between its steps:
+a roll call maps Flower node ids to holder ids (each node's ClientApp knows
+its holder from its node config); each round samples from the nodes connected
+now, sends the strategy's train messages, keeps only usable replies (no error,
+the plan's shapes, finite numbers), aggregates when at least ``min_holders``
+updates came, and evaluates the new model on every holder's held-out rows. A
+holder that fails is named in that round's report; training goes on with the
+others. ``should_stop`` is asked before every round.
+
+The same function runs in this process (InProcessBackend, over a LocalGrid) and
+in Flower's ``flwr-serverapp`` process (DeploymentBackend, over the SuperLink).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fl_server.accounting import epsilon_after_rounds
+from fl_server.client import NUM_EXAMPLES, PLAN_KEY, ROLL_CALL
+from fl_server.errors import TrainingCancelled, TrainingError
+from fl_server.model import check_params, from_array_record, init_params, to_array_record
+from fl_server.plan import TrainingPlan
+from fl_server.report import RoundReport, TrainingResult
+from fl_server.strategy import EVAL_METRICS, TRAIN_METRICS, build_strategy, set_sampling
+
+log = logging.getLogger(__name__)
+
+OnRound = Callable[[RoundReport], None]
+ShouldStop = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Timing:
+    #: How long a round's train (or evaluate) step waits for replies before counting the rest as failed.
+    round_timeout: float = 600.0
+    #: How long to wait before round 1 for every expected holder to connect.
+    connect_timeout: float = 60.0
+    #: Sleep between polls for replies (Flower's own send_and_receive sleeps 3 s).
+    poll_interval: float = 0.1
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: float) -> dict[int, Message]:
+    """Push messages and collect the replies that come within ``timeout``, by the node that sent them."""
+    messages = list(messages)
+    if not messages:
+        return {}
+    destinations = [m.metadata.dst_node_id for m in messages]
+    pending = {mid: node for mid, node in zip(grid.push_messages(messages), destinations, strict=True) if mid}
+    replies: dict[int, Message] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is not None:
+                replies[node] = reply
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return replies
+
+
+class _View(Grid):
+    """The grid as the strategy should see it this round: only the nodes of known, connected holders."""
+
+    def __init__(self, grid: Grid, nodes: Sequence[int]) -> None:
+        self._grid, self._nodes = grid, list(nodes)
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class _Holders:
+    """Which node serves which holder, learnt by asking each new node (a Flower "query" message)."""
+
+    def __init__(self, expected: Sequence[str]) -> None:
+        self.expected = tuple(expected)
+        self.node_of: dict[str, int] = {}
+        self.asked: set[int] = set()
+
+    def identify(self, grid: Grid, timing: Timing) -> None:
+        new = [n for n in grid.get_node_ids() if n not in self.asked]
+        if not new:
+            return
+        self.asked.update(new)
+        messages = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.QUERY)
+                    for n in new]
+        for node, reply in exchange(grid, messages, timing.round_timeout, timing.poll_interval).items():
+            if reply.has_error() or ROLL_CALL not in reply.content.config_records:
+                continue
+            holder = str(reply.content.config_records[ROLL_CALL].get("id", ""))
+            if holder in self.expected and holder not in self.node_of:
+                self.node_of[holder] = node
+            else:
+                log.warning("node %d claims an unknown or taken holder id; it is not used", node)
+
+    def connected(self, grid: Grid) -> dict[int, str]:
+        live = set(grid.get_node_ids())
+        return {node: holder for holder, node in self.node_of.items() if node in live}
+
+
+def _usable_update(plan: TrainingPlan, reply: Message | None) -> bool:
+    if reply is None or reply.has_error():
+        return False
+    content = reply.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return False
+    metrics = next(iter(content.metric_records.values()))
+    return (check_params(plan, from_array_record(next(iter(content.array_records.values()))))
+            and _metrics_ok(metrics, TRAIN_METRICS) and int(metrics[NUM_EXAMPLES]) >= 1)  # type: ignore[arg-type]
+
+
+def _usable_evaluation(reply: Message | None) -> bool:
+    if reply is None or reply.has_error() or len(reply.content.metric_records) != 1:
+        return False
+    metrics = next(iter(reply.content.metric_records.values()))
+    return _metrics_ok(metrics, EVAL_METRICS) and 0.0 <= float(metrics["accuracy"]) <= 1.0  # type: ignore[arg-type]
+
+
+def _metrics_ok(metrics: MetricRecord, keys: Sequence[str]) -> bool:
+    values = [metrics.get(k) for k in (NUM_EXAMPLES, *keys)]
+    return (all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            and float(metrics[NUM_EXAMPLES]) >= 0)  # type: ignore[arg-type]
+
+
+def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: OnRound,
+          should_stop: ShouldStop, timing: Timing = Timing()) -> TrainingResult:
+    """Run ``plan.rounds`` rounds over ``grid`` for the expected ``holders``; raise TrainingError without a model."""
+    plan.validate()
+    registry = _Holders(holders)
+    deadline = time.monotonic() + timing.connect_timeout
+    while True:
+        registry.identify(grid, timing)
+        if len(registry.node_of) == len(holders) or time.monotonic() >= deadline:
+            break
+        if should_stop():
+            raise TrainingCancelled("training was cancelled before round 1", rounds_completed=0)
+        time.sleep(timing.poll_interval)
+    if len(registry.node_of) < plan.min_holders:
+        raise TrainingError(f"only {len(registry.node_of)} of {len(holders)} holders connected; "
+                            f"the plan needs {plan.min_holders}")
+    strategy, inner = build_strategy(plan)
+    config = {PLAN_KEY: plan.canonical().decode()}
+    arrays = to_array_record(init_params(plan))
+    history: list[RoundReport] = []
+    dropped: set[str] = set()
+    releases = 0
+    for rnd in range(1, plan.rounds + 1):
+        if should_stop():
+            raise TrainingCancelled(f"training was cancelled after round {rnd - 1}", rounds_completed=rnd - 1,
+                                    epsilon_spent=epsilon_after_rounds(plan, releases) if plan.dp else 0.0)
+        started = time.monotonic()
+        registry.identify(grid, timing)
+        live = registry.connected(grid)
+        failed = {h for h in holders if h not in live.values()}
+        participants: list[str] = []
+        new_arrays, train_metrics, eval_metrics = None, None, None
+        size = plan.sample_size(len(live))
+        if len(live) >= plan.min_holders:
+            view = _View(grid, list(live))
+            set_sampling(inner, min(size, len(live)), len(live) if plan.releases_metrics else 0, len(live))
+            messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), view))
+            replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
+            usable = []
+            for message in messages:
+                node = message.metadata.dst_node_id
+                if _usable_update(plan, replies.get(node)):
+                    usable.append(replies[node])
+                    participants.append(live[node])
+                else:
+                    failed.add(live[node])
+            if len(usable) >= plan.min_holders:
+                new_arrays, train_metrics = strategy.aggregate_train(rnd, usable)
+        if new_arrays is not None:
+            arrays = new_arrays
+            releases += 1
+            if plan.releases_metrics:
+                eval_metrics = _evaluate(strategy, plan, rnd, arrays, config, grid, live, failed, timing)
+        else:
+            participants = []
+        dropped |= failed
+        report = RoundReport(
+            round=rnd, rounds=plan.rounds, aggregated=new_arrays is not None,
+            participants=tuple(sorted(participants)), failed=tuple(sorted(failed)),
+            loss=_get(eval_metrics, "loss"), accuracy=_get(eval_metrics, "accuracy"),
+            train_loss=_get(train_metrics, "train-loss") if plan.releases_metrics else None,
+            epsilon=epsilon_after_rounds(plan, releases) if plan.dp else None,
+            delta=plan.delta if plan.dp else None, seconds=time.monotonic() - started)
+        history.append(report)
+        if failed:
+            log.warning("round %d: holders %s gave no usable reply", rnd, ", ".join(sorted(failed)))
+        on_round(report)
+    if releases == 0:
+        raise TrainingError(f"no round had usable updates from at least {plan.min_holders} holders: no model")
+    return TrainingResult(params=tuple(from_array_record(arrays)), history=tuple(history), dropped=tuple(sorted(dropped)),
+                          epsilon=history[-1].epsilon, delta=history[-1].delta, plan_digest=plan.digest)
+
+
+def _evaluate(strategy: object, plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dict[str, str],
+              grid: Grid, live: dict[int, str], failed: set[str], timing: Timing) -> MetricRecord | None:
+    """Federated evaluation of ``arrays`` on every live holder's held-out rows; failures join ``failed``."""
+    messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))  # type: ignore[attr-defined]
+    replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
+    usable = []
+    for message in messages:
+        node = message.metadata.dst_node_id
+        if _usable_evaluation(replies.get(node)):
+            usable.append(replies[node])
+        else:
+            failed.add(live[node])
+    counted = [r for r in usable if float(next(iter(r.content.metric_records.values()))[NUM_EXAMPLES]) > 0]  # type: ignore[arg-type]
+    if len(counted) < plan.min_holders:
+        return None
+    return strategy.aggregate_evaluate(rnd, counted)  # type: ignore[attr-defined, no-any-return]
+
+
+def _get(metrics: MetricRecord | None, key: str) -> float | None:
+    if metrics is None or key not in metrics:
+        return None
+    return float(metrics[key])  # type: ignore[arg-type]

@@ -1,0 +1,45 @@
+"""One way to run a plan, two backends: the same ServerApp logic and ClientApp, in this process or over Flower's runtime.
+
+    backend.run(plan, partitions, *, on_round, should_stop) -> TrainingResult
+
+* ``InProcessBackend``: ServerApp, strategy and one ClientApp node per holder in
+  this process over a ``LocalGrid`` (no Ray, no subprocesses); a holder is a
+  ``Partition`` in memory.
+* ``DeploymentBackend``: a SuperLink and one SuperNode process per holder on
+  localhost; a holder is a ``Partition`` (written to a private file) or the path
+  of a partition file, and its SuperNode reads only that file.
+
+``on_round`` gets each round's ``RoundReport`` as it finishes (a holder that
+failed is named in it, and training goes on with the others); ``should_stop``
+is asked before each round and True makes ``run`` raise ``TrainingCancelled``.
+A run with no model raises ``TrainingError``. Only aggregates are returned:
+nothing returns a single holder's update or metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+from fl_server.data import Partition
+from fl_server.deployment import DeploymentBackend
+from fl_server.inprocess import InProcessBackend
+from fl_server.plan import TrainingPlan
+from fl_server.report import TrainingResult
+from fl_server.rounds import OnRound, ShouldStop
+
+Partitions = Mapping[str, Partition] | Mapping[str, Partition | str | os.PathLike[str]]
+
+
+class Backend(Protocol):
+    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition], *, on_round: OnRound,
+            should_stop: ShouldStop) -> TrainingResult: ...
+
+
+def never() -> bool:
+    """A ``should_stop`` that never stops."""
+    return False
+
+
+__all__ = ["Backend", "DeploymentBackend", "InProcessBackend", "Partitions", "never"]

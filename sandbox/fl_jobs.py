@@ -1,0 +1,248 @@
+"""Federated training jobs: policy and pricing before the start, a background run, progress, and the model.
+
+StartTraining checks the grant, builds the full plan from the pinned template
+and the caller's settings, prices the whole plan with the accountant (opendp)
+and reserves it in the call's transaction; the job starts only after that
+commits. A plan without DP has no finite epsilon: it is charged the grant's
+whole remaining budget, so a grant yields either one non-DP model or a series
+of DP ones. Revoking the grant stops the job before its next round and
+withholds the model; a cancelled job keeps its charge (never refunded).
+Data holders are the values of the dataset's declared partition column; in the
+embedded default each is a node in this process fed only its own rows.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fl_server
+from protos.sandbox.v1 import fl_pb2
+from sandbox import catalogue, fl_plans, grants, ledger, policy, serde
+from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
+from sandbox.dp_queries import ArrayCache
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.interceptor import Call, Deferred
+from sandbox.storage import Database
+
+TERMINAL = ("completed", "failed", "cancelled", "revoked")
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str
+    grant_id: str
+    plan: fl_server.TrainingPlan
+    charged: Budget
+    state: str = "starting"
+    message: str = ""
+    events: list[fl_pb2.TrainingEvent] = field(default_factory=list)
+    result: fl_server.TrainingResult | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def publish(self, event: fl_pb2.TrainingEvent, state: str | None = None) -> None:
+        with self.changed:
+            if state:
+                self.state = state
+            self.events.append(event)
+            self.changed.notify_all()
+
+
+def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
+    """The engine's plan: features scaled by their public bounds (one-hot for declared categories)."""
+    features = []
+    for name in template.features:
+        col = info.schema.column(name)
+        assert col is not None
+        if col.type is ColumnType.CATEGORICAL:
+            features.append(fl_server.Feature(name, categories=col.categories))
+        else:
+            assert col.lower is not None and col.upper is not None
+            features.append(fl_server.Feature(name, lower=col.lower, upper=col.upper))
+    for value in (s.learning_rate, s.fraction_per_round, s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta):
+        if not math.isfinite(value):
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings must be finite numbers")
+    try:
+        plan = fl_server.TrainingPlan(
+            features=tuple(features), label=fl_server.Label(template.label, template.label_threshold),
+            model=template.model, hidden_units=template.hidden_units or 16, rounds=s.rounds,
+            local_epochs=s.local_epochs, learning_rate=s.learning_rate,
+            clients_per_round=s.fraction_per_round or 1.0, strategy=s.strategy or "fedavg",
+            proximal_mu=s.proximal_mu, clipping_norm=s.clipping_norm or 1.0, noise_multiplier=s.noise_multiplier,
+            delta=s.delta or 1e-6, seed=secrets.randbelow(2**31),
+        )
+        return plan.validate()
+    except fl_server.PlanError as exc:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+class JobManager:
+    """Training jobs of this server process, each run in a thread of its own."""
+
+    def __init__(self, db: Database, cache: ArrayCache, backend: object | None = None) -> None:
+        self._db = db
+        self._cache = cache
+        self._backend = backend or fl_server.InProcessBackend()
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    # -- RPC entry points (called inside the boundary's transaction) --------------------------------------------
+
+    def start(self, call: Call, req: fl_pb2.StartTrainingRequest) -> Deferred:
+        call.annotate(grant_id=req.grant_id)
+        template = fl_plans.get(call.conn, req.plan_hash)
+        grant = policy.grant_if_grantee(call.conn, call.principal, req.grant_id)
+        sel = grant.terms.dataset(template.dataset) if grant is not None else None
+        info = catalogue.get_dataset(call.conn, sel.name, sel.version) if sel is not None else None
+        part_col = info.schema.partition_column if info else ""
+        auth = policy.check_call(call.conn, call.principal, req.grant_id, policy.CallContext(
+            Kind.FL_TRAINING, template.dataset, sel.version if sel else "", template.columns, req.plan_hash),
+            now_ms=call.now_ms, schema=info.schema if info else None)
+        call.annotate(scenario_id=auth.grant.terms.scenario_id)
+        assert info is not None
+        plan = build_plan(template, req.settings, info)
+        epsilon, delta = fl_server.plan_cost(plan)
+        remaining = auth.budget.remaining
+        if math.isinf(epsilon):  # no DP: no finite guarantee, so it takes everything that is left
+            cost = remaining
+            if cost.epsilon_nano == 0:
+                raise SandboxError(ErrorCode.BUDGET_EXHAUSTED, "remaining epsilon 0")
+        else:
+            if delta > 0 and auth.grant.terms.budget.delta_atto == 0:
+                raise SandboxError(ErrorCode.INVALID_ARGUMENT, "this grant has no delta budget for DP training")
+            cost = Budget(ledger.epsilon_to_nano(repr(epsilon), charge=True),
+                          ledger.delta_to_atto(repr(delta), charge=True))
+        ledger.reserve_in(call.conn, auth.grant.id, cost, quota=1)
+        call.record_charge(cost.epsilon_nano, cost.delta_atto)
+        job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost)
+
+        def launch() -> fl_pb2.StartTrainingResponse:
+            with self._lock:
+                self._jobs[job.id] = job
+            threading.Thread(target=self._run, args=(job, info, part_col), name=job.id, daemon=True).start()
+            return fl_pb2.StartTrainingResponse(job_id=job.id, reserved=serde.budget_to_pb(cost))
+
+        return Deferred(launch)
+
+    def job_of(self, call: Call, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.owner != call.principal.id:
+            raise SandboxError(ErrorCode.NOT_FOUND, "no such training job")
+        call.annotate(grant_id=job.grant_id)
+        return job
+
+    def watch(self, call: Call, job_id: str) -> Iterator[fl_pb2.TrainingEvent]:
+        job = self.job_of(call, job_id)
+
+        def events() -> Iterator[fl_pb2.TrainingEvent]:
+            sent = 0
+            while True:
+                with job.changed:
+                    while sent == len(job.events) and job.state not in TERMINAL:
+                        job.changed.wait(timeout=1.0)
+                    batch = job.events[sent:]
+                    done = job.state in TERMINAL and sent + len(batch) == len(job.events)
+                yield from batch
+                sent += len(batch)
+                if done:
+                    return
+
+        return events()
+
+    def result(self, call: Call, job_id: str) -> fl_pb2.GetTrainingResultResponse:
+        job = self.job_of(call, job_id)
+        grant = grants.get(call.conn, job.grant_id)
+        if grant is None or grant.revoked:
+            raise SandboxError(ErrorCode.GRANT_REVOKED, "the model is withheld")
+        if job.state != "completed" or job.result is None:
+            raise SandboxError(ErrorCode.SCENARIO_NOT_APPROVED if job.state in TERMINAL else ErrorCode.IN_PROGRESS,
+                               f"job is {job.state}")
+        res = job.result
+        final = res.final
+        metrics = [fl_pb2.Metric(name=k, value=float(v)) for k, v in (
+            ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", res.epsilon)) if v is not None]
+        return fl_pb2.GetTrainingResultResponse(
+            job_id=job.id, metrics=metrics, charged=serde.budget_to_pb(job.charged),
+            weights=[fl_pb2.Tensor(shape=list(p.shape), values=np.asarray(p, dtype=float).ravel().tolist())
+                     for p in res.params],
+            history=list(job.events))
+
+    def cancel(self, call: Call, job_id: str) -> fl_pb2.CancelTrainingResponse:
+        job = self.job_of(call, job_id)
+        job.cancel.set()
+        return fl_pb2.CancelTrainingResponse(state="cancelling" if job.state not in TERMINAL else job.state)
+
+    # -- the background run ----------------------------------------------------------------------------------------
+
+    def _partitions(self, plan: fl_server.TrainingPlan, info: DatasetInfo, part_col: str) -> dict[str, object]:
+        names = [f.column for f in plan.features] + [plan.label.column, part_col]
+        key = info.schema.person_key
+        cols = self._cache.columns(info, list(dict.fromkeys(names + ([key] if key else []))))
+        holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
+        parts: dict[str, object] = {}
+        for code, holder in enumerate(holders):
+            rows = np.flatnonzero(np.asarray(cols[part_col]) == code)
+            mine = {n: np.asarray(cols[n])[rows] for n in names}
+            parts[f"{part_col}={holder}"] = fl_server.prepare_partition(
+                plan, mine, groups=np.asarray(cols[key])[rows] if key else None, holder=holder)
+        return parts
+
+    def _revoked(self, grant_id: str) -> bool:
+        with self._db.read() as conn:
+            grant = grants.get(conn, grant_id)
+        return grant is None or grant.revoked or grant.terms.not_after_ms <= int(time.time() * 1000)
+
+    def _run(self, job: Job, info: DatasetInfo, part_col: str) -> None:
+        plan = job.plan
+
+        def on_round(r: fl_server.RoundReport) -> None:
+            job.publish(fl_pb2.TrainingEvent(
+                job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss or 0.0, accuracy=r.accuracy or 0.0,
+                epsilon_spent=r.epsilon or 0.0, participants=list(r.participants), dropped=list(r.failed),
+                state="running", message="" if not r.failed else f"{len(r.failed)} data holder(s) dropped out"),
+                state="running")
+
+        revoked = threading.Event()
+
+        def should_stop() -> bool:
+            if self._revoked(job.grant_id):
+                revoked.set()
+            return job.cancel.is_set() or revoked.is_set()
+
+        try:
+            job.result = self._backend.run(plan, self._partitions(plan, info, part_col),  # type: ignore[attr-defined]
+                                           on_round=on_round, should_stop=should_stop)
+            if self._revoked(job.grant_id):
+                job.result = None
+                self._end(job, "revoked", "the grant was revoked; the model is withheld")
+            else:
+                self._end(job, "completed", "training finished")
+        except fl_server.TrainingCancelled:
+            if revoked.is_set():
+                self._end(job, "revoked", "the grant was revoked; training stopped and the model is withheld")
+            else:
+                self._end(job, "cancelled", "cancelled by the researcher; the charge stands")
+        except fl_server.TrainingError as exc:
+            self._end(job, "failed", f"training produced no model: {exc}")
+        except Exception:  # noqa: BLE001 - a job must end with a state, never hang its watchers
+            import logging
+
+            logging.getLogger("sandbox.fl").exception("job %s failed", job.id)
+            self._end(job, "failed", "training failed")
+
+    @staticmethod
+    def _end(job: Job, state: str, message: str) -> None:
+        last = job.events[-1] if job.events else None
+        job.publish(fl_pb2.TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
+                                         loss=last.loss if last else 0.0, accuracy=last.accuracy if last else 0.0,
+                                         epsilon_spent=last.epsilon_spent if last else 0.0, state=state,
+                                         message=message), state=state)

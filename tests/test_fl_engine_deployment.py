@@ -1,0 +1,109 @@
+"""fl_server's deployment backend: a real SuperLink and SuperNode processes on localhost, and their clean-up.
+
+One full run (two holders, two rounds) takes about half a minute, most of it
+Flower's own polling (a SuperNode checks for work every 3 s and starts a
+ClientApp process per message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_server import DeploymentBackend, Partition, RoundReport, TrainingCancelled, save_partition
+from fl_server.deployment import _descendants, _EventReader, _Processes, _same_process
+from fl_server.model import evaluate
+from tests.test_fl_engine import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
+
+
+def live_descendants() -> list[tuple[int, str]]:
+    return [d for d in _descendants([os.getpid()]) if _same_process(*d)]
+
+
+@pytest.mark.slow
+def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np.ndarray]) -> None:
+    plan = dataclasses.replace(PLAN, rounds=2)
+    parts = site_partitions(plan, hie, ("1", "4"))
+    # one holder handed over as the file the sandbox writes for it, one in memory
+    save_partition(tmp_path / "holder-4.npz", parts["4"])
+    inputs: dict[str, Partition | Path] = {"1": parts["1"], "4": tmp_path / "holder-4.npz"}
+    reports: list[RoundReport] = []
+    backend = DeploymentBackend()
+    started = time.monotonic()
+    result = backend.run(plan, inputs, on_round=reports.append, should_stop=lambda: False)
+    total = time.monotonic() - started
+    print(f"\ndeployment: startup {backend.last_startup_seconds:.1f} s, rounds "
+          f"{', '.join(f'{r.seconds:.1f}' for r in reports)} s, total {total:.1f} s")
+    assert [r.round for r in reports] == [1, 2] and list(result.history) == reports
+    assert all(r.participants == ("1", "4") and r.failed == () and r.aggregated for r in reports)
+    _, _, x_eval, y_eval = pooled(parts)
+    final = evaluate(plan, list(result.params), x_eval, y_eval)
+    assert result.final.accuracy == pytest.approx(final.accuracy, abs=1e-12)
+    assert final.accuracy > 0.58
+    assert result.plan_digest == plan.digest and result.dropped == ()
+    assert live_descendants() == [], "a runtime process outlived the run"
+
+
+@pytest.mark.slow
+def test_should_stop_reaches_the_server_app_and_cancels(hie: dict[str, np.ndarray]) -> None:
+    parts = site_partitions(PLAN, hie, ("2", "5"))
+    reports: list[RoundReport] = []
+    with pytest.raises(TrainingCancelled) as info:
+        DeploymentBackend().run(PLAN, parts, on_round=reports.append, should_stop=lambda: True)
+    assert info.value.rounds_completed == 0 and reports == []
+    assert live_descendants() == []
+
+
+def test_holder_ids_must_be_safe_for_a_node_config() -> None:
+    with pytest.raises(TypeError, match="holder ids"):
+        DeploymentBackend().run(PLAN, {"a' b": Partition.of(np.zeros((2, 10)), np.zeros(2))},
+                                on_round=lambda r: None, should_stop=lambda: False)
+
+
+def test_processes_and_what_they_started_are_stopped(tmp_path: Path) -> None:
+    """A started process whose child detaches into its own session (as Flower's SuperExec does) leaves nothing."""
+    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+             "start_new_session=True); time.sleep(60)")
+    procs = _Processes(dict(os.environ), tmp_path)
+    procs.start("parent", [sys.executable, "-c", child])
+    deadline = time.monotonic() + 10
+    while len(live_descendants()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(live_descendants()) == 2
+    procs.stop(grace=2.0)
+    assert live_descendants() == []
+
+
+def test_event_reader_returns_complete_lines_only(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    reader = _EventReader(path)
+    assert reader.read() == []
+    with path.open("w") as fh:
+        fh.write(json.dumps({"event": "started"}) + "\n" + '{"event": "ro')
+    assert reader.read() == [{"event": "started"}]
+    with path.open("a") as fh:
+        fh.write('und"}\n')
+    assert reader.read() == [{"event": "round"}]
+
+
+def test_server_app_reports_a_bad_plan_as_an_error_event(tmp_path: Path) -> None:
+    """The ServerApp never crashes silently: a bad run file becomes an ``error`` event with a public message."""
+    code = (
+        "import sys\n"
+        "from flwr.app import Context, RecordDict\n"
+        "from fl_server.app.server_app import main\n"
+        "main(None, Context(run_id=0, node_id=1, node_config={}, state=RecordDict(),"
+        " run_config={'work-dir': sys.argv[1]}))\n")
+    (tmp_path / "run.json").write_text(json.dumps({"plan": {"rounds": 0}, "holders": [], "timing": {}}))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, timeout=60)
+    events = _EventReader(tmp_path / "progress.jsonl").read()
+    assert [e["event"] for e in events] == ["started", "error"]
+    assert events[1]["kind"] == "PlanError" and events[1]["message"] == "malformed plan document"
