@@ -98,7 +98,8 @@ def _held_out(ids: np.ndarray, fraction: float, seed: int, holder: str) -> np.nd
         return np.zeros(ids.shape[0], dtype=bool)
     unique, inverse = np.unique(ids, return_inverse=True)
     rng = np.random.default_rng([seed, zlib.crc32(holder.encode())])
-    return (rng.random(unique.shape[0]) < fraction)[inverse]
+    held = np.less(rng.random(unique.shape[0]), fraction)
+    return np.asarray(held[inverse], dtype=bool)
 
 
 def save_partition(path: str | os.PathLike[str], partition: Partition) -> None:

@@ -201,8 +201,9 @@ class DeploymentBackend:
 
     def __init__(self, *, host: str = "127.0.0.1",
                  timing: Timing = Timing(round_timeout=120.0, connect_timeout=60.0, poll_interval=0.2),
-                 startup_timeout: float = 60.0, stop_grace: float = 5.0) -> None:
-        self.host, self.timing = host, timing
+                 startup_timeout: float = 60.0, stop_grace: float = 5.0, log_dir: Path | None = None) -> None:
+        """``log_dir``: where the runtime processes' logs go and stay (default: the work directory, removed)."""
+        self.host, self.timing, self.log_dir = host, timing, log_dir
         self.startup_timeout, self.stop_grace = startup_timeout, stop_grace
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None
@@ -218,8 +219,9 @@ class DeploymentBackend:
         procs: _Processes | None = None
         try:
             env = self._environment(work)
-            (work / "logs").mkdir()
-            procs = _Processes(env, work / "logs")
+            logs = self.log_dir or work / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            procs = _Processes(env, logs)
             paths = self._write_inputs(work, plan, partitions)
             return self._run(plan, holders, paths, work, procs, on_round, should_stop)
         finally:

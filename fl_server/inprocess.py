@@ -75,7 +75,8 @@ class LocalGrid(Grid):
             except Exception as exc:  # a holder's failure is a reply, never the server's crash
                 log.warning("holder %s: %s while handling a %s message", holder_of(context), type(exc).__name__,
                             message.metadata.message_type, exc_info=log.isEnabledFor(logging.DEBUG))
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=type(exc).__name__), reply_to=delivered)
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=type(exc).__name__)
+                reply = Message(error, reply_to=delivered)
             reply.metadata.__dict__["_src_node_id"] = context.node_id
             self._replies[message_id] = copy.deepcopy(reply)
             ids.append(message_id)

@@ -126,7 +126,8 @@ class TrainingPlan:
         """The inverse of ``to_dict``; raises PlanError on a malformed document (then call ``validate``)."""
         try:
             doc = dict(d)
-            features = tuple(Feature(**{**f, "categories": tuple(f.get("categories", ()))}) for f in doc.pop("features"))
+            features = tuple(Feature(**{**f, "categories": tuple(f.get("categories", ()))})
+                             for f in doc.pop("features"))
             label = Label(**doc.pop("label"))
             return cls(features=features, label=label, **doc)
         except (TypeError, KeyError, AttributeError) as exc:

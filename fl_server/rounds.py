@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.run import Run
 
 from fl_server.accounting import epsilon_after_rounds
@@ -169,7 +170,7 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         raise TrainingError(f"only {len(registry.node_of)} of {len(holders)} holders connected; "
                             f"the plan needs {plan.min_holders}")
     strategy, inner = build_strategy(plan)
-    config = {PLAN_KEY: plan.canonical().decode()}
+    config: dict[str, ConfigRecordValues] = {PLAN_KEY: plan.canonical().decode()}
     arrays = to_array_record(init_params(plan))
     history: list[RoundReport] = []
     dropped: set[str] = set()
@@ -221,14 +222,16 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         on_round(report)
     if releases == 0:
         raise TrainingError(f"no round had usable updates from at least {plan.min_holders} holders: no model")
-    return TrainingResult(params=tuple(from_array_record(arrays)), history=tuple(history), dropped=tuple(sorted(dropped)),
-                          epsilon=history[-1].epsilon, delta=history[-1].delta, plan_digest=plan.digest)
+    return TrainingResult(params=tuple(from_array_record(arrays)), history=tuple(history),
+                          dropped=tuple(sorted(dropped)), epsilon=history[-1].epsilon, delta=history[-1].delta,
+                          plan_digest=plan.digest)
 
 
-def _evaluate(strategy: object, plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dict[str, str],
+def _evaluate(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord,
+              config: dict[str, ConfigRecordValues],
               grid: Grid, live: dict[int, str], failed: set[str], timing: Timing) -> MetricRecord | None:
     """Federated evaluation of ``arrays`` on every live holder's held-out rows; failures join ``failed``."""
-    messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))  # type: ignore[attr-defined]
+    messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))
     replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
     usable = []
     for message in messages:
@@ -237,10 +240,14 @@ def _evaluate(strategy: object, plan: TrainingPlan, rnd: int, arrays: ArrayRecor
             usable.append(replies[node])
         else:
             failed.add(live[node])
-    counted = [r for r in usable if float(next(iter(r.content.metric_records.values()))[NUM_EXAMPLES]) > 0]  # type: ignore[arg-type]
+    counted = [r for r in usable if _rows(r) > 0]
     if len(counted) < plan.min_holders:
         return None
-    return strategy.aggregate_evaluate(rnd, counted)  # type: ignore[attr-defined, no-any-return]
+    return strategy.aggregate_evaluate(rnd, counted)
+
+
+def _rows(reply: Message) -> float:
+    return float(next(iter(reply.content.metric_records.values()))[NUM_EXAMPLES])  # type: ignore[arg-type]
 
 
 def _get(metrics: MetricRecord | None, key: str) -> float | None:

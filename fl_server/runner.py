@@ -1,4 +1,4 @@
-"""One way to run a plan, two backends: the same ServerApp logic and ClientApp, in this process or over Flower's runtime.
+"""One way to run a plan, two backends: the same driver and ClientApp, in this process or over Flower's runtime.
 
     backend.run(plan, partitions, *, on_round, should_stop) -> TrainingResult
 

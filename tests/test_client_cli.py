@@ -161,16 +161,16 @@ def test_apply_review_approve_verify_and_revoke(run: Run, tmp_path: Path) -> Non
 def test_apply_from_a_file_over_two_datasets_and_reject(run: Run, tmp_path: Path) -> None:
     import_census(run)
     assert run("import", SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz").exit_code == 0
-    lab = enrolled(run, tmp_path, "Lab", role="researcher")
+    lab = enrolled(run, tmp_path, "Office", role="applicant")
     app_file = tmp_path / "application.toml"
-    app_file.write_text('title = "Income model"\npurpose = "Train a model"\nlegal_basis = "Consent"\n'
-                        f'kind = "FL_TRAINING"\nepsilon = 2\ndays = 10\nquota = 5\nmodel_hash = "{"ab" * 32}"\n'
+    app_file.write_text('title = "Income model"\npurpose = "Compare ages"\nlegal_basis = "Consent"\n'
+                        'kind = "DP_QUERY"\nepsilon = 2\ndays = 10\nquota = 5\n'
                         '[datasets]\nadult_census = ["age", "education_num"]\ncredit_default = ["AGE"]\n')
     r = run("apply", "--file", app_file, "--title", "Income model v2", key=lab)
     assert r.exit_code == 0, r.output
     scenario_id = found(r"s-[0-9a-f]+", r.output).group(0)
     detail = run("status", scenario_id, key=lab).output
-    for text in ("Income model v2", "FL_TRAINING", "epsilon 2, delta 0", "ab" * 32):
+    for text in ("Income model v2", "DP_QUERY", "epsilon 2, delta 0"):
         assert text in detail, text
     # One line per dataset in the review.
     found(r"│ adult_census \(\w+\): age, education_num\s+│\n│\s+│ credit_default \(\w+\): AGE\s+│",

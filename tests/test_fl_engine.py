@@ -518,7 +518,7 @@ def test_local_grid_isolates_nodes_and_turns_exceptions_into_error_replies() -> 
     messages = [Message(content, dst_node_id=n, message_type="train") for n in grid.get_node_ids()]
     replies = list(grid.send_and_receive(messages))
     assert len(replies) == 2 and all(r.has_error() for r in replies)
-    assert all("secret" not in r.error.reason for r in replies)
+    assert all("secret" not in str(r.error.reason) for r in replies)
     assert len(set(seen)) == 2  # one Context per node
     assert {r.metadata.src_node_id for r in replies} == set(grid.get_node_ids())
 
