@@ -58,7 +58,9 @@ def train(
             for e in client.watch_training(job):
                 last = e
                 if e.state == "running":
-                    info = f"loss {e.loss:.4f} accuracy {e.accuracy:.3f} epsilon {e.epsilon_spent:.3f}"
+                    metrics = ("metrics withheld" if e.loss is None or e.accuracy is None
+                               else f"loss {e.loss:.4f} accuracy {e.accuracy:.3f}")
+                    info = f"{metrics} epsilon {e.epsilon_spent:.3f}"
                     if e.dropped:
                         info += f" [dropped: {', '.join(e.dropped)}]"
                     bar.update(task, completed=e.round, info=info)
@@ -67,7 +69,8 @@ def train(
         summary = table("field", "value", title=f"job {job}: {last.state}")
         row(summary, "state", f"{last.state}: {last.message}")
         row(summary, "rounds", f"{last.round} of {last.rounds}")
-        row(summary, "federated loss / accuracy", f"{last.loss:.4f} / {last.accuracy:.3f}")
+        row(summary, "federated loss / accuracy", "withheld under DP" if last.loss is None or last.accuracy is None
+            else f"{last.loss:.4f} / {last.accuracy:.3f}")
         row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}")
         if last.state == "completed":
             res = client.training_result(job)

@@ -150,7 +150,8 @@ def query_estimate(r: dp_pb2.EstimateQueryResponse) -> t.QueryEstimate:
 
 
 def training_event(e: fl_pb2.TrainingEvent) -> t.TrainingEvent:
-    return t.TrainingEvent(e.job_id, e.round, e.rounds, e.loss, e.accuracy, e.epsilon_spent, tuple(e.participants),
+    return t.TrainingEvent(e.job_id, e.round, e.rounds, e.loss if e.HasField("loss") else None,
+                           e.accuracy if e.HasField("accuracy") else None, e.epsilon_spent, tuple(e.participants),
                            tuple(e.dropped), e.state, e.message)
 
 

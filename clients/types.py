@@ -220,8 +220,8 @@ class TrainingEvent:
     job_id: str
     round: int
     rounds: int
-    loss: float
-    accuracy: float
+    loss: float | None  # None when withheld (under DP the per-round metrics are not covered by epsilon)
+    accuracy: float | None
     epsilon_spent: float
     participants: tuple[str, ...]
     dropped: tuple[str, ...]  # data holders that failed this round

@@ -206,7 +206,7 @@ class JobManager:
 
         def on_round(r: fl_server.RoundReport) -> None:
             job.publish(fl_pb2.TrainingEvent(
-                job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss or 0.0, accuracy=r.accuracy or 0.0,
+                job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss, accuracy=r.accuracy,
                 epsilon_spent=r.epsilon or 0.0, participants=list(r.participants), dropped=list(r.failed),
                 state="running", message="" if not r.failed else f"{len(r.failed)} data holder(s) dropped out"),
                 state="running")
@@ -242,7 +242,8 @@ class JobManager:
     @staticmethod
     def _end(job: Job, state: str, message: str) -> None:
         last = job.events[-1] if job.events else None
-        job.publish(fl_pb2.TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
-                                         loss=last.loss if last else 0.0, accuracy=last.accuracy if last else 0.0,
-                                         epsilon_spent=last.epsilon_spent if last else 0.0, state=state,
-                                         message=message), state=state)
+        event = fl_pb2.TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
+                                     epsilon_spent=last.epsilon_spent if last else 0.0, state=state, message=message)
+        if last is not None and last.HasField("loss"):
+            event.loss, event.accuracy = last.loss, last.accuracy
+        job.publish(event, state=state)

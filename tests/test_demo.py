@@ -24,5 +24,7 @@ def test_demo_runs_end_to_end() -> None:
     import re
     diff = re.search(r"Largest absolute difference between the two sets of logits: (\S+)\.", text)
     assert diff is not None and float(diff.group(1)) < 1e-3
+    assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
+    assert "charged epsilon" in text and "withheld" in text
     assert "audit log OK" in text
     assert "Traceback" not in text + out.stderr

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.sandbox.v1 import common_pb2 as protos_dot_sandbox_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/fl.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"~\n\x0cPlanTemplate\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x17\n\x0flabel_threshold\x18\x05 \x01(\x01\x12\x14\n\x0chidden_units\x18\x06 \x01(\r\"A\n\x13RegisterPlanRequest\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\")\n\x14RegisterPlanResponse\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"\xd2\x01\n\x10TrainingSettings\x12\x0e\n\x06rounds\x18\x01 \x01(\r\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x1a\n\x12\x66raction_per_round\x18\x04 \x01(\x01\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x15\n\rclipping_norm\x18\x07 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\t \x01(\x01\"k\n\x14StartTrainingRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12.\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\"T\n\x15StartTrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08reserved\x18\x02 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"&\n\x14WatchTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xbc\x01\n\rTrainingEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x03(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\t\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"*\n\x18GetTrainingResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcd\x01\n\x19GetTrainingResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07weights\x18\x02 \x03(\x0b\x32\x12.sandbox.v1.Tensor\x12#\n\x07metrics\x18\x03 \x03(\x0b\x32\x12.sandbox.v1.Metric\x12*\n\x07history\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.TrainingEvent\x12*\n\x07\x63harged\x18\x05 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"\'\n\x15\x43\x61ncelTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x16\x43\x61ncelTrainingResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xc7\x03\n\x11\x46lTrainingService\x12Q\n\x0cRegisterPlan\x12\x1f.sandbox.v1.RegisterPlanRequest\x1a .sandbox.v1.RegisterPlanResponse\x12T\n\rStartTraining\x12 .sandbox.v1.StartTrainingRequest\x1a!.sandbox.v1.StartTrainingResponse\x12N\n\rWatchTraining\x12 .sandbox.v1.WatchTrainingRequest\x1a\x19.sandbox.v1.TrainingEvent0\x01\x12`\n\x11GetTrainingResult\x12$.sandbox.v1.GetTrainingResultRequest\x1a%.sandbox.v1.GetTrainingResultResponse\x12W\n\x0e\x43\x61ncelTraining\x12!.sandbox.v1.CancelTrainingRequest\x1a\".sandbox.v1.CancelTrainingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/fl.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"~\n\x0cPlanTemplate\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x17\n\x0flabel_threshold\x18\x05 \x01(\x01\x12\x14\n\x0chidden_units\x18\x06 \x01(\r\"A\n\x13RegisterPlanRequest\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\")\n\x14RegisterPlanResponse\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"\xd2\x01\n\x10TrainingSettings\x12\x0e\n\x06rounds\x18\x01 \x01(\r\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x1a\n\x12\x66raction_per_round\x18\x04 \x01(\x01\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x15\n\rclipping_norm\x18\x07 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\t \x01(\x01\"k\n\x14StartTrainingRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12.\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\"T\n\x15StartTrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08reserved\x18\x02 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"&\n\x14WatchTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xdc\x01\n\rTrainingEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x11\n\x04loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x03(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\tB\x07\n\x05_lossB\x0b\n\t_accuracy\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"*\n\x18GetTrainingResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcd\x01\n\x19GetTrainingResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07weights\x18\x02 \x03(\x0b\x32\x12.sandbox.v1.Tensor\x12#\n\x07metrics\x18\x03 \x03(\x0b\x32\x12.sandbox.v1.Metric\x12*\n\x07history\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.TrainingEvent\x12*\n\x07\x63harged\x18\x05 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"\'\n\x15\x43\x61ncelTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x16\x43\x61ncelTrainingResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xc7\x03\n\x11\x46lTrainingService\x12Q\n\x0cRegisterPlan\x12\x1f.sandbox.v1.RegisterPlanRequest\x1a .sandbox.v1.RegisterPlanResponse\x12T\n\rStartTraining\x12 .sandbox.v1.StartTrainingRequest\x1a!.sandbox.v1.StartTrainingResponse\x12N\n\rWatchTraining\x12 .sandbox.v1.WatchTrainingRequest\x1a\x19.sandbox.v1.TrainingEvent0\x01\x12`\n\x11GetTrainingResult\x12$.sandbox.v1.GetTrainingResultRequest\x1a%.sandbox.v1.GetTrainingResultResponse\x12W\n\x0e\x43\x61ncelTraining\x12!.sandbox.v1.CancelTrainingRequest\x1a\".sandbox.v1.CancelTrainingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,19 +47,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHTRAININGREQUEST']._serialized_start=720
   _globals['_WATCHTRAININGREQUEST']._serialized_end=758
   _globals['_TRAININGEVENT']._serialized_start=761
-  _globals['_TRAININGEVENT']._serialized_end=949
-  _globals['_TENSOR']._serialized_start=951
-  _globals['_TENSOR']._serialized_end=990
-  _globals['_METRIC']._serialized_start=992
-  _globals['_METRIC']._serialized_end=1029
-  _globals['_GETTRAININGRESULTREQUEST']._serialized_start=1031
-  _globals['_GETTRAININGRESULTREQUEST']._serialized_end=1073
-  _globals['_GETTRAININGRESULTRESPONSE']._serialized_start=1076
-  _globals['_GETTRAININGRESULTRESPONSE']._serialized_end=1281
-  _globals['_CANCELTRAININGREQUEST']._serialized_start=1283
-  _globals['_CANCELTRAININGREQUEST']._serialized_end=1322
-  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1324
-  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1363
-  _globals['_FLTRAININGSERVICE']._serialized_start=1366
-  _globals['_FLTRAININGSERVICE']._serialized_end=1821
+  _globals['_TRAININGEVENT']._serialized_end=981
+  _globals['_TENSOR']._serialized_start=983
+  _globals['_TENSOR']._serialized_end=1022
+  _globals['_METRIC']._serialized_start=1024
+  _globals['_METRIC']._serialized_end=1061
+  _globals['_GETTRAININGRESULTREQUEST']._serialized_start=1063
+  _globals['_GETTRAININGRESULTREQUEST']._serialized_end=1105
+  _globals['_GETTRAININGRESULTRESPONSE']._serialized_start=1108
+  _globals['_GETTRAININGRESULTRESPONSE']._serialized_end=1313
+  _globals['_CANCELTRAININGREQUEST']._serialized_start=1315
+  _globals['_CANCELTRAININGREQUEST']._serialized_end=1354
+  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1356
+  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1395
+  _globals['_FLTRAININGSERVICE']._serialized_start=1398
+  _globals['_FLTRAININGSERVICE']._serialized_end=1853
 # @@protoc_insertion_point(module_scope)

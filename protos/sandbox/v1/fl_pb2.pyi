@@ -228,6 +228,7 @@ class TrainingEvent(_message.Message):
     round: _builtins.int
     rounds: _builtins.int
     loss: _builtins.float
+    """federated evaluation; absent when withheld (under DP, not covered by epsilon)"""
     accuracy: _builtins.float
     epsilon_spent: _builtins.float
     state: _builtins.str
@@ -247,19 +248,26 @@ class TrainingEvent(_message.Message):
         job_id: _builtins.str = ...,
         round: _builtins.int = ...,
         rounds: _builtins.int = ...,
-        loss: _builtins.float = ...,
-        accuracy: _builtins.float = ...,
+        loss: _builtins.float | None = ...,
+        accuracy: _builtins.float | None = ...,
         epsilon_spent: _builtins.float = ...,
         participants: _abc.Iterable[_builtins.str] | None = ...,
         dropped: _abc.Iterable[_builtins.str] | None = ...,
         state: _builtins.str = ...,
         message: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_loss", b"_loss", "accuracy", b"accuracy", "loss", b"loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "dropped", b"dropped", "epsilon_spent", b"epsilon_spent", "job_id", b"job_id", "loss", b"loss", "message", b"message", "participants", b"participants", "round", b"round", "rounds", b"rounds", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_loss", b"_loss", "accuracy", b"accuracy", "dropped", b"dropped", "epsilon_spent", b"epsilon_spent", "job_id", b"job_id", "loss", b"loss", "message", b"message", "participants", b"participants", "round", b"round", "rounds", b"rounds", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__loss: _TypeAlias = _typing.Literal["loss"]  # noqa: Y015
+    _WhichOneofArgType__loss: _TypeAlias = _typing.Literal["_loss", b"_loss"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__loss) -> _WhichOneofReturnType__loss | None: ...
 
 Global___TrainingEvent: _TypeAlias = TrainingEvent  # noqa: Y015
 
