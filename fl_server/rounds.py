@@ -101,21 +101,30 @@ class _View(Grid):
 
 
 class _Holders:
-    """Which node serves which holder, learnt by asking each new node (a Flower "query" message)."""
+    """Which node serves which holder, learnt by asking each new node (a Flower "query" message).
+
+    A node that does not answer is asked again at the next chance, up to ``ATTEMPTS`` times in all.
+    """
+
+    ATTEMPTS = 3
 
     def __init__(self, expected: Sequence[str]) -> None:
         self.expected = tuple(expected)
         self.node_of: dict[str, int] = {}
-        self.asked: set[int] = set()
+        self.answered: set[int] = set()
+        self.attempts: dict[int, int] = {}
 
     def identify(self, grid: Grid, timing: Timing) -> None:
-        new = [n for n in grid.get_node_ids() if n not in self.asked]
-        if not new:
+        ask = [n for n in grid.get_node_ids()
+               if n not in self.answered and self.attempts.get(n, 0) < self.ATTEMPTS]
+        if not ask:
             return
-        self.asked.update(new)
+        for n in ask:
+            self.attempts[n] = self.attempts.get(n, 0) + 1
         messages = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.QUERY)
-                    for n in new]
+                    for n in ask]
         for node, reply in exchange(grid, messages, timing.round_timeout, timing.poll_interval).items():
+            self.answered.add(node)
             if reply.has_error() or ROLL_CALL not in reply.content.config_records:
                 continue
             holder = str(reply.content.config_records[ROLL_CALL].get("id", ""))
@@ -183,31 +192,20 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         registry.identify(grid, timing)
         live = registry.connected(grid)
         failed = {h for h in holders if h not in live.values()}
-        participants: list[str] = []
         new_arrays, train_metrics, eval_metrics = None, None, None
-        size = plan.sample_size(len(live))
+        participants: list[str] = []
         if len(live) >= plan.min_holders:
-            view = _View(grid, list(live))
-            set_sampling(inner, min(size, len(live)), len(live) if plan.releases_metrics else 0, len(live))
-            messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), view))
-            replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
-            usable = []
-            for message in messages:
-                node = message.metadata.dst_node_id
-                if _usable_update(plan, replies.get(node)):
-                    usable.append(replies[node])
-                    participants.append(live[node])
-                else:
-                    failed.add(live[node])
-            if len(usable) >= plan.min_holders:
-                new_arrays, train_metrics = strategy.aggregate_train(rnd, usable)
+            set_sampling(inner, min(plan.sample_size(len(live)), len(live)),
+                         len(live) if plan.releases_metrics else 0, len(live))
+            new_arrays, train_metrics, participants = _train(strategy, plan, rnd, arrays, config, grid, live,
+                                                             failed, timing)
         if new_arrays is not None:
             arrays = new_arrays
             releases += 1
             if plan.releases_metrics:
-                eval_metrics = _evaluate(strategy, plan, rnd, arrays, config, grid, live, failed, timing)
-        else:
-            participants = []
+                # a holder whose update did not come is likely down: do not wait for it twice
+                answering = {node: h for node, h in live.items() if h not in failed}
+                eval_metrics = _evaluate(strategy, plan, rnd, arrays, config, grid, answering, failed, timing)
         dropped |= failed
         report = RoundReport(
             round=rnd, rounds=plan.rounds, aggregated=new_arrays is not None,
@@ -225,6 +223,27 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
     return TrainingResult(params=tuple(from_array_record(arrays)), history=tuple(history),
                           dropped=tuple(sorted(dropped)), epsilon=history[-1].epsilon, delta=history[-1].delta,
                           plan_digest=plan.digest)
+
+
+def _train(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord,
+           config: dict[str, ConfigRecordValues], grid: Grid, live: dict[int, str], failed: set[str],
+           timing: Timing) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
+    """One training step: the new global model (None unless ``min_holders`` usable updates came), the
+    training metrics, and the holders in the aggregate; holders without a usable update join ``failed``."""
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))
+    replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
+    usable, participants = [], []
+    for message in messages:
+        node = message.metadata.dst_node_id
+        if _usable_update(plan, replies.get(node)):
+            usable.append(replies[node])
+            participants.append(live[node])
+        else:
+            failed.add(live[node])
+    if len(usable) < plan.min_holders:
+        return None, None, []
+    new_arrays, metrics = strategy.aggregate_train(rnd, usable)
+    return new_arrays, metrics, participants if new_arrays is not None else []
 
 
 def _evaluate(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord,

@@ -30,6 +30,7 @@ class ServerConfig:
     min_public_weights: int = 3
     he_workers: int = 2
     he_context_ttl_seconds: int = 3600
+    fl_backend: str = "in-process"  # or "deployment": a SuperLink and one SuperNode process per data holder
 
     # Files inside the data directory.
     @property

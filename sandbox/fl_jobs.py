@@ -84,6 +84,15 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
+def backend_for(name: str) -> object:
+    """The training backend a deployment chose: in-process nodes, or Flower's SuperLink/SuperNode runtime."""
+    if name == "in-process":
+        return fl_server.InProcessBackend()
+    if name == "deployment":
+        return fl_server.DeploymentBackend()
+    raise ValueError(f"setting fl_backend: expected in-process or deployment, got {name!r}")
+
+
 class JobManager:
     """Training jobs of this server process, each run in a thread of its own."""
 
@@ -192,7 +201,7 @@ class JobManager:
         for code, holder in enumerate(holders):
             rows = np.flatnonzero(np.asarray(cols[part_col]) == code)
             mine = {n: np.asarray(cols[n])[rows] for n in names}
-            parts[f"{part_col}={holder}"] = fl_server.prepare_partition(
+            parts[f"{part_col}-{holder}"] = fl_server.prepare_partition(
                 plan, mine, groups=np.asarray(cols[key])[rows] if key else None, holder=holder)
         return parts
 
