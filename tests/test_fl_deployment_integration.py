@@ -1,0 +1,41 @@
+"""Through the sandbox with Flower's deployment runtime: a SuperLink and one SuperNode process per RAND site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import ResearcherClient
+from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
+
+FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
+
+
+@pytest.mark.slow
+def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
+    sbx = start_sandbox(tmp_path, fl_backend="deployment")
+    try:
+        admin = sbx.admin()
+        admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
+        lab = enrol_client(admin, sbx, ResearcherClient, "Lab", ["researcher"])
+        plan = lab.register_plan(dataset="rand_hie", features=FEATURES, label="meddol", label_threshold=35.0)  # type: ignore[attr-defined]
+        s = lab.apply(title="Spending model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
+                      kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, "meddol"]}, model_hash=plan,
+                      epsilon=50, delta="1e-5", quota=2)
+        grant = admin.approve(s.id).grant
+        assert grant is not None
+        job = lab.start_training(grant.id, plan, rounds=2, learning_rate=0.5)  # type: ignore[attr-defined]
+        events = list(lab.watch_training(job, timeout=300))  # type: ignore[attr-defined]
+        assert events[-1].state == "completed", events[-1].message
+        running = [e for e in events if e.state == "running"]
+        assert [e.round for e in running] == [1, 2]
+        assert len(running[-1].participants) == 6 and not running[-1].dropped  # six SuperNodes took part
+        result = lab.training_result(job)  # type: ignore[attr-defined]
+        assert all(np.all(np.isfinite(w)) for w in result.weights)
+        assert 0.5 < result.metrics["accuracy"] <= 1.0
+        for c in (admin, lab):
+            c.close()  # type: ignore[attr-defined]
+    finally:
+        sbx.stop()
