@@ -310,7 +310,8 @@ class DeploymentBackend:
         events = _EventReader(work / PROGRESS_FILE)
         t = self.timing
         start_by = time.monotonic() + self.startup_timeout
-        finish_by = start_by + t.connect_timeout + plan.rounds * 2 * (t.round_timeout + 10.0) + 30.0
+        roll_calls = 3 * t.round_timeout  # a silent node is asked up to three times
+        finish_by = start_by + t.connect_timeout + roll_calls + plan.rounds * 2 * (t.round_timeout + 10.0) + 30.0
         history: list[RoundReport] = []
         running = False
         while True:

@@ -34,7 +34,7 @@ from fl_server.plan import TrainingPlan
 
 
 class OpenDpFixedClipping(DifferentialPrivacyServerSideFixedClipping):
-    """Clip each update to ``plan.clipping_norm`` (Flower's code), add opendp noise to their sum, average."""
+    """Clip each update to ``plan.clipping_norm``, sum the clipped updates, add opendp's noise, average."""
 
     def __init__(self, strategy: FedAvg, plan: TrainingPlan) -> None:
         if strategy.weighted_by_key != UNIT_WEIGHT:

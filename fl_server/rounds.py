@@ -5,9 +5,10 @@ a roll call maps Flower node ids to holder ids (each node's ClientApp knows
 its holder from its node config); each round samples from the nodes connected
 now, sends the strategy's train messages, keeps only usable replies (no error,
 the plan's shapes, finite numbers), aggregates when at least ``min_holders``
-updates came, and evaluates the new model on every holder's held-out rows. A
-holder that fails is named in that round's report; training goes on with the
-others. ``should_stop`` is asked before every round.
+updates came, and evaluates the new model on the held-out rows of every holder
+that answered (only if the plan releases metrics). A holder that fails is named
+in that round's report; training goes on with the others. ``should_stop`` is
+asked before every round.
 
 The same function runs in this process (InProcessBackend, over a LocalGrid) and
 in Flower's ``flwr-serverapp`` process (DeploymentBackend, over the SuperLink).
@@ -195,8 +196,7 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         new_arrays, train_metrics, eval_metrics = None, None, None
         participants: list[str] = []
         if len(live) >= plan.min_holders:
-            set_sampling(inner, min(plan.sample_size(len(live)), len(live)),
-                         len(live) if plan.releases_metrics else 0, len(live))
+            set_sampling(inner, len(live), train=min(plan.sample_size(len(live)), len(live)))
             new_arrays, train_metrics, participants = _train(strategy, plan, rnd, arrays, config, grid, live,
                                                              failed, timing)
         if new_arrays is not None:
@@ -205,6 +205,7 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
             if plan.releases_metrics:
                 # a holder whose update did not come is likely down: do not wait for it twice
                 answering = {node: h for node, h in live.items() if h not in failed}
+                set_sampling(inner, len(answering), evaluate=len(answering))
                 eval_metrics = _evaluate(strategy, plan, rnd, arrays, config, grid, answering, failed, timing)
         dropped |= failed
         report = RoundReport(

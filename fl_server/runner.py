@@ -18,7 +18,6 @@ nothing returns a single holder's update or metrics.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -29,17 +28,12 @@ from fl_server.plan import TrainingPlan
 from fl_server.report import TrainingResult
 from fl_server.rounds import OnRound, ShouldStop
 
-Partitions = Mapping[str, Partition] | Mapping[str, Partition | str | os.PathLike[str]]
-
 
 class Backend(Protocol):
+    """What the sandbox calls; both backends fit it."""
+
     def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition], *, on_round: OnRound,
             should_stop: ShouldStop) -> TrainingResult: ...
 
 
-def never() -> bool:
-    """A ``should_stop`` that never stops."""
-    return False
-
-
-__all__ = ["Backend", "DeploymentBackend", "InProcessBackend", "Partitions", "never"]
+__all__ = ["Backend", "DeploymentBackend", "InProcessBackend"]

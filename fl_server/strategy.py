@@ -48,14 +48,14 @@ def build_strategy(plan: TrainingPlan) -> tuple[Strategy, FedAvg]:
     return (OpenDpFixedClipping(inner, plan) if plan.dp else inner), inner
 
 
-def set_sampling(inner: FedAvg, train: int, evaluate: int, connected: int) -> None:
-    """Make the next configure_train ask exactly ``train`` of ``connected`` nodes, configure_evaluate ``evaluate``.
+def set_sampling(inner: FedAvg, nodes: int, *, train: int | None = None, evaluate: int | None = None) -> None:
+    """Make the next configure_train ask exactly ``train`` of the ``nodes`` it sees (configure_evaluate: ``evaluate``).
 
-    Flower samples max(int(connected * fraction), min_nodes) nodes and waits forever for
-    min_available_nodes; setting all three from the driver's snapshot keeps it from waiting.
+    Flower samples max(int(nodes * fraction), min_nodes) and waits, forever, until that many are connected;
+    setting fraction and minimum from the driver's snapshot of the nodes keeps it from waiting.
     """
-    inner.fraction_train = train / connected
-    inner.min_train_nodes = train
-    inner.fraction_evaluate = evaluate / connected
-    inner.min_evaluate_nodes = evaluate
     inner.min_available_nodes = 0
+    if train is not None:
+        inner.fraction_train, inner.min_train_nodes = train / nodes, train
+    if evaluate is not None:
+        inner.fraction_evaluate, inner.min_evaluate_nodes = evaluate / nodes, evaluate

@@ -82,3 +82,26 @@ def test_he_scoring_benchmark_quick_run_prints_tables_and_ratios() -> None:
     ratios = {k: float(v) for k, v in HE_RATIO.findall(last.split(": ", 1)[1])}
     assert sorted(ratios) == ["end_to_end", "in-process/numpy", "pool", "score_rpc", "worker_fn"], last
     assert all(math.isfinite(v) and v > 0 for v in ratios.values()), last
+
+
+FL_BENCH = ROOT / "benchmarks" / "bench_fl_training.py"
+FL_RATIO = re.compile(r"(\w+)\.dp_(\w+) total=(\S+) round=(\S+)")
+
+
+def test_fl_training_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(FL_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for heading in ("In-process backend: 6 holders x 3 rounds through the sandbox vs plain Flower",
+                    "plain Flower (backend.run directly)", "sandbox (SDK: StartTraining + WatchTraining)",
+                    "ratio sandbox/plain", "steady s/round", "Where the sandbox's time goes", "SuperLink backend",
+                    "Peak memory (RSS)", "this process after the in-process part"):
+        assert heading in out, f"missing {heading!r} in:\n{out}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS sandbox/plain: "), last
+    ratios = {(m[0], m[1]): [float(x) for x in m[2:]] for m in FL_RATIO.findall(last)}
+    assert sorted(ratios) == [("inprocess", "off"), ("inprocess", "on")], last
+    for values in ratios.values():
+        assert all(math.isfinite(v) and v > 0 for v in values), last

@@ -26,11 +26,11 @@ def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
                       epsilon=50, delta="1e-5", quota=2)
         grant = admin.approve(s.id).grant
         assert grant is not None
-        job = lab.start_training(grant.id, plan, rounds=2, learning_rate=0.5)  # type: ignore[attr-defined]
+        job = lab.start_training(grant.id, plan, rounds=1, learning_rate=0.5)  # type: ignore[attr-defined]
         events = list(lab.watch_training(job, timeout=300))  # type: ignore[attr-defined]
         assert events[-1].state == "completed", events[-1].message
         running = [e for e in events if e.state == "running"]
-        assert [e.round for e in running] == [1, 2]
+        assert [e.round for e in running] == [1]
         assert len(running[-1].participants) == 6 and not running[-1].dropped  # six SuperNodes took part
         result = lab.training_result(job)  # type: ignore[attr-defined]
         assert all(np.all(np.isfinite(w)) for w in result.weights)

@@ -334,7 +334,7 @@ def _train_replies(plan: TrainingPlan, updates: list[list[np.ndarray] | None], s
     grid = LocalGrid(None, [{"holder-id": str(i)} for i in range(len(updates))])  # type: ignore[arg-type]
     from fl_server.strategy import set_sampling
 
-    set_sampling(inner, len(updates), 0, len(updates))
+    set_sampling(inner, len(updates), train=len(updates))
     messages = list(strategy.configure_train(1, to_array_record(start), ConfigRecord(), grid))
     replies = []
     for msg, update in zip(messages, updates, strict=True):

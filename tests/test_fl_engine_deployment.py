@@ -1,8 +1,10 @@
 """fl_server's deployment backend: a real SuperLink and SuperNode processes on localhost, and their clean-up.
 
-One full run (two holders, two rounds) takes about half a minute, most of it
-Flower's own polling (a SuperNode checks for work every 3 s and starts a
-ClientApp process per message).
+One full run (two holders, two rounds) takes about half a minute on an idle
+machine, most of it Flower's own polling (a SuperNode checks for work every
+3 s) and a new ClientApp process per message. The ServerApp's side of the
+file protocol (rounds, model, stop) runs here over an in-process grid, and the
+backend's side against a fake event file, so neither needs another runtime.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_server import DeploymentBackend, Partition, RoundReport, TrainingCancelled, save_partition
+from flwr.app import Context, RecordDict
+
+from fl_server import DeploymentBackend, Partition, RoundReport, TrainingCancelled, TrainingPlan, save_partition
+from fl_server.app import server_app
+from fl_server.client import make_client_app
 from fl_server.deployment import _descendants, _EventReader, _Processes, _same_process
+from fl_server.inprocess import LocalGrid, _ensure_task_identity
 from fl_server.model import evaluate
 from tests.test_fl_engine import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
 
@@ -52,14 +59,59 @@ def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np
     assert live_descendants() == [], "a runtime process outlived the run"
 
 
-@pytest.mark.slow
-def test_should_stop_reaches_the_server_app_and_cancels(hie: dict[str, np.ndarray]) -> None:
-    parts = site_partitions(PLAN, hie, ("2", "5"))
-    reports: list[RoundReport] = []
-    with pytest.raises(TrainingCancelled) as info:
-        DeploymentBackend().run(PLAN, parts, on_round=reports.append, should_stop=lambda: True)
-    assert info.value.rounds_completed == 0 and reports == []
-    assert live_descendants() == []
+def run_server_app(work: Path, parts: dict[str, Partition], plan: TrainingPlan) -> list[dict[str, object]]:
+    """The deployment ServerApp's main, in this process over a LocalGrid, talking through ``work`` as it would."""
+    (work / "run.json").write_text(json.dumps({"plan": plan.to_dict(), "holders": list(parts),
+                                               "timing": {"round_timeout": 10.0, "connect_timeout": 0.0,
+                                                          "poll_interval": 0.01}}))
+    _ensure_task_identity()
+    client = make_client_app(lambda ctx: parts[str(ctx.node_config["holder-id"])])
+    grid = LocalGrid(client, [{"holder-id": h} for h in parts])
+    server_app.main(grid, Context(run_id=0, node_id=1, node_config={}, state=RecordDict(),
+                                  run_config={"work-dir": str(work)}))
+    return _EventReader(work / "progress.jsonl").read()
+
+
+def test_server_app_writes_rounds_and_the_model_then_done(tmp_path: Path, hie: dict[str, np.ndarray]) -> None:
+    plan = dataclasses.replace(PLAN, rounds=2)
+    parts = site_partitions(plan, hie, ("2", "5"))
+    events = run_server_app(tmp_path, parts, plan)
+    assert [e["event"] for e in events] == ["started", "round", "round", "done"]
+    with np.load(tmp_path / "result.npz") as z:
+        assert [z[k].shape for k in sorted(z.files)] == [(plan.n_inputs,), (1,)]
+    assert RoundReport.from_dict(events[2]["report"]).round == 2  # type: ignore[arg-type]
+
+
+def test_server_app_stops_between_rounds_once_the_stop_file_exists(tmp_path: Path,
+                                                                    hie: dict[str, np.ndarray]) -> None:
+    (tmp_path / "stop").touch()
+    events = run_server_app(tmp_path, site_partitions(PLAN, hie, ("2", "5")), PLAN)
+    assert [e["event"] for e in events] == ["started", "cancelled"] and events[1]["rounds_completed"] == 0
+    assert not (tmp_path / "result.npz").exists()
+
+
+def test_the_backend_relays_a_stop_and_the_cancellation(tmp_path: Path) -> None:
+    """should_stop() -> the stop file; the ServerApp's ``cancelled`` event -> TrainingCancelled."""
+    link = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        events = tmp_path / "progress.jsonl"
+        events.write_text(json.dumps({"event": "started"}) + "\n")
+        asked: list[bool] = []
+
+        def should_stop() -> bool:
+            if (tmp_path / "stop").exists() and len(asked) == 1:  # the ServerApp sees it and cancels
+                with events.open("a") as fh:
+                    fh.write(json.dumps({"event": "cancelled", "message": "training was cancelled after round 0",
+                                         "rounds_completed": 0, "epsilon_spent": 0.0}) + "\n")
+            asked.append(True)
+            return True
+
+        with pytest.raises(TrainingCancelled) as info:
+            DeploymentBackend()._follow(PLAN, tmp_path, link, time.monotonic(), lambda r: None, should_stop)
+        assert info.value.rounds_completed == 0 and (tmp_path / "stop").exists()
+    finally:
+        link.kill()
+        link.wait()
 
 
 def test_holder_ids_must_be_safe_for_a_node_config() -> None:
