@@ -27,6 +27,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_signed_rpc.py
+	$(PY) benchmarks/bench_dp_query.py
+	$(PY) benchmarks/bench_he_scoring.py
+	$(PY) benchmarks/bench_fl_training.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
