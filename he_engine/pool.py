@@ -166,7 +166,6 @@ class ScoringPool:
             if self._executor is not broken or self._closed:
                 return
             self._executor = self._new_executor()
-        self._known: dict[str, Profile] = {}  # contexts registered through this pool: sha256 -> profile
         if kill:
             _kill(broken)
         broken.shutdown(wait=False, cancel_futures=True)
