@@ -166,17 +166,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
-            principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
-            allowed = self._roles.get(method, frozenset())
-            if allowed is not None and not (principal.roles & allowed):
-                raise SandboxError(ErrorCode.WRONG_ROLE)
-            try:
-                if isinstance(raw, list):
-                    request: Any = iter([handler.request_deserializer(chunk) for chunk in raw])
-                else:
-                    request = handler.request_deserializer(raw)
-            except DecodeError as exc:
-                raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+            principal, headers, request = self._admit(method, handler, metadata, raw, request_sha, now_ms)
             with self._db.write() as conn:
                 claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
                 call = Call(principal, conn, now_ms, request_sha256=request_sha)
@@ -205,6 +195,21 @@ class SigningInterceptor(grpc.ServerInterceptor):
             self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _admit(
+        self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int
+    ) -> tuple[Principal, Any, Any]:
+        """Before any handler runs: the signature and clock, the caller's role, then the message itself."""
+        principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
+        allowed = self._roles.get(method, frozenset())
+        if allowed is not None and not (principal.roles & allowed):
+            raise SandboxError(ErrorCode.WRONG_ROLE)
+        try:
+            if isinstance(raw, list):
+                return principal, headers, iter([handler.request_deserializer(chunk) for chunk in raw])
+            return principal, headers, handler.request_deserializer(raw)
+        except DecodeError as exc:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+
     def _handle_server_stream(
         self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext
     ) -> Any:
@@ -218,14 +223,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
-            principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
-            allowed = self._roles.get(method, frozenset())
-            if allowed is not None and not (principal.roles & allowed):
-                raise SandboxError(ErrorCode.WRONG_ROLE)
-            try:
-                request = handler.request_deserializer(raw)
-            except DecodeError as exc:
-                raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+            principal, headers, request = self._admit(method, handler, metadata, raw, request_sha, now_ms)
             with self._db.write() as conn:
                 claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
                 call = Call(principal, conn, now_ms, request_sha256=request_sha)
