@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from clients import serde
 from clients import types as t
 from clients.errors import InvalidArgument, PermissionDenied
-from clients.he import HeSession, ScoreResult, choose_profile
+from clients.he import HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
@@ -237,7 +237,7 @@ class ApplicantClient(SandboxClient):
         for p in parts:
             for k, v in p.seconds.items():
                 seconds[k] = seconds.get(k, 0.0) + v
-        return ScoreResult(ids, logits, 1.0 / (1.0 + np.exp(-logits)) if logistic else None, seconds,
+        return ScoreResult(ids, logits, sigmoid(logits) if logistic else None, seconds,
                            bytes_sent=sum(p.bytes_sent for p in parts) + (0 if session else sess.context_bytes),
                            bytes_received=sum(p.bytes_received for p in parts))
 

@@ -80,7 +80,7 @@ class HeSession:
         server = time.perf_counter() - t1
         t2 = time.perf_counter()
         logits = np.array(ts.ckks_vector_from(self._secret, resp.encrypted_logits).decrypt()[:n])
-        probs = 1.0 / (1.0 + np.exp(-logits)) if logistic else None
+        probs = sigmoid(logits) if logistic else None
         decrypt = time.perf_counter() - t2
         return ScoreResult(list(entity_ids), logits, probs,
                            {"encrypt": encrypt, "server": server, "decrypt": decrypt},

@@ -48,6 +48,16 @@ class SignedTransport:
         self.channel = grpc.secure_channel(address, creds, options=options)
         self._stubs: dict[tuple[Any, ...], Any] = {}
 
+    def _stub(self, kind: str, method: str, response_type: type[Message]) -> Any:
+        """One multi-callable per (kind, method): requests go out as the raw bytes that were signed."""
+        key = (kind, method, response_type)
+        stub = self._stubs.get(key)
+        if stub is None:
+            stub = getattr(self.channel, kind)(method, request_serializer=None,
+                                               response_deserializer=response_type.FromString)
+            self._stubs[key] = stub
+        return stub
+
     def sign(self, method: str, body: bytes, **overrides: Any) -> list[tuple[str, str]]:
         overrides.setdefault("timestamp_ms", int(self.clock() * 1000))
         return sign_request(self.key, self.principal_id, method, body, **overrides)
@@ -56,11 +66,7 @@ class SignedTransport:
         self, method: str, body: bytes, metadata: Sequence[tuple[str, str]], response_type: type[R],
         *, timeout: float | None = None,
     ) -> R:
-        stub = self._stubs.get((method, response_type))
-        if stub is None:
-            stub = self.channel.unary_unary(method, request_serializer=None,
-                                            response_deserializer=response_type.FromString)
-            self._stubs[(method, response_type)] = stub
+        stub = self._stub("unary_unary", method, response_type)
         try:
             return stub(body, metadata=list(metadata), timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
         except grpc.RpcError as exc:
@@ -77,11 +83,7 @@ class SignedTransport:
         """A client-streaming call; the signature covers every message (see ``stream_digest``)."""
         bodies = [r.SerializeToString(deterministic=True) for r in requests]
         metadata = self.sign(method, b"", body_sha256=stream_digest(bodies))
-        stub = self._stubs.get((method, response_type))
-        if stub is None:
-            stub = self.channel.stream_unary(method, request_serializer=None,
-                                             response_deserializer=response_type.FromString)
-            self._stubs[(method, response_type)] = stub
+        stub = self._stub("stream_unary", method, response_type)
         try:
             return stub(iter(bodies), metadata=metadata, timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
         except grpc.RpcError as exc:
@@ -92,11 +94,7 @@ class SignedTransport:
         """A server-streaming call: yields responses; errors are raised as SDK exceptions."""
         body = request.SerializeToString(deterministic=True)
         metadata = self.sign(method, body)
-        stub = self._stubs.get((method, response_type, "stream"))  # type: ignore[index]
-        if stub is None:
-            stub = self.channel.unary_stream(method, request_serializer=None,
-                                             response_deserializer=response_type.FromString)
-            self._stubs[(method, response_type, "stream")] = stub  # type: ignore[index]
+        stub = self._stub("unary_stream", method, response_type)
         try:
             yield from stub(body, metadata=metadata, timeout=timeout)
         except grpc.RpcError as exc:

@@ -49,6 +49,8 @@ class ErrorCode(str, enum.Enum):
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     IN_PROGRESS = "IN_PROGRESS"
+    JOB_NOT_COMPLETE = "JOB_NOT_COMPLETE"
+    GRANT_ALREADY_REVOKED = "GRANT_ALREADY_REVOKED"
     INVALID_QUERY = "INVALID_QUERY"
     EPSILON_OVER_CALL_CAP = "EPSILON_OVER_CALL_CAP"
     STORAGE_BUSY = "STORAGE_BUSY"
@@ -95,6 +97,8 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.IDEMPOTENCY_CONFLICT: (_S.INVALID_ARGUMENT, "idempotency key was already used for another request"),
     ErrorCode.IN_PROGRESS: (_S.ABORTED, "a request with this idempotency key is still running or failed; "
                             "retry later or use a new key"),
+    ErrorCode.JOB_NOT_COMPLETE: (_S.FAILED_PRECONDITION, "training job has not completed"),
+    ErrorCode.GRANT_ALREADY_REVOKED: (_S.FAILED_PRECONDITION, "grant is already revoked"),
     ErrorCode.INVALID_QUERY: (_S.INVALID_ARGUMENT, "invalid query"),
     ErrorCode.EPSILON_OVER_CALL_CAP: (_S.PERMISSION_DENIED, "epsilon exceeds the grant's per-query cap"),
     ErrorCode.STORAGE_BUSY: (_S.UNAVAILABLE, "storage busy; try again"),

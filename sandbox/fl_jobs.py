@@ -173,8 +173,7 @@ class JobManager:
         if grant is None or grant.revoked:
             raise SandboxError(ErrorCode.GRANT_REVOKED, "the model is withheld")
         if job.state != "completed" or job.result is None:
-            raise SandboxError(ErrorCode.SCENARIO_NOT_APPROVED if job.state in TERMINAL else ErrorCode.IN_PROGRESS,
-                               f"job is {job.state}")
+            raise SandboxError(ErrorCode.JOB_NOT_COMPLETE, f"job is {job.state}")
         res = job.result
         final = res.final
         metrics = [fl_pb2.Metric(name=k, value=float(v)) for k, v in (

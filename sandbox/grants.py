@@ -136,7 +136,7 @@ def revoke(conn: sqlite3.Connection, grant_id: str, reason: str, *, now_ms: int)
     if grant is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such grant")
     if grant.revoked:
-        raise SandboxError(ErrorCode.SCENARIO_NOT_APPROVED, "grant is already revoked")
+        raise SandboxError(ErrorCode.GRANT_ALREADY_REVOKED)
     reason = (reason or "revoked by an administrator").strip()[:500]
     conn.execute("UPDATE grants SET revoked_at_ms = ?, revoke_reason = ? WHERE id = ?", (now_ms, reason, grant_id))
     conn.execute(

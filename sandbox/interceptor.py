@@ -188,11 +188,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 body = self._compute_and_release(call, method, request_sha, response, handler, context)
             log.info("%s principal=%s status=OK", method, principal.id)
             return body
-        except SandboxError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
             self._refuse(context, method, claimed, request_sha, exc, call)
-        except Exception:  # never let an internal detail reach the caller
-            log.exception("%s principal=%s failed", method, claimed)
-            self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _admit(
@@ -237,11 +234,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 if not context.is_active():
                     return
                 yield handler.response_serializer(event)
-        except SandboxError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
             self._refuse(context, method, claimed, request_sha, exc, call)
-        except Exception:  # never let an internal detail reach the caller
-            log.exception("%s principal=%s failed", method, claimed)
-            self._refuse(context, method, claimed, request_sha, SandboxError(ErrorCode.INTERNAL), call)
 
     def _compute_and_release(
         self, call: Call, method: str, request_sha: str, deferred: Deferred, handler: Any,
@@ -305,9 +299,13 @@ class SigningInterceptor(grpc.ServerInterceptor):
         return principal, headers
 
     def _refuse(
-        self, context: grpc.ServicerContext, method: str, claimed: str, request_sha: str, exc: SandboxError,
+        self, context: grpc.ServicerContext, method: str, claimed: str, request_sha: str, exc: Exception,
         call: Call | None,
     ) -> None:
+        """Audit the refusal, then abort with the public message; anything unexpected is INTERNAL, no detail."""
+        if not isinstance(exc, SandboxError):
+            log.error("%s principal=%s failed", method, claimed, exc_info=exc)
+            exc = SandboxError(ErrorCode.INTERNAL)
         if exc.log_detail:
             log.warning("%s principal=%s refused %s (%s)", method, claimed, exc.code.value, exc.log_detail)
         else:

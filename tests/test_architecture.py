@@ -83,6 +83,19 @@ def test_drift_check_detects_an_edited_proto(tmp_path: Path) -> None:
     assert not filecmp.cmp(out / rel, ROOT / rel, shallow=False)
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_packages_import(package: str) -> None:
-    __import__(package)
+#: What importing each package must not load: the engines are pure libraries (no gRPC, no SQLite), and the SDK
+#: never loads the server.
+MUST_NOT_LOAD = {
+    "dp_engine": ("grpc", "sqlite3", "sandbox", "clients", "tenseal", "flwr"),
+    "he_engine": ("grpc", "sqlite3", "sandbox", "clients", "tenseal", "flwr"),  # TenSEAL only inside workers
+    "fl_server": ("sqlite3", "sandbox", "clients", "tenseal", "dp_engine", "he_engine"),
+    "clients": ("sqlite3", "sandbox", "dp_engine", "he_engine", "fl_server"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(MUST_NOT_LOAD))
+def test_importing_a_package_loads_nothing_it_must_not(package: str) -> None:
+    code = (f"import sys; import {package}; "
+            f"print(','.join(m for m in {MUST_NOT_LOAD[package]!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"importing {package} loaded {out.stdout.strip()}"

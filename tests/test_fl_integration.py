@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fl_server
-from clients import InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
+from clients import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
 from sandbox import catalogue, fl_jobs, ledger
 from sandbox.storage import Database
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
@@ -101,8 +101,9 @@ def test_cancel_keeps_the_charge(fl_env) -> None:  # type: ignore[no-untyped-def
             assert lab.cancel_training(job) in ("cancelling", "cancelled")
     assert states[-1] == "cancelled" and len(states) < 200
     assert spent(sbx, g) == charged
-    with pytest.raises(Exception):
+    with pytest.raises(FailedPrecondition) as exc:
         lab.training_result(job)
+    assert exc.value.code == "JOB_NOT_COMPLETE" and "cancelled" in exc.value.message
 
 
 def test_revoking_mid_run_stops_and_withholds_the_model(fl_env) -> None:  # type: ignore[no-untyped-def]

@@ -85,6 +85,8 @@ def test_unknown_ids_are_scored_as_the_reference_row(he_env) -> None:  # type: i
     reference = BIAS + mid + feats @ np.array(list(PRIVATE.values()))
     assert abs(result.logits[0] - reference[0]) < 1e-3 and abs(result.logits[2] - reference[2]) < 1e-3
     assert abs(result.logits[1] - plaintext_logits(rows[1:2])[0]) < 1e-3
+    s = next(x for x in bank.scenarios() if x.grant and x.grant.id == g)
+    assert s.usage is not None and s.usage.quota_used == 3  # unknown ids count against the quota too
 
 
 def test_model_rules(he_env) -> None:  # type: ignore[no-untyped-def]
@@ -205,3 +207,14 @@ def test_output_noise_is_charged_to_the_budget(he_env) -> None:  # type: ignore[
     with pytest.raises(ResourceExhausted) as exc:
         bank.score(g.id, model, [r["ID"] for r in picked], bank_features(picked), session=session)
     assert exc.value.code == "BUDGET_EXHAUSTED"
+
+
+def test_a_context_is_bound_to_the_principal_that_registered_it(he_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, bank, model, grant, session, rows = he_env
+    rival = enrol_client(admin, sbx, ApplicantClient, "Rival bank", ["applicant"])
+    good = ts.ckks_vector(session._secret, [0.5] * 5).serialize()
+    req = he_pb2.ScoreRequest(grant_id=grant(), context_id=session.context_id, model_hash=model,
+                              entity_ids=[r["ID"] for r in rows[:5]], encrypted_features=[good, good])
+    with pytest.raises(NotFound):
+        rival.transport.call("/sandbox.v1.HeScoringService/Score", req, he_pb2.ScoreResponse)  # type: ignore[attr-defined]
+    rival.close()  # type: ignore[attr-defined]

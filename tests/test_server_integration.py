@@ -205,6 +205,9 @@ def test_revoked_grant_stops_at_once(env) -> None:  # type: ignore[no-untyped-de
     with pytest.raises(PermissionDenied) as exc:
         bank.check_access(g.id, kind="DP_QUERY", dataset="tiny", columns=["age"])
     assert exc.value.code == "GRANT_REVOKED"
+    with pytest.raises(FailedPrecondition) as again:
+        admin.revoke(g.id, "twice")
+    assert again.value.code == "GRANT_ALREADY_REVOKED"
 
 
 def test_expired_grant(env) -> None:  # type: ignore[no-untyped-def]
@@ -399,8 +402,9 @@ def test_replay_after_restart_and_reflection_off(tmp_path: Path) -> None:
         assert exc.value.code == "NONCE_REPLAYED"
         assert admin.whoami().roles == ("admin",)
         channel = grpc.secure_channel(sbx.address, grpc.ssl_channel_credentials(sbx.ca.read_bytes()))
-        with pytest.raises(Exception):
+        with pytest.raises(grpc.RpcError) as off:
             list(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert off.value.code() is grpc.StatusCode.UNIMPLEMENTED
         channel.close()
         admin.close()
     finally:
@@ -470,3 +474,21 @@ def test_claimed_principal_is_sanitised_in_the_audit(env) -> None:  # type: igno
         _raw_whoami(bank, md)
     refused = [e for e in admin.audit_entries() if e.status == "UNAUTHENTICATED"]
     assert refused[-1].principal_id == "?" and refused[-1].error_code == "UNKNOWN_PRINCIPAL"
+
+
+def test_an_unexpected_failure_is_internal_with_no_detail_and_audited(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from clients import InternalServerError
+    from sandbox import catalogue
+
+    _, admin, bank, _, _, _ = env
+
+    def broken(conn):  # type: ignore[no-untyped-def]
+        raise RuntimeError("ZZSECRET42 /srv/sandbox/sandbox.db SELECT * FROM principals")
+
+    monkeypatch.setattr(catalogue, "list_catalogue", broken)
+    with pytest.raises(InternalServerError) as exc:
+        bank.catalogue()
+    assert exc.value.message == "internal error" and exc.value.code == "INTERNAL"
+    assert "ZZSECRET42" not in str(exc.value) and "SELECT" not in str(exc.value)
+    last = [e for e in admin.audit_entries() if e.method.endswith("ListCatalogue")][-1]
+    assert last.status == "INTERNAL" and last.principal_id == bank.principal_id
