@@ -167,6 +167,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
         call: Call | None = None
         try:
             principal, headers, request = self._admit(method, handler, metadata, raw, request_sha, now_ms)
+            if not isinstance(raw, list):
+                self._warm(handler.unary_unary, principal, request)
             with self._db.write() as conn:
                 claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
                 call = Call(principal, conn, now_ms, request_sha256=request_sha)
@@ -191,6 +193,20 @@ class SigningInterceptor(grpc.ServerInterceptor):
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
             self._refuse(context, method, claimed, request_sha, exc, call)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _warm(self, behaviour: Any, principal: Principal, request: Any) -> None:
+        """Run a servicer's ``warm_<Method>`` (pure CPU, read-only) before the write lock is taken.
+
+        It only fills caches, e.g. a DP query's calibrated plan, so that the handler, which repeats every check
+        inside the transaction, finds it ready; any error here is left for the handler to report.
+        """
+        warm = getattr(getattr(behaviour, "__self__", None), f"warm_{getattr(behaviour, '__name__', '')}", None)
+        if warm is None:
+            return
+        try:
+            warm(principal, request, self._db.connection())
+        except Exception:  # noqa: BLE001 - the handler raises the real error in its transaction
+            log.debug("warm-up failed; the handler will report it", exc_info=True)
 
     def _admit(
         self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int

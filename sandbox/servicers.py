@@ -193,6 +193,10 @@ class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
         self.cache = dp_queries.ArrayCache(config.data_dir)
 
+    # Calibration happens before the write lock is taken (see SigningInterceptor._warm).
+    warm_EstimateQuery = staticmethod(dp_queries.warm)
+    warm_RunQuery = staticmethod(dp_queries.warm)
+
     def EstimateQuery(self, request, context):  # type: ignore[no-untyped-def]
         return dp_queries.estimate(current_call(), request)
 

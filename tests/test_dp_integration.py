@@ -244,3 +244,27 @@ def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, mo
     assert entries[-1].error_code == "NOT_RELEASED"
     retry = office.run_query(g, q, epsilon=0.3, idempotency_key="slow-1")
     assert retry.replayed and spent(office, g) == charged
+
+
+def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The costly calibration runs in the warm-up, outside the transaction; inside it the plan is a cache hit."""
+    from dp_engine import calibrate
+    from sandbox import dp_queries
+
+    _, _, office, grant = dp_env
+    g = grant()
+    calls: list[str] = []
+    real_warm = dp_queries.warm
+
+    def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
+        before = calibrate.calibrate.cache_info()
+        real_warm(principal, req, conn)
+        after = calibrate.calibrate.cache_info()
+        calls.append(f"{'inside' if conn.in_transaction else 'outside'} misses+{after.misses - before.misses}")
+
+    monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_RunQuery", staticmethod(warm_spy))
+    before_run = calibrate.calibrate.cache_info()
+    office.run_query(g, Query("adult_census").where("age", ">", 41).count(), epsilon=0.123457)  # a cold shape
+    after_run = calibrate.calibrate.cache_info()
+    assert calls == ["outside misses+1"]  # calibrated in the warm-up, before the write lock
+    assert after_run.misses - before_run.misses == 1  # ... and only there: the handler hit the cache
