@@ -65,6 +65,19 @@ def release_at(query: Query, data: dict[str, np.ndarray], epsilon: float = 1000.
     return plan(query, COLUMNS, epsilon=epsilon, delta=delta, unit=1).release(data)
 
 
+def assert_within_noise(stat, truth: float) -> None:  # type: ignore[no-untyped-def]
+    """The released value is near the truth by a margin set by the mechanism's own reported interval.
+
+    Twelve 95% half-widths of a mean are about 44 Laplace scales of its sum over the count: a correct
+    release misses by that much with probability about e**-44. A fixed relative tolerance is not
+    enough for small filtered groups (a 27-row group at epsilon 1000 missed 0.1% once in a few thousand
+    runs), and the margin must stay a small fraction of the truth for the test to mean anything.
+    """
+    margin = 6.0 * (stat.high - stat.low)
+    assert margin < 0.02 * abs(truth), "the noise is too large for this check to say anything"
+    assert abs(stat.value - truth) <= margin
+
+
 def clamped_income(data: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
     values = data["income"][mask]
     return np.clip(values[~np.isnan(values)], 0.0, 100_000.0)
@@ -282,8 +295,7 @@ def test_grouped_count_and_mean_match_the_truth(data: dict[str, np.ndarray]) -> 
         for s, sex in enumerate(("f", "m")):
             mask = (data["region"] == r) & (data["sex"] == s)
             assert stats[("count", (region, sex))].value == np.count_nonzero(mask)
-            truth = clamped_income(data, mask).mean()
-            assert stats[("mean(income)", (region, sex))].value == pytest.approx(truth, rel=1e-3)
+            assert_within_noise(stats[("mean(income)", (region, sex))], clamped_income(data, mask).mean())
 
 
 def test_grouped_histogram_labels_and_counts(data: dict[str, np.ndarray]) -> None:
@@ -316,7 +328,7 @@ def test_each_filter_selects_the_right_rows(data: dict[str, np.ndarray], flt: Fi
     mask = truth(data)
     count, mean = release_at(Query((COUNT, MEAN_INCOME), (flt,)), data)
     assert count.value == np.count_nonzero(mask)
-    assert mean.value == pytest.approx(clamped_income(data, mask).mean(), rel=1e-3)
+    assert_within_noise(mean, clamped_income(data, mask).mean())
 
 
 def test_filters_combine_and_group_by_drops_missing_groups(data: dict[str, np.ndarray]) -> None:
