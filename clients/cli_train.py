@@ -79,3 +79,18 @@ def train(
         out().print(summary)
         if last.state != "completed":
             raise typer.Exit(1)
+
+
+@app.command("register-model")
+def register_model(
+    ctx: typer.Context,
+    job: str = typer.Option(..., "--job", help="A completed training job."),
+    name: str = typer.Option(..., "--name", help="The model's name in the registry."),
+    private: list[str] = typer.Option(..., "--private",
+                                      help="A feature the scoring applicant supplies encrypted (repeatable)."),
+    description: str = typer.Option("", "--description"),
+) -> None:
+    """Register a trained logistic model for HE scoring; prints the hash an HE_SCORING application names."""
+    with connect(ctx, ResearcherClient) as client:
+        h = client.register_trained_model(job, name=name, private_features=private, description=description)
+    out().print(f"model {h}")

@@ -284,6 +284,18 @@ class ResearcherClient(ApplicantClient):
         return self._t.call(_FL + "CancelTraining", fl_pb2.CancelTrainingRequest(job_id=job_id),
                             fl_pb2.CancelTrainingResponse).state
 
+    def register_trained_model(self, job_id: str, *, name: str, private_features: Sequence[str],
+                               description: str = "") -> str:
+        """Put a completed job's logistic model in the model registry for HE scoring; returns its model hash.
+
+        The weights are converted to raw column units; ``private_features`` are plan features that the
+        scoring applicant will supply encrypted (in raw units, clipped to the column's public bounds), the
+        rest stay sandbox columns. An HE_SCORING application then names the returned hash.
+        """
+        req = fl_pb2.RegisterTrainedModelRequest(job_id=job_id, name=name, private_features=list(private_features),
+                                                 description=description)
+        return self._t.call(_FL + "RegisterTrainedModel", req, fl_pb2.RegisterTrainedModelResponse).model_hash
+
 
 class AdminClient(SandboxClient):
     """The city data bureau: enrols principals, imports data, reviews and signs scenarios, reads the audit log."""

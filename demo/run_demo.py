@@ -71,7 +71,7 @@ def run(tmp: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
-    chapter(11, "A regulator verifies the audit trail offline")
+    chapter(12, "A regulator verifies the audit trail offline")
     out = sandbox_cmd("audit", "verify", str(data_dir))
     console.print(f"The server stopped gracefully (SIGTERM). `sandbox audit verify`: {out.stdout.strip()}")
     console.print("\n[bold green]Done.[/] Every row stayed inside; what left was a catalogue, a signed grant, "
@@ -198,7 +198,8 @@ FL_FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "p
 FL_THRESHOLD = 35.0  # dollars a year: the label is "medical spending above this public threshold"
 
 
-def federated_training(admin: AdminClient, lab: ResearcherClient) -> None:
+def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
+    """Chapter 9; returns the job id of the DP-trained model."""
     import fl_server  # the narrator's own evaluation uses the engine's feature scaling
 
     chapter(9, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
@@ -213,10 +214,12 @@ def federated_training(admin: AdminClient, lab: ResearcherClient) -> None:
                   f"${FL_THRESHOLD:.0f}) approved as grant {grant.id} with epsilon 40; each site is a Flower node "
                   "that reads only its own rows.")
     runs = {}
+    jobs = []
     for title, dp_args in (("with client-level DP (clipping 1, noise multiplier 3)",
                             dict(clipping_norm=1.0, noise_multiplier=3.0, delta=1e-6)),
                            ("without DP (charged the whole remaining budget)", {})):
         job = lab.start_training(grant.id, plan, rounds=10, local_epochs=2, learning_rate=0.5, **dp_args)
+        jobs.append(job)
         events = list(lab.watch_training(job))
         table = Table("round", "federated loss", "federated accuracy", "epsilon spent", "sites",
                       title=f"10 rounds {title}", title_justify="left")
@@ -250,6 +253,51 @@ def federated_training(admin: AdminClient, lab: ResearcherClient) -> None:
     console.print(table)
     console.print("Under DP the per-round federated metrics are withheld (epsilon does not cover them); the "
                   "researcher received each model and nothing from any single site.")
+    return jobs[0]
+
+
+FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insurer holds for its own customers
+
+
+def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, address: str, ca: Path) -> None:
+    import fl_server
+
+    chapter(10, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
+    model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=FL_PRIVATE,
+                                       description="Pilot: expected-cost bands for a supplementary plan.")
+    console.print(f"The lab registered its DP model as {model[:16]}…: weights converted to raw column units, "
+                  f"{', '.join(FL_PRIVATE)} marked as features the scoring party supplies, its origin written into "
+                  "the spec the reviewer reads.")
+    key = generate_key()
+    admin.enrol(name="Riverside Mutual", organisation="Riverside Mutual Insurance", roles=["applicant"],
+                public_key=public_key_of(key))
+    insurer = ApplicantClient(address, key=key, ca=ca)
+    public = [f for f in FL_FEATURES if f not in FL_PRIVATE]
+    s = insurer.apply(title="Expected medical cost bands", purpose="Price a supplementary health plan",
+                      legal_basis="Consent of policy holders; Insurance Act art. 4", kind="HE_SCORING",
+                      datasets={"rand_hie": ["zper", *public]}, model_hash=model, quota=1000)
+    grant = admin.approve(s.id).grant
+    assert grant is not None
+    with gzip.open(DATA / "rand_hie.csv.gz", "rt") as fh:
+        latest = {r["zper"]: r for r in csv.DictReader(fh)}  # a person's last row is the latest study year
+    people = [r for r in latest.values() if all(r[f] != "" for f in FL_FEATURES)][:500]
+    bounds = {c.name: (c.lower, c.upper) for d in admin.catalogue() if d.name == "rand_hie" for c in d.columns}
+    own = np.array([[np.clip(float(r[f]), *bounds[f]) for f in FL_PRIVATE] for r in people])  # the insurer's figures
+    result = insurer.score(grant.id, model, [r["zper"] for r in people], own)
+    assert result.probabilities is not None
+    # The narrator checks against the lab's model in plaintext, on the same people's full records.
+    eng_plan = fl_server.TrainingPlan(
+        features=tuple(fl_server.Feature(f, lower=bounds[f][0], upper=bounds[f][1]) for f in FL_FEATURES),
+        label=fl_server.Label("meddol", FL_THRESHOLD), eval_fraction=0.0)
+    cols = {c: np.array([float(r[c]) for r in people]) for c in [*FL_FEATURES, "meddol"]}
+    part = fl_server.prepare_partition(eng_plan, cols)
+    plain = fl_server.predict_proba(eng_plan, list(lab.training_result(dp_job).weights), part.x)
+    console.print(f"Riverside Mutual scored {len(people)} people with their {' and '.join(FL_PRIVATE)} encrypted: "
+                  f"mean predicted probability of above-${FL_THRESHOLD:.0f} spending "
+                  f"{float(np.mean(result.probabilities)):.3f}; largest difference from the lab's model in "
+                  f"plaintext {float(np.max(np.abs(result.probabilities - plain))):.2e}. No site's rows, and none of "
+                  "the insurer's figures, were seen by anyone else.")
+    insurer.close()
 
 
 def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
@@ -331,9 +379,10 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     statistics_office(admin, address, ca)
     bank_scoring(admin, bank, address, ca)
 
-    federated_training(admin, lab)
+    dp_job = federated_training(admin, lab)
+    insurer_scoring(admin, lab, dp_job, address, ca)
 
-    chapter(10, "The bureau revokes, and everything is on the record")
+    chapter(11, "The bureau revokes, and everything is on the record")
     admin.revoke(grant.id, "bank's contract ended")
     try:
         bank.check_access(grant.id, kind="DP_QUERY", dataset="credit_default", columns=["AGE"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fl_server.errors import PlanError
 from fl_server.plan import TrainingPlan
 
 Params = list[np.ndarray]
@@ -117,6 +118,31 @@ def auc(scores: np.ndarray, y: np.ndarray) -> float:
     ends = np.cumsum(counts)
     ranks = (ends - (counts - 1) / 2.0)[inverse]  # average 1-based rank of each tie group
     return float((ranks[y > 0.5].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def as_linear(plan: TrainingPlan, params: Sequence[np.ndarray]) -> tuple[tuple[tuple[str, float], ...], float]:
+    """A trained logistic model on raw column values: (column, weight) pairs and a bias such that
+
+        logit = bias + sum(weight * clip(value, lower, upper))
+
+    equals the trained model's logit. Training scaled each input to (clip(value) - lower) / (upper - lower),
+    so each weight is divided by its column's span and the bias absorbs the lower bounds. Only a logistic
+    model with numeric inputs is linear in its columns (an MLP is not; a one-hot block has no column weight).
+    """
+    if plan.model != "logistic":
+        raise PlanError("only a logistic model is linear in its inputs (an mlp is not)")
+    if any(f.categories for f in plan.features):
+        raise PlanError("a model with one-hot (categorical) inputs has no weight per column")
+    if not check_params(plan, params):
+        raise PlanError("the parameters do not fit the plan")
+    weights = np.asarray(params[0], dtype=np.float64)
+    bias = float(params[1][0])
+    pairs = []
+    for f, w in zip(plan.features, weights.tolist(), strict=True):
+        span = f.upper - f.lower
+        pairs.append((f.column, w / span))
+        bias -= w * f.lower / span
+    return tuple(pairs), bias
 
 
 def to_array_record(params: Sequence[np.ndarray]) -> ArrayRecord:

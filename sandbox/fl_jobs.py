@@ -24,7 +24,7 @@ import numpy as np
 
 import fl_server
 from protos.sandbox.v1 import fl_pb2
-from sandbox import catalogue, fl_plans, grants, ledger, policy, serde
+from sandbox import catalogue, fl_plans, grants, ledger, models, policy, serde
 from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
@@ -41,6 +41,8 @@ class Job:
     grant_id: str
     plan: fl_server.TrainingPlan
     charged: Budget
+    dataset: str = ""
+    plan_hash: str = ""
     state: str = "starting"
     message: str = ""
     events: list[fl_pb2.TrainingEvent] = field(default_factory=list)
@@ -131,7 +133,8 @@ class JobManager:
                           ledger.delta_to_atto(repr(delta), charge=True))
         ledger.reserve_in(call.conn, auth.grant.id, cost, quota=1)
         call.record_charge(cost.epsilon_nano, cost.delta_atto)
-        job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost)
+        job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
+                  dataset=template.dataset, plan_hash=req.plan_hash)
 
         def launch() -> fl_pb2.StartTrainingResponse:
             with self._lock:
@@ -167,14 +170,18 @@ class JobManager:
 
         return events()
 
-    def result(self, call: Call, job_id: str) -> fl_pb2.GetTrainingResultResponse:
+    def _completed(self, call: Call, job_id: str) -> tuple[Job, fl_server.TrainingResult]:
+        """The caller's finished job and its model; a revoked grant withholds the model."""
         job = self.job_of(call, job_id)
         grant = grants.get(call.conn, job.grant_id)
         if grant is None or grant.revoked:
             raise SandboxError(ErrorCode.GRANT_REVOKED, "the model is withheld")
         if job.state != "completed" or job.result is None:
             raise SandboxError(ErrorCode.JOB_NOT_COMPLETE, f"job is {job.state}")
-        res = job.result
+        return job, job.result
+
+    def result(self, call: Call, job_id: str) -> fl_pb2.GetTrainingResultResponse:
+        job, res = self._completed(call, job_id)
         final = res.final
         metrics = [fl_pb2.Metric(name=k, value=float(v)) for k, v in (
             ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", res.epsilon)) if v is not None]
@@ -183,6 +190,41 @@ class JobManager:
             weights=[fl_pb2.Tensor(shape=list(p.shape), values=np.asarray(p, dtype=float).ravel().tolist())
                      for p in res.params],
             history=list(job.events))
+
+    def register_model(self, call: Call, req: fl_pb2.RegisterTrainedModelRequest, *,
+                       min_public_weights: int) -> fl_pb2.RegisterTrainedModelResponse:
+        """A finished job's logistic model as a registry model for HE scoring, in raw column units.
+
+        The researcher already holds these weights; what the server adds is a conversion that matches
+        training's scaling exactly and a description stating where the model came from, which the
+        administrator reads when an HE scenario names it. The registry's own rules then apply (at least
+        ``min_public_weights`` non-zero sandbox columns, levels, bounds).
+        """
+        job, res = self._completed(call, req.job_id)
+        try:
+            pairs, bias = fl_server.as_linear(job.plan, res.params)
+        except fl_server.PlanError as exc:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        private = list(req.private_features)
+        columns = [c for c, _ in pairs]
+        unknown = [p for p in private if p not in columns]
+        if unknown or len(set(private)) != len(private) or not private:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "private features must be distinct features of the "
+                               f"trained plan, at least one ({', '.join(columns)})")
+        weight = dict(pairs)
+        bounds = {f.column: (f.lower, f.upper) for f in job.plan.features}
+        provenance = (f"Trained by federated job {job.id} under grant {job.grant_id} (plan {job.plan_hash[:16]}, "
+                      f"{len(res.history)} rounds, epsilon {'none' if res.epsilon is None else f'{res.epsilon:.3g}'}). "
+                      "Private features in raw units, clipped by the applicant to: "
+                      + "; ".join(f"{p} [{bounds[p][0]:g}, {bounds[p][1]:g}]" for p in private) + ".")
+        spec = models.ModelSpec(
+            name=req.name, kind="logistic", dataset=job.dataset,
+            public_features=tuple((c, w) for c, w in pairs if c not in private),
+            private_features=tuple((p, weight[p]) for p in private), bias=bias,
+            description=(provenance + (" " + req.description if req.description else "")))
+        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
+                                   min_public_weights=min_public_weights)
+        return fl_pb2.RegisterTrainedModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def cancel(self, call: Call, job_id: str) -> fl_pb2.CancelTrainingResponse:
         job = self.job_of(call, job_id)

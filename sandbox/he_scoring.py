@@ -102,7 +102,11 @@ def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_eng
 
 
 class EntityIndex:
-    """Identifier value -> row, built once per dataset version."""
+    """Identifier value -> row, built once per dataset version.
+
+    Where an identifier has several rows (a person-year table such as rand_hie, stored by person and
+    year) the entity is its last stored row: the person's latest record.
+    """
 
     def __init__(self, cache: ArrayCache) -> None:
         self._cache = cache

@@ -127,6 +127,11 @@ def list_for(conn: sqlite3.Connection, viewer: Principal) -> list[Scenario]:
     return [_load(conn, r) for r in rows]
 
 
+def granted_model(conn: sqlite3.Connection, viewer: Principal, model_hash: str) -> bool:
+    """True if ``viewer`` has (or had) an approved scenario that pins ``model_hash``."""
+    return any(s.application.model_hash == model_hash and s.grant is not None for s in list_for(conn, viewer))
+
+
 def list_pending(conn: sqlite3.Connection) -> list[Scenario]:
     rows = conn.execute(_SELECT + " WHERE status = 'pending' ORDER BY created_at_ms, id").fetchall()
     return [_load(conn, r) for r in rows]

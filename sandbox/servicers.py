@@ -44,7 +44,8 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     "/sandbox.v1.HeScoringService/ListProfiles": None,
     **{f"/sandbox.v1.HeScoringService/{m}": frozenset({Role.APPLICANT}) for m in ("RegisterContext", "Score")},
     **{f"/sandbox.v1.FlTrainingService/{m}": frozenset({Role.RESEARCHER}) for m in (
-        "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining")},
+        "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining",
+        "RegisterTrainedModel")},
 }
 
 
@@ -218,8 +219,10 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
     def GetModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         spec, submitted_by = models.get(call.conn, request.model_hash)
-        if submitted_by != call.principal.id and not call.principal.roles & {Role.ADMIN, Role.AUDITOR}:
-            raise SandboxError(ErrorCode.NOT_FOUND, "no such model")  # a model is its submitter's and the reviewers'
+        if not (submitted_by == call.principal.id or call.principal.roles & {Role.ADMIN, Role.AUDITOR}
+                or scenarios.granted_model(call.conn, call.principal, request.model_hash)):
+            # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
+            raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
         return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
                                        submitted_by=submitted_by)
 
@@ -257,8 +260,9 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
 
 
 class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
-    def __init__(self, jobs: fl_jobs.JobManager) -> None:
+    def __init__(self, jobs: fl_jobs.JobManager, config: ServerConfig) -> None:
         self._jobs = jobs
+        self._config = config
 
     def RegisterPlan(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
@@ -281,6 +285,10 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
     def CancelTraining(self, request, context):  # type: ignore[no-untyped-def]
         return self._jobs.cancel(current_call(), request.job_id)
 
+    def RegisterTrainedModel(self, request, context):  # type: ignore[no-untyped-def]
+        return self._jobs.register_model(current_call(), request,
+                                         min_public_weights=self._config.min_public_weights)
+
 
 def add_servicers(
     server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes, db: Database
@@ -288,7 +296,7 @@ def add_servicers(
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
     fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
-        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config.fl_backend))), server)
+        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config.fl_backend)), config), server)
     he = HeScoringServicer(config, dp.cache)
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)

@@ -26,5 +26,8 @@ def test_demo_runs_end_to_end() -> None:
     assert diff is not None and float(diff.group(1)) < 1e-3
     assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
     assert "charged epsilon" in text and "withheld" in text
+    fl_he = re.search(r"Riverside Mutual scored 500 people .* largest difference from the lab's model in\s+plaintext (\S+)\.",
+                      text, re.S)
+    assert fl_he is not None and float(fl_he.group(1)) < 1e-3
     assert "audit log OK" in text
     assert "Traceback" not in text + out.stderr

@@ -252,6 +252,35 @@ def test_auc_and_evaluation() -> None:
     assert ev.n == 4 and ev.loss == pytest.approx(math.log(2)) and ev.accuracy == 0.25
 
 
+def test_a_logistic_model_on_raw_columns_gives_the_trained_logits() -> None:
+    """as_linear's weights on raw, clipped values reproduce the model's logit on scaled inputs."""
+    plan = TrainingPlan(features=(Feature("age", 18, 90), Feature("income", -100, 5000), Feature("flag", 0, 1)),
+                        label=Label("y", 0.5), eval_fraction=0.0).validate()
+    rng = np.random.default_rng(7)
+    params = [rng.normal(0, 3, 3), rng.normal(0, 1, 1)]
+    raw = {"age": rng.uniform(0, 120, 500), "income": rng.uniform(-500, 6000, 500),  # beyond both bounds
+           "flag": rng.integers(0, 2, 500).astype(float), "y": rng.integers(0, 2, 500).astype(float)}
+    part = prepare_partition(plan, raw)
+    expected = np.log(fl_server.predict_proba(plan, params, part.x) / (1 - fl_server.predict_proba(plan, params, part.x)))
+    pairs, bias = fl_server.as_linear(plan, params)
+    assert [c for c, _ in pairs] == ["age", "income", "flag"]
+    got = np.full(500, bias)
+    for (column, weight), f in zip(pairs, plan.features, strict=True):
+        got += weight * np.clip(raw[column], f.lower, f.upper)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("change", "fragment"), [({"model": "mlp", "hidden_units": 4}, "mlp"),
+                                                  ({"features": (Feature("k", categories=("a", "b")),)}, "one-hot")])
+def test_only_a_logistic_model_on_numeric_columns_is_linear(change: dict[str, object], fragment: str) -> None:
+    plan = dataclasses.replace(PLAN, **change).validate()
+    with pytest.raises(fl_server.PlanError, match=fragment):
+        fl_server.as_linear(plan, fl_server.init_params(plan))
+    logistic = PLAN.validate()
+    with pytest.raises(fl_server.PlanError, match="parameters"):
+        fl_server.as_linear(logistic, [np.zeros(logistic.n_inputs + 1), np.zeros(1)])
+
+
 def test_params_survive_an_array_record_and_fedprox_pulls_towards_the_start() -> None:
     plan = dataclasses.replace(PLAN, model="mlp", hidden_units=4, strategy="fedprox", proximal_mu=0.0).validate()
     params = init_params(plan)

@@ -412,3 +412,57 @@ class CancelTrainingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelTrainingResponse: _TypeAlias = CancelTrainingResponse  # noqa: Y015
+
+@_typing.final
+class RegisterTrainedModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PRIVATE_FEATURES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def private_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """plan features the scoring applicant supplies (raw units)"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        private_features: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "job_id", b"job_id", "name", b"name", "private_features", b"private_features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTrainedModelRequest: _TypeAlias = RegisterTrainedModelRequest  # noqa: Y015
+
+@_typing.final
+class RegisterTrainedModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_HASH_FIELD_NUMBER: _builtins.int
+    CANONICAL_FIELD_NUMBER: _builtins.int
+    model_hash: _builtins.str
+    canonical: _builtins.bytes
+    """the registered spec's canonical JSON (its SHA-256 is model_hash)"""
+    def __init__(
+        self,
+        *,
+        model_hash: _builtins.str = ...,
+        canonical: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical", b"canonical", "model_hash", b"model_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTrainedModelResponse: _TypeAlias = RegisterTrainedModelResponse  # noqa: Y015

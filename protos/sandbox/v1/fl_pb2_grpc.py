@@ -59,6 +59,11 @@ class FlTrainingServiceStub:
                 request_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingResponse.FromString,
                 _registered_method=True)
+        self.RegisterTrainedModel = channel.unary_unary(
+                '/sandbox.v1.FlTrainingService/RegisterTrainedModel',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.FromString,
+                _registered_method=True)
 
 
 class FlTrainingServiceServicer:
@@ -97,6 +102,15 @@ class FlTrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterTrainedModel(self, request, context):
+        """Register a completed job's logistic model in the model registry (ModelService) for HE scoring
+        scenarios: the weights are converted to raw column units, and the columns named private become
+        features the scoring applicant supplies encrypted. The model must pass the registry's rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlTrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +138,11 @@ def add_FlTrainingServiceServicer_to_server(servicer, server):
                     servicer.CancelTraining,
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingResponse.SerializeToString,
+            ),
+            'RegisterTrainedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterTrainedModel,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +280,33 @@ class FlTrainingService:
             '/sandbox.v1.FlTrainingService/CancelTraining',
             protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingRequest.SerializeToString,
             protos_dot_sandbox_dot_v1_dot_fl__pb2.CancelTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterTrainedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.FlTrainingService/RegisterTrainedModel',
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
