@@ -51,7 +51,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except SandboxClientError as exc:
             word = "refused" if exc.status in _REFUSALS else "failed"
-            code = f" [{exc.code}]" if exc.code else ""
+            code = f" [{exc.code}]" if exc.code and exc.code != exc.status else ""
             raise fail(f"{word} ({exc.status}): {exc.message}{code}") from None
 
 

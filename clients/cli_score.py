@@ -31,6 +31,8 @@ def read_features(path: Path, n: int) -> tuple[list[str], np.ndarray]:
         rows = [r for r in reader if r]
     if not header or len(rows) != n:
         raise typer.BadParameter(f"{path} needs a header and {n} rows (one per id)", param_hint="--features")
+    if any(len(r) != len(header) for r in rows):
+        raise typer.BadParameter(f"{path}: every row needs {len(header)} finite numbers", param_hint="--features")
     try:
         x = np.array([[float(v) for v in r] for r in rows])
     except ValueError:
@@ -47,13 +49,20 @@ def score(
     model: str = typer.Option(..., "--model", help="The granted model's hash."),
     ids: Path = typer.Option(..., "--ids", exists=True, dir_okay=False, help="CSV of entity ids."),
     features: Path = typer.Option(..., "--features", exists=True, dir_okay=False,
-                                  help="CSV of your private features, one row per id, in the model's order."),
+                                  help="CSV of your private features: a header naming them, one row per id."),
     output: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV to write."),
 ) -> None:
     """Score entities: your features are encrypted here, the sandbox adds its part blind, you decrypt here."""
     entity_ids = read_ids(ids)
     names, x = read_features(features, len(entity_ids))
+    if not output.parent.is_dir() or output.is_dir():
+        raise typer.BadParameter(f"cannot write {output}: no such directory, or it is a directory", param_hint="--out")
     with connect(ctx, ApplicantClient) as client:
+        wanted = client.model_private_features(model)
+        if sorted(names) != sorted(wanted):
+            raise typer.BadParameter(f"the header must name the model's private features {', '.join(wanted)}; "
+                                     f"it names {', '.join(names)}", param_hint="--features")
+        x = x[:, [names.index(n) for n in wanted]]  # the model's order, whatever the file's
         result = client.score(grant, model, entity_ids, x)
     with output.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

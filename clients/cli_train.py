@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.cli import app, connect, out, row, table
+from clients.cli import app, connect, dec, out, row, table
 from clients.client import ResearcherClient
 
 
@@ -60,7 +60,7 @@ def train(
                 if e.state == "running":
                     metrics = ("metrics withheld" if e.loss is None or e.accuracy is None
                                else f"loss {e.loss:.4f} accuracy {e.accuracy:.3f}")
-                    info = f"{metrics} epsilon {e.epsilon_spent:.3f}"
+                    info = f"{metrics} " + (f"epsilon {e.epsilon_spent:.3f}" if noise_multiplier > 0 else "no DP")
                     if e.dropped:
                         info += f" [dropped: {', '.join(e.dropped)}]"
                     bar.update(task, completed=e.round, info=info)
@@ -71,11 +71,12 @@ def train(
         row(summary, "rounds", f"{last.round} of {last.rounds}")
         row(summary, "federated loss / accuracy", "withheld under DP" if last.loss is None or last.accuracy is None
             else f"{last.loss:.4f} / {last.accuracy:.3f}")
-        row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}")
+        row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}" if noise_multiplier > 0
+            else "no DP guarantee: the grant's whole remaining budget was reserved")
         if last.state == "completed":
             res = client.training_result(job)
             row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))  # type: ignore[attr-defined]
-            row(summary, "charged", f"epsilon {res.epsilon_charged.normalize()}")
+            row(summary, "charged", f"epsilon {dec(res.epsilon_charged)}")
         out().print(summary)
         if last.state != "completed":
             raise typer.Exit(1)

@@ -206,6 +206,19 @@ class ApplicantClient(SandboxClient):
         profiles = self._t.call(_HE + "ListProfiles", he_pb2.ListProfilesRequest(), he_pb2.ListProfilesResponse)
         return HeSession(self._t, choose_profile(profiles.profiles, entities))
 
+    def _model_info(self, model_hash: str) -> tuple[bool, tuple[str, ...]]:
+        """(logistic?, private feature names in order) of a model this principal may read; asked once per hash."""
+        cache: dict[str, tuple[bool, tuple[str, ...]]] = self.__dict__.setdefault("_models", {})
+        if model_hash not in cache:  # a model is immutable
+            spec = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
+                                he_pb2.GetModelResponse).spec
+            cache[model_hash] = (spec.kind == he_pb2.MODEL_LOGISTIC, tuple(f.name for f in spec.private_features))
+        return cache[model_hash]
+
+    def model_private_features(self, model_hash: str) -> list[str]:
+        """The private features a model takes, in the order of ``score``'s feature columns."""
+        return list(self._model_info(model_hash)[1])
+
     def score(
         self, grant_id: str, model_hash: str, entity_ids: Sequence[str], features: Any, *,
         session: HeSession | None = None, timeout: float = 120.0,
@@ -218,12 +231,10 @@ class ApplicantClient(SandboxClient):
         import numpy as np
 
         x = np.asarray(features, dtype=float)
-        cache: dict[str, bool] = self.__dict__.setdefault("_logistic_models", {})
-        if model_hash not in cache:  # a model is immutable: ask once per hash
-            model = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
-                                 he_pb2.GetModelResponse)
-            cache[model_hash] = model.spec.kind == he_pb2.MODEL_LOGISTIC
-        logistic = cache[model_hash]
+        logistic, names = self._model_info(model_hash)
+        if x.ndim != 2 or x.shape[1] != len(names):
+            raise serde.invalid(f"the model takes {len(names)} private features ({', '.join(names)}); "
+                                f"features has shape {x.shape}")
         sess = session or self.he_session(len(entity_ids))
         ids = [str(e) for e in entity_ids]
         parts = []
