@@ -194,7 +194,9 @@ def test_32_simultaneous_queries_never_overspend(dp_env) -> None:  # type: ignor
     barrier = threading.Barrier(32)
 
     def worker() -> None:
-        client = ApplicantClient(sbx.address, key=office.transport.key, ca=sbx.ca)
+        # A generous deadline: 32 TLS handshakes and queries on a loaded 2-core CI machine may take a while,
+        # and a DeadlineExceeded here would kill the worker and lose its result.
+        client = ApplicantClient(sbx.address, key=office.transport.key, ca=sbx.ca, timeout=120.0)
         barrier.wait()
         try:
             client.run_query(g, Query("adult_census").count(), epsilon=0.05)
@@ -226,16 +228,28 @@ def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, mo
     sbx, admin, office, grant = dp_env
     g = grant(epsilon=1.0)
     original = dp_queries.ArrayCache.columns
+    release = threading.Event()
 
     def slow(self, info, names):  # type: ignore[no-untyped-def]
-        time.sleep(1.5)
+        # Held until the caller has seen its deadline pass, however slow the machine: no sleep races.
+        release.wait(timeout=300)
         return original(self, info, names)
 
     monkeypatch.setattr(dp_queries.ArrayCache, "columns", slow)
     q = Query("adult_census").count()
-    with pytest.raises(DeadlineExceeded):
-        office.run_query(g, q, epsilon=0.3, idempotency_key="slow-1", timeout=0.5)
-    time.sleep(1.5)  # let the server finish and audit
+    try:
+        with pytest.raises(DeadlineExceeded):
+            office.run_query(g, q, epsilon=0.3, idempotency_key="slow-1", timeout=5.0)
+    finally:
+        release.set()
+
+    def run_query_statuses() -> list[str]:
+        return [e.status for e in admin.audit_entries() if e.grant_id == g and e.method.endswith("RunQuery")]
+
+    # Wait (polling, generously) until the server has finished the computation and audited its outcome.
+    give_up = time.monotonic() + 120
+    while run_query_statuses()[-1:] in ([], ["RESERVED"]) and time.monotonic() < give_up:
+        time.sleep(0.1)
     monkeypatch.setattr(dp_queries.ArrayCache, "columns", original)
     charged = spent(office, g)
     assert charged > 0

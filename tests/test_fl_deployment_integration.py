@@ -14,6 +14,7 @@ FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 45 s idle (seven runtime processes); several times that on a loaded 2-core box
 def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
     sbx = start_sandbox(tmp_path, fl_backend="deployment")
     try:
@@ -27,7 +28,7 @@ def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
         grant = admin.approve(s.id).grant
         assert grant is not None
         job = lab.start_training(grant.id, plan, rounds=1, learning_rate=0.5)  # type: ignore[attr-defined]
-        events = list(lab.watch_training(job, timeout=300))  # type: ignore[attr-defined]
+        events = list(lab.watch_training(job, timeout=800))  # type: ignore[attr-defined]
         assert events[-1].state == "completed", events[-1].message
         running = [e for e in events if e.state == "running"]
         assert [e.round for e in running] == [1]

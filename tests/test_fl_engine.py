@@ -392,7 +392,11 @@ def test_noise_has_the_priced_scale_on_the_sum_of_the_updates_that_came(failures
     noise = np.concatenate([(a - s).ravel() for a, s in zip(from_array_record(arrays), start, strict=True)])
     expected = plan.noise_multiplier * plan.clipping_norm / (6 - failures)
     assert noise.size > 3800
-    assert abs(noise.mean()) < 4 * expected / math.sqrt(noise.size)
+    # The noise is unseeded (opendp's). Mean: 6 standard errors, exceeded by a correct release with
+    # probability 2e-9 (4 standard errors was 6e-5). Sample standard deviation of about 4000 Gaussian
+    # values: its relative standard error is 1/sqrt(2n) = 0.011, so 6% is about 5.4 of them (6e-8), while
+    # noise divided by the planned rather than the actual number of updates is 33% off.
+    assert abs(noise.mean()) < 6 * expected / math.sqrt(noise.size)
     assert np.std(noise) == pytest.approx(expected, rel=0.06)
 
 

@@ -22,7 +22,9 @@ import pytest
 
 from flwr.app import Context, RecordDict
 
-from fl_server import DeploymentBackend, Partition, RoundReport, TrainingCancelled, TrainingPlan, save_partition
+from fl_server import (
+    DeploymentBackend, Partition, RoundReport, Timing, TrainingCancelled, TrainingPlan, save_partition,
+)
 from fl_server.app import server_app
 from fl_server.client import make_client_app
 from fl_server.deployment import _descendants, _EventReader, _Processes, _same_process
@@ -36,6 +38,7 @@ def live_descendants() -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 30 s idle; a loaded 2-core CI machine can take several times that
 def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np.ndarray]) -> None:
     plan = dataclasses.replace(PLAN, rounds=2)
     parts = site_partitions(plan, hie, ("1", "4"))
@@ -43,7 +46,9 @@ def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np
     save_partition(tmp_path / "holder-4.npz", parts["4"])
     inputs: dict[str, Partition | Path] = {"1": parts["1"], "4": tmp_path / "holder-4.npz"}
     reports: list[RoundReport] = []
-    backend = DeploymentBackend()
+    # Start-up and connection limits well above the defaults (60 s each): they only matter when something hangs.
+    backend = DeploymentBackend(timing=Timing(round_timeout=120.0, connect_timeout=240.0, poll_interval=0.2),
+                                startup_timeout=240.0)
     started = time.monotonic()
     result = backend.run(plan, inputs, on_round=reports.append, should_stop=lambda: False)
     total = time.monotonic() - started
@@ -92,7 +97,8 @@ def test_server_app_stops_between_rounds_once_the_stop_file_exists(tmp_path: Pat
 
 def test_the_backend_relays_a_stop_and_the_cancellation(tmp_path: Path) -> None:
     """should_stop() -> the stop file; the ServerApp's ``cancelled`` event -> TrainingCancelled."""
-    link = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # A stand-in SuperLink that must still be running whenever _follow polls it (killed below).
+    link = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
         events = tmp_path / "progress.jsonl"
         events.write_text(json.dumps({"event": "started"}) + "\n")
@@ -122,11 +128,12 @@ def test_holder_ids_must_be_safe_for_a_node_config() -> None:
 
 def test_processes_and_what_they_started_are_stopped(tmp_path: Path) -> None:
     """A started process whose child detaches into its own session (as Flower's SuperExec does) leaves nothing."""
-    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-             "start_new_session=True); time.sleep(60)")
+    # Both must still be alive when counted, so they sleep far longer than the wait below (stop() kills them).
+    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+             "start_new_session=True); time.sleep(600)")
     procs = _Processes(dict(os.environ), tmp_path)
     procs.start("parent", [sys.executable, "-c", child])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # two Python start-ups; generous for a loaded machine
     while len(live_descendants()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(live_descendants()) == 2
@@ -155,7 +162,7 @@ def test_server_app_reports_a_bad_plan_as_an_error_event(tmp_path: Path) -> None
         "main(None, Context(run_id=0, node_id=1, node_config={}, state=RecordDict(),"
         " run_config={'work-dir': sys.argv[1]}))\n")
     (tmp_path / "run.json").write_text(json.dumps({"plan": {"rounds": 0}, "holders": [], "timing": {}}))
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, timeout=240)
     events = _EventReader(tmp_path / "progress.jsonl").read()
     assert [e["event"] for e in events] == ["started", "error"]
     assert events[1]["kind"] == "PlanError" and events[1]["message"] == "malformed plan document"

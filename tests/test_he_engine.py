@@ -322,13 +322,15 @@ def test_a_call_caught_in_another_calls_crash_is_retried(pool: ScoringPool, bank
 def test_a_call_that_times_out_is_killed_and_the_pool_recovers(pool: ScoringPool, bank: Bank) -> None:
     start = time.monotonic()
     with pytest.raises(HeUnavailableError, match="timed out"):
-        pool._call(slow_echo, 1, 30.0, timeout=0.5)
-    assert time.monotonic() - start < 10
+        pool._call(slow_echo, 1, 120.0, timeout=0.5)
+    # Not a timing check: only that the call did not wait for the 120 s job. (A bound of 10 s against a
+    # 30 s job left a loaded machine little room to kill a worker and spawn its replacement.)
+    assert time.monotonic() - start < 60
     assert_serves(pool, bank)
 
 
 def test_a_closed_pool_refuses_calls(bank: Bank) -> None:
-    small = ScoringPool(workers=1)
+    small = ScoringPool(workers=1, timeout=300)  # spawning a worker that imports TenSEAL can be slow under load
     assert small.register_context(bank.public).profile == "ckks-8192"
     small.close()
     with pytest.raises(HeUnavailableError, match="closed"):

@@ -58,7 +58,7 @@ def test_serve_sigterm_restart_keeps_state(tmp_path: Path) -> None:
             from protos.sandbox.v1 import applicant_pb2
             admin.transport.invoke_raw("/sandbox.v1.ApplicantService/WhoAmI", b"", md, applicant_pb2.WhoAmIResponse)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "sandbox stopped" in out
     finally:
         if proc.poll() is None:
@@ -75,7 +75,7 @@ def test_serve_sigterm_restart_keeps_state(tmp_path: Path) -> None:
                                            applicant_pb2.WhoAmIResponse)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=120)
 
 
 def test_config_precedence(tmp_path: Path) -> None:
