@@ -223,25 +223,30 @@ def test_32_simultaneous_queries_never_overspend(dp_env) -> None:  # type: ignor
 
 
 def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from sandbox import dp_queries
+    """A computation that outlasts the caller's deadline: charged, audited as withheld, replayed on retry.
+
+    The computation is held until the server itself sees the call as no longer active, and the test then
+    polls the audit log for the outcome: no sleep that a loaded machine can outrun. (Sleeping 1.5 s in the
+    server against a 0.5 s deadline, then 1.5 s in the test, left 0.5 s for the server to finish and audit;
+    and releasing as soon as the client gives up is too early: the server notices the deadline a moment
+    later, and would release.)
+    """
+    from sandbox.interceptor import SigningInterceptor
 
     sbx, admin, office, grant = dp_env
     g = grant(epsilon=1.0)
-    original = dp_queries.ArrayCache.columns
-    release = threading.Event()
+    original = SigningInterceptor._compute_and_release
 
-    def slow(self, info, names):  # type: ignore[no-untyped-def]
-        # Held until the caller has seen its deadline pass, however slow the machine: no sleep races.
-        release.wait(timeout=300)
-        return original(self, info, names)
+    def past_the_deadline(self, call, method, request_sha, deferred, handler, context):  # type: ignore[no-untyped-def]
+        give_up = time.monotonic() + 120
+        while context.is_active() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return original(self, call, method, request_sha, deferred, handler, context)
 
-    monkeypatch.setattr(dp_queries.ArrayCache, "columns", slow)
+    monkeypatch.setattr(SigningInterceptor, "_compute_and_release", past_the_deadline)
     q = Query("adult_census").count()
-    try:
-        with pytest.raises(DeadlineExceeded):
-            office.run_query(g, q, epsilon=0.3, idempotency_key="slow-1", timeout=5.0)
-    finally:
-        release.set()
+    with pytest.raises(DeadlineExceeded):
+        office.run_query(g, q, epsilon=0.3, idempotency_key="slow-1", timeout=5.0)
 
     def run_query_statuses() -> list[str]:
         return [e.status for e in admin.audit_entries() if e.grant_id == g and e.method.endswith("RunQuery")]
@@ -250,7 +255,7 @@ def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, mo
     give_up = time.monotonic() + 120
     while run_query_statuses()[-1:] in ([], ["RESERVED"]) and time.monotonic() < give_up:
         time.sleep(0.1)
-    monkeypatch.setattr(dp_queries.ArrayCache, "columns", original)
+    monkeypatch.setattr(SigningInterceptor, "_compute_and_release", original)
     charged = spent(office, g)
     assert charged > 0
     entries = [e for e in admin.audit_entries() if e.grant_id == g]
