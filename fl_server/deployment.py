@@ -200,8 +200,8 @@ class DeploymentBackend:
     """Trains with Flower's deployment runtime on this machine: one SuperNode process per holder."""
 
     def __init__(self, *, host: str = "127.0.0.1",
-                 timing: Timing = Timing(round_timeout=120.0, connect_timeout=60.0, poll_interval=0.2),
-                 startup_timeout: float = 60.0, stop_grace: float = 5.0, log_dir: Path | None = None) -> None:
+                 timing: Timing = Timing(round_timeout=120.0, connect_timeout=180.0, poll_interval=0.2),
+                 startup_timeout: float = 180.0, stop_grace: float = 5.0, log_dir: Path | None = None) -> None:
         """``log_dir``: where the runtime processes' logs go and stay (default: the work directory, removed)."""
         self.host, self.timing, self.log_dir = host, timing, log_dir
         self.startup_timeout, self.stop_grace = startup_timeout, stop_grace

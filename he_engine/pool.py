@@ -51,7 +51,7 @@ class ScoringPool:
     threads may call it at once; at most ``workers`` calls compute at a time.
     """
 
-    def __init__(self, workers: int = 2, *, timeout: float = 30.0,
+    def __init__(self, workers: int = 2, *, timeout: float = 60.0,
                  profiles: Iterable[Profile] = PROFILES.values()) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")

@@ -268,7 +268,9 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 raise
             raise SandboxError(ErrorCode.INTERNAL, log_detail=repr(exc)) from exc
         body: bytes = handler.response_serializer(response)
-        released = context.is_active()
+        # is_active() turns false a little after the deadline; time_remaining() says it at once.
+        remaining = context.time_remaining()
+        released = context.is_active() and (remaining is None or remaining > 0)
         with self._db.write() as conn:
             if deferred.on_success is not None:
                 deferred.on_success(conn, body)

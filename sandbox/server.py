@@ -39,6 +39,8 @@ class RunningServer:
     audit: AuditLog
     health: health.HealthServicer
     closers: list = field(default_factory=list)
+    #: The boundary every call passes through (its ``_clock`` is the server's notion of now).
+    interceptor: SigningInterceptor | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish, sign the audit head, close the database."""
@@ -82,7 +84,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         db.close()
         raise OSError(f"cannot bind {config.host}:{config.port}")
     server.start()
-    return RunningServer(server, port, db, audit, health_servicer, closers)
+    return RunningServer(server, port, db, audit, health_servicer, closers, interceptor)
 
 
 def serve_forever(config: ServerConfig, *, on_ready=None) -> None:  # type: ignore[no-untyped-def]

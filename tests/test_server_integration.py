@@ -212,11 +212,8 @@ def test_revoked_grant_stops_at_once(env) -> None:  # type: ignore[no-untyped-de
 
 def _server_interceptor(sbx: Sandbox):  # type: ignore[no-untyped-def]
     """The running server's SigningInterceptor, whose clock gives every handler its ``now``."""
-    import gc
-
-    from sandbox.interceptor import SigningInterceptor
-
-    return next(o for o in gc.get_objects() if isinstance(o, SigningInterceptor) and o._db is sbx.running.db)
+    assert sbx.running.interceptor is not None
+    return sbx.running.interceptor
 
 
 def test_expired_grant(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
