@@ -116,7 +116,9 @@ def tenseal_sigfpe() -> None:
     ts.ckks_vector_from(ctx, b"\x0a\x01\x05").sum()
 
 
-def slow_echo(value: int, seconds: float) -> int:
+def slow_echo(value: int, seconds: float, started: str = "") -> int:
+    if started:
+        Path(started).touch()  # tells the test this call is running in a worker
     time.sleep(seconds)
     return value
 
@@ -307,11 +309,15 @@ def test_a_real_tenseal_crash_is_contained_and_its_input_never_passes_the_struct
     assert_serves(pool, bank)
 
 
-def test_a_call_caught_in_another_calls_crash_is_retried(pool: ScoringPool, bank: Bank) -> None:
+def test_a_call_caught_in_another_calls_crash_is_retried(pool: ScoringPool, bank: Bank, tmp_path: Path) -> None:
     results: list[int] = []
-    innocent = threading.Thread(target=lambda: results.append(pool._call(slow_echo, 42, 2.0)))
+    started = tmp_path / "innocent-started"
+    innocent = threading.Thread(target=lambda: results.append(pool._call(slow_echo, 42, 5.0, str(started))))
     innocent.start()
-    time.sleep(0.5)  # the innocent call is running in one worker when the other crashes
+    give_up = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < give_up:  # the innocent call is running in a worker
+        time.sleep(0.01)
+    assert started.exists()
     with pytest.raises(HeInputError):
         pool._call(crash_worker)
     innocent.join(timeout=60)
