@@ -242,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 # Baseline first, then signed, on the same server and the same kind of client.
                 for kind in (UNSIGNED, SIGNED):
                     console.print(f"  {kind:<22} {clients:>3} client(s) x {n} requests ...", highlight=False)
+                    commits, writes = running.db.commits, running.db.writes
                     results.append(run_config(make_client, kind, clients, n, warmup))
+                    if kind == SIGNED:
+                        batched = (running.db.writes - writes) / max(1, running.db.commits - commits)
+                        console.print(f"    {batched:.2f} signed calls per durable commit (group commit)",
+                                      highlight=False)
         finally:
             running.stop(grace=1)
         micro = micro_benchmarks(Path(tmp), n_crypto=500 if args.quick else 5000, n_commit=50 if args.quick else 300)

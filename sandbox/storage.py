@@ -1,8 +1,15 @@
-"""SQLite storage: one database file, WAL with full sync, one connection per thread.
+"""SQLite storage: one database file, WAL with full sync; readers use a connection per thread.
 
-Writers take an in-process lock before ``BEGIN IMMEDIATE`` so that threads of
-one server queue fairly instead of spinning in SQLite's busy handler; other
-processes (the offline ``sandbox audit`` commands, tests) are still serialised
+Writes are group-committed. Every ``write()`` runs as a SAVEPOINT inside one
+shared ``BEGIN IMMEDIATE`` transaction on the writer connection, under an
+in-process lock (threads queue fairly instead of spinning in SQLite's busy
+handler). A writer that finds nobody queued behind it commits for everyone
+whose savepoint is in the transaction; otherwise it leaves the transaction open
+for the next writer. No ``write()`` returns before its work is durably
+committed (one fsync per batch instead of one per call), a failing writer rolls
+back only its own savepoint, and a failed COMMIT fails every writer of that
+batch, none of whose work is kept. A lone writer commits at once, as before.
+Other processes (the offline ``sandbox audit`` commands, tests) are serialised
 by SQLite itself through ``busy_timeout``.
 """
 
@@ -18,6 +25,17 @@ from pathlib import Path
 from sandbox.errors import ErrorCode, SandboxError
 
 DB_FILE = "sandbox.db"
+#: At most this many writers share one commit (bounds the wait of the first of them).
+MAX_BATCH = 64
+
+
+class _Batch:
+    """The writers whose savepoints are in the open transaction, and how its COMMIT went."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.done = threading.Event()
+        self.error: str | None = None
 
 
 def _schema_sql() -> str:
@@ -34,6 +52,13 @@ class Database:
         self._write_lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._batch = _Batch()
+        self._queued = 0  # writers waiting for the write lock
+        self._queued_lock = threading.Lock()
+        #: Commits done by write() and the writes they carried (for benchmarks and tests).
+        self.commits = 0
+        self.writes = 0
 
     @classmethod
     def create(cls, path: Path) -> Database:
@@ -43,46 +68,96 @@ class Database:
         conn.executescript(_schema_sql())
         return db
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit mode; transactions are explicit)."""
+        """This thread's connection for reading (autocommit mode; transactions are explicit)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn = self._connect()
             self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
         return conn
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-        conn = self.connection()
-        with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
+        """A transaction of this caller's own: committed (durably) on success, rolled back on any error.
+
+        Raises STORAGE_BUSY if the database cannot be locked or the commit fails.
+        """
+        with self._queued_lock:
+            self._queued += 1
+        self._write_lock.acquire()
+        with self._queued_lock:
+            self._queued -= 1
+        ok = False
+        try:
+            if self._writer is None:
+                self._writer = self._connect()
+            conn = self._writer
+            if not conn.in_transaction:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
+                self._batch = _Batch()
+            batch = self._batch
+            conn.execute("SAVEPOINT call")
+            self._local.writing = conn
             try:
                 yield conn
+                conn.execute("RELEASE call")
+                batch.members += 1
+                ok = True
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled the whole transaction back itself
+                    conn.execute("ROLLBACK TO call")
+                    conn.execute("RELEASE call")
                 raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
+            finally:
+                self._local.writing = None
+                if not conn.in_transaction:
+                    if not batch.done.is_set():  # gone with the earlier writers' work: they must fail
+                        batch.error = "the transaction was rolled back"
+                        batch.done.set()
+                elif self._queued == 0 or batch.members >= MAX_BATCH:
+                    self._commit(conn, batch)
+        finally:
+            self._write_lock.release()
+        if ok:
+            batch.done.wait()
+            if batch.error is not None:
+                raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=batch.error)
+
+    def _commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        """COMMIT for every writer of ``batch`` (called with the write lock held)."""
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.writes += batch.members
+        except sqlite3.Error as exc:
+            batch.error = str(exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            batch.done.set()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent read snapshot (``BEGIN DEFERRED`` ... ``COMMIT``)."""
+        """A consistent read snapshot (``BEGIN DEFERRED`` ... ``COMMIT``); inside ``write()``, that transaction."""
+        writing: sqlite3.Connection | None = getattr(self._local, "writing", None)
+        if writing is not None:
+            yield writing
+            return
         conn = self.connection()
         conn.execute("BEGIN")
         try:
@@ -99,3 +174,4 @@ class Database:
                     pass
             self._all.clear()
         self._local = threading.local()
+        self._writer = None

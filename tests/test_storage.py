@@ -1,0 +1,144 @@
+"""Group commit in sandbox.storage: writers queued behind one another share a durable COMMIT, yet each
+keeps all-or-nothing semantics of its own, and nobody returns before its work is committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.storage import Database
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Database:
+    database = Database.create(tmp_path / "sandbox.db")
+    with database.write() as conn:
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TABLE t (x INTEGER, parent INTEGER REFERENCES parent (id))")
+    yield database
+    database.close()
+
+
+def rows(db: Database) -> list[int]:
+    other = Database(db.path)  # another connection: sees only what is committed
+    try:
+        with other.read() as conn:
+            return sorted(r[0] for r in conn.execute("SELECT x FROM t"))
+    finally:
+        other.close()
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    give_up = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < give_up, "gave up waiting"
+        time.sleep(0.005)
+
+
+def queued_behind_a_holder(db: Database, bodies: list[Callable]) -> list[object]:  # type: ignore[type-arg]
+    """Thread 0 holds the write lock until bodies 1.. are all queued behind it; returns each outcome."""
+    outcomes: list[object] = [None] * len(bodies)
+    release = threading.Event()
+
+    def run(i: int) -> None:
+        try:
+            with db.write() as conn:
+                if i == 0:
+                    release.wait(60)
+                bodies[i](conn)
+            outcomes[i] = "ok"
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to check
+            outcomes[i] = exc
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    wait_until(lambda: db._write_lock.locked())
+    others = [threading.Thread(target=run, args=(i,)) for i in range(1, len(bodies))]
+    for t in others:
+        t.start()
+    wait_until(lambda: db._queued == len(others))
+    release.set()
+    for t in (first, *others):
+        t.join(60)
+    return outcomes
+
+
+def insert(x: int) -> Callable:  # type: ignore[type-arg]
+    return lambda conn: conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
+
+
+def test_queued_writers_share_one_commit(db: Database) -> None:
+    commits, writes = db.commits, db.writes
+    outcomes = queued_behind_a_holder(db, [insert(i) for i in range(6)])
+    assert outcomes == ["ok"] * 6
+    assert rows(db) == list(range(6))
+    assert db.writes - writes == 6 and db.commits - commits == 1
+
+
+def test_a_lone_writer_commits_at_once(db: Database) -> None:
+    commits = db.commits
+    with db.write() as conn:
+        conn.execute("INSERT INTO t (x) VALUES (7)")
+    assert db.commits == commits + 1 and rows(db) == [7]  # visible to another connection on return
+
+
+def test_a_failing_writer_undoes_only_its_own_work(db: Database) -> None:
+    def fails(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.execute("INSERT INTO t (x) VALUES (100)")
+        raise ValueError("handler failed")
+
+    outcomes = queued_behind_a_holder(db, [insert(1), fails, insert(3)])
+    assert outcomes[0] == "ok" and outcomes[2] == "ok"
+    assert isinstance(outcomes[1], ValueError)
+    assert rows(db) == [1, 3]
+
+
+def test_the_last_writer_failing_still_commits_the_others(db: Database) -> None:
+    def fails(conn) -> None:  # type: ignore[no-untyped-def]
+        raise ValueError("handler failed")
+
+    outcomes = queued_behind_a_holder(db, [insert(1), insert(2), fails])
+    assert outcomes[:2] == ["ok", "ok"] and isinstance(outcomes[2], ValueError)
+    assert rows(db) == [1, 2]
+    assert not db._write_lock.locked()
+
+
+def test_a_failed_commit_fails_every_writer_of_the_batch_and_keeps_nothing(db: Database) -> None:
+    def breaks_the_commit(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
+        conn.execute("INSERT INTO t (x, parent) VALUES (2, 999)")
+
+    outcomes = queued_behind_a_holder(db, [insert(1), breaks_the_commit, insert(3)])
+    assert all(isinstance(o, SandboxError) and o.code is ErrorCode.STORAGE_BUSY for o in outcomes), outcomes
+    assert rows(db) == []
+    with db.write() as conn:  # and the next writer starts a clean transaction
+        conn.execute("INSERT INTO t (x) VALUES (4)")
+    assert rows(db) == [4]
+
+
+def test_a_read_inside_a_write_sees_that_write(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute("INSERT INTO t (x) VALUES (5)")
+        with db.read() as reader:
+            assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+        assert rows(db) == []  # not committed yet: another connection does not see it
+    assert rows(db) == [5]
+
+
+def test_many_concurrent_writers_all_land(db: Database) -> None:
+    def write_one(x: int) -> None:
+        with db.write() as conn:
+            conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
+
+    writes = db.writes
+    threads = [threading.Thread(target=write_one, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert rows(db) == list(range(64)) and db.writes - writes == 64
