@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,49 +40,97 @@ def train(
     fraction: float = typer.Option(1.0, "--fraction", help="Share of data holders sampled per round."),
     strategy: str = typer.Option("fedavg", "--strategy", help="fedavg or fedprox"),
     proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
-    clipping_norm: float = typer.Option(0.0, "--clipping-norm"),
-    noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Client-level DP noise; 0 = no DP."),
-    delta: float = typer.Option(0.0, "--delta"),
+    clipping_norm: float = typer.Option(1.0, "--clipping-norm", help="Client-level DP: each update's L2 bound."),
+    noise_multiplier: float = typer.Option(0.0, "--noise-multiplier",
+                                           help="Client-level DP noise (Gaussian, times the clipping norm)."),
+    delta: float = typer.Option(1e-6, "--delta", help="Client-level DP: the delta of the reported epsilon."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Train without DP: charged the grant's whole remaining "
+                                                      "budget (there is no finite epsilon)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the rounds with a progress bar."),
 ) -> None:
     """Start a federated training job (its whole privacy cost is reserved first)."""
+    if no_dp == (noise_multiplier > 0):
+        raise typer.BadParameter("give --noise-multiplier (client-level DP) or --no-dp (no DP guarantee: the job "
+                                 "takes the grant's whole remaining budget), not both or neither",
+                                 param_hint="--noise-multiplier / --no-dp")
     with connect(ctx, ResearcherClient) as client:
         job = client.start_training(grant, plan, rounds=rounds, local_epochs=local_epochs,
                                     learning_rate=learning_rate, fraction_per_round=fraction, strategy=strategy,
-                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm,
-                                    noise_multiplier=noise_multiplier, delta=delta)
-        out().print(f"started job {job}")
-        if not watch:
-            return
-        last = None
-        with Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=out()) as bar:
-            task = bar.add_task("train", total=rounds, info="")
-            for e in client.watch_training(job):
-                last = e
-                if e.state == "running":
-                    metrics = ("metrics withheld" if e.loss is None or e.accuracy is None
-                               else f"loss {e.loss:.4f} accuracy {e.accuracy:.3f}")
-                    info = f"{metrics} " + (f"epsilon {e.epsilon_spent:.3f}" if noise_multiplier > 0 else "no DP")
-                    if e.dropped:
-                        info += f" [dropped: {', '.join(e.dropped)}]"
-                    bar.update(task, completed=e.round, info=info)
-        if last is None:
-            return
-        summary = table("field", "value", title=f"job {job}: {last.state}")
-        row(summary, "state", f"{last.state}: {last.message}")
-        row(summary, "rounds", f"{last.round} of {last.rounds}")
-        row(summary, "federated loss / accuracy", "withheld under DP" if last.loss is None or last.accuracy is None
-            else f"{last.loss:.4f} / {last.accuracy:.3f}")
-        row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}" if noise_multiplier > 0
-            else "no DP guarantee: the grant's whole remaining budget was reserved")
-        if last.state == "completed":
-            res = client.training_result(job)
-            row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))  # type: ignore[attr-defined]
-            row(summary, "charged", f"epsilon {dec(res.epsilon_charged)}")
-        out().print(summary)
-        if last.state != "completed":
-            raise typer.Exit(1)
+                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm if not no_dp else 0.0,
+                                    noise_multiplier=noise_multiplier, delta=delta if not no_dp else 0.0)
+        out().print(f"started job {job}; reserved epsilon {dec(job.epsilon_reserved)}"
+                    + (f", delta {dec(job.delta_reserved)}" if job.delta_reserved else "")
+                    + (" (no DP: the grant's whole remaining budget)" if no_dp else ""))
+        if watch:
+            follow(client, job, rounds)
+
+
+def follow(client: ResearcherClient, job: str, rounds: int | None = None) -> None:
+    """A progress bar over the job's rounds, then a summary table; exit 1 unless it completed."""
+    last = None
+    with Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=out()) as bar:
+        task = bar.add_task("train", total=rounds, info="")
+        for e in client.watch_training(job):
+            last = e
+            bar.update(task, total=e.rounds or rounds)
+            if e.state == "running":
+                metrics = ("metrics withheld" if e.loss is None or e.accuracy is None
+                           else f"loss {e.loss:.4f} accuracy {e.accuracy:.3f}")
+                info = f"{metrics} " + (f"epsilon {e.epsilon_spent:.3f}" if e.epsilon_spent > 0 else "no DP")
+                if e.dropped:
+                    info += f" [dropped: {', '.join(e.dropped)}]"
+                bar.update(task, completed=e.round, info=info)
+    if last is None:
+        return
+    summary = table("field", "value", title=f"job {job}: {last.state}")
+    row(summary, "state", f"{last.state}: {last.message}")
+    row(summary, "rounds", f"{last.round} of {last.rounds}")
+    row(summary, "federated loss / accuracy", "withheld under DP" if last.loss is None or last.accuracy is None
+        else f"{last.loss:.4f} / {last.accuracy:.3f}")
+    row(summary, "epsilon spent", f"{last.epsilon_spent:.4f}" if last.epsilon_spent > 0
+        else "no DP guarantee: the grant's whole remaining budget was reserved")
+    if last.state == "completed":
+        res = client.training_result(job)
+        row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))  # type: ignore[attr-defined]
+        row(summary, "charged", f"epsilon {dec(res.epsilon_charged)}")
+    out().print(summary)
+    if last.state != "completed":
+        raise typer.Exit(1)
+
+
+@app.command("watch")
+def watch_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id.")) -> None:
+    """Follow a running (or finished) training job: rounds so far, then the summary."""
+    with connect(ctx, ResearcherClient) as client:
+        follow(client, job)
+
+
+@app.command("cancel")
+def cancel_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id.")) -> None:
+    """Stop a training job before its next round (what it reserved stays charged)."""
+    with connect(ctx, ResearcherClient) as client:
+        state = client.cancel_training(job)
+    out().print(f"job {job}: {state}")
+
+
+@app.command("result")
+def result_cmd(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="A completed training job id."),
+    output: Path = typer.Option(Path("model.json"), "--out", "-o", help="JSON file to write the model to."),
+) -> None:
+    """Write a completed job's model (the aggregate weights) and its federated metrics to a JSON file."""
+    if not output.parent.is_dir() or output.is_dir():
+        raise typer.BadParameter(f"cannot write {output}: no such directory, or it is a directory", param_hint="--out")
+    with connect(ctx, ResearcherClient) as client:
+        res = client.training_result(job)
+    doc = {"job_id": res.job_id, "metrics": res.metrics, "epsilon_charged": str(res.epsilon_charged),
+           "delta_charged": str(res.delta_charged),
+           "weights": [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]}  # type: ignore[attr-defined]
+    output.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}) "  # type: ignore[attr-defined]
+                f"to {output}")
 
 
 @app.command("register-model")

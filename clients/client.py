@@ -270,14 +270,20 @@ class ResearcherClient(ApplicantClient):
         self, grant_id: str, plan_hash: str, *, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1,
         fraction_per_round: float = 1.0, strategy: str = "fedavg", proximal_mu: float = 0.0,
         clipping_norm: float = 0.0, noise_multiplier: float = 0.0, delta: float = 0.0,
-    ) -> str:
-        """Reserve the plan's privacy cost and start; returns the job id. noise_multiplier 0 = no DP."""
+    ) -> t.TrainingJob:
+        """Reserve the plan's privacy cost and start; returns the job id (with what was reserved).
+
+        noise_multiplier 0 means no DP: such a job has no finite epsilon and is charged the grant's whole
+        remaining budget.
+        """
         s = fl_pb2.TrainingSettings(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
                                     fraction_per_round=fraction_per_round, strategy=strategy,
                                     proximal_mu=proximal_mu, clipping_norm=clipping_norm,
                                     noise_multiplier=noise_multiplier, delta=delta)
-        return self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
-            grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse).job_id
+        resp = self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
+            grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse)
+        return t.TrainingJob(resp.job_id, Decimal(resp.reserved.epsilon_nano) / serde.NANO,
+                             Decimal(resp.reserved.delta_atto) / serde.ATTO)
 
     def watch_training(self, job_id: str, *, timeout: float | None = 3600.0) -> Iterator[t.TrainingEvent]:
         """Per-round progress until the job ends (the last event has state completed/failed/cancelled/revoked)."""

@@ -229,6 +229,19 @@ class TrainingEvent:
     message: str
 
 
+class TrainingJob(str):
+    """A training job's id (use it wherever a job id goes) with what its start reserved from the budget."""
+
+    epsilon_reserved: Decimal
+    delta_reserved: Decimal
+
+    def __new__(cls, job_id: str, epsilon_reserved: Decimal, delta_reserved: Decimal) -> TrainingJob:
+        job = super().__new__(cls, job_id)
+        job.epsilon_reserved = epsilon_reserved
+        job.delta_reserved = delta_reserved
+        return job
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     job_id: str

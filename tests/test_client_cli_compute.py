@@ -7,6 +7,7 @@ in-process through typer's CliRunner, signed with a key made by ``keygen`` and e
 from __future__ import annotations
 
 import csv
+import json
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -208,11 +209,16 @@ def train(run: Run, lab: Path, grant: str, plan: str, *extra: str) -> Result:
                *extra, key=lab)
 
 
-def test_train_watch_without_dp_shows_rounds_metrics_and_the_charge(run: Run, fl_grant: tuple[Path, str, str]) -> None:
+def test_train_watch_without_dp_shows_rounds_metrics_and_the_charge(run: Run, fl_grant: tuple[Path, str, str],
+                                                                    tmp_path: Path) -> None:
     lab, plan, grant = fl_grant
-    r = train(run, lab, grant, plan)
+    unasked = run("train", "--grant", grant, "--plan", plan, "--rounds", "3", key=lab)
+    assert unasked.exit_code == 2 and "--no-dp" in unasked.output  # no silent whole-budget charge
+    found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)
+    r = train(run, lab, grant, plan, "--no-dp")
     assert r.exit_code == 0, r.output
-    job = found(r"started job (j-[0-9a-f]+)", r.output).group(1)
+    job = found(r"started job (j-[0-9a-f]+); reserved epsilon 100, delta 0\.00001 \(no DP: the grant's whole "
+                r"remaining budget\)", r.output).group(1)
     found(rf"job {job}: completed", r.output)
     found(r"state\s+│\s+completed", r.output)
     found(r"rounds\s+│\s+3 of 3\s", r.output)
@@ -224,6 +230,18 @@ def test_train_watch_without_dp_shows_rounds_metrics_and_the_charge(run: Run, fl
     found(r"3/3 loss 0\.\d{4} accuracy 0\.\d{3} no DP", r.output)  # the progress bar's last state
     assert "Traceback" not in r.output
     found(r"FL_TRAINING\s+│\s+approved\s+│\s+100 / 100\s", run("status", key=lab).output)
+
+    # The model and metrics to a file; watching a finished job replays its rounds and summary.
+    model = tmp_path / "model.json"
+    got = run("result", job, "--out", model, key=lab)
+    assert got.exit_code == 0 and f"to {model}" in got.output, got.output
+    doc = json.loads(model.read_text())
+    assert [w["shape"] for w in doc["weights"]] == [[8], [1]] and doc["epsilon_charged"] == "100"
+    assert 0.5 < doc["metrics"]["accuracy"] <= 1.0
+    again = run("watch", job, key=lab)
+    assert again.exit_code == 0 and "rounds" in again.output and "3 of 3" in again.output, again.output
+    gone = run("cancel", job, key=lab)
+    assert gone.exit_code == 0 and f"job {job}: completed" in gone.output
 
 
 def test_train_watch_under_dp_withholds_metrics(run: Run, fl_grant: tuple[Path, str, str]) -> None:
@@ -244,17 +262,17 @@ def test_train_watch_under_dp_withholds_metrics(run: Run, fl_grant: tuple[Path, 
 def test_bad_training_settings_are_refused_in_one_line(run: Run, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
     for bad in (("--rounds", "0"), ("--local-epochs", "0"), ("--learning-rate", "-0.1")):
-        r = run("train", "--grant", grant, "--plan", plan, *bad, "--watch", key=lab)
+        r = run("train", "--grant", grant, "--plan", plan, *bad, "--noise-multiplier", "1", "--watch", key=lab)
         one_line_refusal(r, "INVALID_ARGUMENT")
         assert "started job" not in r.output
-    r = run("train", "--grant", grant, "--plan", "ab" * 32, "--rounds", "2", key=lab)
+    r = run("train", "--grant", grant, "--plan", "ab" * 32, "--rounds", "2", "--no-dp", key=lab)
     one_line_refusal(r, "NOT_FOUND")
     found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)  # nothing was charged
 
 
 def test_register_model_after_a_completed_job(run: Run, sandbox: Sandbox, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
-    r = train(run, lab, grant, plan)
+    r = train(run, lab, grant, plan, "--no-dp")
     assert r.exit_code == 0, r.output
     job = found(r"started job (j-[0-9a-f]+)", r.output).group(1)
 
@@ -282,7 +300,7 @@ def test_register_model_after_a_completed_job(run: Run, sandbox: Sandbox, fl_gra
 
 def test_a_whole_number_charge_prints_as_a_plain_number(run: Run, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
-    r = train(run, lab, grant, plan)
+    r = train(run, lab, grant, plan, "--no-dp")
     assert r.exit_code == 0, r.output
     found(r"charged\s+│\s+epsilon 100\s", r.output)
 
