@@ -334,6 +334,27 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "quota", s.quota)
 
 
+def model_text(m: t.ModelSpec) -> Text:
+    """A scoring model in full, one line a term, for a reviewer."""
+    lines = [f"{m.name} ({m.kind}) on {m.dataset}, submitted by {m.submitted_by}",
+             *(f"  {w:+.6g} x {c}  (sandbox column)" for c, w in m.public_features),
+             *(f"  {w:+.6g} x {n}  (supplied encrypted by the applicant)" for n, w in m.private_features),
+             f"  {m.bias:+.6g}  (bias)"]
+    if m.description:
+        lines.append(m.description)
+    return Text("\n".join(clean(line) for line in lines))
+
+
+@app.command()
+def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash.")) -> None:
+    """A registered scoring model's full spec (to its submitter, administrators and approved applicants)."""
+    with connect(ctx, SandboxClient) as client:
+        m = client.model(model_hash)
+    tbl = table("field", "value", title=f"model {m.model_hash}")
+    row(tbl, "model", model_text(m))
+    out().print(tbl)
+
+
 @app.command()
 def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show.")) -> None:
     """Your scenarios, or one in detail with its grant and whether the grant's signature verifies."""

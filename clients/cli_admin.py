@@ -11,7 +11,8 @@ import typer
 from rich.text import Text
 
 from clients.cli import (
-    app, check_roles, clean, connect, day, dec, fail, out, parse_selections, row, scenario_details, selection_text,
+    app, check_roles, clean, connect, day, dec, fail, model_text, out, parse_selections, row, scenario_details,
+    selection_text,
     table,
 )
 from clients.client import AdminClient
@@ -104,6 +105,7 @@ def pending(ctx: typer.Context) -> None:
     with connect(ctx, AdminClient) as admin:
         scenarios = admin.pending()
         people = {p.id: p for p in admin.principals()} if scenarios else {}
+        models = {s.model_hash: admin.model(s.model_hash) for s in scenarios if s.kind == "HE_SCORING"}
     con = out()
     if not scenarios:
         con.print("No applications are pending.")
@@ -112,6 +114,8 @@ def pending(ctx: typer.Context) -> None:
         tbl = table("field", "value", title=f"{s.id}  applied {day(s.created_at)}")
         row(tbl, "applicant", f"{p.name} ({p.organisation}) {p.id}" if p else s.applicant_id)
         scenario_details(s, tbl)
+        if s.model_hash in models:
+            row(tbl, "model (in full)", model_text(models[s.model_hash]))
         con.print(tbl)
 
 

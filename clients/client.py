@@ -90,6 +90,17 @@ class SandboxClient:
                             applicant_pb2.ListCatalogueResponse)
         return [serde.dataset(d) for d in resp.datasets]
 
+    def model(self, model_hash: str) -> t.ModelSpec:
+        """A registered model's full spec: to its submitter, administrators and auditors, and the applicants
+        an administrator approved to score with it (to anyone else it does not exist)."""
+        resp = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
+                            he_pb2.GetModelResponse)
+        m = resp.spec
+        return t.ModelSpec(resp.model_hash, m.name, "logistic" if m.kind == he_pb2.MODEL_LOGISTIC else "linear",
+                           m.dataset, tuple((f.column, f.weight) for f in m.public_features),
+                           tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description,
+                           resp.submitted_by)
+
     def scenario(self, scenario_id: str) -> t.Scenario:
         resp = self._t.call(_APPLICANT + "GetScenario", applicant_pb2.GetScenarioRequest(scenario_id=scenario_id),
                             applicant_pb2.GetScenarioResponse)

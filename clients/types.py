@@ -229,6 +229,21 @@ class TrainingEvent:
     message: str
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered scoring model as a reviewer (or a grantee of it) reads it."""
+
+    model_hash: str
+    name: str
+    kind: str  # linear or logistic
+    dataset: str
+    public_features: tuple[tuple[str, float], ...]  # (sandbox column, weight)
+    private_features: tuple[tuple[str, float], ...]  # (feature the scoring party supplies, weight)
+    bias: float
+    description: str
+    submitted_by: str
+
+
 class TrainingJob(str):
     """A training job's id (use it wherever a job id goes) with what its start reserved from the budget."""
 

@@ -325,3 +325,24 @@ def test_an_unwritable_out_path_is_refused_before_anything_is_scored(
     assert r.exit_code == 2 and "--out" in r.output, r.output
     no_traceback(r)
     found(r"HE_SCORING\s+│\s+approved\s+│\s+0 / 0\s+│\s+0 / 1000", run("status", key=bank).output)
+
+
+def test_a_reviewer_sees_the_model_in_full_and_an_outsider_not_at_all(
+        run: Run, he_grant: tuple[Path, str, str], tmp_path: Path) -> None:
+    bank, _, model = he_grant
+    r = run("apply", "--title", "More scoring", "--purpose", "P", "--legal-basis", "Consent", "--kind", "HE_SCORING",
+            "--dataset", "credit_default=" + ",".join(COLUMNS), "--model-hash", model, "--quota", "10", key=bank)
+    assert r.exit_code == 0, r.output
+    review = run("pending")
+    assert review.exit_code == 0, review.output
+    for column, weight in PUBLIC.items():  # every term, with its weight, in the reviewer's table
+        found(rf"{re.escape(f'{weight:+.6g}')} x {column}\s+\(sandbox column\)", review.output)
+    for name, weight in PRIVATE.items():
+        found(rf"{re.escape(f'{weight:+.6g}')} x {name}\s+\(supplied encrypted by the applicant\)", review.output)
+    found(rf"{re.escape(f'{BIAS:+.6g}')}\s+\(bias\)", review.output)
+
+    mine = run("model", model, key=bank)
+    assert mine.exit_code == 0 and "default-risk (logistic) on credit_default" in mine.output, mine.output
+    outsider = enrolled(run, tmp_path, "Outsider")
+    hidden = run("model", model, key=outsider)
+    one_line_refusal(hidden, "NOT_FOUND")
