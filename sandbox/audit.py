@@ -13,7 +13,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import IO
 
@@ -157,9 +157,17 @@ class VerifyReport:
 
 def verify(conn: sqlite3.Connection, audit_public_key: bytes) -> VerifyReport:
     """Recompute the chain and check every checkpoint; name the first bad entry."""
+    checkpoints = (Checkpoint(seq, head, signed_at, bytes(sig)) for seq, head, signed_at, sig in conn.execute(
+        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq"))
+    return verify_entries(iter_entries(conn), checkpoints, audit_public_key)
+
+
+def verify_entries(entries: Iterable[AuditEntry], checkpoints: Iterable[Checkpoint],
+                   audit_public_key: bytes) -> VerifyReport:
+    """The same checks on entries and checkpoints from anywhere (the database, or an exported file)."""
     expected_seq, prev, count = 1, GENESIS_HASH, 0
     hashes: dict[int, str] = {}
-    for entry in iter_entries(conn):
+    for entry in entries:
         if entry.seq != expected_seq:
             bad = min(entry.seq, expected_seq)
             return VerifyReport(False, count, 0, bad, f"entry {expected_seq} is missing or out of order")
@@ -170,23 +178,68 @@ def verify(conn: sqlite3.Connection, audit_public_key: bytes) -> VerifyReport:
         hashes[entry.seq] = entry.entry_hash
         prev, expected_seq, count = entry.entry_hash, expected_seq + 1, count + 1
     n_checkpoints, last_signed = 0, 0
-    for seq, head, signed_at, sig in conn.execute(
-        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq"
-    ):
-        if not verify_signature(audit_public_key, bytes(sig), checkpoint_payload(seq, head, signed_at)):
-            return VerifyReport(False, count, n_checkpoints, seq, f"checkpoint at entry {seq} has a bad signature")
-        if hashes.get(seq) != head:
-            return VerifyReport(False, count, n_checkpoints, seq, f"entry {seq} differs from its signed checkpoint")
-        n_checkpoints, last_signed = n_checkpoints + 1, seq
+    for cp in sorted(checkpoints, key=lambda c: c.seq):
+        if not verify_signature(audit_public_key, cp.signature, checkpoint_payload(cp.seq, cp.head_hash,
+                                                                                   cp.signed_at_ms)):
+            why = ("a forged checkpoint, or not the sandbox's audit public key" if n_checkpoints == 0
+                   else "a forged checkpoint")
+            return VerifyReport(False, count, n_checkpoints, cp.seq,
+                                f"checkpoint at entry {cp.seq} has a bad signature ({why})")
+        if hashes.get(cp.seq) != cp.head_hash:
+            return VerifyReport(False, count, n_checkpoints, cp.seq, f"entry {cp.seq} differs from its signed checkpoint")
+        n_checkpoints, last_signed = n_checkpoints + 1, cp.seq
     return VerifyReport(True, count, n_checkpoints, unsigned_tail=count - last_signed)
 
 
-def export_jsonl(conn: sqlite3.Connection, out: IO[str]) -> int:
-    """Write every entry as one JSON object per line; return the count."""
+EXPORT_FORMAT = "sandbox.v1-audit-export"
+
+
+def export_jsonl(conn: sqlite3.Connection, out: IO[str], audit_public_key: bytes | None = None) -> int:
+    """One JSON object per line: a header (format, the audit public key), every entry, every signed checkpoint.
+
+    The file alone can be verified offline (``read_export`` + ``verify_entries``) by whoever trusts the key.
+    Returns the number of entries.
+    """
+    header = {"kind": "header", "format": EXPORT_FORMAT,
+              "audit_public_key": audit_public_key.hex() if audit_public_key else ""}
+    out.write(json.dumps(header, sort_keys=True) + "\n")
     n = 0
     for entry in iter_entries(conn):
-        obj = {"seq": entry.seq, "time_ms": entry.time_ms, **asdict(entry.record),
+        obj = {"kind": "entry", "seq": entry.seq, "time_ms": entry.time_ms, **asdict(entry.record),
                "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash}
         out.write(json.dumps(obj, sort_keys=True) + "\n")
         n += 1
+    for seq, head, signed_at, sig in conn.execute(
+        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq"
+    ):
+        out.write(json.dumps({"kind": "checkpoint", "seq": seq, "head_hash": head, "signed_at_ms": signed_at,
+                              "signature": bytes(sig).hex()}, sort_keys=True) + "\n")
     return n
+
+
+def read_export(lines: Iterable[str]) -> tuple[str, list[AuditEntry], list[Checkpoint]]:
+    """Parse an export: (the key it states, entries, checkpoints). Raises ValueError on anything malformed."""
+    stated, entries, checkpoints = "", [], []
+    record_fields = set(AuditRecord.__dataclass_fields__)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            kind = obj.pop("kind")
+            if kind == "header":
+                if obj.get("format") != EXPORT_FORMAT:
+                    raise ValueError("not a sandbox audit export")
+                stated = str(obj.get("audit_public_key", ""))
+            elif kind == "entry":
+                record = AuditRecord(**{k: obj[k] for k in record_fields})
+                entries.append(AuditEntry(int(obj["seq"]), int(obj["time_ms"]), record, str(obj["prev_hash"]),
+                                          str(obj["entry_hash"])))
+            elif kind == "checkpoint":
+                checkpoints.append(Checkpoint(int(obj["seq"]), str(obj["head_hash"]), int(obj["signed_at_ms"]),
+                                              bytes.fromhex(obj["signature"])))
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+    return stated, entries, checkpoints

@@ -15,7 +15,8 @@ from sandbox import audit
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 
-app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 audit_app = typer.Typer(help="Work with the audit log of a data directory, offline.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 console = Console(soft_wrap=True)
@@ -76,14 +77,43 @@ def _open(data_dir: Path) -> tuple[sqlite3.Connection, bytes]:
     return conn, public_key
 
 
+def _key_from_hex(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise typer.BadParameter("an Ed25519 public key is 64 hexadecimal characters", param_hint="--public-key")
+    return key
+
+
 @audit_app.command("verify")
 def audit_verify(
-    data_dir: Path = typer.Argument(..., help="The data directory."),
+    source: Path = typer.Argument(..., exists=True, help="A data directory, or a file written by 'audit export'."),
     public_key: Optional[str] = typer.Option(None, help="Audit public key (hex) to trust instead of the stored one."),
 ) -> None:
-    """Recompute the hash chain and check the signed checkpoints; name the first bad entry."""
-    conn, stored_key = _open(data_dir)
-    report = audit.verify(conn, bytes.fromhex(public_key) if public_key else stored_key)
+    """Recompute the hash chain and check the signed checkpoints; name the first bad entry.
+
+    A regulator needs only the exported file and the sandbox's published audit public key.
+    """
+    trusted = _key_from_hex(public_key) if public_key else None
+    if source.is_dir():
+        conn, stored_key = _open(source)
+        report = audit.verify(conn, trusted or stored_key)
+    else:
+        try:
+            with source.open(encoding="utf-8") as fh:
+                stated, entries, checkpoints = audit.read_export(fh)
+        except (ValueError, UnicodeDecodeError) as exc:
+            err.print(f"[red]not a readable audit export:[/] {exc}")
+            raise typer.Exit(2) from None
+        if trusted is None:
+            if not stated:
+                err.print("[red]the export states no audit public key:[/] pass --public-key")
+                raise typer.Exit(2)
+            err.print("[yellow]checking against the key the file states; pass --public-key with the sandbox's "
+                      "published audit key to trust it independently[/]")
+        report = audit.verify_entries(entries, checkpoints, trusted or _key_from_hex(stated))
     if report.ok:
         console.print(f"[green]audit log OK[/]: {report.entries} entries, {report.checkpoints} signed checkpoints"
                       f" ({report.unsigned_tail} entries after the last checkpoint)")
@@ -97,18 +127,25 @@ def audit_export(
     data_dir: Path = typer.Argument(..., help="The data directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
 ) -> None:
-    """Write the audit log as JSON Lines."""
-    conn, _ = _open(data_dir)
+    """Write the audit log as JSON Lines: entries, signed checkpoints and the audit public key.
+
+    The file can be verified alone with 'sandbox audit verify FILE --public-key HEX'.
+    """
+    conn, key = _open(data_dir)
     if out is None:
-        audit.export_jsonl(conn, sys.stdout)
+        audit.export_jsonl(conn, sys.stdout, key)
         return
     with out.open("w", encoding="utf-8") as fh:
-        n = audit.export_jsonl(conn, fh)
-    err.print(f"wrote {n} audit entries to {out}")
+        n = audit.export_jsonl(conn, fh, key)
+    err.print(f"wrote {n} audit entries and their signed checkpoints to {out}")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (OSError, ValueError, RuntimeError) as exc:  # one readable line, never a traceback with locals
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -140,10 +141,72 @@ def test_cli_verify_and_export(filled, tmp_path: Path) -> None:  # type: ignore[
                          text=True, cwd=ROOT)
     assert exp.returncode == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["seq"] for e in lines] == list(range(1, 101))
-    assert lines[5]["status"] == "PERMISSION_DENIED" and lines[5]["error_code"] == "WRONG_ROLE"
+    entries = [e for e in lines if e["kind"] == "entry"]
+    assert [e["seq"] for e in entries] == list(range(1, 101))
+    assert entries[5]["status"] == "PERMISSION_DENIED" and entries[5]["error_code"] == "WRONG_ROLE"
+    assert [c["seq"] for c in lines if c["kind"] == "checkpoint"] == [32, 64, 96]
     broken = tmp_path / "broken"
     shutil.copytree(data_dir, broken)
     _insider(broken).execute("UPDATE audit_log SET principal_id = 'p-someone-else' WHERE seq = 7")
     bad = subprocess.run([*sandbox_cmd, "audit", "verify", str(broken)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "entry 7" in bad.stdout
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "200"})  # rich boxes wrap at 80 otherwise
+
+
+def test_a_regulator_verifies_the_exported_file_alone(filled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The export carries the signed checkpoints: with the published key, the file alone is enough."""
+    data_dir, key = filled
+    out = tmp_path / "audit.jsonl"
+    assert _cli("audit", "export", str(data_dir), "-o", str(out)).returncode == 0
+    ok = _cli("audit", "verify", str(out), "--public-key", key.hex())
+    assert ok.returncode == 0 and "audit log OK: 100 entries, 3 signed checkpoints" in ok.stdout, ok.stdout + ok.stderr
+    stated = _cli("audit", "verify", str(out))  # without a key: the file's own, with a warning
+    assert stated.returncode == 0 and "the key the file states" in stated.stderr
+
+    lines = out.read_text().splitlines()
+    edited = [json.loads(line) for line in lines]
+    edited[8]["principal_id"] = "p-someone-else"  # line 8 is entry 8 (line 0 is the header)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(json.dumps(o, sort_keys=True) for o in edited) + "\n")
+    bad = _cli("audit", "verify", str(tampered), "--public-key", key.hex())
+    assert bad.returncode == 1 and "entry 8 was altered" in bad.stdout
+
+    # Rewriting the whole chain from entry 8 on defeats the hashes but not the signed checkpoints.
+    rehashed = [o for o in edited if o["kind"] != "checkpoint"]
+    prev = rehashed[7]["entry_hash"]
+    for o in rehashed[8:]:
+        if o["kind"] != "entry":
+            continue
+        record = AuditRecord(**{k: o[k] for k in AuditRecord.__dataclass_fields__})
+        o["prev_hash"] = prev
+        o["entry_hash"] = prev = compute_entry_hash(o["seq"], o["time_ms"], record, prev)
+    checkpoints = [o for o in edited if o["kind"] == "checkpoint"]
+    rewritten = tmp_path / "rewritten.jsonl"
+    rewritten.write_text("\n".join(json.dumps(o, sort_keys=True) for o in rehashed + checkpoints) + "\n")
+    caught = _cli("audit", "verify", str(rewritten), "--public-key", key.hex())
+    assert caught.returncode == 1 and "entry 32 differs from its signed checkpoint" in caught.stdout
+
+    # Dropping the checkpoints leaves an unsigned log: it verifies, but says none of it is signed.
+    unsigned = tmp_path / "unsigned.jsonl"
+    unsigned.write_text("\n".join(json.dumps(o, sort_keys=True) for o in rehashed) + "\n")
+    bare = _cli("audit", "verify", str(unsigned), "--public-key", key.hex())
+    assert "0 signed checkpoints (100 entries after the last checkpoint)" in bare.stdout
+
+
+def test_the_wrong_key_is_named_as_a_possibility_and_bad_input_is_one_line(filled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data_dir, _ = filled
+    other = bytes(range(32)).hex()
+    wrong = _cli("audit", "verify", str(data_dir), "--public-key", other)
+    assert wrong.returncode == 1 and "not the sandbox's audit public key" in wrong.stdout
+    junk = _cli("audit", "verify", str(data_dir), "--public-key", "zz")
+    assert junk.returncode == 2 and "64 hexadecimal characters" in junk.stderr and "Traceback" not in junk.stderr
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    g = _cli("audit", "verify", str(garbage), "--public-key", other)
+    assert g.returncode == 2 and "not a readable audit export" in g.stderr and "Traceback" not in g.stderr
+    nowhere = _cli("init", "/proc/no-such-place/sbx")
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error:") and "Traceback" not in nowhere.stderr
