@@ -139,7 +139,8 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
         key = load_key(opts.key)
         ca = opts.ca.read_bytes()
     except (OSError, ValueError, TypeError) as exc:  # TypeError: a passphrase-protected key
-        raise click.UsageError(f"cannot read key or CA: {exc}", ctx) from None
+        hint = (" (--key takes the private key file, not the .pub)" if opts.key.suffix == ".pub" else "")
+        raise click.UsageError(f"cannot read key or CA: {exc}{hint}", ctx) from None
     if b"-----BEGIN CERTIFICATE-----" not in ca:
         raise click.UsageError(f"{opts.ca} is not a PEM certificate", ctx)
     with cls(opts.server, key=key, ca=ca, timeout=opts.timeout) as client:

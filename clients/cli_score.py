@@ -13,10 +13,10 @@ from clients.client import ApplicantClient
 
 
 def read_ids(path: Path) -> list[str]:
-    """One id per row; a header row named ``id`` (any case) is skipped."""
+    """One id per row (the first column); a header row named ``id``, ``ids``, ``entity`` or ``*_id`` is skipped."""
     with path.open(newline="", encoding="utf-8") as fh:
         rows = [r[0].strip() for r in csv.reader(fh) if r and r[0].strip()]
-    if rows and rows[0].lower() in ("id", "entity_id", "ids"):
+    if rows and (rows[0].lower() in ("id", "ids", "entity") or rows[0].lower().endswith("_id")):
         rows = rows[1:]
     if not rows:
         raise typer.BadParameter(f"{path} holds no ids", param_hint="--ids")

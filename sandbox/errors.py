@@ -68,7 +68,7 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.UNKNOWN_PRINCIPAL: (_S.UNAUTHENTICATED, "unknown principal"),
     ErrorCode.PRINCIPAL_INACTIVE: (_S.PERMISSION_DENIED, "principal is not active"),
     ErrorCode.WRONG_ROLE: (_S.PERMISSION_DENIED, "caller's role may not call this method"),
-    ErrorCode.NOT_GRANTEE: (_S.PERMISSION_DENIED, "caller is not the grantee of this grant"),
+    ErrorCode.NOT_GRANTEE: (_S.PERMISSION_DENIED, "the caller holds no grant with this id"),
     ErrorCode.GRANT_REVOKED: (_S.PERMISSION_DENIED, "grant has been revoked"),
     ErrorCode.GRANT_EXPIRED: (_S.PERMISSION_DENIED, "grant has expired"),
     ErrorCode.GRANT_NOT_YET_VALID: (_S.PERMISSION_DENIED, "grant is not valid yet"),

@@ -90,8 +90,8 @@ def check_scoring_model(conn: sqlite3.Connection, model_hash: str, resolved: lis
     needed = {models.identifier_column(info), *spec.public_columns}
     missing = sorted(needed - set(sel.columns))
     if missing:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the scenario must name the columns the model reads: "
-                                                       f"{', '.join(missing)}")
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "the scenario must name the entity key and the columns the "
+                                                       f"model reads; missing: {', '.join(missing)}")
 
 
 def check_training_plan(conn: sqlite3.Connection, plan_hash: str, resolved: list[DatasetSelection]) -> None:
