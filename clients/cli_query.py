@@ -105,13 +105,16 @@ def query(
     q = build_query(dataset, where, by, count, sums, means, quantiles, histograms)
     if not estimate and epsilon is None:
         raise typer.BadParameter("give --epsilon (or --estimate)", param_hint="--epsilon")
+    if estimate and (epsilon is None) == (half_width is None):
+        raise typer.BadParameter("an estimate needs --epsilon (its half-widths) or --half-width (its epsilon)",
+                                 param_hint="--epsilon / --half-width")
     with connect(ctx, ApplicantClient) as client:
         if estimate:
             if half_width is not None:
                 print_estimate(client.estimate_query(grant, q, half_width=half_width, delta=delta))
             else:
-                print_estimate(client.estimate_query(grant, q, epsilon=epsilon if epsilon is not None else 1.0,
-                                                     delta=delta))
+                assert epsilon is not None
+                print_estimate(client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
             return
         assert epsilon is not None
         print_result(client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=key))

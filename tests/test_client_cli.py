@@ -256,6 +256,8 @@ def test_query_estimate_run_replay_and_exhaustion(run: Run, tmp_path: Path) -> N
     est = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--estimate", "--epsilon", "0.25", key=office)
     assert est.exit_code == 0, est.output
     assert "nothing was charged" in est.output and "remaining epsilon 0.5" in est.output
+    vague = run(*base, "--count", "--estimate", key=office)  # at what epsilon? it must be said
+    assert vague.exit_code == 2 and "--half-width" in vague.output
     q = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--key", "k1", key=office)
     assert q.exit_code == 0, q.output
     assert "Female" in q.output and "Male" in q.output and "95% interval" in q.output
