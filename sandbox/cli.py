@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import sys
@@ -63,7 +64,14 @@ def serve(
     def ready(running) -> None:  # type: ignore[no-untyped-def]
         print(f"sandbox listening on {cfg.host}:{running.port}", flush=True)
 
-    serve_forever(cfg, on_ready=ready)
+    # One server per data directory: a second would keep its own HE contexts and training jobs.
+    with (cfg.data_dir / "serve.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            err.print(f"[red]another sandbox is already serving[/] {cfg.data_dir}")
+            raise typer.Exit(1) from None
+        serve_forever(cfg, on_ready=ready)
     print("sandbox stopped", flush=True)
 
 

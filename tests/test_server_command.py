@@ -73,6 +73,17 @@ def test_serve_sigterm_restart_keeps_state(tmp_path: Path) -> None:
             with pytest.raises(Unauthenticated):
                 admin.transport.invoke_raw("/sandbox.v1.ApplicantService/WhoAmI", b"", md,
                                            applicant_pb2.WhoAmIResponse)
+        # A second server on the same data directory is refused (it would keep its own contexts and jobs).
+        twin = subprocess.run([*SANDBOX, "serve", str(data_dir), "--port", "0"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert twin.returncode == 1 and "already serving" in twin.stderr and "Traceback" not in twin.stderr
+        # Another data directory on a port in use: one line, no traceback with the configuration in it.
+        other = tmp_path / "other"
+        subprocess.run([*SANDBOX, "init", str(other)], check=True, capture_output=True, cwd=ROOT)
+        busy = subprocess.run([*SANDBOX, "serve", str(other), "--port", address.rsplit(":", 1)[1]],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert busy.returncode == 1 and "Traceback" not in busy.stderr and "ServerConfig" not in busy.stderr
+        assert busy.stderr.count("\n") <= 3 and "error:" in busy.stderr, busy.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
