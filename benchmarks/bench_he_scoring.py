@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_he_scoring.py            # full run (about 6 s on 2 cores)
     .venv/bin/python benchmarks/bench_he_scoring.py --quick    # smoke run: 2 batches, 5 single-entity calls (about 4 s)
 
-Starts a real TLS sandbox server in this process on a free port, in a fresh data
-directory, imports the bundled credit dataset, enrols a bank, submits the model
+Starts a real TLS sandbox server in a process of its own (so it does not share this
+process's GIL; it never imports TenSEAL) on a free port, in a fresh data directory, imports the bundled credit dataset, enrols a bank, submits the model
 of tests/test_he_integration.py (four public weights, two private ones), grants
 it HE_SCORING, and opens one HE session for 4,096 entities (the SDK picks the
 smallest profile that holds them: ckks-8192, 4,096 slots). Then, batch by batch:
@@ -23,8 +23,8 @@ smallest profile that holds them: ckks-8192, 4,096 slots). Then, batch by batch:
 * the worker's own function, ``he_engine.worker.score``, called in this process on
   the same blobs (the TenSEAL work plus the worker's checks of what SEAL parsed).
 
-To show where the RPC's time goes without editing the server, the benchmark wraps,
-in this process only, ``he_engine.ScoringPool.score`` (checks, pickling to and
+To show where the RPC's time goes without editing the server, the server process
+wraps (SERVER_CHILD below) ``he_engine.ScoringPool.score`` (checks, pickling to and
 from the worker process, the worker) and ``sandbox.he_scoring.score`` /
 ``public_part`` (the handler's synchronous part, which runs inside the write
 transaction) with timers. A second part times 1-entity ``Score`` calls (session
@@ -43,13 +43,14 @@ import gzip
 import hashlib
 import math
 import os
+import json
 import pickle
 import platform
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,13 +68,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import he_engine  # noqa: E402
-import sandbox.he_scoring as he_scoring  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from he_engine import worker as he_worker  # noqa: E402
 from protos.sandbox.v1 import he_pb2  # noqa: E402
-from sandbox.config import ServerConfig, load_config  # noqa: E402
-from sandbox.datadir import init_data_dir  # noqa: E402
-from sandbox.server import RunningServer, start_server  # noqa: E402
 from sandbox.storage import Database  # noqa: E402
 
 DATA = ROOT / "data"
@@ -140,40 +137,6 @@ def load_rows() -> Rows:
 def batch_slice(total: int, i: int, n: int) -> np.ndarray:
     """Row numbers of batch ``i``: n consecutive rows, wrapping round the dataset (unique within a batch)."""
     return (np.arange(n) + i * n) % total
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Timers wrapped round the server's pieces (this process only; the server's code is unchanged)
-
-
-@dataclass
-class Probe:
-    """Seconds of each call to one wrapped function, in call order."""
-
-    name: str
-    seconds: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take(self) -> list[float]:
-        with self.lock:
-            out, self.seconds = self.seconds, []
-        return out
-
-
-def _wrap(owner: Any, attr: str, probe: Probe) -> Callable[[], None]:
-    original = getattr(owner, attr)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            dt = time.perf_counter() - t0
-            with probe.lock:
-                probe.seconds.append(dt)
-
-    setattr(owner, attr, timed)
-    return lambda: setattr(owner, attr, original)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -277,7 +240,7 @@ def _timeit(name: str, n: int, fn: Callable[[], object], note: str = "") -> Micr
 
 
 def run_batches(bank: ApplicantClient, grant: str, model: str, session: Any, rows: Rows, local: InProcess,
-                batches: int, n: int, probes: dict[str, Probe], out: Batches, *, measured: bool) -> None:
+                batches: int, n: int, server_process: ServerProcess, out: Batches, *, measured: bool) -> None:
     """``batches`` server batches, each followed (or preceded: the order alternates) by the in-process ways."""
     weights = list(PRIVATE.values())
     profile = local.profile
@@ -288,8 +251,7 @@ def run_batches(bank: ApplicantClient, grant: str, model: str, session: Any, row
         feats, plain, expected = rows.private[sel], rows.plain[sel], rows.logits[sel]
 
         def server() -> None:
-            for p in probes.values():
-                p.take()
+            server_process.take()
             t0 = time.perf_counter()
             try:
                 result = bank.score(grant, model, ids, feats, session=session)
@@ -303,8 +265,8 @@ def run_batches(bank: ApplicantClient, grant: str, model: str, session: Any, row
             out.wall.append(wall)
             for k in ("encrypt", "server", "decrypt"):
                 getattr(out, k).append(result.seconds[k])
-            for k, p in probes.items():
-                getattr(out, k).extend(p.take())
+            for k, xs in server_process.take().items():
+                getattr(out, k).extend(xs)
             out.bytes_sent.append(result.bytes_sent)
             out.bytes_received.append(result.bytes_received)
 
@@ -422,9 +384,8 @@ def micro_benchmarks(local: InProcess, rows: Rows, n: int, context_id: str, scra
         _timeit(f"pickle the worker's arguments ({pickled:,} B, context included)", reps,
                 lambda: pickle.loads(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)),
                 "dumps + loads, every call; plus the pipe copy"),
-        _timeit(f"the worker's Python lists: plain as floats, w repeated n times ({n:,} entities)", reps,
-                lambda: ([float(v) for v in plain], [[float(w)] * n for w in weights]),
-                "in the worker, every call"),
+        _timeit(f"the worker's Python list: plain as floats ({n:,} entities)", reps, lambda: plain.tolist(),
+                "in the worker, every call (the weights' encodings are cached per context)"),
         Micro("context parse in a worker (ts.context_from, n_threads=1)", 1, local.parse_seconds,
               "once per worker process and context"),
     ]
@@ -446,11 +407,92 @@ def micro_benchmarks(local: InProcess, rows: Rows, n: int, context_id: str, scra
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def start(parent: Path) -> tuple[RunningServer, ServerConfig, Path]:
-    """What ``sandbox init`` and ``sandbox serve --port 0`` do (as tests/conftest.start_sandbox does)."""
-    result = init_data_dir(parent / "sbx")
-    cfg = load_config(result.config.data_dir, flags={"port": 0}, environ={})
-    return start_server(cfg), cfg, result.admin_key_path
+#: The server process: what ``sandbox init`` and ``sandbox serve --port 0`` do (as tests/conftest.start_sandbox
+#: does), plus the timers of ``install_probes``. It imports the sandbox and he_engine, never TenSEAL (as the real
+#: server), prints one JSON line (port, CA, admin key), then answers each line "take" on stdin with the timings
+#: recorded since the last one (a JSON line); it stops at EOF.
+SERVER_CHILD = """
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import he_engine
+import sandbox.he_scoring as he_scoring
+from sandbox.config import load_config
+from sandbox.datadir import init_data_dir
+from sandbox.server import start_server
+
+class Probe:
+    def __init__(self):
+        self.seconds, self.lock = [], threading.Lock()
+    def take(self):
+        with self.lock:
+            out, self.seconds = self.seconds, []
+        return out
+
+def wrap(owner, attr, probe):
+    original = getattr(owner, attr)
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            with probe.lock:
+                probe.seconds.append(dt)
+    setattr(owner, attr, timed)
+
+probes = {"handler": Probe(), "public_part": Probe(), "pool": Probe()}
+wrap(he_scoring, "score", probes["handler"])
+wrap(he_scoring, "public_part", probes["public_part"])
+wrap(he_engine.ScoringPool, "score", probes["pool"])
+result = init_data_dir(Path(sys.argv[2]) / "sbx")
+cfg = load_config(result.config.data_dir, flags={"port": 0}, environ={})
+running = start_server(cfg)
+print(json.dumps({"port": running.port, "ca": str(cfg.ca_cert), "admin_key": str(result.admin_key_path),
+                  "workers": cfg.workers, "he_workers": cfg.he_workers}), flush=True)
+try:
+    for line in sys.stdin:
+        if line.strip() == "take":
+            print(json.dumps({k: p.take() for k, p in probes.items()}), flush=True)
+finally:
+    running.stop(grace=1)
+"""
+
+
+class ServerProcess:
+    """The sandbox server in a process of its own, as a real client would see it (no shared GIL)."""
+
+    def __init__(self, parent: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER_CHILD, str(ROOT), str(parent)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=30)
+            raise RuntimeError(f"the server process exited with {self.proc.returncode} before it listened")
+        info = json.loads(line)
+        self.port: int = info["port"]
+        self.ca = Path(info["ca"])
+        self.admin_key = Path(info["admin_key"])
+        self.workers, self.he_workers = info["workers"], info["he_workers"]
+        self.pid = self.proc.pid
+
+    def take(self) -> dict[str, list[float]]:
+        """The server's timings recorded since the last take (each is complete before the response is sent)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("take\n")
+        self.proc.stdin.flush()
+        taken: dict[str, list[float]] = json.loads(self.proc.stdout.readline())
+        return taken
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,26 +515,22 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]HE scoring benchmark[/]  python {platform.python_version()}, grpcio {grpc.__version__}, "
                   f"tenseal {ts.__version__}, {os.cpu_count()} CPUs, {platform.machine()}", highlight=False)
     rows = load_rows()
-    probes = {"handler": Probe("he_scoring.score"), "public_part": Probe("he_scoring.public_part"),
-              "pool": Probe("ScoringPool.score")}
-    restores = [_wrap(he_scoring, "score", probes["handler"]), _wrap(he_scoring, "public_part", probes["public_part"]),
-                _wrap(he_engine.ScoringPool, "score", probes["pool"])]
     res = Batches()
     failed_setup = ""
     try:
         with tempfile.TemporaryDirectory(prefix="sandbox-bench-he-", dir=args.dir) as tmp:
-            running, cfg, admin_key = start(Path(tmp))
-            address = f"127.0.0.1:{running.port}"
+            server_process = ServerProcess(Path(tmp))
+            address = f"127.0.0.1:{server_process.port}"
             try:
                 key = generate_key()
-                with AdminClient(address, key=admin_key, ca=cfg.ca_cert) as admin:
+                with AdminClient(address, key=server_process.admin_key, ca=server_process.ca) as admin:
                     admin.enrol(name="Bank", organisation="Bank Ltd", roles=["applicant"],
                                 public_key=public_key_of(key))
                     t0 = time.perf_counter()
                     imported = admin.import_dataset(DATA / "schemas" / "credit_default.toml",
                                                     DATA / "credit_default.csv.gz")
                     t_import = time.perf_counter() - t0
-                    with ApplicantClient(address, key=key, ca=cfg.ca_cert) as bank:
+                    with ApplicantClient(address, key=key, ca=server_process.ca) as bank:
                         model = bank.submit_model(name="default-risk", dataset="credit_default",
                                                   public_features=PUBLIC, private_features=PRIVATE, bias=BIAS)
                         s = bank.apply(title="HE scoring benchmark", purpose="Measure what HE scoring costs",
@@ -505,31 +543,30 @@ def main(argv: list[str] | None = None) -> int:
                         if n > profile.slots:
                             raise ValueError(f"{n} entities do not fit one {profile.name} ciphertext")
                         console.print(
-                            f"server {address} (workers={cfg.workers}, he_workers={cfg.he_workers}); set-up, not "
+                            f"server {address}, its own process pid {server_process.pid} (workers="
+                            f"{server_process.workers}, he_workers={server_process.he_workers}); set-up, not "
                             f"measured: credit_default {imported.rows_imported:,} rows imported in {t_import:.1f} s; "
                             f"profile chosen by the SDK for {n:,} entities: {profile.name} ({profile.slots:,} slots)",
                             highlight=False)
                         local = InProcess(profile)
                         console.print(f"  warm-up: {WARMUP_BATCHES} batches ...", highlight=False)
                         warm = Batches()
-                        run_batches(bank, g.id, model, session, rows, local, WARMUP_BATCHES, n, probes, warm,
+                        run_batches(bank, g.id, model, session, rows, local, WARMUP_BATCHES, n, server_process, warm,
                                     measured=False)
                         res.errors, res.first_error = warm.errors, warm.first_error
                         res.max_error, res.ip_max_error = warm.max_error, warm.ip_max_error
                         console.print(f"  {batches} batches of {n:,} entities ...", highlight=False)
-                        run_batches(bank, g.id, model, session, rows, local, batches, n, probes, res, measured=True)
+                        run_batches(bank, g.id, model, session, rows, local, batches, n, server_process, res,
+                                    measured=True)
                         console.print(f"  {singles_n} single-entity calls ...", highlight=False)
                         single = run_singles(bank, g.id, model, session, rows, local, singles_n)
                         # A second session once the worker runs: the upload without the worker's start-up.
                         second = bank.he_session(n)
                         micro, pickled = micro_benchmarks(local, rows, n, session.context_id, Path(tmp), args.quick)
             finally:
-                running.stop(grace=1)
+                server_process.stop()
     except Exception as exc:  # noqa: BLE001 -- set-up failed: report it, exit 1
         failed_setup = f"{type(exc).__name__}: {exc}"
-    finally:
-        for restore in restores:
-            restore()
     if failed_setup:
         console.print(f"[red]set-up failed: {failed_setup}[/]")
         print("RATIOS server/in-process: failed", flush=True)
@@ -587,14 +624,14 @@ def main(argv: list[str] | None = None) -> int:
     console.print(cmp)
 
     split = Table(title="Where the Score RPC's time goes (median ms per batch; timers wrapped round the server's "
-                        "functions in this process)")
+                        "functions in the server process)")
     for col, just in (("piece", "left"), ("median ms", "right"), ("share of the RPC", "right")):
         split.add_column(col, justify=just)  # type: ignore[arg-type]
-    rest = srv - handler - pool
-    for label, v in (("handler he_scoring.score (inside the write transaction)", handler),
-                     ("  of which public_part (id lookup, public columns)", pub),
+    rest = srv - handler - pub - pool
+    for label, v in (("handler he_scoring.score (policy, checks, reservation; inside the write transaction)", handler),
+                     ("public_part (id lookup, public columns; after the reservation commits)", pub),
                      ("ScoringPool.score (outside any transaction)", pool),
-                     ("  of which the worker's function (as timed in this process)", worker_fn),
+                     ("  of which the worker's function (as timed in the client process)", worker_fn),
                      ("  of which checks, pickling, pipe, process hand-off (difference)", pool - worker_fn),
                      ("rest: serialise, sign, TLS both ways, auth + SHA-256, 2 fsync'd commits, response", rest)):
         split.add_row(label, _ms(v), f"{ratio(v, srv):.0%}")
@@ -671,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     # One plain line (no markup, no wrapping) for people and scripts alike.
     print(f"RATIOS server/in-process: score_rpc={ratio(ip, srv):.3f} pool={ratio(ip, pool):.3f} "
           f"worker_fn={ratio(ip, worker_fn):.3f} end_to_end={ratio(ip, wall):.3f} | "
-          f"in-process/numpy={ratio(ip, plain_s):.1f}", flush=True)
+          f"in-process/numpy={ratio(ip, plain_s):.1f} worker_fn/score_rpc={ratio(worker_fn, srv):.3f}", flush=True)
     return 1 if failed else 0
 
 

@@ -11,13 +11,28 @@ The score is ``sum_k ct_k * [w_k]*n + plain``: each ciphertext is multiplied
 by a plaintext of exactly n slots, which CKKS encodes with zeros in every
 slot beyond n, so whatever the applicant put there is zeroed. No rotation is
 used, so no partial sums can move between slots.
+
+The arithmetic runs on SEAL's evaluator (``tenseal.sealapi``) rather than
+through ``CKKSVector.mul``/``add``, so that per-context state is kept: the
+encoded weight plaintexts (masks included) are cached per context, model
+weights and n, and the weighted sum is rescaled once instead of once per
+feature. The result is the same function of the inputs (one product with
+the masked weight plaintext per ciphertext, then the plaintext part), at the
+same level and scale as TenSEAL's own ``mul`` + ``add`` would leave it, and
+is written in TenSEAL's ``CKKSVectorProto`` format, so the client reads it
+with ``ckks_vector_from`` as before.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 import resource
+import shutil
 import signal
+import struct
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +51,23 @@ REJECTED = "ciphertext rejected by the HE engine"
 CONTEXT_REJECTED = "context rejected by the HE engine"
 #: Parsed contexts kept per worker, by sha256 of their bytes (about 1 MB of memory each).
 CONTEXT_CACHE_SIZE = 16
+#: Encoded weight plaintexts kept per context, by (weights, n) (about 0.2 MB per weight for ckks-8192).
+PLAIN_CACHE_SIZE = 8
 
-_contexts: OrderedDict[str, ts.Context] = OrderedDict()
+
+@dataclass
+class _Parsed:
+    """A parsed public context and what is kept with it: SEAL's evaluator, encoder and the encoded weights."""
+
+    ctx: Any
+    evaluator: Any
+    encoder: Any
+    first_parms_id: Any
+    weights: OrderedDict[tuple[tuple[float, ...], int], list[Any | None]]
+
+
+_contexts: OrderedDict[str, _Parsed] = OrderedDict()
+_scratch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,31 +103,111 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
     ``context_blob`` may be None when the worker probably has the context cached (it saves shipping ~0.5 MB
     per call); a worker without it raises :class:`NeedContext`.
     """
-    ctx = _contexts.get(context_sha)
-    if ctx is None:
+    parsed = _contexts.get(context_sha)
+    if parsed is None:
         if context_blob is None:
             raise NeedContext(context_sha)
         if hashlib.sha256(context_blob).hexdigest() != context_sha:
             raise ValueError("context_sha is not the sha256 of context_blob")
-        ctx = _parse_context(context_blob, context_sha, profile)
+        parsed = _parse_context(context_blob, context_sha, profile)
     else:
         _contexts.move_to_end(context_sha)
     n = len(plain)
-    vectors = [_parse_vector(ctx, blob, profile, n) for blob in ciphertexts]
+    cts = [_parse_vector(parsed.ctx, blob, profile, n) for blob in ciphertexts]
+    if not cts or len(cts) != len(weights):
+        raise HeInputError("the number of ciphertexts differs from the model's private features")
+    import tenseal.sealapi as sealapi  # type: ignore[import-untyped]
+
+    offsets = np.asarray(plain, dtype=np.float64).tolist()
     try:
-        total = None
-        for vec, weight in zip(vectors, weights, strict=True):
-            term = vec.mul([float(weight)] * n)
-            total = term if total is None else total.add(term)
-        assert total is not None, "pool checks there is at least one ciphertext"
-        total = total.add([float(v) for v in plain])
-        result: bytes = total.serialize()
+        masks = _weight_plaintexts(parsed, profile, weights, n)
+        # A zero weight encodes as the zero plaintext: its term is zero in every slot (SEAL refuses the product,
+        # which would be a transparent ciphertext), so it is left out.
+        terms = [(ct, mask) for ct, mask in zip(cts, masks, strict=True) if mask is not None]
+        if not terms:  # every weight is zero: the score is the plaintext part, freshly encrypted (nothing else)
+            return bytes(_fresh_vector(parsed.ctx, offsets).serialize())
+        ev = parsed.evaluator
+        total = sealapi.Ciphertext()
+        ev.multiply_plain(terms[0][0], terms[0][1], total)
+        for ct, mask in terms[1:]:
+            ev.multiply_plain_inplace(ct, mask)
+            ev.add_inplace(total, ct)
+        ev.rescale_to_next_inplace(total)  # once for the whole sum (TenSEAL's auto_rescale does it per product)
+        offset = sealapi.Plaintext()
+        parsed.encoder.encode(offsets, total.parms_id(), total.scale, offset)
+        ev.add_plain_inplace(total, offset)
+        body = _save(total)
     except (ValueError, RuntimeError, TypeError):
         raise HeInputError(REJECTED) from None
-    return result
+    return _vector_proto(n, body, profile.scale)
 
 
-def _parse_context(blob: bytes, sha: str, profile: Profile) -> ts.Context:
+def _fresh_vector(ctx: Any, values: list[float]) -> Any:
+    """A fresh CKKS encryption of ``values`` under the context's public key."""
+    import tenseal as ts
+
+    return ts.ckks_vector(ctx, values)
+
+
+def _weight_plaintexts(parsed: _Parsed, profile: Profile, weights: Sequence[float], n: int) -> list[Any | None]:
+    """``[w_k]*n`` encoded at the ciphertexts' level and the profile's scale (zero beyond n: the mask), cached.
+
+    None stands for a weight whose encoding is the zero plaintext.
+    """
+    import tenseal.sealapi as sealapi
+
+    key = (tuple(float(w) for w in weights), n)
+    cached = parsed.weights.get(key)
+    if cached is not None:
+        parsed.weights.move_to_end(key)
+        return cached
+    masks: list[Any | None] = []
+    for w in key[0]:
+        pt = sealapi.Plaintext()
+        parsed.encoder.encode([w] * n, parsed.first_parms_id, profile.scale, pt)
+        masks.append(None if pt.is_zero() else pt)
+    parsed.weights[key] = masks
+    while len(parsed.weights) > PLAIN_CACHE_SIZE:
+        parsed.weights.popitem(last=False)
+    return masks
+
+
+def _save(ct: Any) -> bytes:
+    """SEAL's serialisation of ``ct`` (as TenSEAL's own ``serialize`` writes it); sealapi only saves to a path."""
+    global _scratch
+    if _scratch is None:
+        shm = "/dev/shm"
+        _scratch = tempfile.mkdtemp(prefix="he-worker-", dir=shm if os.access(shm, os.W_OK) else None)  # mode 0700
+        atexit.register(shutil.rmtree, _scratch, True)
+    path = os.path.join(_scratch, "result")
+    try:
+        ct.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _vector_proto(n: int, seal_ciphertext: bytes, scale: float) -> bytes:
+    """A TenSEAL ``CKKSVectorProto``: 1 sizes (packed [n]), 2 ciphertexts (one chunk), 3 scale (double)."""
+    sizes = _varint(n)
+    return (b"\x0a" + _varint(len(sizes)) + sizes + b"\x12" + _varint(len(seal_ciphertext)) + seal_ciphertext
+            + b"\x19" + struct.pack("<d", scale))
+
+
+def _parse_context(blob: bytes, sha: str, profile: Profile) -> _Parsed:
     import tenseal as ts
     # Registers SEAL's Modulus type with pybind11, which parms().coeff_modulus() returns.
     import tenseal.sealapi  # type: ignore[import-untyped]  # noqa: F401
@@ -123,13 +233,16 @@ def _parse_context(blob: bytes, sha: str, profile: Profile) -> ts.Context:
         raise HeInputError("context scale differs from the profile's")
     # The applicant's flags decide nothing here: one product, then rescale to the scale of `plain`.
     ctx.auto_relin, ctx.auto_rescale, ctx.auto_mod_switch = True, True, True
-    _contexts[sha] = ctx
+    parsed = _Parsed(ctx, tenseal.sealapi.Evaluator(seal), tenseal.sealapi.CKKSEncoder(seal), seal.first_parms_id(),
+                     OrderedDict())
+    _contexts[sha] = parsed
     while len(_contexts) > CONTEXT_CACHE_SIZE:
         _contexts.popitem(last=False)
-    return ctx
+    return parsed
 
 
 def _parse_vector(ctx: ts.Context, blob: bytes, profile: Profile, n: int) -> Any:
+    """Parse one ciphertext with TenSEAL, check what SEAL parsed, and return its SEAL ciphertext."""
     import tenseal as ts
 
     try:
@@ -145,4 +258,4 @@ def _parse_vector(ctx: ts.Context, blob: bytes, profile: Profile, n: int) -> Any
             or ct.coeff_modulus_size() != len(profile.coeff_mod_bit_sizes) - 1
             or ct.parms_id() != first_parms_id or not ct.is_ntt_form() or ct.scale != profile.scale):
         raise HeInputError("ciphertext was not made with the registered context's parameters")
-    return vec
+    return ct

@@ -14,6 +14,7 @@ score (``he_noise``), which also blurs that signal; each call is charged.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -122,7 +123,7 @@ class EntityIndex:
             index = {self._norm(v): i for i, v in enumerate(values.tolist())}
             with self._lock:
                 self._index[key] = index
-        return np.array([index.get(e, -1) for e in entity_ids], dtype=np.int64)
+        return np.fromiter(map(index.get, entity_ids, itertools.repeat(-1)), dtype=np.int64, count=len(entity_ids))
 
     @staticmethod
     def _norm(value: object) -> str:
@@ -137,6 +138,7 @@ def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: 
     id_col = models.identifier_column(info)
     rows = index.rows(info, id_col, entity_ids)
     known = rows >= 0
+    picked = rows[known]
     cols = cache.columns(info, list(spec.public_columns))
     plain = np.full(len(entity_ids), spec.bias, dtype=np.float64)
     for name, weight in spec.public_features:
@@ -144,7 +146,7 @@ def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: 
         assert col is not None and col.lower is not None and col.upper is not None
         mid = (col.lower + col.upper) / 2.0
         values = np.full(len(entity_ids), mid)
-        values[known] = np.asarray(cols[name], dtype=np.float64)[rows[known]]
+        values[known] = cols[name][picked]  # only the batch's rows are converted to float64
         values = np.where(np.isnan(values), mid, np.clip(values, col.lower, col.upper))
         plain += weight * values
     return plain
@@ -171,7 +173,8 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
     n = len(ids)
     if not 1 <= n <= profile.slots:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"send 1 to {profile.slots} entity ids per batch")
-    if len(set(ids)) != n or any(not e or len(e) > MAX_ENTITY_ID for e in ids):
+    unique = set(ids)
+    if len(unique) != n or "" in unique or max(map(len, ids)) > MAX_ENTITY_ID:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "entity ids must be unique, 1 to 64 characters")
     if len(req.encrypted_features) != len(spec.private_features):
         raise SandboxError(ErrorCode.INVALID_ARGUMENT,

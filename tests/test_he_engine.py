@@ -204,6 +204,20 @@ def test_slots_beyond_n_are_zero_even_with_junk(pool: ScoringPool, bank: Bank) -
     assert np.abs(every_slot[N:]).max() < 1e-3
 
 
+def test_cached_weight_encodings_still_mask_when_the_batch_shrinks(pool: ScoringPool, bank: Bank) -> None:
+    """The workers cache the encoded weights per (weights, n): a smaller batch with the same weights gets its own mask."""
+    full = [encrypt(bank.ctx, row) for row in bank.x]
+    for _ in range(3):  # both workers see the full batch first
+        pool.score(bank.public, bank.sha, full, WEIGHTS, bank.plain)
+    m = N // 2
+    cts = [encrypt(bank.ctx, row[:m], junk_beyond=True) for row in bank.x]
+    for _ in range(3):
+        every_slot = decrypt(bank.ctx, pool.score(bank.public, bank.sha, cts, WEIGHTS, bank.plain[:m]),
+                             length=P8K.slots)
+        np.testing.assert_allclose(every_slot[:m], score_plain(bank.x[:, :m], WEIGHTS, bank.plain[:m]), atol=1e-3)
+        assert np.abs(every_slot[m:]).max() < 1e-3
+
+
 def test_zero_weights_and_single_feature(pool: ScoringPool, bank: Bank) -> None:
     for weights in ([0.0, -1.5, 0.25], [0.0, 0.0, 0.0]):
         out = pool.score(bank.public, bank.sha, bank.cts, weights, bank.plain)
