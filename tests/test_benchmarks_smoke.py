@@ -80,7 +80,8 @@ def test_he_scoring_benchmark_quick_run_prints_tables_and_ratios() -> None:
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS server/in-process: "), last
     ratios = {k: float(v) for k, v in HE_RATIO.findall(last.split(": ", 1)[1])}
-    assert sorted(ratios) == ["end_to_end", "in-process/numpy", "pool", "score_rpc", "worker_fn"], last
+    assert sorted(ratios) == ["end_to_end", "in-process/numpy", "pool", "score_rpc", "worker_fn",
+                             "worker_fn/score_rpc"], last
     assert all(math.isfinite(v) and v > 0 for v in ratios.values()), last
 
 
