@@ -55,6 +55,7 @@ def serve(
     from sandbox.server import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler: once, not twice
     try:
         cfg = load_config(data_dir, flags={"port": port, "host": host, "reflection": reflection})
     except ValueError as exc:
