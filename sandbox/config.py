@@ -101,4 +101,40 @@ def load_config(
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
         cfg = replace(cfg, **{k: _coerce(k, v, getattr(cfg, k)) for k, v in layer.items()})
+    _check(cfg)
     return cfg
+
+
+#: Lower bounds of the settings that make no sense at zero.
+_AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "max_message_bytes": 1024 * 1024,
+             "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
+FL_BACKENDS = ("in-process", "deployment")
+
+
+def _check(cfg: ServerConfig) -> None:
+    for name, low in _AT_LEAST.items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"setting {name}: must be at least {low}")
+    if cfg.port > 65535:
+        raise ValueError("setting port: must be at most 65535")
+    if cfg.fl_backend not in FL_BACKENDS:
+        raise ValueError(f"setting fl_backend: expected {' or '.join(FL_BACKENDS)}")
+
+
+def default_file() -> str:
+    """The ``sandbox.toml`` that ``sandbox init`` writes: every setting at its default, with what it does."""
+    d = ServerConfig(data_dir=Path("."))
+    return f"""# Sandbox server settings. SANDBOX_<NAME> environment variables override them, and flags override both.
+host = "{d.host}"                  # address to bind
+port = {d.port}                          # 0 picks a free port
+reflection = {str(d.reflection).lower()}                   # gRPC server reflection (reveals no data)
+max_message_bytes = {d.max_message_bytes}       # largest request or response (HE contexts need tens of MB)
+clock_skew_seconds = {d.clock_skew_seconds}             # accepted difference between a request's time and the server's
+workers = {d.workers}                         # threads serving calls
+audit_checkpoint_every = {d.audit_checkpoint_every}           # sign the audit head every N entries (and at shutdown)
+busy_timeout_ms = {d.busy_timeout_ms}              # wait this long for another process holding the database
+min_public_weights = {d.min_public_weights}              # an HE model needs this many non-zero sandbox-column weights
+he_workers = {d.he_workers}                      # HE worker processes
+he_context_ttl_seconds = {d.he_context_ttl_seconds}        # how long a registered HE context is kept
+fl_backend = "{d.fl_backend}"            # or "deployment": a SuperLink and one SuperNode process per data holder
+"""

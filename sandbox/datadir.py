@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sandbox import principals
-from sandbox.config import CONFIG_FILE, ServerConfig
+from sandbox.config import CONFIG_FILE, ServerConfig, default_file
 from sandbox.domain import Principal, Role
 from sandbox.identity import public_key_bytes, write_private_key
 from sandbox.storage import Database
@@ -96,11 +96,7 @@ def init_data_dir(
     write_private_key(admin_key_path, admin_key)
     (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
     config.datasets_dir.mkdir(mode=0o700)
-    (data_dir / CONFIG_FILE).write_text(
-        "# Sandbox server settings; SANDBOX_<NAME> environment variables and flags override them.\n"
-        'host = "127.0.0.1"\nport = 50051\nreflection = true\nclock_skew_seconds = 300\n'
-        "max_message_bytes = 67108864\n"
-    )
+    (data_dir / CONFIG_FILE).write_text(default_file())
     db = Database.create(config.db_path)
     try:
         with db.write() as conn:

@@ -100,3 +100,22 @@ def test_config_precedence(tmp_path: Path) -> None:
         load_config(tmp_path, flags={"nope": 1}, environ={})
     with pytest.raises(ValueError, match="expected an integer"):
         load_config(tmp_path, environ={"SANDBOX_PORT": "eighty"})
+    for bad, fragment in (({"SANDBOX_WORKERS": "0"}, "workers: must be at least 1"),
+                          ({"SANDBOX_HE_WORKERS": "0"}, "he_workers"),
+                          ({"SANDBOX_FL_BACKEND": "bogus"}, "fl_backend: expected"),
+                          ({"SANDBOX_PORT": "70000"}, "at most 65535")):
+        with pytest.raises(ValueError, match=fragment):
+            load_config(tmp_path, environ=bad)
+
+
+def test_init_writes_every_setting_at_its_default(tmp_path: Path) -> None:
+    import dataclasses
+    import tomllib
+
+    from sandbox.config import ServerConfig, load_config
+
+    subprocess.run([*SANDBOX, "init", str(tmp_path / "sbx")], check=True, capture_output=True, cwd=ROOT)
+    written = tomllib.loads((tmp_path / "sbx" / "sandbox.toml").read_text())
+    names = {f.name for f in dataclasses.fields(ServerConfig)} - {"data_dir"}
+    assert set(written) == names  # every setting is there to see and change
+    assert load_config(tmp_path / "sbx", environ={}) == ServerConfig(data_dir=(tmp_path / "sbx").resolve())
