@@ -26,7 +26,7 @@ training two ways, interleaved repetition by repetition after one warm-up each:
 Both with DP off and on (noise multiplier 1.0, clipping norm 1.0, delta 1e-6).
 A second part does the same with Flower's deployment runtime (``fl_backend =
 "deployment"``: a SuperLink and one SuperNode process per holder, on localhost):
-``fl_server.DeploymentBackend().run`` directly, and through a second sandbox server
+``fl_server.DeploymentBackend(tls=...).run`` directly, and through a second sandbox server
 configured with ``fl_backend="deployment"``. Those processes poll (a SuperNode
 sleeps 3 s between empty pulls) and start a ClientApp process per message, so a
 round takes seconds; by default that part runs fewer rounds, once each way, and
@@ -70,6 +70,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import fl_server  # noqa: E402
+from fl_server.deployment import TlsFiles  # noqa: E402
 from clients import AdminClient, ResearcherClient, generate_key, public_key_of  # noqa: E402
 from sandbox import catalogue, fl_jobs  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
@@ -486,8 +487,11 @@ def plain_partitions(env: Env, cache: ArrayCache, plan: fl_server.TrainingPlan) 
     return parts, time.perf_counter() - t0
 
 
-def run_plain(backend_name: str, plan: fl_server.TrainingPlan, parts: dict[str, object], dp: str) -> Run:
-    backend = fl_server.InProcessBackend() if backend_name == "in-process" else fl_server.DeploymentBackend()
+def run_plain(backend_name: str, plan: fl_server.TrainingPlan, parts: dict[str, object], dp: str,
+              cfg: ServerConfig) -> Run:
+    # the deployment runtime as the sandbox builds it (fl_jobs.backend_for): TLS with the data directory's files
+    backend = (fl_server.InProcessBackend() if backend_name == "in-process"
+               else fl_server.DeploymentBackend(tls=TlsFiles(cfg.ca_cert, cfg.server_cert, cfg.server_key)))
     round_at: list[float] = []
     t0 = time.perf_counter()
     result = backend.run(plan, parts,  # type: ignore[arg-type]
@@ -547,7 +551,7 @@ def measure(env: Env, probes: Probes, cache: ArrayCache, case: Case, reps: int, 
                 else:
                     assert plan is not None
                     parts, built = plain_partitions(env, cache, plan)
-                    got[way] = run_plain(case.backend, plan, parts, case.dp)
+                    got[way] = run_plain(case.backend, plan, parts, case.dp, env.cfg)
             finally:
                 if sampler is not None:
                     sampler.__exit__()
@@ -720,8 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         c = deploy[0]
         est = {way: c.med(way, "to_round1") + (rounds - 1) * c.med(way, "steady") + c.med(way, "after_last")
                for way in (PLAIN, SANDBOX)}
-        console.print("plain = fl_server.DeploymentBackend().run(plan, partitions) called in this process; sandbox = "
-                      "the same through a second server with fl_backend=\"deployment\". start-up = processes "
+        console.print("plain = fl_server.DeploymentBackend(tls=...).run(plan, partitions) called in this process; "
+                      "sandbox = the same through a second server with fl_backend=\"deployment\". start-up = processes "
                       "started until Flower's ServerApp runs (SuperLink, 6 SuperNodes, flwr run); to round 1 = "
                       "start-up + roll call + round 1; after last round = result file, then stopping the processes."
                       + (f" Estimated 6 x {rounds} rounds (to round 1 + {rounds - 1} x steady + after last round): "

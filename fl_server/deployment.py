@@ -1,23 +1,62 @@
 """The deployment backend: Flower's own runtime, a SuperLink and one SuperNode per data holder, as processes.
 
-What it starts, all on localhost with free ports and insecure (plain HTTP) links:
+What it starts for one run, on ``host`` (localhost by default) with free ports:
 
-    flower-superlink --insecure --host H --port P     (one port: Fleet, Control and Runtime HTTP APIs;
-                                                        it starts flower-superexec, which starts
-                                                        flwr-serverapp for each run)
-    flower-supernode --insecure --superlink H:P --port Pi
+    flower-superlink --ssl-ca-certfile CA --ssl-certfile CERT --ssl-keyfile KEY --enable-supernode-auth
+                     --isolation process --superexec-auth-secret-file S --host H --port P
+                                      (one HTTPS port: Fleet, Control and Runtime APIs)
+    flower-superexec --runtime-api-address H:P --root-certificates CA --superexec-auth-secret-file S
+                                      (takes the run's ServerApp task, starts flwr-serverapp)
+    flwr supernode register NODE_i.pub sandbox          (per holder, before its node starts)
+    flower-supernode --superlink H:P --root-certificates CA --auth-supernode-private-key NODE_i.key
+                     --isolation process --superexec-auth-secret-file S
+                     --ssl-certfile CERT --ssl-keyfile KEY --ssl-ca-certfile CA --host H --port Pi
                      --node-config "holder-id='h' data-path='.../i.npz'"
-                                                      (one per holder; it starts flwr-clientapp per message)
+    flower-superexec --runtime-api-address H:Pi --root-certificates CA --superexec-auth-secret-file S
+                                      (per holder: starts flwr-clientapp per message)
     flwr run APP sandbox --run-config run.toml --format json
-                                                      (submits the Flower app: a generated pyproject.toml
-                                                        whose components are fl_server.app.*)
+                                      (submits the Flower app: a generated pyproject.toml
+                                       whose components are fl_server.app.*)
+
+What each protection does in Flower 1.42 (read in its source, not assumed):
+
+* TLS (``--ssl-*``): the SuperLink serves HTTPS only; a plaintext client gets
+  no answer. ``--ssl-ca-certfile`` is not client-certificate (mutual) TLS:
+  uvicorn gets only the certificate and key. Every client here verifies the
+  server against ``TlsFiles.ca`` (the flwr CLI through ``root-certificates``
+  in its connection config). The same certificate serves each SuperNode's
+  local Runtime API, so it must name ``host``.
+* Node authentication (``--enable-supernode-auth``): the SuperLink refuses
+  self-registration; a node must present the private key whose public key was
+  registered through the Control API (``flwr supernode register``) and signs
+  every Fleet request with it. The keys are ECDSA P-384, OpenSSH format, a
+  fresh pair per holder per run in the private work directory (mode 0600). A
+  node with another key or none is refused and exits. The ServerApp also
+  talks only to the node ids registered here (``run.json``), so a node that
+  got registered some other way gets no work.
+* SuperExec secret (``--superexec-auth-secret-file``): an HMAC over the
+  Runtime API's ``AcquireTask``, the call that hands out a task's token (who
+  holds it acts as the ServerApp or a ClientApp). Flower honours it only with
+  ``--isolation process``: a SuperLink or SuperNode in the default subprocess
+  mode ignores it and starts an unauthenticated SuperExec. So this backend
+  starts the SuperExecs itself, with a random 32-byte secret per run (0600).
+
+Not covered by these flags (Flower OSS 1.42): the Control API has no account
+authentication (``NoOpControlAuthnPlugin``), so a local process that reaches
+the port can list, stop or submit runs and register keys; and a SuperExec
+passes each task's token to ``flwr-serverapp``/``flwr-clientapp`` on their
+command line. Run this runtime where no untrusted local user exists (its own
+host, container or user namespace).
+
+``insecure=True`` (tests only) runs the same processes with ``--insecure``
+and without node authentication (Flower allows it only over TLS).
 
 The ServerApp (``fl_server.app.server_app``) runs the same round driver as the
 in-process backend, against the SuperLink, and reports through files in a
 private work directory (see that module). Each SuperNode's ClientApp reads only
 the partition file its node config names. Every process started here, and
 what it started, is stopped when the run ends, fails or is cancelled; the
-work directory (partition copies included) is removed.
+work directory (partition copies and keys included) is removed.
 
 Flower's update check and telemetry are switched off for these processes
 (no network). Dependencies are never installed at run time.
@@ -29,6 +68,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -37,10 +77,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import fl_server
 from fl_server.app.server_app import PROGRESS_FILE, RESULT_FILE, RUN_FILE, STOP_FILE
@@ -76,6 +119,48 @@ clientapp = "fl_server.app.client_app:app"
 [tool.flwr.app.config]
 work-dir = ""
 """
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The runtime's TLS material (PEM): the CA every client trusts, the server certificate it signed, and its key.
+
+    The certificate must name the backend's host (``localhost`` and ``127.0.0.1``
+    for the default); the key must be readable by this user, as every runtime
+    process runs as this user.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def checked(self) -> TlsFiles:
+        """These files as absolute paths; ValueError if one is missing or unreadable."""
+        files = TlsFiles(*(Path(p).expanduser().resolve() for p in (self.ca, self.cert, self.key)))
+        for role, path in (("CA certificate", files.ca), ("server certificate", files.cert),
+                           ("server key", files.key)):
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ValueError(f"TLS {role} {path} is missing or unreadable")
+        return files
+
+
+def _private_file(path: Path, data: bytes) -> Path:
+    """A new file only this user can read (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def node_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A fresh SuperNode key pair as Flower reads it: (private key 0600, public key), ECDSA P-384, OpenSSH format."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = _private_file(directory / f"{name}.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    public = directory / f"{name}.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
 
 
 def free_port(host: str) -> int:
@@ -197,16 +282,27 @@ class _EventReader:
 
 
 class DeploymentBackend:
-    """Trains with Flower's deployment runtime on this machine: one SuperNode process per holder."""
+    """Trains with Flower's deployment runtime on this machine: one SuperNode process per holder, over TLS."""
 
-    def __init__(self, *, host: str = "127.0.0.1",
+    def __init__(self, *, tls: TlsFiles | None = None, insecure: bool = False, host: str = "127.0.0.1",
                  timing: Timing = Timing(round_timeout=120.0, connect_timeout=180.0, poll_interval=0.2),
                  startup_timeout: float = 180.0, stop_grace: float = 5.0, log_dir: Path | None = None) -> None:
-        """``log_dir``: where the runtime processes' logs go and stay (default: the work directory, removed)."""
+        """``tls`` is required; ``insecure=True`` instead runs plain HTTP without node authentication (tests only).
+
+        ``log_dir``: where the runtime processes' logs go and stay (default: the work directory, removed).
+        """
+        if tls is None and not insecure:
+            raise ValueError("the deployment runtime needs TLS files (tls=TlsFiles(ca, cert, key)); "
+                             "insecure=True is for tests only")
+        if tls is not None and insecure:
+            raise ValueError("give TLS files or insecure=True, not both")
+        self.tls = tls.checked() if tls is not None else None
         self.host, self.timing, self.log_dir = host, timing, log_dir
         self.startup_timeout, self.stop_grace = startup_timeout, stop_grace
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None
+        #: host:port of the SuperLink while a run is in progress, else None (for tests and monitoring).
+        self.address: str | None = None
 
     def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | str | os.PathLike[str]], *,
             on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
@@ -225,6 +321,7 @@ class DeploymentBackend:
             paths = self._write_inputs(work, plan, partitions)
             return self._run(plan, holders, paths, work, procs, on_round, should_stop)
         finally:
+            self.address = None
             if procs is not None:
                 procs.stop(self.stop_grace)
             shutil.rmtree(work, ignore_errors=True)
@@ -248,6 +345,7 @@ class DeploymentBackend:
     def _write_inputs(self, work: Path, plan: TrainingPlan,
                       partitions: Mapping[str, Partition | str | os.PathLike[str]]) -> dict[str, Path]:
         (work / "holders").mkdir(mode=0o700)
+        (work / "keys").mkdir(mode=0o700)
         paths = {}
         for i, (holder, part) in enumerate(partitions.items()):
             path = work / "holders" / f"{i}.npz"
@@ -262,34 +360,99 @@ class DeploymentBackend:
         (work / "app").mkdir()
         (work / "app" / "pyproject.toml").write_text(_PYPROJECT, encoding="utf-8")
         (work / "run.toml").write_text(f"work-dir = {json.dumps(str(work))}\n", encoding="utf-8")
+        return paths
+
+    def _write_run_file(self, work: Path, plan: TrainingPlan, holders: list[str], nodes: dict[str, int]) -> None:
         timing = {"round_timeout": self.timing.round_timeout, "connect_timeout": self.timing.connect_timeout,
                   "poll_interval": self.timing.poll_interval}
-        (work / RUN_FILE).write_text(json.dumps({"plan": plan.to_dict(), "holders": list(partitions),
-                                                 "timing": timing}), encoding="utf-8")
-        return paths
+        spec: dict[str, Any] = {"plan": plan.to_dict(), "holders": holders, "timing": timing}
+        if nodes:
+            spec["nodes"] = nodes
+        (work / RUN_FILE).write_text(json.dumps(spec), encoding="utf-8")
+
+    def _client_tls(self) -> list[str]:
+        """How a runtime client (SuperNode, SuperExec) checks the server it connects to."""
+        return ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
+
+    def _server_tls(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                "--ssl-keyfile", str(self.tls.key)]
+
+    def _wait_for_port(self, proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
+        while not _accepts(self.host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise TrainingError("the federated runtime did not start")
+            time.sleep(0.05)
 
     def _run(self, plan: TrainingPlan, holders: list[str], paths: dict[str, Path], work: Path, procs: _Processes,
              on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
         started = time.monotonic()
         bin_dir = Path(sys.executable).parent
         port = free_port(self.host)
+        address = f"{self.host}:{port}"
+        trust = "insecure = true" if self.tls is None else f"root-certificates = {json.dumps(str(self.tls.ca))}"
         (work / "flwr-home" / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
-            f'address = "{self.host}:{port}"\ninsecure = true\n', encoding="utf-8")
-        link = procs.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", self.host,
-                                         "--port", str(port), "--disable-runtime-dependency-installation"])
+            f'address = "{address}"\n{trust}\n', encoding="utf-8")
+        # Flower checks the SuperExec secret only when it does not start the SuperExec itself (process isolation).
+        secret = str(_private_file(work / "keys" / "superexec.secret", secrets.token_bytes(32)))
+        isolation = ["--isolation", "process", "--superexec-auth-secret-file", secret]
+        link = procs.start("superlink", [
+            str(bin_dir / "flower-superlink"), *self._server_tls(),
+            *(["--enable-supernode-auth"] if self.tls is not None else []), *isolation,
+            "--host", self.host, "--port", str(port), "--disable-runtime-dependency-installation"])
         deadline = time.monotonic() + self.startup_timeout
-        while not _accepts(self.host, port):
-            if link.poll() is not None or time.monotonic() > deadline:
-                raise TrainingError("the federated runtime did not start")
-            time.sleep(0.05)
+        self._wait_for_port(link, port, deadline)
+        self.address = address
+        executor = [str(bin_dir / "flower-superexec"), *self._client_tls(), "--superexec-auth-secret-file", secret]
+        procs.start("superexec", [*executor, "--runtime-api-address", address, "--parent-pid", str(link.pid)])
+        nodes = self._register_nodes(bin_dir, work, holders, procs.env) if self.tls is not None else {}
+        started_nodes = []
         for i, holder in enumerate(holders):
-            procs.start(f"supernode-{i}", [
-                str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"{self.host}:{port}",
-                "--host", self.host, "--port", str(free_port(self.host)),
+            node_port = free_port(self.host)
+            auth = [] if self.tls is None else ["--auth-supernode-private-key", str(work / "keys" / f"node-{i}.key")]
+            runtime_tls = [] if self.tls is None else self._server_tls()  # the node's own Runtime API
+            node = procs.start(f"supernode-{i}", [
+                str(bin_dir / "flower-supernode"), *self._client_tls(), *auth, "--superlink", address, *isolation,
+                *runtime_tls, "--host", self.host, "--port", str(node_port),
                 "--node-config", f"holder-id='{holder}' data-path='{paths[holder]}'"])
+            started_nodes.append((i, node, node_port))
+        # A SuperExec retries with growing back-off, so each starts once its node's Runtime API is up.
+        for i, node, node_port in started_nodes:
+            self._wait_for_port(node, node_port, deadline)
+            procs.start(f"superexec-{i}", [*executor, "--runtime-api-address", f"{self.host}:{node_port}",
+                                           "--parent-pid", str(node.pid)])
+        self._write_run_file(work, plan, holders, nodes)
         self._submit(bin_dir, work, procs.env)
         return self._follow(plan, work, link, started, on_round, should_stop)
+
+    def _register_nodes(self, bin_dir: Path, work: Path, holders: list[str], env: dict[str, str]) -> dict[str, int]:
+        """A fresh key pair per holder, each public key registered at the SuperLink: holder -> its node id."""
+        pending = []
+        for i, holder in enumerate(holders):
+            _, public = node_key_pair(work / "keys", f"node-{i}")
+            pending.append((holder, subprocess.Popen(
+                [str(bin_dir / "flwr"), "supernode", "register", str(public), _CONNECTION, "--format", "json"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)))
+        nodes = {}
+        for holder, proc in pending:
+            try:
+                out, err = proc.communicate(timeout=self.startup_timeout)
+                reply = json.loads(out.decode() or "{}")
+                if proc.returncode == 0 and reply.get("success"):
+                    nodes[holder] = int(reply["node-id"])
+                else:
+                    log.warning("flwr supernode register failed: %s", (out + err).decode(errors="replace")[-2000:])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("flwr supernode register gave no node id")
+        if len(nodes) < len(holders):
+            raise TrainingError("the federated runtime did not register the data holders' nodes")
+        return nodes
 
     def _submit(self, bin_dir: Path, work: Path, env: dict[str, str]) -> None:
         try:

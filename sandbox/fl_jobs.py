@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fl_server
+from fl_server.deployment import TlsFiles
 from protos.sandbox.v1 import fl_pb2
 from sandbox import catalogue, fl_plans, grants, ledger, models, policy, serde
+from sandbox.config import ServerConfig
 from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
@@ -86,13 +88,16 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
-def backend_for(name: str) -> object:
-    """The training backend a deployment chose: in-process nodes, or Flower's SuperLink/SuperNode runtime."""
-    if name == "in-process":
+def backend_for(config: ServerConfig) -> object:
+    """The training backend the config chose: in-process nodes, or Flower's SuperLink/SuperNode runtime.
+
+    The runtime serves TLS with the data directory's CA and server certificate (for localhost and 127.0.0.1).
+    """
+    if config.fl_backend == "in-process":
         return fl_server.InProcessBackend()
-    if name == "deployment":
-        return fl_server.DeploymentBackend()
-    raise ValueError(f"setting fl_backend: expected in-process or deployment, got {name!r}")
+    if config.fl_backend == "deployment":
+        return fl_server.DeploymentBackend(tls=TlsFiles(config.ca_cert, config.server_cert, config.server_key))
+    raise ValueError(f"setting fl_backend: expected in-process or deployment, got {config.fl_backend!r}")
 
 
 class JobManager:

@@ -296,7 +296,7 @@ def add_servicers(
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
     fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
-        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config.fl_backend)), config), server)
+        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config)), config), server)
     he = HeScoringServicer(config, dp.cache)
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)

@@ -1,16 +1,35 @@
-"""Through the sandbox with Flower's deployment runtime: a SuperLink and one SuperNode process per RAND site."""
+"""Through the sandbox with Flower's deployment runtime: a SuperLink and one SuperNode process per RAND site.
+
+The runtime uses the data directory's CA and server certificate (TLS) and registers each SuperNode's key.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fl_server
 from clients import ResearcherClient
+from fl_server.deployment import TlsFiles
+from sandbox.config import load_config
+from sandbox.datadir import init_data_dir
+from sandbox.fl_jobs import backend_for
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 
 FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
+
+
+def test_the_sandbox_runtime_uses_the_data_directorys_tls_files(tmp_path: Path) -> None:
+    data_dir = init_data_dir(tmp_path / "city").config.data_dir
+    backend = backend_for(load_config(data_dir, flags={"fl_backend": "deployment"}, environ={}))
+    assert isinstance(backend, fl_server.DeploymentBackend)
+    tls = data_dir / "tls"
+    assert backend.tls == TlsFiles(tls / "ca.pem", tls / "server.pem", tls / "server.key")
+    assert (tls / "server.key").stat().st_uid == os.getuid()  # the runtime's processes run as this user
+    assert isinstance(backend_for(load_config(data_dir, environ={})), fl_server.InProcessBackend)
 
 
 @pytest.mark.slow

@@ -5,13 +5,22 @@ machine, most of it Flower's own polling (a SuperNode checks for work every
 3 s) and a new ClientApp process per message. The ServerApp's side of the
 file protocol (rounds, model, stop) runs here over an in-process grid, and the
 backend's side against a fake event file, so neither needs another runtime.
+
+The runtime runs over TLS with node authentication; the full run also tries,
+while it trains, the attacks those stop (a SuperNode with an unregistered key
+or none, a plaintext SuperNode, a plaintext HTTP request), so they cost no
+run of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import http.client
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -20,26 +29,120 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flwr.app import Context, RecordDict
+from flwr.cli.supernode.register import try_load_public_key
+from flwr.supercore.exit import ExitCode
 
 from fl_server import (
     DeploymentBackend, Partition, RoundReport, Timing, TrainingCancelled, TrainingPlan, save_partition,
 )
 from fl_server.app import server_app
 from fl_server.client import make_client_app
-from fl_server.deployment import _descendants, _EventReader, _Processes, _same_process
+from fl_server.deployment import (
+    TlsFiles, _descendants, _EventReader, _Processes, _same_process, free_port, node_key_pair,
+)
 from fl_server.inprocess import LocalGrid, _ensure_task_identity
 from fl_server.model import evaluate
 from tests.test_fl_engine import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
 
 
 def live_descendants() -> list[tuple[int, str]]:
-    return [d for d in _descendants([os.getpid()]) if _same_process(*d)]
+    """This test process's live descendants, except those started before the test (e.g. the resource tracker
+    that multiprocessing starts once for the whole process when an earlier test used a spawn pool)."""
+    return [d for d in _descendants([os.getpid()]) if _same_process(*d) and d not in _BEFORE]
+
+
+_BEFORE: set[tuple[int, str]] = set()
+
+
+@pytest.fixture(autouse=True)
+def _preexisting_descendants() -> None:
+    _BEFORE.clear()
+    _BEFORE.update(d for d in _descendants([os.getpid()]) if _same_process(*d))
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a server certificate it signed for localhost and 127.0.0.1 (keys 0600)."""
+    tls_dir = tmp_path_factory.mktemp("tls")
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+
+    def cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+        path.touch(mode=0o600)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    files = TlsFiles(tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key")
+    files.ca.write_bytes(cert(ca_name, ca_key, True).public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), server_key,
+                                False).public_bytes(serialization.Encoding.PEM))
+    write_key(files.key, server_key)
+    return files
+
+
+def try_to_intrude(address: str, tls: TlsFiles, work: Path) -> dict[str, tuple[int | None, str]]:
+    """Start SuperNodes the running SuperLink must refuse, all at once; (exit code, log) of each."""
+    rogue_key, _ = node_key_pair(work, "rogue")  # a well-formed key that nobody registered
+    env = {**os.environ, "FLWR_HOME": str(work), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    bin_dir = Path(sys.executable).parent
+    attempts = {
+        "unregistered key": ["--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(rogue_key)],
+        "no key": ["--root-certificates", str(tls.ca)],
+        "plaintext": ["--insecure"],
+    }
+    started = {}
+    for name, flags in attempts.items():
+        log_file = work / f"{name.replace(' ', '-')}.log"
+        with log_file.open("wb") as out:
+            started[name] = (log_file, subprocess.Popen(
+                [str(bin_dir / "flower-supernode"), *flags, "--superlink", address, "--max-retries", "2",
+                 "--isolation", "process", "--host", "127.0.0.1", "--port", str(free_port("127.0.0.1")),
+                 "--node-config", "holder-id='1'"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env))
+    outcome: dict[str, tuple[int | None, str]] = {}
+    for name, (log_file, proc) in started.items():
+        try:
+            code: int | None = proc.wait(timeout=300)  # Python start-up on a loaded machine, then one refusal
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        outcome[name] = (code, log_file.read_text(errors="replace"))
+    return outcome
+
+
+def http_get_health(address: str, ca: Path | None) -> int:
+    """GET /health on the SuperLink port, over TLS checked against ``ca``, or in plaintext when ``ca`` is None."""
+    host, port = address.rsplit(":", 1)
+    conn = (http.client.HTTPSConnection(host, int(port), timeout=60, context=ssl.create_default_context(cafile=ca))
+            if ca else http.client.HTTPConnection(host, int(port), timeout=60))
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about 30 s idle; a loaded 2-core CI machine can take several times that
-def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np.ndarray]) -> None:
+@pytest.mark.timeout(900)  # about 35 s idle; a loaded 2-core CI machine can take several times that
+def test_two_supernodes_train_a_sensible_model_and_no_intruder_joins(
+        tmp_path: Path, hie: dict[str, np.ndarray], tls: TlsFiles) -> None:
     plan = dataclasses.replace(PLAN, rounds=2)
     parts = site_partitions(plan, hie, ("1", "4"))
     # one holder handed over as the file the sandbox writes for it, one in memory
@@ -47,15 +150,39 @@ def test_two_supernodes_train_a_sensible_model(tmp_path: Path, hie: dict[str, np
     inputs: dict[str, Partition | Path] = {"1": parts["1"], "4": tmp_path / "holder-4.npz"}
     reports: list[RoundReport] = []
     # Start-up and connection limits well above the defaults (60 s each): they only matter when something hangs.
-    backend = DeploymentBackend(timing=Timing(round_timeout=120.0, connect_timeout=240.0, poll_interval=0.2),
+    backend = DeploymentBackend(tls=tls, timing=Timing(round_timeout=120.0, connect_timeout=240.0, poll_interval=0.2),
                                 startup_timeout=240.0)
+    intrusions: dict[str, tuple[int | None, str]] = {}
+    health: dict[str, object] = {}
+
+    def on_round(report: RoundReport) -> None:
+        reports.append(report)
+        if report.round == 1:  # the SuperLink is up and the run goes on: try to get in
+            assert backend.address is not None
+            (tmp_path / "intruder").mkdir()
+            intrusions.update(try_to_intrude(backend.address, tls, tmp_path / "intruder"))
+            health["tls"] = http_get_health(backend.address, tls.ca)
+            try:
+                health["plaintext"] = http_get_health(backend.address, None)
+            except (OSError, http.client.HTTPException) as exc:
+                health["plaintext"] = exc
+
     started = time.monotonic()
-    result = backend.run(plan, inputs, on_round=reports.append, should_stop=lambda: False)
+    result = backend.run(plan, inputs, on_round=on_round, should_stop=lambda: False)
     total = time.monotonic() - started
     print(f"\ndeployment: startup {backend.last_startup_seconds:.1f} s, rounds "
           f"{', '.join(f'{r.seconds:.1f}' for r in reports)} s, total {total:.1f} s")
     assert [r.round for r in reports] == [1, 2] and list(result.history) == reports
     assert all(r.participants == ("1", "4") and r.failed == () and r.aggregated for r in reports)
+    # Every intruder was refused at the door: it exited (status 1) logging Flower's connection error, no node id.
+    for name, (code, text) in intrusions.items():
+        assert code == 1 and f"Exit Code: {ExitCode.SUPERNODE_CONNECTION_ERROR}" in text, (name, code, text[-2000:])
+        assert "SuperNode ID" not in text, name
+    assert "Failed to activate SuperNode" in intrusions["unregistered key"][1]
+    assert "must be registered" in intrusions["no key"][1]
+    # The port speaks only TLS: a client that trusts the CA is answered, a plaintext one is not.
+    assert health["tls"] == 200
+    assert isinstance(health["plaintext"], (OSError, http.client.HTTPException)), health["plaintext"]
     _, _, x_eval, y_eval = pooled(parts)
     final = evaluate(plan, list(result.params), x_eval, y_eval)
     assert result.final.accuracy == pytest.approx(final.accuracy, abs=1e-12)
@@ -113,7 +240,8 @@ def test_the_backend_relays_a_stop_and_the_cancellation(tmp_path: Path) -> None:
             return True
 
         with pytest.raises(TrainingCancelled) as info:
-            DeploymentBackend()._follow(PLAN, tmp_path, link, time.monotonic(), lambda r: None, should_stop)
+            DeploymentBackend(insecure=True)._follow(PLAN, tmp_path, link, time.monotonic(), lambda r: None,
+                                                     should_stop)
         assert info.value.rounds_completed == 0 and (tmp_path / "stop").exists()
     finally:
         link.kill()
@@ -122,8 +250,61 @@ def test_the_backend_relays_a_stop_and_the_cancellation(tmp_path: Path) -> None:
 
 def test_holder_ids_must_be_safe_for_a_node_config() -> None:
     with pytest.raises(TypeError, match="holder ids"):
-        DeploymentBackend().run(PLAN, {"a' b": Partition.of(np.zeros((2, 10)), np.zeros(2))},
+        DeploymentBackend(insecure=True).run(PLAN, {"a' b": Partition.of(np.zeros((2, 10)), np.zeros(2))},
                                 on_round=lambda r: None, should_stop=lambda: False)
+
+
+def test_the_backend_refuses_to_run_without_tls_unless_told_it_is_a_test(tmp_path: Path, tls: TlsFiles) -> None:
+    with pytest.raises(ValueError, match="needs TLS files"):
+        DeploymentBackend()
+    with pytest.raises(ValueError, match="not both"):
+        DeploymentBackend(tls=tls, insecure=True)
+    with pytest.raises(ValueError, match="server key"):
+        DeploymentBackend(tls=TlsFiles(tls.ca, tls.cert, tmp_path / "missing.key"))
+    assert DeploymentBackend(tls=tls).tls == tls and DeploymentBackend(insecure=True).tls is None
+
+
+def test_node_keys_are_private_and_in_the_format_flower_reads(tmp_path: Path) -> None:
+    private, public = node_key_pair(tmp_path, "node-0")
+    assert private.stat().st_mode & 0o777 == 0o600
+    key = serialization.load_ssh_private_key(private.read_bytes(), None)  # what flower-supernode does
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    registered = try_load_public_key(public)  # what `flwr supernode register` does
+    assert registered == key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_server_app_sends_nothing_to_a_node_not_registered_for_the_run(tmp_path: Path,
+                                                                          hie: dict[str, np.ndarray]) -> None:
+    """A node that claims a holder's id first (e.g. registered through Flower's open Control API) gets no work."""
+    parts = site_partitions(PLAN, hie, ("2", "5"))
+    configs = [{"holder-id": "2"}, {"holder-id": "2"}, {"holder-id": "5"}]  # the first node is the intruder
+    for pinned in (False, True):
+        work = tmp_path / str(pinned)
+        work.mkdir()
+        asked: list[int] = []
+
+        def partition(ctx: Context) -> Partition:
+            asked.append(ctx.node_id)
+            return parts[str(ctx.node_config["holder-id"])]
+
+        grid = LocalGrid(make_client_app(partition), configs)
+        intruder, genuine = list(grid.get_node_ids())[0], list(grid.get_node_ids())[1:]
+        spec = {"plan": PLAN.to_dict(), "holders": list(parts),
+                "timing": {"round_timeout": 10.0, "connect_timeout": 0.0, "poll_interval": 0.01}}
+        if pinned:
+            spec["nodes"] = dict(zip(parts, genuine))
+        (work / "run.json").write_text(json.dumps(spec))
+        _ensure_task_identity()
+        server_app.main(grid, Context(run_id=0, node_id=1, node_config={}, state=RecordDict(),
+                                      run_config={"work-dir": str(work)}))
+        events = _EventReader(work / "progress.jsonl").read()
+        assert events[-1]["event"] == "done"
+        # unpinned, the intruder takes holder 2's place (which shows the check below can fail); pinned, it never
+        # hears from the ServerApp and both genuine nodes train
+        assert (intruder in asked) is not pinned
+        if pinned:
+            assert set(asked) == set(genuine)
 
 
 def test_processes_and_what_they_started_are_stopped(tmp_path: Path) -> None:

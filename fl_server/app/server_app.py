@@ -2,9 +2,11 @@
 
 It talks to the DeploymentBackend through files in the run's work directory
 (``work-dir`` in the run config): it reads ``run.json`` (plan, holders,
-timing), appends one JSON event per line to ``progress.jsonl`` (``round``,
-then ``done``, ``error`` or ``cancelled``), writes the final model to
-``result.npz`` before ``done``, and stops between rounds once ``stop`` exists.
+timing and, with node authentication, the node id registered for each holder:
+no other node is sent anything), appends one JSON event per line to
+``progress.jsonl`` (``round``, then ``done``, ``error`` or ``cancelled``),
+writes the final model to ``result.npz`` before ``done``, and stops between
+rounds once ``stop`` exists.
 Only aggregates are written. Errors become an ``error`` event with the
 engine's public message; anything unexpected is logged here and reported as
 a fixed phrase.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_server.errors import FlEngineError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
-from fl_server.rounds import Timing, drive
+from fl_server.rounds import Timing, _View, drive
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,14 @@ class _Events:
             os.fsync(fh.fileno())
 
 
+class _Registered(_View):
+    """The grid limited to the nodes registered for this run's holders (as many of them as are connected)."""
+
+    def get_node_ids(self) -> Iterable[int]:
+        allowed = set(self._nodes)
+        return [n for n in self._grid.get_node_ids() if n in allowed]
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     work = Path(str(context.run_config["work-dir"]))
@@ -53,6 +64,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         spec = json.loads((work / RUN_FILE).read_text(encoding="utf-8"))
         plan = TrainingPlan.from_dict(spec["plan"]).validate()
+        if spec.get("nodes"):
+            grid = _Registered(grid, [int(n) for n in spec["nodes"].values()])
 
         def on_round(report: RoundReport) -> None:
             events.write("round", report=report.to_dict())
