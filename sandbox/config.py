@@ -106,7 +106,7 @@ def load_config(
 
 
 #: Lower bounds of the settings that make no sense at zero.
-_AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "max_message_bytes": 1024 * 1024,
+_AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "max_message_bytes": 64 * 1024,
              "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
 FL_BACKENDS = ("in-process", "deployment")
 

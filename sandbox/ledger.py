@@ -100,9 +100,12 @@ def reserve_in(conn: sqlite3.Connection, grant_id: str, cost: Budget, quota: int
     rem = state.remaining
     if state.usage.quota_used + quota > state.quota_cap:
         raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"{state.quota_remaining} of {state.quota_cap} remain")
+    needs = f"epsilon {Decimal(cost.epsilon_nano) / NANO}" + (
+        f", delta {Decimal(cost.delta_atto) / ATTO}" if cost.delta_atto else "")
     raise SandboxError(
         ErrorCode.BUDGET_EXHAUSTED,
-        f"remaining epsilon {Decimal(rem.epsilon_nano) / NANO}, delta {Decimal(rem.delta_atto) / ATTO}",
+        f"remaining epsilon {Decimal(rem.epsilon_nano) / NANO}, delta {Decimal(rem.delta_atto) / ATTO}; "
+        f"this needs {needs}",
     )
 
 

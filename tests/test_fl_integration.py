@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -161,6 +163,8 @@ def test_over_budget_and_outside_the_grant(fl_env) -> None:  # type: ignore[no-u
     with pytest.raises(ResourceExhausted) as exc:  # a noise multiplier that would overspend
         lab.start_training(g, plan, rounds=50, clipping_norm=1.0, noise_multiplier=0.5, delta=1e-6)
     assert "remaining epsilon 0.5" in exc.value.message and spent(sbx, g) == 0
+    needs = re.search(r"this needs epsilon (\d+\.\d+), delta 0\.000001$", exc.value.message)
+    assert needs is not None and float(needs.group(1)) > 0.5, exc.value.message  # what the plan would cost
     other = lab.register_plan(dataset="rand_hie", features=["xage", "female"], label=LABEL,
                               label_threshold=THRESHOLD)
     with pytest.raises(PermissionDenied):
