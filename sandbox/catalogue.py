@@ -199,7 +199,8 @@ def _check_header(schema: DatasetSchema, header: list[str]) -> None:
     problems = ["unknown column(s): " + ", ".join(unknown[:10])] if unknown else []
     problems += ["missing column(s): " + ", ".join(missing[:10])] if missing else []
     if problems:
-        raise _invalid_csv("; ".join(problems) + ("" if echo else " (is the header row missing?)"))
+        raise _invalid_csv("; ".join(problems) + ("" if echo else " (the header does not match this schema: another "
+                                                           "file, or no header row?)"))
 
 
 def _fast_column(col: ColumnSchema, raw: tuple[str, ...]) -> np.ndarray | None:
