@@ -6,7 +6,7 @@ measurement and every privacy cost from a measurement's own map.
 """
 
 from fl_server.accounting import Unit, epsilon_after_rounds, plan_cost, round_measurement
-from fl_server.data import Partition, load_partition, prepare_partition, save_partition
+from fl_server.data import Partition, load_partition, partition_from_csv, prepare_partition, save_partition
 from fl_server.errors import FlEngineError, PlanError, TrainingCancelled, TrainingError
 from fl_server.model import as_linear, auc, evaluate, init_params, predict_proba
 from fl_server.plan import DEFAULT_LIMITS, Feature, Label, Limits, TrainingPlan
@@ -38,6 +38,7 @@ __all__ = [
     "evaluate",
     "init_params",
     "load_partition",
+    "partition_from_csv",
     "plan_cost",
     "predict_proba",
     "prepare_partition",

@@ -25,12 +25,16 @@ from fl_server.plan import TrainingPlan
 #: node_config key naming the holder a node serves.
 HOLDER_ID = "holder-id"
 PLAN_KEY = "plan"
+#: message config key: the dataset's person key, for a node that prepares its own rows (held-out split by person).
+PERSON_KEY = "person-key"
 ROLL_CALL = "holder"
 #: Metric keys every reply carries: the rows behind it, and 1 (the FedAvg weight under DP).
 NUM_EXAMPLES = "num-examples"
 UNIT_WEIGHT = "unit-weight"
 
 PartitionLoader = Callable[[Context], Partition]
+#: A loader that also gets the message's plan and config (a node that prepares its own raw rows per plan).
+PlanPartitionLoader = Callable[[Context, TrainingPlan, ConfigRecord], Partition]
 
 
 def holder_of(context: Context) -> str:
@@ -49,9 +53,15 @@ def clip_update(new: list[np.ndarray], start: list[np.ndarray], norm: float) -> 
     return [s + d * scale for s, d in zip(start, deltas, strict=True)]
 
 
-def make_client_app(load: PartitionLoader) -> ClientApp:
-    """A ClientApp whose handlers call ``load(context)`` for this node's partition on every message."""
+def make_client_app(load: PartitionLoader | PlanPartitionLoader, *, with_plan: bool = False) -> ClientApp:
+    """A ClientApp whose handlers call ``load(context)`` for this node's partition on every message
+    (``load(context, plan, config)`` with ``with_plan``: the message's validated plan and its ConfigRecord)."""
     app = ClientApp()
+
+    def partition(message: Message, context: Context, plan: TrainingPlan) -> Partition:
+        if with_plan:
+            return load(context, plan, message.content["config"])  # type: ignore[call-arg, arg-type]
+        return load(context)  # type: ignore[call-arg]
 
     @app.query()
     def roll_call(message: Message, context: Context) -> Message:
@@ -60,7 +70,7 @@ def make_client_app(load: PartitionLoader) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         plan = plan_from(message)
-        part = load(context)
+        part = partition(message, context, plan)
         part.check(plan.n_inputs)
         start = from_array_record(message.content["arrays"])  # type: ignore[arg-type]
         if not check_params(plan, start):
@@ -76,7 +86,7 @@ def make_client_app(load: PartitionLoader) -> ClientApp:
     @app.evaluate()
     def evaluate_global(message: Message, context: Context) -> Message:
         plan = plan_from(message)
-        part = load(context)
+        part = partition(message, context, plan)
         part.check(plan.n_inputs)
         params = from_array_record(message.content["arrays"])  # type: ignore[arg-type]
         if not check_params(plan, params):

@@ -9,6 +9,9 @@ values), so holders prepare their rows alike without sharing any statistic.
 
 from __future__ import annotations
 
+import csv
+import gzip
+import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -111,3 +114,96 @@ def save_partition(path: str | os.PathLike[str], partition: Partition) -> None:
 def load_partition(path: str | os.PathLike[str]) -> Partition:
     with np.load(path, allow_pickle=False) as z:
         return Partition(*(np.asarray(z[k], dtype=np.float64) for k in _ARRAYS))
+
+
+def read_csv_columns(plan: TrainingPlan, path: str | os.PathLike[str], *,
+                     person_key: str = "") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A holder's own raw rows (a CSV with a header naming the dataset's columns, UTF-8, optionally gzipped)
+    as the columns ``prepare_partition`` takes, and the person key's values (None without ``person_key``).
+
+    Read as the sandbox imports them: a categorical value is its index in the plan's declared categories,
+    an empty field is missing (NaN, or -1 for a category), a number is parsed as written. Only the plan's
+    columns and the person key are read; other columns are ignored. Errors name the line and column, never
+    a value: a value that is not a number, or not one of the declared categories, is refused (ValueError).
+    """
+    features = {f.column: f for f in plan.features}
+    wanted = list(dict.fromkeys([*features, plan.label.column, *([person_key] if person_key else [])]))
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError("the CSV file is empty: no header") from None
+        index = {name: i for i, name in enumerate(header)}
+        missing = [c for c in wanted if c not in index]
+        if missing:
+            raise ValueError("the CSV header lacks the plan's column(s): " + ", ".join(c[:64] for c in missing))
+        raw: dict[str, list[str]] = {c: [] for c in wanted}
+        lines: list[int] = []
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(f"line {reader.line_num}: expected {len(header)} fields, found {len(row)}")
+                lines.append(reader.line_num)
+                for c in wanted:
+                    raw[c].append(row[index[c]].strip())
+        except csv.Error:
+            raise ValueError(f"malformed CSV near line {reader.line_num}") from None
+    columns: dict[str, np.ndarray] = {}
+    for c in wanted:
+        if c == person_key and c not in features and c != plan.label.column:
+            continue
+        f = features.get(c)
+        if f is not None and f.categories:
+            codes = {v: i for i, v in enumerate(f.categories)}
+            bad = [i for i, v in enumerate(raw[c]) if v and v not in codes]
+            if bad:
+                raise ValueError(f"line {lines[bad[0]]}, column '{c[:64]}': not one of the plan's categories")
+            columns[c] = np.array([codes.get(v, -1) for v in raw[c]], dtype=np.int64)
+        else:
+            columns[c] = _numbers(c, raw[c], lines)
+    groups = _keys(raw[person_key]) if person_key else None
+    return columns, groups
+
+
+def _is_gzip(path: str | os.PathLike[str]) -> bool:  # noqa: N802
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _numbers(column: str, values: list[str], lines: list[int]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if not v:
+            out[i] = np.nan
+            continue
+        try:
+            number = float(v) if v.isascii() and "_" not in v else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"line {lines[i]}, column '{column[:64]}': not a finite number")
+        out[i] = number
+    return out
+
+
+def _keys(values: list[str]) -> np.ndarray:
+    """Person keys typed as the sandbox stores them (integers, else numbers, else text), so they sort alike."""
+    if "" in values:
+        raise ValueError("the person key is empty on some row")
+    for kind in (int, float):
+        try:
+            return np.array([kind(v) for v in values])
+        except ValueError:
+            pass
+    return np.array(values)
+
+
+def partition_from_csv(plan: TrainingPlan, path: str | os.PathLike[str], *, holder: str,
+                       person_key: str = "") -> Partition:
+    """``prepare_partition`` of a holder's own CSV rows, exactly as the sandbox prepares the same rows."""
+    columns, groups = read_csv_columns(plan, path, person_key=person_key)
+    return prepare_partition(plan, columns, groups=groups, holder=holder)

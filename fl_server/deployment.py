@@ -64,6 +64,7 @@ Flower's update check and telemetry are switched off for these processes
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -75,6 +76,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +84,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -167,6 +171,30 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host``:``port`` now (so the SuperLink about to start is this run's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the SuperLink binds (a closed run's TIME_WAIT)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def certificate_names(cert: Path, host: str) -> bool:
+    """True if the PEM certificate's subject alternative names include ``host`` (a DNS name or an IP address)."""
+    certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        return host.lower() in (n.lower() for n in names.get_values_for_type(x509.DNSName))
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -286,10 +314,17 @@ class DeploymentBackend:
 
     def __init__(self, *, tls: TlsFiles | None = None, insecure: bool = False, host: str = "127.0.0.1",
                  timing: Timing = Timing(round_timeout=120.0, connect_timeout=180.0, poll_interval=0.2),
-                 startup_timeout: float = 180.0, stop_grace: float = 5.0, log_dir: Path | None = None) -> None:
+                 startup_timeout: float = 180.0, stop_grace: float = 5.0, log_dir: Path | None = None,
+                 node_keys_dir: Path | None = None, port: int = 0) -> None:
         """``tls`` is required; ``insecure=True`` instead runs plain HTTP without node authentication (tests only).
 
         ``log_dir``: where the runtime processes' logs go and stay (default: the work directory, removed).
+
+        ``node_keys_dir`` switches to external nodes: the data holders run their own SuperNodes (on their own
+        machines, from their own rows). The directory holds ``<holder>.pub``, each holder's OpenSSH ECDSA public
+        key; for each run the backend registers the keys of that run's holders at the run's SuperLink, starts no
+        SuperNode, and the ServerApp sends work only to those nodes. The SuperLink listens on ``host``:``port``
+        (a fixed port the departments are told; the TLS certificate must name ``host``). One run at a time.
         """
         if tls is None and not insecure:
             raise ValueError("the deployment runtime needs TLS files (tls=TlsFiles(ca, cert, key)); "
@@ -299,18 +334,91 @@ class DeploymentBackend:
         self.tls = tls.checked() if tls is not None else None
         self.host, self.timing, self.log_dir = host, timing, log_dir
         self.startup_timeout, self.stop_grace = startup_timeout, stop_grace
+        self.port = port
+        self.node_keys_dir = Path(node_keys_dir).expanduser().resolve() if node_keys_dir is not None else None
+        if self.node_keys_dir is not None:
+            if self.tls is None:
+                raise ValueError("external nodes need TLS and node authentication (not insecure=True)")
+            if not 0 < port <= 65535:
+                raise ValueError("external nodes need a fixed SuperLink port (1 to 65535)")
+            if not certificate_names(self.tls.cert, host):
+                raise ValueError(f"the TLS certificate {self.tls.cert} does not name the SuperLink host {host}")
+        self._external_lock = threading.Lock()
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None
         #: host:port of the SuperLink while a run is in progress, else None (for tests and monitoring).
         self.address: str | None = None
+        #: holder -> registered node id of the run in progress (set once the nodes are registered), else None.
+        self.registered: dict[str, int] | None = None
 
-    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | str | os.PathLike[str]], *,
-            on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
-        """Train ``plan``; ``partitions`` maps holder id to its rows, or to an .npz file ``save_partition`` wrote."""
+    @property
+    def external(self) -> bool:
+        """True if the data holders run their own SuperNodes (``node_keys_dir``): ``run`` needs no partitions."""
+        return self.node_keys_dir is not None
+
+    def node_keys(self, holders: list[str]) -> dict[str, Path]:
+        """The public keys in ``node_keys_dir`` of these holders (holder -> key file), each checked.
+
+        The directory decides who may join, so it must be this user's (or root's) and writable by no one else.
+        """
+        assert self.node_keys_dir is not None
+        d = self.node_keys_dir
+        try:
+            st = d.stat()
+        except OSError:
+            raise TrainingError("the node key directory is missing") from None
+        if not d.is_dir() or st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+            raise TrainingError("the node key directory must be a directory of this user, writable by no one else")
+        keys = {}
+        for holder in holders:
+            path = d / f"{holder}.pub"
+            if not path.is_file():
+                continue
+            fst = path.stat()
+            if fst.st_uid not in (os.getuid(), 0) or fst.st_mode & 0o022:
+                raise TrainingError(f"the node key of {holder} must be writable by this user only")
+            try:
+                key = serialization.load_ssh_public_key(path.read_bytes())
+            except (ValueError, UnsupportedAlgorithm):
+                raise TrainingError(f"the node key of {holder} is not an OpenSSH public key") from None
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise TrainingError(f"the node key of {holder} is not an ECDSA key")
+            keys[holder] = path
+        return keys
+
+    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | str | os.PathLike[str] | None], *,
+            on_round: OnRound, should_stop: ShouldStop, person_key: str = "") -> TrainingResult:
+        """Train ``plan``; ``partitions`` maps holder id to its rows, or to an .npz file ``save_partition`` wrote
+        (with external nodes only its keys count: each holder's node prepares its own rows).
+
+        ``person_key``: the dataset's person key column, sent to the nodes with the plan (a node that prepares
+        its own rows keeps each person's rows on one side of the held-out split).
+        """
         plan.validate()
         holders = list(partitions)
         if not all(isinstance(h, str) and _HOLDER_RE.match(h) for h in holders):
             raise TypeError("holder ids are 1 to 64 letters, digits, '.', '_' or '-'")
+        if not self.external:
+            return self._run_guarded(plan, partitions, holders, on_round, should_stop, person_key, {})
+        keys = self.node_keys(holders)
+        if len(keys) < plan.min_holders:
+            raise TrainingError(f"only {len(keys)} of the {len(holders)} data holders have a node key; "
+                                f"the plan needs {plan.min_holders}")
+        for holder in holders:
+            if holder not in keys:
+                log.warning("data holder %s has no node key: it is reported as dropped", holder)
+        if not self._external_lock.acquire(blocking=False):
+            raise TrainingError("another training job is using the SuperLink for external nodes; try again later")
+        try:
+            if not _port_free(self.host, self.port):
+                raise TrainingError(f"the SuperLink port {self.host}:{self.port} is in use")
+            return self._run_guarded(plan, partitions, holders, on_round, should_stop, person_key, keys)
+        finally:
+            self._external_lock.release()
+
+    def _run_guarded(self, plan: TrainingPlan, partitions: Mapping[str, Partition | str | os.PathLike[str] | None],
+                     holders: list[str], on_round: OnRound, should_stop: ShouldStop, person_key: str,
+                     keys: dict[str, Path]) -> TrainingResult:
         work = Path(tempfile.mkdtemp(prefix="fl-run-"))
         procs: _Processes | None = None
         try:
@@ -318,10 +426,10 @@ class DeploymentBackend:
             logs = self.log_dir or work / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             procs = _Processes(env, logs)
-            paths = self._write_inputs(work, plan, partitions)
-            return self._run(plan, holders, paths, work, procs, on_round, should_stop)
+            paths = self._write_inputs(work, plan, {} if self.external else partitions)
+            return self._run(plan, holders, paths, work, procs, on_round, should_stop, person_key, keys)
         finally:
-            self.address = None
+            self.address, self.registered = None, None
             if procs is not None:
                 procs.stop(self.stop_grace)
             shutil.rmtree(work, ignore_errors=True)
@@ -343,7 +451,7 @@ class DeploymentBackend:
         return env
 
     def _write_inputs(self, work: Path, plan: TrainingPlan,
-                      partitions: Mapping[str, Partition | str | os.PathLike[str]]) -> dict[str, Path]:
+                      partitions: Mapping[str, Partition | str | os.PathLike[str] | None]) -> dict[str, Path]:
         (work / "holders").mkdir(mode=0o700)
         (work / "keys").mkdir(mode=0o700)
         paths = {}
@@ -351,6 +459,8 @@ class DeploymentBackend:
             path = work / "holders" / f"{i}.npz"
             if isinstance(part, Partition):
                 save_partition(path, part)
+            elif part is None:
+                raise ValueError(f"holder {holder}: no partition")
             else:
                 source = Path(part).resolve()
                 if not source.is_file():
@@ -362,10 +472,13 @@ class DeploymentBackend:
         (work / "run.toml").write_text(f"work-dir = {json.dumps(str(work))}\n", encoding="utf-8")
         return paths
 
-    def _write_run_file(self, work: Path, plan: TrainingPlan, holders: list[str], nodes: dict[str, int]) -> None:
+    def _write_run_file(self, work: Path, plan: TrainingPlan, holders: list[str], nodes: dict[str, int],
+                        person_key: str) -> None:
         timing = {"round_timeout": self.timing.round_timeout, "connect_timeout": self.timing.connect_timeout,
                   "poll_interval": self.timing.poll_interval}
         spec: dict[str, Any] = {"plan": plan.to_dict(), "holders": holders, "timing": timing}
+        if person_key:
+            spec["person_key"] = person_key
         if nodes:
             spec["nodes"] = nodes
         (work / RUN_FILE).write_text(json.dumps(spec), encoding="utf-8")
@@ -387,10 +500,10 @@ class DeploymentBackend:
             time.sleep(0.05)
 
     def _run(self, plan: TrainingPlan, holders: list[str], paths: dict[str, Path], work: Path, procs: _Processes,
-             on_round: OnRound, should_stop: ShouldStop) -> TrainingResult:
+             on_round: OnRound, should_stop: ShouldStop, person_key: str, keys: dict[str, Path]) -> TrainingResult:
         started = time.monotonic()
         bin_dir = Path(sys.executable).parent
-        port = free_port(self.host)
+        port = self.port or free_port(self.host)
         address = f"{self.host}:{port}"
         trust = "insecure = true" if self.tls is None else f"root-certificates = {json.dumps(str(self.tls.ca))}"
         (work / "flwr-home" / "config.toml").write_text(
@@ -408,7 +521,14 @@ class DeploymentBackend:
         self.address = address
         executor = [str(bin_dir / "flower-superexec"), *self._client_tls(), "--superexec-auth-secret-file", secret]
         procs.start("superexec", [*executor, "--runtime-api-address", address, "--parent-pid", str(link.pid)])
+        if self.external:
+            nodes = self._register_keys(bin_dir, list(keys.items()), procs.env)
+            self.registered = dict(nodes)
+            self._write_run_file(work, plan, holders, nodes, person_key)
+            self._submit(bin_dir, work, procs.env)
+            return self._follow(plan, work, link, started, on_round, should_stop)
         nodes = self._register_nodes(bin_dir, work, holders, procs.env) if self.tls is not None else {}
+        self.registered = dict(nodes)
         started_nodes = []
         for i, holder in enumerate(holders):
             node_port = free_port(self.host)
@@ -424,15 +544,19 @@ class DeploymentBackend:
             self._wait_for_port(node, node_port, deadline)
             procs.start(f"superexec-{i}", [*executor, "--runtime-api-address", f"{self.host}:{node_port}",
                                            "--parent-pid", str(node.pid)])
-        self._write_run_file(work, plan, holders, nodes)
+        self._write_run_file(work, plan, holders, nodes, person_key)
         self._submit(bin_dir, work, procs.env)
         return self._follow(plan, work, link, started, on_round, should_stop)
 
     def _register_nodes(self, bin_dir: Path, work: Path, holders: list[str], env: dict[str, str]) -> dict[str, int]:
         """A fresh key pair per holder, each public key registered at the SuperLink: holder -> its node id."""
+        return self._register_keys(bin_dir, [(holder, node_key_pair(work / "keys", f"node-{i}")[1])
+                                             for i, holder in enumerate(holders)], env)
+
+    def _register_keys(self, bin_dir: Path, keys: list[tuple[str, Path]], env: dict[str, str]) -> dict[str, int]:
+        """Each holder's public key registered at the SuperLink (``flwr supernode register``): holder -> node id."""
         pending = []
-        for i, holder in enumerate(holders):
-            _, public = node_key_pair(work / "keys", f"node-{i}")
+        for holder, public in keys:
             pending.append((holder, subprocess.Popen(
                 [str(bin_dir / "flwr"), "supernode", "register", str(public), _CONNECTION, "--format", "json"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)))
@@ -450,7 +574,7 @@ class DeploymentBackend:
                 proc.communicate()
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("flwr supernode register gave no node id")
-        if len(nodes) < len(holders):
+        if len(nodes) < len(keys):
             raise TrainingError("the federated runtime did not register the data holders' nodes")
         return nodes
 

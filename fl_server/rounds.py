@@ -164,14 +164,22 @@ def _metrics_ok(metrics: MetricRecord, keys: Sequence[str]) -> bool:
 
 
 def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: OnRound,
-          should_stop: ShouldStop, timing: Timing = Timing()) -> TrainingResult:
-    """Run ``plan.rounds`` rounds over ``grid`` for the expected ``holders``; raise TrainingError without a model."""
+          should_stop: ShouldStop, timing: Timing = Timing(), wait_for: Sequence[str] | None = None,
+          extra_config: dict[str, str] | None = None) -> TrainingResult:
+    """Run ``plan.rounds`` rounds over ``grid`` for the expected ``holders``; raise TrainingError without a model.
+
+    Before round 1 it waits up to ``timing.connect_timeout`` for the holders in ``wait_for`` (default: all;
+    a holder that cannot connect, e.g. one without a registered node, need not be waited for); every holder
+    that never connects is named as failed in each round's report. ``extra_config`` goes to the nodes with
+    the plan in every train and evaluate message (e.g. the person key).
+    """
     plan.validate()
     registry = _Holders(holders)
+    awaited = set(holders if wait_for is None else wait_for)
     deadline = time.monotonic() + timing.connect_timeout
     while True:
         registry.identify(grid, timing)
-        if len(registry.node_of) == len(holders) or time.monotonic() >= deadline:
+        if awaited <= set(registry.node_of) or time.monotonic() >= deadline:
             break
         if should_stop():
             raise TrainingCancelled("training was cancelled before round 1", rounds_completed=0)
@@ -180,7 +188,7 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         raise TrainingError(f"only {len(registry.node_of)} of {len(holders)} holders connected; "
                             f"the plan needs {plan.min_holders}")
     strategy, inner = build_strategy(plan)
-    config: dict[str, ConfigRecordValues] = {PLAN_KEY: plan.canonical().decode()}
+    config: dict[str, ConfigRecordValues] = {**(extra_config or {}), PLAN_KEY: plan.canonical().decode()}
     arrays = to_array_record(init_params(plan))
     history: list[RoundReport] = []
     dropped: set[str] = set()

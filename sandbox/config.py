@@ -31,6 +31,12 @@ class ServerConfig:
     he_workers: int = 2
     he_context_ttl_seconds: int = 3600
     fl_backend: str = "in-process"  # or "deployment": a SuperLink and one SuperNode process per data holder
+    fl_nodes: str = "local"  # or "external": each data holder runs its own SuperNode (deployment backend only)
+    fl_superlink_host: str = "127.0.0.1"  # where the SuperLink listens for external nodes (the certificate names it)
+    fl_superlink_port: int = 9092
+    fl_tls_cert: str = ""  # the SuperLink's certificate and key; "" = tls/server.pem and tls/server.key
+    fl_tls_key: str = ""
+    fl_node_keys_dir: str = ""  # <holder>.pub of each external node; "" = fl-node-keys in the data directory
 
     # Files inside the data directory.
     @property
@@ -48,6 +54,20 @@ class ServerConfig:
     @property
     def server_key(self) -> Path:
         return self.data_dir / "tls" / "server.key"
+
+    @property
+    def fl_cert(self) -> Path:
+        """The certificate the federated runtime serves (must name ``fl_superlink_host`` for external nodes)."""
+        return Path(self.fl_tls_cert).expanduser() if self.fl_tls_cert else self.server_cert
+
+    @property
+    def fl_key(self) -> Path:
+        return Path(self.fl_tls_key).expanduser() if self.fl_tls_key else self.server_key
+
+    @property
+    def fl_keys_dir(self) -> Path:
+        """Where the administrator puts each external node's public key, ``<holder>.pub``."""
+        return Path(self.fl_node_keys_dir).expanduser() if self.fl_node_keys_dir else self.data_dir / "fl-node-keys"
 
     @property
     def audit_key(self) -> Path:
@@ -109,6 +129,7 @@ def load_config(
 _AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "max_message_bytes": 64 * 1024,
              "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
 FL_BACKENDS = ("in-process", "deployment")
+FL_NODES = ("local", "external")
 
 
 def _check(cfg: ServerConfig) -> None:
@@ -119,6 +140,16 @@ def _check(cfg: ServerConfig) -> None:
         raise ValueError("setting port: must be at most 65535")
     if cfg.fl_backend not in FL_BACKENDS:
         raise ValueError(f"setting fl_backend: expected {' or '.join(FL_BACKENDS)}")
+    if cfg.fl_nodes not in FL_NODES:
+        raise ValueError(f"setting fl_nodes: expected {' or '.join(FL_NODES)}")
+    if cfg.fl_nodes == "external" and cfg.fl_backend != "deployment":
+        raise ValueError('setting fl_nodes: "external" needs fl_backend = "deployment"')
+    if not 1 <= cfg.fl_superlink_port <= 65535:
+        raise ValueError("setting fl_superlink_port: must be 1 to 65535")
+    if not cfg.fl_superlink_host.strip():
+        raise ValueError("setting fl_superlink_host: must not be empty")
+    if bool(cfg.fl_tls_cert) != bool(cfg.fl_tls_key):
+        raise ValueError("settings fl_tls_cert and fl_tls_key: give both or neither")
 
 
 def default_file() -> str:
@@ -137,4 +168,12 @@ min_public_weights = {d.min_public_weights}              # an HE model needs thi
 he_workers = {d.he_workers}                      # HE worker processes
 he_context_ttl_seconds = {d.he_context_ttl_seconds}        # how long a registered HE context is kept
 fl_backend = "{d.fl_backend}"            # or "deployment": a SuperLink and one SuperNode process per data holder
+fl_nodes = "{d.fl_nodes}"                   # or "external": each data holder runs its own SuperNode (deployment only)
+# With external nodes: the SuperLink of each training job (one at a time) listens here. The port also serves
+# Flower's Control API, which has no authentication: expose it only to the departments' machines.
+fl_superlink_host = "{d.fl_superlink_host}"     # the address the departments' nodes connect to
+fl_superlink_port = {d.fl_superlink_port}
+fl_tls_cert = ""                   # the certificate it serves, which must name fl_superlink_host; "" = tls/server.pem
+fl_tls_key = ""                    # its key; "" = tls/server.key
+fl_node_keys_dir = ""              # <holder>.pub (OpenSSH ECDSA) per department, e.g. site-1.pub; "" = fl-node-keys
 """

@@ -7,8 +7,11 @@ commits. A plan without DP has no finite epsilon: it is charged the grant's
 whole remaining budget, so a grant yields either one non-DP model or a series
 of DP ones. Revoking the grant stops the job before its next round and
 withholds the model; a cancelled job keeps its charge (never refunded).
-Data holders are the values of the dataset's declared partition column; in the
-embedded default each is a node in this process fed only its own rows.
+Data holders are the values of the dataset's declared partition column, named
+``<column>-<value>`` (e.g. ``site-1``); in the embedded default each is a node in
+this process fed only its own rows; with the deployment backend, a SuperNode
+process per holder that the sandbox starts, or (``fl_nodes = "external"``) the
+holders' own SuperNodes, each preparing its own rows with the plan.
 """
 
 from __future__ import annotations
@@ -91,12 +94,18 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
 def backend_for(config: ServerConfig) -> object:
     """The training backend the config chose: in-process nodes, or Flower's SuperLink/SuperNode runtime.
 
-    The runtime serves TLS with the data directory's CA and server certificate (for localhost and 127.0.0.1).
+    The runtime serves TLS with the data directory's CA and server certificate (for localhost and 127.0.0.1),
+    or the configured ``fl_tls_cert`` and ``fl_tls_key``. With ``fl_nodes = "external"`` it listens on
+    ``fl_superlink_host``:``fl_superlink_port`` and admits the nodes whose keys are in ``fl_node_keys_dir``.
     """
     if config.fl_backend == "in-process":
         return fl_server.InProcessBackend()
     if config.fl_backend == "deployment":
-        return fl_server.DeploymentBackend(tls=TlsFiles(config.ca_cert, config.server_cert, config.server_key))
+        tls = TlsFiles(config.ca_cert, config.fl_cert, config.fl_key)
+        if config.fl_nodes == "external":
+            return fl_server.DeploymentBackend(tls=tls, host=config.fl_superlink_host, port=config.fl_superlink_port,
+                                               node_keys_dir=config.fl_keys_dir)
+        return fl_server.DeploymentBackend(tls=tls)
     raise ValueError(f"setting fl_backend: expected in-process or deployment, got {config.fl_backend!r}")
 
 
@@ -247,8 +256,9 @@ class JobManager:
         for code, holder in enumerate(holders):
             rows = np.flatnonzero(np.asarray(cols[part_col]) == code)
             mine = {n: np.asarray(cols[n])[rows] for n in names}
-            parts[f"{part_col}-{holder}"] = fl_server.prepare_partition(
-                plan, mine, groups=np.asarray(cols[key])[rows] if key else None, holder=holder)
+            name = f"{part_col}-{holder}"  # the split depends on the holder's name, as a node preparing its rows uses
+            parts[name] = fl_server.prepare_partition(
+                plan, mine, groups=np.asarray(cols[key])[rows] if key else None, holder=name)
         return parts
 
     def _revoked(self, grant_id: str) -> bool:
@@ -274,8 +284,18 @@ class JobManager:
             return job.cancel.is_set() or revoked.is_set()
 
         try:
-            job.result = self._backend.run(plan, self._partitions(plan, info, part_col),  # type: ignore[attr-defined]
-                                           on_round=on_round, should_stop=should_stop)
+            backend = self._backend
+            if isinstance(backend, fl_server.DeploymentBackend):
+                if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
+                    holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
+                    parts: dict[str, object] = dict.fromkeys(f"{part_col}-{h}" for h in holders)
+                else:
+                    parts = self._partitions(plan, info, part_col)
+                job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,  # type: ignore[arg-type]
+                                         person_key=info.schema.person_key or "")
+            else:
+                job.result = backend.run(plan, self._partitions(plan, info, part_col),  # type: ignore[attr-defined]
+                                         on_round=on_round, should_stop=should_stop)
             if self._revoked(job.grant_id):
                 job.result = None
                 self._end(job, "revoked", "the grant was revoked; the model is withheld")

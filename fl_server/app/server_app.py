@@ -2,8 +2,10 @@
 
 It talks to the DeploymentBackend through files in the run's work directory
 (``work-dir`` in the run config): it reads ``run.json`` (plan, holders,
-timing and, with node authentication, the node id registered for each holder:
-no other node is sent anything), appends one JSON event per line to
+timing, the dataset's person key if it has one, sent to the nodes with the
+plan, and, with node authentication, the node id registered for each holder:
+no other node is sent anything, and a holder without one is not waited for but
+reported as failed each round), appends one JSON event per line to
 ``progress.jsonl`` (``round``, then ``done``, ``error`` or ``cancelled``),
 writes the final model to ``result.npz`` before ``done``, and stops between
 rounds once ``stop`` exists.
@@ -25,6 +27,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fl_server.client import PERSON_KEY
 from fl_server.errors import FlEngineError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
@@ -64,14 +67,18 @@ def main(grid: Grid, context: Context) -> None:
     try:
         spec = json.loads((work / RUN_FILE).read_text(encoding="utf-8"))
         plan = TrainingPlan.from_dict(spec["plan"]).validate()
+        wait_for = None
         if spec.get("nodes"):
             grid = _Registered(grid, [int(n) for n in spec["nodes"].values()])
+            wait_for = list(spec["nodes"])  # a holder without a registered node cannot connect
+        extra = {PERSON_KEY: str(spec["person_key"])} if spec.get("person_key") else None
 
         def on_round(report: RoundReport) -> None:
             events.write("round", report=report.to_dict())
 
         result = drive(grid, plan, spec["holders"], on_round=on_round,
-                       should_stop=lambda: (work / STOP_FILE).exists(), timing=Timing(**spec["timing"]))
+                       should_stop=lambda: (work / STOP_FILE).exists(), timing=Timing(**spec["timing"]),
+                       wait_for=wait_for, extra_config=extra)
         tmp = work / (RESULT_FILE + ".tmp")
         with tmp.open("wb") as fh:
             np.savez(fh, *result.params)
