@@ -1,11 +1,18 @@
-"""Through the sandbox with Flower's deployment runtime: a SuperLink and one SuperNode process per RAND site.
+"""Through the sandbox with Flower's deployment runtime: a SuperLink and one SuperNode process per RAND site,
+or (fl_nodes = "external") the departments' own SuperNodes, which this test starts as a department would.
 
 The runtime uses the data directory's CA and server certificate (TLS) and registers each SuperNode's key.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
+import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +20,12 @@ import pytest
 
 import fl_server
 from clients import ResearcherClient
-from fl_server.deployment import TlsFiles
+from fl_server.deployment import TlsFiles, _Processes, free_port, node_key_pair
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.fl_jobs import backend_for
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
+from tests.test_fl_engine_deployment import try_to_intrude
 
 FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
 
@@ -58,4 +66,115 @@ def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
         for c in (admin, lab):
             c.close()  # type: ignore[attr-defined]
     finally:
+        sbx.stop()
+
+
+class Department:
+    """A data holder's own SuperNode, as a department runs it on its machine: its key, its CSV rows, and a
+    supervisor that restarts the node when it exits (it is refused until the job's SuperLink has its key)."""
+
+    def __init__(self, work: Path, holder: str, superlink: str, ca: Path, key: Path, rows: Path) -> None:
+        self.holder, self.stopped, self.lock, self.starts = holder, False, threading.Lock(), 0
+        home = work / holder
+        (home / "flwr-home").mkdir(parents=True)
+        bin_dir = Path(sys.executable).parent  # the department's environment, with this project installed
+        env = {**os.environ, "FLWR_HOME": str(home / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+               "FLWR_DISABLE_UPDATE_CHECK": "1", "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+        self.procs = _Processes(env, home)
+        self.log = home / "supernode.log"
+        self.argv = [str(bin_dir / "flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca),
+                     "--auth-supernode-private-key", str(key), "--port", str(free_port("127.0.0.1")),
+                     "--node-config", f"holder-id='{holder}' data-path='{rows}' cache-dir='{home / 'cache'}'"]
+        self.thread = threading.Thread(target=self._supervise, daemon=True)
+        self.thread.start()
+
+    def _supervise(self) -> None:
+        while True:
+            with self.lock:
+                if self.stopped:
+                    return
+                proc = self.procs.start("supernode", self.argv)
+                self.starts += 1
+            proc.wait()
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+        self.procs.stop(grace=5.0)
+        self.thread.join(timeout=60)
+
+
+def site_rows(path: Path, site: str) -> Path:
+    """One RAND site's raw rows with the dataset's header: what that department holds."""
+    with gzip.open(DATA / "rand_hie.csv.gz", "rt", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        rows = [r for r in reader if r[header.index("site")] == site]
+    with path.open("w", newline="") as out:
+        csv.writer(out).writerows([header, *rows])
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the SuperLink, two department SuperNodes (each with its own ClientApp processes)
+def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
+    """fl_nodes = "external": the sandbox registers the keys in fl_node_keys_dir (site-1 and site-2 of RAND's six
+    sites) and starts no SuperNode; the departments' nodes train on their own CSV rows; the four sites without
+    a key are reported as dropped in every round; a node with an unregistered key is refused."""
+    departments_dir, keys = tmp_path / "departments", tmp_path / "node-keys"
+    departments_dir.mkdir()
+    keys.mkdir(mode=0o700)
+    private = {}
+    for site in ("1", "2"):  # each department makes its key pair and sends the administrator the .pub
+        private[site], public = node_key_pair(departments_dir, f"site-{site}")
+        shutil.copy(public, keys / f"site-{site}.pub")
+    port = free_port("127.0.0.1")
+    sbx = start_sandbox(tmp_path, fl_backend="deployment", fl_nodes="external", fl_superlink_host="127.0.0.1",
+                        fl_superlink_port=port, fl_node_keys_dir=str(keys))
+    departments: list[Department] = []
+    rogue: dict[str, object] = {}
+    try:
+        admin = sbx.admin()
+        admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
+        lab = enrol_client(admin, sbx, ResearcherClient, "Lab", ["researcher"])
+        plan = lab.register_plan(dataset="rand_hie", features=FEATURES, label="meddol", label_threshold=35.0)  # type: ignore[attr-defined]
+        s = lab.apply(title="Spending model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
+                      kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, "meddol"]}, model_hash=plan,
+                      epsilon=50, delta="1e-5", quota=2)
+        grant = admin.approve(s.id).grant
+        assert grant is not None
+        # The departments' nodes run before the job does: they retry until its SuperLink is up and knows them.
+        departments = [Department(departments_dir, f"site-{site}", f"127.0.0.1:{port}", sbx.ca, private[site],
+                                  site_rows(departments_dir / f"site-{site}.csv", site)) for site in ("1", "2")]
+        job = lab.start_training(grant.id, plan, rounds=2, learning_rate=0.5)  # type: ignore[attr-defined]
+        events = []
+        for event in lab.watch_training(job, timeout=800):  # type: ignore[attr-defined]
+            events.append(event)
+            if event.state == "running" and event.round == 1:  # the job's SuperLink is up: an intruder tries
+                (tmp_path / "rogue").mkdir()
+                rogue.update(try_to_intrude(f"127.0.0.1:{port}", TlsFiles(sbx.ca, sbx.data_dir / "tls" / "server.pem",
+                                                                          sbx.data_dir / "tls" / "server.key"),
+                                            tmp_path / "rogue"))
+        assert events[-1].state == "completed", (events[-1].message, [d.log.read_text()[-3000:] for d in departments])
+        running = [e for e in events if e.state == "running"]
+        assert [e.round for e in running] == [1, 2]
+        for e in running:  # only the departments' nodes trained; the sites without a key are named every round
+            assert sorted(e.participants) == ["site-1", "site-2"]
+            assert sorted(e.dropped) == ["site-3", "site-4", "site-5", "site-6"]
+        result = lab.training_result(job)  # type: ignore[attr-defined]
+        assert all(np.all(np.isfinite(w)) for w in result.weights)
+        assert 0.5 < result.metrics["accuracy"] <= 1.0
+        # each department prepared its partition from its CSV rows, once for the plan (cached per plan digest)
+        for d in departments:
+            assert len(list((departments_dir / d.holder / "cache").glob("*.npz"))) == 1
+        # intruders (a key nobody registered, no key, plaintext) were refused at the door and got no node id
+        for name, (code, text) in rogue.items():  # type: ignore[misc]
+            assert code == 1 and "SuperNode ID" not in text, (name, text[-2000:])
+        assert "Failed to activate SuperNode" in rogue["unregistered key"][1]  # type: ignore[index]
+        for c in (admin, lab):
+            c.close()  # type: ignore[attr-defined]
+    finally:
+        for d in departments:
+            d.stop()
         sbx.stop()
