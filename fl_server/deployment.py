@@ -60,6 +60,22 @@ work directory (partition copies and keys included) is removed.
 
 Flower's update check and telemetry are switched off for these processes
 (no network). Dependencies are never installed at run time.
+
+External nodes (``node_keys_dir``): the data holders run their own SuperNodes,
+on their own machines, each with its own key pair and its own raw rows (a CSV
+the ClientApp prepares with the plan of each message, see
+``fl_server.app.client_app``). Per run the backend starts the SuperLink on
+``host``:``port`` (fixed, so the departments know it; the certificate must
+name ``host``), registers ``<holder>.pub`` of each of the run's holders found
+in the directory, starts no SuperNode, and pins the ServerApp to those node
+ids. The ServerApp waits up to the connect timeout for them; a holder without
+a key, or whose node never connects, is named as failed in every round's
+report, and a run with fewer keys than ``plan.min_holders`` fails before it
+starts. A node is refused until its key is registered, and Flower's SuperNode
+exits on that refusal: the departments run it under a supervisor that
+restarts it (systemd ``Restart=always``). The port also serves the Control
+API, which has no authentication in Flower 1.42 (see above): on a
+non-loopback ``host`` it is reachable by whoever reaches the Fleet API.
 """
 
 from __future__ import annotations
@@ -195,6 +211,13 @@ def certificate_names(cert: Path, host: str) -> bool:
         return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
     except ValueError:
         return host.lower() in (n.lower() for n in names.get_values_for_type(x509.DNSName))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -343,6 +366,9 @@ class DeploymentBackend:
                 raise ValueError("external nodes need a fixed SuperLink port (1 to 65535)")
             if not certificate_names(self.tls.cert, host):
                 raise ValueError(f"the TLS certificate {self.tls.cert} does not name the SuperLink host {host}")
+            if not _loopback(host):
+                log.warning("the SuperLink for external nodes listens on %s: Flower's Control API on that port has "
+                            "no authentication; let only the departments' machines reach it", host)
         self._external_lock = threading.Lock()
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None

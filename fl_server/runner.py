@@ -7,7 +7,9 @@
   ``Partition`` in memory.
 * ``DeploymentBackend``: a SuperLink and one SuperNode process per holder on
   localhost; a holder is a ``Partition`` (written to a private file) or the path
-  of a partition file, and its SuperNode reads only that file.
+  of a partition file, and its SuperNode reads only that file; or, with
+  ``node_keys_dir``, the holders' own SuperNodes (registered keys), each
+  preparing its own rows.
 
 ``on_round`` gets each round's ``RoundReport`` as it finishes (a holder that
 failed is named in it, and training goes on with the others); ``should_stop``

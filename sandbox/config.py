@@ -170,7 +170,8 @@ he_context_ttl_seconds = {d.he_context_ttl_seconds}        # how long a register
 fl_backend = "{d.fl_backend}"            # or "deployment": a SuperLink and one SuperNode process per data holder
 fl_nodes = "{d.fl_nodes}"                   # or "external": each data holder runs its own SuperNode (deployment only)
 # With external nodes: the SuperLink of each training job (one at a time) listens here. The port also serves
-# Flower's Control API, which has no authentication: expose it only to the departments' machines.
+# Flower's Control API, which has no authentication (anyone reaching it can submit runs, whose code the
+# departments' nodes would run): let only the departments' machines reach it (README).
 fl_superlink_host = "{d.fl_superlink_host}"     # the address the departments' nodes connect to
 fl_superlink_port = {d.fl_superlink_port}
 fl_tls_cert = ""                   # the certificate it serves, which must name fl_superlink_host; "" = tls/server.pem
