@@ -241,4 +241,25 @@ def test_the_node_key_directory_decides_who_may_join(tmp_path: Path) -> None:
         DeploymentBackend(tls=files, node_keys_dir=keys)
     with pytest.raises(ValueError, match="need TLS"):
         DeploymentBackend(insecure=True, port=19093, node_keys_dir=keys)
-    assert os.access(keys, os.W_OK)
+
+
+def test_one_external_job_at_a_time_and_never_on_a_port_someone_else_holds(tmp_path: Path) -> None:
+    """The departments know one port: a second job, or a listener already there, fails before anything starts."""
+    import socket
+
+    data_dir = init_data_dir(tmp_path / "city").config.data_dir
+    files = TlsFiles(data_dir / "tls" / "ca.pem", data_dir / "tls" / "server.pem", data_dir / "tls" / "server.key")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for holder in ("site-1", "site-2"):
+        node_key_pair(keys, holder)
+    holders = dict.fromkeys(["site-1", "site-2"])
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        backend = DeploymentBackend(tls=files, port=other.getsockname()[1], node_keys_dir=keys)
+        with pytest.raises(TrainingError, match="is in use"):
+            backend.run(PLAN, holders, on_round=lambda r: None, should_stop=lambda: False)
+    with backend._external_lock:  # as while another job runs
+        with pytest.raises(TrainingError, match="another training job is using the SuperLink"):
+            backend.run(PLAN, holders, on_round=lambda r: None, should_stop=lambda: False)
