@@ -4,7 +4,8 @@ What it starts for one run, on ``host`` (localhost by default) with free ports:
 
     flower-superlink --ssl-ca-certfile CA --ssl-certfile CERT --ssl-keyfile KEY --enable-supernode-auth
                      --isolation process --superexec-auth-secret-file S --host H --port P
-                                      (one HTTPS port: Fleet, Control and Runtime APIs)
+                                      (one HTTPS port: Fleet, Control and Runtime APIs;
+                                       with external nodes on 127.0.0.1, behind the fleet proxy)
     flower-superexec --runtime-api-address H:P --root-certificates CA --superexec-auth-secret-file S
                                       (takes the run's ServerApp task, starts flwr-serverapp)
     flwr supernode register NODE_i.pub sandbox          (per holder, before its node starts)
@@ -43,7 +44,8 @@ What each protection does in Flower 1.42 (read in its source, not assumed):
 
 Not covered by these flags (Flower OSS 1.42): the Control API has no account
 authentication (``NoOpControlAuthnPlugin``), so a local process that reaches
-the port can list, stop or submit runs and register keys; and a SuperExec
+the SuperLink's port (always on loopback when nodes are external, see below)
+can list, stop or submit runs and register keys; and a SuperExec
 passes each task's token to ``flwr-serverapp``/``flwr-clientapp`` on their
 command line. Run this runtime where no untrusted local user exists (its own
 host, container or user namespace).
@@ -73,13 +75,20 @@ a key, or whose node never connects, is named as failed in every round's
 report, and a run with fewer keys than ``plan.min_holders`` fails before it
 starts. A node is refused until its key is registered, and Flower's SuperNode
 exits on that refusal: the departments run it under a supervisor that
-restarts it (systemd ``Restart=always``). The port also serves the Control
-API, which has no authentication in Flower 1.42 (see above): on a
-non-loopback ``host`` it is reachable by whoever reaches the Fleet API.
+restarts it (systemd ``Restart=always``).
+
+With external nodes the SuperLink itself listens on 127.0.0.1 only (a free
+port, with a certificate and CA made for the run, ``loopback_tls``), and so do
+its Control and Runtime APIs; the backend's ``flwr`` calls and the SuperExec
+use that address. On ``host``:``port`` the backend runs, for the run's
+lifetime, ``fl_server.fleet_proxy.FleetProxy``: it serves the configured
+certificate and forwards only the Fleet API calls a SuperNode makes (POST to
+``/v1/fleet/...``) to the SuperLink over TLS; everything else gets 404.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
@@ -102,13 +111,15 @@ from typing import Any
 import numpy as np
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import fl_server
 from fl_server.app.server_app import PROGRESS_FILE, RESULT_FILE, RUN_FILE, STOP_FILE
 from fl_server.data import Partition, save_partition
 from fl_server.errors import PlanError, TrainingCancelled, TrainingError
+from fl_server.fleet_proxy import FleetProxy
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport, TrainingResult
 from fl_server.rounds import OnRound, ShouldStop, Timing
@@ -183,6 +194,35 @@ def node_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
+def loopback_tls(directory: Path) -> TlsFiles:
+    """A fresh CA and a certificate it signed for 127.0.0.1 (key 0600), valid for a day: the loopback SuperLink's.
+
+    With external nodes the SuperLink listens on 127.0.0.1 only, behind the fleet proxy; the configured certificate
+    need not name 127.0.0.1, so the SuperLink, and whoever talks to it directly (the proxy, the backend's ``flwr``
+    calls, the SuperExec), use this pair, made per run.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sandbox loopback SuperLink CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / "loopback-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "loopback.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _private_file(directory / "loopback.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return TlsFiles(directory / "loopback-ca.pem", directory / "loopback.pem", directory / "loopback.key")
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -211,13 +251,6 @@ def certificate_names(cert: Path, host: str) -> bool:
         return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
     except ValueError:
         return host.lower() in (n.lower() for n in names.get_values_for_type(x509.DNSName))
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -366,14 +399,15 @@ class DeploymentBackend:
                 raise ValueError("external nodes need a fixed SuperLink port (1 to 65535)")
             if not certificate_names(self.tls.cert, host):
                 raise ValueError(f"the TLS certificate {self.tls.cert} does not name the SuperLink host {host}")
-            if not _loopback(host):
-                log.warning("the SuperLink for external nodes listens on %s: Flower's Control API on that port has "
-                            "no authentication; let only the departments' machines reach it", host)
         self._external_lock = threading.Lock()
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None
-        #: host:port of the SuperLink while a run is in progress, else None (for tests and monitoring).
+        #: host:port the nodes connect to while a run is in progress, else None (for tests and monitoring): the
+        #: SuperLink's, or with external nodes the fleet proxy's.
         self.address: str | None = None
+        #: host:port of the SuperLink itself while a run is in progress (with external nodes: on 127.0.0.1).
+        self.superlink_address: str | None = None
+        self._proxy: FleetProxy | None = None
         #: holder -> registered node id of the run in progress (set once the nodes are registered), else None.
         self.registered: dict[str, int] | None = None
 
@@ -447,6 +481,7 @@ class DeploymentBackend:
                      keys: dict[str, Path]) -> TrainingResult:
         work = Path(tempfile.mkdtemp(prefix="fl-run-"))
         procs: _Processes | None = None
+        self._proxy = None
         try:
             env = self._environment(work)
             logs = self.log_dir or work / "logs"
@@ -455,7 +490,10 @@ class DeploymentBackend:
             paths = self._write_inputs(work, plan, {} if self.external else partitions)
             return self._run(plan, holders, paths, work, procs, on_round, should_stop, person_key, keys)
         finally:
-            self.address, self.registered = None, None
+            self.address, self.superlink_address, self.registered = None, None, None
+            if self._proxy is not None:
+                self._proxy.stop()
+                self._proxy = None
             if procs is not None:
                 procs.stop(self.stop_grace)
             shutil.rmtree(work, ignore_errors=True)
@@ -509,18 +547,19 @@ class DeploymentBackend:
             spec["nodes"] = nodes
         (work / RUN_FILE).write_text(json.dumps(spec), encoding="utf-8")
 
-    def _client_tls(self) -> list[str]:
+    @staticmethod
+    def _client_tls(tls: TlsFiles | None) -> list[str]:
         """How a runtime client (SuperNode, SuperExec) checks the server it connects to."""
-        return ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
+        return ["--insecure"] if tls is None else ["--root-certificates", str(tls.ca)]
 
-    def _server_tls(self) -> list[str]:
-        if self.tls is None:
+    @staticmethod
+    def _server_tls(tls: TlsFiles | None) -> list[str]:
+        if tls is None:
             return ["--insecure"]
-        return ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
-                "--ssl-keyfile", str(self.tls.key)]
+        return ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
 
-    def _wait_for_port(self, proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
-        while not _accepts(self.host, port):
+    def _wait_for_port(self, proc: subprocess.Popen[bytes], host: str, port: int, deadline: float) -> None:
+        while not _accepts(host, port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise TrainingError("the federated runtime did not start")
             time.sleep(0.05)
@@ -529,9 +568,13 @@ class DeploymentBackend:
              on_round: OnRound, should_stop: ShouldStop, person_key: str, keys: dict[str, Path]) -> TrainingResult:
         started = time.monotonic()
         bin_dir = Path(sys.executable).parent
-        port = self.port or free_port(self.host)
-        address = f"{self.host}:{port}"
-        trust = "insecure = true" if self.tls is None else f"root-certificates = {json.dumps(str(self.tls.ca))}"
+        # External nodes reach the SuperLink only through the fleet proxy on host:port; the SuperLink itself (all
+        # of its APIs) listens on loopback, with a certificate of its own.
+        link_host = "127.0.0.1" if self.external else self.host
+        tls = loopback_tls(work / "keys") if self.external else self.tls
+        port = free_port(link_host) if self.external or not self.port else self.port
+        address = f"{link_host}:{port}"
+        trust = "insecure = true" if tls is None else f"root-certificates = {json.dumps(str(tls.ca))}"
         (work / "flwr-home" / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
             f'address = "{address}"\n{trust}\n', encoding="utf-8")
@@ -539,35 +582,43 @@ class DeploymentBackend:
         secret = str(_private_file(work / "keys" / "superexec.secret", secrets.token_bytes(32)))
         isolation = ["--isolation", "process", "--superexec-auth-secret-file", secret]
         link = procs.start("superlink", [
-            str(bin_dir / "flower-superlink"), *self._server_tls(),
-            *(["--enable-supernode-auth"] if self.tls is not None else []), *isolation,
-            "--host", self.host, "--port", str(port), "--disable-runtime-dependency-installation"])
+            str(bin_dir / "flower-superlink"), *self._server_tls(tls),
+            *(["--enable-supernode-auth"] if tls is not None else []), *isolation,
+            "--host", link_host, "--port", str(port), "--disable-runtime-dependency-installation"])
         deadline = time.monotonic() + self.startup_timeout
-        self._wait_for_port(link, port, deadline)
-        self.address = address
-        executor = [str(bin_dir / "flower-superexec"), *self._client_tls(), "--superexec-auth-secret-file", secret]
+        self._wait_for_port(link, link_host, port, deadline)
+        self.superlink_address = address
+        executor = [str(bin_dir / "flower-superexec"), *self._client_tls(tls), "--superexec-auth-secret-file", secret]
         procs.start("superexec", [*executor, "--runtime-api-address", address, "--parent-pid", str(link.pid)])
         if self.external:
             nodes = self._register_keys(bin_dir, list(keys.items()), procs.env)
             self.registered = dict(nodes)
+            assert self.tls is not None and tls is not None
+            try:
+                self._proxy = FleetProxy((self.host, self.port), self.tls.cert, self.tls.key, (link_host, port),
+                                         tls.ca, link_host, timeout=max(60.0, self.timing.round_timeout)).start()
+            except OSError as exc:
+                raise TrainingError(f"the SuperLink port {self.host}:{self.port} is in use") from exc
+            self.address = f"{self.host}:{self.port}"
             self._write_run_file(work, plan, holders, nodes, person_key)
             self._submit(bin_dir, work, procs.env)
             return self._follow(plan, work, link, started, on_round, should_stop)
+        self.address = address
         nodes = self._register_nodes(bin_dir, work, holders, procs.env) if self.tls is not None else {}
         self.registered = dict(nodes)
         started_nodes = []
         for i, holder in enumerate(holders):
             node_port = free_port(self.host)
             auth = [] if self.tls is None else ["--auth-supernode-private-key", str(work / "keys" / f"node-{i}.key")]
-            runtime_tls = [] if self.tls is None else self._server_tls()  # the node's own Runtime API
+            runtime_tls = [] if self.tls is None else self._server_tls(self.tls)  # the node's own Runtime API
             node = procs.start(f"supernode-{i}", [
-                str(bin_dir / "flower-supernode"), *self._client_tls(), *auth, "--superlink", address, *isolation,
+                str(bin_dir / "flower-supernode"), *self._client_tls(self.tls), *auth, "--superlink", address, *isolation,
                 *runtime_tls, "--host", self.host, "--port", str(node_port),
                 "--node-config", f"holder-id='{holder}' data-path='{paths[holder]}'"])
             started_nodes.append((i, node, node_port))
         # A SuperExec retries with growing back-off, so each starts once its node's Runtime API is up.
         for i, node, node_port in started_nodes:
-            self._wait_for_port(node, node_port, deadline)
+            self._wait_for_port(node, self.host, node_port, deadline)
             procs.start(f"superexec-{i}", [*executor, "--runtime-api-address", f"{self.host}:{node_port}",
                                            "--parent-pid", str(node.pid)])
         self._write_run_file(work, plan, holders, nodes, person_key)

@@ -169,9 +169,8 @@ he_workers = {d.he_workers}                      # HE worker processes
 he_context_ttl_seconds = {d.he_context_ttl_seconds}        # how long a registered HE context is kept
 fl_backend = "{d.fl_backend}"            # or "deployment": a SuperLink and one SuperNode process per data holder
 fl_nodes = "{d.fl_nodes}"                   # or "external": each data holder runs its own SuperNode (deployment only)
-# With external nodes: the SuperLink of each training job (one at a time) listens here. The port also serves
-# Flower's Control API, which has no authentication (anyone reaching it can submit runs, whose code the
-# departments' nodes would run): let only the departments' machines reach it (README).
+# With external nodes: each training job (one at a time) listens here with a proxy that passes only Flower's
+# Fleet API (what a SuperNode calls) to the job's SuperLink, which itself listens on 127.0.0.1 (README).
 fl_superlink_host = "{d.fl_superlink_host}"     # the address the departments' nodes connect to
 fl_superlink_port = {d.fl_superlink_port}
 fl_tls_cert = ""                   # the certificate it serves, which must name fl_superlink_host; "" = tls/server.pem

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import http.client
 import os
 import shutil
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +29,35 @@ from sandbox.datadir import init_data_dir
 from sandbox.fl_jobs import backend_for
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 from tests.test_fl_engine_deployment import try_to_intrude
+
+
+def https_call(address: str, ca: Path, method: str, path: str, body: bytes = b"") -> int:
+    """The status of one HTTPS request to ``address`` (checked against ``ca``)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=60, context=ssl.create_default_context(cafile=ca))
+    try:
+        conn.request(method, path, body=body if method == "POST" else None,
+                     headers={"Content-Type": "application/protobuf"})
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status
+    finally:
+        conn.close()
+
+
+def control_through(address: str, ca: Path, work: Path) -> dict[str, object]:
+    """Flower's Control API (and the Runtime API) asked through the public address: raw calls and ``flwr ls``."""
+    work.mkdir()
+    (work / "config.toml").write_text(f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{address}"\n'
+                                      f'root-certificates = "{ca}"\n')
+    env = {**os.environ, "FLWR_HOME": str(work), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    ls = subprocess.run([str(Path(sys.executable).parent / "flwr"), "ls", "x", "--format", "json"], env=env,
+                        capture_output=True, timeout=300, check=False)
+    return {"flwr ls": (ls.returncode, (ls.stdout + ls.stderr).decode(errors="replace")),
+            **{f"{m} {path}": https_call(address, ca, m, path) for m, path in (
+                ("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),
+                ("POST", "/v1/control/register-node"), ("POST", "/v1/runtime/pull-messages"),
+                ("GET", "/health"))}}
 
 FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
 
@@ -134,6 +166,7 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
                         fl_superlink_port=port, fl_node_keys_dir=str(keys))
     departments: list[Department] = []
     rogue: dict[str, object] = {}
+    control: dict[str, object] = {}
     try:
         admin = sbx.admin()
         admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
@@ -156,6 +189,7 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
                 rogue.update(try_to_intrude(f"127.0.0.1:{port}", TlsFiles(sbx.ca, sbx.data_dir / "tls" / "server.pem",
                                                                           sbx.data_dir / "tls" / "server.key"),
                                             tmp_path / "rogue"))
+                control.update(control_through(f"127.0.0.1:{port}", sbx.ca, tmp_path / "control"))
         assert events[-1].state == "completed", (events[-1].message, [d.log.read_text()[-3000:] for d in departments])
         running = [e for e in events if e.state == "running"]
         assert [e.round for e in running] == [1, 2]
@@ -172,6 +206,10 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
         for name, (code, text) in rogue.items():  # type: ignore[misc]
             assert code == 1 and "SuperNode ID" not in text, (name, text[-2000:])
         assert "Failed to activate SuperNode" in rogue["unregistered key"][1]  # type: ignore[index]
+        # the public port passes only the Fleet API: Control and Runtime calls get 404 from the proxy
+        _, text = control.pop("flwr ls")  # type: ignore[misc]
+        assert '"success": false' in text and "404 Not Found" in text, text[-2000:]
+        assert control == {k: 404 for k in control} and len(control) == 5, control
         for c in (admin, lab):
             c.close()  # type: ignore[attr-defined]
     finally:
