@@ -379,8 +379,9 @@ class DeploymentBackend:
         ``node_keys_dir`` switches to external nodes: the data holders run their own SuperNodes (on their own
         machines, from their own rows). The directory holds ``<holder>.pub``, each holder's OpenSSH ECDSA public
         key; for each run the backend registers the keys of that run's holders at the run's SuperLink, starts no
-        SuperNode, and the ServerApp sends work only to those nodes. The SuperLink listens on ``host``:``port``
-        (a fixed port the departments are told; the TLS certificate must name ``host``). One run at a time.
+        SuperNode, and the ServerApp sends work only to those nodes. The nodes connect to ``host``:``port`` (a
+        fixed port the departments are told; the TLS certificate must name ``host``), where a proxy passes only the
+        Fleet API to the SuperLink, which listens on 127.0.0.1 (``fl_server.fleet_proxy``). One run at a time.
         """
         if tls is None and not insecure:
             raise ValueError("the deployment runtime needs TLS files (tls=TlsFiles(ca, cert, key)); "
