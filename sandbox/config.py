@@ -26,6 +26,7 @@ class ServerConfig:
     clock_skew_seconds: int = 300
     workers: int = 16
     audit_checkpoint_every: int = 32
+    unauthenticated_audits_per_minute: int = 60  # per network peer; more refusals are refused but not audited
     busy_timeout_ms: int = 5000
     min_public_weights: int = 3
     he_workers: int = 2
@@ -126,8 +127,8 @@ def load_config(
 
 
 #: Lower bounds of the settings that make no sense at zero.
-_AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "max_message_bytes": 64 * 1024,
-             "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
+_AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "unauthenticated_audits_per_minute": 1,
+             "max_message_bytes": 64 * 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
 FL_BACKENDS = ("in-process", "deployment")
 FL_NODES = ("local", "external")
 
@@ -163,6 +164,7 @@ max_message_bytes = {d.max_message_bytes}       # largest request or response (H
 clock_skew_seconds = {d.clock_skew_seconds}             # accepted difference between a request's time and the server's
 workers = {d.workers}                         # threads serving calls
 audit_checkpoint_every = {d.audit_checkpoint_every}           # sign the audit head every N entries (and at shutdown)
+unauthenticated_audits_per_minute = {d.unauthenticated_audits_per_minute}  # per peer; beyond it refused but not audited
 busy_timeout_ms = {d.busy_timeout_ms}              # wait this long for another process holding the database
 min_public_weights = {d.min_public_weights}              # an HE model needs this many non-zero sandbox-column weights
 he_workers = {d.he_workers}                      # HE worker processes

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,11 +110,57 @@ def _claimed_principal(metadata: dict) -> str:
     return value if _PRINCIPAL_RE.match(value) else ("?" if value else "")
 
 
+class RefusalBudget:
+    """How many unauthenticated refusals from one network peer are audited per minute.
+
+    Every refusal is audited while a peer stays under the limit. Beyond it (someone hammering the server with
+    unsigned or badly signed calls), a refusal is still refused but not written to the audit log, so an
+    outsider cannot make the server write and fsync without end; one warning per peer and minute counts
+    what was not audited.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, int, int]] = {}  # peer -> (minute, audited, not audited)
+
+    def admit(self, peer: str, now: float) -> bool:
+        minute = int(now // 60)
+        with self._lock:
+            if len(self._windows) > 10_000:  # forget old peers
+                self._windows = {p: w for p, w in self._windows.items() if w[0] == minute}
+            start, audited, dropped = self._windows.get(peer, (minute, 0, 0))
+            if start != minute:
+                if dropped:
+                    log.warning("peer %s: %d unauthenticated refusals in minute %d were not audited one by one",
+                                peer, dropped, start)
+                start, audited, dropped = minute, 0, 0
+            if audited < self.per_minute:
+                self._windows[peer] = (start, audited + 1, dropped)
+                return True
+            if dropped == 0:
+                log.warning("peer %s: more than %d unauthenticated refusals this minute; no longer auditing each",
+                            peer, self.per_minute)
+            self._windows[peer] = (start, audited, dropped + 1)
+            return False
+
+
+def _peer_host(context: grpc.ServicerContext) -> str:
+    """'ipv4:127.0.0.1:5123' -> 'ipv4:127.0.0.1' (the port changes with every connection)."""
+    try:
+        peer = str(context.peer())
+    except Exception:  # noqa: BLE001 - a context without a peer (tests)
+        return "?"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 class SigningInterceptor(grpc.ServerInterceptor):
     def __init__(
         self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
         clock: Callable[[], float] = time.time, max_stream_bytes: int = 64 * 1024 * 1024,
+        unauthenticated_audits_per_minute: int = 60,
     ) -> None:
+        self._refusals = RefusalBudget(unauthenticated_audits_per_minute)
         self._max_stream_bytes = max_stream_bytes
         self._db = db
         self._audit = audit
@@ -329,7 +376,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
         else:
             log.info("%s principal=%s refused %s", method, claimed, exc.code.value)
         try:
-            if not exc.audited:
+            unauthenticated = call is None and exc.status == grpc.StatusCode.UNAUTHENTICATED
+            if not exc.audited and (not unauthenticated or self._refusals.admit(_peer_host(context), self._clock())):
                 self._audit.append_alone(AuditRecord(
                     claimed, method, exc.status.name, exc.code.value,
                     call.scenario_id if call else "", call.grant_id if call else "", 0, 0, request_sha, ""))

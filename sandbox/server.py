@@ -61,7 +61,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     audit_key = read_private_key(config.audit_key)
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
     interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000,
-                                     max_stream_bytes=config.max_message_bytes)
+                                     max_stream_bytes=config.max_message_bytes,
+                                     unauthenticated_audits_per_minute=config.unauthenticated_audits_per_minute)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),

@@ -503,3 +503,28 @@ def test_an_unexpected_failure_is_internal_with_no_detail_and_audited(env, monke
     assert "ZZSECRET42" not in str(exc.value) and "SELECT" not in str(exc.value)
     last = [e for e in admin.audit_entries() if e.method.endswith("ListCatalogue")][-1]
     assert last.status == "INTERNAL" and last.principal_id == bank.principal_id
+
+
+def test_a_flood_of_unauthenticated_calls_is_refused_without_filling_the_audit_log(tmp_path: Path) -> None:
+    """Each unauthenticated refusal is audited up to a per-peer budget a minute; beyond it, still refused, not written."""
+    sbx = start_sandbox(tmp_path, unauthenticated_audits_per_minute=5)
+    try:
+        with sbx.admin() as admin:
+            outsider = ApplicantClient(sbx.address, key=generate_key(), ca=sbx.ca)
+            before = {e.seq for e in admin.audit_entries()}
+            for _ in range(12):
+                with pytest.raises(Unauthenticated):
+                    _raw_whoami(outsider, [])  # no signature at all
+            new = [e for e in admin.audit_entries() if e.seq not in before]
+            refused = [e for e in new if e.status == "UNAUTHENTICATED"]
+            # 5 audited, or fewer than 12 if the test straddled a minute boundary (a fresh budget of 5 then)
+            assert 5 <= len(refused) <= 10 and all(e.error_code == "SIGNATURE_MISSING" for e in refused)
+            # Authenticated calls are unaffected: audited as always, refusals included.
+            assert admin.whoami().roles == ("admin",)
+            with pytest.raises(PermissionDenied):
+                admin.check_access("g-" + "0" * 32, kind="DP_QUERY", dataset="x", columns=["y"])
+            statuses = [e.status for e in admin.audit_entries() if e.seq not in before][-2:]
+            assert statuses == ["OK", "PERMISSION_DENIED"]
+            outsider.close()
+    finally:
+        sbx.stop()
