@@ -30,7 +30,7 @@ import numpy as np
 
 from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, ImportReport, Level
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.storage import Database
+from sandbox.storage import Database, canonical_json
 
 MAX_CSV_BYTES = 512 * 1024 * 1024  # decompressed
 MAX_CATEGORIES = 1000
@@ -123,7 +123,7 @@ def schema_to_json(schema: DatasetSchema) -> str:
     for col in doc["columns"]:
         for bound in ("lower", "upper"):  # always floats, so that 17 and 17.0 hash the same
             col[bound] = None if col[bound] is None else float(col[bound])
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return canonical_json(doc).decode()
 
 
 def schema_from_json(text: str) -> DatasetSchema:

@@ -7,21 +7,18 @@ and noise) are chosen at StartTraining and priced then.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 import sqlite3
 from dataclasses import dataclass
 
-from sandbox import catalogue
+from sandbox import catalogue, storage
 from sandbox.domain import ColumnType, DatasetInfo, Level
 from sandbox.errors import ErrorCode, SandboxError
 
 MODELS = ("logistic", "mlp")
 MAX_FEATURES = 64
 FEATURE_LEVELS = frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE})
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -36,11 +33,7 @@ class PlanTemplate:
     def canonical(self) -> bytes:
         doc = {"dataset": self.dataset, "model": self.model, "features": list(self.features), "label": self.label,
                "label_threshold": self.label_threshold, "hidden_units": self.hidden_units}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-    @property
-    def plan_hash(self) -> str:
-        return hashlib.sha256(self.canonical()).hexdigest()
+        return storage.canonical_json(doc)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -81,14 +74,13 @@ def validate(t: PlanTemplate, info: DatasetInfo) -> None:
 
 
 def register(conn: sqlite3.Connection, t: PlanTemplate, *, submitted_by: str, now_ms: int) -> str:
+    """Validate and store ``t``; its id is the SHA-256 of its canonical form."""
     validate(t, catalogue.get_dataset(conn, t.dataset))
-    conn.execute("INSERT OR IGNORE INTO plans (plan_hash, canonical, submitted_by, created_at_ms) VALUES (?,?,?,?)",
-                 (t.plan_hash, t.canonical().decode(), submitted_by, now_ms))
-    return t.plan_hash
+    return storage.put_content(conn, "plans", t.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
 def get(conn: sqlite3.Connection, plan_hash: str) -> PlanTemplate:
-    row = conn.execute("SELECT canonical FROM plans WHERE plan_hash = ?", (plan_hash,)).fetchone()
-    if row is None:
+    found = storage.get_content(conn, "plans", plan_hash)
+    if found is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
-    return from_canonical(row[0])
+    return from_canonical(found[0])

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -50,8 +50,6 @@ class Call:
     now_ms: int
     scenario_id: str = ""
     grant_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
     request_sha256: str = ""
     charge_epsilon_nano: int = 0
     charge_delta_atto: int = 0
@@ -209,7 +207,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
     ) -> bytes:
         """``raw`` is the request's bytes, or the list of a client stream's messages."""
         now_ms = int(self._clock() * 1000)
-        request_sha = stream_digest(raw) if isinstance(raw, list) else hashlib.sha256(raw).hexdigest()
+        request_sha = stream_digest(raw) if isinstance(raw, list) else _sha(raw)
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
@@ -259,7 +257,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int
     ) -> tuple[Principal, Any, Any]:
         """Before any handler runs: the signature and clock, the caller's role, then the message itself."""
-        principal, headers = self._authenticate(method, metadata, raw, request_sha, now_ms)
+        principal, headers = self._authenticate(method, metadata, request_sha, now_ms)
         allowed = self._roles.get(method, frozenset())
         if allowed is not None and not (principal.roles & allowed):
             raise SandboxError(ErrorCode.WRONG_ROLE)
@@ -279,7 +277,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         never data rows.
         """
         now_ms = int(self._clock() * 1000)
-        request_sha = hashlib.sha256(raw).hexdigest()
+        request_sha = _sha(raw)
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
@@ -340,9 +338,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         return AuditRecord(call.principal.id, method, status, error_code, call.scenario_id, call.grant_id, eps,
                            delta, request_sha, response_sha)
 
-    def _authenticate(
-        self, method: str, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int
-    ) -> tuple[Principal, Any]:
+    def _authenticate(self, method: str, metadata: dict, request_sha: str, now_ms: int) -> tuple[Principal, Any]:
         headers = parse_headers(metadata)
         if method == REGISTER_METHOD and headers.public_key:
             if headers.principal_id != principal_id_for(headers.public_key):

@@ -12,14 +12,13 @@ grant may add output noise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import sqlite3
 from dataclasses import dataclass
 
-from sandbox import catalogue
+from sandbox import catalogue, storage
 from sandbox.domain import DatasetInfo, Level
 from sandbox.errors import ErrorCode, SandboxError
 
@@ -48,11 +47,7 @@ class ModelSpec:
             "private_features": [{"name": n, "weight": w} for n, w in self.private_features],
             "public_features": [{"column": c, "weight": w} for c, w in self.public_features],
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-    @property
-    def model_hash(self) -> str:
-        return hashlib.sha256(self.canonical()).hexdigest()
+        return storage.canonical_json(doc)
 
     @property
     def public_columns(self) -> tuple[str, ...]:
@@ -102,21 +97,17 @@ def validate(spec: ModelSpec, info: DatasetInfo, *, min_public_weights: int) -> 
 
 def submit(conn: sqlite3.Connection, spec: ModelSpec, *, submitted_by: str, now_ms: int,
            min_public_weights: int) -> str:
-    info = catalogue.get_dataset(conn, spec.dataset)
-    validate(spec, info, min_public_weights=min_public_weights)
-    conn.execute("INSERT OR IGNORE INTO models (model_hash, canonical, submitted_by, created_at_ms) VALUES (?,?,?,?)",
-                 (spec.model_hash, spec.canonical().decode(), submitted_by, now_ms))
-    return spec.model_hash
+    """Validate and store ``spec``; its id is the SHA-256 of its canonical form."""
+    validate(spec, catalogue.get_dataset(conn, spec.dataset), min_public_weights=min_public_weights)
+    return storage.put_content(conn, "models", spec.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
 def get(conn: sqlite3.Connection, model_hash: str) -> tuple[ModelSpec, str]:
-    row = conn.execute("SELECT canonical, submitted_by FROM models WHERE model_hash = ?", (model_hash,)).fetchone()
-    if row is None:
+    """The stored model and who submitted it."""
+    found = storage.get_content(conn, "models", model_hash)
+    if found is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
-    spec = spec_from_canonical(row[0])
-    if spec.model_hash != model_hash:
-        raise SandboxError(ErrorCode.INTERNAL, log_detail=f"model {model_hash} does not match its hash")
-    return spec, row[1]
+    return spec_from_canonical(found[0]), found[1]
 
 
 def identifier_column(info: DatasetInfo) -> str:

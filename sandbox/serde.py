@@ -7,10 +7,11 @@ import math
 from google.protobuf.message import DecodeError
 
 import dp_engine.spec as dq
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, he_pb2
-from sandbox.models import ModelSpec
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.fl_plans import PlanTemplate
+from sandbox.models import ModelSpec
 
 ROLE_TO_PB = {
     d.Role.ADMIN: common_pb2.ROLE_ADMIN,
@@ -289,7 +290,7 @@ _MODEL_KINDS_PB = {v: k for k, v in _MODEL_KINDS.items()}
 
 
 def model_from_pb(m: he_pb2.ModelSpec) -> ModelSpec:
-    if len(m.public_features) > 4096 or len(m.private_features) > 4096:
+    if len(m.public_features) > _MAX_LIST or len(m.private_features) > _MAX_LIST:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "model is too large")
     return ModelSpec(m.name, _enum(_MODEL_KINDS, m.kind, "model kind"), m.dataset,
                      tuple((f.column, f.weight) for f in m.public_features),
@@ -302,3 +303,9 @@ def model_to_pb(spec: ModelSpec) -> he_pb2.ModelSpec:
         description=spec.description,
         public_features=[he_pb2.PublicFeature(column=c, weight=w) for c, w in spec.public_features],
         private_features=[he_pb2.PrivateFeature(name=n, weight=w) for n, w in spec.private_features])
+
+
+def plan_from_pb(t: fl_pb2.PlanTemplate) -> PlanTemplate:
+    if len(t.features) > _MAX_LIST:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "plan is too large")
+    return PlanTemplate(t.dataset, t.model, tuple(t.features), t.label, t.label_threshold, t.hidden_units)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ class RunningServer:
     db: Database
     audit: AuditLog
     health: health.HealthServicer
-    closers: list = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
     #: The boundary every call passes through (its ``_clock`` is the server's notion of now).
     interceptor: SigningInterceptor | None = None
 

@@ -7,10 +7,10 @@ open transaction in ``current_call()``.
 
 from __future__ import annotations
 
-import grpc
-
 import threading
 from collections.abc import Callable
+
+import grpc
 
 from protos.sandbox.v1 import (
     admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc, fl_pb2,
@@ -19,12 +19,12 @@ from protos.sandbox.v1 import (
 from sandbox import (
     audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
 )
-from sandbox.storage import Database
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import current_call
+from sandbox.storage import Database
 
 ADMIN = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
@@ -266,12 +266,9 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
 
     def RegisterPlan(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        t = request.template
-        template = fl_plans.PlanTemplate(t.dataset, t.model, tuple(t.features), t.label, t.label_threshold,
-                                         t.hidden_units)
-        return fl_pb2.RegisterPlanResponse(plan_hash=fl_plans.register(call.conn, template,
-                                                                       submitted_by=call.principal.id,
-                                                                       now_ms=call.now_ms))
+        plan_hash = fl_plans.register(call.conn, serde.plan_from_pb(request.template), submitted_by=call.principal.id,
+                                      now_ms=call.now_ms)
+        return fl_pb2.RegisterPlanResponse(plan_hash=plan_hash)
 
     def StartTraining(self, request, context):  # type: ignore[no-untyped-def]
         return self._jobs.start(current_call(), request)

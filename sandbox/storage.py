@@ -15,6 +15,8 @@ by SQLite itself through ``busy_timeout``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -175,3 +177,31 @@ class Database:
             self._all.clear()
         self._local = threading.local()
         self._writer = None
+
+
+def canonical_json(doc: object) -> bytes:
+    """Sorted keys, no spaces, ASCII, no NaN: the one byte form that is stored and hashed."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+#: Content-addressed tables (rows keyed by the SHA-256 of their canonical JSON, never updated) and their key.
+_CONTENT_KEYS = {"models": "model_hash", "plans": "plan_hash"}
+
+
+def put_content(conn: sqlite3.Connection, table: str, canonical: bytes, *, submitted_by: str, now_ms: int) -> str:
+    """Store ``canonical`` under its SHA-256 and return it; the same content again is the same row."""
+    digest = hashlib.sha256(canonical).hexdigest()
+    conn.execute(f"INSERT OR IGNORE INTO {table} ({_CONTENT_KEYS[table]}, canonical, submitted_by, created_at_ms) "
+                 "VALUES (?, ?, ?, ?)", (digest, canonical.decode(), submitted_by, now_ms))
+    return digest
+
+
+def get_content(conn: sqlite3.Connection, table: str, digest: str) -> tuple[str, str] | None:
+    """(canonical text, submitter) stored under ``digest``; INTERNAL if the row no longer matches its hash."""
+    row = conn.execute(f"SELECT canonical, submitted_by FROM {table} WHERE {_CONTENT_KEYS[table]} = ?",
+                       (digest,)).fetchone()
+    if row is None:
+        return None
+    if hashlib.sha256(row[0].encode()).hexdigest() != digest:
+        raise SandboxError(ErrorCode.INTERNAL, log_detail=f"{table} row {digest} does not match its hash")
+    return row[0], row[1]

@@ -434,6 +434,30 @@ def test_oversized_message_is_resource_exhausted(tmp_path: Path) -> None:
         sbx.stop()
 
 
+def test_a_client_stream_over_the_upload_limit_is_refused_before_anything_else(tmp_path: Path) -> None:
+    """The boundary caps a client stream's total size (max_message_bytes), not only each of its messages."""
+    from protos.sandbox.v1 import he_pb2
+
+    limit = 64 * 1024
+    method = "/sandbox.v1.HeScoringService/RegisterContext"
+    sbx = start_sandbox(tmp_path, max_message_bytes=limit)
+    try:
+        with sbx.admin() as admin:
+            small = he_pb2.ContextChunk(profile="x", data=b"\0" * 1000)
+            with pytest.raises(PermissionDenied) as under:  # under the limit: on to the role check
+                admin.transport.call_stream(method, [small, small], he_pb2.RegisterContextResponse)
+            assert under.value.code == "WRONG_ROLE"
+            half = he_pb2.ContextChunk(profile="x", data=b"\0" * (limit // 2))  # each message fits, three do not
+            with pytest.raises(ResourceExhausted) as over:
+                admin.transport.call_stream(method, [half, half, half], he_pb2.RegisterContextResponse)
+            assert over.value.code == "MESSAGE_TOO_LARGE"
+            audited = [e.error_code for e in admin.audit_entries() if e.method == method]
+            assert audited == ["WRONG_ROLE", "MESSAGE_TOO_LARGE"]
+            assert admin.whoami().roles == ("admin",)  # and the server keeps serving
+    finally:
+        sbx.stop()
+
+
 def _sandbox_with_bank(tmp_path: Path, **overrides):  # type: ignore[no-untyped-def]
     sbx = start_sandbox(tmp_path, **overrides)
     admin = sbx.admin()

@@ -142,3 +142,26 @@ def test_many_concurrent_writers_all_land(db: Database) -> None:
     for t in threads:
         t.join(60)
     assert rows(db) == list(range(64)) and db.writes - writes == 64
+
+
+def test_content_is_stored_under_its_hash_once_and_a_changed_row_is_caught(db: Database) -> None:
+    from sandbox.storage import canonical_json, get_content, put_content
+
+    doc = canonical_json({"b": 1.5, "a": ["x"]})
+    assert doc == b'{"a":["x"],"b":1.5}'
+    with pytest.raises(ValueError):
+        canonical_json({"w": float("nan")})
+    with db.write() as conn:
+        conn.execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
+                     "VALUES ('p-1', 'n', 'o', 'applicant', x'01', 'active', 0)")
+        digest = put_content(conn, "plans", doc, submitted_by="p-1", now_ms=1)
+        assert put_content(conn, "plans", doc, submitted_by="p-1", now_ms=2) == digest  # the same row
+        assert conn.execute("SELECT count(*) FROM plans").fetchone()[0] == 1
+        assert get_content(conn, "plans", digest) == (doc.decode(), "p-1")
+        assert get_content(conn, "plans", "0" * 64) is None
+        forged = "ab" * 32  # a row whose text is not what its key says (an edit behind the server's back)
+        conn.execute("INSERT INTO plans (plan_hash, canonical, submitted_by, created_at_ms) VALUES (?, ?, 'p-1', 0)",
+                     (forged, '{"a":["y"],"b":1.5}'))
+        with pytest.raises(SandboxError) as exc:
+            get_content(conn, "plans", forged)
+        assert exc.value.code is ErrorCode.INTERNAL
