@@ -77,37 +77,22 @@ class Profile:
         return SEAL_CIPHERTEXT_OVERHEAD + 8 * 2 * self.poly_modulus_degree * len(self.coeff_mod_bit_sizes)
 
 
-def _hex(s: str) -> bytes:
-    return bytes.fromhex("".join(s.split()))
+def _ckks(n: int, *, max_context_bytes: int, max_ciphertext_bytes: int, encryption_parameters: str) -> Profile:
+    """A built-in profile: N, the one [60, 40, 40, 60] chain, scale 2^40, its limits and SEAL's parameter bytes (hex)."""
+    return Profile(name=f"ckks-{n}", poly_modulus_degree=n, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40,
+                   slots=n // 2, max_context_bytes=max_context_bytes, max_ciphertext_bytes=max_ciphertext_bytes,
+                   encryption_parameters=bytes.fromhex("".join(encryption_parameters.split())))
 
 
-CKKS_8192 = Profile(
-    name="ckks-8192",
-    poly_modulus_degree=8192,
-    coeff_mod_bit_sizes=(60, 40, 40, 60),
-    scale_bits=40,
-    slots=4096,
-    # The largest legitimate blobs are stored uncompressed: 524,385 B of public key, 393,313 B of ciphertext.
-    max_context_bytes=560_000,
-    max_ciphertext_bytes=400_000,
-    encryption_parameters=_hex("""
-        5ea1100403020000550000000000000028b52ffd2089e5010074020200200004005ea1100403000000180001
-        80feffffffff0fc0f4ffffc0fdff000000000000000007004bf8c4ce1a4f45939d93038cc0e00b1001"""),
-)
+# The largest legitimate blobs are stored uncompressed: 524,385 B of public key, 393,313 B of ciphertext.
+CKKS_8192 = _ckks(8192, max_context_bytes=560_000, max_ciphertext_bytes=400_000, encryption_parameters="""
+    5ea1100403020000550000000000000028b52ffd2089e5010074020200200004005ea1100403000000180001
+    80feffffffff0fc0f4ffffc0fdff000000000000000007004bf8c4ce1a4f45939d93038cc0e00b1001""")
 
-CKKS_16384 = Profile(
-    name="ckks-16384",
-    poly_modulus_degree=16384,
-    coeff_mod_bit_sizes=(60, 40, 40, 60),
-    scale_bits=40,
-    slots=8192,
-    # Uncompressed worst cases: 1,048,673 B of public key, 786,529 B of ciphertext.
-    max_context_bytes=1_100_000,
-    max_ciphertext_bytes=800_000,
-    encryption_parameters=_hex("""
-        5ea1100403020000550000000000000028b52ffd2089e5010074020200400004005ea1100403000000180001
-        80fdffffffff0fcaffff00e880fe000000000000000007004bf8f04e054f458f9d9e8381c0e00b1001"""),
-)
+# Uncompressed worst cases: 1,048,673 B of public key, 786,529 B of ciphertext.
+CKKS_16384 = _ckks(16384, max_context_bytes=1_100_000, max_ciphertext_bytes=800_000, encryption_parameters="""
+    5ea1100403020000550000000000000028b52ffd2089e5010074020200400004005ea1100403000000180001
+    80fdffffffff0fcaffff00e880fe000000000000000007004bf8f04e054f458f9d9e8381c0e00b1001""")
 
 #: Every built-in profile by name; a deployment may allow a subset.
 PROFILES: MappingProxyType[str, Profile] = MappingProxyType({p.name: p for p in (CKKS_8192, CKKS_16384)})

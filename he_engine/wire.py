@@ -5,7 +5,8 @@ in the installed package). Reading the wire format by hand keeps the check
 free of generated code for another project's schema, and lets us be stricter
 than a protobuf parser: every field at most once, in ascending field order
 (as every protobuf serialiser writes them), with the declared wire type, no
-unknown fields, canonical varints, and nothing left over.
+unknown fields, canonical varints, and nothing left over. The worker writes
+its one result message with :func:`write_varint`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def read_varint(buf: memoryview, pos: int, what: str) -> tuple[int, int]:
                 raise HeInputError(f"{what} is malformed")
             return value, pos + i + 1
     raise HeInputError(f"{what} is malformed")
+
+
+def write_varint(value: int) -> bytes:
+    """Encode a non-negative int as a canonical varint (the inverse of :func:`read_varint`)."""
+    if value < 0:
+        raise ValueError("varints here are unsigned")
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
 
 
 def read_message(buf: memoryview, schema: tuple[Field, ...], what: str) -> dict[str, Value]:

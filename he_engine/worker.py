@@ -25,26 +25,21 @@ with ``ckks_vector_from`` as before.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import resource
-import shutil
 import signal
 import struct
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from he_engine.errors import HeInputError
 from he_engine.profiles import Profile
-
-if TYPE_CHECKING:
-    import tenseal as ts  # type: ignore[import-untyped]
+from he_engine.wire import write_varint
 
 #: The applicant-facing message for anything TenSEAL refused; its own message stays in the worker.
 REJECTED = "ciphertext rejected by the HE engine"
@@ -67,7 +62,7 @@ class _Parsed:
 
 
 _contexts: OrderedDict[str, _Parsed] = OrderedDict()
-_scratch: str | None = None
+_result_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +108,7 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
     else:
         _contexts.move_to_end(context_sha)
     n = len(plain)
-    cts = [_parse_vector(parsed.ctx, blob, profile, n) for blob in ciphertexts]
+    cts = [_parse_vector(parsed, blob, profile, n) for blob in ciphertexts]
     if not cts or len(cts) != len(weights):
         raise HeInputError("the number of ciphertexts differs from the model's private features")
     import tenseal.sealapi as sealapi  # type: ignore[import-untyped]
@@ -125,7 +120,7 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
         # which would be a transparent ciphertext), so it is left out.
         terms = [(ct, mask) for ct, mask in zip(cts, masks, strict=True) if mask is not None]
         if not terms:  # every weight is zero: the score is the plaintext part, freshly encrypted (nothing else)
-            return bytes(_fresh_vector(parsed.ctx, offsets).serialize())
+            return _vector_proto(n, _save(_fresh_ciphertext(parsed.ctx, offsets, profile.slots)), profile.scale)
         ev = parsed.evaluator
         total = sealapi.Ciphertext()
         ev.multiply_plain(terms[0][0], terms[0][1], total)
@@ -142,11 +137,14 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
     return _vector_proto(n, body, profile.scale)
 
 
-def _fresh_vector(ctx: Any, values: list[float]) -> Any:
-    """A fresh CKKS encryption of ``values`` under the context's public key."""
+def _fresh_ciphertext(ctx: Any, values: list[float], slots: int) -> Any:
+    """A fresh SEAL encryption of ``values`` under the context's public key, zero in every slot beyond them.
+
+    TenSEAL's ``ckks_vector`` copies a short vector into every slot beyond it, so it gets all ``slots`` values.
+    """
     import tenseal as ts
 
-    return ts.ckks_vector(ctx, values)
+    return ts.ckks_vector(ctx, values + [0.0] * (slots - len(values))).ciphertext()[0]
 
 
 def _weight_plaintexts(parsed: _Parsed, profile: Profile, weights: Sequence[float], n: int) -> list[Any | None]:
@@ -173,38 +171,25 @@ def _weight_plaintexts(parsed: _Parsed, profile: Profile, weights: Sequence[floa
 
 
 def _save(ct: Any) -> bytes:
-    """SEAL's serialisation of ``ct`` (as TenSEAL's own ``serialize`` writes it); sealapi only saves to a path."""
-    global _scratch
-    if _scratch is None:
-        shm = "/dev/shm"
-        _scratch = tempfile.mkdtemp(prefix="he-worker-", dir=shm if os.access(shm, os.W_OK) else None)  # mode 0700
-        atexit.register(shutil.rmtree, _scratch, True)
-    path = os.path.join(_scratch, "result")
-    try:
-        ct.save(path)
-        with open(path, "rb") as fh:
-            return fh.read()
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    """SEAL's serialisation of ``ct`` (as TenSEAL's own ``serialize`` writes it).
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
+    sealapi only saves to a path and TenSEAL cannot wrap a SEAL ciphertext in a
+    CKKSVector, so SEAL writes to an anonymous in-memory file (memfd) reached
+    through /proc: it has no name on any filesystem and the kernel frees it when
+    the worker exits, even when the pool kills it.
+    """
+    global _result_fd
+    if _result_fd is None:
+        _result_fd = os.memfd_create("he-result", os.MFD_CLOEXEC)
+    ct.save(f"/proc/self/fd/{_result_fd}")  # SEAL opens it with O_TRUNC: nothing of an earlier result remains
+    return os.pread(_result_fd, os.fstat(_result_fd).st_size, 0)
 
 
 def _vector_proto(n: int, seal_ciphertext: bytes, scale: float) -> bytes:
     """A TenSEAL ``CKKSVectorProto``: 1 sizes (packed [n]), 2 ciphertexts (one chunk), 3 scale (double)."""
-    sizes = _varint(n)
-    return (b"\x0a" + _varint(len(sizes)) + sizes + b"\x12" + _varint(len(seal_ciphertext)) + seal_ciphertext
-            + b"\x19" + struct.pack("<d", scale))
+    sizes = write_varint(n)
+    return (b"\x0a" + write_varint(len(sizes)) + sizes + b"\x12" + write_varint(len(seal_ciphertext))
+            + seal_ciphertext + b"\x19" + struct.pack("<d", scale))
 
 
 def _parse_context(blob: bytes, sha: str, profile: Profile) -> _Parsed:
@@ -241,14 +226,13 @@ def _parse_context(blob: bytes, sha: str, profile: Profile) -> _Parsed:
     return parsed
 
 
-def _parse_vector(ctx: ts.Context, blob: bytes, profile: Profile, n: int) -> Any:
+def _parse_vector(parsed: _Parsed, blob: bytes, profile: Profile, n: int) -> Any:
     """Parse one ciphertext with TenSEAL, check what SEAL parsed, and return its SEAL ciphertext."""
     import tenseal as ts
 
     try:
-        vec = ts.ckks_vector_from(ctx, blob)
+        vec = ts.ckks_vector_from(parsed.ctx, blob)
         chunks = vec.ciphertext()
-        first_parms_id = ctx.seal_context().data.first_parms_id()
     except (ValueError, RuntimeError, TypeError):
         raise HeInputError(REJECTED) from None
     if vec.size() != n or len(chunks) != 1:
@@ -256,6 +240,6 @@ def _parse_vector(ctx: ts.Context, blob: bytes, profile: Profile, n: int) -> Any
     ct = chunks[0]
     if (ct.size() != 2 or ct.poly_modulus_degree() != profile.poly_modulus_degree
             or ct.coeff_modulus_size() != len(profile.coeff_mod_bit_sizes) - 1
-            or ct.parms_id() != first_parms_id or not ct.is_ntt_form() or ct.scale != profile.scale):
+            or ct.parms_id() != parsed.first_parms_id or not ct.is_ntt_form() or ct.scale != profile.scale):
         raise HeInputError("ciphertext was not made with the registered context's parameters")
     return ct

@@ -40,6 +40,11 @@ class StoredContext:
     owner: str
     expires_ms: int
 
+    @property
+    def context_id(self) -> str:
+        """The id the applicant names this context by: derived from its sha256, so re-registering keeps it."""
+        return "c-" + self.sha256[:32]
+
 
 class ContextStore:
     """Registered public contexts, by id, bound to the principal that registered them, with an expiry."""
@@ -57,7 +62,7 @@ class ContextStore:
             mine = sorted((v.expires_ms, k) for k, v in self._items.items() if v.owner == owner)
             for _, k in mine[: max(0, len(mine) - MAX_CONTEXTS_PER_PRINCIPAL + 1)]:
                 del self._items[k]
-            self._items["c-" + sha[:32]] = ctx
+            self._items[ctx.context_id] = ctx
         return ctx
 
     def get(self, context_id: str, owner: str, now_ms: int) -> StoredContext:
@@ -99,7 +104,7 @@ def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_eng
     except he_engine.HeUnavailableError as exc:
         raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
     ctx = store.put(blob, profile.name, call.principal.id, call.now_ms)
-    return he_pb2.RegisterContextResponse(context_id="c-" + ctx.sha256[:32], expires_at_unix_ms=ctx.expires_ms)
+    return he_pb2.RegisterContextResponse(context_id=ctx.context_id, expires_at_unix_ms=ctx.expires_ms)
 
 
 class EntityIndex:

@@ -33,6 +33,7 @@ from he_engine import (
 )
 from he_engine import worker as he_worker
 from he_engine.wire import read_varint
+from he_engine.wire import write_varint as varint  # the structure tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 P8K = PROFILES["ckks-8192"]
@@ -54,15 +55,6 @@ def public_blob(ctx: ts.Context, **kw: bool) -> bytes:
     """The public context as the bank registers it: no secret, Galois or relinearisation keys."""
     opts = dict(save_secret_key=False, save_galois_keys=False, save_relin_keys=False) | kw
     return ctx.serialize(**opts)  # type: ignore[no-any-return]
-
-
-def varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
 
 
 def with_length(blob: bytes, n: int) -> bytes:
@@ -202,6 +194,25 @@ def test_slots_beyond_n_are_zero_even_with_junk(pool: ScoringPool, bank: Bank) -
     every_slot = decrypt(bank.ctx, out, length=P8K.slots)
     np.testing.assert_allclose(every_slot[:N], score_plain(bank.x, WEIGHTS, bank.plain), atol=1e-3)
     assert np.abs(every_slot[N:]).max() < 1e-3
+    # The worker's other branches: a zero weight drops its ciphertext, all-zero weights encrypt the plain part anew.
+    for weights in ([0.0, -1.5, 0.25], [0.0, 0.0, 0.0]):
+        every_slot = decrypt(bank.ctx, pool.score(bank.public, bank.sha, cts, weights, bank.plain), length=P8K.slots)
+        np.testing.assert_allclose(every_slot[:N], score_plain(bank.x, weights, bank.plain), atol=1e-3)
+        assert np.abs(every_slot[N:]).max() < 1e-3, weights
+
+
+def test_the_result_is_byte_for_byte_what_tenseal_writes(bank: Bank) -> None:
+    """The worker's hand-written CKKSVectorProto and its in-memory SEAL save equal TenSEAL's own ``serialize``.
+
+    The larger ciphertext is saved first, so a stale tail of it would show in the smaller one's bytes.
+    """
+    for ctx, values in ((secret_context(16384), [1.0, -2.0, 3.0]), (bank.ctx, list(bank.x[0]))):
+        vec = ts.ckks_vector(ctx, values)
+        blob = vec.serialize()
+        start, end = field(blob, 2)
+        seal_ciphertext = he_worker._save(vec.ciphertext()[0])
+        assert seal_ciphertext == blob[start:end]
+        assert he_worker._vector_proto(len(values), seal_ciphertext, P8K.scale) == blob
 
 
 def test_cached_weight_encodings_still_mask_when_the_batch_shrinks(pool: ScoringPool, bank: Bank) -> None:

@@ -91,8 +91,6 @@ def test_size_limits_hold_an_uncompressed_blob_and_real_blobs_fit(bank: Bank) ->
     assert len(bank.public) <= P8K.max_context_bytes and len(bank.cts[0]) <= P8K.max_ciphertext_bytes
 
 
-
-
 # --- contexts ------------------------------------------------------------------------------------
 
 def _bad_contexts() -> dict[str, tuple[bytes, str]]:
@@ -267,8 +265,6 @@ def test_mutated_bodies_that_pass_the_structure_check_cannot_hurt_the_server(poo
             outcomes.append("worker")
         assert_serves(pool, bank)
     assert set(outcomes) <= {"structure", "garbage", "worker"} and len(outcomes) == 6
-
-
 
 
 def test_ciphertexts_the_structure_cannot_judge_are_rejected_by_the_worker(pool: ScoringPool, bank: Bank) -> None:

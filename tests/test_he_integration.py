@@ -89,6 +89,23 @@ def test_unknown_ids_are_scored_as_the_reference_row(he_env) -> None:  # type: i
     assert s.usage is not None and s.usage.quota_used == 3  # unknown ids count against the quota too
 
 
+def test_the_response_does_not_say_which_ids_are_unknown(he_env) -> None:  # type: ignore[no-untyped-def]
+    """Known, partly unknown and wholly unknown batches: same fields, same length, same charge; only the score differs."""
+    _, _, bank, model, grant, session, rows = he_env
+    g = grant()
+    feats = bank_features(rows[:4])
+    cts = [ts.ckks_vector(session._secret, feats[:, k].tolist()).serialize() for k in range(feats.shape[1])]
+    known = [r["ID"] for r in rows[:4]]
+    batches = (known, [known[0], "999999", known[2], "no-such-person"], ["x-1", "x-2", "x-3", "x-4"])
+    responses = [_raw_score(bank, g, model, session, cts, ids) for ids in batches]
+    for resp in responses:
+        assert [f.name for f, _ in resp.ListFields()] == ["encrypted_logits", "entities", "usage"]
+        assert resp.entities == 4
+        assert ts.ckks_vector_from(session._secret, resp.encrypted_logits).size() == 4
+        assert (resp.usage.epsilon_spent_nano, resp.usage.delta_spent_atto) == (0, 0)
+    assert [resp.usage.quota_used for resp in responses] == [4, 8, 12]  # every id is charged, known or not
+
+
 def test_model_rules(he_env) -> None:  # type: ignore[no-untyped-def]
     _, _, bank, model, grant, _, _ = he_env
     with pytest.raises(InvalidArgument) as exc:  # two public weights: too close to revealing one column
