@@ -53,6 +53,8 @@ from rich.table import Table  # noqa: E402
 import dp_engine  # noqa: E402
 from clients import AdminClient, ApplicantClient, Query, generate_key, public_key_of  # noqa: E402
 from dp_engine import AggKind, Aggregate, Filter, Op  # noqa: E402
+# The float sum's public size limit, the one dp_engine uses (make_sum on an unknown size caps at 2**20 rows).
+from dp_engine.prepare import MAX_ROWS  # noqa: E402
 from sandbox import catalogue  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
 from sandbox.datadir import init_data_dir  # noqa: E402
@@ -75,8 +77,6 @@ AIM = 1.3  # the issue's aim for server/opendp on the large table (printed, neve
 _FLOATS = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 _INTS = dp.vector_domain(dp.atom_domain(T=dp.i64))
 _ROWS = dp.symmetric_distance()
-#: The public size limit of the float sum, the one dp_engine uses (make_sum on an unknown size caps at 2**20 rows).
-_SUM_SIZE_LIMIT = 2**30
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -220,7 +220,7 @@ def baseline_count_mean(table: Dataset, stats: list) -> Callable[[], object]:
     bounds = (float(col.lower), float(col.upper))
     count = _count(count_scale)
     total = (dp.t.make_clamp(_FLOATS, _ROWS, bounds=bounds)
-             >> dp.t.make_bounded_float_checked_sum(_SUM_SIZE_LIMIT, bounds, S="Pairwise<f64>")
+             >> dp.t.make_bounded_float_checked_sum(MAX_ROWS, bounds, S="Pairwise<f64>")
              >> dp.m.then_laplace(sum_scale))
     age, hours = table.arrays["age"], table.arrays[table.hours]
 

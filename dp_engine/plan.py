@@ -67,10 +67,6 @@ class Plan:
         """The privacy unit the cost is priced at: the most rows one person contributes."""
         return self.calibration.unit
 
-    @property
-    def groups(self) -> int:
-        return group_count(self.query.group_by, self.columns)
-
     def scale(self, slot: Slot) -> float:
         return self.calibration.scale(slot.primitive, self.scale_factor)
 

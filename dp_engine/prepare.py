@@ -57,7 +57,6 @@ class AggInputs:
 
 @dataclass(frozen=True)
 class Prepared:
-    groups: int
     inputs: tuple[AggInputs, ...]  # one per aggregate, in query order
 
 
@@ -132,7 +131,7 @@ def prepare(query: Query, columns: Mapping[str, ColumnInfo], data: Mapping[str, 
         same_length = [vals for vals, _ in values_cache.values() if len(vals) == rows]
         plain = AggInputs(cells=same_length[0] if same_length else _zeros(rows))
         inputs = [plain if item is None else item for item in inputs]
-    return Prepared(groups=groups, inputs=tuple(inputs))  # type: ignore[arg-type]
+    return Prepared(inputs=tuple(inputs))  # type: ignore[arg-type]
 
 
 def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:

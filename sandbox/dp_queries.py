@@ -9,13 +9,13 @@ conditional reservation. The computation runs after that commits
 
 from __future__ import annotations
 
-import math
+import contextlib
 import re
 import secrets
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -80,11 +80,38 @@ def referenced_columns(query: Query) -> tuple[str, ...]:
 
 
 def check_privacy_parameters(epsilon: float, delta: float) -> None:
-    """NaN, infinite, negative, zero or subnormal epsilon; delta outside [0, 1): INVALID_ARGUMENT."""
-    if not (isinstance(epsilon, float) and math.isfinite(epsilon) and epsilon >= 1e-6 and epsilon <= 1e6):
-        raise SandboxError(ErrorCode.INVALID_QUERY, "epsilon must be finite and between 1e-6 and 1e6")
-    if not (math.isfinite(delta) and 0.0 <= delta < 1.0) or (0.0 < delta < 1e-18):
+    """dp_engine's budget check (finite epsilon in [1e-6, 1e6], delta in [0, 1)), and no delta below one atto."""
+    with _invalid_query():
+        dp_engine.check_budget(epsilon, delta)
+    if 0.0 < delta < 1e-18:
         raise SandboxError(ErrorCode.INVALID_QUERY, "delta must be 0, or between 1e-18 and 1 (exclusive)")
+
+
+@contextlib.contextmanager
+def _invalid_query() -> Iterator[None]:
+    """dp_engine's QueryError (whose message names no data value) as INVALID_QUERY."""
+    try:
+        yield
+    except QueryError as exc:
+        raise SandboxError(ErrorCode.INVALID_QUERY, str(exc)) from exc
+
+
+def _unit(schema: DatasetSchema) -> int:
+    """The privacy unit: the most rows one person may have (the import enforces it), 1 without a person key."""
+    return max(1, schema.max_rows_per_person) if schema.person_key else 1
+
+
+def _engine_plan(query: Query, info: DatasetInfo, epsilon: float, delta: float) -> dp_engine.Plan:
+    """The calibrated plan (cached by dp_engine per query shape, epsilon, delta and unit)."""
+    with _invalid_query():
+        return dp_engine.plan(query, column_infos(info.schema), epsilon=epsilon, delta=delta, unit=_unit(info.schema))
+
+
+def _epsilon_for_half_width(query: Query, info: DatasetInfo, half_width: float, delta: float) -> float:
+    """The smallest epsilon meeting the half-width; it plans (so calibrates) the query at that epsilon."""
+    with _invalid_query():
+        return dp_engine.epsilon_for_half_width(query, column_infos(info.schema), half_width, delta=delta,
+                                                unit=_unit(info.schema), n_hint=info.approx_rows)
 
 
 class ArrayCache:
@@ -138,14 +165,9 @@ def _authorise(call: Call, grant_id: str, dataset: str, query: Query) -> tuple[p
     return auth, info
 
 
-def _plan(query: Query, info: DatasetInfo, epsilon: float, delta: float, auth: policy.Authorised):  # type: ignore[no-untyped-def]
+def _check_delta_allowed(delta: float, auth: policy.Authorised) -> None:
     if delta > 0 and auth.grant.terms.budget.delta_atto == 0:
         raise SandboxError(ErrorCode.INVALID_QUERY, "this grant has no delta budget; use delta 0 (Laplace)")
-    unit = max(1, info.schema.max_rows_per_person) if info.schema.person_key else 1
-    try:
-        return dp_engine.plan(query, column_infos(info.schema), epsilon=epsilon, delta=delta, unit=unit)
-    except QueryError as exc:
-        raise SandboxError(ErrorCode.INVALID_QUERY, str(exc)) from exc
 
 
 def _cost_units(cost_epsilon: float, cost_delta: float) -> Budget:
@@ -158,21 +180,11 @@ def estimate(call: Call, req: dp_pb2.EstimateQueryRequest) -> dp_pb2.EstimateQue
     query = serde.dp_query_from_pb(req.query)
     auth, info = _authorise(call, req.grant_id, req.query.dataset, query)
     delta = req.delta
-    if req.WhichOneof("target") == "half_width":
-        hw = req.half_width
-        if not (math.isfinite(hw) and hw > 0):
-            raise SandboxError(ErrorCode.INVALID_QUERY, "half_width must be finite and positive")
-        check_privacy_parameters(1.0, delta)
-        unit = max(1, info.schema.max_rows_per_person) if info.schema.person_key else 1
-        try:
-            epsilon = dp_engine.epsilon_for_half_width(query, column_infos(info.schema), hw, delta=delta, unit=unit,
-                                                       n_hint=info.approx_rows)
-        except QueryError as exc:
-            raise SandboxError(ErrorCode.INVALID_QUERY, str(exc)) from exc
-    else:
-        epsilon = req.epsilon
-    check_privacy_parameters(epsilon, delta)
-    plan = _plan(query, info, epsilon, delta, auth)
+    half_width = req.WhichOneof("target") == "half_width"
+    check_privacy_parameters(1.0 if half_width else req.epsilon, delta)  # a found epsilon is in range by construction
+    _check_delta_allowed(delta, auth)
+    epsilon = _epsilon_for_half_width(query, info, req.half_width, delta) if half_width else req.epsilon
+    plan = _engine_plan(query, info, epsilon, delta)
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
     rem = auth.budget.remaining
     return dp_pb2.EstimateQueryResponse(
@@ -208,7 +220,8 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
             replay = dp_pb2.RunQueryResponse.FromString(stored)
             replay.replayed = True
             return replay
-    plan = _plan(query, info, req.epsilon, req.delta, auth)
+    _check_delta_allowed(req.delta, auth)
+    plan = _engine_plan(query, info, req.epsilon, req.delta)
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
     if terms.max_epsilon_per_call_nano and cost.epsilon_nano > terms.max_epsilon_per_call_nano:
         raise SandboxError(ErrorCode.EPSILON_OVER_CALL_CAP,
@@ -245,12 +258,17 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
 
 def warm(principal: Principal, req: dp_pb2.RunQueryRequest | dp_pb2.EstimateQueryRequest,
          conn: sqlite3.Connection) -> None:
-    """Calibrate the query's plan before the write lock (a cold plan takes 40-250 ms); read-only, may raise."""
+    """Calibrate the query's plan before the write lock (a cold plan takes 40-250 ms); read-only, may raise.
+
+    The handler repeats the same call with the same arguments and finds the calibration in dp_engine's cache.
+    """
     grant = policy.grant_if_grantee(conn, principal, req.grant_id)
     sel = grant.terms.dataset(req.query.dataset) if grant is not None else None
-    if sel is None or (isinstance(req, dp_pb2.EstimateQueryRequest) and req.WhichOneof("target") != "epsilon"):
+    if sel is None:
         return
     info = catalogue.get_dataset(conn, sel.name, sel.version)
-    unit = max(1, info.schema.max_rows_per_person) if info.schema.person_key else 1
-    dp_engine.plan(serde.dp_query_from_pb(req.query), column_infos(info.schema), epsilon=req.epsilon,
-                   delta=req.delta, unit=unit)
+    query = serde.dp_query_from_pb(req.query)
+    if isinstance(req, dp_pb2.EstimateQueryRequest) and req.WhichOneof("target") == "half_width":
+        _epsilon_for_half_width(query, info, req.half_width, req.delta)
+    else:
+        _engine_plan(query, info, req.epsilon, req.delta)

@@ -14,6 +14,7 @@ from dp_engine import (
     AggKind,
     Aggregate,
     CategoricalColumn,
+    ColumnInfo,
     Filter,
     Limits,
     NumericColumn,
@@ -23,12 +24,13 @@ from dp_engine import (
     epsilon_for_half_width,
     plan,
 )
-from dp_engine.calibrate import calibrate
+from dp_engine.calibrate import MAX_RHO, calibrate
+from dp_engine.primitives import Primitive
 from dp_engine.validate import MAX_CELLS
 
 N_ROWS = 2000
 REGIONS = ("north", "south", "east", "west")
-COLUMNS = {
+COLUMNS: dict[str, ColumnInfo] = {
     "age": NumericColumn("age", 18.0, 90.0, integer=True),
     "income": NumericColumn("income", 0.0, 100_000.0),
     "score": NumericColumn("score", -1.0, 1.0),
@@ -240,6 +242,26 @@ def test_grouped_sums_pay_per_group_but_grouped_counts_do_not() -> None:
     # Two primitives ungrouped; four sums and one count_by_categories grouped: 5/2 of the noise.
     assert grouped[0].scale == pytest.approx(plain[0].scale * 5 / 2, rel=1e-6)
     assert grouped[1].scale == pytest.approx(plain[1].scale * 5 / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("delta", [1e-6, 1e-9])
+def test_a_budget_past_the_rho_cap_spends_less_than_asked_never_more(delta: float) -> None:
+    """calibrate caps rho at MAX_RHO (opendp's conversion overflows above it): the plan then costs less than asked."""
+    p = plan(Query((COUNT, SUM_INCOME)), COLUMNS, epsilon=1e5, delta=delta, unit=3)
+    assert p.cost.extra["rho"] <= MAX_RHO
+    assert p.cost.epsilon < 1e5 and p.cost.delta == delta
+    assert p.measurement.map(3) == (p.cost.epsilon, delta)
+
+
+def test_a_release_refuses_a_measurement_noisier_in_price_than_in_fact(monkeypatch: pytest.MonkeyPatch,
+                                                                       data: dict[str, np.ndarray]) -> None:
+    """The guard in Calibration.measurement: what a release runs must cost no more than what was priced."""
+    p = plan(Query((COUNT,), group_by=("region",)), COLUMNS, epsilon=1.0, delta=0.0, unit=1)
+    real_build = Primitive.build
+    # Priced at twice the noise that actually runs: the release must refuse rather than under-report the cost.
+    monkeypatch.setattr(Primitive, "build", lambda self, scale, zcdp: real_build(self, 2 * scale, zcdp))
+    with pytest.raises(RuntimeError, match="costs more than the priced one"):
+        p.with_scale_factor(0.731).release(data)  # a factor no other test builds, so nothing is cached
 
 
 def test_second_plan_of_the_same_shape_is_a_cache_hit() -> None:

@@ -39,12 +39,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from dp_engine import AggKind, Aggregate, CategoricalColumn, NumericColumn, Plan, Query, Statistic, plan
+from dp_engine import AggKind, Aggregate, CategoricalColumn, ColumnInfo, NumericColumn, Plan, Query, Statistic, plan
 
 N = 4000
 ALPHA_EACH = 5e-7  # one-sided, for each of the two bounds: 1e-6 overall
 EPSILON = 1.0
-COLUMNS = {"x": NumericColumn("x", 0.0, 10.0), "tag": CategoricalColumn("tag", ("a", "b"))}
+COLUMNS: dict[str, ColumnInfo] = {"x": NumericColumn("x", 0.0, 10.0), "tag": CategoricalColumn("tag", ("a", "b"))}
 EDGES = (2.5, 5.0, 7.5)
 
 
@@ -188,6 +188,23 @@ def test_gaussian_count_is_private_empirically(base: dict[str, np.ndarray]) -> N
     p = plan(Query((Aggregate(AggKind.COUNT),)), COLUMNS, epsilon=EPSILON, delta=delta, unit=1)
     d_prime = add_rows(base, 5.0, 1)
     event = value_at_least(len(d_prime["x"]))
+    assert run(p, base, d_prime, event, delta) <= p.cost.epsilon
+    assert run(p.with_scale_factor(0.1), base, d_prime, event, delta) > p.cost.epsilon
+
+
+def test_gaussian_sum_is_private_empirically(base: dict[str, np.ndarray]) -> None:
+    """Gaussian sum at (1, 1e-6); D' adds a row beyond the upper bound, clamped to it; S = {output >= sum(D')}.
+
+    The correct plan's scale is a few times the sensitivity 10, so p is about
+    0.5 vs 0.4 and eps_lb stays near 0. The teeth, as for the discrete
+    Gaussian, are a tenth of the noise (scale about half the sensitivity):
+    about 0.5 vs 0.02, an expected eps_lb above 2.5.
+    """
+    delta = 1e-6
+    p = plan(Query((Aggregate(AggKind.SUM, "x"),)), COLUMNS, epsilon=EPSILON, delta=delta, unit=1)
+    assert p.estimates()[0].mechanism == "gaussian"
+    d_prime = add_rows(base, 25.0, 1)
+    event = value_at_least(float(np.clip(d_prime["x"], 0.0, 10.0).sum()))
     assert run(p, base, d_prime, event, delta) <= p.cost.epsilon
     assert run(p.with_scale_factor(0.1), base, d_prime, event, delta) > p.cost.epsilon
 

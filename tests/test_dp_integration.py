@@ -287,3 +287,28 @@ def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypat
     after_run = calibrate.calibrate.cache_info()
     assert calls == ["outside misses+1"]  # calibrated in the warm-up, before the write lock
     assert after_run.misses - before_run.misses == 1  # ... and only there: the handler hit the cache
+
+
+def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The epsilon search plans the query at the epsilon it finds: in the warm-up, so the handler hits the cache."""
+    from dp_engine import calibrate
+    from sandbox import dp_queries
+
+    _, _, office, grant = dp_env
+    g = grant()
+    calls: list[str] = []
+    real_warm = dp_queries.warm
+
+    def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
+        before = calibrate.calibrate.cache_info()
+        real_warm(principal, req, conn)
+        after = calibrate.calibrate.cache_info()
+        calls.append(f"{'inside' if conn.in_transaction else 'outside'} misses+{after.misses - before.misses}")
+
+    monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_EstimateQuery", staticmethod(warm_spy))
+    before = calibrate.calibrate.cache_info()
+    est = office.estimate_query(g, Query("adult_census").group_by("sex").count(), half_width=37.25)  # a cold shape
+    after = calibrate.calibrate.cache_info()
+    assert est.statistics[0].half_width is not None and est.statistics[0].half_width <= 37.25
+    assert calls == ["outside misses+1"]  # calibrated in the warm-up, before the write lock
+    assert after.misses - before.misses == 1  # ... and only there: the handler hit the cache
