@@ -70,7 +70,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import fl_server  # noqa: E402
-from fl_server.deployment import TlsFiles  # noqa: E402
+from fl_server.runtime import TlsFiles, descendants  # noqa: E402
 from clients import AdminClient, ResearcherClient, generate_key, public_key_of  # noqa: E402
 from sandbox import catalogue, fl_jobs  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
@@ -239,15 +239,6 @@ KINDS = {"flower-superlink": "SuperLink", "flower-supernode": "SuperNode", "flow
          "flwr": "flwr run (submits the app)"}
 
 
-def _proc_stat(pid: int) -> tuple[int, str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), fields[19]
-
-
 def _proc_kind(pid: int) -> str:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -306,23 +297,17 @@ class ProcSampler:
         return out
 
     def sample(self) -> None:
-        children: dict[int, list[tuple[int, str]]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
-                children.setdefault(st[0], []).append((int(entry), st[1]))
-        todo, rss_sum, pss_sum, count = [os.getpid()], 0, 0, 0
-        while todo:
-            for pid, start in children.get(todo.pop(), []):
-                todo.append(pid)
-                kind = _proc_kind(pid)  # read every time: a fork is "python" until it execs
-                if kind not in KINDS.values():
-                    continue
-                mem = _proc_memory(pid)
-                if mem is None:
-                    continue
-                rss_sum, pss_sum, count = rss_sum + mem[0], pss_sum + mem[2], count + 1
-                key = (pid, start)
-                self.peak[key] = (kind, max(mem[1], self.peak.get(key, ("", 0))[1]))
+        rss_sum, pss_sum, count = 0, 0, 0
+        for pid, start in descendants([os.getpid()]):
+            kind = _proc_kind(pid)  # read every time: a fork is "python" until it execs
+            if kind not in KINDS.values():
+                continue
+            mem = _proc_memory(pid)
+            if mem is None:
+                continue
+            rss_sum, pss_sum, count = rss_sum + mem[0], pss_sum + mem[2], count + 1
+            key = (pid, start)
+            self.peak[key] = (kind, max(mem[1], self.peak.get(key, ("", 0))[1]))
         if rss_sum > self.peak_rss_kib:
             self.peak_rss_kib, self.peak_count = rss_sum, count
         self.peak_pss_kib = max(self.peak_pss_kib, pss_sum)

@@ -58,10 +58,16 @@ def make_client_app(load: PartitionLoader | PlanPartitionLoader, *, with_plan: b
     (``load(context, plan, config)`` with ``with_plan``: the message's validated plan and its ConfigRecord)."""
     app = ClientApp()
 
-    def partition(message: Message, context: Context, plan: TrainingPlan) -> Partition:
-        if with_plan:
-            return load(context, plan, message.content["config"])  # type: ignore[call-arg, arg-type]
-        return load(context)  # type: ignore[call-arg]
+    def inputs(message: Message, context: Context) -> tuple[TrainingPlan, Partition, list[np.ndarray]]:
+        """The message's validated plan, this node's rows and the global model, each checked against the plan."""
+        plan = plan_from(message)
+        config = message.content["config"]
+        part: Partition = load(context, plan, config) if with_plan else load(context)  # type: ignore[call-arg,arg-type]
+        part.check(plan.n_inputs)
+        params = from_array_record(message.content["arrays"])  # type: ignore[arg-type]
+        if not check_params(plan, params):
+            raise ValueError("the global model does not match the plan")
+        return plan, part, params
 
     @app.query()
     def roll_call(message: Message, context: Context) -> Message:
@@ -69,12 +75,7 @@ def make_client_app(load: PartitionLoader | PlanPartitionLoader, *, with_plan: b
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        plan = plan_from(message)
-        part = partition(message, context, plan)
-        part.check(plan.n_inputs)
-        start = from_array_record(message.content["arrays"])  # type: ignore[arg-type]
-        if not check_params(plan, start):
-            raise ValueError("the global model does not match the plan")
+        plan, part, start = inputs(message, context)
         server_round = int(message.content["config"]["server-round"])  # type: ignore[arg-type]
         rng = np.random.default_rng([plan.seed, zlib.crc32(holder_of(context).encode()), server_round])
         new, loss = train_local(plan, start, part.x, part.y, rng=rng)
@@ -85,12 +86,7 @@ def make_client_app(load: PartitionLoader | PlanPartitionLoader, *, with_plan: b
 
     @app.evaluate()
     def evaluate_global(message: Message, context: Context) -> Message:
-        plan = plan_from(message)
-        part = partition(message, context, plan)
-        part.check(plan.n_inputs)
-        params = from_array_record(message.content["arrays"])  # type: ignore[arg-type]
-        if not check_params(plan, params):
-            raise ValueError("the global model does not match the plan")
+        plan, part, params = inputs(message, context)
         result = evaluate(plan, params, part.x_eval, part.y_eval)
         metrics = MetricRecord({NUM_EXAMPLES: result.n, UNIT_WEIGHT: 1, "loss": result.loss,
                                 "accuracy": result.accuracy})

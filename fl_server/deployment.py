@@ -116,10 +116,12 @@ from fl_server.fleet_proxy import FleetProxy
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport, TrainingResult
 from fl_server.rounds import OnRound, ShouldStop, Timing
-from fl_server.runtime import (  # noqa: F401 - the helpers stay importable from here, where they used to live
-    TlsFiles, _accepts, _descendants, _EventReader, _port_free, _private_file, _Processes, _same_process,
-    certificate_names, free_port, loopback_tls, node_key_pair,
+from fl_server.runtime import (
+    TlsFiles, _accepts, _EventReader, _port_free, _private_file, _Processes, certificate_names, free_port, loopback_tls,
+    node_key_pair,
 )
+
+__all__ = ["DeploymentBackend", "TlsFiles"]
 
 log = logging.getLogger(__name__)
 

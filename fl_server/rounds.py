@@ -71,8 +71,8 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: floa
     return replies
 
 
-class _View(Grid):
-    """The grid as the strategy should see it this round: only the nodes of known, connected holders."""
+class NodeView(Grid):
+    """A grid that shows only ``nodes`` (e.g. to the strategy, the connected nodes of known holders this round)."""
 
     def __init__(self, grid: Grid, nodes: Sequence[int]) -> None:
         self._grid, self._nodes = grid, list(nodes)
@@ -239,7 +239,7 @@ def _train(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord
            timing: Timing) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
     """One training step: the new global model (None unless ``min_holders`` usable updates came), the
     training metrics, and the holders in the aggregate; holders without a usable update join ``failed``."""
-    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), NodeView(grid, list(live))))
     replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
     usable, participants = [], []
     for message in messages:
@@ -259,7 +259,7 @@ def _evaluate(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRec
               config: dict[str, ConfigRecordValues],
               grid: Grid, live: dict[int, str], failed: set[str], timing: Timing) -> MetricRecord | None:
     """Federated evaluation of ``arrays`` on every live holder's held-out rows; failures join ``failed``."""
-    messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), _View(grid, list(live))))
+    messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), NodeView(grid, list(live))))
     replies = exchange(grid, messages, timing.round_timeout, timing.poll_interval)
     usable = []
     for message in messages:

@@ -152,7 +152,7 @@ class _Processes:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every started process group, SIGKILL what is left after ``grace``, then the same for
         descendants that left the group (Flower's SuperExec starts its own session)."""
-        descendants = _descendants([p.pid for _, p in self.started])
+        offspring = descendants([p.pid for _, p in self.started])
         for _, proc in self.started:
             _signal_group(proc, signal.SIGTERM)
         end = time.monotonic() + grace
@@ -164,13 +164,13 @@ class _Processes:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [d for d in descendants if _same_process(*d)]
+            alive = [d for d in offspring if same_process(*d)]
             for pid, _ in alive:
                 _kill(pid, sig)
             deadline = time.monotonic() + 1.0
             while alive and time.monotonic() < deadline:
                 time.sleep(0.05)
-                alive = [d for d in alive if _same_process(*d)]
+                alive = [d for d in alive if same_process(*d)]
             if not alive:
                 break
         self.started.clear()
@@ -201,7 +201,7 @@ def _stat(pid: int) -> tuple[str, int, str] | None:
     return fields[0], int(fields[1]), fields[19]
 
 
-def _descendants(roots: list[int]) -> list[tuple[int, str]]:
+def descendants(roots: list[int]) -> list[tuple[int, str]]:
     """Every live descendant of ``roots`` as (pid, start time); empty where there is no /proc."""
     children: dict[int, list[tuple[int, str]]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
@@ -215,7 +215,7 @@ def _descendants(roots: list[int]) -> list[tuple[int, str]]:
     return found
 
 
-def _same_process(pid: int, start: str) -> bool:
+def same_process(pid: int, start: str) -> bool:
     """True if ``pid`` is still the process that started at ``start`` and is not a zombie."""
     st = _stat(pid)
     return st is not None and st[2] == start and st[0] != "Z"

@@ -16,11 +16,12 @@ holders' own SuperNodes, each preparing its own rows with the plan.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ from sandbox.interceptor import Call, Deferred
 from sandbox.storage import Database
 
 TERMINAL = ("completed", "failed", "cancelled", "revoked")
+
+log = logging.getLogger("sandbox.fl")
 
 
 @dataclass
@@ -74,10 +77,7 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
         else:
             assert col.lower is not None and col.upper is not None
             features.append(fl_server.Feature(name, lower=col.lower, upper=col.upper))
-    for value in (s.learning_rate, s.fraction_per_round, s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta):
-        if not math.isfinite(value):
-            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings must be finite numbers")
-    try:
+    try:  # validate() refuses a NaN or infinite setting as it refuses any value outside the limits
         plan = fl_server.TrainingPlan(
             features=tuple(features), label=fl_server.Label(template.label, template.label_threshold),
             model=template.model, hidden_units=template.hidden_units or 16, rounds=s.rounds,
@@ -91,7 +91,7 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
-def backend_for(config: ServerConfig) -> object:
+def backend_for(config: ServerConfig) -> fl_server.Backend:
     """The training backend the config chose: in-process nodes, or Flower's SuperLink/SuperNode runtime.
 
     The runtime serves TLS with the data directory's CA and server certificate (for localhost and 127.0.0.1),
@@ -112,7 +112,7 @@ def backend_for(config: ServerConfig) -> object:
 class JobManager:
     """Training jobs of this server process, each run in a thread of its own."""
 
-    def __init__(self, db: Database, cache: ArrayCache, backend: object | None = None) -> None:
+    def __init__(self, db: Database, cache: ArrayCache, backend: fl_server.Backend | None = None) -> None:
         self._db = db
         self._cache = cache
         self._backend = backend or fl_server.InProcessBackend()
@@ -247,12 +247,13 @@ class JobManager:
 
     # -- the background run ----------------------------------------------------------------------------------------
 
-    def _partitions(self, plan: fl_server.TrainingPlan, info: DatasetInfo, part_col: str) -> dict[str, object]:
+    def _partitions(self, plan: fl_server.TrainingPlan, info: DatasetInfo,
+                    part_col: str) -> dict[str, fl_server.Partition]:
         names = [f.column for f in plan.features] + [plan.label.column, part_col]
         key = info.schema.person_key
         cols = self._cache.columns(info, list(dict.fromkeys(names + ([key] if key else []))))
         holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
-        parts: dict[str, object] = {}
+        parts: dict[str, fl_server.Partition] = {}
         for code, holder in enumerate(holders):
             rows = np.flatnonzero(np.asarray(cols[part_col]) == code)
             mine = {n: np.asarray(cols[n])[rows] for n in names}
@@ -288,13 +289,13 @@ class JobManager:
             if isinstance(backend, fl_server.DeploymentBackend):
                 if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
                     holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
-                    parts: dict[str, object] = dict.fromkeys(f"{part_col}-{h}" for h in holders)
+                    parts: Mapping[str, fl_server.Partition | None] = dict.fromkeys(f"{part_col}-{h}" for h in holders)
                 else:
                     parts = self._partitions(plan, info, part_col)
-                job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,  # type: ignore[arg-type]
+                job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,
                                          person_key=info.schema.person_key or "")
             else:
-                job.result = backend.run(plan, self._partitions(plan, info, part_col),  # type: ignore[attr-defined]
+                job.result = backend.run(plan, self._partitions(plan, info, part_col),
                                          on_round=on_round, should_stop=should_stop)
             if self._revoked(job.grant_id):
                 job.result = None
@@ -309,9 +310,7 @@ class JobManager:
         except fl_server.TrainingError as exc:
             self._end(job, "failed", f"training produced no model: {exc}")
         except Exception:  # noqa: BLE001 - a job must end with a state, never hang its watchers
-            import logging
-
-            logging.getLogger("sandbox.fl").exception("job %s failed", job.id)
+            log.exception("job %s failed", job.id)
             self._end(job, "failed", "training failed")
 
     @staticmethod

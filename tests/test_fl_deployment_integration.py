@@ -23,7 +23,7 @@ import pytest
 
 import fl_server
 from clients import ResearcherClient
-from fl_server.deployment import TlsFiles, _Processes, free_port, node_key_pair
+from fl_server.runtime import TlsFiles, _Processes, free_port, node_key_pair
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.fl_jobs import backend_for
@@ -59,7 +59,23 @@ def control_through(address: str, ca: Path, work: Path) -> dict[str, object]:
                 ("POST", "/v1/control/register-node"), ("POST", "/v1/runtime/pull-messages"),
                 ("GET", "/health"))}}
 
+
 FEATURES = ["xage", "female", "educdec", "lfam", "coins"]
+
+
+def granted_lab(sbx):  # type: ignore[no-untyped-def]
+    """RAND HIE imported, a researcher with a registered plan on it, and an approved FL grant: (admin, lab, plan
+    hash, grant id)."""
+    admin = sbx.admin()
+    admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
+    lab = enrol_client(admin, sbx, ResearcherClient, "Lab", ["researcher"])
+    plan = lab.register_plan(dataset="rand_hie", features=FEATURES, label="meddol", label_threshold=35.0)  # type: ignore[attr-defined]
+    s = lab.apply(title="Spending model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
+                  kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, "meddol"]}, model_hash=plan,
+                  epsilon=50, delta="1e-5", quota=2)
+    grant = admin.approve(s.id).grant
+    assert grant is not None
+    return admin, lab, plan, grant.id
 
 
 def test_the_sandbox_runtime_uses_the_data_directorys_tls_files(tmp_path: Path) -> None:
@@ -77,16 +93,8 @@ def test_the_sandbox_runtime_uses_the_data_directorys_tls_files(tmp_path: Path) 
 def test_training_over_superlink_and_supernodes(tmp_path: Path) -> None:
     sbx = start_sandbox(tmp_path, fl_backend="deployment")
     try:
-        admin = sbx.admin()
-        admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
-        lab = enrol_client(admin, sbx, ResearcherClient, "Lab", ["researcher"])
-        plan = lab.register_plan(dataset="rand_hie", features=FEATURES, label="meddol", label_threshold=35.0)  # type: ignore[attr-defined]
-        s = lab.apply(title="Spending model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
-                      kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, "meddol"]}, model_hash=plan,
-                      epsilon=50, delta="1e-5", quota=2)
-        grant = admin.approve(s.id).grant
-        assert grant is not None
-        job = lab.start_training(grant.id, plan, rounds=1, learning_rate=0.5)  # type: ignore[attr-defined]
+        admin, lab, plan, grant_id = granted_lab(sbx)
+        job = lab.start_training(grant_id, plan, rounds=1, learning_rate=0.5)  # type: ignore[attr-defined]
         events = list(lab.watch_training(job, timeout=800))  # type: ignore[attr-defined]
         assert events[-1].state == "completed", events[-1].message
         running = [e for e in events if e.state == "running"]
@@ -168,19 +176,11 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
     rogue: dict[str, object] = {}
     control: dict[str, object] = {}
     try:
-        admin = sbx.admin()
-        admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
-        lab = enrol_client(admin, sbx, ResearcherClient, "Lab", ["researcher"])
-        plan = lab.register_plan(dataset="rand_hie", features=FEATURES, label="meddol", label_threshold=35.0)  # type: ignore[attr-defined]
-        s = lab.apply(title="Spending model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
-                      kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, "meddol"]}, model_hash=plan,
-                      epsilon=50, delta="1e-5", quota=2)
-        grant = admin.approve(s.id).grant
-        assert grant is not None
+        admin, lab, plan, grant_id = granted_lab(sbx)
         # The departments' nodes run before the job does: they retry until its SuperLink is up and knows them.
         departments = [Department(departments_dir, f"site-{site}", f"127.0.0.1:{port}", sbx.ca, private[site],
                                   site_rows(departments_dir / f"site-{site}.csv", site)) for site in ("1", "2")]
-        job = lab.start_training(grant.id, plan, rounds=2, learning_rate=0.5)  # type: ignore[attr-defined]
+        job = lab.start_training(grant_id, plan, rounds=2, learning_rate=0.5)  # type: ignore[attr-defined]
         events = []
         for event in lab.watch_training(job, timeout=800):  # type: ignore[attr-defined]
             events.append(event)

@@ -580,3 +580,38 @@ def test_fl_server_is_a_pure_library_and_needs_no_ray() -> None:
             assert not {n.split(".")[0] for n in names} & banned, path
     code = "import sys, fl_server; assert 'ray' not in sys.modules and 'sandbox' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_a_node_checks_the_plan_before_its_rows_and_clips_its_own_update_under_dp(
+        partitions: dict[str, Partition]) -> None:
+    """client.py's promises: a malformed plan is refused before the node reads a row; under DP the update that
+    leaves the node already has norm at most ``clipping_norm`` (the server cannot see the unclipped one)."""
+    from fl_server.client import make_client_app
+
+    reads: list[str] = []
+
+    def load(context: Context) -> Partition:
+        reads.append(str(context.node_config["holder-id"]))
+        return partitions["1"]
+
+    _ensure_task_identity()
+    grid = LocalGrid(make_client_app(load), [{"holder-id": "1"}])
+    node = list(grid.get_node_ids())[0]
+
+    def train(plan_json: str, plan: TrainingPlan) -> Message:
+        content = RecordDict({"arrays": to_array_record(init_params(plan)),
+                              "config": ConfigRecord({"plan": plan_json, "server-round": 1})})
+        return list(grid.send_and_receive([Message(content, dst_node_id=node, message_type="train")]))[0]
+
+    bad = dataclasses.replace(PLAN, rounds=0)  # outside the limits
+    assert train(bad.canonical().decode(), PLAN).has_error() and reads == []
+    dp_plan = dataclasses.replace(PLAN, noise_multiplier=1.0, clipping_norm=0.01, learning_rate=1.0).validate()
+    for plan, bound in ((dataclasses.replace(dp_plan, noise_multiplier=0.0), None), (dp_plan, dp_plan.clipping_norm)):
+        reply = train(plan.canonical().decode(), plan)
+        assert not reply.has_error() and reads
+        update = from_array_record(next(iter(reply.content.array_records.values())))
+        norm = math.sqrt(sum(float(np.sum((u - s) ** 2)) for u, s in zip(update, init_params(plan), strict=True)))
+        if bound is None:
+            assert norm > 10 * dp_plan.clipping_norm  # unclipped, the same training moves much further
+        else:
+            assert norm <= bound * (1 + 1e-9)

@@ -42,18 +42,18 @@ from fl_server import (
 )
 from fl_server.app import server_app
 from fl_server.client import make_client_app
-from fl_server.deployment import (
-    TlsFiles, _descendants, _EventReader, _Processes, _same_process, free_port, node_key_pair,
-)
 from fl_server.inprocess import LocalGrid, _ensure_task_identity
 from fl_server.model import evaluate
+from fl_server.runtime import (
+    TlsFiles, _EventReader, _Processes, descendants, free_port, node_key_pair, same_process,
+)
 from tests.test_fl_engine import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
 
 
 def live_descendants() -> list[tuple[int, str]]:
     """This test process's live descendants, except those started before the test (e.g. the resource tracker
     that multiprocessing starts once for the whole process when an earlier test used a spawn pool)."""
-    return [d for d in _descendants([os.getpid()]) if _same_process(*d) and d not in _BEFORE]
+    return [d for d in descendants([os.getpid()]) if same_process(*d) and d not in _BEFORE]
 
 
 _BEFORE: set[tuple[int, str]] = set()
@@ -62,7 +62,7 @@ _BEFORE: set[tuple[int, str]] = set()
 @pytest.fixture(autouse=True)
 def _preexisting_descendants() -> None:
     _BEFORE.clear()
-    _BEFORE.update(d for d in _descendants([os.getpid()]) if _same_process(*d))
+    _BEFORE.update(d for d in descendants([os.getpid()]) if same_process(*d))
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,10 @@ import fl_server
 from clients.schema_file import load_schema_file
 from fl_server import Feature, Label, TrainingPlan, partition_from_csv
 from fl_server.app import client_app, server_app
-from fl_server.deployment import DeploymentBackend, TlsFiles, certificate_names, node_key_pair
+from fl_server.deployment import DeploymentBackend
 from fl_server.errors import TrainingError
 from fl_server.inprocess import LocalGrid, _ensure_task_identity
+from fl_server.runtime import TlsFiles, certificate_names, node_key_pair
 from sandbox import catalogue, serde
 from sandbox.config import default_file, load_config
 from sandbox.datadir import init_data_dir

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_server.deployment import TlsFiles, certificate_names, free_port, loopback_tls
+from fl_server.runtime import TlsFiles, certificate_names, free_port, loopback_tls
 from fl_server.fleet_proxy import FLEET_PATHS, FleetProxy
 
 

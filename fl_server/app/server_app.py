@@ -31,7 +31,7 @@ from fl_server.client import PERSON_KEY
 from fl_server.errors import FlEngineError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
-from fl_server.rounds import Timing, _View, drive
+from fl_server.rounds import NodeView, Timing, drive
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Events:
             os.fsync(fh.fileno())
 
 
-class _Registered(_View):
+class _Registered(NodeView):
     """The grid limited to the nodes registered for this run's holders (as many of them as are connected)."""
 
     def get_node_ids(self) -> Iterable[int]:
