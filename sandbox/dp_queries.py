@@ -157,7 +157,7 @@ def _authorise(call: Call, grant_id: str, dataset: str, query: Query) -> tuple[p
         check_query_shape(info.schema, query)
     ctx = policy.CallContext(Kind.DP_QUERY, dataset, selection.version if selection else "",
                              referenced_columns(query))
-    auth = policy.check_call(call.conn, call.principal, grant_id, ctx, now_ms=call.now_ms,
+    auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms,
                              schema=info.schema if info else None)
     call.annotate(scenario_id=auth.grant.terms.scenario_id)
     assert info is not None  # check_call refused otherwise

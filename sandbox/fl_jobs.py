@@ -128,7 +128,7 @@ class JobManager:
         sel = grant.terms.dataset(template.dataset) if grant is not None else None
         info = catalogue.get_dataset(call.conn, sel.name, sel.version) if sel is not None else None
         part_col = info.schema.partition_column if info else ""
-        auth = policy.check_call(call.conn, call.principal, req.grant_id, policy.CallContext(
+        auth = policy.check_call(call.conn, call.principal, grant, policy.CallContext(
             Kind.FL_TRAINING, template.dataset, sel.version if sel else "", template.columns, req.plan_hash),
             now_ms=call.now_ms, schema=info.schema if info else None)
         call.annotate(scenario_id=auth.grant.terms.scenario_id)

@@ -169,7 +169,7 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
     selection = grant.terms.dataset(spec.dataset)
     info = catalogue.get_dataset(call.conn, spec.dataset, selection.version) if selection else None
     id_col = models.identifier_column(info) if info else ""
-    auth = policy.check_call(call.conn, call.principal, req.grant_id, policy.CallContext(
+    auth = policy.check_call(call.conn, call.principal, grant, policy.CallContext(
         Kind.HE_SCORING, spec.dataset, selection.version if selection else "", (id_col, *spec.public_columns),
         req.model_hash), now_ms=call.now_ms, schema=info.schema if info else None)
     call.annotate(scenario_id=auth.grant.terms.scenario_id)

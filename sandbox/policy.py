@@ -76,11 +76,11 @@ def grant_if_grantee(conn: sqlite3.Connection, caller: Principal, grant_id: str)
 
 
 def check_call(
-    conn: sqlite3.Connection, caller: Principal, grant_id: str, call: CallContext, *, now_ms: int,
+    conn: sqlite3.Connection, caller: Principal, grant: Grant | None, call: CallContext, *, now_ms: int,
     schema: DatasetSchema | None = None,
 ) -> Authorised:
-    """Refuse unless ``caller`` may make ``call`` under ``grant_id`` right now. Charges nothing."""
-    grant = grants.get(conn, grant_id)
+    """Refuse unless ``caller`` may make ``call`` under ``grant`` (as ``grant_if_grantee`` loaded it, read once
+    per call) right now. Charges nothing."""
     # A grant that does not exist and one that is someone else's look the same: no existence oracle.
     if grant is None or grant.terms.grantee_id != caller.id or grant.terms.grantee_public_key != caller.public_key:
         raise SandboxError(ErrorCode.NOT_GRANTEE)

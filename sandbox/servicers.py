@@ -157,7 +157,7 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
                 schema = catalogue.get_dataset(call.conn, sel.name, sel.version).schema
         ctx = policy.CallContext(serde.kind_from_pb(request.kind), request.dataset, request.dataset_version,
                                  tuple(request.columns), request.model_hash)
-        auth = policy.check_call(call.conn, call.principal, request.grant_id, ctx, now_ms=call.now_ms, schema=schema)
+        auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms, schema=schema)
         call.annotate(scenario_id=auth.grant.terms.scenario_id)
         s = scenarios.get(call.conn, auth.grant.terms.scenario_id, call.principal)
         return applicant_pb2.CheckAccessResponse(scenario=serde.scenario_to_pb(s))
