@@ -35,6 +35,11 @@ class Level(str, enum.Enum):
     CORE = "core"
 
 
+#: Levels whose values a computation may take as input (sensitive ones only when named explicitly);
+#: identifiers serve only as HE lookup keys and core columns never.
+VALUE_LEVELS = frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE})
+
+
 class ColumnType(str, enum.Enum):
     INTEGER = "integer"
     FLOAT = "float"

@@ -13,12 +13,11 @@ import sqlite3
 from dataclasses import dataclass
 
 from sandbox import catalogue, storage
-from sandbox.domain import ColumnType, DatasetInfo, Level
+from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo
 from sandbox.errors import ErrorCode, SandboxError
 
 MODELS = ("logistic", "mlp")
 MAX_FEATURES = 64
-FEATURE_LEVELS = frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE})
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def validate(t: PlanTemplate, info: DatasetInfo) -> None:
         col = info.schema.column(name)
         if col is None:
             raise bad(f"unknown column '{name[:64]}'")
-        if col.level not in FEATURE_LEVELS:
+        if col.level not in VALUE_LEVELS:
             raise SandboxError(ErrorCode.COLUMN_LEVEL_FORBIDDEN, f"column '{name}' ({col.level.value})")
         if not col.numeric or col.lower is None or col.upper is None:
             if col.type is not ColumnType.CATEGORICAL or name == t.label:

@@ -19,14 +19,12 @@ import sqlite3
 from dataclasses import dataclass
 
 from sandbox import catalogue, storage
-from sandbox.domain import DatasetInfo, Level
+from sandbox.domain import VALUE_LEVELS, DatasetInfo, Level
 from sandbox.errors import ErrorCode, SandboxError
 
 KINDS = ("linear", "logistic")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 MAX_FEATURES = 64
-#: Public-feature levels a model may read (never identifier or core).
-MODEL_LEVELS = frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE})
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def validate(spec: ModelSpec, info: DatasetInfo, *, min_public_weights: int) -> 
         col = info.schema.column(name)
         if col is None:
             raise bad(f"unknown column '{name[:64]}' in '{spec.dataset}'")
-        if col.level not in MODEL_LEVELS:
+        if col.level not in VALUE_LEVELS:
             raise SandboxError(ErrorCode.COLUMN_LEVEL_FORBIDDEN, f"column '{name}' ({col.level.value})")
         if not col.numeric or col.lower is None or col.upper is None:
             raise bad(f"column '{name}' is not numeric with public bounds")

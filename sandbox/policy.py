@@ -11,16 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandbox import grants, ledger
-from sandbox.domain import ColumnSchema, DatasetSchema, Grant, Kind, Level, Principal
+from sandbox.domain import VALUE_LEVELS, ColumnSchema, DatasetSchema, Grant, Kind, Level, Principal
 from sandbox.errors import ErrorCode, SandboxError
 
 #: Levels each computation kind may touch at all (core never; identifier only as an HE lookup key).
 ALLOWED_LEVELS: dict[Kind, frozenset[Level]] = {
-    Kind.DP_QUERY: frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
-    Kind.HE_SCORING: frozenset({Level.IDENTIFIER, Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
+    Kind.DP_QUERY: VALUE_LEVELS,
+    Kind.HE_SCORING: VALUE_LEVELS | {Level.IDENTIFIER},
     # FL releases only an aggregate model; sensitive columns (a health outcome, say) must be named explicitly,
     # and the administrator decides through the budget whether client-level DP is required.
-    Kind.FL_TRAINING: frozenset({Level.OPEN, Level.INTERNAL, Level.SENSITIVE}),
+    Kind.FL_TRAINING: VALUE_LEVELS,
 }
 #: What "*" in an application expands to: never sensitive, identifier or core columns.
 WILDCARD_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
