@@ -62,18 +62,18 @@ def train(
                     + (f", delta {dec(job.delta_reserved)}" if job.delta_reserved else "")
                     + (" (no DP: the grant's whole remaining budget)" if no_dp else ""))
         if watch:
-            follow(client, job, rounds)
+            follow(client, job)
 
 
-def follow(client: ResearcherClient, job: str, rounds: int | None = None) -> None:
+def follow(client: ResearcherClient, job: str) -> None:
     """A progress bar over the job's rounds, then a summary table; exit 1 unless it completed."""
     last = None
     with Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=out()) as bar:
-        task = bar.add_task("train", total=rounds, info="")
+        task = bar.add_task("train", total=None, info="")  # the events say how many rounds
         for e in client.watch_training(job):
             last = e
-            bar.update(task, total=e.rounds or rounds)
+            bar.update(task, total=e.rounds or None)
             if e.state == "running":
                 metrics = ("metrics withheld" if e.loss is None or e.accuracy is None
                            else f"loss {e.loss:.4f} accuracy {e.accuracy:.3f}")
@@ -92,7 +92,7 @@ def follow(client: ResearcherClient, job: str, rounds: int | None = None) -> Non
         else "no DP guarantee: the grant's whole remaining budget was reserved")
     if last.state == "completed":
         res = client.training_result(job)
-        row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))  # type: ignore[attr-defined]
+        row(summary, "model", ", ".join(f"{tuple(w.shape)}" for w in res.weights))
         row(summary, "charged", f"epsilon {dec(res.epsilon_charged)}")
     out().print(summary)
     if last.state != "completed":
@@ -127,9 +127,9 @@ def result_cmd(
         res = client.training_result(job)
     doc = {"job_id": res.job_id, "metrics": res.metrics, "epsilon_charged": str(res.epsilon_charged),
            "delta_charged": str(res.delta_charged),
-           "weights": [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]}  # type: ignore[attr-defined]
+           "weights": [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]}
     output.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}) "  # type: ignore[attr-defined]
+    out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}) "
                 f"to {output}")
 
 

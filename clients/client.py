@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2
 
@@ -50,6 +51,7 @@ class SandboxClient:
         private_key = key if isinstance(key, Ed25519PrivateKey) else load_key(key)
         self._t = SignedTransport(address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
                                   max_message_bytes=max_message_bytes)
+        self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
 
     @property
     def principal_id(self) -> str:
@@ -93,13 +95,8 @@ class SandboxClient:
     def model(self, model_hash: str) -> t.ModelSpec:
         """A registered model's full spec: to its submitter, administrators and auditors, and the applicants
         an administrator approved to score with it (to anyone else it does not exist)."""
-        resp = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
-                            he_pb2.GetModelResponse)
-        m = resp.spec
-        return t.ModelSpec(resp.model_hash, m.name, "logistic" if m.kind == he_pb2.MODEL_LOGISTIC else "linear",
-                           m.dataset, tuple((f.column, f.weight) for f in m.public_features),
-                           tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description,
-                           resp.submitted_by)
+        return serde.model_spec(self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
+                                             he_pb2.GetModelResponse))
 
     def scenario(self, scenario_id: str) -> t.Scenario:
         resp = self._t.call(_APPLICANT + "GetScenario", applicant_pb2.GetScenarioRequest(scenario_id=scenario_id),
@@ -169,7 +166,6 @@ class ApplicantClient(SandboxClient):
                             applicant_pb2.ApplyResponse)
         return serde.scenario(resp.scenario)
 
-
     def estimate_query(
         self, grant_id: str, query: Query, *, epsilon: float | None = None, half_width: float | None = None,
         delta: float = 0.0,
@@ -192,7 +188,6 @@ class ApplicantClient(SandboxClient):
         req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=query.to_pb(), epsilon=float(epsilon),
                                      delta=float(delta), idempotency_key=idempotency_key or "")
         return serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
-
 
     def submit_model(
         self, *, name: str, dataset: str, public_features: Sequence[tuple[str, float]] | Mapping[str, float],
@@ -217,18 +212,15 @@ class ApplicantClient(SandboxClient):
         profiles = self._t.call(_HE + "ListProfiles", he_pb2.ListProfilesRequest(), he_pb2.ListProfilesResponse)
         return HeSession(self._t, choose_profile(profiles.profiles, entities))
 
-    def _model_info(self, model_hash: str) -> tuple[bool, tuple[str, ...]]:
-        """(logistic?, private feature names in order) of a model this principal may read; asked once per hash."""
-        cache: dict[str, tuple[bool, tuple[str, ...]]] = self.__dict__.setdefault("_models", {})
-        if model_hash not in cache:  # a model is immutable
-            spec = self._t.call(_MODELS + "GetModel", he_pb2.GetModelRequest(model_hash=model_hash),
-                                he_pb2.GetModelResponse).spec
-            cache[model_hash] = (spec.kind == he_pb2.MODEL_LOGISTIC, tuple(f.name for f in spec.private_features))
-        return cache[model_hash]
+    def _scoring_model(self, model_hash: str) -> t.ModelSpec:
+        """``model``, asked once per hash (a model is immutable: its hash is its content)."""
+        if model_hash not in self._models:
+            self._models[model_hash] = self.model(model_hash)
+        return self._models[model_hash]
 
     def model_private_features(self, model_hash: str) -> list[str]:
         """The private features a model takes, in the order of ``score``'s feature columns."""
-        return list(self._model_info(model_hash)[1])
+        return [name for name, _ in self._scoring_model(model_hash).private_features]
 
     def score(
         self, grant_id: str, model_hash: str, entity_ids: Sequence[str], features: Any, *,
@@ -239,10 +231,9 @@ class ApplicantClient(SandboxClient):
         Key generation, encryption and decryption happen here; the sandbox sees only ciphertexts.
         Returns logits and, for a logistic model, probabilities (the sigmoid is applied here).
         """
-        import numpy as np
-
         x = np.asarray(features, dtype=float)
-        logistic, names = self._model_info(model_hash)
+        spec = self._scoring_model(model_hash)
+        logistic, names = spec.kind == "logistic", [name for name, _ in spec.private_features]
         if x.ndim != 2 or x.shape[1] != len(names):
             raise serde.invalid(f"the model takes {len(names)} private features ({', '.join(names)}); "
                                 f"features has shape {x.shape}")
@@ -293,10 +284,9 @@ class ResearcherClient(ApplicantClient):
                                     noise_multiplier=noise_multiplier, delta=delta)
         resp = self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
             grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse)
-        return t.TrainingJob(resp.job_id, Decimal(resp.reserved.epsilon_nano) / serde.NANO,
-                             Decimal(resp.reserved.delta_atto) / serde.ATTO)
+        return serde.training_job(resp)
 
-    def watch_training(self, job_id: str, *, timeout: float | None = 3600.0) -> Iterator[t.TrainingEvent]:
+    def watch_training(self, job_id: str, *, timeout: float = 3600.0) -> Iterator[t.TrainingEvent]:
         """Per-round progress until the job ends (the last event has state completed/failed/cancelled/revoked)."""
         for e in self._t.call_server_stream(_FL + "WatchTraining", fl_pb2.WatchTrainingRequest(job_id=job_id),
                                             fl_pb2.TrainingEvent, timeout=timeout):

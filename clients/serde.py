@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
 
@@ -62,6 +62,11 @@ def when(value_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(value_ms / 1000, tz=dt.timezone.utc)
 
 
+def budget(b: common_pb2.PrivacyBudget) -> tuple[Decimal, Decimal]:
+    """(epsilon, delta) exactly, from the integer units on the wire."""
+    return Decimal(b.epsilon_nano) / NANO, Decimal(b.delta_atto) / ATTO
+
+
 def principal(p: common_pb2.Principal) -> t.Principal:
     return t.Principal(p.id, p.name, p.organisation, tuple(_name(common_pb2.Role, r, "ROLE_") for r in p.roles),
                        p.public_key, _name(common_pb2.PrincipalStatus, p.status, "PRINCIPAL_"),
@@ -88,7 +93,7 @@ def terms(raw: bytes) -> t.GrantTerms:
     g = common_pb2.GrantTerms.FromString(raw)
     return t.GrantTerms(
         g.scenario_id, g.grantee_id, _name(common_pb2.ComputationKind, g.kind), selections(g.datasets), g.model_hash,
-        Decimal(g.budget.epsilon_nano) / NANO, Decimal(g.budget.delta_atto) / ATTO,
+        *budget(g.budget),
         Decimal(g.max_epsilon_per_call_nano) / NANO, when(g.not_before_unix_ms), when(g.not_after_unix_ms),
         g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
     )
@@ -106,8 +111,7 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
                         s.usage.quota_used)
     return t.Scenario(
         s.id, s.applicant_id, a.title, a.purpose, a.legal_basis, _name(common_pb2.ComputationKind, a.kind),
-        selections(a.datasets), a.model_hash, Decimal(a.budget.epsilon_nano) / NANO,
-        Decimal(a.budget.delta_atto) / ATTO, Decimal(a.max_epsilon_per_call_nano) / NANO,
+        selections(a.datasets), a.model_hash, *budget(a.budget), Decimal(a.max_epsilon_per_call_nano) / NANO,
         when(a.valid_from_unix_ms), when(a.valid_until_unix_ms), a.quota,
         _name(common_pb2.ScenarioStatus, s.status, "SCENARIO_"), s.decision_reason, when(s.created_at_unix_ms),
         grant, usage,
@@ -137,16 +141,14 @@ def query_result(r: dp_pb2.RunQueryResponse) -> t.QueryResult:
                     s.high if s.HasField("high") else None, s.mechanism, s.scale)
         for s in r.statistics
     )
-    return t.QueryResult(r.query_id, stats, Decimal(r.charged.epsilon_nano) / NANO, Decimal(r.charged.delta_atto) / ATTO,
-                         Decimal(r.remaining.epsilon_nano) / NANO, Decimal(r.remaining.delta_atto) / ATTO, r.replayed)
+    return t.QueryResult(r.query_id, stats, *budget(r.charged), *budget(r.remaining), r.replayed)
 
 
 def query_estimate(r: dp_pb2.EstimateQueryResponse) -> t.QueryEstimate:
     stats = tuple(t.StatisticEstimate(s.aggregate, s.mechanism, s.scale,
                                       s.half_width if s.HasField("half_width") else None, s.note)
                   for s in r.statistics)
-    return t.QueryEstimate(r.epsilon, Decimal(r.cost.epsilon_nano) / NANO, Decimal(r.cost.delta_atto) / ATTO, stats,
-                           Decimal(r.remaining.epsilon_nano) / NANO, Decimal(r.remaining.delta_atto) / ATTO)
+    return t.QueryEstimate(r.epsilon, *budget(r.cost), stats, *budget(r.remaining))
 
 
 def training_event(e: fl_pb2.TrainingEvent) -> t.TrainingEvent:
@@ -160,5 +162,15 @@ def training_result(r: fl_pb2.GetTrainingResultResponse) -> t.TrainingResult:
 
     weights = tuple(np.array(w.values, dtype=float).reshape(tuple(w.shape)) for w in r.weights)
     return t.TrainingResult(r.job_id, weights, {m.name: m.value for m in r.metrics},
-                            tuple(training_event(e) for e in r.history), Decimal(r.charged.epsilon_nano) / NANO,
-                            Decimal(r.charged.delta_atto) / ATTO)
+                            tuple(training_event(e) for e in r.history), *budget(r.charged))
+
+
+def training_job(r: fl_pb2.StartTrainingResponse) -> t.TrainingJob:
+    return t.TrainingJob(r.job_id, *budget(r.reserved))
+
+
+def model_spec(r: he_pb2.GetModelResponse) -> t.ModelSpec:
+    m = r.spec
+    return t.ModelSpec(r.model_hash, m.name, "logistic" if m.kind == he_pb2.MODEL_LOGISTIC else "linear", m.dataset,
+                       tuple((f.column, f.weight) for f in m.public_features),
+                       tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description, r.submitted_by)

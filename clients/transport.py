@@ -8,7 +8,7 @@ the seam tests use to craft unsigned, forged, replayed or skewed requests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,13 +90,13 @@ class SignedTransport:
             raise from_rpc_error(exc) from exc
 
     def call_server_stream(self, method: str, request: Message, response_type: type[R], *,
-                           timeout: float | None = None) -> Any:
+                           timeout: float | None = None) -> Iterator[R]:
         """A server-streaming call: yields responses; errors are raised as SDK exceptions."""
         body = request.SerializeToString(deterministic=True)
         metadata = self.sign(method, body)
         stub = self._stub("unary_stream", method, response_type)
         try:
-            yield from stub(body, metadata=metadata, timeout=timeout)
+            yield from stub(body, metadata=metadata, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Statistic", "QueryResult", "StatisticEstimate",
-    "QueryEstimate", "TrainingEvent", "TrainingResult",
+    "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec",
 ]
 
 
@@ -260,7 +264,7 @@ class TrainingJob(str):
 @dataclass(frozen=True)
 class TrainingResult:
     job_id: str
-    weights: tuple[object, ...]  # numpy arrays, the aggregate model's parameters
+    weights: tuple[np.ndarray, ...]  # the aggregate model's parameters
     metrics: dict[str, float]
     history: tuple[TrainingEvent, ...]
     epsilon_charged: Decimal

@@ -5,7 +5,9 @@ Run with ``make demo``. Everything happens in a temporary directory that is remo
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import re
 import signal
 import subprocess
@@ -13,17 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import csv
-import gzip
-
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+import fl_server  # the narrator's own evaluation uses the engine's feature scaling and AUC
 from clients import (
     AdminClient, ApplicantClient, PermissionDenied, Query, ResearcherClient, ResourceExhausted, generate_key,
     public_key_of,
 )
+from clients.he import sigmoid
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -124,21 +125,9 @@ PUBLIC_COLUMNS = ["LIMIT_BAL", "AGE", "PAY_0", "PAY_2", "PAY_3"]
 PRIVATE_FEATURES = ["bill_amt1_1e5", "pay_amt1_1e4", "pay_amt2_1e4"]
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks)."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+def column_bounds(admin: AdminClient, dataset: str) -> dict[str, tuple[float | None, float | None]]:
+    """Each column's public clamp bounds, from the catalogue."""
+    return {c.name: (c.lower, c.upper) for d in admin.catalogue() if d.name == dataset for c in d.columns}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 400, lr: float = 0.5) -> tuple[np.ndarray, float]:
@@ -157,7 +146,7 @@ def bank_scoring(admin: AdminClient, bank: ApplicantClient, address: str, ca: Pa
     chapter(8, "The bank scores 1,000 loan applicants: its features encrypted, the sandbox's columns unseen")
     with gzip.open(DATA / "credit_default.csv.gz", "rt") as fh:
         rows = list(csv.DictReader(fh))
-    bounds = {c.name: (c.lower, c.upper) for d in admin.catalogue() if d.name == "credit_default" for c in d.columns}
+    bounds = column_bounds(admin, "credit_default")
     public = np.array([[np.clip(float(r[c]), *bounds[c]) for c in PUBLIC_COLUMNS] for r in rows])
     private = np.array([[float(r["BILL_AMT1"]) / 1e5, float(r["PAY_AMT1"]) / 1e4, float(r["PAY_AMT2"]) / 1e4]
                         for r in rows])
@@ -180,7 +169,7 @@ def bank_scoring(admin: AdminClient, bank: ApplicantClient, address: str, ca: Pa
     result = bank.score(grant.id, model, ids, private[test])
     plain = b + np.hstack([public, private])[test] @ w
     assert result.probabilities is not None
-    he_auc, plain_auc = auc(result.probabilities, labels[test]), auc(1 / (1 + np.exp(-plain)), labels[test])
+    he_auc, plain_auc = fl_server.auc(result.probabilities, labels[test]), fl_server.auc(sigmoid(plain), labels[test])
     secs = result.seconds
     console.print(f"1,000 people scored homomorphically in {sum(secs.values()):.1f} s (keys {secs['keygen']:.2f}, "
                   f"upload {secs['upload']:.2f}, encrypt {secs['encrypt']:.2f}, server {secs['server']:.2f}, "
@@ -200,8 +189,6 @@ FL_THRESHOLD = 35.0  # dollars a year: the label is "medical spending above this
 
 def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
     """Chapter 9; returns the job id of the DP-trained model."""
-    import fl_server  # the narrator's own evaluation uses the engine's feature scaling
-
     chapter(9, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
     plan = lab.register_plan(dataset="rand_hie", features=FL_FEATURES, label="meddol", label_threshold=FL_THRESHOLD)
     s = lab.apply(title="Medical spending model", purpose="Predict above-threshold medical spending",
@@ -234,7 +221,7 @@ def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
     # The narrator (not the researcher) can read the bundled file, to compare with centralised training.
     with gzip.open(DATA / "rand_hie.csv.gz", "rt") as fh:
         rows = list(csv.DictReader(fh))
-    bounds = {c.name: (c.lower, c.upper) for d in admin.catalogue() if d.name == "rand_hie" for c in d.columns}
+    bounds = column_bounds(admin, "rand_hie")
     eng_plan = fl_server.TrainingPlan(
         features=tuple(fl_server.Feature(f, lower=bounds[f][0], upper=bounds[f][1]) for f in FL_FEATURES),
         label=fl_server.Label("meddol", FL_THRESHOLD), rounds=10, learning_rate=0.5)
@@ -247,9 +234,9 @@ def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
     for title, res in runs.items():
         p = fl_server.predict_proba(eng_plan, list(res.weights), part.x_eval)
         table.add_row(f"federated {title.split(' (')[0]}", f"{np.mean((p > 0.5) == (part.y_eval > 0.5)):.3f}",
-                      f"{auc(p, part.y_eval):.3f}")
+                      f"{fl_server.auc(p, part.y_eval):.3f}")
     table.add_row("centralised (all rows pooled, same model)",
-                  f"{np.mean((central_p > 0.5) == (part.y_eval > 0.5)):.3f}", f"{auc(central_p, part.y_eval):.3f}")
+                  f"{np.mean((central_p > 0.5) == (part.y_eval > 0.5)):.3f}", f"{fl_server.auc(central_p, part.y_eval):.3f}")
     console.print(table)
     console.print("Under DP the per-round federated metrics are withheld (epsilon does not cover them); the "
                   "researcher received each model and nothing from any single site.")
@@ -260,8 +247,6 @@ FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insu
 
 
 def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, address: str, ca: Path) -> None:
-    import fl_server
-
     chapter(10, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
     model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=FL_PRIVATE,
                                        description="Pilot: expected-cost bands for a supplementary plan.")
@@ -281,7 +266,7 @@ def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, addr
     with gzip.open(DATA / "rand_hie.csv.gz", "rt") as fh:
         latest = {r["zper"]: r for r in csv.DictReader(fh)}  # a person's last row is the latest study year
     people = [r for r in latest.values() if all(r[f] != "" for f in FL_FEATURES)][:500]
-    bounds = {c.name: (c.lower, c.upper) for d in admin.catalogue() if d.name == "rand_hie" for c in d.columns}
+    bounds = column_bounds(admin, "rand_hie")
     own = np.array([[np.clip(float(r[f]), *bounds[f]) for f in FL_PRIVATE] for r in people])  # the insurer's figures
     result = insurer.score(grant.id, model, [r["zper"] for r in people], own)
     assert result.probabilities is not None
@@ -394,8 +379,8 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
         statuses[e.status] = statuses.get(e.status, 0) + 1
     console.print(f"The audit log holds {len(entries)} hash-chained entries: " +
                   ", ".join(f"{n} {st}" for st, n in sorted(statuses.items())) + ".")
-    for c in (admin, reviewer, bank, lab):
-        c.close()
+    for client in (admin, reviewer, bank, lab):
+        client.close()
 
 
 if __name__ == "__main__":

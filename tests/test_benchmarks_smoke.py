@@ -26,6 +26,8 @@ def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
                     "signed WhoAmI", "unsigned Health/Check", "ratio signed/unsigned", "Where the time goes",
                     "Ed25519 sign", "Ed25519 verify"):
         assert heading in out, f"missing {heading!r} in:\n{out}"
+    batched = [float(x) for x in re.findall(r"([\d.]+) signed calls per durable commit \(group commit\)", out)]
+    assert len(batched) == 2 and all(b >= 1.0 for b in batched), out  # a commit holds at least the call it answers
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS signed/unsigned: "), last
     ratios = {int(m[0]): [float(x) for x in m[1:]] for m in RATIO.findall(last)}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from clients import DeadlineExceeded, ResearcherClient, generate_key
 from clients.cli import app
 from clients.signing import load_key, principal_id_for, public_key_of
+from protos.sandbox.v1 import fl_pb2, he_pb2
 from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox
 
 Run = Callable[..., Result]
@@ -231,6 +235,37 @@ def test_audit_lists_entries_including_a_refused_one(run: Run, tmp_path: Path) -
     head = run("audit", "--head")
     assert head.exit_code == 0 and "audit public key" in head.output
     found(r"entries\s+│\s+\d+", head.output)
+
+
+def test_every_kind_of_call_has_a_deadline_even_against_a_server_that_never_answers(sandbox: Sandbox) -> None:
+    """Every SDK call has a deadline (10 s unless told otherwise): a silent server cannot hang a client, whether
+    the call is unary, a client stream (an HE context upload) or a server stream (watching a training job)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes TCP handshakes; nothing ever answers TLS
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    key = generate_key()
+    try:
+        with ResearcherClient(address, key=key, ca=sandbox.ca) as default:
+            assert default.transport.timeout == 10.0
+        with ResearcherClient(address, key=key, ca=sandbox.ca, timeout=0.5) as lab:
+            t = lab.transport
+            calls = {
+                "unary": lab.whoami,
+                "client stream": lambda: t.call_stream("/sandbox.v1.HeScoringService/RegisterContext",
+                                                       [he_pb2.ContextChunk(profile="ckks-8192", data=b"x")],
+                                                       he_pb2.RegisterContextResponse),
+                "server stream": lambda: list(t.call_server_stream("/sandbox.v1.FlTrainingService/WatchTraining",
+                                                                   fl_pb2.WatchTrainingRequest(job_id="j-1"),
+                                                                   fl_pb2.TrainingEvent)),
+            }
+            for kind, call in calls.items():
+                start = time.monotonic()
+                with pytest.raises(DeadlineExceeded):
+                    call()
+                assert time.monotonic() - start < 5, kind
+    finally:
+        silent.close()
 
 
 def test_installed_entry_point_runs() -> None:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import csv
 import json
 import re
+import struct
+from typing import Any
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tenseal as ts
 from click.testing import Result
 
 from clients import ApplicantClient, InvalidArgument, ResearcherClient
 from clients.signing import load_key
+from protos.sandbox.v1 import he_pb2
 from tests.conftest import DATA, SCHEMAS, Sandbox
 from tests.test_client_cli import Run, enrolled, found, invoke, no_traceback
 from tests.test_fl_integration import FEATURES as FL_FEATURES
@@ -179,6 +183,49 @@ def test_score_input_errors_are_readable(run: Run, sandbox: Sandbox, he_grant: t
 
     status = run("status", key=bank)
     found(r"HE_SCORING\s+│\s+approved\s+│\s+0 / 0\s+│\s+0 / 1000", status.output)  # refused calls cost nothing
+
+
+def test_the_sdk_sends_only_a_public_context_and_ciphertexts_and_never_the_features_or_scores(
+        sandbox: Sandbox, he_grant: tuple[Path, str, str]) -> None:
+    """What ``clients.he`` promises: the secret key stays here, features leave encrypted, decrypted scores never
+    leave. Every request the SDK sends during ``score`` is recorded at the transport and inspected."""
+    bank_key, grant, model = he_grant
+    picked = credit_rows()[200:210]
+    x = bank_features(picked)
+    sent: list[tuple[str, bytes]] = []
+    with ApplicantClient(sandbox.address, key=load_key(bank_key), ca=sandbox.ca) as bank:
+        t = bank.transport
+        invoke_raw, call_stream = t.invoke_raw, t.call_stream
+
+        def recording_invoke(method: str, body: bytes, *args: Any, **kw: Any) -> Any:
+            sent.append((method, body))
+            return invoke_raw(method, body, *args, **kw)
+
+        def recording_stream(method: str, requests: Any, *args: Any, **kw: Any) -> Any:
+            sent.extend((method, r.SerializeToString()) for r in requests)
+            return call_stream(method, requests, *args, **kw)
+
+        t.invoke_raw, t.call_stream = recording_invoke, recording_stream  # type: ignore[method-assign]
+        result = bank.score(grant, model, [r["ID"] for r in picked], x)
+    assert np.max(np.abs(result.logits - plaintext_logits(picked))) < 1e-3  # the recording changed nothing
+
+    methods = [m.rsplit("/", 1)[1] for m, _ in sent]
+    assert set(methods) == {"GetModel", "ListProfiles", "RegisterContext", "Score"}, methods
+    assert methods[-1] == "Score" and methods.count("Score") == 1  # nothing is sent after decryption
+
+    blob = b"".join(he_pb2.ContextChunk.FromString(b).data for m, b in sent if m.endswith("/RegisterContext"))
+    ctx = ts.context_from(blob)
+    assert ctx.is_public() and not ctx.has_secret_key() and not ctx.has_galois_keys()
+
+    score = he_pb2.ScoreRequest.FromString(next(b for m, b in sent if m.endswith("/Score")))
+    assert {f.name for f, _ in score.ListFields()} == {"grant_id", "context_id", "model_hash", "entity_ids",
+                                                      "encrypted_features"}
+    assert len(score.encrypted_features) == x.shape[1]
+    assert result.probabilities is not None
+    clear = [v for v in (*x.ravel(), *result.logits, *result.probabilities) if v != 0.0]  # 0.0 packs to zero bytes
+    assert len(clear) >= 30
+    for v in clear:  # never as a double in any request (8 bytes: a chance match in ~1 MB is ~1e-13)
+        assert not any(struct.pack("<d", v) in body for _, body in sent), v
 
 
 # --- plan, train --watch, register-model ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,10 @@ def test_demo_runs_end_to_end() -> None:
     assert "count by sex where age >= 30 (epsilon 0.25)" in text and "95% interval" in text
     assert "RESOURCE_EXHAUSTED: privacy budget exhausted: remaining epsilon 0" in text
     assert "homomorphic scores (CKKS)" in text and "same model in plaintext" in text
-    import re
+    he_auc = re.search(r"homomorphic scores \(CKKS\)\s*│\s*(0\.\d{4})", text)
+    plain_auc = re.search(r"same model in plaintext\s*│\s*(0\.\d{4})", text)
+    assert he_auc is not None and plain_auc is not None
+    assert he_auc.group(1) == plain_auc.group(1) and float(he_auc.group(1)) > 0.6  # the README: agree to 4 decimals
     diff = re.search(r"Largest absolute difference between the two sets of logits: (\S+)\.", text)
     assert diff is not None and float(diff.group(1)) < 1e-3
     assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
