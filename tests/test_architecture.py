@@ -99,3 +99,34 @@ def test_importing_a_package_loads_nothing_it_must_not(package: str) -> None:
             f"print(','.join(m for m in {MUST_NOT_LOAD[package]!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "", f"importing {package} loaded {out.stdout.strip()}"
+
+
+def _fields(message, seen=None):  # type: ignore[no-untyped-def]
+    """Every field of a message descriptor, nested messages included (each message type once)."""
+    seen = set() if seen is None else seen
+    if message.full_name in seen:
+        return
+    seen.add(message.full_name)
+    for f in message.fields:
+        yield f
+        if f.message_type is not None:
+            yield from _fields(f.message_type, seen)
+
+
+def test_no_rpc_takes_decrypted_scores_or_a_plan_to_interpret() -> None:
+    """At the protocol level: HE scoring requests carry no plaintext number at all (CKKS must never see decrypted
+    results come back), and DP requests carry no bytes and no field that could hold SQL or a serialised plan."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    from protos.sandbox.v1 import dp_pb2, he_pb2
+
+    he = he_pb2.DESCRIPTOR.services_by_name["HeScoringService"]
+    assert len(list(he.methods)) >= 3
+    for method in he.methods:
+        numbers = [f.full_name for f in _fields(method.input_type) if f.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT)]
+        assert numbers == [], (method.name, numbers)
+    dp = dp_pb2.DESCRIPTOR.services_by_name["DpQueryService"]
+    for method in dp.methods:
+        for f in _fields(method.input_type):
+            assert f.type != F.TYPE_BYTES, (method.name, f.full_name)
+            assert not any(word in f.name.lower() for word in ("sql", "plan", "expr", "pickle", "code")), f.full_name

@@ -312,3 +312,43 @@ def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env
     assert est.statistics[0].half_width is not None and est.statistics[0].half_width <= 37.25
     assert calls == ["outside misses+1"]  # calibrated in the warm-up, before the write lock
     assert after.misses - before.misses == 1  # ... and only there: the handler hit the cache
+
+
+def test_an_answer_whose_release_cannot_be_audited_is_withheld(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Reserve, compute, audit the release, and only then answer: if the release's audit entry cannot be written
+    the caller gets UNAVAILABLE and no answer; the reserved charge stands (never refunded). The unaudited answer
+    is gone with its transaction (fail closed): a retry with the same key is refused without a second charge,
+    and a new key is a new, audited query."""
+    import sqlite3
+
+    from clients import Aborted, Unavailable
+    from sandbox.interceptor import SigningInterceptor
+
+    sbx, _, office, grant = dp_env
+    g = grant(epsilon=1.0)
+    original = SigningInterceptor._compute_and_release
+    db = sqlite3.connect(sbx.data_dir / "sandbox.db", isolation_level=None, check_same_thread=False)
+
+    def release_audit_breaks(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # After the reservation committed, before the release is audited: the log stops accepting OK entries.
+        db.execute("CREATE TRIGGER release_broken BEFORE INSERT ON audit_log WHEN NEW.status = 'OK' "
+                   "BEGIN SELECT RAISE(ABORT, 'disk'); END")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SigningInterceptor, "_compute_and_release", release_audit_breaks)
+    q = Query("adult_census").count()
+    try:
+        with pytest.raises(Unavailable) as exc:
+            office.run_query(g, q, epsilon=0.3, idempotency_key="audit-down-1")
+        assert exc.value.code == "AUDIT_UNAVAILABLE"
+    finally:
+        monkeypatch.setattr(SigningInterceptor, "_compute_and_release", original)
+        db.execute("DROP TRIGGER IF EXISTS release_broken")
+        db.close()
+    charged = spent(office, g)
+    assert charged > 0  # the reservation committed before the computation and stays
+    with pytest.raises(Aborted) as again:
+        office.run_query(g, q, epsilon=0.3, idempotency_key="audit-down-1")
+    assert again.value.code == "IN_PROGRESS" and spent(office, g) == charged
+    fresh = office.run_query(g, q, epsilon=0.3, idempotency_key="audit-down-2")
+    assert fresh.statistics[0].value > 0 and spent(office, g) == 2 * charged

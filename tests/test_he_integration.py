@@ -235,3 +235,27 @@ def test_a_context_is_bound_to_the_principal_that_registered_it(he_env) -> None:
     with pytest.raises(NotFound):
         rival.transport.call("/sandbox.v1.HeScoringService/Score", req, he_pb2.ScoreResponse)  # type: ignore[attr-defined]
     rival.close()  # type: ignore[attr-defined]
+
+
+def test_a_registered_context_expires(he_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A public context is kept for he_context_ttl_seconds (an hour by default), then refused; nothing is charged.
+
+    The server's clock is moved past the hour (and, for this test only, its signature clock window widened to
+    match) instead of waiting.
+    """
+    import time
+
+    sbx, _, bank, model, grant, _, rows = he_env
+    g = grant(quota=100)
+    fresh = bank.he_session(10)  # type: ignore[attr-defined]
+    picked = rows[:3]
+    assert len(bank.score(g, model, [r["ID"] for r in picked], bank_features(picked), session=fresh).logits) == 3
+    interceptor = sbx.running.interceptor
+    monkeypatch.setattr(interceptor, "_clock", lambda: time.time() + 3601)
+    monkeypatch.setattr(interceptor, "_skew_ms", 4000 * 1000)
+    with pytest.raises(NotFound, match="expired"):
+        bank.score(g, model, [r["ID"] for r in picked], bank_features(picked), session=fresh)
+    s = next(x for x in bank.scenarios() if x.grant and x.grant.id == g)
+    assert s.usage is not None and s.usage.quota_used == 3  # the refused call cost nothing
+    monkeypatch.undo()  # back to now: the same context works again, so it was the time that refused it
+    assert len(bank.score(g, model, [r["ID"] for r in picked], bank_features(picked), session=fresh).logits) == 3
