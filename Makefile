@@ -28,6 +28,7 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_signed_rpc.py
 	$(PY) benchmarks/bench_dp_query.py
+	$(PY) benchmarks/bench_dp_timing.py
 	$(PY) benchmarks/bench_he_scoring.py
 	$(PY) benchmarks/bench_fl_training.py
 

@@ -10,6 +10,20 @@ delta > 0 gives zCDP (Gaussian, discrete Gaussian, exponential mechanism in
 zCDP) converted to (epsilon, delta). See `calibrate` for the privacy unit and
 the cache, `prepare` for why filtering costs nothing, `primitives` for the
 measurements and the sequential composition of grouped sums and quantiles.
+
+Timing. How long a release takes must not tell how many rows the filters kept
+(an audit read a row count off the latency of one call at epsilon 1e-6). So,
+after the real measurements, `release` invokes each slot's measurement once
+more on the complement `prepare` builds (every row the real inputs leave out)
+and discards the output: nothing of it is returned, logged or stored, and the
+measurements, their calibration and their privacy maps are the same objects
+as before. The per-row work then covers all n rows whether the filters keep
+every row or none; the per-call overhead depends on the query's shape only (a
+grouped sum or quantile runs one measurement per group and one on the
+complement). What remains is the noise samplers' time (random; about the
+same for a count of 0 as of 48,790), opendp's internals (the quantile's
+exponential mechanism over its candidates is constant in n) and memory
+allocation and caches.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import opendp.prelude as dp
 
 from dp_engine.calibrate import Calibration, Layouts, calibrate, compose, scale_at, unit_costs
 from dp_engine.intervals import ScaleOf, estimate, group_labels, statistics
-from dp_engine.prepare import prepare
+from dp_engine.prepare import Prepared, prepare
 from dp_engine.primitives import Slot, layout
 from dp_engine.spec import (
     DEFAULT_LIMITS,
@@ -90,6 +104,7 @@ class Plan:
                 else:
                     outputs.append([measurement(values) for values in inputs.values])
             released.extend(statistics(agg, slots, self.scale, cal.zcdp, outputs, labels, self.columns))
+        _run_on_complements(cal, factor, prepared)
         return released
 
     def with_scale_factor(self, factor: float) -> Plan:
@@ -98,6 +113,18 @@ class Plan:
         For tests only: a deliberately mis-scaled mechanism the empirical privacy tests must catch.
         """
         return dataclasses.replace(self, scale_factor=self.scale_factor * factor)
+
+
+def _run_on_complements(cal: Calibration, factor: float, prepared: Prepared) -> None:
+    """Each slot's measurement once on the rows its real inputs left out, for the time only: the outputs are dropped.
+
+    The same measurement object as the real call (closest per-row work: opendp's input conversion, clamp,
+    sum, scoring or counting), so the total per-row work is that of all n rows.
+    """
+    for slots, inputs in zip(cal.layouts, prepared.inputs):
+        for slot in slots:
+            complement = inputs.complement_cells if slot.role == "cells" else inputs.complement_values
+            cal.measurement(slot.primitive, factor)(complement)
 
 
 def plan(query: Query, columns: Mapping[str, ColumnInfo], *, epsilon: float, delta: float, unit: int,

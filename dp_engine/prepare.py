@@ -12,13 +12,31 @@ doing it in numpy keeps a release on a million rows fast.
 Missing values never pass a filter: a NaN or a -1 code fails `!=` as well as
 `=` (as NULL does in SQL).
 
+Timing. A release's duration must not tell how many rows the filters keep: an
+audit told "the filter keeps every row" from "it keeps none" with one call at
+epsilon 1e-6, a row count for almost no budget. So the work here depends on n
+(the table's rows) and on the query's shape, never on the data. Besides the
+kept arrays, every aggregate gets their complement: the same kind of array
+built from every row they leave out (failed a filter, has no group, misses the
+value), with missing values replaced by an in-domain one, so that kept plus
+complement always cover all n rows; `Plan.release` runs each measurement on
+the complement too and discards what it gives. Every step is a full pass over
+the n rows in both cases: a column is cast (NaN filled) whole, the kept and
+left-out row indices come from two `flatnonzero` (branch-free, unlike boolean
+indexing, whose time grows with how mixed the mask is) and are gathered with
+`take`; a grouped split sorts every row, the left-out ones as one more group,
+with two sentinel keys in front so that numpy's radix sort takes neither its
+already-sorted nor its constant-byte shortcut; a plain count reads a slice of
+one shared array of n zeros and the complement reads the rest. What remains:
+the noise samplers' time, opendp's own internals (e.g. the quantile's
+exponential mechanism over the candidates, constant in n), memory allocation
+and caches (a kept set of scattered rows gathers a little slower than a block).
+
 Speed (a million rows): filters compare in the column's own type (categorical
 codes with `==` or a lookup table, integer columns against the equivalent
-integer threshold, e.g. x > 2.5 as x > 2), rows are selected only when some
-row fails, integer columns are never checked for NaN, group codes and
-histogram cells are int32 (what the counting measurement reads, with no cast),
-and a plain count reads an array that already exists (a column's values, or a
-shared read-only array of zeros), since only its length matters.
+integer threshold, e.g. x > 2.5 as x > 2), integer columns are never checked
+for NaN, and group codes and histogram cells are int32 (what the counting
+measurement reads, with no cast).
 """
 
 from __future__ import annotations
@@ -30,14 +48,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dp_engine.spec import AggKind, CategoricalColumn, ColumnInfo, Filter, Op, Query, QueryError
+from dp_engine.spec import AggKind, CategoricalColumn, ColumnInfo, Filter, NumericColumn, Op, Query, QueryError
 
 #: Most rows a dataset may have: the public size limit of opendp's float sum (rows past it would be dropped).
 MAX_ROWS = 2**30
-#: Up to this many wanted values, `in` is an OR of `==` passes; past it, one lookup-table pass.
+#: Up to this many wanted values, `in` is an OR of `==` passes; past it, one sorted look-up per row.
 _FEW_VALUES = 8
-#: Plain counts of up to this many rows share one read-only zeros array (8 bytes a row).
+#: Plain counts on tables of up to this many rows share one zeros array, never written (8 bytes a row).
 _SHARED_ZEROS_MAX = 2**24
+#: Most buckets the radix-sorted grouped split handles (keys below the sentinels' high byte 0xFF).
+_RADIX_BUCKETS = 0xFF00
 
 
 def cell_dtype(cells: int) -> type[np.signedinteger]:
@@ -47,12 +67,20 @@ def cell_dtype(cells: int) -> type[np.signedinteger]:
 
 @dataclass(frozen=True)
 class AggInputs:
-    """The arrays one aggregate's measurements read: `cells` for a count-like one, `values` per group."""
+    """The arrays one aggregate's measurements read: `cells` for a count-like one, `values` per group.
+
+    `complement_cells` and `complement_values` are the same kinds of array built from every row the
+    others leave out (values in one array, whatever the group), so that kept and complement together
+    hold all n rows: a release runs the measurements on them too, for the time only, and discards the
+    outputs.
+    """
 
     # float64 for a plain count (only its length matters); otherwise group codes or group*bins + bin,
     # of cell_dtype(cells)
     cells: np.ndarray | None = None
     values: tuple[np.ndarray, ...] = ()  # float64 values without NaN, one array per group
+    complement_cells: np.ndarray | None = None
+    complement_values: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -60,78 +88,109 @@ class Prepared:
     inputs: tuple[AggInputs, ...]  # one per aggregate, in query order
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Indices of the kept rows and of the rest, each in row order: every row is in exactly one."""
+
+    kept: np.ndarray | None  # None: every row (a query without filter or group-by; its shape, not the data)
+    rest: np.ndarray
+
+    @staticmethod
+    def of(mask: np.ndarray | None) -> _Rows:
+        if mask is None:
+            return _Rows(None, np.zeros(0, dtype=np.intp))
+        # flatnonzero is branch-free: its time does not depend on which rows pass (boolean indexing's does).
+        return _Rows(np.flatnonzero(mask), np.flatnonzero(~mask))
+
+    def take(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The array's kept rows and the rest (new arrays, so writable, except `array` itself when all are kept)."""
+        return (array if self.kept is None else array.take(self.kept)), array.take(self.rest)
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A value column as float64 for every row (NaN as an in-domain value) and which rows an aggregate reads."""
+
+    full: np.ndarray
+    mask: np.ndarray | None  # passes the filters, has a group, is not missing; None: every row
+    rows: _Rows  # of `mask`
+
+
 def prepare(query: Query, columns: Mapping[str, ColumnInfo], data: Mapping[str, np.ndarray]) -> Prepared:
-    """Apply the filters and group-by in numpy and build each aggregate's input arrays."""
+    """Apply the filters and group-by in numpy and build each aggregate's input arrays and their complements."""
     arrays = _checked_arrays(query, columns, data)
     n = len(next(iter(arrays.values()))) if arrays else _row_count(data)
-    mask: np.ndarray | None = None  # None: every row is kept
+    keep: np.ndarray | None = None  # None: the query has no filter and no group-by
     for flt in query.filters:
-        mask = _and(mask, _filter_mask(flt, columns[flt.column], arrays[flt.column]))
+        keep = _and(keep, _filter_mask(flt, columns[flt.column], arrays[flt.column]))
     groups = 1
-    for name in query.group_by:
-        column = columns[name]
-        assert isinstance(column, CategoricalColumn)
-        mask = _and(mask, _valid_codes(arrays[name], len(column.categories)))
-        groups *= len(column.categories)
-    if mask is not None and mask.all():
-        mask = None
-    rows = n if mask is None else int(np.count_nonzero(mask))
-
-    def kept(array: np.ndarray) -> np.ndarray:
-        return array if mask is None else array[mask]
-
-    grouped = bool(query.group_by)
-    codes = np.zeros(0, dtype=cell_dtype(groups))
-    if grouped:
-        for i, name in enumerate(query.group_by):
-            col = kept(arrays[name]).astype(codes.dtype, copy=False)
-            codes = col if i == 0 else codes * len(columns[name].categories) + col  # type: ignore[union-attr]
-        codes = _writable(codes)
-    values_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    codes: np.ndarray | None = None  # every row's group code (0 for a row in no group), if grouped
+    if query.group_by:
+        valid: np.ndarray | None = None
+        for name in query.group_by:
+            column = columns[name]
+            assert isinstance(column, CategoricalColumn)
+            valid = _and(valid, _valid_codes(arrays[name], len(column.categories)))
+            groups *= len(column.categories)
+        assert valid is not None
+        codes = _group_codes(query.group_by, columns, arrays, valid, groups)
+        keep = _and(keep, valid)
+    rows = _Rows.of(keep)
+    column_cache: dict[str, _Column] = {}
     split_cache: dict[str, tuple[np.ndarray, ...]] = {}
 
-    def values(name: str) -> tuple[np.ndarray, np.ndarray]:
-        """The column's filtered non-missing values (float64, contiguous), and their group codes."""
-        if name not in values_cache:
-            col = kept(arrays[name])
-            val_codes = codes
-            if col.dtype.kind == "f":  # integer columns cannot hold NaN
-                missing = np.isnan(col)
-                if missing.any():
-                    present = ~missing
-                    col = col[present]
-                    val_codes = codes[present] if grouped else codes
-            values_cache[name] = (_writable(np.ascontiguousarray(col, dtype=np.float64)), val_codes)
-        return values_cache[name]
+    def column_of(name: str) -> _Column:
+        if name not in column_cache:
+            column = columns[name]
+            assert isinstance(column, NumericColumn)
+            column_cache[name] = _column(arrays[name], float(column.lower), keep, rows)
+        return column_cache[name]
 
     def split(name: str) -> tuple[np.ndarray, ...]:
+        """The column's kept values, one array per group, then (last) every other row's value."""
         if name not in split_cache:
-            vals, val_codes = values(name)
-            split_cache[name] = _split_by_group(vals, val_codes, groups) if grouped else (vals,)
+            col = column_of(name)
+            if codes is None:
+                split_cache[name] = col.rows.take(col.full)
+            else:
+                assert col.mask is not None  # a grouped query always has a mask (rows with a valid code)
+                key = np.where(col.mask, codes, groups)  # the rows left out are one more group
+                split_cache[name] = _split_by_group(col.full, key, groups + 1)
         return split_cache[name]
 
-    inputs: list[AggInputs | None] = []
+    inputs: list[AggInputs] = []
     for agg in query.aggregates:
         if agg.kind is AggKind.COUNT:
-            inputs.append(AggInputs(cells=codes) if grouped else None)  # a plain count: filled in below
+            if codes is not None:
+                cells, rest = rows.take(codes)
+            else:
+                # A plain count reads only the length of its float64 input: two slices of one array of n zeros.
+                kept = n if rows.kept is None else len(rows.kept)
+                zeros = _zeros(n)
+                cells, rest = zeros[:kept], zeros[kept:]
+            inputs.append(AggInputs(cells=cells, complement_cells=rest))
         elif agg.kind in (AggKind.SUM, AggKind.QUANTILE):
-            inputs.append(AggInputs(values=split(agg.column)))
+            *values, rest = split(agg.column)
+            inputs.append(AggInputs(values=tuple(values), complement_values=rest))
         elif agg.kind is AggKind.MEAN:
-            vals, val_codes = values(agg.column)
-            inputs.append(AggInputs(cells=val_codes if grouped else vals, values=split(agg.column)))
+            *values, rest = split(agg.column)
+            if codes is None:
+                cells, rest_cells = values[0], rest  # the count reads only the length
+            else:
+                cells, rest_cells = column_of(agg.column).rows.take(codes)
+            inputs.append(AggInputs(cells=cells, values=tuple(values), complement_cells=rest_cells,
+                                    complement_values=rest))
         else:
-            vals, val_codes = values(agg.column)
+            col = column_of(agg.column)
             nbins = len(agg.edges) + 1
             dtype = cell_dtype(groups * nbins)
-            bins = np.searchsorted(np.asarray(agg.edges, dtype=np.float64), vals, side="right").astype(dtype)
-            cells = val_codes.astype(dtype, copy=False) * nbins + bins if grouped else bins
-            inputs.append(AggInputs(cells=cells))
-    if None in inputs:
-        # A plain count reads only the length of its float64 input: any array of `rows` values will do.
-        same_length = [vals for vals, _ in values_cache.values() if len(vals) == rows]
-        plain = AggInputs(cells=same_length[0] if same_length else _zeros(rows))
-        inputs = [plain if item is None else item for item in inputs]
-    return Prepared(inputs=tuple(inputs))  # type: ignore[arg-type]
+            edges = np.asarray(agg.edges, dtype=np.float64)
+            every_cell = np.searchsorted(edges, col.full, side="right").astype(dtype)
+            if codes is not None:
+                every_cell += codes.astype(dtype, copy=False) * nbins
+            cells, rest_cells = col.rows.take(every_cell)
+            inputs.append(AggInputs(cells=cells, complement_cells=rest_cells))
+    return Prepared(inputs=tuple(inputs))
 
 
 def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:
@@ -141,9 +200,28 @@ def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _writable(array: np.ndarray) -> np.ndarray:
-    """The array, or a copy if it is read-only (a column as stored): opendp does not accept read-only arrays."""
-    return array if array.flags.writeable else array.copy()
+def _group_codes(group_by: tuple[str, ...], columns: Mapping[str, ColumnInfo], arrays: Mapping[str, np.ndarray],
+                 valid: np.ndarray, groups: int) -> np.ndarray:
+    """Every row's group code (0..groups-1), for all n rows; 0 for a row with a missing or undeclared code."""
+    dtype = cell_dtype(groups)
+    codes: np.ndarray | None = None
+    for name in group_by:
+        col = arrays[name].astype(dtype)  # a copy: the product below is in place
+        codes = col if codes is None else codes * len(columns[name].categories) + col  # type: ignore[union-attr]
+    assert codes is not None
+    codes *= valid  # the garbage (even wrapped) codes of rows in no group become 0, in one pass over every row
+    return codes
+
+
+def _column(col: np.ndarray, fill: float, keep: np.ndarray | None, rows: _Rows) -> _Column:
+    """A value column's float64 values for every row (NaN as `fill`) and the rows that are kept and not missing."""
+    if col.dtype.kind != "f":  # integer columns cannot hold NaN
+        return _Column(col.astype(np.float64), keep, rows)
+    missing = np.isnan(col)
+    full = np.where(missing, fill, col).astype(np.float64, copy=False)  # a new array, one pass over every row
+    present = np.logical_not(missing, out=missing)
+    mask = present if keep is None else np.logical_and(present, keep, out=present)
+    return _Column(full, mask, _Rows.of(mask))
 
 
 _shared_zeros = np.zeros(0)
@@ -153,7 +231,7 @@ def _zeros(rows: int) -> np.ndarray:
     """A float64 array of `rows` zeros, a view of one shared array when not too long.
 
     Writable, because opendp does not accept read-only arrays; nothing here writes to it, and a plain
-    count reads only its length.
+    count reads only its length. It grows to n once per table size, so its cost depends on n alone.
     """
     global _shared_zeros
     if rows > _SHARED_ZEROS_MAX:
@@ -226,10 +304,9 @@ def _filter_mask(flt: Filter, column: ColumnInfo, col: np.ndarray) -> np.ndarray
     if flt.op is Op.IN:
         wanted = sorted({float(v) for v in flt.value})  # type: ignore[union-attr]
         if col.dtype.kind in "iu":
-            return _any_equal(col, [int(v) for v in wanted if v.is_integer()])
-        if len(wanted) <= _FEW_VALUES:
-            return _any_equal(col, [np.float64(v) for v in wanted])  # NaN equals nothing
-        return np.isin(col, np.asarray(wanted, dtype=np.float64)) & ~np.isnan(col)
+            limits = np.iinfo(col.dtype)  # a value out of the column type's range matches no row
+            return _any_equal(col, [int(v) for v in wanted if v.is_integer() and limits.min <= v <= limits.max])
+        return _any_equal(col, [np.float64(v) for v in wanted])  # NaN equals nothing
     value = float(flt.value)  # type: ignore[arg-type]
     if col.dtype.kind in "iu":
         return _integer_compare(flt.op, col, value)
@@ -254,11 +331,18 @@ def _integer_compare(op: Op, col: np.ndarray, value: float) -> np.ndarray:
 
 
 def _any_equal(col: np.ndarray, wanted: Sequence[float]) -> np.ndarray:
-    """Rows equal to any wanted value: one `==` pass per value if few, else np.isin."""
+    """Rows equal to any wanted value (each in the column type's range): `==` passes if few, else a sorted look-up.
+
+    Not np.isin: for many values it sorts the column with an adaptive sort, whose time depends on the data;
+    a binary search per row does not.
+    """
     if not wanted:
         return np.zeros(len(col), dtype=bool)
     if len(wanted) > _FEW_VALUES:
-        return np.isin(col, np.asarray(wanted))
+        table = np.unique(np.asarray(wanted, dtype=col.dtype if col.dtype.kind in "iu" else np.float64))
+        at = np.searchsorted(table, col)  # NaN sorts after every value
+        np.minimum(at, len(table) - 1, out=at)
+        return table.take(at) == col  # NaN equals nothing
     mask = col == wanted[0]
     for value in wanted[1:]:
         mask |= col == value
@@ -274,10 +358,24 @@ def _codes_in(col: np.ndarray, wanted: list[int], k: int) -> np.ndarray:
     return table[np.minimum(_unsigned(col), k)]
 
 
-def _split_by_group(values: np.ndarray, codes: np.ndarray, groups: int) -> tuple[np.ndarray, ...]:
-    if groups <= 2**16:
-        codes = codes.astype(np.uint16)  # exact (codes are 0..groups-1); numpy's stable sort is a radix sort on it
-    order = np.argsort(codes, kind="stable")
-    ordered = values[order]
-    starts = np.searchsorted(codes[order], np.arange(groups + 1))
-    return tuple(ordered[starts[g]:starts[g + 1]] for g in range(groups))
+def _split_by_group(values: np.ndarray, key: np.ndarray, buckets: int) -> tuple[np.ndarray, ...]:
+    """The values grouped by key (0..buckets-1), row order kept within each: one stable sort of every row.
+
+    numpy's stable sort of 16-bit keys is a radix sort that returns at once if the keys are already
+    sorted and skips a byte that every key shares, so its time would say whether the rows are all in
+    one group (e.g. all left out). Two sentinel keys in front, 0xFFFF then 0xFFFE, make neither
+    shortcut ever apply (keys stay below 0xFF00, so no other key has the high byte 0xFF, and the two
+    sentinels differ in the low byte); being the largest keys, they sort last and are dropped.
+    """
+    if buckets <= _RADIX_BUCKETS:
+        padded = np.empty(len(key) + 2, dtype=np.uint16)
+        padded[:2] = (0xFFFF, 0xFFFE)
+        padded[2:] = key  # exact: 0 <= key < buckets
+        order = np.argsort(padded, kind="stable")[:-2]
+        order -= 2
+    else:  # more groups than the default limits allow: an adaptive sort, whose time depends on the data
+        order = np.argsort(key, kind="stable")
+    ordered = values.take(order)
+    starts = np.zeros(buckets + 1, dtype=np.intp)
+    np.cumsum(np.bincount(key, minlength=buckets), out=starts[1:])
+    return tuple(ordered[starts[g]:starts[g + 1]] for g in range(buckets))
