@@ -343,6 +343,14 @@ def model_text(m: t.ModelSpec) -> Text:
              f"  {m.bias:+.6g}  (bias)"]
     if m.description:
         lines.append(m.description)
+    r = m.review
+    if r is not None:
+        lines.append("release rule (what each score carries about the sandbox's columns):")
+        lines += [f"  {x.column}: share {x.share:.0%} of the score's range "
+                  f"(|weight| x ({x.upper:g} - {x.lower:g}) = {x.contribution:.4g})" for x in r.terms]
+        lines.append(f"  noise sd {r.noise_sd:.4g} on every score (range {r.contribution_range:.4g}): at most "
+                     f"{r.bits_per_score:.2f} bits per score, {r.bits_per_entity:.2f} bits after the "
+                     f"{r.scores_per_entity} scores one grant may make of one entity")
     return Text("\n".join(clean(line) for line in lines))
 
 

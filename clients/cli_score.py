@@ -74,5 +74,6 @@ def score(
             w.writerow(row)
     s = result.seconds
     out().print(f"scored {len(entity_ids)} entities from {len(names)} encrypted features into {output}")
+    out().print(f"each logit carries noise of sd {result.noise_sd:.4g} that the sandbox added (its release rule)")
     out().print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s.items())
                 + f"; sent {result.bytes_sent / 1e6:.1f} MB, received {result.bytes_received / 1e6:.1f} MB")

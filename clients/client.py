@@ -252,7 +252,8 @@ class ApplicantClient(SandboxClient):
                 seconds[k] = seconds.get(k, 0.0) + v
         return ScoreResult(ids, logits, sigmoid(logits) if logistic else None, seconds,
                            bytes_sent=sum(p.bytes_sent for p in parts) + (0 if session else sess.context_bytes),
-                           bytes_received=sum(p.bytes_received for p in parts))
+                           bytes_received=sum(p.bytes_received for p in parts),
+                           noise_sd=max((p.noise_sd for p in parts), default=0.0))
 
 
 class ResearcherClient(ApplicantClient):

@@ -34,6 +34,8 @@ class ScoreResult:
     seconds: dict[str, float] = field(default_factory=dict)  # keygen, encrypt, upload, server, decrypt
     bytes_sent: int = 0
     bytes_received: int = 0
+    #: sd of the noise the sandbox added to every logit (the release rule's, plus any DP noise of the grant)
+    noise_sd: float = 0.0
 
 
 class HeSession:
@@ -84,7 +86,7 @@ class HeSession:
         decrypt = time.perf_counter() - t2
         return ScoreResult(list(entity_ids), logits, probs,
                            {"encrypt": encrypt, "server": server, "decrypt": decrypt},
-                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize())
+                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize(), noise_sd=resp.noise_sd)
 
 
 def choose_profile(profiles: Sequence[he_pb2.HeProfile], entities: int) -> he_pb2.HeProfile:
@@ -99,4 +101,7 @@ def choose_profile(profiles: Sequence[he_pb2.HeProfile], entities: int) -> he_pb
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    """1 / (1 + exp(-x)), without overflow for logits of any size."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))

@@ -173,4 +173,12 @@ def model_spec(r: he_pb2.GetModelResponse) -> t.ModelSpec:
     m = r.spec
     return t.ModelSpec(r.model_hash, m.name, "logistic" if m.kind == he_pb2.MODEL_LOGISTIC else "linear", m.dataset,
                        tuple((f.column, f.weight) for f in m.public_features),
-                       tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description, r.submitted_by)
+                       tuple((f.name, f.weight) for f in m.private_features), m.bias, m.description, r.submitted_by,
+                       model_review(r.review) if r.HasField("review") else None)
+
+
+def model_review(r: he_pb2.ModelReview) -> t.ModelReview:
+    return t.ModelReview(tuple(t.TermShare(x.column, x.weight, x.lower, x.upper, x.contribution, x.share)
+                               for x in r.terms),
+                         r.contribution_range, r.noise_sd, r.bits_per_score, r.scores_per_entity, r.bits_per_entity,
+                         r.step_tv_per_entity)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Statistic", "QueryResult", "StatisticEstimate",
-    "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec",
+    "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec", "ModelReview", "TermShare",
 ]
 
 
@@ -234,6 +234,31 @@ class TrainingEvent:
 
 
 @dataclass(frozen=True)
+class TermShare:
+    """One sandbox column's part in a model's score: how far it alone can move the score, and its share."""
+
+    column: str
+    weight: float
+    lower: float
+    upper: float
+    contribution: float  # |weight| x (upper - lower)
+    share: float  # contribution / the model's contribution range
+
+
+@dataclass(frozen=True)
+class ModelReview:
+    """What the sandbox's release rule makes of a model: the noise on every score and what one score carries."""
+
+    terms: tuple[TermShare, ...]
+    contribution_range: float
+    noise_sd: float  # sd of the Gaussian noise added to every score's sandbox part
+    bits_per_score: float  # at most this many bits about the sandbox's columns per score
+    scores_per_entity: int  # how often one grant may score one entity
+    bits_per_entity: float  # after that many scores of one entity
+    step_tv_per_entity: float  # most total variation one step of one integer column causes over them
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A registered scoring model as a reviewer (or a grantee of it) reads it."""
 
@@ -246,6 +271,7 @@ class ModelSpec:
     bias: float
     description: str
     submitted_by: str
+    review: ModelReview | None = None
 
 
 class TrainingJob(str):

@@ -1,7 +1,16 @@
 """Dataset catalogue: schema validation, all-or-nothing CSV import, versioned columnar storage.
 
-A dataset version is the SHA-256 of its canonical schema and stored column
-bytes, so the same CSV under the same schema always yields the same version.
+A dataset's content digest is the SHA-256 of its canonical schema and stored
+column bytes; its version is HMAC-SHA256 of that digest under the server's
+catalogue key. The same CSV under the same schema yields the same version on
+one server, but nobody without the key can recompute a version from a guessed
+table (an unsalted digest let a one-row table be found by trying values).
+The digest stays in the database and never leaves through an RPC.
+
+The catalogue never shows the exact row count: each version's count is
+released once, at import, with differential privacy (`dp_engine.counts`) and
+that figure is stored and served.
+
 Rejection reasons and error details name lines, columns and counts, never a
 data value: the administrator's import error may end up in logs and replies.
 """
@@ -12,6 +21,7 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -28,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dp_engine.counts import release_count
 from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, ImportReport, Level
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.storage import Database, canonical_json
@@ -41,6 +52,8 @@ REPORTED_REJECTIONS = 100
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _COLUMN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 _VERSION_RE = re.compile(r"[0-9a-f]{64}")
+#: What a dataset version's HMAC message starts with (domain separation from the key's other uses).
+VERSION_LABEL = b"dataset-version\0"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NAN = float("nan")  # a missing numeric value
 
@@ -306,7 +319,8 @@ def _first_distinct(arrays: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     return rows[np.sort(first)]
 
 
-def _content_version(schema_json: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> str:
+def _content_digest(schema_json: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the canonical schema and stored column bytes: internal, anyone could recompute it from content."""
     h = hashlib.sha256()
     h.update(schema_json.encode("utf-8"))
     for col in schema.columns:
@@ -315,6 +329,29 @@ def _content_version(schema_json: str, schema: DatasetSchema, arrays: dict[str, 
         h.update(f"\n{col.name}\0{arr.dtype.str}\0{arr.shape}\0{len(raw)}\n".encode())
         h.update(raw)
     return h.hexdigest()
+
+
+def keyed_version(version_key: bytes, content_sha256: str) -> str:
+    """The public version: HMAC-SHA256 of the content digest under the catalogue key, 64 hex.
+
+    The key is the server's secret, which other HMACs use too (HE pseudonyms), each under a label of its own.
+    """
+    return hmac.new(version_key, VERSION_LABEL + bytes.fromhex(content_sha256), hashlib.sha256).hexdigest()
+
+
+def privacy_unit(schema: DatasetSchema) -> int:
+    """How far one person can move the row count: the most rows the import lets one person have, else 1."""
+    return max(1, schema.max_rows_per_person) if schema.person_key else 1
+
+
+def public_rows(schema: DatasetSchema, row_count: int, *, epsilon: float) -> int:
+    """Release a version's row count (spends ``epsilon`` once): the figure the catalogue stores and shows."""
+    return release_count(row_count, epsilon=epsilon, unit=privacy_unit(schema)).value
+
+
+def public_rows_of_stored(schema_json: str, row_count: int, *, epsilon: float) -> int:
+    """:func:`public_rows` for a stored row (the migration of datasets imported before counts were released)."""
+    return public_rows(schema_from_json(schema_json), row_count, epsilon=epsilon)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -347,8 +384,10 @@ def _write_dataset(target: Path, schema_json: str, arrays: dict[str, np.ndarray]
     _fsync_dir(target)
 
 
-def _refuse_existing(conn: sqlite3.Connection, name: str, version: str) -> None:
-    if conn.execute("SELECT 1 FROM datasets WHERE name = ? AND version = ?", (name, version)).fetchone():
+def _refuse_existing(conn: sqlite3.Connection, name: str, version: str, content_sha256: str) -> None:
+    # By content too: a dataset migrated from before keyed versions has the same content under its old version.
+    if conn.execute("SELECT 1 FROM datasets WHERE name = ? AND (version = ? OR content_sha256 = ?)",
+                    (name, version, content_sha256)).fetchone():
         raise SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
 
 
@@ -393,9 +432,12 @@ def _parse_rows(
 
 def _publish(
     db: Database, conn: sqlite3.Connection | None, parent: Path, info: DatasetInfo, schema_json: str,
-    arrays: dict[str, np.ndarray], imported_by: str,
-) -> None:
-    """Write the files beside their final place, then rename them in and insert the row in one transaction."""
+    arrays: dict[str, np.ndarray], imported_by: str, content_sha256: str, count_epsilon: float,
+) -> DatasetInfo:
+    """Write the files beside their final place, then rename them in and insert the row in one transaction.
+
+    The row count is released (once per version) inside that transaction: returns the info with it.
+    """
     name, version = info.schema.name, info.version
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / version
@@ -404,17 +446,21 @@ def _publish(
     try:
         _write_dataset(tmp, schema_json, arrays)
         with nullcontext(conn) if conn is not None else db.write() as c:
-            _refuse_existing(c, name, version)
+            _refuse_existing(c, name, version, content_sha256)
             _remove_tree(final)  # we hold the write lock: a directory without a row is debris of a crash
             os.rename(tmp, final)
             renamed = True
             os.chmod(final, 0o555)
             _fsync_dir(parent)
+            info = dataclasses.replace(info, public_rows=public_rows(info.schema, info.row_count,
+                                                                     epsilon=count_epsilon))
             c.execute(
-                "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, version, schema_json, info.row_count, info.imported_at_ms, imported_by),
+                "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by,"
+                " content_sha256, public_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, version, schema_json, info.row_count, info.imported_at_ms, imported_by, content_sha256,
+                 info.public_rows),
             )
+        return info
     except BaseException:
         if renamed:
             _remove_tree(final)
@@ -430,6 +476,8 @@ def import_csv(
     csv_bytes: bytes,
     *,
     imported_by: str,
+    version_key: bytes,
+    count_epsilon: float,
     max_rejected: int = 0,
     dry_run: bool = False,
     now_ms: int,
@@ -439,7 +487,11 @@ def import_csv(
 
     All or nothing: on any error no row and no directory is left behind. With
     ``conn`` the catalogue row is inserted in the caller's open write transaction.
+    ``version_key`` is the catalogue key; ``count_epsilon`` is spent on the public row
+    count of a new version (a dry run releases nothing and reports 0).
     """
+    if len(version_key) < 16:
+        raise ValueError("the catalogue key is missing or too short")
     validate_schema(schema)
     if max_rejected < 0:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "max_rejected must not be negative")
@@ -462,20 +514,21 @@ def import_csv(
     if not row_count:
         raise _invalid_csv("no rows left to import")
     schema_json = schema_to_json(schema)
-    info = DatasetInfo(schema, _content_version(schema_json, schema, arrays), row_count, now_ms)
-    _refuse_existing(conn if conn is not None else db.connection(), schema.name, info.version)
+    digest = _content_digest(schema_json, schema, arrays)
+    info = DatasetInfo(schema, keyed_version(version_key, digest), row_count, now_ms, public_rows=0)
+    _refuse_existing(conn if conn is not None else db.connection(), schema.name, info.version, digest)
     if not dry_run:
         parent = Path(data_dir) / "datasets" / schema.name
-        _publish(db, conn, parent, info, schema_json, arrays, imported_by)
+        info = _publish(db, conn, parent, info, schema_json, arrays, imported_by, digest, count_epsilon)
     return ImportReport(info, row_count, duplicates, rejections[:REPORTED_REJECTIONS], len(rejections))
 
 
-def _info_from_row(row: tuple[str, str, str, int, int]) -> DatasetInfo:
-    _, version, schema_json, row_count, imported_at_ms = row
-    return DatasetInfo(schema_from_json(schema_json), version, int(row_count), int(imported_at_ms))
+def _info_from_row(row: tuple[str, str, str, int, int, int]) -> DatasetInfo:
+    _, version, schema_json, row_count, imported_at_ms, shown_rows = row
+    return DatasetInfo(schema_from_json(schema_json), version, int(row_count), int(imported_at_ms), int(shown_rows))
 
 
-_SELECT = "SELECT name, version, schema_json, row_count, imported_at_ms FROM datasets"
+_SELECT = "SELECT name, version, schema_json, row_count, imported_at_ms, public_rows FROM datasets"
 _LATEST = (
     " WHERE rowid = (SELECT d2.rowid FROM datasets d2 WHERE d2.name = datasets.name"
     " ORDER BY d2.imported_at_ms DESC, d2.rowid DESC LIMIT 1)"

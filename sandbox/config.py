@@ -6,12 +6,15 @@ directory, ``SANDBOX_*`` environment variables, command-line flags.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from sandbox.he_release import ReleaseRule
 
 CONFIG_FILE = "sandbox.toml"
 
@@ -29,6 +32,12 @@ class ServerConfig:
     unauthenticated_audits_per_minute: int = 60  # per network peer; more refusals are refused but not audited
     busy_timeout_ms: int = 5000
     min_public_weights: int = 3
+    # The HE release rule (sandbox/he_release.py): noise sd = max(range / he_release_range_ratio,
+    # largest integer step / he_release_step_ratio), balanced contributions, scores per entity and grant.
+    he_release_range_ratio: float = 20.0
+    he_release_step_ratio: float = 1.0
+    he_max_contribution_ratio: float = 10.0
+    he_scores_per_entity: int = 2
     he_workers: int = 2
     he_context_ttl_seconds: int = 3600
     fl_backend: str = "in-process"  # or "deployment": a SuperLink and one SuperNode process per data holder
@@ -38,6 +47,7 @@ class ServerConfig:
     fl_tls_cert: str = ""  # the SuperLink's certificate and key; "" = tls/server.pem and tls/server.key
     fl_tls_key: str = ""
     fl_node_keys_dir: str = ""  # <holder>.pub of each external node; "" = fl-node-keys in the data directory
+    catalogue_count_epsilon: float = 0.1  # spent once per dataset version on its public row count
 
     # Files inside the data directory.
     @property
@@ -79,6 +89,18 @@ class ServerConfig:
         return self.data_dir / "keys" / "audit_signing.pub"
 
     @property
+    def release_rule(self) -> ReleaseRule:
+        """The HE release rule these settings make."""
+        return ReleaseRule(range_ratio=self.he_release_range_ratio, step_ratio=self.he_release_step_ratio,
+                           max_contribution_ratio=self.he_max_contribution_ratio,
+                           scores_per_entity=self.he_scores_per_entity, min_public_weights=self.min_public_weights)
+
+    @property
+    def catalogue_key(self) -> Path:
+        """32 random bytes keying dataset versions (HMAC), so nobody outside can recompute one from content."""
+        return self.data_dir / "keys" / "catalogue.key"
+
+    @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
 
@@ -101,6 +123,14 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
         if number < 0:
             raise ValueError(f"setting {name}: must not be negative")
         return number
+    if isinstance(target, float):
+        try:
+            real = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"setting {name}: expected a number") from exc
+        if not math.isfinite(real):
+            raise ValueError(f"setting {name}: expected a finite number")
+        return real
     return str(value)
 
 
@@ -128,9 +158,12 @@ def load_config(
 
 #: Lower bounds of the settings that make no sense at zero.
 _AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "unauthenticated_audits_per_minute": 1,
-             "max_message_bytes": 64 * 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1}
+             "max_message_bytes": 64 * 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1,
+             "min_public_weights": 1, "he_scores_per_entity": 1, "he_max_contribution_ratio": 1}
 FL_BACKENDS = ("in-process", "deployment")
 FL_NODES = ("local", "external")
+#: Above this the catalogue's row counts would be close to exact (noise scale = unit / epsilon).
+MAX_CATALOGUE_COUNT_EPSILON = 1.0
 
 
 def _check(cfg: ServerConfig) -> None:
@@ -149,8 +182,13 @@ def _check(cfg: ServerConfig) -> None:
         raise ValueError("setting fl_superlink_port: must be 1 to 65535")
     if not cfg.fl_superlink_host.strip():
         raise ValueError("setting fl_superlink_host: must not be empty")
+    for name in ("he_release_range_ratio", "he_release_step_ratio"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"setting {name}: must be above 0 (the HE release rule cannot be turned off)")
     if bool(cfg.fl_tls_cert) != bool(cfg.fl_tls_key):
         raise ValueError("settings fl_tls_cert and fl_tls_key: give both or neither")
+    if not 0 < cfg.catalogue_count_epsilon <= MAX_CATALOGUE_COUNT_EPSILON:
+        raise ValueError(f"setting catalogue_count_epsilon: must be above 0 and at most {MAX_CATALOGUE_COUNT_EPSILON}")
 
 
 def default_file() -> str:
@@ -167,6 +205,13 @@ audit_checkpoint_every = {d.audit_checkpoint_every}           # sign the audit h
 unauthenticated_audits_per_minute = {d.unauthenticated_audits_per_minute}  # per peer; beyond it refused but not audited
 busy_timeout_ms = {d.busy_timeout_ms}              # wait this long for another process holding the database
 min_public_weights = {d.min_public_weights}              # an HE model needs this many non-zero sandbox-column weights
+# The HE release rule: every score's sandbox part gets Gaussian noise with sd = max(R / he_release_range_ratio,
+# d / he_release_step_ratio), R = sum |w| (upper - lower) of the model's sandbox columns, d = the largest |w| of an
+# integer column (one step). 20 bounds a score to about 2.5 bits about the sandbox's columns; see the README.
+he_release_range_ratio = {d.he_release_range_ratio}
+he_release_step_ratio = {d.he_release_step_ratio}
+he_max_contribution_ratio = {d.he_max_contribution_ratio}      # every term's |w| (upper - lower) within this factor of the others
+he_scores_per_entity = {d.he_scores_per_entity}               # how often one grant may score the same entity id
 he_workers = {d.he_workers}                      # HE worker processes
 he_context_ttl_seconds = {d.he_context_ttl_seconds}        # how long a registered HE context is kept
 fl_backend = "{d.fl_backend}"            # or "deployment": a SuperLink and one SuperNode process per data holder
@@ -178,4 +223,7 @@ fl_superlink_port = {d.fl_superlink_port}
 fl_tls_cert = ""                   # the certificate it serves, which must name fl_superlink_host; "" = tls/server.pem
 fl_tls_key = ""                    # its key; "" = tls/server.key
 fl_node_keys_dir = ""              # <holder>.pub (OpenSSH ECDSA) per department, e.g. site-1.pub; "" = fl-node-keys
+# Each dataset version's row count is released once, at import, with this epsilon (discrete Laplace, scale =
+# max_rows_per_person / epsilon), then rounded to two significant digits; the catalogue never shows the exact count.
+catalogue_count_epsilon = {d.catalogue_count_epsilon}         # above 0, at most {MAX_CATALOGUE_COUNT_EPSILON}
 """

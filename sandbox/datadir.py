@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from sandbox.identity import public_key_bytes, write_private_key
 from sandbox.storage import Database
 
 CERT_DAYS = 825
+CATALOGUE_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,31 @@ def _make_tls(tls_dir: Path) -> None:
     _write_pem_key(tls_dir / "server.key", server_key)
 
 
+def catalogue_secret(path: Path) -> bytes:
+    """The catalogue key (32 random bytes, mode 0600), created if missing so older data directories keep working."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    if not path.exists():
+        # Written beside it, then linked in: a server starting at the same moment reads a whole key or none.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(CATALOGUE_KEY_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # the other one won: use its key
+        finally:
+            tmp.unlink()
+    secret = path.read_bytes()
+    if len(secret) != CATALOGUE_KEY_BYTES:
+        # Never replace it: every dataset version on this server was keyed with it.
+        raise ValueError(f"{path.name}: expected {CATALOGUE_KEY_BYTES} bytes, found {len(secret)}")
+    return secret
+
+
 def init_data_dir(
     data_dir: Path, *, admin_name: str = "Administrator", organisation: str = "City data bureau"
 ) -> InitResult:
@@ -95,6 +122,7 @@ def init_data_dir(
     admin_key_path = keys / "admin.key"
     write_private_key(admin_key_path, admin_key)
     (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
+    catalogue_secret(config.catalogue_key)
     config.datasets_dir.mkdir(mode=0o700)
     (data_dir / CONFIG_FILE).write_text(default_file())
     db = Database.create(config.db_path)

@@ -102,20 +102,11 @@ class DatasetSchema:
 class DatasetInfo:
     schema: DatasetSchema
     version: str
-    row_count: int
+    row_count: int  # exact: stays inside the server (array shapes are checked against it)
     imported_at_ms: int
-
-    @property
-    def approx_rows(self) -> int:
-        """The row count rounded to two significant digits: the catalogue never shows the exact count."""
-        return round_to_significant(self.row_count, 2)
-
-
-def round_to_significant(n: int, digits: int) -> int:
-    if n <= 0:
-        return 0
-    scale = 10 ** max(len(str(n)) - digits, 0)
-    return ((n + scale // 2) // scale) * scale
+    #: The row count released once with differential privacy at import (rounded to two significant digits):
+    #: the only count the catalogue shows and the row count query estimates assume.
+    public_rows: int
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def _epsilon_for_half_width(query: Query, info: DatasetInfo, half_width: float, 
     """The smallest epsilon meeting the half-width; it plans (so calibrates) the query at that epsilon."""
     with _invalid_query():
         return dp_engine.epsilon_for_half_width(query, column_infos(info.schema), half_width, delta=delta,
-                                                unit=_unit(info.schema), n_hint=info.approx_rows)
+                                                unit=_unit(info.schema), n_hint=info.public_rows)
 
 
 class ArrayCache:
@@ -189,7 +189,7 @@ def estimate(call: Call, req: dp_pb2.EstimateQueryRequest) -> dp_pb2.EstimateQue
     rem = auth.budget.remaining
     return dp_pb2.EstimateQueryResponse(
         epsilon=epsilon, cost=serde.budget_to_pb(cost), remaining=serde.budget_to_pb(rem),
-        statistics=[serde.estimate_to_pb(e) for e in plan.estimates(n_hint=info.approx_rows)],
+        statistics=[serde.estimate_to_pb(e) for e in plan.estimates(n_hint=info.public_rows)],
     )
 
 

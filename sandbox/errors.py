@@ -43,6 +43,7 @@ class ErrorCode(str, enum.Enum):
     INVALID_TERMS = "INVALID_TERMS"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
+    ENTITY_LIMIT = "ENTITY_LIMIT"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
     NOT_RELEASED = "NOT_RELEASED"
@@ -50,6 +51,7 @@ class ErrorCode(str, enum.Enum):
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     IN_PROGRESS = "IN_PROGRESS"
     JOB_NOT_COMPLETE = "JOB_NOT_COMPLETE"
+    MODEL_OUTSIDE_RULE = "MODEL_OUTSIDE_RULE"
     GRANT_ALREADY_REVOKED = "GRANT_ALREADY_REVOKED"
     INVALID_QUERY = "INVALID_QUERY"
     EPSILON_OVER_CALL_CAP = "EPSILON_OVER_CALL_CAP"
@@ -89,6 +91,8 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.INVALID_TERMS: (_S.INVALID_ARGUMENT, "grant terms do not match the application"),
     ErrorCode.BUDGET_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "privacy budget exhausted"),
     ErrorCode.QUOTA_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "quota exhausted"),
+    ErrorCode.ENTITY_LIMIT: (_S.RESOURCE_EXHAUSTED, "an entity in this batch was already scored as often as the "
+                             "grant allows; nothing was charged"),
     ErrorCode.MESSAGE_TOO_LARGE: (_S.RESOURCE_EXHAUSTED, "message too large"),
     ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
     ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
@@ -98,6 +102,8 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.IN_PROGRESS: (_S.ABORTED, "a request with this idempotency key is still running or failed; "
                             "retry later or use a new key"),
     ErrorCode.JOB_NOT_COMPLETE: (_S.FAILED_PRECONDITION, "training job has not completed"),
+    ErrorCode.MODEL_OUTSIDE_RULE: (_S.FAILED_PRECONDITION, "the model no longer meets the release rule of this "
+                                   "sandbox (stricter settings or another dataset version); submit a new one"),
     ErrorCode.GRANT_ALREADY_REVOKED: (_S.FAILED_PRECONDITION, "grant is already revoked"),
     ErrorCode.INVALID_QUERY: (_S.INVALID_ARGUMENT, "invalid query"),
     ErrorCode.EPSILON_OVER_CALL_CAP: (_S.PERMISSION_DENIED, "epsilon exceeds the grant's per-query cap"),

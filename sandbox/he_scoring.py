@@ -1,20 +1,21 @@
 """HE scoring around ``he_engine``: contexts, policy, the sandbox's plaintext part, quota, release.
 
-Unknown entity ids: an id that is not in the dataset is scored with a fixed
-public reference row (every model column at the midpoint of its public
-bounds). The response has the same shape and cost either way and never says
-which ids were unknown; every submitted id counts against the grant's quota.
-The decrypted score of an unknown id is the reference score, so an applicant
-who knows the model can still tell "unknown or exactly average"; that is the
-membership signal the grant allows, bounded by its quota. A grant with a
-per-call epsilon cap adds opendp Laplace noise to the sandbox's part of every
-score (``he_noise``), which also blurs that signal; each call is charged.
+Every score's sandbox part leaves with the release rule's noise (``sandbox.he_release``), and one
+grant may score one entity id at most ``scores_per_entity`` times.
+
+Unknown entity ids are answered with a real entity's row: the entity after the id's keyed hash
+on a ring of the dataset's entities (BLAKE2b keyed with the server's secret over the dataset's name and
+the id, so the same unknown id gets the same stand-in under every grant and, mostly, every
+version). Its decrypted score is then distributed like a member's, under the same noise, so the
+score does not decide membership (measured in the adversarial tests). The response has the same
+shape and cost either way and never says which ids were unknown; every submitted id counts
+against the quota and the per-entity limit. A grant with a per-call epsilon cap adds opendp
+Laplace noise on top (``he_noise``), charged to its budget.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import threading
 from dataclasses import dataclass
 
@@ -22,9 +23,10 @@ import numpy as np
 
 import he_engine
 from protos.sandbox.v1 import he_pb2
-from sandbox import catalogue, he_noise, ledger, models, policy, serde
+from sandbox import catalogue, he_noise, he_release, ledger, models, policy, serde
 from sandbox.domain import Budget, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
+from sandbox.he_entities import EntityCounts, EntityIndex
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import Call, Deferred
 
@@ -107,58 +109,23 @@ def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_eng
     return he_pb2.RegisterContextResponse(context_id=ctx.context_id, expires_at_unix_ms=ctx.expires_ms)
 
 
-class EntityIndex:
-    """Identifier value -> row, built once per dataset version.
-
-    Where an identifier has several rows (a person-year table such as rand_hie, stored by person and
-    year) the entity is its last stored row: the person's latest record.
-    """
-
-    def __init__(self, cache: ArrayCache) -> None:
-        self._cache = cache
-        self._lock = threading.Lock()
-        self._index: dict[tuple[str, str], dict[str, int]] = {}
-
-    def rows(self, info: DatasetInfo, id_column: str, entity_ids: list[str]) -> np.ndarray:
-        key = (info.version, id_column)
-        with self._lock:
-            index = self._index.get(key)
-        if index is None:
-            values = self._cache.columns(info, [id_column])[id_column]
-            index = {self._norm(v): i for i, v in enumerate(values.tolist())}
-            with self._lock:
-                self._index[key] = index
-        return np.fromiter(map(index.get, entity_ids, itertools.repeat(-1)), dtype=np.int64, count=len(entity_ids))
-
-    @staticmethod
-    def _norm(value: object) -> str:
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
-
-
 def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: models.ModelSpec,
                 entity_ids: list[str]) -> np.ndarray:
-    """bias + sum of weight x clamped public column, per entity; unknown ids get the reference row."""
-    id_col = models.identifier_column(info)
-    rows = index.rows(info, id_col, entity_ids)
-    known = rows >= 0
-    picked = rows[known]
+    """bias + sum of weight x clamped public column, per entity (an unknown id's is its stand-in's), no noise."""
+    rows, _ = index.rows(info, models.identifier_column(info), entity_ids)
     cols = cache.columns(info, list(spec.public_columns))
     plain = np.full(len(entity_ids), spec.bias, dtype=np.float64)
     for name, weight in spec.public_features:
         col = info.schema.column(name)
         assert col is not None and col.lower is not None and col.upper is not None
-        mid = (col.lower + col.upper) / 2.0
-        values = np.full(len(entity_ids), mid)
-        values[known] = cols[name][picked]  # only the batch's rows are converted to float64
-        values = np.where(np.isnan(values), mid, np.clip(values, col.lower, col.upper))
-        plain += weight * values
+        values = np.asarray(cols[name][rows], dtype=np.float64)  # only the batch's rows are converted
+        mid = (col.lower + col.upper) / 2.0  # a missing value counts as the middle of the public bounds
+        plain += weight * np.where(np.isnan(values), mid, np.clip(values, col.lower, col.upper))
     return plain
 
 
 def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, store: ContextStore,
-          cache: ArrayCache, index: EntityIndex) -> Deferred:
+          cache: ArrayCache, index: EntityIndex, counts: EntityCounts, *, rule: he_release.ReleaseRule) -> Deferred:
     call.annotate(grant_id=req.grant_id)
     ctx = store.get(req.context_id, call.principal.id, call.now_ms)
     profile = _profile(ctx.profile)
@@ -190,19 +157,27 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
             he_engine.check_ciphertext_blob(ct, profile, n)
     except he_engine.HeInputError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    try:  # a model stored under older rules or another dataset version's bounds is checked again, never run blind
+        release = he_release.check(spec.public_features, tuple(w for _, w in spec.private_features), spec.bias,
+                                   info.schema, rule)
+    except SandboxError as exc:
+        raise SandboxError(ErrorCode.MODEL_OUTSIDE_RULE, exc.public_detail) from exc
+    noise_sd = release.noise_sd
     per_call = auth.grant.terms.max_epsilon_per_call_nano
-    if per_call:  # output noise: priced by opendp before anything runs, charged like any DP release
-        noise_eps = he_noise.cost(spec, info.schema, per_call / ledger.NANO)
+    if per_call:  # DP mode on top: priced by opendp before anything runs, charged like any DP release
+        noise_eps, laplace_scale = he_noise.cost(spec, info.schema, per_call / ledger.NANO)
         cost = Budget(ledger.epsilon_to_nano(repr(noise_eps), charge=True), 0)
+        noise_sd = (noise_sd**2 + 2 * laplace_scale**2) ** 0.5
     else:
         cost = Budget(0, 0)
     state = ledger.reserve_in(call.conn, auth.grant.id, cost, quota=n)
+    counts.count(call.conn, auth.grant.id, ids, rule.scores_per_entity)
     call.record_charge(cost.epsilon_nano, 0)
     weights = [w for _, w in spec.private_features]
 
     def compute() -> he_pb2.ScoreResponse:
         # After the reservation committed: the sandbox's part and the HE work hold no lock.
-        plain = public_part(cache, index, info, spec, ids)
+        plain = he_noise.release_noise(public_part(cache, index, info, spec, ids), release.noise_sd)
         if per_call:
             plain = he_noise.noisy(plain, spec, info.schema, per_call / ledger.NANO)
         try:
@@ -211,7 +186,8 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
         except he_engine.HeUnavailableError as exc:
             raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
-        return he_pb2.ScoreResponse(encrypted_logits=result, entities=n, usage=serde.usage_to_pb(state.usage))
+        return he_pb2.ScoreResponse(encrypted_logits=result, entities=n, usage=serde.usage_to_pb(state.usage),
+                                    noise_sd=noise_sd)
 
     return Deferred(compute)
 

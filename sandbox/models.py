@@ -1,26 +1,24 @@
 """The model registry: declarative linear or logistic models whose id is the SHA-256 of a canonical form.
 
-The minimum-public-weight rule: a model must give non-zero weight to at least
-``k`` of the sandbox's columns (k per deployment, default 3). A model with a
-single public column (weight 1, no private features) would return that column
-verbatim; with k >= 2 columns each score mixes several. Its limits: k columns
-with one large weight and tiny others still mostly reveal one column, and an
-applicant who submits k models can solve for columns by linear algebra, so
-administrators review the full spec, the quota caps the entities scored, and a
-grant may add output noise.
+What a model may be is the release rule's (``sandbox.he_release``): at least ``min_public_weights``
+sandbox columns with non-zero weights, contributions within ``max_contribution_ratio`` of each
+other, and magnitudes the HE profiles carry. Its scores leave with noise sized from its
+contribution range; the review (``GetModel``) shows each term's share and the bits one score can
+carry. An applicant who submits several models can still combine their scores, so administrators
+review the full spec and the quota and per-entity limit cap how many scores are released.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 from dataclasses import dataclass
 
-from sandbox import catalogue, storage
+from sandbox import catalogue, he_release, storage
 from sandbox.domain import VALUE_LEVELS, DatasetInfo, Level
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.he_release import ReleaseReview, ReleaseRule
 
 KINDS = ("linear", "logistic")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -60,16 +58,13 @@ def spec_from_canonical(text: str) -> ModelSpec:
                      float(doc["bias"]), doc["description"])
 
 
-def validate(spec: ModelSpec, info: DatasetInfo, *, min_public_weights: int) -> None:
-    """Refuse a malformed model, or one whose score would come close to revealing a single column."""
+def validate(spec: ModelSpec, info: DatasetInfo, *, rule: ReleaseRule) -> ReleaseReview:
+    """Refuse a malformed model, or one whose scores the release rule could not bound; return its review."""
     def bad(why: str) -> SandboxError:
         return SandboxError(ErrorCode.INVALID_ARGUMENT, why)
 
     if not _NAME_RE.match(spec.name) or spec.kind not in KINDS or len(spec.description) > 2000:
         raise bad("model needs a name (letters, digits, _ -) and a kind (linear or logistic)")
-    weights = [w for _, w in spec.public_features] + [w for _, w in spec.private_features] + [spec.bias]
-    if not all(math.isfinite(w) and abs(w) < 1e12 for w in weights):
-        raise bad("weights and bias must be finite")
     if not 1 <= len(spec.private_features) <= MAX_FEATURES or len(spec.public_features) > MAX_FEATURES:
         raise bad(f"a model has 1 to {MAX_FEATURES} private features and at most {MAX_FEATURES} public ones")
     names = [n for n, _ in spec.private_features]
@@ -86,18 +81,19 @@ def validate(spec: ModelSpec, info: DatasetInfo, *, min_public_weights: int) -> 
             raise SandboxError(ErrorCode.COLUMN_LEVEL_FORBIDDEN, f"column '{name}' ({col.level.value})")
         if not col.numeric or col.lower is None or col.upper is None:
             raise bad(f"column '{name}' is not numeric with public bounds")
-    nonzero = sum(1 for _, w in spec.public_features if w != 0.0)
-    if nonzero < min_public_weights:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT,
-                           f"a model needs at least {min_public_weights} non-zero public weights "
-                           "(fewer could reveal a single column)")
+    return he_release.check(spec.public_features, tuple(w for _, w in spec.private_features), spec.bias,
+                            info.schema, rule)
 
 
-def submit(conn: sqlite3.Connection, spec: ModelSpec, *, submitted_by: str, now_ms: int,
-           min_public_weights: int) -> str:
+def submit(conn: sqlite3.Connection, spec: ModelSpec, *, submitted_by: str, now_ms: int, rule: ReleaseRule) -> str:
     """Validate and store ``spec``; its id is the SHA-256 of its canonical form."""
-    validate(spec, catalogue.get_dataset(conn, spec.dataset), min_public_weights=min_public_weights)
+    validate(spec, catalogue.get_dataset(conn, spec.dataset), rule=rule)
     return storage.put_content(conn, "models", spec.canonical(), submitted_by=submitted_by, now_ms=now_ms)
+
+
+def review(conn: sqlite3.Connection, spec: ModelSpec, rule: ReleaseRule) -> ReleaseReview:
+    """What the release rule makes of a stored model, for the reviewer (against the dataset's latest schema)."""
+    return he_release.review(spec.public_features, spec.bias, catalogue.get_dataset(conn, spec.dataset).schema, rule)
 
 
 def get(conn: sqlite3.Connection, model_hash: str) -> tuple[ModelSpec, str]:

@@ -23,13 +23,19 @@ CREATE TABLE IF NOT EXISTS nonces (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts_ms);
 
+-- A version is HMAC-SHA256(catalogue key, content_sha256): nobody without the key can recompute it from a guessed
+-- table. content_sha256 and the exact row_count never leave the server; the catalogue shows public_rows, the row
+-- count released once with differential privacy at import. (Versions imported before the key existed are their
+-- content_sha256: see storage._migrate_datasets.)
 CREATE TABLE IF NOT EXISTS datasets (
     name           TEXT NOT NULL,
-    version        TEXT NOT NULL,           -- SHA-256 of the stored content
+    version        TEXT NOT NULL,
     schema_json    TEXT NOT NULL,
     row_count      INTEGER NOT NULL,
     imported_at_ms INTEGER NOT NULL,
     imported_by    TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    public_rows    INTEGER NOT NULL CHECK (public_rows >= 0),
     PRIMARY KEY (name, version)
 );
 CREATE TRIGGER IF NOT EXISTS datasets_read_only BEFORE UPDATE ON datasets
@@ -146,3 +152,13 @@ CREATE TABLE IF NOT EXISTS plans (
 );
 CREATE TRIGGER IF NOT EXISTS plans_read_only BEFORE UPDATE ON plans
 BEGIN SELECT RAISE(ABORT, 'plans are immutable'); END;
+
+-- HE scoring's per-entity limit: one row per Score call holding its batch's entity ids as keyed 8-byte
+-- pseudonyms (BLAKE2b keyed with the server's secret, never an id in the clear), under a random batch key
+-- that is never reused. The server counts them per grant (sandbox/he_entities.py).
+CREATE TABLE IF NOT EXISTS he_scored (
+    batch      INTEGER PRIMARY KEY,
+    grant_id   TEXT NOT NULL REFERENCES grants (id),
+    pseudonyms BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS he_scored_grant ON he_scored (grant_id, batch);

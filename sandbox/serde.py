@@ -11,6 +11,7 @@ from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, 
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.fl_plans import PlanTemplate
+from sandbox.he_release import ReleaseReview
 from sandbox.models import ModelSpec
 
 ROLE_TO_PB = {
@@ -119,7 +120,7 @@ def schema_to_pb(s: d.DatasetSchema) -> common_pb2.DatasetSchema:
 
 def dataset_info_to_pb(info: d.DatasetInfo) -> common_pb2.DatasetInfo:
     return common_pb2.DatasetInfo(
-        schema=schema_to_pb(info.schema), version=info.version, approx_rows=info.approx_rows,
+        schema=schema_to_pb(info.schema), version=info.version, approx_rows=info.public_rows,
         imported_at_unix_ms=info.imported_at_ms,
     )
 
@@ -303,6 +304,15 @@ def model_to_pb(spec: ModelSpec) -> he_pb2.ModelSpec:
         description=spec.description,
         public_features=[he_pb2.PublicFeature(column=c, weight=w) for c, w in spec.public_features],
         private_features=[he_pb2.PrivateFeature(name=n, weight=w) for n, w in spec.private_features])
+
+
+def review_to_pb(rev: ReleaseReview) -> he_pb2.ModelReview:
+    return he_pb2.ModelReview(
+        terms=[he_pb2.TermShare(column=t.column, weight=t.weight, lower=t.lower, upper=t.upper,
+                                contribution=t.contribution, share=t.share) for t in rev.terms],
+        contribution_range=rev.contribution_range, noise_sd=rev.noise_sd, bits_per_score=rev.bits_per_score,
+        scores_per_entity=rev.scores_per_entity, bits_per_entity=rev.bits_per_entity,
+        step_tv_per_entity=rev.step_tv_per_entity)
 
 
 def plan_from_pb(t: fl_pb2.PlanTemplate) -> PlanTemplate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -14,8 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
+from sandbox import catalogue
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
+from sandbox.datadir import catalogue_secret
 from sandbox.identity import public_key_bytes, read_private_key
 from sandbox.interceptor import SigningInterceptor
 from sandbox.servicers import METHOD_ROLES, add_servicers
@@ -57,7 +60,9 @@ class RunningServer:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    db = Database.create(config.db_path)
+    catalogue_key = catalogue_secret(config.catalogue_key)  # read once; created here for older data directories
+    db = Database.create(config.db_path, release_rows=functools.partial(
+        catalogue.public_rows_of_stored, epsilon=config.catalogue_count_epsilon))
     db.busy_timeout_ms = config.busy_timeout_ms
     audit_key = read_private_key(config.audit_key)
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
@@ -71,7 +76,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=[interceptor],
                          options=options)
-    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()), db)
+    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()), db, catalogue_key)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

@@ -50,8 +50,9 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, catalogue_key: bytes) -> None:
         self._config = config
+        self._catalogue_key = catalogue_key
 
     def EnrolPrincipal(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
@@ -79,8 +80,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         call = current_call()
         report = catalogue.import_csv(
             None, self._config.data_dir, serde.schema_from_pb(request.schema), request.csv,  # type: ignore[arg-type]
-            imported_by=call.principal.id, max_rejected=request.max_rejected_rows, dry_run=request.dry_run,
-            now_ms=call.now_ms, conn=call.conn,
+            imported_by=call.principal.id, version_key=self._catalogue_key,
+            count_epsilon=self._config.catalogue_count_epsilon, max_rejected=request.max_rejected_rows,
+            dry_run=request.dry_run, now_ms=call.now_ms, conn=call.conn,
         )
         return serde.import_report_to_pb(report)
 
@@ -213,7 +215,7 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
         call = current_call()
         spec = serde.model_from_pb(request.spec)
         model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
-                                   min_public_weights=self._config.min_public_weights)
+                                   rule=self._config.release_rule)
         return he_pb2.SubmitModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def GetModel(self, request, context):  # type: ignore[no-untyped-def]
@@ -224,15 +226,17 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
             # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
             raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
         return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
-                                       submitted_by=submitted_by)
+                                       submitted_by=submitted_by,
+                                       review=serde.review_to_pb(models.review(call.conn, spec, self._config.release_rule)))
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
-    def __init__(self, config: ServerConfig, cache: dp_queries.ArrayCache) -> None:
+    def __init__(self, config: ServerConfig, cache: dp_queries.ArrayCache, secret: bytes) -> None:
         self._config = config
         self._store = he_scoring.ContextStore(config.he_context_ttl_seconds * 1000)
         self._cache = cache
-        self._index = he_scoring.EntityIndex(cache)
+        self._index = he_scoring.EntityIndex(cache, secret)
+        self._counts = he_scoring.EntityCounts(secret)
         self._pool: he_scoring.he_engine.ScoringPool | None = None
         self._lock = threading.Lock()
 
@@ -256,7 +260,8 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
         return he_scoring.register_context(current_call(), list(request_iterator), self.pool(), self._store)
 
     def Score(self, request, context):  # type: ignore[no-untyped-def]
-        return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index)
+        return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index,
+                                self._counts, rule=self._config.release_rule)
 
 
 class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
@@ -283,22 +288,22 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
         return self._jobs.cancel(current_call(), request.job_id)
 
     def RegisterTrainedModel(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.register_model(current_call(), request,
-                                         min_public_weights=self._config.min_public_weights)
+        return self._jobs.register_model(current_call(), request, rule=self._config.release_rule)
 
 
 def add_servicers(
-    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes, db: Database
+    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes, db: Database,
+    catalogue_key: bytes,
 ) -> list[Callable[[], None]]:
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
     fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
         FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config)), config), server)
-    he = HeScoringServicer(config, dp.cache)
+    he = HeScoringServicer(config, dp.cache, catalogue_key)  # the server's secret keys the HE pseudonyms too
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)
     he_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(config), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config, catalogue_key), server)
     applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log, audit_public_key), server)
     return [he.close]

@@ -19,7 +19,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -44,6 +44,50 @@ def _schema_sql() -> str:
     return resources.files("sandbox").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
+#: (schema_json, exact row count) -> the public row count, released with differential privacy.
+ReleaseRows = Callable[[str, int], int]
+_DATASET_COLUMNS = {"content_sha256": "TEXT NOT NULL DEFAULT ''",
+                    "public_rows": "INTEGER NOT NULL DEFAULT 0 CHECK (public_rows >= 0)"}
+
+
+def _migrate_datasets(conn: sqlite3.Connection, release_rows: ReleaseRows | None) -> None:
+    """Give a datasets table from before keyed versions its content_sha256 and public_rows columns, once.
+
+    Its rows were versioned by their unsalted content hash, so that hash is their content_sha256. They keep
+    that old (recomputable) version: grants pin versions exactly, and renaming would orphan them. Only new
+    imports get keyed versions. Each old row's public count is released here, once, in the same transaction.
+    """
+    def missing() -> list[str]:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+        return [c for c in _DATASET_COLUMNS if c not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        todo = missing()  # another process may have migrated while we waited for the lock
+        if todo:
+            rows = conn.execute("SELECT rowid, version, schema_json, row_count FROM datasets").fetchall()
+            if rows and release_rows is None:
+                raise SandboxError(ErrorCode.INTERNAL, log_detail="datasets table needs migrating: start the server")
+            trigger = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                                   ("datasets_read_only",)).fetchone()
+            conn.execute("DROP TRIGGER IF EXISTS datasets_read_only")  # the one update the table ever gets
+            for column in todo:
+                conn.execute(f"ALTER TABLE datasets ADD COLUMN {column} {_DATASET_COLUMNS[column]}")
+            for rowid, version, schema_json, row_count in rows:
+                assert release_rows is not None
+                conn.execute("UPDATE datasets SET content_sha256 = ?, public_rows = ? WHERE rowid = ?",
+                             (version, release_rows(schema_json, int(row_count)), rowid))
+            if trigger is not None:
+                conn.execute(trigger[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class Database:
     """The sandbox database. Safe to share between threads."""
 
@@ -63,11 +107,16 @@ class Database:
         self.writes = 0
 
     @classmethod
-    def create(cls, path: Path) -> Database:
-        """Create the schema (idempotent) and return the database."""
+    def create(cls, path: Path, *, release_rows: ReleaseRows | None = None) -> Database:
+        """Create the schema (idempotent), migrate an older one, and return the database.
+
+        ``release_rows(schema_json, row_count)`` gives the public row count of a dataset imported before
+        counts were released; it is needed only to migrate such a database.
+        """
         db = cls(path)
         conn = db.connection()
         conn.executescript(_schema_sql())
+        _migrate_datasets(conn, release_rows)
         return db
 
     def _connect(self) -> sqlite3.Connection:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
+import hmac
 import json
 import stat
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from clients.schema_file import load_schema_file
 from protos.sandbox.v1 import common_pb2
-from sandbox import catalogue
+from sandbox import catalogue, serde
 from sandbox.catalogue import (
     get_dataset, import_csv, list_catalogue, load_columns, schema_from_json, schema_to_json, validate_schema,
 )
@@ -25,6 +27,7 @@ from sandbox.storage import Database
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 SECRET = "ZZSECRET42"
+KEY = bytes(range(32))  # the catalogue key these tests import under
 C = ColumnSchema
 T = ColumnType
 L = Level
@@ -80,7 +83,7 @@ def data_dir(tmp_path: Path) -> Path:
 def do_import(
     db: Database, data_dir: Path, data: bytes, schema: DatasetSchema | None = None, **kw: object
 ) -> ImportReport:
-    args: dict[str, object] = {"imported_by": "admin-1", "now_ms": 1_000}
+    args: dict[str, object] = {"imported_by": "admin-1", "now_ms": 1_000, "version_key": KEY, "count_epsilon": 0.1}
     args.update(kw)
     return import_csv(db, data_dir, schema or people_schema(), data, **args)  # type: ignore[arg-type]
 
@@ -121,6 +124,10 @@ def test_bundled_dataset_imports_without_rejections(
     report = do_import(db, data_dir, (DATA / f"{name}.csv.gz").read_bytes(), schema)
     assert report.rejected_count == 0 and report.rejected == ()
     assert report.rows_imported == rows and report.info.row_count == rows
+    # What the catalogue shows: the count plus discrete Laplace noise (scale unit / 0.1), rounded to two
+    # significant digits (a multiple of 1000 here); |noise| > 20 scales has probability e^-20.
+    scale = (schema.max_rows_per_person or 1) / 0.1
+    assert report.info.public_rows % 1000 == 0 and abs(report.info.public_rows - rows) <= 20 * scale + 500
     assert report.duplicates_dropped == duplicates
     assert dataset_rows(db) == [(name, report.info.version)]
     directory = data_dir / "datasets" / name / report.info.version
@@ -178,6 +185,11 @@ def test_import_is_deterministic_and_second_import_already_exists(db: Database, 
     other_dir = tmp_path / "other"
     again = do_import(other_db, other_dir, gzip.compress(csv_bytes(*GOOD_ROWS)), now_ms=99)
     assert first.info.version == again.info.version and len(first.info.version) == 64
+    assert all(c in "0123456789abcdef" for c in first.info.version)
+    # Another server (another catalogue key) gives the same content another version.
+    keyed = do_import(Database.create(tmp_path / "keyed.db"), tmp_path / "keyed", csv_bytes(*GOOD_ROWS),
+                      version_key=bytes(32))
+    assert keyed.info.version != first.info.version and len(keyed.info.version) == 64
     files_before = sorted(stored_files(data_dir))
     with pytest.raises(SandboxError) as info:
         do_import(db, data_dir, csv_bytes(*GOOD_ROWS), now_ms=2_000)
@@ -210,6 +222,31 @@ def test_dry_run_writes_nothing_and_reports_the_version(db: Database, data_dir: 
     real = do_import(db, data_dir, csv_bytes(*GOOD_ROWS, "4,x,1,1,F,north,"), max_rejected=1)
     assert real.info.version == dry.info.version
     assert dataset_rows(db) == [("people", real.info.version)]
+    assert dry.info.public_rows == 0  # a dry run releases no count (and spends nothing)
+
+
+def test_the_version_is_keyed_and_the_content_digest_stays_inside(db: Database, data_dir: Path) -> None:
+    report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS))
+    digest, shown = db.connection().execute("SELECT content_sha256, public_rows FROM datasets").fetchone()
+    schema = people_schema()
+    stored = load_columns(data_dir, report.info, [c.name for c in schema.columns])
+    # The stored digest is the old, unsalted version formula over the stored content ...
+    assert digest == catalogue._content_digest(schema_to_json(schema), schema, stored)
+    # ... and the public version is its HMAC under the catalogue key, which nobody outside has.
+    keyed = hmac.new(KEY, b"dataset-version\0" + bytes.fromhex(digest), hashlib.sha256).hexdigest()
+    assert report.info.version == keyed != digest
+    served = serde.dataset_info_to_pb(report.info)
+    assert digest not in served.SerializeToString().hex() and digest.encode() not in served.SerializeToString()
+    assert served.approx_rows == shown == report.info.public_rows
+
+
+def test_the_catalogue_shows_the_count_released_at_import(db: Database, data_dir: Path) -> None:
+    report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS))  # 4 rows, unit 2 (max_rows_per_person): scale 20
+    [listed] = list_catalogue(db.connection())
+    assert listed.row_count == 4  # exact, internal
+    assert listed.public_rows == report.info.public_rows == get_dataset(db.connection(), "people").public_rows
+    assert 0 <= listed.public_rows <= 4 + 20 * 20  # |noise| > 400 at scale 20 has probability e^-20
+    assert [list_catalogue(db.connection())[0].public_rows for _ in range(3)] == [listed.public_rows] * 3  # once
 
 
 def test_load_columns_dtypes_and_values(db: Database, data_dir: Path) -> None:

@@ -114,6 +114,8 @@ def test_import_then_catalogue_shows_columns_and_only_a_rounded_row_count(run: R
     key = enrolled(run, tmp_path, "Bank")
     r = run("catalogue", key=key)
     assert r.exit_code == 0, r.output
+    # 48,790 rows plus discrete Laplace noise of scale 10 (epsilon 0.1, one row per person) lands in
+    # [48,500, 49,500) and so shows as 49,000 unless |noise| > 290, which has probability about e^-29.
     assert "adult_census" in r.output and "≈49,000 rows" in r.output
     assert "48790" not in r.output and "48,790" not in r.output
     found(r"age\s+│\s+integer\s+│\s+open\s+│\s+\[17, 90\]", r.output)

@@ -26,7 +26,9 @@ from tests.conftest import DATA, SCHEMAS, Sandbox
 from tests.test_client_cli import Run, enrolled, found, invoke, no_traceback
 from tests.test_fl_integration import FEATURES as FL_FEATURES
 from tests.test_fl_integration import LABEL
-from tests.test_he_integration import BIAS, COLUMNS, PRIVATE, PUBLIC, bank_features, credit_rows, plaintext_logits
+from tests.test_he_integration import (
+    BIAS, COLUMNS, NOISE_SD, PRIVATE, PUBLIC, bank_features, credit_rows, plaintext_logits,
+)
 
 HEX64 = r"[0-9a-f]{64}"
 THRESHOLD = 35.5  # not a whole number, so a plan that truncates it is a different plan
@@ -78,6 +80,23 @@ def he_grant(run: Run, sandbox: Sandbox, tmp_path: Path) -> tuple[Path, str, str
     return bank_key, grant, model
 
 
+def wide_features(n: int, seed: int = 0) -> np.ndarray:
+    """Bank features spread wide (+-100), so the private part's spread dwarfs the release rule's noise and an id
+    matched with another row's features, or a feature with another's weight, shows far beyond it."""
+    return np.random.default_rng(seed).uniform(-100, 100, (n, len(PRIVATE)))
+
+
+def expected_logits(picked: list[dict[str, str]], x: np.ndarray) -> np.ndarray:
+    """The model in plaintext on these rows with the bank's features ``x`` (no noise)."""
+    w = np.array(list(PRIVATE.values()))
+    return plaintext_logits(picked) - bank_features(picked) @ w + x @ w
+
+
+def assert_within_noise(logits: np.ndarray, expected: np.ndarray) -> None:
+    """Equal but for the release rule's noise: every difference within 6 sd (a miss has odds about 1e-9 per row)."""
+    assert np.max(np.abs(logits - expected)) < 6 * NOISE_SD, np.abs(logits - expected)
+
+
 def write_ids(path: Path, ids: list[str]) -> Path:
     path.write_text("id\n" + "".join(f"{i}\n" for i in ids), encoding="utf-8")
     return path
@@ -98,7 +117,8 @@ def test_score_writes_one_row_per_id_in_order_equal_to_the_plaintext_model(
     picked = rows[::397][:50][::-1]  # spread over the file, and not in file order
     ids = [r["ID"] for r in picked]
     ids_csv = write_ids(tmp_path / "ids.csv", ids)
-    feats = write_features(tmp_path / "bank.csv", list(PRIVATE), bank_features(picked))
+    x = wide_features(len(picked))
+    feats = write_features(tmp_path / "bank.csv", list(PRIVATE), x)
     out_csv = tmp_path / "scores.csv"
 
     r = run("score", "--grant", grant, "--model", model, "--ids", ids_csv, "--features", feats, "--out", out_csv,
@@ -113,10 +133,10 @@ def test_score_writes_one_row_per_id_in_order_equal_to_the_plaintext_model(
     assert [t[0] for t in table[1:]] == ids
     logits = np.array([float(t[1]) for t in table[1:]])
     probs = np.array([float(t[2]) for t in table[1:]])
-    expected = plaintext_logits(picked)
-    assert np.std(expected) > 0.1  # the rows differ, so the order check says something
-    assert np.max(np.abs(logits - expected)) < 1e-3
-    assert np.max(np.abs(probs - 1 / (1 + np.exp(-expected)))) < 1e-3
+    expected = expected_logits(picked, x)
+    assert np.std(expected) > 20 * NOISE_SD  # the rows differ far beyond the noise, so the order check says something
+    assert_within_noise(logits, expected)
+    assert np.max(np.abs(probs - 1 / (1 + np.exp(-logits)))) < 1e-6
 
     status = run("status", key=bank)
     found(r"HE_SCORING\s+│\s+approved\s+│\s+0 / 0\s+│\s+50 / 1000", status.output)  # the quota counts entities
@@ -127,13 +147,14 @@ def test_feature_columns_are_matched_by_name_not_position(
     bank, grant, model = he_grant
     picked = credit_rows()[100:110]
     ids_csv = write_ids(tmp_path / "ids.csv", [r["ID"] for r in picked])
-    swapped = write_features(tmp_path / "swapped.csv", list(PRIVATE)[::-1], bank_features(picked)[:, ::-1])
+    x = wide_features(len(picked), seed=1)
+    swapped = write_features(tmp_path / "swapped.csv", list(PRIVATE)[::-1], x[:, ::-1])
     r = run("score", "--grant", grant, "--model", model, "--ids", ids_csv, "--features", swapped,
             "--out", tmp_path / "scores.csv", key=bank)
     assert r.exit_code == 0, r.output
     with (tmp_path / "scores.csv").open(newline="") as fh:
         logits = np.array([float(t[1]) for t in list(csv.reader(fh))[1:]])
-    assert np.max(np.abs(logits - plaintext_logits(picked))) < 1e-3
+    assert_within_noise(logits, expected_logits(picked, x))
 
 
 def test_score_input_errors_are_readable(run: Run, sandbox: Sandbox, he_grant: tuple[Path, str, str],
@@ -207,7 +228,7 @@ def test_the_sdk_sends_only_a_public_context_and_ciphertexts_and_never_the_featu
 
         t.invoke_raw, t.call_stream = recording_invoke, recording_stream  # type: ignore[method-assign]
         result = bank.score(grant, model, [r["ID"] for r in picked], x)
-    assert np.max(np.abs(result.logits - plaintext_logits(picked))) < 1e-3  # the recording changed nothing
+    assert_within_noise(result.logits, plaintext_logits(picked))  # the recording changed nothing
 
     methods = [m.rsplit("/", 1)[1] for m, _ in sent]
     assert set(methods) == {"GetModel", "ListProfiles", "RegisterContext", "Score"}, methods

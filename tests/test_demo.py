@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,17 +23,25 @@ def test_demo_runs_end_to_end() -> None:
     assert "ALREADY_EXISTS" in text and "[COLUMN_NOT_NAMED]" in text and "[GRANT_REVOKED]" in text
     assert "count by sex where age >= 30 (epsilon 0.25)" in text and "95% interval" in text
     assert "RESOURCE_EXHAUSTED: privacy budget exhausted: remaining epsilon 0" in text
-    assert "homomorphic scores (CKKS)" in text and "same model in plaintext" in text
-    he_auc = re.search(r"homomorphic scores \(CKKS\)\s*│\s*(0\.\d{4})", text)
+    he_auc = re.search(r"homomorphic scores \(CKKS, release rule\)\s*│\s*(0\.\d{4})", text)
     plain_auc = re.search(r"same model in plaintext\s*│\s*(0\.\d{4})", text)
-    assert he_auc is not None and plain_auc is not None
-    assert he_auc.group(1) == plain_auc.group(1) and float(he_auc.group(1)) > 0.6  # the README: agree to 4 decimals
-    diff = re.search(r"Largest absolute difference between the two sets of logits: (\S+)\.", text)
-    assert diff is not None and float(diff.group(1)) < 1e-3
+    own_auc = re.search(r"the bank's own features alone\s*│\s*(0\.\d{4})", text)
+    assert he_auc is not None and plain_auc is not None and own_auc is not None
+    he, plain, own = (float(m.group(1)) for m in (he_auc, plain_auc, own_auc))
+    # The README: the release rule costs a few hundredths of AUC, and the sandbox's columns still add to the bank's.
+    assert plain - 0.08 < he < plain + 0.02 and he > own + 0.03, (he, plain, own)
+    rule = re.search(r"noise of sd (\S+) to every score .* at most (\S+) bits about the sandbox's columns", text)
+    assert rule is not None and float(rule.group(1)) > 0 and 0 < float(rule.group(2)) < 4
+    noise = re.search(r"Scores minus the plaintext model: mean (\S+), sd (\S+) \(the noise\)", text)
+    assert noise is not None and abs(float(noise.group(1))) < 0.15
+    assert float(noise.group(2)) == pytest.approx(float(rule.group(1)), rel=0.15)  # 1,000 draws: 7 standard errors
     assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
     assert "charged epsilon" in text and "withheld" in text
-    fl_he = re.search(r"Riverside Mutual scored 500 people .* largest difference from the lab's model in\s+plaintext (\S+)\.",
+    fl_he = re.search(r"Riverside Mutual scored 500 people .* release rule's noise \(sd (\S+), measured (\S+)\)\.",
                       text, re.S)
-    assert fl_he is not None and float(fl_he.group(1)) < 1e-3
+    assert fl_he is not None
+    stated, measured = float(fl_he.group(1)), float(fl_he.group(2))
+    # 500 draws (7% standard error), plus the columns the conversion may fold into the bias (each below the noise).
+    assert 0.75 * stated < measured < 1.35 * stated + 0.05, (stated, measured)
     assert "audit log OK" in text
     assert "Traceback" not in text + out.stderr

@@ -31,7 +31,7 @@ from fl_server.inprocess import LocalGrid, _ensure_task_identity
 from fl_server.runtime import TlsFiles, certificate_names, node_key_pair
 from sandbox import catalogue, serde
 from sandbox.config import default_file, load_config
-from sandbox.datadir import init_data_dir
+from sandbox.datadir import catalogue_secret, init_data_dir
 from sandbox.dp_queries import ArrayCache
 from sandbox.fl_jobs import JobManager, backend_for
 from sandbox.storage import Database
@@ -61,11 +61,13 @@ def site_csv(path: Path, site: str) -> Path:
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobManager, object]:
     """rand_hie imported into a data directory the way the sandbox imports it; the job manager over it."""
-    data_dir = init_data_dir(tmp_path_factory.mktemp("sbx") / "city").config.data_dir
+    config = init_data_dir(tmp_path_factory.mktemp("sbx") / "city").config
+    data_dir = config.data_dir
     db = Database(data_dir / "sandbox.db")
     schema = serde.schema_from_pb(load_schema_file(SCHEMAS / "rand_hie.toml"))
     report = catalogue.import_csv(db, data_dir, schema, (DATA / "rand_hie.csv.gz").read_bytes(), imported_by="test",
-                                  now_ms=int(time.time() * 1000))
+                                  version_key=catalogue_secret(config.catalogue_key),
+                                  count_epsilon=config.catalogue_count_epsilon, now_ms=int(time.time() * 1000))
     assert report.rejected_count == 0 and report.duplicates_dropped == 0  # so the CSV rows are the imported rows
     with db.read() as conn:
         info = catalogue.get_dataset(conn, "rand_hie")

@@ -3,6 +3,7 @@ keeps all-or-nothing semantics of its own, and nobody returns before its work is
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -165,3 +166,72 @@ def test_content_is_stored_under_its_hash_once_and_a_changed_row_is_caught(db: D
         with pytest.raises(SandboxError) as exc:
             get_content(conn, "plans", forged)
         assert exc.value.code is ErrorCode.INTERNAL
+
+
+# --- migrating a database from before keyed versions and released counts ------------------------------
+
+OLD_DATASETS = """
+CREATE TABLE datasets (
+    name           TEXT NOT NULL,
+    version        TEXT NOT NULL,           -- SHA-256 of the stored content
+    schema_json    TEXT NOT NULL,
+    row_count      INTEGER NOT NULL,
+    imported_at_ms INTEGER NOT NULL,
+    imported_by    TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TRIGGER datasets_read_only BEFORE UPDATE ON datasets
+BEGIN SELECT RAISE(ABORT, 'datasets are read-only'); END;
+"""
+
+
+def old_database(path: Path, rows: list[tuple[str, str, int]]) -> None:
+    """A database file as the server made it before this change: the old datasets table, by hand."""
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_DATASETS)
+    conn.executemany("INSERT INTO datasets VALUES (?, ?, ?, ?, 1000, 'admin')",
+                     [(name, version, f'{{"name": "{name}"}}', count) for name, version, count in rows])
+    conn.commit()
+    conn.close()
+
+
+def test_an_old_datasets_table_gets_its_columns_and_one_release_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox.db"
+    old_database(path, [("people", "a" * 64, 57), ("census", "b" * 64, 48_790)])
+    calls: list[tuple[str, int]] = []
+
+    def release(schema_json: str, row_count: int) -> int:
+        calls.append((schema_json, row_count))
+        return row_count + 3  # stands in for the DP release: distinct from the exact count
+
+    db = Database.create(path, release_rows=release)
+    conn = db.connection()
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    assert {"content_sha256", "public_rows"} <= columns
+    # Old versions were the unsalted content hash: that is their digest, and they keep it as their version.
+    assert conn.execute("SELECT name, version, content_sha256, row_count, public_rows FROM datasets ORDER BY name"
+                        ).fetchall() == [("census", "b" * 64, "b" * 64, 48_790, 48_793),
+                                         ("people", "a" * 64, "a" * 64, 57, 60)]
+    assert sorted(calls) == [('{"name": "census"}', 48_790), ('{"name": "people"}', 57)]
+    with pytest.raises(sqlite3.IntegrityError, match="read-only"):  # the trigger is back
+        conn.execute("UPDATE datasets SET public_rows = 0")
+    db.close()
+    Database.create(path, release_rows=release).close()  # opening again releases nothing more
+    assert len(calls) == 2
+
+
+def test_an_old_table_with_datasets_needs_a_release_to_migrate(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox.db"
+    old_database(path, [("people", "a" * 64, 57)])
+    with pytest.raises(SandboxError) as info:
+        Database.create(path)
+    assert info.value.code is ErrorCode.INTERNAL
+    conn = sqlite3.connect(path)  # rolled back: still the old table, nothing half done
+    assert "public_rows" not in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    conn.close()
+    empty = tmp_path / "empty.db"
+    old_database(empty, [])
+    Database.create(empty).close()  # nothing to release: the columns are simply added
+    conn = sqlite3.connect(empty)
+    assert "public_rows" in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    conn.close()

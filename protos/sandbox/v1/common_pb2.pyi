@@ -289,9 +289,9 @@ class DatasetInfo(_message.Message):
     APPROX_ROWS_FIELD_NUMBER: _builtins.int
     IMPORTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
-    """SHA-256 of the stored content, hex"""
+    """hex HMAC-SHA256 of the content digest under a server secret (older imports: the digest)"""
     approx_rows: _builtins.int
-    """Row count rounded to two significant digits; the exact count is never served."""
+    """Row count released once with differential privacy and rounded to two significant digits; never exact."""
     imported_at_unix_ms: _builtins.int
     @_builtins.property
     def schema(self) -> Global___DatasetSchema: ...

@@ -198,24 +198,114 @@ class GetModelResponse(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     MODEL_HASH_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    REVIEW_FIELD_NUMBER: _builtins.int
     model_hash: _builtins.str
     submitted_by: _builtins.str
     @_builtins.property
     def spec(self) -> Global___ModelSpec: ...
+    @_builtins.property
+    def review(self) -> Global___ModelReview:
+        """what the release rule makes of the model, for the reviewer"""
+
     def __init__(
         self,
         *,
         spec: Global___ModelSpec | None = ...,
         model_hash: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
+        review: Global___ModelReview | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["review", b"review", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_hash", b"model_hash", "spec", b"spec", "submitted_by", b"submitted_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_hash", b"model_hash", "review", b"review", "spec", b"spec", "submitted_by", b"submitted_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
+
+@_typing.final
+class TermShare(_message.Message):
+    """One sandbox column's part in a model's score."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    weight: _builtins.float
+    lower: _builtins.float
+    upper: _builtins.float
+    contribution: _builtins.float
+    """|weight| x (upper - lower): how far this term alone can move the score"""
+    share: _builtins.float
+    """contribution / contribution_range"""
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        lower: _builtins.float = ...,
+        upper: _builtins.float = ...,
+        contribution: _builtins.float = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "contribution", b"contribution", "lower", b"lower", "share", b"share", "upper", b"upper", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TermShare: _TypeAlias = TermShare  # noqa: Y015
+
+@_typing.final
+class ModelReview(_message.Message):
+    """The release rule applied to a model: every score leaves with Gaussian noise of sd noise_sd added
+    inside the sandbox, so one score carries at most bits_per_score bits about the sandbox's columns.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_RANGE_FIELD_NUMBER: _builtins.int
+    NOISE_SD_FIELD_NUMBER: _builtins.int
+    BITS_PER_SCORE_FIELD_NUMBER: _builtins.int
+    SCORES_PER_ENTITY_FIELD_NUMBER: _builtins.int
+    BITS_PER_ENTITY_FIELD_NUMBER: _builtins.int
+    STEP_TV_PER_ENTITY_FIELD_NUMBER: _builtins.int
+    contribution_range: _builtins.float
+    """sum of the terms' contributions"""
+    noise_sd: _builtins.float
+    bits_per_score: _builtins.float
+    scores_per_entity: _builtins.int
+    """how often one grant may score one entity id"""
+    bits_per_entity: _builtins.float
+    """after scores_per_entity scores of one entity"""
+    step_tv_per_entity: _builtins.float
+    """most total variation one step of one integer column causes over those scores"""
+    @_builtins.property
+    def terms(self) -> _containers.RepeatedCompositeFieldContainer[Global___TermShare]: ...
+    def __init__(
+        self,
+        *,
+        terms: _abc.Iterable[Global___TermShare] | None = ...,
+        contribution_range: _builtins.float = ...,
+        noise_sd: _builtins.float = ...,
+        bits_per_score: _builtins.float = ...,
+        scores_per_entity: _builtins.int = ...,
+        bits_per_entity: _builtins.float = ...,
+        step_tv_per_entity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits_per_entity", b"bits_per_entity", "bits_per_score", b"bits_per_score", "contribution_range", b"contribution_range", "noise_sd", b"noise_sd", "scores_per_entity", b"scores_per_entity", "step_tv_per_entity", b"step_tv_per_entity", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelReview: _TypeAlias = ModelReview  # noqa: Y015
 
 @_typing.final
 class HeProfile(_message.Message):
@@ -371,8 +461,11 @@ class ScoreResponse(_message.Message):
     ENCRYPTED_LOGITS_FIELD_NUMBER: _builtins.int
     ENTITIES_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    NOISE_SD_FIELD_NUMBER: _builtins.int
     encrypted_logits: _builtins.bytes
     entities: _builtins.int
+    noise_sd: _builtins.float
+    """sd of the Gaussian noise the release rule added to each logit (plus any DP noise)"""
     @_builtins.property
     def usage(self) -> _common_pb2.GrantUsage: ...
     def __init__(
@@ -381,10 +474,11 @@ class ScoreResponse(_message.Message):
         encrypted_logits: _builtins.bytes = ...,
         entities: _builtins.int = ...,
         usage: _common_pb2.GrantUsage | None = ...,
+        noise_sd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_logits", b"encrypted_logits", "entities", b"entities", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_logits", b"encrypted_logits", "entities", b"entities", "noise_sd", b"noise_sd", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,135 @@
+"""The entities of HE scoring: id -> row, a real stand-in for an unknown id, and how often a grant scored each id.
+
+Entity ids are pseudonymised with a keyed hash (BLAKE2b keyed with the server's secret, 8 bytes) wherever
+they are kept or compared: the stand-in ring and the per-entity counts never hold an id in the clear.
+
+The per-entity counts are durable and cheap to write: each Score appends one row holding its batch's
+pseudonyms (8 bytes an entity, one sequential write, whatever the grant's history) under a random batch
+key, and this process keeps, per grant, the counts those rows add up to. Before counting, a call lists the
+grant's batch keys (a covering-index scan) and loads only the rows it has not seen; if a row it had seen is
+gone (its transaction rolled back), it reloads the grant from the table. Batch keys are random 63-bit
+numbers, never reused, so a vanished row cannot come back as another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import secrets
+import sqlite3
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from sandbox.dp_queries import ArrayCache
+from sandbox.domain import DatasetInfo
+from sandbox.errors import ErrorCode, SandboxError
+
+#: Grants whose counts stay in memory (each is a dict of the pseudonyms it scored).
+CACHED_GRANTS = 64
+
+
+def pseudonyms(secret: bytes, person: bytes, prefix: bytes, values: list[str]) -> np.ndarray:
+    """Keyed 64-bit BLAKE2b of prefix + each value, as uint64 (one keyed state copied per value)."""
+    base = hashlib.blake2b(key=secret, digest_size=8, person=person)
+    base.update(prefix)
+    digests = []
+    for v in values:
+        h = base.copy()
+        h.update(v.encode())
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8")
+
+
+class EntityIndex:
+    """Identifier value -> row, and the ring of stand-ins for unknown ids, built once per dataset version.
+
+    Where an identifier has several rows (a person-year table such as rand_hie, stored by person and
+    year) the entity is its last stored row: the person's latest record. An unknown id's stand-in is the
+    entity after the id's keyed hash on a ring of the entities' keyed hashes (over the dataset's name, not
+    its version, so the stand-in mostly survives a new version).
+    """
+
+    def __init__(self, cache: ArrayCache, secret: bytes) -> None:
+        self._cache = cache
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._index: dict[tuple[str, str], tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
+
+    def _points(self, dataset: str, entity_ids: list[str]) -> np.ndarray:
+        return pseudonyms(self._secret, b"he-stand-in", dataset.encode() + b"\0", entity_ids)
+
+    def _built(self, info: DatasetInfo, id_column: str) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        key = (info.version, id_column)
+        with self._lock:
+            built = self._index.get(key)
+        if built is None:
+            values = self._cache.columns(info, [id_column])[id_column]
+            index = {self._norm(v): i for i, v in enumerate(values.tolist())}
+            points = self._points(info.schema.name, list(index))
+            order = np.argsort(points, kind="stable")
+            built = (index, points[order], np.fromiter(index.values(), dtype=np.int64, count=len(index))[order])
+            with self._lock:
+                self._index[key] = built
+        return built
+
+    def rows(self, info: DatasetInfo, id_column: str, entity_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The row of every id, a known entity's stand-in row for an unknown id; and which ids are known."""
+        index, ring, ring_rows = self._built(info, id_column)
+        rows = np.fromiter(map(index.get, entity_ids, itertools.repeat(-1)), dtype=np.int64, count=len(entity_ids))
+        known = rows >= 0
+        if not known.all():
+            missing = [e for e, k in zip(entity_ids, known.tolist()) if not k]
+            rows[~known] = ring_rows[np.searchsorted(ring, self._points(info.schema.name, missing)) % len(ring)]
+        return rows, known
+
+    @staticmethod
+    def _norm(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+
+class EntityCounts:
+    """How often each grant scored each entity id: durable rows of pseudonyms, counted in memory (module doc)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._grants: OrderedDict[str, tuple[set[int], dict[int, int]]] = OrderedDict()  # batches seen, counts
+
+    def count(self, conn: sqlite3.Connection, grant_id: str, entity_ids: list[str], limit: int) -> None:
+        """Count one more score of each id under the grant in the open transaction, or raise ENTITY_LIMIT.
+
+        Refused: nothing is written (and the call's savepoint rolls back whatever else it did).
+        """
+        batch = pseudonyms(self._secret, b"he-scored", grant_id.encode() + b"\0", entity_ids)
+        with self._lock:
+            counts = self._current(conn, grant_id)
+            spent = sum(1 for p in batch.tolist() if counts.get(p, 0) >= limit)
+            if spent:
+                raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(entity_ids)} ids were scored "
+                                                           f"{limit} time(s) under this grant already")
+            key = secrets.randbits(63)
+            conn.execute("INSERT INTO he_scored (batch, grant_id, pseudonyms) VALUES (?, ?, ?)",
+                         (key, grant_id, batch.tobytes()))
+            seen, _ = self._grants[grant_id]
+            seen.add(key)
+            for p in batch.tolist():
+                counts[p] = counts.get(p, 0) + 1
+
+    def _current(self, conn: sqlite3.Connection, grant_id: str) -> dict[int, int]:
+        """The grant's counts as this transaction sees them (called with the lock held)."""
+        keys = {k for (k,) in conn.execute("SELECT batch FROM he_scored WHERE grant_id = ?", (grant_id,))}
+        seen, counts = self._grants.pop(grant_id, (set(), {}))
+        if not seen <= keys:  # a batch it counted was rolled back: start again from the table
+            seen, counts = set(), {}
+        for key in keys - seen:
+            (blob,) = conn.execute("SELECT pseudonyms FROM he_scored WHERE batch = ?", (key,)).fetchone()
+            for p in np.frombuffer(blob, dtype="<u8").tolist():
+                counts[p] = counts.get(p, 0) + 1
+        self._grants[grant_id] = (keys, counts)
+        while len(self._grants) > CACHED_GRANTS:
+            self._grants.popitem(last=False)
+        return counts
