@@ -15,7 +15,13 @@ directory, and measures through the SDK:
 Each is run with 1 and 16 concurrent clients (threads, each with its own SDK client and
 channel), after a warm-up, and reported as p50/p99 latency and requests per second,
 with the ratio signed/unsigned. Micro-timings (Ed25519 sign and verify, one fsync'd
-SQLite commit) show where the time goes. It is a benchmark, not a test: it asserts
+SQLite commit) show where the time goes.
+
+The transparency log's own cost per audited RPC (the audit key's signature on every
+entry, and a signed tree head every 32 entries) is measured against a second server in
+this process, in its own data directory, whose log has those two signatures switched off
+(entries unsigned, no heads: the log as it was before): signed ``WhoAmI`` with 1 client,
+rounds alternating between the two, and the p50 ratio is printed (the aim: within 10%). It is a benchmark, not a test: it asserts
 nothing about times (STYLE.md 14). The client threads share the server's process and
 GIL, so absolute numbers are pessimistic; the ratios are the point.
 """
@@ -186,7 +192,59 @@ def micro_benchmarks(scratch: Path, n_crypto: int, n_commit: int) -> list[Micro]
 
     out.append(_timeit("SQLite write txn, 2 inserts, fsync (WAL, synchronous=FULL)", n_commit, commit))
     db.close()
+    # The transparency log's pieces: the entry signature on every call, a tree head every 32 entries.
+    from wire import transparency
+
+    entry = hashlib.sha256(b"entry").hexdigest()
+    out.append(_timeit("audit entry signature (Ed25519 sign, every call)", n_crypto,
+                       lambda: key.sign(transparency.entry_payload(12345, entry))))
+    tree = transparency.Tree(hashlib.sha256(str(i).encode()).hexdigest() for i in range(10_000))
+    out.append(_timeit("tree head over 10,000 entries: root (cached subtrees) + sign (every 32 calls)",
+                       max(20, n_commit // 3), lambda: key.sign(transparency.tree_head_payload(
+                           10_000, tree.root(10_000), 0))))
     return out
+
+
+class _NoSignature:
+    """Stands in for the audit key of the comparison server: its entries are appended unsigned."""
+
+    def sign(self, payload: bytes) -> None:
+        return None
+
+
+def merkle_cost(running: RunningServer, make_client: Callable[[], ApplicantClient], parent: Path, n: int,
+                rounds: int = 4) -> tuple[Result, Result]:
+    """Signed WhoAmI, 1 client, alternating rounds between this server (the log as it is) and a second one, started
+    here in its own data directory, whose log has the transparency signatures switched off in-process."""
+    other, other_cfg, other_admin = start(parent / "plain")
+    other.audit._key = _NoSignature()  # type: ignore[assignment]  # noqa: SLF001 -- entries unsigned
+    other.audit.after_commit = lambda: None  # type: ignore[method-assign]  # no tree heads
+    try:
+        address = f"127.0.0.1:{other.port}"
+        with AdminClient(address, key=other_admin, ca=other_cfg.ca_cert) as admin:
+            key = generate_key()
+            admin.enrol(name="Bench", organisation="Bench Ltd", roles=["applicant"], public_key=public_key_of(key))
+
+        def make_plain() -> ApplicantClient:
+            return ApplicantClient(address, key=key, ca=other_cfg.ca_cert)
+
+        with_log: list[Result] = []
+        without: list[Result] = []
+        per_round = max(10, n // rounds)
+        for _ in range(rounds):
+            with_log.append(run_config(make_client, SIGNED, 1, per_round, 5))
+            without.append(run_config(make_plain, SIGNED, 1, per_round, 5))
+    finally:
+        other.audit.after_commit = lambda: None  # type: ignore[method-assign]
+        other.server.stop(1).wait()
+        other.db.close()
+
+    def merged(rs: list[Result]) -> Result:
+        return Result(SIGNED, 1, sum(r.requests for r in rs), sum(r.seconds for r in rs),
+                      [x for r in rs for x in r.latencies_ms], sum(r.errors for r in rs),
+                      next((r.first_error for r in rs if r.first_error), ""))
+
+    return merged(with_log), merged(without)
 
 
 def start(parent: Path) -> tuple[RunningServer, ServerConfig, Path]:
@@ -248,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         batched = (running.db.writes - writes) / max(1, running.db.commits - commits)
                         console.print(f"    {batched:.2f} signed calls per durable commit (group commit)",
                                       highlight=False)
+            console.print("  transparency log: signed WhoAmI, 1 client, with and without its signatures ...")
+            merkle = merkle_cost(running, make_client, Path(tmp), base)
         finally:
             running.stop(grace=1)
         micro = micro_benchmarks(Path(tmp), n_crypto=500 if args.quick else 5000, n_commit=50 if args.quick else 300)
@@ -275,7 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         mtable.add_row(m.name, str(m.iterations), f"{m.us:,.1f}")
     console.print(mtable)
 
-    errors = [r for r in results if r.errors]
+    m_with, m_without = merkle
+    ttable = Table(title="Transparency log per audited RPC (signed WhoAmI, 1 client, rounds alternating between "
+                         "two servers)")
+    for col, just in (("log", "left"), ("requests", "right"), ("p50 ms", "right"), ("p99 ms", "right")):
+        ttable.add_column(col, justify=just)  # type: ignore[arg-type]
+    ttable.add_row("entries signed, a signed tree head every 32 (as served)", str(m_with.requests),
+                   f"{m_with.p50:.3f}", f"{m_with.p99:.3f}")
+    ttable.add_row("without those signatures (the log as it was before)", str(m_without.requests),
+                   f"{m_without.p50:.3f}", f"{m_without.p99:.3f}")
+    ttable.add_row("[bold]ratio (aim: at most 1.10)[/]", "", f"[bold]{ratio(m_with.p50, m_without.p50):.2f}x[/]",
+                   f"[bold]{ratio(m_with.p99, m_without.p99):.2f}x[/]")
+    console.print(ttable)
+
+    errors = [r for r in results + [m_with, m_without] if r.errors]
     for r in errors:
         console.print(f"[red]{r.kind} with {r.clients} client(s): {r.errors} failed; first: {r.first_error}[/]")
     parts = []
@@ -284,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(f"clients={clients} p50={ratio(s.p50, u.p50):.2f} p99={ratio(s.p99, u.p99):.2f} "
                      f"rps={ratio(s.rps, u.rps):.2f}")
     # One plain line (no markup, no wrapping) for people and scripts alike.
+    parts.append(f"transparency_log p50={ratio(m_with.p50, m_without.p50):.2f}")
     print("RATIOS signed/unsigned: " + " | ".join(parts), flush=True)
     return 1 if errors else 0
 

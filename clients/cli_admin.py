@@ -15,7 +15,10 @@ from clients.cli import (
     selection_text,
     table,
 )
-from clients.client import AdminClient
+from clients.client import AdminClient, AuditorClient
+from clients.errors import SandboxClientError
+from clients.witness import WitnessError
+from clients.witness import witness as run_witness
 
 __all__: list[str] = []
 
@@ -170,27 +173,35 @@ def _method(full: str) -> str:
     return full.rsplit("/", 1)[-1]
 
 
-@app.command()
+audit_app = typer.Typer(help="The tamper-evident audit log: every call, allowed or refused, with the privacy "
+                             "budget it spent; and its witness.", invoke_without_command=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
     after: int = typer.Option(0, min=0, help="Show entries after this sequence number."),
     limit: int = typer.Option(100, min=1, help="Show at most this many entries."),
-    head: bool = typer.Option(False, "--head", help="Show the log's size and last signed checkpoint instead."),
+    head: bool = typer.Option(False, "--head", help="Show the log's latest signed tree head instead."),
 ) -> None:
     """The tamper-evident audit log: every call, allowed or refused, with the privacy budget it spent."""
+    if ctx.invoked_subcommand is not None:
+        return
     con = out()
-    with connect(ctx, AdminClient) as admin:
+    with connect(ctx, AuditorClient) as admin:
         if head:
             h = admin.audit_head()
             tbl = table("field", "value", title="audit log head")
             row(tbl, "entries", h.entries)
-            if h.checkpoint_signed_at is None:
-                row(tbl, "checkpoint", "none signed yet")
+            if h.head is None:
+                row(tbl, "signed tree head", "none: the log is empty")
             else:
-                row(tbl, "checkpoint seq", h.checkpoint_seq)
-                row(tbl, "checkpoint hash", h.checkpoint_hash)
-                row(tbl, "signed at", day(h.checkpoint_signed_at))
-                row(tbl, "signature", h.checkpoint_signature.hex())
+                row(tbl, "tree head size", h.head.size)
+                row(tbl, "root hash", h.head.root_hash)
+                row(tbl, "signed at", day(dt.datetime.fromtimestamp(h.head.signed_at_ms / 1000, dt.timezone.utc)))
+                row(tbl, "signature", h.head.signature.hex())
+                row(tbl, "cosigned by", ", ".join(h.cosigned_by) or "no witness yet")
             row(tbl, "audit public key", h.audit_public_key.hex())
             con.print(tbl)
             return
@@ -204,3 +215,42 @@ def audit(
     con.print(tbl)
     if len(entries) > limit:
         con.print(f"more entries follow: --after {entries[limit - 1].seq}")
+
+
+@audit_app.command("witness")
+def witness(
+    ctx: typer.Context,
+    state: Path = typer.Option(..., help="This witness's directory: the pinned key and the last head it checked."),
+    public_key: Optional[str] = typer.Option(None, help="The sandbox's published audit public key (hex); needed "
+                                                        "on the first run, then pinned."),
+    public_key_file: Optional[Path] = typer.Option(None, help="The same, from a file (audit_signing.pub)."),
+) -> None:
+    """Check that the log's latest signed head extends the last one this witness saw, then countersign it.
+
+    Run it on the auditor's own machine, periodically. Exit codes: 0 the log extends what this witness saw
+    (cosigned); 1 it does not (truncated, rewritten or re-signed: the stored head is kept); 2 usage; 3 the
+    server did not answer.
+    """
+    given = _public_key(public_key, public_key_file) if (public_key or public_key_file) else None
+    con = out()
+    try:
+        with connect(ctx, AuditorClient) as auditor:
+            result = run_witness(auditor, state, given)
+    except WitnessError as exc:
+        con.print(Text(clean(f"WITNESS FAILED: {exc}"), style="red"))
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--public-key") from None
+    except SandboxClientError as exc:
+        if exc.code == "AUDIT_DAMAGED":  # the server found an entry its audit key did not sign
+            con.print(Text(clean(f"WITNESS FAILED: {exc.message}"), style="red"))
+            raise typer.Exit(1) from None
+        con.print(Text(clean(f"the sandbox did not give a head to check: {exc}"), style="red"))
+        raise typer.Exit(3) from None
+    if result.head is None:
+        con.print("the audit log is empty: nothing to witness yet")
+        return
+    first = "first head this witness stores" if result.previous is None else f"extends the head of {result.previous.size}"
+    con.print(Text(clean(f"witnessed tree head of {result.head.size} entries ({first}; {result.grew_by} new), root "
+                         f"{result.head.root_hash[:16]}…; cosigned and stored in {state / 'head.json'}"),
+                   style="green"))

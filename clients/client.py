@@ -9,6 +9,7 @@ Every call is signed, has a deadline (``timeout``, default 10 s) and raises a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -28,8 +29,9 @@ from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
+from wire import transparency
 
-__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AdminClient"]
+__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient"]
 
 _ADMIN = "/sandbox.v1.AdminService/"
 _APPLICANT = "/sandbox.v1.ApplicantService/"
@@ -122,6 +124,45 @@ class SandboxClient:
                                    code="GRANT_SIGNATURE_INVALID")
         return serde.terms(grant.terms_bytes)
 
+    def verify_receipt(self, receipt: t.Receipt | int, *,
+                       audit_public_key: bytes | None = None) -> t.VerifiedReceipt:
+        """Check that an answer this principal received is in the audit log the sandbox signed.
+
+        Fetches the receipt's entry (only one's own) with an inclusion proof against a signed tree head, and
+        checks here: the entry is this principal's, it records exactly the bytes received (when the receipt
+        carries their hash), its hash, the audit key's signatures on it and on the head, and the proof.
+        ``audit_public_key`` is the sandbox's published key; without it the key the server states is used
+        (which proves consistency with that key, not that it is the sandbox's). Raises ``PermissionDenied``
+        (code RECEIPT_INVALID) if anything does not check.
+        """
+        seq = receipt if isinstance(receipt, int) else receipt.seq
+        resp = self._t.call(_AUDIT + "GetReceipt", audit_pb2.GetReceiptRequest(seq=seq), audit_pb2.GetReceiptResponse)
+        e, key = resp.entry, audit_public_key or resp.audit_public_key
+        fields = {"principal_id": e.principal_id, "method": e.method, "status": e.status, "error_code": e.error_code,
+                  "scenario_id": e.scenario_id, "grant_id": e.grant_id, "epsilon_nano": e.epsilon_nano,
+                  "delta_atto": e.delta_atto, "request_sha256": e.request_sha256,
+                  "response_sha256": e.response_sha256}
+        head = serde.tree_head(resp.head)
+        problems = []
+        if e.seq != seq or e.principal_id != self.principal_id:
+            problems.append("the entry is not this principal's")
+        if isinstance(receipt, t.Receipt) and receipt.response_sha256 and receipt.response_sha256 != e.response_sha256:
+            problems.append("the entry records another answer than the one received")
+        if transparency.entry_hash(e.seq, e.time_unix_ms, e.prev_hash, fields) != e.entry_hash:
+            problems.append("the entry's hash does not match its fields")
+        if not transparency.verify_signature(key, resp.entry_signature,
+                                             transparency.entry_payload(e.seq, e.entry_hash)):
+            problems.append("the entry is not signed by the audit key")
+        if not transparency.verify_tree_head(head, key):
+            problems.append("the tree head is not signed by the audit key")
+        proof = transparency.inclusion_proof(e.seq, head.size, resp.inclusion.rule, resp.inclusion.path)
+        if not transparency.check_inclusion(e.entry_hash, e.seq, head, proof):
+            problems.append("the inclusion proof does not lead to the signed head")
+        if problems:
+            raise PermissionDenied("receipt does not verify: " + "; ".join(problems), status="PERMISSION_DENIED",
+                                   code="RECEIPT_INVALID")
+        return t.VerifiedReceipt(serde.audit_entry(e), head)
+
     def check_access(
         self, grant_id: str, *, kind: str, dataset: str, columns: Sequence[str], dataset_version: str = "",
         model_hash: str = "",
@@ -187,7 +228,8 @@ class ApplicantClient(SandboxClient):
         """Spend ``epsilon`` on a noisy answer. Retrying with the same ``idempotency_key`` is charged once."""
         req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=query.to_pb(), epsilon=float(epsilon),
                                      delta=float(delta), idempotency_key=idempotency_key or "")
-        return serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
+        result = serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
+        return dataclasses.replace(result, receipt=self._t.last_receipt)
 
     def submit_model(
         self, *, name: str, dataset: str, public_features: Sequence[tuple[str, float]] | Mapping[str, float],
@@ -253,7 +295,8 @@ class ApplicantClient(SandboxClient):
         return ScoreResult(ids, logits, sigmoid(logits) if logistic else None, seconds,
                            bytes_sent=sum(p.bytes_sent for p in parts) + (0 if session else sess.context_bytes),
                            bytes_received=sum(p.bytes_received for p in parts),
-                           noise_sd=max((p.noise_sd for p in parts), default=0.0))
+                           noise_sd=max((p.noise_sd for p in parts), default=0.0),
+                           receipts=tuple(r for p in parts for r in p.receipts))
 
 
 class ResearcherClient(ApplicantClient):
@@ -295,9 +338,10 @@ class ResearcherClient(ApplicantClient):
 
     def training_result(self, job_id: str) -> t.TrainingResult:
         """The aggregate model and federated metrics of a completed job (never a holder's update)."""
-        return serde.training_result(self._t.call(_FL + "GetTrainingResult",
-                                                  fl_pb2.GetTrainingResultRequest(job_id=job_id),
-                                                  fl_pb2.GetTrainingResultResponse))
+        result = serde.training_result(self._t.call(_FL + "GetTrainingResult",
+                                                    fl_pb2.GetTrainingResultRequest(job_id=job_id),
+                                                    fl_pb2.GetTrainingResultResponse))
+        return dataclasses.replace(result, receipt=self._t.last_receipt)
 
     def cancel_training(self, job_id: str) -> str:
         return self._t.call(_FL + "CancelTraining", fl_pb2.CancelTrainingRequest(job_id=job_id),
@@ -316,7 +360,44 @@ class ResearcherClient(ApplicantClient):
         return self._t.call(_FL + "RegisterTrainedModel", req, fl_pb2.RegisterTrainedModelResponse).model_hash
 
 
-class AdminClient(SandboxClient):
+class AuditorClient(SandboxClient):
+    """A regulator or auditor: reads the audit log, witnesses its signed tree heads."""
+
+    def audit_entries(self, *, after_seq: int = 0, page_size: int = 1000) -> Iterator[t.AuditEntry]:
+        """Every audit entry after ``after_seq``, fetched page by page."""
+        while True:
+            resp = self._t.call(_AUDIT + "ListAuditEntries",
+                                audit_pb2.ListAuditEntriesRequest(after_seq=after_seq, limit=page_size),
+                                audit_pb2.ListAuditEntriesResponse)
+            for e in resp.entries:
+                yield serde.audit_entry(e)
+                after_seq = e.seq
+            if not resp.more:
+                return
+
+    def audit_head(self) -> t.AuditHead:
+        return serde.audit_head(self._t.call(_AUDIT + "GetAuditHead", audit_pb2.GetAuditHeadRequest(),
+                                             audit_pb2.GetAuditHeadResponse))
+
+    def consistency_proof(self, prior: t.TreeHead, later: t.TreeHead) -> bool:
+        """Ask for a proof that ``later`` extends ``prior`` and check it here; True if it does."""
+        if later.size <= prior.size or prior.size == 0:
+            return transparency.check_consistency(prior, later, None)
+        resp = self._t.call(_AUDIT + "GetConsistencyProof", audit_pb2.GetConsistencyProofRequest(
+            first_size=prior.size, second_size=later.size), audit_pb2.GetConsistencyProofResponse)
+        p = resp.proof
+        return transparency.check_consistency(
+            prior, later, transparency.consistency_proof(prior.size, later.size, p.rule, p.subset, p.path))
+
+    def cosign(self, head: t.TreeHead) -> None:
+        """Countersign a head this client checked, with its own key; the server keeps the cosignature."""
+        sig = self._t.key.sign(transparency.cosignature_payload(self.principal_id, head.size, head.root_hash,
+                                                                head.signed_at_ms))
+        self._t.call(_AUDIT + "AddCosignature", audit_pb2.AddCosignatureRequest(
+            head=serde.tree_head_to_pb(head), signature=sig), audit_pb2.AddCosignatureResponse)
+
+
+class AdminClient(AuditorClient):
     """The city data bureau: enrols principals, imports data, reviews and signs scenarios, reads the audit log."""
 
     def enrol(self, *, name: str, organisation: str, roles: Sequence[str], public_key: bytes) -> t.Principal:
@@ -422,18 +503,3 @@ class AdminClient(SandboxClient):
         req = admin_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason)
         return serde.scenario(self._t.call(_ADMIN + "RevokeGrant", req, admin_pb2.RevokeGrantResponse).scenario)
 
-    def audit_entries(self, *, after_seq: int = 0, page_size: int = 1000) -> Iterator[t.AuditEntry]:
-        """Every audit entry after ``after_seq``, fetched page by page."""
-        while True:
-            resp = self._t.call(_AUDIT + "ListAuditEntries",
-                                audit_pb2.ListAuditEntriesRequest(after_seq=after_seq, limit=page_size),
-                                audit_pb2.ListAuditEntriesResponse)
-            for e in resp.entries:
-                yield serde.audit_entry(e)
-                after_seq = e.seq
-            if not resp.more:
-                return
-
-    def audit_head(self) -> t.AuditHead:
-        return serde.audit_head(self._t.call(_AUDIT + "GetAuditHead", audit_pb2.GetAuditHeadRequest(),
-                                             audit_pb2.GetAuditHeadResponse))

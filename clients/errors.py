@@ -22,18 +22,20 @@ import grpc
 __all__ = [
     "SandboxClientError", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists", "InvalidArgument",
     "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Aborted", "Cancelled",
-    "InternalServerError", "from_rpc_error",
+    "InternalServerError", "from_rpc_error", "receipt_of",
 ]
 
-ERROR_TRAILER = "x-sandbox-error"
+from wire.signing import ERROR_TRAILER, RECEIPT_TRAILER
 
 
 class SandboxClientError(Exception):
-    def __init__(self, message: str, *, status: str = "UNKNOWN", code: str = "") -> None:
+    def __init__(self, message: str, *, status: str = "UNKNOWN", code: str = "", receipt: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        #: The audit entry that records this refusal (check it with ``verify_receipt``), if the server wrote one.
+        self.receipt = receipt
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}" + (f" [{self.code}]" if self.code else "")
@@ -72,14 +74,24 @@ STATUS_TO_ERROR: dict[grpc.StatusCode, type[SandboxClientError]] = {
 }
 
 
+def _trailer(trailing: object, name: str) -> str | None:
+    for key, value in trailing or ():  # type: ignore[attr-defined]
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def receipt_of(trailing: object) -> int | None:
+    """The receipt (audit entry number) in a call's trailing metadata, if any."""
+    value = _trailer(trailing, RECEIPT_TRAILER)
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def from_rpc_error(exc: grpc.RpcError) -> SandboxClientError:
     """The most specific SDK exception for a gRPC error."""
     status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     message = exc.details() if hasattr(exc, "details") else ""
-    code = ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == ERROR_TRAILER:
-            code = value if isinstance(value, str) else value.decode()
     cls = STATUS_TO_ERROR.get(status, SandboxClientError)
-    return cls(message or status.name.lower(), status=status.name, code=code)
+    return cls(message or status.name.lower(), status=status.name, code=_trailer(trailing, ERROR_TRAILER) or "",
+               receipt=receipt_of(trailing))

@@ -18,6 +18,7 @@ import tenseal as ts
 
 from clients import serde
 from clients.transport import SignedTransport
+from clients.types import Receipt
 from protos.sandbox.v1 import he_pb2
 
 __all__ = ["ScoreResult", "HeSession"]
@@ -36,6 +37,8 @@ class ScoreResult:
     bytes_received: int = 0
     #: sd of the noise the sandbox added to every logit (the release rule's, plus any DP noise of the grant)
     noise_sd: float = 0.0
+    #: one per batch (Score call): the audit entries recording the answers (``verify_receipt``)
+    receipts: tuple[Receipt, ...] = ()
 
 
 class HeSession:
@@ -86,7 +89,8 @@ class HeSession:
         decrypt = time.perf_counter() - t2
         return ScoreResult(list(entity_ids), logits, probs,
                            {"encrypt": encrypt, "server": server, "decrypt": decrypt},
-                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize(), noise_sd=resp.noise_sd)
+                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize(), noise_sd=resp.noise_sd,
+                           receipts=(self._t.last_receipt,) if self._t.last_receipt else ())
 
 
 def choose_profile(profiles: Sequence[he_pb2.HeProfile], entities: int) -> he_pb2.HeProfile:

@@ -129,10 +129,17 @@ def audit_entry(e: audit_pb2.AuditEntry) -> t.AuditEntry:
                         e.request_sha256, e.response_sha256, e.prev_hash, e.entry_hash)
 
 
+def tree_head(h: audit_pb2.TreeHead) -> t.TreeHead:
+    return t.TreeHead(h.size, h.root_hash, h.signed_at_unix_ms, h.signature)
+
+
+def tree_head_to_pb(h: t.TreeHead) -> audit_pb2.TreeHead:
+    return audit_pb2.TreeHead(size=h.size, root_hash=h.root_hash, signed_at_unix_ms=h.signed_at_ms, signature=h.signature)
+
+
 def audit_head(h: audit_pb2.GetAuditHeadResponse) -> t.AuditHead:
-    cp = h.checkpoint
-    return t.AuditHead(h.entries, cp.seq, cp.head_hash, cp.signature,
-                       when(cp.signed_at_unix_ms) if h.HasField("checkpoint") else None, h.audit_public_key)
+    return t.AuditHead(h.entries, tree_head(h.head) if h.HasField("head") else None, h.audit_public_key,
+                       tuple(c.witness_id for c in h.cosignatures))
 
 
 def query_result(r: dp_pb2.RunQueryResponse) -> t.QueryResult:

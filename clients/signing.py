@@ -1,9 +1,4 @@
-"""Request signing and key files on the client side.
-
-Must agree with the server's ``sandbox.identity``: the payload is
-``sandbox.v1-request`` + method + timestamp (ms) + nonce + SHA-256(request bytes),
-newline-separated, signed with Ed25519.
-"""
+"""Request signing and key files on the client side (what a signature covers is ``wire.signing``'s)."""
 
 from __future__ import annotations
 
@@ -14,12 +9,18 @@ import secrets
 import time
 from pathlib import Path
 
+from wire.signing import (
+    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_STREAM_BYTES, MD_STREAM_SHA256, MD_TIMESTAMP,
+    principal_id_for, signing_payload, stream_body, stream_digest,
+)
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
-    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "stream_digest", "verify_terms_signature",
+    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "sign_stream",
+    "stream_digest", "verify_terms_signature",
 ]
 
 
@@ -56,29 +57,32 @@ def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def principal_id_for(public_key: bytes) -> str:
-    return "p-" + hashlib.sha256(public_key).hexdigest()[:24]
-
-
 def sign_request(
     key: Ed25519PrivateKey, principal_id: str, method: str, body: bytes, *,
     timestamp_ms: int | None = None, nonce: str | None = None, include_public_key: bool = False,
     body_sha256: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The metadata that authenticates one request (``body_sha256`` given for a client stream)."""
+    """The metadata that authenticates one request (``body_sha256``: what to sign instead of the body's hash)."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
     digest = body_sha256 or hashlib.sha256(body).hexdigest()
-    payload = f"sandbox.v1-request\n{method}\n{ts}\n{nonce}\n{digest}".encode()
     md = [
-        ("x-sandbox-principal", principal_id),
-        ("x-sandbox-timestamp", str(ts)),
-        ("x-sandbox-nonce", nonce),
-        ("x-sandbox-signature", base64.b64encode(key.sign(payload)).decode()),
+        (MD_PRINCIPAL, principal_id),
+        (MD_TIMESTAMP, str(ts)),
+        (MD_NONCE, nonce),
+        (MD_SIGNATURE, base64.b64encode(key.sign(signing_payload(method, ts, nonce, digest))).decode()),
     ]
     if include_public_key:
-        md.append(("x-sandbox-public-key", base64.b64encode(public_key_of(key)).decode()))
+        md.append((MD_PUBLIC_KEY, base64.b64encode(public_key_of(key)).decode()))
     return md
+
+
+def sign_stream(key: Ed25519PrivateKey, principal_id: str, method: str, messages: list[bytes],
+                **overrides: object) -> list[tuple[str, str]]:
+    """The metadata of a client stream: signed over its total size and digest, both also sent, before any of it."""
+    total, digest = sum(len(m) for m in messages), stream_digest(messages)
+    md = sign_request(key, principal_id, method, b"", body_sha256=stream_body(total, digest), **overrides)  # type: ignore[arg-type]
+    return md + [(MD_STREAM_BYTES, str(total)), (MD_STREAM_SHA256, digest)]
 
 
 def verify_terms_signature(terms: bytes, signature: bytes, admin_public_keys: list[bytes]) -> bool:
@@ -92,10 +96,3 @@ def verify_terms_signature(terms: bytes, signature: bytes, admin_public_keys: li
     return False
 
 
-def stream_digest(messages: list[bytes]) -> str:
-    """What a client stream's signature covers: SHA-256 over each message's 8-byte length and bytes, in order."""
-    h = hashlib.sha256()
-    for m in messages:
-        h.update(len(m).to_bytes(8, "big"))
-        h.update(m)
-    return h.hexdigest()

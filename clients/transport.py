@@ -3,10 +3,16 @@
 Requests are serialised once here and sent as raw bytes, so the bytes the
 server hashes are the bytes that were signed. ``sign`` and ``invoke_raw`` are
 the seam tests use to craft unsigned, forged, replayed or skewed requests.
+
+Responses arrive as raw bytes too: the receipt of the last answer (the audit
+entry that records it, from the ``x-sandbox-receipt`` trailer, with the SHA-256
+of the exact bytes received) is kept per thread in ``last_receipt``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,8 +22,9 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
-from clients.errors import from_rpc_error
-from clients.signing import principal_id_for, public_key_of, sign_request, stream_digest
+from clients.errors import from_rpc_error, receipt_of
+from clients.signing import principal_id_for, public_key_of, sign_request, sign_stream
+from clients.types import Receipt
 
 R = TypeVar("R", bound=Message)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
@@ -47,14 +54,25 @@ class SignedTransport:
         creds = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca))
         self.channel = grpc.secure_channel(address, creds, options=options)
         self._stubs: dict[tuple[Any, ...], Any] = {}
+        self._local = threading.local()
 
-    def _stub(self, kind: str, method: str, response_type: type[Message]) -> Any:
+    @property
+    def last_receipt(self) -> Receipt | None:
+        """The receipt of the last answer this thread received (None if it carried none)."""
+        return getattr(self._local, "receipt", None)
+
+    def _keep_receipt(self, method: str, call: Any, body: bytes | None) -> None:
+        seq = receipt_of(call.trailing_metadata() if call is not None else None)
+        self._local.receipt = None if seq is None else Receipt(
+            seq, method, hashlib.sha256(body).hexdigest() if body is not None else "")
+
+    def _stub(self, kind: str, method: str, response_type: type[Message] | None) -> Any:
         """One multi-callable per (kind, method): requests go out as the raw bytes that were signed."""
         key = (kind, method, response_type)
         stub = self._stubs.get(key)
         if stub is None:
-            stub = getattr(self.channel, kind)(method, request_serializer=None,
-                                               response_deserializer=response_type.FromString)
+            stub = getattr(self.channel, kind)(method, request_serializer=None, response_deserializer=(
+                response_type.FromString if response_type is not None else None))
             self._stubs[key] = stub
         return stub
 
@@ -66,11 +84,15 @@ class SignedTransport:
         self, method: str, body: bytes, metadata: Sequence[tuple[str, str]], response_type: type[R],
         *, timeout: float | None = None,
     ) -> R:
-        stub = self._stub("unary_unary", method, response_type)
+        stub = self._stub("unary_unary", method, None)
         try:
-            return stub(body, metadata=list(metadata), timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
+            raw, call = stub.with_call(body, metadata=list(metadata),
+                                       timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
+            self._keep_receipt(method, exc, None)
             raise from_rpc_error(exc) from exc
+        self._keep_receipt(method, call, raw)
+        return response_type.FromString(raw)
 
     def call(self, method: str, request: Message, response_type: type[R], *, timeout: float | None = None,
              register: bool = False) -> R:
@@ -80,14 +102,18 @@ class SignedTransport:
 
     def call_stream(self, method: str, requests: Sequence[Message], response_type: type[R], *,
                     timeout: float | None = None) -> R:
-        """A client-streaming call; the signature covers every message (see ``stream_digest``)."""
+        """A client-streaming call, signed over its total size and digest before any of it is sent."""
         bodies = [r.SerializeToString(deterministic=True) for r in requests]
-        metadata = self.sign(method, b"", body_sha256=stream_digest(bodies))
-        stub = self._stub("stream_unary", method, response_type)
+        metadata = sign_stream(self.key, self.principal_id, method, bodies, timestamp_ms=int(self.clock() * 1000))
+        stub = self._stub("stream_unary", method, None)
         try:
-            return stub(iter(bodies), metadata=metadata, timeout=self.timeout if timeout is None else timeout)  # type: ignore[no-any-return]
+            raw, call = stub.with_call(iter(bodies), metadata=metadata,
+                                       timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
+            self._keep_receipt(method, exc, None)
             raise from_rpc_error(exc) from exc
+        self._keep_receipt(method, call, raw)
+        return response_type.FromString(raw)
 
     def call_server_stream(self, method: str, request: Message, response_type: type[R], *,
                            timeout: float | None = None) -> Iterator[R]:
@@ -95,10 +121,13 @@ class SignedTransport:
         body = request.SerializeToString(deterministic=True)
         metadata = self.sign(method, body)
         stub = self._stub("unary_stream", method, response_type)
+        responses = stub(body, metadata=metadata, timeout=self.timeout if timeout is None else timeout)
         try:
-            yield from stub(body, metadata=metadata, timeout=self.timeout if timeout is None else timeout)
+            yield from responses
         except grpc.RpcError as exc:
+            self._keep_receipt(method, exc, None)
             raise from_rpc_error(exc) from exc
+        self._keep_receipt(method, responses, None)
 
     def close(self) -> None:
         self.channel.close()

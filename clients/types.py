@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from wire.transparency import TreeHead  # a signed tree head (size, root, time, signature), as the wire defines it
+
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
     "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
-    "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Statistic", "QueryResult", "StatisticEstimate",
+    "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Receipt", "VerifiedReceipt", "TreeHead", "Statistic",
+    "QueryResult", "StatisticEstimate",
     "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec", "ModelReview", "TermShare",
 ]
 
@@ -168,12 +171,29 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class AuditHead:
+    """The audit log's latest signed tree head, with the witnesses' cosignatures of it."""
+
     entries: int
-    checkpoint_seq: int
-    checkpoint_hash: str
-    checkpoint_signature: bytes
-    checkpoint_signed_at: dt.datetime | None
+    head: TreeHead | None  # None only for an empty log
     audit_public_key: bytes
+    cosigned_by: tuple[str, ...]  # witnesses' principal ids whose cosignature of this head the server holds
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An answer's receipt: the audit entry that records it, and the SHA-256 of the bytes received."""
+
+    seq: int
+    method: str
+    response_sha256: str
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """A receipt checked against a signed tree head: the entry is in the log the audit key signed."""
+
+    entry: AuditEntry
+    head: TreeHead
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,7 @@ class QueryResult:
     epsilon_remaining: Decimal
     delta_remaining: Decimal
     replayed: bool
+    receipt: Receipt | None = None  # the audit entry recording this answer (``verify_receipt``)
 
 
 @dataclass(frozen=True)
@@ -295,3 +316,4 @@ class TrainingResult:
     history: tuple[TrainingEvent, ...]
     epsilon_charged: Decimal
     delta_charged: Decimal
+    receipt: Receipt | None = None

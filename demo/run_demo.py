@@ -21,9 +21,10 @@ from rich.table import Table
 
 import fl_server  # the narrator's own evaluation uses the engine's feature scaling and AUC
 from clients import (
-    AdminClient, ApplicantClient, InvalidArgument, PermissionDenied, Query, ResearcherClient, ResourceExhausted,
-    generate_key, public_key_of,
+    AdminClient, ApplicantClient, AuditorClient, InvalidArgument, PermissionDenied, Query, ResearcherClient,
+    ResourceExhausted, generate_key, public_key_of,
 )
+from clients.witness import witness
 from clients.he import sigmoid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ def run(tmp: Path) -> None:
                   "refusals with reasons, and an audit trail anyone with the public key can check.")
 
 
-def statistics_office(admin: AdminClient, address: str, ca: Path) -> None:
+def statistics_office(admin: AdminClient, address: str, ca: Path, audit_public_key: bytes) -> None:
     chapter(7, "A statistics office asks the census questions until its budget is spent")
     key = generate_key()
     admin.enrol(name="City Statistics Office", organisation="City government", roles=["applicant"],
@@ -118,6 +119,11 @@ def statistics_office(admin: AdminClient, address: str, ca: Path) -> None:
         console.print(table)
         console.print(f"charged {res.epsilon_charged}, remaining {res.epsilon_remaining} "
                       f"({res.statistics[0].mechanism} noise)")
+        if title == questions[0][0] and res.receipt is not None:
+            checked = office.verify_receipt(res.receipt, audit_public_key=audit_public_key)
+            console.print(f"Its receipt: audit entry {checked.entry.seq}, which records the exact bytes the office "
+                          f"received; checked against a tree head of {checked.head.size} entries signed by the "
+                          "sandbox's published audit key (an inclusion proof).")
     office.close()
 
 
@@ -386,7 +392,8 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     except PermissionDenied as exc:
         console.print(f"The lab trying to use the bank's grant: [red]{exc}[/]")
 
-    statistics_office(admin, address, ca)
+    audit_public_key = bytes.fromhex((data_dir / "keys" / "audit_signing.pub").read_text())  # the published key
+    statistics_office(admin, address, ca, audit_public_key)
     bank_scoring(admin, bank, address, ca)
 
     dp_job = federated_training(admin, lab)
@@ -402,8 +409,19 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     statuses: dict[str, int] = {}
     for e in entries:
         statuses[e.status] = statuses.get(e.status, 0) + 1
-    console.print(f"The audit log holds {len(entries)} hash-chained entries: " +
+    console.print(f"The audit log holds {len(entries)} signed entries: " +
                   ", ".join(f"{n} {st}" for st, n in sorted(statuses.items())) + ".")
+    key = generate_key()
+    admin.enrol(name="Market regulator", organisation="City market regulator", roles=["auditor"],
+                public_key=public_key_of(key))
+    with AuditorClient(address, key=key, ca=ca) as regulator:
+        state = tmp / "regulator-witness"  # on the regulator's own machine
+        first = witness(regulator, state, audit_public_key)
+        again = witness(regulator, state)
+    assert first.head is not None and again.head is not None
+    console.print(f"The regulator's witness checked the signed tree head of {first.head.size} entries, countersigned "
+                  f"it and stored it; on its next run the head of {again.head.size} entries extended it (consistency "
+                  "proof checked). Had anyone truncated or rewritten the log in between, that run would fail.")
     for client in (admin, reviewer, bank, lab):
         client.close()
 

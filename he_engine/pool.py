@@ -116,6 +116,18 @@ class ScoringPool:
                                 plain_array, timeout=timeout)
         return result
 
+    def warm(self, *, timeout: float | None = None) -> None:
+        """Start the workers now rather than at the first call (each one spawned imports Python afresh)."""
+        executor = self._current()
+        limit = self._timeout if timeout is None else timeout
+        # Submitted together, before any returns: the executor spawns a worker for each while none is idle.
+        try:
+            futures = [executor.submit(worker.ready) for _ in range(self._workers)]
+            for future in futures:
+                future.result(timeout=limit)
+        except (RuntimeError, BrokenProcessPool, FutureTimeout):  # RuntimeError: replaced by another thread meanwhile
+            raise HeUnavailableError("the HE engine did not start") from None
+
     def close(self) -> None:
         """Stop the workers; later calls raise :class:`HeUnavailableError`."""
         with self._lock:

@@ -26,10 +26,13 @@ with ``ckks_vector_from`` as before.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import signal
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ CONTEXT_REJECTED = "context rejected by the HE engine"
 CONTEXT_CACHE_SIZE = 16
 #: Encoded weight plaintexts kept per context, by (weights, n) (about 0.2 MB per weight for ckks-8192).
 PLAIN_CACHE_SIZE = 8
+#: Seconds between checks that the worker's parent is still its parent (the end of the parent's pipe is immediate).
+PARENT_CHECK_INTERVAL = 0.5
 
 
 @dataclass
@@ -75,9 +80,34 @@ class ContextInfo:
 
 
 def init_worker() -> None:
-    """Set up a worker process: no core dumps (they would hold key material), leave Ctrl-C to the parent."""
+    """Set up a worker process: no core dumps (they would hold key material), leave Ctrl-C to the parent, and
+    exit when the parent is gone."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel, parent.pid), name="exit-with-parent",
+                         daemon=True).start()
+
+
+def _exit_with_parent(sentinel: int, parent_pid: int) -> None:
+    """End this worker as soon as the process that started it has ended, however it ended (SIGKILL included).
+
+    An idle worker waits on its call queue, which never reaches end-of-file (each worker holds both of its ends),
+    so it would outlive a killed server. The spawn method hands the worker the read end of a pipe whose write end
+    only the parent holds (the parent's sentinel): it reaches end-of-file when the parent exits. A copy of the
+    parent forked without exec would hold that end too, hence the check of the parent pid every interval.
+    (PR_SET_PDEATHSIG would fire when the parent's thread that spawned the worker ends, not the process.)
+    """
+    while not multiprocessing.connection.wait([sentinel], timeout=PARENT_CHECK_INTERVAL):
+        if os.getppid() != parent_pid:
+            break
+    os._exit(1)  # no clean-up: the server that would receive anything from this worker is gone
+
+
+def ready() -> int:
+    """Nothing but this worker's pid: a call that makes the pool start a worker (``ScoringPool.warm``)."""
+    return os.getpid()
 
 
 def register_context(blob: bytes, profile: Profile) -> ContextInfo:

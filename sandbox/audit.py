@@ -1,65 +1,115 @@
-"""The audit log: hash-chained, append-only, with server-signed checkpoints of its head.
+"""The audit log as a transparency log: signed entries, a Merkle tree over them, signed tree heads, witnesses.
 
-Each entry's hash is SHA-256 over the canonical JSON of its fields and the
-previous entry's hash, so editing, deleting or reordering any row breaks the
-chain from that row on. Database triggers refuse UPDATE and DELETE; an insider
-who drops them is still caught by ``verify``. Checkpoints sign (seq, head hash)
-with the server's audit key, so a rewritten chain no longer matches them.
+Every entry keeps the hash chain of the first version (SHA-256 over its canonical JSON and the previous
+entry's hash) and is now also:
+
+* **signed** by the server's audit key when it is appended (over its sequence number and hash), so an
+  entry added or changed by anyone without that key shows as such;
+* a **leaf** of a Merkle tree (RFC 9162 hashing, pymerkle over this table), whose **signed tree heads**
+  (size, root, time) the server writes every ``checkpoint_every`` entries, at shutdown and when a
+  witness, an auditor or a receipt asks for a head. A head commits to every entry below its size.
+
+An auditor's witness (``sandbox-client audit witness``) stores the last head it checked and, at each run,
+asks for a consistency proof that the new head extends it, then countersigns; the server keeps the
+cosignatures. A log truncated, rewritten or re-signed after a witnessed head no longer extends it: the
+witness's next run fails, and ``sandbox audit verify --head FILE`` fails offline. The audit key lives
+outside the data directory (the settings say where), so whoever holds the directory cannot re-sign.
+
+``verify`` also checks that each grant's ledger equals the charges its entries record, and that every
+reservation and idempotency record is explained; it reports findings with distinct exit codes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import sqlite3
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pymerkle import BaseMerkleTree
 
 from sandbox.domain import AuditEntry, AuditRecord
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
 from sandbox.storage import Database
+from wire import transparency as tl
+from wire.transparency import GENESIS_HASH, TreeHead, entry_payload
 
-GENESIS_HASH = "0" * 64
+__all__ = ["GENESIS_HASH", "AuditLog", "TreeHead", "VerifyReport", "compute_entry_hash", "verify", "verify_log"]
 
 _COLUMNS = (
     "seq, time_ms, principal_id, method, scenario_id, grant_id, status, error_code, "
     "epsilon_nano, delta_atto, request_sha256, response_sha256, prev_hash, entry_hash"
 )
+#: The status of an entry that closes a reservation lost in a crash (its answer was never released).
+LOST = "NOT_RELEASED"
+LOST_CODE = "LOST_IN_CRASH"
 
 
 def compute_entry_hash(seq: int, time_ms: int, record: AuditRecord, prev_hash: str) -> str:
-    body = {"seq": seq, "time_ms": time_ms, "prev_hash": prev_hash, **asdict(record)}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return tl.entry_hash(seq, time_ms, prev_hash, asdict(record))
 
 
-def checkpoint_payload(seq: int, head_hash: str, signed_at_ms: int) -> bytes:
-    return f"sandbox.v1-audit-checkpoint\n{seq}\n{head_hash}\n{signed_at_ms}".encode()
+class LogTree(BaseMerkleTree):
+    """The Merkle tree over the committed entries: pymerkle reading this table (leaf data = entry hash).
 
+    Reads go through the calling thread's read connection, which sees committed entries only, so the
+    subroots pymerkle caches never cover an entry that could still be rolled back.
+    """
 
-@dataclass(frozen=True)
-class Checkpoint:
-    seq: int
-    head_hash: str
-    signed_at_ms: int
-    signature: bytes
+    def __init__(self, db: Database) -> None:
+        super().__init__(algorithm=tl.ALGORITHM, capacity=64 * 1024 * 1024)
+        self._db = db
+
+    def _encode_entry(self, data: bytes) -> bytes:
+        raise NotImplementedError("entries are appended through AuditLog.append")
+
+    def _store_leaf(self, data: bytes, digest: bytes) -> int:
+        raise NotImplementedError("entries are appended through AuditLog.append")
+
+    def _get_leaf(self, index: int) -> bytes:
+        row = self._db.connection().execute("SELECT entry_hash FROM audit_log WHERE seq = ?", (index,)).fetchone()
+        return tl.leaf_hash(row[0])
+
+    def _get_leaves(self, offset: int, width: int) -> list[bytes]:
+        rows = self._db.connection().execute(
+            "SELECT entry_hash FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq", (offset, offset + width))
+        return [tl.leaf_hash(h) for (h,) in rows]
+
+    def _get_size(self) -> int:
+        return int(self._db.connection().execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0])
 
 
 class AuditLog:
-    """Appends entries inside the caller's write transaction; fails closed."""
+    """Appends signed entries inside the caller's write transaction (fails closed) and signs tree heads."""
 
-    def __init__(self, db: Database, signing_key: Ed25519PrivateKey, *, checkpoint_every: int = 32) -> None:
+    def __init__(self, db: Database, signing_key: Ed25519PrivateKey, *, checkpoint_every: int = 32,
+                 background: bool = True) -> None:
         self.db = db
         self._key = signing_key
+        self.public_key = signing_key.public_key().public_bytes_raw()
         self.checkpoint_every = max(1, checkpoint_every)
+        self.tree = LogTree(db)
+        self._sign_lock = threading.Lock()
+        self._appended = 0  # the highest sequence number this process appended (maybe not committed yet)
+        #: seq -> entry hash of what this process appended (and signed) since its last head: those need no
+        #: signature check before the next head, only the same hash in the table.
+        self._mine: dict[int, str] = {}
+        self._signed = 0  # the size of the last head this process signed or found
+        #: Heads due every N entries are signed by a thread of their own, off the calls' path (``background``).
+        self._background = background
+        self._due = threading.Event()
+        self._closing = False
+        self._signer: threading.Thread | None = None
 
     def append(self, conn: sqlite3.Connection, record: AuditRecord, *, now_ms: int | None = None) -> AuditEntry:
-        """Append one entry in the open transaction ``conn``; any storage error is AUDIT_UNAVAILABLE."""
+        """Append one signed entry in the open transaction ``conn``; any storage error is AUDIT_UNAVAILABLE."""
         time_ms = int(time.time() * 1000) if now_ms is None else now_ms
         try:
             row = conn.execute("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
@@ -67,75 +117,195 @@ class AuditLog:
             entry_hash = compute_entry_hash(seq, time_ms, record, prev)
             r = record
             conn.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO audit_log ({_COLUMNS}, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, time_ms, r.principal_id, r.method, r.scenario_id, r.grant_id, r.status, r.error_code,
-                 r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash),
+                 r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash,
+                 self._key.sign(entry_payload(seq, entry_hash))),
             )
-            if seq % self.checkpoint_every == 0:
-                self._write_checkpoint(conn, seq, entry_hash, time_ms)
         except sqlite3.Error as exc:
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
+        self._appended = max(self._appended, seq)
+        self._mine[seq] = entry_hash
         return AuditEntry(seq, time_ms, record, prev, entry_hash)
 
-    def append_alone(self, record: AuditRecord) -> AuditEntry:
-        """Append in a transaction of its own (used for refused calls)."""
+    def append_alone(self, record: AuditRecord, *, also: list[tuple[str, tuple[object, ...]]] = ()) -> AuditEntry:
+        """Append in a transaction of its own (refused calls), with ``also``'s statements (e.g. a nonce claim)."""
         try:
             with self.db.write() as conn:
-                return self.append(conn, record)
+                for sql, args in also:
+                    conn.execute(sql, args)
+                entry = self.append(conn, record)
         except SandboxError as exc:
             if exc.code is ErrorCode.AUDIT_UNAVAILABLE:
                 raise
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=exc.log_detail) from exc
+        except sqlite3.Error as exc:
+            raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
+        self.after_commit()
+        return entry
 
-    def checkpoint(self) -> Checkpoint | None:
-        """Sign the current head now (at shutdown, or when someone asks for the head)."""
-        with self.db.write() as conn:
-            row = conn.execute("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            if row is None:
+    def after_commit(self) -> None:
+        """Once entries this process appended have committed: sign a head if they crossed a multiple of N."""
+        if self._appended // self.checkpoint_every <= self._signed // self.checkpoint_every:
+            return
+        if not self._background:
+            self._sign_logged()
+            return
+        if self._signer is None and not self._closing:
+            with self._sign_lock:
+                if self._signer is None:
+                    self._signer = threading.Thread(target=self._sign_loop, name="audit-tree-heads", daemon=True)
+                    self._signer.start()
+        self._due.set()
+
+    def _sign_logged(self) -> None:
+        try:
+            self.sign_head()
+        except SandboxError as exc:  # the next crossing or head request tries again; the log says why
+            logging.getLogger("sandbox.audit").error("cannot sign a tree head: %s", exc.log_detail)
+
+    def _sign_loop(self) -> None:
+        while True:
+            self._due.wait()
+            if self._closing:
+                return
+            self._due.clear()
+            self._sign_logged()
+
+    def close(self) -> None:
+        """Stop the background signer (the server then signs the final head with ``checkpoint``)."""
+        self._closing = True
+        self._due.set()
+        if self._signer is not None:
+            self._signer.join(timeout=30)
+
+    def sign_head(self, conn: sqlite3.Connection | None = None) -> TreeHead | None:
+        """Sign a head over every committed entry (written in ``conn``'s transaction, or one of its own).
+
+        Before signing, the entries since the last signed head must carry the audit key's signature: an
+        entry added without it is never covered by a head (the call raises AUDIT_DAMAGED).
+        """
+        with self._sign_lock:
+            read = self.db.connection()
+            size = self.tree.get_size()
+            if size == 0:
                 return None
-            existing = conn.execute(
-                "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints WHERE seq = ?", (row[0],)
-            ).fetchone()
-            if existing:
-                return Checkpoint(*existing)
-            return self._write_checkpoint(conn, row[0], row[1], int(time.time() * 1000))
+            last = latest_head(read)
+            if last is not None and last.size >= size:
+                self._signed = max(self._signed, last.size)
+                return last
+            mine, self._mine = self._mine, {k: v for k, v in self._mine.items() if k > size}
+            bad = _unsigned_entries(read, self.public_key, after=last.size if last else 0, upto=size, known=mine)
+            if bad:
+                raise SandboxError(ErrorCode.AUDIT_DAMAGED,
+                                   log_detail=f"entry {bad} is not signed by the audit key: not signing a head")
+            now = int(time.time() * 1000)
+            root = bytes(self.tree.get_root(size)).hex()
+            head = TreeHead(size, root, now, self._key.sign(tl.tree_head_payload(size, root, now)))
+            sql = "INSERT OR IGNORE INTO tree_heads (size, root_hash, signed_at_ms, signature) VALUES (?, ?, ?, ?)"
+            if conn is not None:
+                conn.execute(sql, (head.size, head.root_hash, head.signed_at_ms, head.signature))
+            else:
+                with self.db.write() as c:
+                    c.execute(sql, (head.size, head.root_hash, head.signed_at_ms, head.signature))
+            self._signed = max(self._signed, size)
+            return head
 
-    def _write_checkpoint(self, conn: sqlite3.Connection, seq: int, head: str, now_ms: int) -> Checkpoint:
-        sig = self._key.sign(checkpoint_payload(seq, head, now_ms))
-        conn.execute(
-            "INSERT INTO audit_checkpoints (seq, head_hash, signed_at_ms, signature) VALUES (?,?,?,?)",
-            (seq, head, now_ms, sig),
-        )
-        return Checkpoint(seq, head, now_ms, sig)
+    def checkpoint(self) -> TreeHead | None:
+        """Sign the head of everything committed (at shutdown)."""
+        return self.sign_head()
+
+    def inclusion(self, seq: int, size: int) -> tuple[list[int], list[bytes]]:
+        proof = self.tree.prove_inclusion(seq, size)
+        return list(proof.rule), [bytes(p) for p in proof.path]
+
+    def consistency(self, prior: int, size: int) -> tuple[list[int], list[int], list[bytes]]:
+        proof = self.tree.prove_consistency(prior, size)
+        return list(proof.rule), list(proof.subset), [bytes(p) for p in proof.path]
 
 
-def _entry_from_row(row: tuple) -> AuditEntry:
-    seq, time_ms, principal, method, scenario, grant, status, code, eps, delta, req, resp, prev, h = row
+def _unsigned_entries(conn: sqlite3.Connection, public_key: bytes, *, after: int, upto: int,
+                      known: dict[int, str]) -> int | None:
+    """The first entry in (after, upto] without a valid audit-key signature, if any.
+
+    An entry this process appended and signed (``known``, with the same hash) is not checked again: a signature
+    check costs more than the signing, and the table holds exactly what was signed.
+    """
+    for seq, entry_hash, sig in conn.execute(
+            "SELECT seq, entry_hash, signature FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto)):
+        if known.get(seq) == entry_hash:
+            continue
+        if sig is None or not verify_signature(public_key, bytes(sig), entry_payload(seq, entry_hash)):
+            return int(seq)
+    return None
+
+
+def _entry_from_row(row: tuple) -> AuditEntry:  # type: ignore[type-arg]
+    seq, time_ms, principal, method, scenario, grant, status, code, eps, delta, req, resp, prev, h = row[:14]
     record = AuditRecord(principal, method, status, code, scenario, grant, eps, delta, req, resp)
     return AuditEntry(seq, time_ms, record, prev, h)
 
 
 def read_entries(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-    ).fetchall()
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after_seq, limit)).fetchall()
     return [_entry_from_row(r) for r in rows]
 
 
-def iter_entries(conn: sqlite3.Connection) -> Iterator[AuditEntry]:
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq"):
-        yield _entry_from_row(row)
+def get_entry(conn: sqlite3.Connection, seq: int) -> AuditEntry | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+    return _entry_from_row(row) if row else None
 
 
-def latest_checkpoint(conn: sqlite3.Connection) -> Checkpoint | None:
-    row = conn.execute(
-        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
-    return Checkpoint(*row) if row else None
+def iter_entries(conn: sqlite3.Connection) -> Iterator[tuple[AuditEntry, bytes | None]]:
+    """Every entry in order, with its signature (None for an entry from before entries were signed)."""
+    for row in conn.execute(f"SELECT {_COLUMNS}, signature FROM audit_log ORDER BY seq"):
+        yield _entry_from_row(row), (bytes(row[14]) if row[14] is not None else None)
 
 
 def count_entries(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0])
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0])
+
+
+def latest_head(conn: sqlite3.Connection) -> TreeHead | None:
+    row = conn.execute("SELECT size, root_hash, signed_at_ms, signature FROM tree_heads ORDER BY size DESC LIMIT 1"
+                       ).fetchone()
+    return TreeHead(int(row[0]), row[1], int(row[2]), bytes(row[3])) if row else None
+
+
+def heads(conn: sqlite3.Connection) -> list[TreeHead]:
+    return [TreeHead(int(s), r, int(t), bytes(g)) for s, r, t, g in conn.execute(
+        "SELECT size, root_hash, signed_at_ms, signature FROM tree_heads ORDER BY size")]
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    size: int
+    witness_id: str
+    witness_key: bytes
+    signed_at_ms: int  # the head's time, as the witness signed it
+    signature: bytes
+
+
+def cosignatures(conn: sqlite3.Connection, size: int | None = None) -> list[Cosignature]:
+    sql = "SELECT size, witness_id, witness_key, head_signed_at_ms, signature FROM head_cosignatures"
+    rows = conn.execute(sql + " WHERE size = ? ORDER BY witness_id", (size,)) if size is not None else \
+        conn.execute(sql + " ORDER BY size, witness_id")
+    return [Cosignature(int(s), w, bytes(k), int(t), bytes(g)) for s, w, k, t, g in rows]
+
+
+def add_cosignature(conn: sqlite3.Connection, head: TreeHead, witness_id: str, witness_key: bytes,
+                    signature: bytes, now_ms: int) -> None:
+    """Store a witness's countersignature of a head the server signed; INVALID_ARGUMENT if it does not verify."""
+    stored = conn.execute("SELECT root_hash, signed_at_ms FROM tree_heads WHERE size = ?", (head.size,)).fetchone()
+    if stored is None or stored[0] != head.root_hash or int(stored[1]) != head.signed_at_ms:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no signed tree head with this size, root and time")
+    if not verify_signature(witness_key, signature, tl.cosignature_payload(witness_id, head.size, head.root_hash,
+                                                                          head.signed_at_ms)):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "the cosignature does not verify with the witness's key")
+    conn.execute("INSERT OR IGNORE INTO head_cosignatures (size, witness_id, witness_key, head_signed_at_ms, "
+                 "signature, received_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                 (head.size, witness_id, witness_key, head.signed_at_ms, signature, now_ms))
 
 
 def sum_charges(conn: sqlite3.Connection, grant_id: str | None = None) -> tuple[int, int]:
@@ -145,81 +315,215 @@ def sum_charges(conn: sqlite3.Connection, grant_id: str | None = None) -> tuple[
     return int(row[0]), int(row[1])
 
 
+# --- verification -------------------------------------------------------------------------------------------
+
+#: Exit codes of ``sandbox audit verify``, one per kind of finding (the most severe wins).
+TAMPERED, RECORDS, EMPTY, UNSIGNED, NO_HEAD = 1, 3, 4, 5, 6
+KINDS = {TAMPERED: "tampered", RECORDS: "records", EMPTY: "empty", UNSIGNED: "unsigned tail", NO_HEAD: "no head"}
+
+
 @dataclass(frozen=True)
+class Finding:
+    code: int
+    what: str
+    seq: int | None = None
+
+
+@dataclass
 class VerifyReport:
-    ok: bool
-    entries: int
-    checkpoints: int
-    first_bad_seq: int | None = None
-    reason: str = ""
-    unsigned_tail: int = 0
+    entries: int = 0
+    heads: int = 0
+    cosigned: int = 0
+    signed_entries: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def exit_code(self) -> int:
+        return min((f.code for f in self.findings), default=0)
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        return next((f.seq for f in self.findings if f.seq is not None), None)
+
+    def add(self, code: int, what: str, seq: int | None = None) -> None:
+        self.findings.append(Finding(code, what, seq))
 
 
-def verify(conn: sqlite3.Connection, audit_public_key: bytes) -> VerifyReport:
-    """Recompute the chain and check every checkpoint; name the first bad entry."""
-    checkpoints = (Checkpoint(seq, head, signed_at, bytes(sig)) for seq, head, signed_at, sig in conn.execute(
-        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq"))
-    return verify_entries(iter_entries(conn), checkpoints, audit_public_key)
+@dataclass(frozen=True)
+class Ledger:
+    """One grant's spend as the budget ledger records it."""
+
+    grant_id: str
+    epsilon_spent_nano: int
+    delta_spent_atto: int
 
 
-def verify_entries(entries: Iterable[AuditEntry], checkpoints: Iterable[Checkpoint],
-                   audit_public_key: bytes) -> VerifyReport:
-    """The same checks on entries and checkpoints from anywhere (the database, or an exported file)."""
-    expected_seq, prev, count = 1, GENESIS_HASH, 0
-    hashes: dict[int, str] = {}
-    for entry in entries:
+def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: Iterable[TreeHead], audit_public_key: bytes,
+               *, saved_head: TreeHead | None = None, ledger: Iterable[Ledger] | None = None,
+               pending_releases: int = 0, cosigned: int = 0) -> VerifyReport:
+    """Every check on entries, heads and (when given) a witness's saved head and the ledger, as findings."""
+    report = VerifyReport(cosigned=cosigned)
+    tree = tl.Tree()
+    expected_seq, prev = 1, GENESIS_HASH
+    charges: Counter[str] = Counter()
+    deltas: Counter[str] = Counter()
+    open_reservations: dict[tuple[str, str, str], int] = {}
+    chain_ok = True
+    for entry, signature in entries:
+        if not chain_ok:
+            break
+        where = entry.seq
         if entry.seq != expected_seq:
-            bad = min(entry.seq, expected_seq)
-            return VerifyReport(False, count, 0, bad, f"entry {expected_seq} is missing or out of order")
+            report.add(TAMPERED, f"entry {expected_seq} is missing or out of order", min(entry.seq, expected_seq))
+            chain_ok = False
+            break
         if entry.prev_hash != prev:
-            return VerifyReport(False, count, 0, entry.seq, f"entry {entry.seq} does not link to entry {entry.seq - 1}")
+            report.add(TAMPERED, f"entry {where} does not link to entry {where - 1}", where)
+            chain_ok = False
+            break
         if compute_entry_hash(entry.seq, entry.time_ms, entry.record, entry.prev_hash) != entry.entry_hash:
-            return VerifyReport(False, count, 0, entry.seq, f"entry {entry.seq} was altered (hash mismatch)")
-        hashes[entry.seq] = entry.entry_hash
-        prev, expected_seq, count = entry.entry_hash, expected_seq + 1, count + 1
-    n_checkpoints, last_signed = 0, 0
-    for cp in sorted(checkpoints, key=lambda c: c.seq):
-        if not verify_signature(audit_public_key, cp.signature, checkpoint_payload(cp.seq, cp.head_hash,
-                                                                                   cp.signed_at_ms)):
-            why = ("a forged checkpoint, or not the sandbox's audit public key" if n_checkpoints == 0
-                   else "a forged checkpoint")
-            return VerifyReport(False, count, n_checkpoints, cp.seq,
-                                f"checkpoint at entry {cp.seq} has a bad signature ({why})")
-        if hashes.get(cp.seq) != cp.head_hash:
-            return VerifyReport(False, count, n_checkpoints, cp.seq, f"entry {cp.seq} differs from its signed checkpoint")
-        n_checkpoints, last_signed = n_checkpoints + 1, cp.seq
-    return VerifyReport(True, count, n_checkpoints, unsigned_tail=count - last_signed)
+            report.add(TAMPERED, f"entry {where} was altered (hash mismatch)", where)
+            chain_ok = False
+            break
+        if signature is not None:
+            if not verify_signature(audit_public_key, signature, entry_payload(entry.seq, entry.entry_hash)):
+                report.add(TAMPERED, f"entry {where} is not signed by the audit key (forged, or the wrong key)",
+                           where)
+                chain_ok = False
+                break
+            report.signed_entries += 1
+        elif report.signed_entries:
+            report.add(TAMPERED, f"entry {where} carries no signature after signed entries (added by hand)", where)
+            chain_ok = False
+            break
+        tree.append(entry.entry_hash)
+        r = entry.record
+        if r.grant_id:
+            charges[r.grant_id] += r.epsilon_nano
+            deltas[r.grant_id] += r.delta_atto
+        key = (r.principal_id, r.method, r.request_sha256)
+        if r.status == "RESERVED":
+            open_reservations[key] = entry.seq
+        elif key in open_reservations:
+            del open_reservations[key]
+        prev, expected_seq = entry.entry_hash, expected_seq + 1
+        report.entries += 1
+    n = report.entries
+    if chain_ok and n == 0:
+        report.add(EMPTY, "the log is empty")
+    last_signed = 0
+    for head in sorted(tree_heads, key=lambda h: h.size):
+        if not tl.verify_tree_head(head, audit_public_key):
+            report.add(TAMPERED, f"the tree head for {head.size} entries has a bad signature (forged, or not the "
+                                 "sandbox's audit public key)", head.size)
+            continue
+        report.heads += 1
+        if head.size > n:
+            if chain_ok:
+                report.add(TAMPERED, f"a tree head signed {head.size} entries but the log holds {n}: entries were "
+                                     "removed", n + 1)
+            continue
+        if tree.root(head.size) != head.root_hash:
+            report.add(TAMPERED, f"entries up to {head.size} differ from the signed tree head for them (rewritten)",
+                       head.size)
+            continue
+        last_signed = max(last_signed, head.size)
+    if saved_head is not None:
+        if not tl.verify_tree_head(saved_head, audit_public_key):
+            report.add(TAMPERED, "the saved head's signature does not verify with the audit public key")
+        elif saved_head.size > n:
+            report.add(TAMPERED, f"the saved head covers {saved_head.size} entries but the log holds {n}: "
+                                 "truncated after a witnessed head", n + 1)
+        elif tree.root(saved_head.size) != saved_head.root_hash:
+            report.add(TAMPERED, f"the log's first {saved_head.size} entries differ from the saved head "
+                                 "(rewritten after a witnessed head)", saved_head.size)
+    if chain_ok and n and last_signed < n:
+        if last_signed:
+            report.add(UNSIGNED, f"{n - last_signed} entries after the last signed tree head", last_signed + 1)
+        else:
+            report.add(NO_HEAD, "no signed tree head covers the log (heads missing)", 1)
+    if ledger is not None:
+        for g in ledger:
+            if (g.epsilon_spent_nano, g.delta_spent_atto) != (charges[g.grant_id], deltas[g.grant_id]):
+                report.add(RECORDS, f"grant {g.grant_id}: the ledger records epsilon {g.epsilon_spent_nano} and "
+                                    f"delta {g.delta_spent_atto} spent (units 1e-9, 1e-18), the audit log "
+                                    f"{charges[g.grant_id]} and {deltas[g.grant_id]}")
+    if pending_releases:
+        report.add(RECORDS, f"{pending_releases} idempotency record(s) still in progress with no entry explaining "
+                            "them (the server closes them at start-up)")
+    if open_reservations:
+        first = min(open_reservations.values())
+        report.add(RECORDS, f"{len(open_reservations)} reservation(s) have no release entry (first: entry {first})",
+                   first)
+    return report
 
 
-EXPORT_FORMAT = "sandbox.v1-audit-export"
+def ledger_rows(conn: sqlite3.Connection) -> list[Ledger]:
+    return [Ledger(g, int(e), int(d)) for g, e, d in conn.execute(
+        "SELECT grant_id, epsilon_spent_nano, delta_spent_atto FROM budgets ORDER BY grant_id")]
+
+
+def pending_releases(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM releases WHERE state = 'pending'").fetchone()[0])
+
+
+def verify(conn: sqlite3.Connection, audit_public_key: bytes, *, saved_head: TreeHead | None = None) -> VerifyReport:
+    """Verify a database: entries, signatures, heads, the ledger and open records (see ``verify_log``)."""
+    return verify_log(iter_entries(conn), heads(conn), audit_public_key, saved_head=saved_head,
+                      ledger=ledger_rows(conn), pending_releases=pending_releases(conn),
+                      cosigned=len({c.size for c in cosignatures(conn)}))
+
+
+# --- export -------------------------------------------------------------------------------------------------
+
+EXPORT_FORMAT = "sandbox.v1-audit-export-2"
 
 
 def export_jsonl(conn: sqlite3.Connection, out: IO[str], audit_public_key: bytes | None = None) -> int:
-    """One JSON object per line: a header (format, the audit public key), every entry, every signed checkpoint.
+    """One JSON object per line: a header, every entry (with its signature), every signed tree head and
+    cosignature, every grant's ledger and the count of open idempotency records. Returns the entry count.
 
-    The file alone can be verified offline (``read_export`` + ``verify_entries``) by whoever trusts the key.
-    Returns the number of entries.
+    The file alone can be verified offline (``read_export`` + ``verify_log``) by whoever trusts the key.
     """
     header = {"kind": "header", "format": EXPORT_FORMAT,
               "audit_public_key": audit_public_key.hex() if audit_public_key else ""}
     out.write(json.dumps(header, sort_keys=True) + "\n")
     n = 0
-    for entry in iter_entries(conn):
+    for entry, signature in iter_entries(conn):
         obj = {"kind": "entry", "seq": entry.seq, "time_ms": entry.time_ms, **asdict(entry.record),
-               "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash}
+               "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash,
+               "signature": signature.hex() if signature is not None else None}
         out.write(json.dumps(obj, sort_keys=True) + "\n")
         n += 1
-    for seq, head, signed_at, sig in conn.execute(
-        "SELECT seq, head_hash, signed_at_ms, signature FROM audit_checkpoints ORDER BY seq"
-    ):
-        out.write(json.dumps({"kind": "checkpoint", "seq": seq, "head_hash": head, "signed_at_ms": signed_at,
-                              "signature": bytes(sig).hex()}, sort_keys=True) + "\n")
+    for head in heads(conn):
+        out.write(json.dumps({"kind": "tree_head", **head.to_json()}, sort_keys=True) + "\n")
+    for c in cosignatures(conn):
+        out.write(json.dumps({"kind": "cosignature", "size": c.size, "witness_id": c.witness_id,
+                              "witness_key": c.witness_key.hex(), "signed_at_ms": c.signed_at_ms,
+                              "signature": c.signature.hex()}, sort_keys=True) + "\n")
+    for g in ledger_rows(conn):
+        out.write(json.dumps({"kind": "ledger", **asdict(g)}, sort_keys=True) + "\n")
+    out.write(json.dumps({"kind": "releases", "pending": pending_releases(conn)}, sort_keys=True) + "\n")
     return n
 
 
-def read_export(lines: Iterable[str]) -> tuple[str, list[AuditEntry], list[Checkpoint]]:
-    """Parse an export: (the key it states, entries, checkpoints). Raises ValueError on anything malformed."""
-    stated, entries, checkpoints = "", [], []
+@dataclass
+class Export:
+    stated_key: str = ""
+    entries: list[tuple[AuditEntry, bytes | None]] = field(default_factory=list)
+    heads: list[TreeHead] = field(default_factory=list)
+    cosigned_sizes: set[int] = field(default_factory=set)
+    ledger: list[Ledger] = field(default_factory=list)
+    pending_releases: int = 0
+
+
+def read_export(lines: Iterable[str]) -> Export:
+    """Parse an export. Raises ValueError on anything malformed."""
+    out = Export()
     record_fields = set(AuditRecord.__dataclass_fields__)
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -229,17 +533,24 @@ def read_export(lines: Iterable[str]) -> tuple[str, list[AuditEntry], list[Check
             kind = obj.pop("kind")
             if kind == "header":
                 if obj.get("format") != EXPORT_FORMAT:
-                    raise ValueError("not a sandbox audit export")
-                stated = str(obj.get("audit_public_key", ""))
+                    raise ValueError("not a sandbox audit export of this version")
+                out.stated_key = str(obj.get("audit_public_key", ""))
             elif kind == "entry":
                 record = AuditRecord(**{k: obj[k] for k in record_fields})
-                entries.append(AuditEntry(int(obj["seq"]), int(obj["time_ms"]), record, str(obj["prev_hash"]),
-                                          str(obj["entry_hash"])))
-            elif kind == "checkpoint":
-                checkpoints.append(Checkpoint(int(obj["seq"]), str(obj["head_hash"]), int(obj["signed_at_ms"]),
-                                              bytes.fromhex(obj["signature"])))
+                sig = obj.get("signature")
+                out.entries.append((AuditEntry(int(obj["seq"]), int(obj["time_ms"]), record, str(obj["prev_hash"]),
+                                               str(obj["entry_hash"])), bytes.fromhex(sig) if sig else None))
+            elif kind == "tree_head":
+                out.heads.append(TreeHead.from_json(obj))
+            elif kind == "cosignature":
+                out.cosigned_sizes.add(int(obj["size"]))
+            elif kind == "ledger":
+                out.ledger.append(Ledger(str(obj["grant_id"]), int(obj["epsilon_spent_nano"]),
+                                         int(obj["delta_spent_atto"])))
+            elif kind == "releases":
+                out.pending_releases = int(obj["pending"])
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"line {number}: {exc}") from None
-    return stated, entries, checkpoints
+    return out

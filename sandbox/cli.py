@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import sqlite3
 import sys
@@ -15,6 +16,7 @@ from rich.console import Console
 from sandbox import audit
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
+from wire.transparency import TreeHead
 
 app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -29,16 +31,26 @@ def init(
     data_dir: Path = typer.Argument(..., help="Directory to create (must be empty or absent)."),
     admin_name: str = typer.Option("Administrator", help="Name of the first administrator."),
     organisation: str = typer.Option("City data bureau", help="Organisation of the first administrator."),
+    audit_key_dir: Optional[Path] = typer.Option(
+        None, help="Where the audit signing key goes, outside the data directory (default: DATA_DIR-audit-key)."),
 ) -> None:
-    """Create a data directory: database, CA and server certificate, audit key, first administrator."""
+    """Create a data directory: database, CA and server certificate, audit key, first administrator.
+
+    The audit signing key is written outside the data directory: whoever holds the data directory (a backup,
+    an insider) must not be able to re-sign a rewritten audit log.
+    """
     try:
-        result = init_data_dir(data_dir, admin_name=admin_name, organisation=organisation)
-    except FileExistsError:
-        err.print(f"[red]refusing to initialise:[/] {data_dir} is not empty")
+        result = init_data_dir(data_dir, admin_name=admin_name, organisation=organisation,
+                               audit_key_dir=audit_key_dir)
+    except FileExistsError as exc:
+        err.print(f"[red]refusing to initialise:[/] {exc if 'audit key' in str(exc) else f'{data_dir} is not empty'}")
         raise typer.Exit(1)
     cfg = result.config
     console.print(f"Initialised sandbox in [bold]{cfg.data_dir}[/]")
     console.print(f"  CA certificate      {cfg.ca_cert}")
+    console.print(f"  audit signing key   {cfg.audit_key}  [dim](outside the data directory, so whoever holds the "
+                  "directory cannot re-sign the audit log; keep it on another disk or machine)[/]")
+    console.print(f"  audit public key    {cfg.audit_public_key}  [dim](publish it: regulators verify with it)[/]")
     console.print(f"  first administrator {result.admin.id} ({result.admin.name})")
     console.print(f"  administrator key   {result.admin_key_path}  [dim](mode 0600; move it to the administrator)[/]")
     console.print(f"Start it with: sandbox serve {data_dir}")
@@ -100,35 +112,54 @@ def _key_from_hex(text: str) -> bytes:
 def audit_verify(
     source: Path = typer.Argument(..., exists=True, help="A data directory, or a file written by 'audit export'."),
     public_key: Optional[str] = typer.Option(None, help="Audit public key (hex) to trust instead of the stored one."),
+    head: Optional[Path] = typer.Option(None, "--head", exists=True, dir_okay=False,
+                                        help="A tree head saved earlier (a witness's head.json): the log must "
+                                             "still extend it."),
 ) -> None:
-    """Recompute the hash chain and check the signed checkpoints; name the first bad entry.
+    """Check the audit log offline: entries, their signatures, the signed tree heads, a saved head, the ledger.
 
-    A regulator needs only the exported file and the sandbox's published audit public key.
+    A regulator needs only the exported file and the sandbox's published audit public key. Exit codes: 0 all
+    checks pass; 1 tampered (altered, removed, forged or re-signed entries or heads); 2 unreadable input;
+    3 the ledger or open records disagree with the log; 4 the log is empty; 5 entries after the last signed
+    head; 6 no signed head at all (heads missing).
     """
     trusted = _key_from_hex(public_key) if public_key else None
+    saved = None
+    if head is not None:
+        try:
+            saved = TreeHead.from_json(json.loads(head.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError) as exc:
+            err.print(f"[red]not a readable tree head:[/] {exc}")
+            raise typer.Exit(2) from None
     if source.is_dir():
         conn, stored_key = _open(source)
-        report = audit.verify(conn, trusted or stored_key)
+        report = audit.verify(conn, trusted or stored_key, saved_head=saved)
     else:
         try:
             with source.open(encoding="utf-8") as fh:
-                stated, entries, checkpoints = audit.read_export(fh)
+                exp = audit.read_export(fh)
         except (ValueError, UnicodeDecodeError) as exc:
             err.print(f"[red]not a readable audit export:[/] {exc}")
             raise typer.Exit(2) from None
         if trusted is None:
-            if not stated:
+            if not exp.stated_key:
                 err.print("[red]the export states no audit public key:[/] pass --public-key")
                 raise typer.Exit(2)
             err.print("[yellow]checking against the key the file states; pass --public-key with the sandbox's "
                       "published audit key to trust it independently[/]")
-        report = audit.verify_entries(entries, checkpoints, trusted or _key_from_hex(stated))
+        report = audit.verify_log(exp.entries, exp.heads, trusted or _key_from_hex(exp.stated_key), saved_head=saved,
+                                  ledger=exp.ledger, pending_releases=exp.pending_releases,
+                                  cosigned=len(exp.cosigned_sizes))
+    summary = (f"{report.entries} entries ({report.signed_entries} signed), {report.heads} signed tree heads "
+               f"({report.cosigned} cosigned by witnesses)" + (f", extends the saved head of {saved.size}"
+                                                               if saved is not None and report.ok else ""))
     if report.ok:
-        console.print(f"[green]audit log OK[/]: {report.entries} entries, {report.checkpoints} signed checkpoints"
-                      f" ({report.unsigned_tail} entries after the last checkpoint)")
+        console.print(f"[green]audit log OK[/]: {summary}")
         return
-    console.print(f"[red]audit log BROKEN[/] at entry {report.first_bad_seq}: {report.reason}")
-    raise typer.Exit(1)
+    console.print(f"[red]audit log FAILED[/] ({audit.KINDS[report.exit_code]}): {summary}")
+    for f in report.findings:
+        console.print(f"  {audit.KINDS[f.code]}: {f.what}")
+    raise typer.Exit(report.exit_code)
 
 
 @audit_app.command("export")
@@ -136,7 +167,7 @@ def audit_export(
     data_dir: Path = typer.Argument(..., help="The data directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
 ) -> None:
-    """Write the audit log as JSON Lines: entries, signed checkpoints and the audit public key.
+    """Write the audit log as JSON Lines: entries, signed tree heads, cosignatures, the ledger, the public key.
 
     The file can be verified alone with 'sandbox audit verify FILE --public-key HEX'.
     """
@@ -146,7 +177,7 @@ def audit_export(
         return
     with out.open("w", encoding="utf-8") as fh:
         n = audit.export_jsonl(conn, fh, key)
-    err.print(f"wrote {n} audit entries and their signed checkpoints to {out}")
+    err.print(f"wrote {n} audit entries, their signed tree heads and the ledger to {out}")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ directory, ``SANDBOX_*`` environment variables, command-line flags.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -30,6 +31,9 @@ class ServerConfig:
     workers: int = 16
     audit_checkpoint_every: int = 32
     unauthenticated_audits_per_minute: int = 60  # per network peer; more refusals are refused but not audited
+    registrations_per_minute: int = 5  # self-registrations per network peer and minute
+    max_pending_principals: int = 100  # self-registered principals waiting for approval, in all
+    audit_key_file: str = ""  # the audit signing key, outside the data directory; "" = keys/audit_signing.key
     busy_timeout_ms: int = 5000
     min_public_weights: int = 3
     # The HE release rule (sandbox/he_release.py): noise sd = max(range / he_release_range_ratio,
@@ -82,7 +86,10 @@ class ServerConfig:
 
     @property
     def audit_key(self) -> Path:
-        return self.data_dir / "keys" / "audit_signing.key"
+        """The audit signing key: ``audit_key_file``, which ``sandbox init`` puts outside the data directory
+        (whoever holds the directory must not be able to re-sign a rewritten log); keys/ in it for older ones."""
+        return Path(self.audit_key_file).expanduser() if self.audit_key_file else \
+            self.data_dir / "keys" / "audit_signing.key"
 
     @property
     def audit_public_key(self) -> Path:
@@ -159,7 +166,8 @@ def load_config(
 #: Lower bounds of the settings that make no sense at zero.
 _AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "unauthenticated_audits_per_minute": 1,
              "max_message_bytes": 64 * 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1,
-             "min_public_weights": 1, "he_scores_per_entity": 1, "he_max_contribution_ratio": 1}
+             "min_public_weights": 1, "he_scores_per_entity": 1, "he_max_contribution_ratio": 1,
+             "registrations_per_minute": 1}
 FL_BACKENDS = ("in-process", "deployment")
 FL_NODES = ("local", "external")
 #: Above this the catalogue's row counts would be close to exact (noise scale = unit / epsilon).
@@ -191,9 +199,10 @@ def _check(cfg: ServerConfig) -> None:
         raise ValueError(f"setting catalogue_count_epsilon: must be above 0 and at most {MAX_CATALOGUE_COUNT_EPSILON}")
 
 
-def default_file() -> str:
+def default_file(audit_key_file: str = "") -> str:
     """The ``sandbox.toml`` that ``sandbox init`` writes: every setting at its default, with what it does."""
     d = ServerConfig(data_dir=Path("."))
+    key_line = json.dumps(audit_key_file)
     return f"""# Sandbox server settings. SANDBOX_<NAME> environment variables override them, and flags override both.
 host = "{d.host}"                  # address to bind
 port = {d.port}                          # 0 picks a free port
@@ -201,8 +210,14 @@ reflection = {str(d.reflection).lower()}                   # gRPC server reflect
 max_message_bytes = {d.max_message_bytes}       # largest request or response (HE contexts need tens of MB)
 clock_skew_seconds = {d.clock_skew_seconds}             # accepted difference between a request's time and the server's
 workers = {d.workers}                         # threads serving calls
-audit_checkpoint_every = {d.audit_checkpoint_every}           # sign the audit head every N entries (and at shutdown)
-unauthenticated_audits_per_minute = {d.unauthenticated_audits_per_minute}  # per peer; beyond it refused but not audited
+audit_checkpoint_every = {d.audit_checkpoint_every}           # sign a tree head of the audit log every N entries (and at shutdown)
+# The audit signing key, kept outside the data directory so that whoever holds the directory cannot re-sign a
+# rewritten log; the server refuses a key file others can read. Keep it on another disk or machine (README).
+audit_key_file = {key_line}
+unauthenticated_audits_per_minute = {d.unauthenticated_audits_per_minute}  # per peer: refusals of callers without an active key
+                                        # (unsigned, unknown, pending, suspended, registering); beyond it not audited
+registrations_per_minute = {d.registrations_per_minute}       # self-registrations per peer and minute
+max_pending_principals = {d.max_pending_principals}       # self-registered principals waiting for approval, in all
 busy_timeout_ms = {d.busy_timeout_ms}              # wait this long for another process holding the database
 min_public_weights = {d.min_public_weights}              # an HE model needs this many non-zero sandbox-column weights
 # The HE release rule: every score's sandbox part gets Gaussian noise with sd = max(R / he_release_range_ratio,

@@ -103,15 +103,34 @@ def catalogue_secret(path: Path) -> bytes:
     return secret
 
 
+def default_audit_key_dir(data_dir: Path) -> Path:
+    """Where ``init`` puts the audit key by default: beside the data directory, never inside it."""
+    data_dir = Path(data_dir).resolve()
+    return data_dir.parent / f"{data_dir.name}-audit-key"
+
+
 def init_data_dir(
-    data_dir: Path, *, admin_name: str = "Administrator", organisation: str = "City data bureau"
+    data_dir: Path, *, admin_name: str = "Administrator", organisation: str = "City data bureau",
+    audit_key_dir: Path | None = None,
 ) -> InitResult:
-    """Create everything ``sandbox serve`` needs. Refuses a non-empty directory."""
+    """Create everything ``sandbox serve`` needs. Refuses a non-empty directory.
+
+    The audit signing key goes to ``audit_key_dir`` (by default ``<data_dir>-audit-key`` beside it), which
+    must not lie inside the data directory: whoever holds the directory must not be able to re-sign a
+    rewritten audit log. ``sandbox.toml`` records where it is.
+    """
     data_dir = Path(data_dir)
     if data_dir.exists() and any(data_dir.iterdir()):
         raise FileExistsError("data directory is not empty")
+    key_dir = Path(audit_key_dir).resolve() if audit_key_dir is not None else default_audit_key_dir(data_dir)
+    if key_dir == data_dir.resolve() or data_dir.resolve() in key_dir.parents:
+        raise ValueError("the audit key directory must be outside the data directory")
+    if key_dir.exists() and (key_dir / "audit_signing.key").exists():
+        raise FileExistsError(f"{key_dir} already holds an audit key")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = ServerConfig(data_dir=data_dir.resolve())
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(key_dir, 0o700)
+    config = ServerConfig(data_dir=data_dir.resolve(), audit_key_file=str(key_dir / "audit_signing.key"))
     _make_tls(data_dir / "tls")
     keys = data_dir / "keys"
     keys.mkdir(mode=0o700)
@@ -124,7 +143,7 @@ def init_data_dir(
     (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
     catalogue_secret(config.catalogue_key)
     config.datasets_dir.mkdir(mode=0o700)
-    (data_dir / CONFIG_FILE).write_text(default_file())
+    (data_dir / CONFIG_FILE).write_text(default_file(audit_key_file=str(config.audit_key)))
     db = Database.create(config.db_path)
     try:
         with db.write() as conn:

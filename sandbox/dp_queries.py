@@ -147,7 +147,8 @@ class ArrayCache:
         return out
 
 
-def _authorise(call: Call, grant_id: str, dataset: str, query: Query) -> tuple[policy.Authorised, DatasetInfo]:
+def _authorise(call: Call, grant_id: str, dataset: str, query: Query,
+               budget: bool = True) -> tuple[policy.Authorised, DatasetInfo]:
     """Structure first (INVALID_ARGUMENT), then the grant (PERMISSION_DENIED); nothing is charged either way."""
     call.annotate(grant_id=grant_id)
     grant = policy.grant_if_grantee(call.conn, call.principal, grant_id)
@@ -158,7 +159,7 @@ def _authorise(call: Call, grant_id: str, dataset: str, query: Query) -> tuple[p
     ctx = policy.CallContext(Kind.DP_QUERY, dataset, selection.version if selection else "",
                              referenced_columns(query))
     auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms,
-                             schema=info.schema if info else None)
+                             schema=info.schema if info else None, budget=budget)
     call.annotate(scenario_id=auth.grant.terms.scenario_id)
     assert info is not None  # check_call refused otherwise
     check_dp_columns(info.schema, query)
@@ -200,6 +201,8 @@ def _stored_release(conn: sqlite3.Connection, grant_id: str, key: str, request_s
         return None
     if row[0] != request_sha:
         raise SandboxError(ErrorCode.IDEMPOTENCY_CONFLICT)
+    if row[1] == "lost":
+        raise SandboxError(ErrorCode.RELEASE_LOST)
     if row[1] != "done":
         raise SandboxError(ErrorCode.IN_PROGRESS)
     return bytes(row[2])
@@ -212,7 +215,9 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     if key and not _KEY_RE.match(key):
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "idempotency key must be 1 to 64 of [A-Za-z0-9_.-]")
     check_privacy_parameters(req.epsilon, req.delta)
-    auth, info = _authorise(call, req.grant_id, req.query.dataset, query)
+    # An answer already paid for is returned before any budget or quota check: a retry after a withheld release
+    # must get it even when that charge used what remained.
+    auth, info = _authorise(call, req.grant_id, req.query.dataset, query, budget=not key)
     terms = auth.grant.terms
     if key:
         stored = _stored_release(call.conn, auth.grant.id, key, call.request_sha256)
@@ -220,6 +225,7 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
             replay = dp_pb2.RunQueryResponse.FromString(stored)
             replay.replayed = True
             return replay
+        auth = policy.Authorised(auth.grant, policy.require_budget(call.conn, auth.grant))
     _check_delta_allowed(req.delta, auth)
     plan = _engine_plan(query, info, req.epsilon, req.delta)
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)

@@ -11,6 +11,8 @@ import enum
 
 import grpc
 
+from wire.signing import ERROR_TRAILER  # noqa: F401 - the trailer name both sides share
+
 
 class ErrorCode(str, enum.Enum):
     """Machine-readable error codes; they travel in the ``x-sandbox-error`` trailer."""
@@ -44,8 +46,11 @@ class ErrorCode(str, enum.Enum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     ENTITY_LIMIT = "ENTITY_LIMIT"
+    REGISTRATION_LIMIT = "REGISTRATION_LIMIT"
+    RELEASE_LOST = "RELEASE_LOST"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    AUDIT_DAMAGED = "AUDIT_DAMAGED"
     NOT_RELEASED = "NOT_RELEASED"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
@@ -94,7 +99,12 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.ENTITY_LIMIT: (_S.RESOURCE_EXHAUSTED, "an entity in this batch was already scored as often as the "
                              "grant allows; nothing was charged"),
     ErrorCode.MESSAGE_TOO_LARGE: (_S.RESOURCE_EXHAUSTED, "message too large"),
+    ErrorCode.REGISTRATION_LIMIT: (_S.RESOURCE_EXHAUSTED, "registration limit reached"),
+    ErrorCode.RELEASE_LOST: (_S.FAILED_PRECONDITION, "the answer for this idempotency key was lost in a server "
+                             "crash before it was released; the charge stands (see the audit log); use a new key"),
     ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
+    ErrorCode.AUDIT_DAMAGED: (_S.UNAVAILABLE, "the audit log fails its own checks (an entry the audit key did not "
+                              "sign); no tree head is signed until an administrator looks into it"),
     ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
                              "retry with the same idempotency key returns the answer"),
     ErrorCode.ENGINE_UNAVAILABLE: (_S.UNAVAILABLE, "computation engine busy or restarting; try again"),
@@ -111,7 +121,6 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.INTERNAL: (_S.INTERNAL, "internal error"),
 }
 
-ERROR_TRAILER = "x-sandbox-error"
 
 
 class SandboxError(Exception):

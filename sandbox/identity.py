@@ -1,44 +1,25 @@
-"""Ed25519 identities and request signatures.
-
-A request is signed over ``sandbox.v1-request`` + method + timestamp + nonce +
-SHA-256 of the exact request bytes, newline-separated (see ``signing_payload``).
-The same construction lives in ``clients/signing.py``: the two must agree, and
-the integration tests exercise both.
-"""
+"""Ed25519 identities and request signatures (what a signature covers is ``wire.signing``'s, shared with the SDK)."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sandbox.domain import Principal, PrincipalStatus
 from sandbox.errors import ErrorCode, SandboxError
-
-MD_PRINCIPAL = "x-sandbox-principal"
-MD_TIMESTAMP = "x-sandbox-timestamp"
-MD_NONCE = "x-sandbox-nonce"
-MD_SIGNATURE = "x-sandbox-signature"
-MD_PUBLIC_KEY = "x-sandbox-public-key"  # only on self-registration
+from wire.signing import (  # noqa: F401 - principal_id_for, signing_payload, verify_signature: this module's API
+    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_TIMESTAMP, principal_id_for, signing_payload,
+    verify_signature,
+)
 
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def principal_id_for(public_key: bytes) -> str:
-    """A principal's id is derived from its key, so an id can never be re-bound to another key."""
-    return "p-" + hashlib.sha256(public_key).hexdigest()[:24]
-
-
-def signing_payload(method: str, timestamp_ms: int, nonce: str, body_sha256: str) -> bytes:
-    return f"sandbox.v1-request\n{method}\n{timestamp_ms}\n{nonce}\n{body_sha256}".encode()
 
 
 def public_key_bytes(key: Ed25519PublicKey) -> bytes:
@@ -52,14 +33,6 @@ def load_public_key(raw: bytes) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "public key is not a valid Ed25519 key") from exc
-
-
-def verify_signature(public_key: bytes, signature: bytes, payload: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
@@ -119,6 +92,10 @@ def check_request(
         raise SandboxError(ErrorCode.SIGNATURE_INVALID)
     if abs(now_ms - headers.timestamp_ms) > skew_ms:
         raise SandboxError(ErrorCode.CLOCK_SKEW)
+
+
+#: Claims a nonce, or does nothing if it is claimed (a refused request's nonce is claimed with its refusal).
+CLAIM_NONCE_SQL = "INSERT OR IGNORE INTO nonces (principal_id, nonce, ts_ms) VALUES (?, ?, ?)"
 
 
 def claim_nonce(conn: sqlite3.Connection, principal_id: str, nonce: str, timestamp_ms: int) -> None:

@@ -5,7 +5,24 @@ request bytes (so the signature is checked over exactly what was sent), verifies
 the Ed25519 signature and clock window before any handler runs, then runs the
 handler inside one write transaction together with the nonce claim and the
 audit entry: either all three commit, or nothing does and the caller gets
-UNAVAILABLE. Refused calls are audited in a transaction of their own.
+UNAVAILABLE. Refused calls are audited in a transaction of their own, and an
+authenticated request's nonce is claimed with its refusal, so a refused request
+cannot be replayed once it would succeed.
+
+A client stream is authenticated before any of it is read: its signature covers
+the declared total size and digest (``wire.signing.stream_body``), the server
+stops at the first byte beyond that size, and a stream whose bytes do not match
+its digest is refused. Nothing an unauthenticated peer sends is buffered.
+
+Every answer carries its receipt in the trailing metadata (``x-sandbox-receipt``):
+the sequence number of the audit entry that records it, whose inclusion in a
+signed tree head the caller can check (``GetReceipt``).
+
+Outsiders cannot make the server write without end: refusals of callers that are
+not active principals (bad or missing signatures, unknown keys, pending or
+suspended principals, registrations) are audited up to a per-peer budget a minute
+and only counted beyond it; registrations are limited per peer and in number
+pending.
 """
 
 from __future__ import annotations
@@ -26,12 +43,14 @@ from google.protobuf.message import DecodeError
 
 from sandbox import principals
 from sandbox.audit import AuditLog
-from sandbox.domain import AuditRecord, Principal, Role
+from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ERROR_TRAILER, ErrorCode, SandboxError
 from sandbox.identity import (
-    check_request, claim_nonce, parse_headers, principal_id_for, prune_nonces, require_active,
+    CLAIM_NONCE_SQL, SignedHeaders, check_request, claim_nonce, parse_headers, principal_id_for, prune_nonces,
+    require_active,
 )
 from sandbox.storage import Database
+from wire.signing import MD_STREAM_BYTES, MD_STREAM_SHA256, RECEIPT_TRAILER, StreamDigest, stream_body
 
 log = logging.getLogger("sandbox.rpc")
 
@@ -39,6 +58,7 @@ log = logging.getLogger("sandbox.rpc")
 MethodRoles = Mapping[str, frozenset[Role] | None]
 REGISTER_METHOD = "/sandbox.v1.ApplicantService/Register"
 PENDING_ALLOWED = frozenset({REGISTER_METHOD, "/sandbox.v1.ApplicantService/WhoAmI"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -83,15 +103,6 @@ def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def stream_digest(messages: list[bytes]) -> str:
-    """What a client stream's signature covers: SHA-256 over each message's 8-byte length and bytes, in order."""
-    h = hashlib.sha256()
-    for m in messages:
-        h.update(len(m).to_bytes(8, "big"))
-        h.update(m)
-    return h.hexdigest()
-
-
 _CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
 
 
@@ -102,45 +113,63 @@ def current_call() -> Call:
 _PRINCIPAL_RE = re.compile(r"^p-[0-9a-f]{24}$")
 
 
-def _claimed_principal(metadata: dict) -> str:
+def _claimed_principal(metadata: dict) -> str:  # type: ignore[type-arg]
     """The principal id a request claims, for the audit entry; anything not shaped like an id is recorded as '?'."""
     value = str(metadata.get("x-sandbox-principal", ""))
     return value if _PRINCIPAL_RE.match(value) else ("?" if value else "")
 
 
-class RefusalBudget:
-    """How many unauthenticated refusals from one network peer are audited per minute.
+class PeerBudget:
+    """How many events of one kind from one network peer are allowed per minute.
 
-    Every refusal is audited while a peer stays under the limit. Beyond it (someone hammering the server with
-    unsigned or badly signed calls), a refusal is still refused but not written to the audit log, so an
-    outsider cannot make the server write and fsync without end; one warning per peer and minute counts
-    what was not audited.
+    Used for refusals of callers that are not active principals (each is audited while the peer is under
+    the limit; beyond it the refusal is still made but only counted, one warning per peer and minute) and
+    for self-registrations (refused beyond the limit).
     """
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, what: str) -> None:
         self.per_minute = per_minute
+        self._what = what
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[int, int, int]] = {}  # peer -> (minute, audited, not audited)
+        self._windows: dict[str, tuple[int, int, int]] = {}  # peer -> (minute, admitted, not admitted)
 
     def admit(self, peer: str, now: float) -> bool:
         minute = int(now // 60)
         with self._lock:
             if len(self._windows) > 10_000:  # forget old peers
                 self._windows = {p: w for p, w in self._windows.items() if w[0] == minute}
-            start, audited, dropped = self._windows.get(peer, (minute, 0, 0))
+            start, admitted, dropped = self._windows.get(peer, (minute, 0, 0))
             if start != minute:
                 if dropped:
-                    log.warning("peer %s: %d unauthenticated refusals in minute %d were not audited one by one",
-                                peer, dropped, start)
-                start, audited, dropped = minute, 0, 0
-            if audited < self.per_minute:
-                self._windows[peer] = (start, audited + 1, dropped)
+                    log.warning("peer %s: %d %s in minute %d were over the limit", peer, dropped, self._what, start)
+                start, admitted, dropped = minute, 0, 0
+            if admitted < self.per_minute:
+                self._windows[peer] = (start, admitted + 1, dropped)
                 return True
             if dropped == 0:
-                log.warning("peer %s: more than %d unauthenticated refusals this minute; no longer auditing each",
-                            peer, self.per_minute)
-            self._windows[peer] = (start, audited, dropped + 1)
+                log.warning("peer %s: more than %d %s this minute", peer, self.per_minute, self._what)
+            self._windows[peer] = (start, admitted, dropped + 1)
             return False
+
+
+class RecentNonces:
+    """Nonces of refused requests that were not written (over a peer's budget), kept for the clock window."""
+
+    def __init__(self, window_ms: int, limit: int = 100_000) -> None:
+        self._window = window_ms
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def add(self, principal_id: str, nonce: str, ts_ms: int) -> None:
+        with self._lock:
+            if len(self._seen) >= self._limit:
+                self._seen = {k: t for k, t in self._seen.items() if t > ts_ms - self._window}
+            self._seen[(principal_id, nonce)] = ts_ms
+
+    def seen(self, principal_id: str, nonce: str) -> bool:
+        with self._lock:
+            return (principal_id, nonce) in self._seen
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:
@@ -152,19 +181,29 @@ def _peer_host(context: grpc.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    """What authentication established about a request before its transaction."""
+
+    principal: Principal
+    headers: SignedHeaders
+
+
 class SigningInterceptor(grpc.ServerInterceptor):
     def __init__(
         self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
         clock: Callable[[], float] = time.time, max_stream_bytes: int = 64 * 1024 * 1024,
-        unauthenticated_audits_per_minute: int = 60,
+        unauthenticated_audits_per_minute: int = 60, registrations_per_minute: int = 5,
     ) -> None:
-        self._refusals = RefusalBudget(unauthenticated_audits_per_minute)
+        self._refusals = PeerBudget(unauthenticated_audits_per_minute, "refusals of callers without an active key")
+        self._registrations = PeerBudget(registrations_per_minute, "registrations")
         self._max_stream_bytes = max_stream_bytes
         self._db = db
         self._audit = audit
         self._roles = method_roles
         self._skew_ms = skew_ms
         self._clock = clock
+        self._recent = RecentNonces(2 * skew_ms)
         self._calls = 0
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
@@ -177,14 +216,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
         if handler.stream_unary is not None:
             def stream_behaviour(raws: Any, context: grpc.ServicerContext) -> bytes:
-                chunks, total = [], 0
-                for raw in raws:
-                    total += len(raw)
-                    if total > self._max_stream_bytes:
-                        self._refuse(context, method, _claimed_principal(metadata), "",
-                                     SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream exceeds the upload limit"), None)
-                    chunks.append(raw)
-                return self._handle(method, handler, metadata, chunks, context)
+                return self._handle_client_stream(method, handler, metadata, raws, context)
 
             return grpc.stream_unary_rpc_method_handler(stream_behaviour, request_deserializer=None,
                                                         response_serializer=None)
@@ -202,16 +234,51 @@ class SigningInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=None, response_serializer=None)
 
+    def _handle_client_stream(self, method: str, handler: Any, metadata: dict, raws: Any,  # type: ignore[type-arg]
+                              context: grpc.ServicerContext) -> bytes:
+        """Authenticate over the declared size and digest, then read no byte beyond them (module docstring)."""
+        claimed = _claimed_principal(metadata)
+        declared_sha = str(metadata.get(MD_STREAM_SHA256, ""))
+        admitted: _Admitted | None = None
+        try:
+            try:
+                declared = int(str(metadata.get(MD_STREAM_BYTES, "")))
+            except ValueError:
+                raise SandboxError(ErrorCode.SIGNATURE_MISSING) from None
+            if not _HEX64.match(declared_sha) or declared < 0:
+                raise SandboxError(ErrorCode.SIGNATURE_MISSING)
+            if declared > self._max_stream_bytes:
+                raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream exceeds the upload limit")
+            now_ms = int(self._clock() * 1000)
+            admitted = self._authenticate(method, metadata, stream_body(declared, declared_sha), now_ms,
+                                          _peer_host(context))
+            digest, chunks = StreamDigest(), []
+            for raw in raws:
+                if digest.total + len(raw) > declared:
+                    raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream is longer than its signed size")
+                digest.update(raw)
+                chunks.append(raw)
+            if digest.total != declared or digest.hexdigest() != declared_sha:
+                raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="stream differs from its signed digest")
+        except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
+            self._refuse(context, method, claimed, declared_sha if _HEX64.match(declared_sha) else "", exc, None,
+                         admitted)
+        return self._handle(method, handler, metadata, chunks, context, admitted=admitted, request_sha=declared_sha)
+
     def _handle(
-        self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], context: grpc.ServicerContext
+        self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes],  # type: ignore[type-arg]
+        context: grpc.ServicerContext, *, admitted: _Admitted | None = None, request_sha: str = "",
     ) -> bytes:
-        """``raw`` is the request's bytes, or the list of a client stream's messages."""
+        """``raw`` is the request's bytes, or the list of a client stream's messages (already authenticated)."""
         now_ms = int(self._clock() * 1000)
-        request_sha = stream_digest(raw) if isinstance(raw, list) else _sha(raw)
+        request_sha = request_sha or _sha(raw)  # type: ignore[arg-type]
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
-            principal, headers, request = self._admit(method, handler, metadata, raw, request_sha, now_ms)
+            if admitted is None:
+                admitted = self._authenticate(method, metadata, request_sha, now_ms, _peer_host(context))
+            principal, headers = admitted.principal, admitted.headers
+            request = self._admit(method, handler, principal, raw)
             if not isinstance(raw, list):
                 self._warm(handler.unary_unary, principal, request)
             with self._db.write() as conn:
@@ -225,18 +292,20 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     _CURRENT.reset(token)
                 if isinstance(response, Deferred):
                     # Reserve: the charge and its audit entry commit together, before any computation.
-                    self._audit.append(conn, self._record(call, method, "RESERVED", request_sha, "",
-                                                          charged=True))
+                    entry = self._audit.append(conn, self._record(call, method, "RESERVED", request_sha, "",
+                                                                  charged=True))
                 else:
                     body: bytes = handler.response_serializer(response)
-                    self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
+                    entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
                 self._maybe_prune(conn, now_ms)
+            self._audit.after_commit()
             if isinstance(response, Deferred):
-                body = self._compute_and_release(call, method, request_sha, response, handler, context)
+                body, entry = self._compute_and_release(call, method, request_sha, response, handler, context)
+            context.set_trailing_metadata(((RECEIPT_TRAILER, str(entry.seq)),))
             log.info("%s principal=%s status=OK", method, principal.id)
             return body
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
-            self._refuse(context, method, claimed, request_sha, exc, call)
+            self._refuse(context, method, claimed, request_sha, exc, call, admitted)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _warm(self, behaviour: Any, principal: Principal, request: Any) -> None:
@@ -253,23 +322,20 @@ class SigningInterceptor(grpc.ServerInterceptor):
         except Exception:  # noqa: BLE001 - the handler raises the real error in its transaction
             log.debug("warm-up failed; the handler will report it", exc_info=True)
 
-    def _admit(
-        self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes], request_sha: str, now_ms: int
-    ) -> tuple[Principal, Any, Any]:
-        """Before any handler runs: the signature and clock, the caller's role, then the message itself."""
-        principal, headers = self._authenticate(method, metadata, request_sha, now_ms)
+    def _admit(self, method: str, handler: Any, principal: Principal, raw: bytes | list[bytes]) -> Any:
+        """After authentication, before any handler runs: the caller's role, then the message itself."""
         allowed = self._roles.get(method, frozenset())
         if allowed is not None and not (principal.roles & allowed):
             raise SandboxError(ErrorCode.WRONG_ROLE)
         try:
             if isinstance(raw, list):
-                return principal, headers, iter([handler.request_deserializer(chunk) for chunk in raw])
-            return principal, headers, handler.request_deserializer(raw)
+                return iter([handler.request_deserializer(chunk) for chunk in raw])
+            return handler.request_deserializer(raw)
         except DecodeError as exc:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
 
     def _handle_server_stream(
-        self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext
+        self, method: str, handler: Any, metadata: dict, raw: bytes, context: grpc.ServicerContext,  # type: ignore[type-arg]
     ) -> Any:
         """Authenticate and audit the opening of a server stream in one transaction, then stream outside it.
 
@@ -280,8 +346,11 @@ class SigningInterceptor(grpc.ServerInterceptor):
         request_sha = _sha(raw)
         claimed = _claimed_principal(metadata)
         call: Call | None = None
+        admitted: _Admitted | None = None
         try:
-            principal, headers, request = self._admit(method, handler, metadata, raw, request_sha, now_ms)
+            admitted = self._authenticate(method, metadata, request_sha, now_ms, _peer_host(context))
+            principal, headers = admitted.principal, admitted.headers
+            request = self._admit(method, handler, principal, raw)
             with self._db.write() as conn:
                 claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
                 call = Call(principal, conn, now_ms, request_sha256=request_sha)
@@ -290,18 +359,20 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     events = handler.unary_stream(request, context)
                 finally:
                     _CURRENT.reset(token)
-                self._audit.append(conn, self._record(call, method, "OK", request_sha, "stream"))
+                entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, "stream"))
+            self._audit.after_commit()
+            context.set_trailing_metadata(((RECEIPT_TRAILER, str(entry.seq)),))
             for event in events:
                 if not context.is_active():
                     return
                 yield handler.response_serializer(event)
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
-            self._refuse(context, method, claimed, request_sha, exc, call)
+            self._refuse(context, method, claimed, request_sha, exc, call, admitted)
 
     def _compute_and_release(
         self, call: Call, method: str, request_sha: str, deferred: Deferred, handler: Any,
         context: grpc.ServicerContext,
-    ) -> bytes:
+    ) -> tuple[bytes, Any]:
         """Compute outside any transaction, then audit the release (or its withholding) before answering."""
         try:
             response = deferred.compute()
@@ -320,16 +391,17 @@ class SigningInterceptor(grpc.ServerInterceptor):
             if deferred.on_success is not None:
                 deferred.on_success(conn, body)
             if released:
-                self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
+                entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
             else:
                 # The caller's deadline passed: the answer is kept for an idempotent retry but not released now.
-                self._audit.append(conn, self._record(call, method, "DEADLINE_EXCEEDED", request_sha, _sha(body),
-                                                      error_code=ErrorCode.NOT_RELEASED.value))
+                entry = self._audit.append(conn, self._record(call, method, "DEADLINE_EXCEEDED", request_sha,
+                                                              _sha(body), error_code=ErrorCode.NOT_RELEASED.value))
+        self._audit.after_commit()
         if not released:
             withheld = SandboxError(ErrorCode.NOT_RELEASED)
             withheld.audited = True  # the entry above already records the withheld release
             raise withheld
-        return body
+        return body, entry
 
     @staticmethod
     def _record(call: Call, method: str, status: str, request_sha: str, response_sha: str, *,
@@ -338,7 +410,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
         return AuditRecord(call.principal.id, method, status, error_code, call.scenario_id, call.grant_id, eps,
                            delta, request_sha, response_sha)
 
-    def _authenticate(self, method: str, metadata: dict, request_sha: str, now_ms: int) -> tuple[Principal, Any]:
+    def _authenticate(self, method: str, metadata: dict, request_sha: str, now_ms: int,  # type: ignore[type-arg]
+                      peer: str) -> _Admitted:
         headers = parse_headers(metadata)
         if method == REGISTER_METHOD and headers.public_key:
             if headers.principal_id != principal_id_for(headers.public_key):
@@ -348,22 +421,30 @@ class SigningInterceptor(grpc.ServerInterceptor):
             existing = principals.get(self._db.connection(), headers.principal_id)
             if existing is not None:
                 raise SandboxError(ErrorCode.ALREADY_EXISTS, "a principal with this key is already enrolled")
-            return Principal(headers.principal_id, "", "", frozenset(), headers.public_key,
-                             principals.PrincipalStatus.PENDING, now_ms), headers
+            if not self._registrations.admit(peer, now_ms / 1000):
+                raise SandboxError(ErrorCode.REGISTRATION_LIMIT, "too many registrations from this address; "
+                                                                 "try again in a minute")
+            return _Admitted(Principal(headers.principal_id, "", "", frozenset(), headers.public_key,
+                                       PrincipalStatus.PENDING, now_ms), headers)
         principal = principals.get(self._db.connection(), headers.principal_id)
         if principal is None:
             raise SandboxError(ErrorCode.UNKNOWN_PRINCIPAL)
         check_request(headers, method=method, body_sha256=request_sha, public_key=principal.public_key,
                       now_ms=now_ms, skew_ms=self._skew_ms)
+        if self._recent.seen(principal.id, headers.nonce):
+            raise SandboxError(ErrorCode.NONCE_REPLAYED)
         if method not in PENDING_ALLOWED:
             require_active(principal)
-        return principal, headers
+        return _Admitted(principal, headers)
 
     def _refuse(
         self, context: grpc.ServicerContext, method: str, claimed: str, request_sha: str, exc: Exception,
-        call: Call | None,
+        call: Call | None, admitted: _Admitted | None = None,
     ) -> None:
-        """Audit the refusal, then abort with the public message; anything unexpected is INTERNAL, no detail."""
+        """Audit the refusal (and claim an authenticated request's nonce), then abort with the public message.
+
+        Anything unexpected is INTERNAL, with no detail.
+        """
         if not isinstance(exc, SandboxError):
             log.error("%s principal=%s failed", method, claimed, exc_info=exc)
             exc = SandboxError(ErrorCode.INTERNAL)
@@ -371,16 +452,27 @@ class SigningInterceptor(grpc.ServerInterceptor):
             log.warning("%s principal=%s refused %s (%s)", method, claimed, exc.code.value, exc.log_detail)
         else:
             log.info("%s principal=%s refused %s", method, claimed, exc.code.value)
+        trailers = [(ERROR_TRAILER, exc.code.value)]
+        # Callers that are not active principals (outsiders, pending or suspended keys, registrations) are
+        # audited up to a per-peer budget; an active principal's refusal always is.
+        outsider = method == REGISTER_METHOD or call is None and (
+            admitted is None or admitted.principal.status is not PrincipalStatus.ACTIVE)
+        nonce = None if admitted is None else (admitted.principal.id, admitted.headers.nonce,
+                                                admitted.headers.timestamp_ms)
         try:
-            unauthenticated = call is None and exc.status == grpc.StatusCode.UNAUTHENTICATED
-            if not exc.audited and (not unauthenticated or self._refusals.admit(_peer_host(context), self._clock())):
-                self._audit.append_alone(AuditRecord(
-                    claimed, method, exc.status.name, exc.code.value,
-                    call.scenario_id if call else "", call.grant_id if call else "", 0, 0, request_sha, ""))
+            if not exc.audited and (not outsider or self._refusals.admit(_peer_host(context), self._clock())):
+                entry = self._audit.append_alone(
+                    AuditRecord(claimed, method, exc.status.name, exc.code.value, call.scenario_id if call else "",
+                                call.grant_id if call else "", 0, 0, request_sha, ""),
+                    also=[(CLAIM_NONCE_SQL, nonce)] if nonce else [])
+                trailers.append((RECEIPT_TRAILER, str(entry.seq)))
+            elif nonce is not None:
+                self._recent.add(*nonce)  # over budget: not written, still not replayable in this process
         except SandboxError as audit_exc:
             log.error("%s: audit unavailable (%s)", method, audit_exc.log_detail)
             exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)
-        context.set_trailing_metadata(((ERROR_TRAILER, exc.code.value),))
+            trailers = [(ERROR_TRAILER, exc.code.value)]
+        context.set_trailing_metadata(tuple(trailers))
         context.abort(exc.status, exc.public_message)
 
     def _maybe_prune(self, conn: sqlite3.Connection, now_ms: int) -> None:

@@ -118,4 +118,5 @@ def reserve_budget(
     with db.write() as conn:
         state = reserve_in(conn, grant_id, cost, quota)
         audit.append(conn, charged)
+    audit.after_commit()
     return state

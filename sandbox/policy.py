@@ -77,10 +77,11 @@ def grant_if_grantee(conn: sqlite3.Connection, caller: Principal, grant_id: str)
 
 def check_call(
     conn: sqlite3.Connection, caller: Principal, grant: Grant | None, call: CallContext, *, now_ms: int,
-    schema: DatasetSchema | None = None,
+    schema: DatasetSchema | None = None, budget: bool = True,
 ) -> Authorised:
     """Refuse unless ``caller`` may make ``call`` under ``grant`` (as ``grant_if_grantee`` loaded it, read once
-    per call) right now. Charges nothing."""
+    per call) right now. Charges nothing. ``budget=False`` leaves the budget and quota to ``require_budget``
+    (an idempotent retry returns its stored answer first, whatever remains)."""
     # A grant that does not exist and one that is someone else's look the same: no existence oracle.
     if grant is None or grant.terms.grantee_id != caller.id or grant.terms.grantee_public_key != caller.public_key:
         raise SandboxError(ErrorCode.NOT_GRANTEE)
@@ -111,9 +112,15 @@ def check_call(
         raise SandboxError(ErrorCode.OUTSIDE_GRANT, f"column '{name[:64]}' not in grant")
     if terms.model_hash and call.model_hash != terms.model_hash:
         raise SandboxError(ErrorCode.OUTSIDE_GRANT, "model is not the granted one")
+    return Authorised(grant, require_budget(conn, grant) if budget else ledger.budget_state(conn, grant.id))
+
+
+def require_budget(conn: sqlite3.Connection, grant: Grant) -> ledger.BudgetState:
+    """The grant's budget state, or QUOTA_EXHAUSTED / BUDGET_EXHAUSTED if nothing is left."""
+    terms = grant.terms
     state = ledger.budget_state(conn, grant.id)
     if state.quota_remaining <= 0:
         raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"0 of {state.quota_cap} remain")
     if terms.kind is not Kind.HE_SCORING and state.remaining.epsilon_nano <= 0:
         raise SandboxError(ErrorCode.BUDGET_EXHAUSTED, "remaining epsilon 0")
-    return Authorised(grant, state)
+    return state

@@ -78,11 +78,19 @@ def enrol(
 
 
 def register(
-    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes, now_ms: int
+    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes, now_ms: int,
+    max_pending: int,
 ) -> Principal:
-    """Self-registration: the principal exists but stays pending until an administrator approves it."""
+    """Self-registration: the principal exists but stays pending until an administrator approves it.
+
+    At most ``max_pending`` principals wait at a time, so that outsiders cannot fill the table.
+    """
     if Role.ADMIN in roles:
         raise SandboxError(ErrorCode.WRONG_ROLE, "administrators are enrolled, never self-registered")
+    pending = conn.execute("SELECT COUNT(*) FROM principals WHERE status = 'pending'").fetchone()[0]
+    if pending >= max_pending:
+        raise SandboxError(ErrorCode.REGISTRATION_LIMIT, f"{pending} registrations already wait for approval; "
+                                                         "try again later")
     return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
                    status=PrincipalStatus.PENDING, by=None, now_ms=now_ms)
 

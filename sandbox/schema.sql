@@ -104,30 +104,56 @@ CREATE TABLE IF NOT EXISTS audit_log (
     request_sha256  TEXT NOT NULL,
     response_sha256 TEXT NOT NULL,
     prev_hash       TEXT NOT NULL,
-    entry_hash      TEXT NOT NULL
+    entry_hash      TEXT NOT NULL,
+    signature       BLOB                    -- the audit key's over (seq, entry_hash); NULL before entries were signed
 );
+CREATE INDEX IF NOT EXISTS audit_log_request ON audit_log (request_sha256);
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 
+-- Hash-chain checkpoints of the first version of the log: no longer written (tree heads replaced them).
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     seq          INTEGER PRIMARY KEY,
     head_hash    TEXT NOT NULL,
     signed_at_ms INTEGER NOT NULL,
     signature    BLOB NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
-BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
-BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+
+-- Signed tree heads of the audit log's Merkle tree (RFC 9162 hashing over the entries' hashes).
+CREATE TABLE IF NOT EXISTS tree_heads (
+    size         INTEGER PRIMARY KEY,
+    root_hash    TEXT NOT NULL,
+    signed_at_ms INTEGER NOT NULL,
+    signature    BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS tree_heads_no_update BEFORE UPDATE ON tree_heads
+BEGIN SELECT RAISE(ABORT, 'tree heads are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS tree_heads_no_delete BEFORE DELETE ON tree_heads
+BEGIN SELECT RAISE(ABORT, 'tree heads are append-only'); END;
+
+-- Witnesses' countersignatures of tree heads they checked against the last head they had seen.
+CREATE TABLE IF NOT EXISTS head_cosignatures (
+    size              INTEGER NOT NULL REFERENCES tree_heads (size),
+    witness_id        TEXT NOT NULL,
+    witness_key       BLOB NOT NULL,
+    head_signed_at_ms INTEGER NOT NULL,
+    signature         BLOB NOT NULL,
+    received_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (size, witness_id)
+);
+CREATE TRIGGER IF NOT EXISTS head_cosignatures_no_update BEFORE UPDATE ON head_cosignatures
+BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS head_cosignatures_no_delete BEFORE DELETE ON head_cosignatures
+BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
 
 -- Released DP answers by idempotency key: a retry returns the stored answer and is charged once.
 CREATE TABLE IF NOT EXISTS releases (
     grant_id        TEXT NOT NULL REFERENCES grants (id),
     idempotency_key TEXT NOT NULL,
     request_sha256  TEXT NOT NULL,
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed', 'lost')),
     response        BLOB,
     created_at_ms   INTEGER NOT NULL,
     PRIMARY KEY (grant_id, idempotency_key)

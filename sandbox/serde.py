@@ -12,6 +12,7 @@ from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.fl_plans import PlanTemplate
 from sandbox.he_release import ReleaseReview
+from wire.transparency import TreeHead
 from sandbox.models import ModelSpec
 
 ROLE_TO_PB = {
@@ -304,6 +305,21 @@ def model_to_pb(spec: ModelSpec) -> he_pb2.ModelSpec:
         description=spec.description,
         public_features=[he_pb2.PublicFeature(column=c, weight=w) for c, w in spec.public_features],
         private_features=[he_pb2.PrivateFeature(name=n, weight=w) for n, w in spec.private_features])
+
+
+#: The largest sequence number, size or count a request may name (SQLite's integers are signed 64-bit).
+MAX_SEQ = 2**63 - 1
+
+
+def tree_head_to_pb(head: TreeHead) -> audit_pb2.TreeHead:
+    return audit_pb2.TreeHead(size=head.size, root_hash=head.root_hash, signed_at_unix_ms=head.signed_at_ms,
+                              signature=head.signature)
+
+
+def tree_head_from_pb(h: audit_pb2.TreeHead) -> TreeHead:
+    if h.size > MAX_SEQ or len(h.root_hash) != 64:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "not a tree head")
+    return TreeHead(h.size, h.root_hash, h.signed_at_unix_ms, h.signature)
 
 
 def review_to_pb(rev: ReleaseReview) -> he_pb2.ModelReview:

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
-from sandbox import catalogue
+from sandbox import catalogue, recovery
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
+from sandbox.errors import SandboxError
 from sandbox.datadir import catalogue_secret
-from sandbox.identity import public_key_bytes, read_private_key
+from sandbox.identity import read_private_key
 from sandbox.interceptor import SigningInterceptor
 from sandbox.servicers import METHOD_ROLES, add_servicers
 from sandbox.storage import Database
@@ -53,10 +56,25 @@ class RunningServer:
         self.server.stop(grace).wait()
         for close in self.closers:
             close()
+        self.audit.close()
         try:
             self.audit.checkpoint()
+        except SandboxError as exc:  # a damaged log is not signed; stopping goes on (and the log says why)
+            log.error("no tree head signed at shutdown: %s", exc.log_detail or exc.public_message)
         finally:
             self.db.close()
+
+
+def _checked_audit_key(config: ServerConfig) -> Path:
+    """The audit key's path, refused if others can read it; a key inside the data directory gets a warning."""
+    path = config.audit_key
+    info = path.stat()  # FileNotFoundError names the path
+    if info.st_mode & 0o077 or info.st_uid != os.geteuid():
+        raise PermissionError(f"{path}: the audit key must be readable by the server's user only (chmod 600)")
+    if config.data_dir in path.resolve().parents:
+        log.warning("the audit key %s is inside the data directory: whoever holds the directory can re-sign a "
+                    "rewritten audit log; move it (README, 'The audit key') and set audit_key_file", path)
+    return path
 
 
 def start_server(config: ServerConfig) -> RunningServer:
@@ -64,11 +82,13 @@ def start_server(config: ServerConfig) -> RunningServer:
     db = Database.create(config.db_path, release_rows=functools.partial(
         catalogue.public_rows_of_stored, epsilon=config.catalogue_count_epsilon))
     db.busy_timeout_ms = config.busy_timeout_ms
-    audit_key = read_private_key(config.audit_key)
+    audit_key = read_private_key(_checked_audit_key(config))
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
+    recovery.close_open_records(audit)
     interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000,
                                      max_stream_bytes=config.max_message_bytes,
-                                     unauthenticated_audits_per_minute=config.unauthenticated_audits_per_minute)
+                                     unauthenticated_audits_per_minute=config.unauthenticated_audits_per_minute,
+                                     registrations_per_minute=config.registrations_per_minute)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -76,7 +96,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=[interceptor],
                          options=options)
-    closers = add_servicers(server, config, audit, public_key_bytes(audit_key.public_key()), db, catalogue_key)
+    closers = add_servicers(server, config, audit, db, catalogue_key)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

@@ -37,7 +37,9 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     **{f"/sandbox.v1.ApplicantService/{m}": None for m in (
         "Register", "WhoAmI", "ListCatalogue", "Apply", "GetScenario", "ListScenarios", "CheckAccess",
         "ListAdministratorKeys")},
-    **{f"/sandbox.v1.AuditService/{m}": AUDITORS for m in ("ListAuditEntries", "GetAuditHead")},
+    **{f"/sandbox.v1.AuditService/{m}": AUDITORS for m in (
+        "ListAuditEntries", "GetAuditHead", "GetConsistencyProof", "AddCosignature")},
+    "/sandbox.v1.AuditService/GetReceipt": None,
     **{f"/sandbox.v1.DpQueryService/{m}": frozenset({Role.APPLICANT}) for m in ("EstimateQuery", "RunQuery")},
     "/sandbox.v1.ModelService/SubmitModel": frozenset({Role.APPLICANT, Role.RESEARCHER}),
     "/sandbox.v1.ModelService/GetModel": None,
@@ -116,11 +118,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
 
 class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+
     def Register(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         p = principals.register(call.conn, name=request.name, organisation=request.organisation,
                                 roles=serde.roles_from_pb(list(request.roles)),
-                                public_key=call.principal.public_key, now_ms=call.now_ms)
+                                public_key=call.principal.public_key, now_ms=call.now_ms,
+                                max_pending=self._config.max_pending_principals)
         return applicant_pb2.RegisterResponse(principal=serde.principal_to_pb(p))
 
     def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
@@ -170,26 +176,64 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, log: AuditLog, audit_public_key: bytes) -> None:
+    def __init__(self, log: AuditLog) -> None:
         self._log = log
-        self._public_key = audit_public_key
 
     def ListAuditEntries(self, request, context):  # type: ignore[no-untyped-def]
         limit = request.limit or 1000
         if limit > 1000:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "limit is at most 1000")
+        if request.after_seq > serde.MAX_SEQ:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"after_seq is at most {serde.MAX_SEQ}")
         entries = audit.read_entries(current_call().conn, request.after_seq, limit + 1)
         return audit_pb2.ListAuditEntriesResponse(
             entries=[serde.audit_entry_to_pb(e) for e in entries[:limit]], more=len(entries) > limit)
 
+    def _head(self) -> audit.TreeHead | None:
+        """A signed head covering every committed entry (signed in this call's transaction if needed)."""
+        return self._log.sign_head(current_call().conn)
+
     def GetAuditHead(self, request, context):  # type: ignore[no-untyped-def]
         conn = current_call().conn
-        cp = audit.latest_checkpoint(conn)
-        resp = audit_pb2.GetAuditHeadResponse(audit_public_key=self._public_key, entries=audit.count_entries(conn))
-        if cp is not None:
-            resp.checkpoint.CopyFrom(audit_pb2.AuditCheckpoint(
-                seq=cp.seq, head_hash=cp.head_hash, signed_at_unix_ms=cp.signed_at_ms, signature=cp.signature))
+        head = self._head()
+        resp = audit_pb2.GetAuditHeadResponse(audit_public_key=self._log.public_key,
+                                              entries=head.size if head else 0)
+        if head is not None:
+            resp.head.CopyFrom(serde.tree_head_to_pb(head))
+            resp.cosignatures.extend(audit_pb2.Cosignature(witness_id=c.witness_id, witness_key=c.witness_key,
+                                                           signature=c.signature)
+                                     for c in audit.cosignatures(conn, head.size))
         return resp
+
+    def GetConsistencyProof(self, request, context):  # type: ignore[no-untyped-def]
+        head = audit.latest_head(current_call().conn)
+        if not 1 <= request.first_size <= request.second_size <= (head.size if head else 0):
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "sizes must satisfy 1 <= first <= second <= the latest "
+                                                           "signed head's size")
+        rule, subset, path = self._log.consistency(request.first_size, request.second_size)
+        return audit_pb2.GetConsistencyProofResponse(proof=audit_pb2.MerkleProof(rule=rule, subset=subset, path=path))
+
+    def AddCosignature(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        audit.add_cosignature(call.conn, serde.tree_head_from_pb(request.head), call.principal.id,
+                              call.principal.public_key, request.signature, call.now_ms)
+        return audit_pb2.AddCosignatureResponse()
+
+    def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        entry = audit.get_entry(call.conn, request.seq) if 1 <= request.seq <= serde.MAX_SEQ else None
+        auditor = bool(call.principal.roles & AUDITORS)  # auditors may prove any entry's inclusion
+        if entry is None or not auditor and entry.record.principal_id != call.principal.id:
+            raise SandboxError(ErrorCode.NOT_FOUND, "no entry of yours with this number")  # another's looks like none
+        head = self._head()
+        if head is None or head.size < entry.seq:
+            raise SandboxError(ErrorCode.IN_PROGRESS, "the entry is not committed yet")
+        rule, path = self._log.inclusion(entry.seq, head.size)
+        (signature,) = call.conn.execute("SELECT signature FROM audit_log WHERE seq = ?", (entry.seq,)).fetchone()
+        return audit_pb2.GetReceiptResponse(
+            entry=serde.audit_entry_to_pb(entry), entry_signature=bytes(signature or b""),
+            head=serde.tree_head_to_pb(head), inclusion=audit_pb2.MerkleProof(rule=rule, path=path),
+            audit_public_key=self._log.public_key)
 
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
@@ -292,8 +336,7 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
 
 
 def add_servicers(
-    server: grpc.Server, config: ServerConfig, log: AuditLog, audit_public_key: bytes, db: Database,
-    catalogue_key: bytes,
+    server: grpc.Server, config: ServerConfig, log: AuditLog, db: Database, catalogue_key: bytes,
 ) -> list[Callable[[], None]]:
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
@@ -304,6 +347,6 @@ def add_servicers(
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)
     he_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(config), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config, catalogue_key), server)
-    applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log, audit_public_key), server)
+    applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(config), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log), server)
     return [he.close]

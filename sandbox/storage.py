@@ -88,6 +88,30 @@ def _migrate_datasets(conn: sqlite3.Connection, release_rows: ReleaseRows | None
         raise
 
 
+def _migrate_audit(conn: sqlite3.Connection) -> None:
+    """Give an audit_log from before entries were signed its signature column (old entries keep NULL).
+
+    And let the releases table hold the 'lost' state (a reservation closed at start-up after a crash): SQLite
+    cannot change a CHECK constraint in place, so an old table is copied into a new one.
+    """
+    if "signature" not in {row[1] for row in conn.execute("PRAGMA table_info(audit_log)")}:
+        conn.execute("ALTER TABLE audit_log ADD COLUMN signature BLOB")
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'releases'").fetchone()
+    if sql is not None and "'lost'" not in sql[0]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE releases RENAME TO releases_old")
+            new = sql[0].replace("'pending', 'done', 'failed'", "'pending', 'done', 'failed', 'lost'")
+            conn.execute(new)
+            conn.execute("INSERT INTO releases SELECT * FROM releases_old")
+            conn.execute("DROP TABLE releases_old")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
 class Database:
     """The sandbox database. Safe to share between threads."""
 
@@ -117,6 +141,7 @@ class Database:
         conn = db.connection()
         conn.executescript(_schema_sql())
         _migrate_datasets(conn, release_rows)
+        _migrate_audit(conn)
         return db
 
     def _connect(self) -> sqlite3.Connection:

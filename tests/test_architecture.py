@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("protos", "sandbox", "dp_engine", "he_engine", "fl_server", "clients")
+PACKAGES = ("protos", "wire", "sandbox", "dp_engine", "he_engine", "fl_server", "clients")
 #: Which of our packages each package may import.
 ALLOWED = {
     "protos": {"protos"},
+    "wire": {"wire"},
     "dp_engine": {"dp_engine"},
     "he_engine": {"he_engine"},
     "fl_server": {"fl_server"},
-    "clients": {"clients", "protos"},
-    "sandbox": {"sandbox", "protos", "dp_engine", "he_engine", "fl_server"},
+    "clients": {"clients", "protos", "wire"},
+    "sandbox": {"sandbox", "protos", "wire", "dp_engine", "he_engine", "fl_server"},
 }
 
 
@@ -89,7 +90,9 @@ MUST_NOT_LOAD = {
     "dp_engine": ("grpc", "sqlite3", "sandbox", "clients", "tenseal", "flwr"),
     "he_engine": ("grpc", "sqlite3", "sandbox", "clients", "tenseal", "flwr"),  # TenSEAL only inside workers
     "fl_server": ("sqlite3", "sandbox", "clients", "tenseal", "dp_engine", "he_engine"),
-    "clients": ("sqlite3", "sandbox", "dp_engine", "he_engine", "fl_server"),
+    # (pymerkle's package imports its own SQLite backend, so the SDK and wire load sqlite3 but never the server)
+    "clients": ("sandbox", "dp_engine", "he_engine", "fl_server"),
+    "wire": ("grpc", "sandbox", "clients", "protos", "dp_engine", "he_engine", "fl_server"),
 }
 
 

@@ -24,7 +24,8 @@ def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
     out = proc.stdout
     for heading in ("Signed RPC vs unsigned baseline", "clients", "p50 ms", "p99 ms", "req/s",
                     "signed WhoAmI", "unsigned Health/Check", "ratio signed/unsigned", "Where the time goes",
-                    "Ed25519 sign", "Ed25519 verify"):
+                    "Ed25519 sign", "Ed25519 verify", "Transparency log per audited RPC", "audit entry signature",
+                    "without those signatures"):
         assert heading in out, f"missing {heading!r} in:\n{out}"
     batched = [float(x) for x in re.findall(r"([\d.]+) signed calls per durable commit \(group commit\)", out)]
     assert len(batched) == 2 and all(b >= 1.0 for b in batched), out  # a commit holds at least the call it answers
@@ -34,6 +35,8 @@ def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
     assert sorted(ratios) == [1, 16], last
     for values in ratios.values():
         assert all(math.isfinite(v) and v > 0 for v in values), last
+    merkle = re.search(r"transparency_log p50=(\S+)", last)
+    assert merkle is not None and math.isfinite(float(merkle.group(1))) and float(merkle.group(1)) > 0, last
 
 
 DP_BENCH = ROOT / "benchmarks" / "bench_dp_query.py"

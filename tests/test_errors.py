@@ -71,5 +71,6 @@ def test_public_api_is_declared() -> None:
     for name in clients.__all__:
         assert hasattr(clients, name), name
     public = {n for n in dir(clients) if not n.startswith("_")} - {
-        "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query", "cli_score", "cli_train", "query", "he"}
+        "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query",
+        "cli_score", "cli_train", "query", "he", "witness"}
     assert public <= set(clients.__all__), public - set(clients.__all__)

@@ -17,12 +17,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import fl_server
 from clients import ResearcherClient
+from fl_server.rounds import OnRound
 from fl_server.runtime import TlsFiles, _Processes, free_port, node_key_pair
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
@@ -145,6 +147,37 @@ class Department:
         self.thread.join(timeout=60)
 
 
+class RoundHold:
+    """Holds a deployment run inside its report of round ``at_round`` until the test releases it.
+
+    The backend calls ``on_round`` from the loop that follows the run, before the run's SuperLink and fleet proxy are
+    stopped, so while the hold lasts they are up however fast the rounds go: what the test does meanwhile happens
+    during the job. The report is published first, so a watcher sees the round. (The server runs in this process.)
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at_round: int) -> None:
+        self.round, self.released = at_round, threading.Event()
+        #: The nodes' address (the fleet proxy's) while the run was held, or None if it never was.
+        self.address: str | None = None
+        run = fl_server.DeploymentBackend.run
+        hold = self
+
+        def held_run(backend: fl_server.DeploymentBackend, plan: fl_server.TrainingPlan, partitions: Any, *,
+                     on_round: OnRound, **kw: Any) -> fl_server.TrainingResult:
+            def on_round_held(report: fl_server.RoundReport) -> None:
+                on_round(report)
+                if report.round == hold.round:
+                    hold.address = backend.address
+                    hold.released.wait()
+
+            return run(backend, plan, partitions, on_round=on_round_held, **kw)
+
+        monkeypatch.setattr(fl_server.DeploymentBackend, "run", held_run)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 def site_rows(path: Path, site: str) -> Path:
     """One RAND site's raw rows with the dataset's header: what that department holds."""
     with gzip.open(DATA / "rand_hie.csv.gz", "rt", newline="") as fh:
@@ -158,7 +191,7 @@ def site_rows(path: Path, site: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the SuperLink, two department SuperNodes (each with its own ClientApp processes)
-def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
+def test_training_with_the_departments_own_supernodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fl_nodes = "external": the sandbox registers the keys in fl_node_keys_dir (site-1 and site-2 of RAND's six
     sites) and starts no SuperNode; the departments' nodes train on their own CSV rows; the four sites without
     a key are reported as dropped in every round; a node with an unregistered key is refused."""
@@ -170,6 +203,7 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
         private[site], public = node_key_pair(departments_dir, f"site-{site}")
         shutil.copy(public, keys / f"site-{site}.pub")
     port = free_port("127.0.0.1")
+    hold = RoundHold(monkeypatch, at_round=1)  # the job stays up until the intruders have tried (rounds can be quick)
     sbx = start_sandbox(tmp_path, fl_backend="deployment", fl_nodes="external", fl_superlink_host="127.0.0.1",
                         fl_superlink_port=port, fl_node_keys_dir=str(keys))
     departments: list[Department] = []
@@ -184,13 +218,15 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
         events = []
         for event in lab.watch_training(job, timeout=800):  # type: ignore[attr-defined]
             events.append(event)
-            if event.state == "running" and event.round == 1:  # the job's SuperLink is up: an intruder tries
+            if event.state == "running" and event.round == 1:  # the job is held in round 1: an intruder tries
                 (tmp_path / "rogue").mkdir()
                 rogue.update(try_to_intrude(f"127.0.0.1:{port}", TlsFiles(sbx.ca, sbx.data_dir / "tls" / "server.pem",
                                                                           sbx.data_dir / "tls" / "server.key"),
                                             tmp_path / "rogue"))
                 control.update(control_through(f"127.0.0.1:{port}", sbx.ca, tmp_path / "control"))
+                hold.release()
         assert events[-1].state == "completed", (events[-1].message, [d.log.read_text()[-3000:] for d in departments])
+        assert hold.address == f"127.0.0.1:{port}"  # the intruders tried while the job's proxy was up
         running = [e for e in events if e.state == "running"]
         assert [e.round for e in running] == [1, 2]
         for e in running:  # only the departments' nodes trained; the sites without a key are named every round
@@ -213,6 +249,7 @@ def test_training_with_the_departments_own_supernodes(tmp_path: Path) -> None:
         for c in (admin, lab):
             c.close()  # type: ignore[attr-defined]
     finally:
+        hold.release()  # a failed check must not leave the job's runtime held
         for d in departments:
             d.stop()
         sbx.stop()

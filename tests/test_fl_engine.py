@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import opendp.prelude as dp
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 import fl_server

@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import json
-import os
 import time
 from pathlib import Path
 

@@ -11,6 +11,7 @@ import pytest
 from clients import ApplicantClient
 from sandbox import audit, ledger
 from sandbox.audit import AuditLog
+from sandbox.config import load_config
 from sandbox.domain import AuditRecord, Budget
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import read_private_key
@@ -48,7 +49,7 @@ def granted(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _log(data_dir: Path) -> tuple[Database, AuditLog]:
     db = Database(data_dir / "sandbox.db", busy_timeout_ms=60_000)
-    return db, AuditLog(db, read_private_key(data_dir / "keys" / "audit_signing.key"))
+    return db, AuditLog(db, read_private_key(load_config(data_dir, environ={}).audit_key))
 
 
 def _record(i: int) -> AuditRecord:
@@ -94,8 +95,10 @@ def test_64_concurrent_reservations_never_exceed_the_cap(granted) -> None:  # ty
     assert state.usage.delta_spent_atto == 3 * 10**11 <= state.cap.delta_atto
     assert charged == (state.usage.epsilon_spent_nano, state.usage.delta_spent_atto)
     assert state.usage.quota_used == 4
+    log.checkpoint()  # as a server does at shutdown: a signed tree head over every entry
     with db.read() as conn:
-        assert audit.verify(conn, bytes.fromhex((data_dir / "keys" / "audit_signing.pub").read_text())).ok
+        report = audit.verify(conn, bytes.fromhex((data_dir / "keys" / "audit_signing.pub").read_text()))
+    assert report.ok and report.entries == report.signed_entries > 4, report.findings
     db.close()
 
 

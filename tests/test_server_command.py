@@ -35,8 +35,16 @@ def test_init_makes_what_serve_needs(tmp_path: Path) -> None:
     data_dir = tmp_path / "sbx"
     out = subprocess.run([*SANDBOX, "init", str(data_dir)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "first administrator p-" in out.stdout
-    for private in ("keys/admin.key", "keys/audit_signing.key", "tls/server.key", "tls/ca.key"):
+    for private in ("keys/admin.key", "keys/catalogue.key", "tls/server.key", "tls/ca.key"):
         assert stat.S_IMODE(os.stat(data_dir / private).st_mode) == 0o600, private
+    # The audit key is outside the data directory (whoever holds the directory must not re-sign the log), and
+    # sandbox.toml says where; the public key stays inside, to publish.
+    audit_key = tmp_path / "sbx-audit-key" / "audit_signing.key"
+    assert not (data_dir / "keys" / "audit_signing.key").exists() and (data_dir / "keys" / "audit_signing.pub").exists()
+    assert stat.S_IMODE(os.stat(audit_key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(audit_key.parent).st_mode) == 0o700
+    assert f'audit_key_file = "{audit_key}"' in (data_dir / "sandbox.toml").read_text()
+    assert "outside the data directory" in out.stdout
     ca_files = [p for p in (data_dir / "tls").iterdir() if "ca" in p.name and p.suffix == ".pem"]
     assert ca_files and b"BEGIN CERTIFICATE" in ca_files[0].read_bytes()
     cert = x509.load_pem_x509_certificate((data_dir / "tls" / "server.pem").read_bytes())
@@ -64,7 +72,7 @@ def test_serve_sigterm_restart_keeps_state(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     verify = subprocess.run([*SANDBOX, "audit", "verify", str(data_dir)], capture_output=True, text=True, cwd=ROOT)
-    assert verify.returncode == 0 and "2 entries" in verify.stdout and "0 entries after the last" in verify.stdout
+    assert verify.returncode == 0 and "2 entries (2 signed), 1 signed tree heads" in verify.stdout, verify.stdout
     proc, address = _serve(data_dir)
     try:
         with AdminClient(address, key=data_dir / "keys" / "admin.key", ca=data_dir / "tls" / "ca.pem") as admin:
@@ -118,4 +126,30 @@ def test_init_writes_every_setting_at_its_default(tmp_path: Path) -> None:
     written = tomllib.loads((tmp_path / "sbx" / "sandbox.toml").read_text())
     names = {f.name for f in dataclasses.fields(ServerConfig)} - {"data_dir"}
     assert set(written) == names  # every setting is there to see and change
-    assert load_config(tmp_path / "sbx", environ={}) == ServerConfig(data_dir=(tmp_path / "sbx").resolve())
+    # Every setting at its default, except where init put the audit key (outside the data directory).
+    key = str((tmp_path / "sbx-audit-key" / "audit_signing.key").resolve())
+    assert load_config(tmp_path / "sbx", environ={}) == ServerConfig(data_dir=(tmp_path / "sbx").resolve(),
+                                                                     audit_key_file=key)
+
+
+def test_serve_refuses_an_audit_key_others_can_read(tmp_path: Path) -> None:
+    """The audit key decides what the log proves: a key file the group or others can read is refused at start."""
+    data_dir = tmp_path / "sbx"
+    subprocess.run([*SANDBOX, "init", str(data_dir)], check=True, capture_output=True, cwd=ROOT)
+    key = tmp_path / "sbx-audit-key" / "audit_signing.key"
+    os.chmod(key, 0o640)
+    refused = subprocess.run([*SANDBOX, "serve", str(data_dir), "--port", "0"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+    assert refused.returncode == 1 and "readable by the server's user only" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    os.chmod(key, 0o600)
+    proc, _ = _serve(data_dir)  # and with the mode fixed it starts
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "sandbox stopped" in out
+
+
+def test_init_refuses_an_audit_key_inside_the_data_directory(tmp_path: Path) -> None:
+    inside = subprocess.run([*SANDBOX, "init", str(tmp_path / "sbx"), "--audit-key-dir", str(tmp_path / "sbx" / "k")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert inside.returncode == 1 and "outside the data directory" in inside.stderr, inside.stderr

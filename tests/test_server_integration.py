@@ -15,7 +15,7 @@ from clients import (
 )
 from clients.schema_file import load_schema_file
 from protos.sandbox.v1 import applicant_pb2
-from tests.conftest import DATA, SCHEMAS, Sandbox, apply_dp, enrol_client, start_sandbox
+from tests.conftest import DATA, SCHEMAS, Sandbox, enrol_client, start_sandbox
 
 WHOAMI = "/sandbox.v1.ApplicantService/WhoAmI"
 

@@ -44,6 +44,21 @@ class AuditServiceStub:
                 request_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadResponse.FromString,
                 _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/sandbox.v1.AuditService/GetConsistencyProof',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.AddCosignature = channel.unary_unary(
+                '/sandbox.v1.AuditService/AddCosignature',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureResponse.FromString,
+                _registered_method=True)
+        self.GetReceipt = channel.unary_unary(
+                '/sandbox.v1.AuditService/GetReceipt',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -56,7 +71,30 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditHead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The latest signed tree head, covering every committed entry (signed now if needed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """A consistency proof that the tree of first_size entries is a prefix of the one of second_size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCosignature(self, request, context):
+        """A witness's countersignature of a head it checked (auditors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReceipt(self, request, context):
+        """One's own entry (a receipt's), with an inclusion proof against a signed head (any principal;
+        auditors and administrators: any entry).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -73,6 +111,21 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetAuditHead,
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'AddCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCosignature,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureResponse.SerializeToString,
+            ),
+            'GetReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReceipt,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +182,87 @@ class AuditService:
             '/sandbox.v1.AuditService/GetAuditHead',
             protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadRequest.SerializeToString,
             protos_dot_sandbox_dot_v1_dot_audit__pb2.GetAuditHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.AuditService/GetConsistencyProof',
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.AuditService/AddCosignature',
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.AddCosignatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.AuditService/GetReceipt',
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_audit__pb2.GetReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,
