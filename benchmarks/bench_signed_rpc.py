@@ -1,6 +1,6 @@
 """What does the signed-request boundary cost? Signed ``WhoAmI`` against the unsigned health check.
 
-    .venv/bin/python benchmarks/bench_signed_rpc.py            # full run (about a minute on 2 cores)
+    .venv/bin/python benchmarks/bench_signed_rpc.py            # full run (about 25 s on 2 cores)
     .venv/bin/python benchmarks/bench_signed_rpc.py --quick    # smoke run, a few seconds
 
 Starts a real TLS sandbox server in this process on a free port, in a fresh data
