@@ -296,7 +296,7 @@ class CaseResult:
     scale_mismatch: str = ""
 
 
-def _timed(t: Timings, fn: Callable[[], object]) -> None:
+def timed(t: Timings, fn: Callable[[], object]) -> None:
     t0 = time.perf_counter()
     try:
         fn()
@@ -345,7 +345,7 @@ def measure_case(office: ApplicantClient, table: Dataset, case: Case, reps: int,
     order = list(fns)
     for i in range(reps):
         for k in order[i % len(order):] + order[:i % len(order)]:  # rotate, so drift hits every way alike
-            _timed(timings[k], fns[k])
+            timed(timings[k], fns[k])
     scales = _scales(stats)
     return CaseResult(table, case, reps, timings, scales, mismatch)
 
@@ -382,7 +382,7 @@ def run_load(name: str, make_client: Callable[[], ApplicantClient], call: Callab
                 pass
         barrier.wait()
         for _ in range(n):
-            _timed(t, lambda: call(client))
+            timed(t, lambda: call(client))
 
     threads = [threading.Thread(target=body, args=(c, t, n), daemon=True) for (c, t), n in zip(workers, shares)]
     for th in threads:

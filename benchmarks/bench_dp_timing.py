@@ -34,9 +34,8 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +56,8 @@ from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
 
+from bench_dp_query import Timings, pct, timed  # noqa: E402 -- the same timing record, percentile and timer
+
 DATA = ROOT / "data"
 DATASET = "adult_census"
 EPSILON = 1e-6
@@ -64,32 +65,6 @@ DEFAULT_CALLS, QUICK_CALLS = 200, 10
 AIM = 0.60  # the audit's aim for the accuracy on an idle machine (printed, never asserted)
 ALL, NONE = "age >= 0 (all rows)", "age < 0 (no row)"
 SIDES = {ALL: (">=", Op.GE), NONE: ("<", Op.LT)}
-
-
-def pct(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    return s[min(len(s), max(1, math.ceil(p / 100 * len(s)))) - 1]
-
-
-@dataclass
-class Timings:
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
-
-
-def timed(t: Timings, fn: Callable[[], object]) -> None:
-    t0 = time.perf_counter()
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 -- a benchmark reports failures, it does not stop
-        t.errors += 1
-        t.first_error = t.first_error or f"{type(exc).__name__}: {exc}"
-        return
-    t.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from rich.table import Table
 
 import fl_server  # the narrator's own evaluation uses the engine's feature scaling and AUC
 from clients import (
-    AdminClient, ApplicantClient, AuditorClient, InvalidArgument, PermissionDenied, Query, ResearcherClient,
+    AdminClient, ApplicantClient, AuditorClient, PermissionDenied, Query, ResearcherClient,
     ResourceExhausted, generate_key, public_key_of,
 )
 from clients.witness import witness
@@ -265,28 +265,21 @@ FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insu
 def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, address: str, ca: Path) -> None:
     chapter(10, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
     private = list(FL_PRIVATE)
-    try:
-        model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=private,
-                                           description="Pilot: expected-cost bands for a supplementary plan.")
-    except InvalidArgument as exc:
-        # Under DP some trained weights come out small: the balance rule refuses such a model. The lab asks the
-        # insurer to supply the weakest sandbox feature too (features are scaled to [0, 1] in training, so a
-        # weight's size is its term's contribution).
-        weights = np.asarray(lab.training_result(dp_job).weights[0]).ravel()
-        weakest = min((f for f in FL_FEATURES if f not in private), key=lambda f: abs(weights[FL_FEATURES.index(f)]))
-        console.print(f"The registry refused the first conversion ({exc.message.split(': ', 2)[-1]}); the lab marks "
-                      f"{weakest} as a feature the insurer supplies too.")
-        private.append(weakest)
-        model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=private,
-                                           description="Pilot: expected-cost bands for a supplementary plan.")
+    model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=private,
+                                       description="Pilot: expected-cost bands for a supplementary plan.")
+    spec = admin.model(model)
+    public = [c for c, _ in spec.public_features]
+    folded = [f for f in FL_FEATURES if f not in private and f not in public]
     console.print(f"The lab registered its DP model as {model[:16]}…: weights converted to raw column units, "
                   f"{', '.join(private)} marked as features the scoring party supplies, its origin written into "
-                  "the spec the reviewer reads.")
+                  "the spec the reviewer reads. "
+                  + (f"Terms too small for the release rule ({', '.join(folded)}: below its noise, or under a tenth "
+                     "of the largest term) were folded into the bias, and the spec says so."
+                     if folded else "Every sandbox term was large enough for the release rule."))
     key = generate_key()
     admin.enrol(name="Riverside Mutual", organisation="Riverside Mutual Insurance", roles=["applicant"],
                 public_key=public_key_of(key))
     insurer = ApplicantClient(address, key=key, ca=ca)
-    public = [c for c, _ in admin.model(model).public_features]
     s = insurer.apply(title="Expected medical cost bands", purpose="Price a supplementary health plan",
                       legal_basis="Consent of policy holders; Insurance Act art. 4", kind="HE_SCORING",
                       datasets={"rand_hie": ["zper", *public]}, model_hash=model, quota=1000)
@@ -306,13 +299,16 @@ def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, addr
     cols = {c: np.array([float(r[c]) for r in people]) for c in [*FL_FEATURES, "meddol"]}
     part = fl_server.prepare_partition(eng_plan, cols)
     plain = fl_server.predict_proba(eng_plan, list(lab.training_result(dp_job).weights), part.x)
-    plain_logit = np.log(plain / (1 - plain))
+    # The registered model in plaintext (raw units, values clipped to the column bounds as the server does): the
+    # scores differ from it by the release rule's noise alone.
+    registered = spec.bias + sum(w * np.clip(cols[c], *bounds[c]) for c, w in (*spec.public_features,
+                                                                                *spec.private_features))
     console.print(f"Riverside Mutual scored {len(people)} people with their {' and '.join(private)} encrypted: "
                   f"mean predicted probability of above-${FL_THRESHOLD:.0f} spending "
                   f"{float(np.mean(result.probabilities)):.3f} (the lab's model in plaintext: {float(np.mean(plain)):.3f}); "
-                  f"logits differ from the lab's model by the release rule's noise (sd {result.noise_sd:.3f}, measured "
-                  f"{float(np.std(result.logits - plain_logit)):.3f}). No site's rows, and none of the insurer's "
-                  "figures, were seen by anyone else.")
+                  f"logits differ from the registered model by the release rule's noise (sd {result.noise_sd:.3f}, "
+                  f"measured {float(np.std(result.logits - registered)):.3f}). No site's rows, and none of the "
+                  "insurer's figures, were seen by anyone else.")
     insurer.close()
 
 

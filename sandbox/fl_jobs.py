@@ -31,7 +31,7 @@ from fl_server.deployment import TlsFiles
 from protos.sandbox.v1 import fl_pb2
 from sandbox import catalogue, fl_plans, grants, he_release, ledger, models, policy, serde
 from sandbox.config import ServerConfig
-from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind
+from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.he_release import ReleaseRule
@@ -212,8 +212,8 @@ class JobManager:
 
         The researcher already holds these weights; what the server adds is a conversion that matches
         training's scaling exactly and a description stating where the model came from, which the
-        administrator reads when an HE scenario names it. Sandbox columns whose term lies below the release
-        rule's noise are dropped (``_drop_below_noise``); the registry's own rules then apply (the release
+        administrator reads when an HE scenario names it. Sandbox columns whose term is too small for the release
+        rule are dropped (``he_release.fold_small_terms``); the registry's own rules then apply (the release
         rule's: enough sandbox columns, balanced contributions, magnitudes; levels, bounds).
         """
         job, res = self._completed(call, req.job_id)
@@ -231,14 +231,14 @@ class JobManager:
         bounds = {f.column: (f.lower, f.upper) for f in job.plan.features}
         public = tuple((c, w) for c, w in pairs if c not in private)
         schema = catalogue.get_dataset(call.conn, job.dataset).schema
-        public, bias, dropped = _drop_below_noise(public, bias, schema, rule)
+        public, bias, dropped = he_release.fold_small_terms(public, bias, schema, rule)
         provenance = (f"Trained by federated job {job.id} under grant {job.grant_id} (plan {job.plan_hash[:16]}, "
                       f"{len(res.history)} rounds, epsilon {'none' if res.epsilon is None else f'{res.epsilon:.3g}'}). "
                       "Private features in raw units, clipped by the applicant to: "
                       + "; ".join(f"{p} [{bounds[p][0]:g}, {bounds[p][1]:g}]" for p in private) + ".")
         if dropped:
-            provenance += (" Sandbox columns dropped because each moved a score less than the release rule's noise "
-                           "(their mid-range value folded into the bias): "
+            provenance += (" Sandbox columns dropped because each moved a score less than the release rule's noise or "
+                           f"than a tenth of the largest term (their mid-range value folded into the bias): "
                            + ", ".join(f"{c} (contribution {x:.3g})" for c, x in dropped) + ".")
         spec = models.ModelSpec(
             name=req.name, kind="logistic", dataset=job.dataset, public_features=public,
@@ -328,21 +328,3 @@ class JobManager:
         if last is not None and last.HasField("loss"):
             event.loss, event.accuracy = last.loss, last.accuracy
         job.publish(event, state=state)
-
-
-def _drop_below_noise(public: tuple[tuple[str, float], ...], bias: float, schema: DatasetSchema,
-                      rule: ReleaseRule) -> tuple[tuple[tuple[str, float], ...], float, list[tuple[str, float]]]:
-    """A trained model's sandbox terms without those each moving a score less than the release rule's noise.
-
-    Training gives every feature some weight; under the release rule a term whose whole contribution
-    |w| (upper - lower) is below the noise sd changes no score by more than the noise, yet it would fail the
-    contribution-balance rule. It is replaced by its value at mid-range, folded into the bias (the model moves by
-    at most half the term's contribution for any row), and the description lists it.
-    """
-    review = he_release.review(public, bias, schema, rule)
-    dropped = [(t.column, t.contribution) for t in review.terms if t.contribution < review.noise_sd]
-    if not dropped or len(dropped) == len(public):
-        return public, bias, []
-    gone = {c for c, _ in dropped}
-    mid = sum(t.weight * (t.lower + t.upper) / 2 for t in review.terms if t.column in gone)
-    return tuple((c, w) for c, w in public if c not in gone), bias + mid, dropped

@@ -26,6 +26,7 @@ from sandbox.dp_queries import column_infos
 from sandbox.server import start_server
 from sandbox.storage import Database
 from tests.conftest import Sandbox, enrol_client, start_sandbox
+from tests.test_storage import OLD_DATASETS  # the datasets table before keyed versions
 
 SCHEMA = """
 name = "{name}"
@@ -145,21 +146,6 @@ def test_query_estimates_assume_the_catalogue_figure(tmp_path: Path, sandbox: Sa
         assert found.epsilon == pytest.approx(
             dp_engine.epsilon_for_half_width(engine_query, columns, 1.0, delta=0.0, unit=1, n_hint=5000), rel=1e-9)
         bank.close()  # type: ignore[attr-defined]
-
-
-OLD_DATASETS = """
-CREATE TABLE datasets (
-    name           TEXT NOT NULL,
-    version        TEXT NOT NULL,           -- SHA-256 of the stored content
-    schema_json    TEXT NOT NULL,
-    row_count      INTEGER NOT NULL,
-    imported_at_ms INTEGER NOT NULL,
-    imported_by    TEXT NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TRIGGER datasets_read_only BEFORE UPDATE ON datasets
-BEGIN SELECT RAISE(ABORT, 'datasets are read-only'); END;
-"""
 
 
 def make_it_old(sbx: Sandbox, name: str) -> str:

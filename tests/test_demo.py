@@ -41,8 +41,8 @@ def test_demo_runs_end_to_end() -> None:
                       text, re.S)
     assert fl_he is not None
     stated, measured = float(fl_he.group(1)), float(fl_he.group(2))
-    # 500 draws (7% standard error), plus the columns the conversion may fold into the bias (each below the noise).
-    assert 0.75 * stated < measured < 1.35 * stated + 0.05, (stated, measured)
+    # Against the registered model in plaintext the difference is the noise alone: 500 draws, 3.2% standard error.
+    assert 0.85 * stated < measured < 1.15 * stated, (stated, measured)
     assert "Its receipt: audit entry" in text and "signed by the sandbox's published audit key" in text
     assert re.search(r"the head of \d+ entries extended it \(consistency proof checked\)", text)
     assert re.search(r"audit log OK: \d+ entries \(\d+ signed\), \d+ signed tree heads \([1-9]\d* cosigned", text)
