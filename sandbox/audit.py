@@ -101,6 +101,7 @@ class AuditLog:
         #: seq -> entry hash of what this process appended (and signed) since its last head: those need no
         #: signature check before the next head, only the same hash in the table.
         self._mine: dict[int, str] = {}
+        self._mine_lock = threading.Lock()  # appends (under the write lock) and the head signer both touch it
         self._signed = 0  # the size of the last head this process signed or found
         #: Heads due every N entries are signed by a thread of their own, off the calls' path (``background``).
         self._background = background
@@ -125,7 +126,8 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
         self._appended = max(self._appended, seq)
-        self._mine[seq] = entry_hash
+        with self._mine_lock:
+            self._mine[seq] = entry_hash
         return AuditEntry(seq, time_ms, record, prev, entry_hash)
 
     def append_alone(self, record: AuditRecord, *, also: list[tuple[str, tuple[object, ...]]] = ()) -> AuditEntry:
@@ -159,10 +161,14 @@ class AuditLog:
         self._due.set()
 
     def _sign_logged(self) -> None:
+        """Sign a head; on failure log why and return (the next crossing or head request tries again), so that
+        the background signer outlives a busy or damaged database."""
         try:
             self.sign_head()
-        except SandboxError as exc:  # the next crossing or head request tries again; the log says why
+        except SandboxError as exc:
             logging.getLogger("sandbox.audit").error("cannot sign a tree head: %s", exc.log_detail)
+        except Exception as exc:  # noqa: BLE001 -- e.g. sqlite3.OperationalError; the type says enough, no data
+            logging.getLogger("sandbox.audit").error("cannot sign a tree head: %s", type(exc).__name__)
 
     def _sign_loop(self) -> None:
         while True:
@@ -194,7 +200,8 @@ class AuditLog:
             if last is not None and last.size >= size:
                 self._signed = max(self._signed, last.size)
                 return last
-            mine, self._mine = self._mine, {k: v for k, v in self._mine.items() if k > size}
+            with self._mine_lock:
+                mine, self._mine = self._mine, {k: v for k, v in self._mine.items() if k > size}
             bad = _unsigned_entries(read, self.public_key, after=last.size if last else 0, upto=size, known=mine)
             if bad:
                 raise SandboxError(ErrorCode.AUDIT_DAMAGED,
@@ -374,8 +381,6 @@ def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: I
     open_reservations: dict[tuple[str, str, str], int] = {}
     chain_ok = True
     for entry, signature in entries:
-        if not chain_ok:
-            break
         where = entry.seq
         if entry.seq != expected_seq:
             report.add(TAMPERED, f"entry {expected_seq} is missing or out of order", min(entry.seq, expected_seq))

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,45 @@ def filled(tmp_path: Path) -> tuple[Path, bytes]:
     log.checkpoint()  # as at shutdown
     db.close()
     return cfg.data_dir, public_key_bytes(key.public_key())
+
+
+def test_the_background_head_signer_outlives_a_database_error(tmp_path: Path) -> None:
+    """A head signing that fails with a storage error (a locked or damaged database) is logged; the signer thread
+    keeps running and signs at the next crossing of N, so later entries are still covered by heads."""
+    cfg = init_data_dir(tmp_path / "sbx").config
+    db = Database(cfg.db_path)
+    log = AuditLog(db, read_private_key(cfg.audit_key), checkpoint_every=4, background=True)
+    real, failures = log.sign_head, []
+
+    def flaky(conn=None):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return real(conn)
+
+    log.sign_head = flaky  # type: ignore[method-assign]
+    try:
+        for i in range(12):
+            with db.write() as conn:
+                log.append(conn, AuditRecord("p-1", "/sandbox.v1.X/Y", "OK", "", request_sha256="ab" * 32))
+            log.after_commit()
+            if i == 3:  # the first crossing (4 entries): its signing fails; wait until it has been tried
+                for _ in range(2000):
+                    if failures:
+                        break
+                    threading.Event().wait(0.01)
+        assert failures, "the first head signing was never tried"
+        for _ in range(3000):  # the crossings at 8 and 12 are signed by the same thread
+            head = audit.latest_head(db.connection())
+            if head is not None and head.size >= 12:
+                break
+            threading.Event().wait(0.01)
+        assert log._signer is not None and log._signer.is_alive()  # noqa: SLF001
+        head = audit.latest_head(db.connection())
+        assert head is not None and head.size == 12
+    finally:
+        log.close()
+        db.close()
 
 
 def _key(data_dir: Path):  # type: ignore[no-untyped-def]
