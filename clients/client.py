@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from clients import serde
 from clients import types as t
-from clients.errors import InvalidArgument, PermissionDenied
+from clients.errors import InvalidArgument, PermissionDenied, Unavailable
 from clients.he import HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
@@ -136,12 +137,9 @@ class SandboxClient:
         (code RECEIPT_INVALID) if anything does not check.
         """
         seq = receipt if isinstance(receipt, int) else receipt.seq
-        resp = self._t.call(_AUDIT + "GetReceipt", audit_pb2.GetReceiptRequest(seq=seq), audit_pb2.GetReceiptResponse)
+        resp = self._receipt(seq)
         e, key = resp.entry, audit_public_key or resp.audit_public_key
-        fields = {"principal_id": e.principal_id, "method": e.method, "status": e.status, "error_code": e.error_code,
-                  "scenario_id": e.scenario_id, "grant_id": e.grant_id, "epsilon_nano": e.epsilon_nano,
-                  "delta_atto": e.delta_atto, "request_sha256": e.request_sha256,
-                  "response_sha256": e.response_sha256}
+        fields = {k: getattr(e, k) for k in transparency.RECORD_FIELDS}
         head = serde.tree_head(resp.head)
         problems = []
         if e.seq != seq or e.principal_id != self.principal_id:
@@ -162,6 +160,19 @@ class SandboxClient:
             raise PermissionDenied("receipt does not verify: " + "; ".join(problems), status="PERMISSION_DENIED",
                                    code="RECEIPT_INVALID")
         return t.VerifiedReceipt(serde.audit_entry(e), head)
+
+    def _receipt(self, seq: int, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
+        """GetReceipt; while no signed head covers the entry yet (HEAD_NOT_READY: the server signs heads on
+        request at most once a second), ask again, for up to ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._t.call(_AUDIT + "GetReceipt", audit_pb2.GetReceiptRequest(seq=seq),
+                                    audit_pb2.GetReceiptResponse)
+            except Unavailable as exc:
+                if exc.code != "HEAD_NOT_READY" or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.2)
 
     def check_access(
         self, grant_id: str, *, kind: str, dataset: str, columns: Sequence[str], dataset_version: str = "",

@@ -273,8 +273,8 @@ def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, addr
     console.print(f"The lab registered its DP model as {model[:16]}…: weights converted to raw column units, "
                   f"{', '.join(private)} marked as features the scoring party supplies, its origin written into "
                   "the spec the reviewer reads. "
-                  + (f"Terms too small for the release rule ({', '.join(folded)}: below its noise, or under a tenth "
-                     "of the largest term) were folded into the bias, and the spec says so."
+                  + (f"Terms the balance rule would refuse as too small ({', '.join(folded)}: under a tenth of the "
+                     "largest term) were folded into the bias, and the spec says so."
                      if folded else "Every sandbox term was large enough for the release rule."))
     key = generate_key()
     admin.enrol(name="Riverside Mutual", organisation="Riverside Mutual Insurance", roles=["applicant"],

@@ -50,6 +50,8 @@ _COLUMNS = (
 #: The status of an entry that closes a reservation lost in a crash (its answer was never released).
 LOST = "NOT_RELEASED"
 LOST_CODE = "LOST_IN_CRASH"
+#: Heads signed because a caller asked (receipts, witnesses): at most one per this many milliseconds.
+ON_REQUEST_INTERVAL_MS = 1000
 
 
 def compute_entry_hash(seq: int, time_ms: int, record: AuditRecord, prev_hash: str) -> str:
@@ -103,6 +105,7 @@ class AuditLog:
         self._mine: dict[int, str] = {}
         self._mine_lock = threading.Lock()  # appends (under the write lock) and the head signer both touch it
         self._signed = 0  # the size of the last head this process signed or found
+        self._on_request_ms = 0  # when a head was last signed because a caller asked (``head_on_request``)
         #: Heads due every N entries are signed by a thread of their own, off the calls' path (``background``).
         self._background = background
         self._due = threading.Event()
@@ -189,8 +192,13 @@ class AuditLog:
         """Sign a head over every committed entry (written in ``conn``'s transaction, or one of its own).
 
         Before signing, the entries since the last signed head must carry the audit key's signature: an
-        entry added without it is never covered by a head (the call raises AUDIT_DAMAGED).
+        entry added without it is never covered by a head (the call raises AUDIT_DAMAGED). Locks are always
+        taken in one order, the write lock first, then the signing lock: a handler calls this inside its
+        write transaction, the background signer opens one first.
         """
+        if conn is None:
+            with self.db.write() as c:
+                return self.sign_head(c)
         with self._sign_lock:
             read = self.db.connection()
             size = self.tree.get_size()
@@ -209,14 +217,35 @@ class AuditLog:
             now = int(time.time() * 1000)
             root = bytes(self.tree.get_root(size)).hex()
             head = TreeHead(size, root, now, self._key.sign(tl.tree_head_payload(size, root, now)))
-            sql = "INSERT OR IGNORE INTO tree_heads (size, root_hash, signed_at_ms, signature) VALUES (?, ?, ?, ?)"
-            if conn is not None:
-                conn.execute(sql, (head.size, head.root_hash, head.signed_at_ms, head.signature))
-            else:
-                with self.db.write() as c:
-                    c.execute(sql, (head.size, head.root_hash, head.signed_at_ms, head.signature))
+            conn.execute("INSERT OR IGNORE INTO tree_heads (size, root_hash, signed_at_ms, signature) "
+                         "VALUES (?, ?, ?, ?)", (head.size, head.root_hash, head.signed_at_ms, head.signature))
             self._signed = max(self._signed, size)
             return head
+
+    def head_on_request(self, conn: sqlite3.Connection, *, covering: int = 0) -> TreeHead | None:
+        """A signed head for a caller (a receipt, a witness), in the caller's write transaction ``conn``.
+
+        The latest head if it covers everything committed; otherwise a new one, but callers together get at most
+        one new head per ``ON_REQUEST_INTERVAL_MS`` (every call is audited, so the log always outgrows the last
+        head, and heads are verified one by one: their number must not grow with calls). Within that limit the
+        latest head is the answer if it covers entry ``covering``; if not, HEAD_NOT_READY (retryable: the SDK
+        waits and asks again).
+        """
+        last = latest_head(conn)
+        now = int(time.time() * 1000)
+        if last is not None and last.size >= self.tree.get_size():
+            return last
+        with self._sign_lock:
+            allowed = now - self._on_request_ms >= ON_REQUEST_INTERVAL_MS
+            if allowed:
+                self._on_request_ms = now
+        if allowed:
+            head = self.sign_head(conn)
+            if head is not None and head.size >= covering:
+                return head
+        if covering and (last is None or last.size < covering):
+            raise SandboxError(ErrorCode.HEAD_NOT_READY)
+        return last
 
     def checkpoint(self) -> TreeHead | None:
         """Sign the head of everything committed (at shutdown)."""

@@ -51,6 +51,7 @@ class ErrorCode(str, enum.Enum):
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
     AUDIT_DAMAGED = "AUDIT_DAMAGED"
+    HEAD_NOT_READY = "HEAD_NOT_READY"
     NOT_RELEASED = "NOT_RELEASED"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
@@ -105,6 +106,7 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
     ErrorCode.AUDIT_DAMAGED: (_S.UNAVAILABLE, "the audit log fails its own checks (an entry the audit key did not "
                               "sign); no tree head is signed until an administrator looks into it"),
+    ErrorCode.HEAD_NOT_READY: (_S.UNAVAILABLE, "no signed tree head covers this entry yet; ask again in a second"),
     ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
                              "retry with the same idempotency key returns the answer"),
     ErrorCode.ENGINE_UNAVAILABLE: (_S.UNAVAILABLE, "computation engine busy or restarting; try again"),

@@ -212,8 +212,8 @@ class JobManager:
 
         The researcher already holds these weights; what the server adds is a conversion that matches
         training's scaling exactly and a description stating where the model came from, which the
-        administrator reads when an HE scenario names it. Sandbox columns whose term is too small for the release
-        rule are dropped (``he_release.fold_small_terms``); the registry's own rules then apply (the release
+        administrator reads when an HE scenario names it. Sandbox columns whose term the balance rule would refuse
+        as too small are dropped (``he_release.fold_small_terms``); the registry's own rules then apply (the release
         rule's: enough sandbox columns, balanced contributions, magnitudes; levels, bounds).
         """
         job, res = self._completed(call, req.job_id)
@@ -237,8 +237,8 @@ class JobManager:
                       "Private features in raw units, clipped by the applicant to: "
                       + "; ".join(f"{p} [{bounds[p][0]:g}, {bounds[p][1]:g}]" for p in private) + ".")
         if dropped:
-            provenance += (" Sandbox columns dropped because each moved a score less than the release rule's noise or "
-                           f"than a tenth of the largest term (their mid-range value folded into the bias): "
+            provenance += (" Sandbox columns dropped because each moved a score less than a tenth as far as the "
+                           "largest term, which the release rule refuses (their mid-range value folded into the bias): "
                            + ", ".join(f"{c} (contribution {x:.3g})" for c, x in dropped) + ".")
         spec = models.ModelSpec(
             name=req.name, kind="logistic", dataset=job.dataset, public_features=public,

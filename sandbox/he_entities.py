@@ -3,12 +3,13 @@
 Entity ids are pseudonymised with a keyed hash (BLAKE2b keyed with the server's secret, 8 bytes) wherever
 they are kept or compared: the stand-in ring and the per-entity counts never hold an id in the clear.
 
-The per-entity counts are durable and cheap to write: each Score appends one row holding its batch's
-pseudonyms (8 bytes an entity, one sequential write, whatever the grant's history) under a random batch
-key, and this process keeps, per grant, the counts those rows add up to. Before counting, a call lists the
-grant's batch keys (a covering-index scan) and loads only the rows it has not seen; if a row it had seen is
-gone (its transaction rolled back), it reloads the grant from the table. Batch keys are random 63-bit
-numbers, never reused, so a vanished row cannot come back as another.
+The per-entity counts are durable and cheap: each Score appends one row holding its batch's pseudonyms
+(8 bytes an entity, one write, whatever the grant's history) under a random batch key, and this process
+(the only server of its data directory: ``sandbox serve`` holds a lock) keeps, per grant, the counts those
+rows add up to. Before counting, a call looks up the grant's last batch this process wrote (one primary-key
+lookup): if it is gone, its transaction rolled back (and with it everything the grant wrote after), so the
+grant is reloaded from the table in one query, as it is after a restart or when it left the cache. Batch keys
+are random 63-bit numbers, so a vanished row cannot come back as another.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class EntityCounts:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._lock = threading.Lock()
-        self._grants: OrderedDict[str, tuple[set[int], dict[int, int]]] = OrderedDict()  # batches seen, counts
+        self._grants: OrderedDict[str, dict[int, int]] = OrderedDict()  # pseudonym -> scores, per grant
+        self._last: dict[str, int] = {}  # the batch key this process last wrote for each grant
 
     def count(self, conn: sqlite3.Connection, grant_id: str, entity_ids: list[str], limit: int) -> None:
         """Count one more score of each id under the grant in the open transaction, or raise ENTITY_LIMIT.
@@ -114,22 +116,23 @@ class EntityCounts:
             key = secrets.randbits(63)
             conn.execute("INSERT INTO he_scored (batch, grant_id, pseudonyms) VALUES (?, ?, ?)",
                          (key, grant_id, batch.tobytes()))
-            seen, _ = self._grants[grant_id]
-            seen.add(key)
+            self._last[grant_id] = key
             for p in batch.tolist():
                 counts[p] = counts.get(p, 0) + 1
 
     def _current(self, conn: sqlite3.Connection, grant_id: str) -> dict[int, int]:
         """The grant's counts as this transaction sees them (called with the lock held)."""
-        keys = {k for (k,) in conn.execute("SELECT batch FROM he_scored WHERE grant_id = ?", (grant_id,))}
-        seen, counts = self._grants.pop(grant_id, (set(), {}))
-        if not seen <= keys:  # a batch it counted was rolled back: start again from the table
-            seen, counts = set(), {}
-        for key in keys - seen:
-            (blob,) = conn.execute("SELECT pseudonyms FROM he_scored WHERE batch = ?", (key,)).fetchone()
-            for p in np.frombuffer(blob, dtype="<u8").tolist():
-                counts[p] = counts.get(p, 0) + 1
-        self._grants[grant_id] = (keys, counts)
+        last = self._last.get(grant_id)
+        if last is not None and conn.execute("SELECT 1 FROM he_scored WHERE batch = ?", (last,)).fetchone() is None:
+            del self._last[grant_id]  # rolled back: what was counted since the table last agreed is wrong
+            self._grants.pop(grant_id, None)
+        counts = self._grants.pop(grant_id, None)
+        if counts is None:
+            counts = {}
+            for (blob,) in conn.execute("SELECT pseudonyms FROM he_scored WHERE grant_id = ?", (grant_id,)):
+                for p in np.frombuffer(blob, dtype="<u8").tolist():
+                    counts[p] = counts.get(p, 0) + 1
+        self._grants[grant_id] = counts
         while len(self._grants) > CACHED_GRANTS:
             self._grants.popitem(last=False)
         return counts

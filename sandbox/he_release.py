@@ -151,23 +151,21 @@ def review(public_features: tuple[tuple[str, float], ...], bias: float, schema: 
 
 def fold_small_terms(public_features: tuple[tuple[str, float], ...], bias: float, schema: DatasetSchema,
                      rule: ReleaseRule) -> tuple[tuple[tuple[str, float], ...], float, list[tuple[str, float]]]:
-    """A trained model's sandbox terms without those too small for the release rule, and the terms dropped.
+    """A trained model's sandbox terms without those the balance rule would refuse, and the terms dropped.
 
-    Training gives every feature some weight, DP training small ones too. A term whose whole contribution
-    |w| (upper - lower) is below the noise sd, or less than 1/``max_contribution_ratio`` of the largest term's,
-    would fail the balance rule in ``check`` although it barely moves a score. Each such term is replaced by its
-    value at mid-range, folded into the bias (for any row the model moves by at most half the term's
-    contribution), and returned as (column, contribution) for the description. The largest term always stays,
-    so one pass leaves every kept term within the ratio of every other. Used for ``RegisterTrainedModel``
-    (the server's own conversion); a model a person submits is checked as given.
+    Training gives every feature some weight, DP training small ones too: a term whose whole contribution
+    |w| (upper - lower) is less than 1/``max_contribution_ratio`` of the largest term's makes ``check`` refuse
+    the model although it barely moves a score. Each such term is replaced by its value at mid-range, folded
+    into the bias (for any row the model moves by at most half the term's contribution), and returned as
+    (column, contribution) for the description. The largest term stays, so one pass leaves every kept term
+    within the ratio of every other. A model the rule accepts is left as it is, and so is one that would keep
+    fewer than ``min_public_weights`` columns (``check`` then refuses it and names the two columns). Used for
+    ``RegisterTrainedModel`` (the server's own conversion); a model a person submits is checked as given.
     """
-    rev = review(public_features, bias, schema, rule)
-    if not rev.terms:
-        return public_features, bias, []
-    largest = max(t.contribution for t in rev.terms)
-    small = [t for t in rev.terms
-             if t.contribution < rev.noise_sd or largest > rule.max_contribution_ratio * t.contribution]
-    if not small or len(small) == len(rev.terms):
+    terms = terms_of(public_features, schema)
+    largest = max((t.contribution for t in terms), default=0.0)
+    small = [t for t in terms if largest > rule.max_contribution_ratio * t.contribution]
+    if not small or len(terms) - len(small) < rule.min_public_weights:
         return public_features, bias, []
     gone = {t.column for t in small}
     mid = sum(t.weight * (t.lower + t.upper) / 2 for t in small)

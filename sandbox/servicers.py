@@ -189,13 +189,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return audit_pb2.ListAuditEntriesResponse(
             entries=[serde.audit_entry_to_pb(e) for e in entries[:limit]], more=len(entries) > limit)
 
-    def _head(self) -> audit.TreeHead | None:
-        """A signed head covering every committed entry (signed in this call's transaction if needed)."""
-        return self._log.sign_head(current_call().conn)
-
     def GetAuditHead(self, request, context):  # type: ignore[no-untyped-def]
         conn = current_call().conn
-        head = self._head()
+        head = self._log.head_on_request(conn)
         resp = audit_pb2.GetAuditHeadResponse(audit_public_key=self._log.public_key,
                                               entries=head.size if head else 0)
         if head is not None:
@@ -225,9 +221,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         auditor = bool(call.principal.roles & AUDITORS)  # auditors may prove any entry's inclusion
         if entry is None or not auditor and entry.record.principal_id != call.principal.id:
             raise SandboxError(ErrorCode.NOT_FOUND, "no entry of yours with this number")  # another's looks like none
-        head = self._head()
-        if head is None or head.size < entry.seq:
-            raise SandboxError(ErrorCode.IN_PROGRESS, "the entry is not committed yet")
+        head = self._log.head_on_request(call.conn, covering=entry.seq)
+        assert head is not None and head.size >= entry.seq
         rule, path = self._log.inclusion(entry.seq, head.size)
         (signature,) = call.conn.execute("SELECT signature FROM audit_log WHERE seq = ?", (entry.seq,)).fetchone()
         return audit_pb2.GetReceiptResponse(

@@ -89,6 +89,40 @@ def test_the_background_head_signer_outlives_a_database_error(tmp_path: Path) ->
         db.close()
 
 
+def test_a_head_asked_for_inside_a_write_transaction_while_the_background_signer_runs_does_not_deadlock(
+        tmp_path: Path) -> None:
+    """A handler (GetReceipt) holds the write lock and asks for a head while the background signer is due: the two
+    take the write lock and the signing lock in the same order, so both finish."""
+    cfg = init_data_dir(tmp_path / "sbx").config
+    db = Database(cfg.db_path)
+    log = AuditLog(db, read_private_key(cfg.audit_key), checkpoint_every=4, background=True)
+    for _ in range(3):
+        with db.write() as conn:
+            log.append(conn, AuditRecord("p-1", "/sandbox.v1.X/Y", "OK", "", request_sha256="ab" * 32))
+        log.after_commit()
+    done = threading.Event()
+
+    def handler() -> None:
+        with db.write() as conn:
+            log.append(conn, AuditRecord("p-1", "/sandbox.v1.X/Y", "OK", "", request_sha256="ab" * 32))
+            log.after_commit()  # the fourth entry: the background signer is due (and starts while we hold the lock)
+            for _ in range(200):  # let the signer take the signing lock first if it would (the order it had)
+                if log._sign_lock.locked():  # noqa: SLF001
+                    break
+                threading.Event().wait(0.01)
+            log.head_on_request(conn)
+        done.set()
+
+    t = threading.Thread(target=handler, daemon=True)
+    t.start()
+    t.join(60)
+    try:
+        assert done.is_set(), "the handler and the head signer deadlocked"
+    finally:
+        log.close()
+        db.close()
+
+
 def _key(data_dir: Path):  # type: ignore[no-untyped-def]
     """The audit signing key, which a thief of the data directory does NOT have (it lives outside it)."""
     return read_private_key(load_config(data_dir, environ={}).audit_key)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sandbox import he_entities
 from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, Level
 from sandbox.errors import SandboxError
 from sandbox.he_entities import EntityCounts, EntityIndex, pseudonyms
@@ -57,6 +58,26 @@ def test_a_rolled_back_batch_is_not_counted(db: Database) -> None:
     _count(db, counts, ["a"])  # the rolled-back second score did not count: this is the second
     with pytest.raises(SandboxError):
         _count(db, counts, ["a"])
+
+
+def test_a_grant_reloaded_inside_a_transaction_that_then_rolls_back_is_counted_again(db: Database,
+                                                                                     monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The grant leaves the cache and is reloaded from the table while its own uncommitted batch is there; the
+    transaction then rolls back: the next call must not count that batch (nor the one after the reload)."""
+    monkeypatch.setattr(he_entities, "CACHED_GRANTS", 1)
+    counts = EntityCounts(SECRET)
+    with pytest.raises(RuntimeError):
+        with db.write() as conn:
+            counts.count(conn, "g-1", ["a"], 2)
+            counts.count(conn, "g-2", ["z"], 2)  # g-1 leaves the cache
+            counts.count(conn, "g-1", ["a"], 2)  # reloaded: sees its first batch, uncommitted
+            raise RuntimeError("the group's transaction rolls back")
+    _count(db, counts, ["a"])
+    _count(db, counts, ["a"])  # both rolled-back scores are gone: these are the first and second
+    with pytest.raises(SandboxError):
+        _count(db, counts, ["a"])
+    _count(db, counts, ["z"])  # g-2's rolled-back batch is gone too (it was loaded before g-1's reload)
+    _count(db, counts, ["z"])
 
 
 def test_counts_survive_a_restart_and_hold_no_id_in_the_clear(db: Database, tmp_path: Path) -> None:

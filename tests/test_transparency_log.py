@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,40 @@ def test_a_receipt_proves_what_was_received_and_only_to_its_holder(tmp_path: Pat
         sbx.stop()
 
 
+def test_receipts_and_head_requests_do_not_sign_a_head_each(tmp_path: Path) -> None:
+    """Every GetReceipt / GetAuditHead call is itself audited, so the log always outgrows the last head; signing a
+    new head for each call would grow the heads (each verified one by one) with calls. At most one head a second
+    is signed on request; a receipt no head covers yet is retried by the SDK until one does."""
+    sbx, admin, office, auditor, grant = _world(tmp_path)
+    try:
+        result = office.run_query(grant, Query("adult_census").count(), epsilon=0.1)
+        assert result.receipt is not None
+        started = time.monotonic()
+        with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
+            before = conn.execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0]
+        calls = 0
+        for _ in range(30):
+            office.verify_receipt(result.receipt)
+            auditor.audit_head()
+            calls += 2
+        latest = office.whoami()  # one more entry, then its receipt: no head covers it until one is signed
+        assert latest is not None
+        entries = auditor.audit_entries()
+        mine = [e for e in entries if e.principal_id == office.principal_id]
+        checked = office.verify_receipt(mine[-1].seq)
+        assert checked.head.size >= mine[-1].seq
+        elapsed = time.monotonic() - started
+        with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
+            signed = conn.execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0] - before
+        # One a second on request, one every 32 entries in the background (the calls write about 62 entries).
+        assert signed <= elapsed + 2 + (calls + 10) // 32, (signed, elapsed, calls)
+        assert signed < calls // 2
+    finally:
+        for c in (admin, office, auditor):
+            c.close()  # type: ignore[attr-defined]
+        sbx.stop()
+
+
 def _stop_tamper_restart(sbx, tamper) -> None:  # type: ignore[no-untyped-def]
     """The insider acts while the server is down; then the server starts again on the same port."""
     from sandbox.server import start_server
@@ -88,7 +123,10 @@ def _stop_tamper_restart(sbx, tamper) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("attack", ["truncate", "delete everything", "rewrite re-signed", "forged append"])
-def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, attack: str) -> None:
+def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, attack: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sandbox import audit as server_audit
+
+    monkeypatch.setattr(server_audit, "ON_REQUEST_INTERVAL_MS", 0)  # witness runs seconds apart, not milliseconds
     sbx, admin, office, auditor, grant = _world(tmp_path)
     state = tmp_path / "witness"
     try:
@@ -99,8 +137,6 @@ def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, a
         office.run_query(grant, Query("adult_census").count(), epsilon=0.5)
         second = witness(auditor, state)  # the key is pinned now
         assert second.previous == first.head and second.grew_by > 0
-        from sandbox import audit as server_audit
-
         cosigned = {(c.size, c.witness_id) for c in server_audit.cosignatures(sbx.running.db.connection())}
         assert {(first.head.size, auditor.principal_id), (second.head.size, auditor.principal_id)} <= cosigned  # type: ignore[union-attr]
         saved = state / "head.json"
