@@ -52,7 +52,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _pinned_key(state: Path, given: bytes | None) -> bytes:
     path = state / KEY_FILE
-    pinned = bytes.fromhex(path.read_text().strip()) if path.exists() else None
+    try:
+        pinned = bytes.fromhex(path.read_text().strip()) if path.exists() else None
+    except ValueError:
+        raise WitnessError(f"this witness's pinned key ({path}) is unreadable: its state was damaged") from None
     if pinned is not None and given is not None and given != pinned:
         raise WitnessError("the audit public key given differs from the one this witness pinned at its first run")
     key = pinned or given
@@ -68,7 +71,11 @@ def witness(client: AuditorClient, state: Path, audit_public_key: bytes | None =
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = _pinned_key(state, audit_public_key)
     head_file = state / HEAD_FILE
-    previous = TreeHead.from_json(json.loads(head_file.read_text())) if head_file.exists() else None
+    try:
+        previous = TreeHead.from_json(json.loads(head_file.read_text())) if head_file.exists() else None
+    except (ValueError, KeyError, TypeError):
+        raise WitnessError(f"this witness's stored head ({head_file}) is unreadable: its state was damaged; "
+                           "restore it from the history (heads.jsonl)") from None
     latest = client.audit_head().head
     if latest is None:
         if previous is not None:

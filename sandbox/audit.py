@@ -26,7 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO
@@ -50,6 +50,10 @@ _COLUMNS = (
 #: The status of an entry that closes a reservation lost in a crash (its answer was never released).
 LOST = "NOT_RELEASED"
 LOST_CODE = "LOST_IN_CRASH"
+#: The status of an entry that closes a reservation whose computation failed (nothing was released).
+FAILED = "FAILED"
+#: The statuses of the entries that close a RESERVED entry: released, withheld past the deadline, failed, lost.
+CLOSING = frozenset({"OK", "DEADLINE_EXCEEDED", FAILED, LOST})
 #: Heads signed because a caller asked (receipts, witnesses): at most one per this many milliseconds.
 ON_REQUEST_INTERVAL_MS = 1000
 
@@ -276,6 +280,31 @@ def _unsigned_entries(conn: sqlite3.Connection, public_key: bytes, *, after: int
     return None
 
 
+class Reservations:
+    """Which reservations have no closing entry, read from the entries in order.
+
+    A reservation and its closing entry share principal, method and request hash (two identical requests
+    without an idempotency key share them too), so they are paired by count: each closing entry (a status in
+    ``CLOSING``) closes the earliest open reservation with its key. An entry with another status (a refusal of
+    an identical request before any reservation) closes nothing, and a closing entry with no open reservation
+    (an idempotent retry answered from the stored answer) is not counted.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str, str], deque[AuditEntry]] = {}
+
+    def see(self, entry: AuditEntry) -> None:
+        r = entry.record
+        key = (r.principal_id, r.method, r.request_sha256)
+        if r.status == "RESERVED":
+            self._open.setdefault(key, deque()).append(entry)
+        elif r.status in CLOSING and self._open.get(key):
+            self._open[key].popleft()
+
+    def still_open(self) -> list[AuditEntry]:
+        return sorted((e for q in self._open.values() for e in q), key=lambda e: e.seq)
+
+
 def _entry_from_row(row: tuple) -> AuditEntry:  # type: ignore[type-arg]
     seq, time_ms, principal, method, scenario, grant, status, code, eps, delta, req, resp, prev, h = row[:14]
     record = AuditRecord(principal, method, status, code, scenario, grant, eps, delta, req, resp)
@@ -407,7 +436,7 @@ def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: I
     expected_seq, prev = 1, GENESIS_HASH
     charges: Counter[str] = Counter()
     deltas: Counter[str] = Counter()
-    open_reservations: dict[tuple[str, str, str], int] = {}
+    reservations = Reservations()
     chain_ok = True
     for entry, signature in entries:
         where = entry.seq
@@ -439,11 +468,7 @@ def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: I
         if r.grant_id:
             charges[r.grant_id] += r.epsilon_nano
             deltas[r.grant_id] += r.delta_atto
-        key = (r.principal_id, r.method, r.request_sha256)
-        if r.status == "RESERVED":
-            open_reservations[key] = entry.seq
-        elif key in open_reservations:
-            del open_reservations[key]
+        reservations.see(entry)
         prev, expected_seq = entry.entry_hash, expected_seq + 1
         report.entries += 1
     n = report.entries
@@ -489,10 +514,10 @@ def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: I
     if pending_releases:
         report.add(RECORDS, f"{pending_releases} idempotency record(s) still in progress with no entry explaining "
                             "them (the server closes them at start-up)")
-    if open_reservations:
-        first = min(open_reservations.values())
-        report.add(RECORDS, f"{len(open_reservations)} reservation(s) have no release entry (first: entry {first})",
-                   first)
+    still_open = reservations.still_open()
+    if still_open:
+        first = still_open[0].seq
+        report.add(RECORDS, f"{len(still_open)} reservation(s) have no release entry (first: entry {first})", first)
     return report
 
 

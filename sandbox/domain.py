@@ -63,6 +63,7 @@ class Principal:
     public_key: bytes
     status: PrincipalStatus
     created_at_ms: int
+    active_since_ms: int = 0  # when an administrator approved a self-registered key (0: enrolled active)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ class ErrorCode(str, enum.Enum):
     SIGNATURE_INVALID = "SIGNATURE_INVALID"
     CLOCK_SKEW = "CLOCK_SKEW"
     NONCE_REPLAYED = "NONCE_REPLAYED"
+    SIGNED_BEFORE_APPROVAL = "SIGNED_BEFORE_APPROVAL"
+    PEER_LIMIT = "PEER_LIMIT"
     UNKNOWN_PRINCIPAL = "UNKNOWN_PRINCIPAL"
     PRINCIPAL_INACTIVE = "PRINCIPAL_INACTIVE"
     WRONG_ROLE = "WRONG_ROLE"
@@ -73,6 +75,10 @@ CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.SIGNATURE_INVALID: (_S.UNAUTHENTICATED, "request signature is not valid"),
     ErrorCode.CLOCK_SKEW: (_S.UNAUTHENTICATED, "request timestamp is outside the allowed clock window"),
     ErrorCode.NONCE_REPLAYED: (_S.UNAUTHENTICATED, "request nonce was already used"),
+    ErrorCode.SIGNED_BEFORE_APPROVAL: (_S.UNAUTHENTICATED, "request was signed before this key was approved; "
+                                       "sign it again"),
+    ErrorCode.PEER_LIMIT: (_S.RESOURCE_EXHAUSTED, "too many calls from this address by keys that are not active; "
+                           "try again in a minute"),
     ErrorCode.UNKNOWN_PRINCIPAL: (_S.UNAUTHENTICATED, "unknown principal"),
     ErrorCode.PRINCIPAL_INACTIVE: (_S.PERMISSION_DENIED, "principal is not active"),
     ErrorCode.WRONG_ROLE: (_S.PERMISSION_DENIED, "caller's role may not call this method"),

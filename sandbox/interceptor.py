@@ -34,6 +34,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sandbox import principals
-from sandbox.audit import AuditLog
+from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ERROR_TRAILER, ErrorCode, SandboxError
 from sandbox.identity import (
@@ -122,23 +123,26 @@ def _claimed_principal(metadata: dict) -> str:  # type: ignore[type-arg]
 class PeerBudget:
     """How many events of one kind from one network peer are allowed per minute.
 
-    Used for refusals of callers that are not active principals (each is audited while the peer is under
-    the limit; beyond it the refusal is still made but only counted, one warning per peer and minute) and
-    for self-registrations (refused beyond the limit).
+    Used for calls of callers that are not active principals (refusals, and a pending key's own calls: each
+    is audited while the peer is under the limit; beyond it a refusal is still made but only counted, one
+    warning per peer and minute) and for self-registrations (refused beyond the limit). At most ``peers``
+    peers are remembered (the least recently seen is forgotten first), so memory stays bounded whatever the
+    number of addresses a caller uses.
     """
 
-    def __init__(self, per_minute: int, what: str) -> None:
+    def __init__(self, per_minute: int, what: str, *, peers: int = 10_000) -> None:
         self.per_minute = per_minute
         self._what = what
+        self._peers = peers
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[int, int, int]] = {}  # peer -> (minute, admitted, not admitted)
+        self._windows: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # peer -> (minute, admitted, not)
 
     def admit(self, peer: str, now: float) -> bool:
         minute = int(now // 60)
         with self._lock:
-            if len(self._windows) > 10_000:  # forget old peers
-                self._windows = {p: w for p, w in self._windows.items() if w[0] == minute}
-            start, admitted, dropped = self._windows.get(peer, (minute, 0, 0))
+            start, admitted, dropped = self._windows.pop(peer, (minute, 0, 0))
+            while len(self._windows) >= self._peers:
+                self._windows.popitem(last=False)
             if start != minute:
                 if dropped:
                     log.warning("peer %s: %d %s in minute %d were over the limit", peer, dropped, self._what, start)
@@ -153,18 +157,20 @@ class PeerBudget:
 
 
 class RecentNonces:
-    """Nonces of refused requests that were not written (over a peer's budget), kept for the clock window."""
+    """Nonces of refused requests whose refusal could not be written (the audit log failed), kept for the clock
+    window; at most ``limit`` (the oldest go first), so memory stays bounded."""
 
     def __init__(self, window_ms: int, limit: int = 100_000) -> None:
         self._window = window_ms
         self._limit = limit
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], int] = {}
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # in the order they were added
 
     def add(self, principal_id: str, nonce: str, ts_ms: int) -> None:
         with self._lock:
-            if len(self._seen) >= self._limit:
-                self._seen = {k: t for k, t in self._seen.items() if t > ts_ms - self._window}
+            while self._seen and (len(self._seen) >= self._limit
+                                  or next(iter(self._seen.values())) <= ts_ms - self._window):
+                self._seen.popitem(last=False)
             self._seen[(principal_id, nonce)] = ts_ms
 
     def seen(self, principal_id: str, nonce: str) -> bool:
@@ -377,12 +383,18 @@ class SigningInterceptor(grpc.ServerInterceptor):
         try:
             response = deferred.compute()
         except Exception as exc:
+            failed = exc if isinstance(exc, SandboxError) else SandboxError(ErrorCode.INTERNAL, log_detail=repr(exc))
             with self._db.write() as conn:
                 if deferred.on_failure is not None:
                     deferred.on_failure(conn)
-            if isinstance(exc, SandboxError):
+                # The reservation's closing entry: the computation failed, nothing was released.
+                self._audit.append(conn, self._record(call, method, FAILED, request_sha, "",
+                                                      error_code=failed.code.value))
+            self._audit.after_commit()
+            failed.audited = True
+            if failed is exc:
                 raise
-            raise SandboxError(ErrorCode.INTERNAL, log_detail=repr(exc)) from exc
+            raise failed from exc
         body: bytes = handler.response_serializer(response)
         # is_active() turns false a little after the deadline; time_remaining() says it at once.
         remaining = context.time_remaining()
@@ -431,10 +443,14 @@ class SigningInterceptor(grpc.ServerInterceptor):
             raise SandboxError(ErrorCode.UNKNOWN_PRINCIPAL)
         check_request(headers, method=method, body_sha256=request_sha, public_key=principal.public_key,
                       now_ms=now_ms, skew_ms=self._skew_ms)
+        if headers.timestamp_ms < principal.active_since_ms:
+            raise SandboxError(ErrorCode.SIGNED_BEFORE_APPROVAL)
         if self._recent.seen(principal.id, headers.nonce):
             raise SandboxError(ErrorCode.NONCE_REPLAYED)
         if method not in PENDING_ALLOWED:
             require_active(principal)
+        elif principal.status is not PrincipalStatus.ACTIVE and not self._refusals.admit(peer, now_ms / 1000):
+            raise SandboxError(ErrorCode.PEER_LIMIT)  # a pending key's own calls share its peer's audit budget
         return _Admitted(principal, headers)
 
     def _refuse(
@@ -466,9 +482,11 @@ class SigningInterceptor(grpc.ServerInterceptor):
                                 call.grant_id if call else "", 0, 0, request_sha, ""),
                     also=[(CLAIM_NONCE_SQL, nonce)] if nonce else [])
                 trailers.append((RECEIPT_TRAILER, str(entry.seq)))
-            elif nonce is not None:
-                self._recent.add(*nonce)  # over budget: not written, still not replayable in this process
+            # Over budget (the caller is not active): not written; a request signed now is refused once the key
+            # is approved (``active_since_ms``), so its nonce need not be kept.
         except SandboxError as audit_exc:
+            if nonce is not None:
+                self._recent.add(*nonce)  # the refusal (and its nonce claim) could not be written
             log.error("%s: audit unavailable (%s)", method, audit_exc.log_detail)
             exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)
             trailers = [(ERROR_TRAILER, exc.code.value)]

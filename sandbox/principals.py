@@ -12,12 +12,12 @@ _MAX_TEXT = 200
 
 
 def _row_to_principal(row: tuple) -> Principal:
-    pid, name, org, roles, pk, status, created = row
+    pid, name, org, roles, pk, status, created, active_since = row
     return Principal(pid, name, org, frozenset(Role(r) for r in roles.split(",") if r), bytes(pk),
-                     PrincipalStatus(status), created)
+                     PrincipalStatus(status), created, int(active_since))
 
 
-_SELECT = "SELECT id, name, organisation, roles, public_key, status, created_at_ms FROM principals"
+_SELECT = "SELECT id, name, organisation, roles, public_key, status, created_at_ms, active_since_ms FROM principals"
 
 
 def get(conn: sqlite3.Connection, principal_id: str) -> Principal | None:
@@ -88,9 +88,8 @@ def register(
     if Role.ADMIN in roles:
         raise SandboxError(ErrorCode.WRONG_ROLE, "administrators are enrolled, never self-registered")
     pending = conn.execute("SELECT COUNT(*) FROM principals WHERE status = 'pending'").fetchone()[0]
-    if pending >= max_pending:
-        raise SandboxError(ErrorCode.REGISTRATION_LIMIT, f"{pending} registrations already wait for approval; "
-                                                         "try again later")
+    if pending >= max_pending:  # how many wait is not an outsider's business
+        raise SandboxError(ErrorCode.REGISTRATION_LIMIT, "too many registrations wait for approval; try again later")
     return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
                    status=PrincipalStatus.PENDING, by=None, now_ms=now_ms)
 
@@ -105,8 +104,12 @@ def set_status(
     return require(conn, principal_id)
 
 
-def approve(conn: sqlite3.Connection, principal_id: str, roles: frozenset[Role]) -> Principal:
+def approve(conn: sqlite3.Connection, principal_id: str, roles: frozenset[Role], *, now_ms: int) -> Principal:
+    """Activate a pending principal. Requests it signed before ``now_ms`` stay refused (``active_since_ms``):
+    while pending, its refusals beyond the per-peer audit budget were not written, nonces included, so without
+    this one of them could be replayed once it would succeed."""
     p = require(conn, principal_id)
     if p.status is not PrincipalStatus.PENDING:
         raise SandboxError(ErrorCode.PRINCIPAL_NOT_PENDING)
+    conn.execute("UPDATE principals SET active_since_ms = ? WHERE id = ?", (now_ms, principal_id))
     return set_status(conn, principal_id, PrincipalStatus.ACTIVE, roles)

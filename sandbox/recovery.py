@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import logging
 
-from sandbox.audit import LOST, LOST_CODE, AuditLog
+from sandbox.audit import LOST, LOST_CODE, AuditLog, Reservations, iter_entries
 from sandbox.domain import AuditRecord
 
 log = logging.getLogger("sandbox.recovery")
-
-_OPEN = """
-SELECT r.seq, r.principal_id, r.method, r.scenario_id, r.grant_id, r.request_sha256 FROM audit_log r
-WHERE r.status = 'RESERVED' AND NOT EXISTS (
-    SELECT 1 FROM audit_log c WHERE c.request_sha256 = r.request_sha256 AND c.seq > r.seq
-      AND c.principal_id = r.principal_id AND c.method = r.method)
-ORDER BY r.seq
-"""
-
 
 def close_open_records(audit: AuditLog) -> int:
     """Close every reservation without a release and every in-progress idempotency record; returns how many."""
     closed = 0
     with audit.db.write() as conn:
-        for _, principal, method, scenario, grant, request_sha in conn.execute(_OPEN).fetchall():
-            audit.append(conn, AuditRecord(principal, method, LOST, LOST_CODE, scenario, grant, 0, 0, request_sha, ""))
+        book = Reservations()
+        for entry, _ in iter_entries(conn):
+            book.see(entry)
+        for entry in book.still_open():
+            r = entry.record
+            audit.append(conn, AuditRecord(r.principal_id, r.method, LOST, LOST_CODE, r.scenario_id, r.grant_id, 0, 0,
+                                           r.request_sha256, ""))
             closed += 1
         lost = conn.execute("UPDATE releases SET state = 'lost' WHERE state = 'pending'").rowcount
     if closed or lost:

@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS principals (
     public_key    BLOB NOT NULL UNIQUE,
     status        TEXT NOT NULL CHECK (status IN ('active', 'pending', 'suspended')),
     created_at_ms INTEGER NOT NULL,
-    enrolled_by   TEXT
+    enrolled_by   TEXT,
+    active_since_ms INTEGER NOT NULL DEFAULT 0  -- approval time: requests signed before it are refused
 );
 
 CREATE TABLE IF NOT EXISTS nonces (

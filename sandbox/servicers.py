@@ -68,7 +68,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListPrincipalsResponse(principals=[serde.principal_to_pb(p) for p in ps])
 
     def ApprovePrincipal(self, request, context):  # type: ignore[no-untyped-def]
-        p = principals.approve(current_call().conn, request.principal_id, serde.roles_from_pb(list(request.roles)))
+        call = current_call()
+        p = principals.approve(call.conn, request.principal_id, serde.roles_from_pb(list(request.roles)),
+                               now_ms=call.now_ms)
         return admin_pb2.ApprovePrincipalResponse(principal=serde.principal_to_pb(p))
 
     def SuspendPrincipal(self, request, context):  # type: ignore[no-untyped-def]

@@ -142,6 +142,8 @@ class Database:
         conn.executescript(_schema_sql())
         _migrate_datasets(conn, release_rows)
         _migrate_audit(conn)
+        if "active_since_ms" not in {row[1] for row in conn.execute("PRAGMA table_info(principals)")}:
+            conn.execute("ALTER TABLE principals ADD COLUMN active_since_ms INTEGER NOT NULL DEFAULT 0")
         return db
 
     def _connect(self) -> sqlite3.Connection:

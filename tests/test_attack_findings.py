@@ -19,7 +19,7 @@ from clients import (
     ApplicantClient, DeadlineExceeded, InvalidArgument, NotFound, Query, ResourceExhausted, SandboxClient,
     Unauthenticated, generate_key,
 )
-from protos.sandbox.v1 import audit_pb2, dp_pb2
+from protos.sandbox.v1 import applicant_pb2, audit_pb2, dp_pb2
 from sandbox import recovery
 from sandbox.audit import AuditLog
 from sandbox.config import load_config
@@ -148,15 +148,98 @@ def test_outsiders_cannot_make_the_server_write_without_end(tmp_path) -> None:  
                 squatter.catalogue()
             with pytest.raises(Exception):
                 squatter.register(name="Again", organisation="Somewhere")
+        # A pending key's own successful calls (WhoAmI is allowed while pending) share the same budget.
+        whoami = []
+        for _ in range(50):
+            try:
+                squatter.whoami()
+                whoami.append("ok")
+            except ResourceExhausted as exc:
+                whoami.append(exc.code)
+        assert set(whoami) <= {"ok", "PEER_LIMIT"} and whoami.count("ok") <= 20, whoami
         written = _audit_count(admin) - before
-        # 3 registrations (audited: they are the principals' own calls) + at most 10 refusals this minute (or 20
-        # if the run crossed a minute) + this test's own admin calls (a handful)
+        # 3 registrations (audited: they are the principals' own calls) + at most 10 refusals or pending calls this
+        # minute (or 20 if the run crossed a minute) + this test's own admin calls (a handful)
         assert written <= 3 + 20 + 10, written
         for c in pending:
             c.close()
         admin.close()
     finally:
         sbx.stop()
+
+
+def test_registrations_are_limited_per_address_on_their_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The per-peer registration limit alone (the pending cap out of the way): 5 a minute from one address."""
+    sbx = start_sandbox(tmp_path, registrations_per_minute=5, max_pending_principals=100)
+    try:
+        outcomes = []
+        for i in range(12):
+            with SandboxClient(sbx.address, key=generate_key(), ca=sbx.ca) as c:
+                try:
+                    c.register(name=f"Applicant {i}", organisation="Somewhere")
+                    outcomes.append("ok")
+                except ResourceExhausted as exc:
+                    outcomes.append(exc.code)
+        # 5 in this minute (10 if the run crossed a minute boundary)
+        assert outcomes.count("ok") in (5, 10) and set(outcomes) == {"ok", "REGISTRATION_LIMIT"}, outcomes
+        assert outcomes[:5] == ["ok"] * 5
+    finally:
+        sbx.stop()
+
+
+def test_a_pending_keys_unwritten_refusal_cannot_be_replayed_after_approval(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pending key's refusals beyond the peer's audit budget are not written, nonces included. Once an
+    administrator approves the key, such a request (same bytes, same signature) is refused: it was signed before
+    the approval. A request signed after it is answered."""
+    sbx = start_sandbox(tmp_path, unauthenticated_audits_per_minute=1)
+    try:
+        admin = sbx.admin()
+        admin.import_dataset(SCHEMAS / "adult_census.toml", DATA / "adult_census.csv.gz")
+        newcomer = ApplicantClient(sbx.address, key=generate_key(), ca=sbx.ca)
+        newcomer.register(name="Newcomer", organisation="Somewhere")  # type: ignore[attr-defined]
+        method = "/sandbox.v1.ApplicantService/ListCatalogue"
+        body = b""
+        md = newcomer.transport.sign(method, body)  # type: ignore[attr-defined]
+        for _ in range(3):  # the first refusal uses the peer's budget of one; the next are not written
+            with pytest.raises(Exception) as refused:
+                newcomer.transport.invoke_raw(method, body, newcomer.transport.sign(method, body),  # type: ignore[attr-defined]
+                                              applicant_pb2.ListCatalogueResponse)
+            assert getattr(refused.value, "code", "") in ("PRINCIPAL_INACTIVE", "PEER_LIMIT")
+        with pytest.raises(Exception) as refused:
+            newcomer.transport.invoke_raw(method, body, md, applicant_pb2.ListCatalogueResponse)  # type: ignore[attr-defined]
+        with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM nonces WHERE principal_id = ? AND nonce = ?",
+                                (newcomer.principal_id, dict(md)["x-sandbox-nonce"])).fetchone()[0] == 0
+        admin.approve_principal(newcomer.principal_id, roles=["applicant"])  # type: ignore[attr-defined]
+        with pytest.raises(Unauthenticated) as replay:
+            newcomer.transport.invoke_raw(method, body, md, applicant_pb2.ListCatalogueResponse)  # type: ignore[attr-defined]
+        assert replay.value.code == "SIGNED_BEFORE_APPROVAL"
+        assert newcomer.catalogue() is not None  # type: ignore[attr-defined]
+        sbx.restart()  # the approval time is in the database
+        with pytest.raises(Unauthenticated):
+            newcomer.transport.invoke_raw(method, body, md, applicant_pb2.ListCatalogueResponse)  # type: ignore[attr-defined]
+        newcomer.close()  # type: ignore[attr-defined]
+        admin.close()
+    finally:
+        sbx.stop()
+
+
+def test_outsider_bookkeeping_stays_bounded() -> None:
+    """Per-peer windows and unwritten nonces are bounded whatever the number of addresses or requests."""
+    from sandbox.interceptor import PeerBudget, RecentNonces
+
+    budget = PeerBudget(2, "calls", peers=100)
+    for i in range(10_000):
+        budget.admit(f"ipv6:[2001:db8::{i:x}]", 1000.0)
+    assert len(budget._windows) <= 100  # noqa: SLF001
+    assert budget.admit("ipv4:10.0.0.1", 1000.0) and budget.admit("ipv4:10.0.0.1", 1000.0)
+    assert not budget.admit("ipv4:10.0.0.1", 1000.0)  # a peer still remembered keeps its count
+    nonces = RecentNonces(window_ms=1000, limit=50)
+    for i in range(5_000):
+        nonces.add("p-1", f"n{i}", 10_000 + i // 100)
+    assert len(nonces._seen) <= 50 and nonces.seen("p-1", "n4999")  # noqa: SLF001
+    nonces.add("p-1", "late", 20_000)  # every earlier one is out of the window
+    assert len(nonces._seen) == 1  # noqa: SLF001
 
 
 def test_an_out_of_range_number_is_invalid_not_internal(env) -> None:  # type: ignore[no-untyped-def]

@@ -123,6 +123,37 @@ def test_a_head_asked_for_inside_a_write_transaction_while_the_background_signer
         db.close()
 
 
+def test_identical_requests_reserved_twice_and_closed_once_leave_one_open(tmp_path: Path) -> None:
+    """Two identical RunQuery bodies (no idempotency key) share principal, method and request hash. Reserved twice,
+    closed once, then a crash: one is still open, and start-up closes exactly one. A refusal of a third identical
+    request (before any reservation) closes nothing."""
+    from sandbox import recovery
+
+    cfg = init_data_dir(tmp_path / "sbx").config
+    db = Database(cfg.db_path)
+    log = AuditLog(db, read_private_key(cfg.audit_key), background=False)
+    method, sha = "/sandbox.v1.DpQueryService/RunQuery", "cd" * 32
+
+    def add(status: str, code: str = "", eps: int = 0) -> None:
+        with db.write() as conn:
+            log.append(conn, AuditRecord("p-1", method, status, code, "s-1", "g-1", eps, 0, sha, ""))
+
+    add("RESERVED", eps=10)
+    add("RESERVED", eps=10)
+    add("RESOURCE_EXHAUSTED", "BUDGET_EXHAUSTED")  # a third identical request, refused before reserving
+    add("OK")  # one of the two is released
+    entries = [e for e, _ in audit.iter_entries(db.connection())]
+    book = audit.Reservations()
+    for e in entries:
+        book.see(e)
+    assert [e.seq for e in book.still_open()] == [2]  # the release closes the earliest (they are indistinguishable)
+    assert recovery.close_open_records(log) == 1
+    report = audit.verify(db.connection(), log.public_key)
+    assert not any(f.code == audit.RECORDS and "reservation" in f.what for f in report.findings), report.findings
+    assert recovery.close_open_records(log) == 0
+    db.close()
+
+
 def _key(data_dir: Path):  # type: ignore[no-untyped-def]
     """The audit signing key, which a thief of the data directory does NOT have (it lives outside it)."""
     return read_private_key(load_config(data_dir, environ={}).audit_key)

@@ -235,3 +235,24 @@ def test_an_old_table_with_datasets_needs_a_release_to_migrate(tmp_path: Path) -
     conn = sqlite3.connect(empty)
     assert "public_rows" in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
     conn.close()
+
+
+def test_an_old_principals_table_gets_its_approval_time(tmp_path: Path) -> None:
+    """A principals table from before approvals were timed: the column is added, existing principals keep working
+    (0: any request they sign is after it)."""
+    path = tmp_path / "sandbox.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE principals (id TEXT PRIMARY KEY, name TEXT NOT NULL, organisation TEXT NOT NULL,
+            roles TEXT NOT NULL, public_key BLOB NOT NULL UNIQUE,
+            status TEXT NOT NULL CHECK (status IN ('active', 'pending', 'suspended')),
+            created_at_ms INTEGER NOT NULL, enrolled_by TEXT);
+        INSERT INTO principals VALUES ('p-aaaaaaaaaaaaaaaaaaaaaaaa', 'Old', 'Org', 'applicant', x'01', 'active', 5, NULL);
+    """)
+    conn.close()
+    db = Database.create(path)
+    from sandbox import principals
+
+    old = principals.get(db.connection(), "p-aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert old is not None and old.active_since_ms == 0 and old.status.value == "active"
+    db.close()

@@ -196,6 +196,24 @@ def _auditor_key(tmp_path: Path, auditor: AuditorClient) -> Path:
     return path
 
 
+def test_a_damaged_witness_state_is_a_witness_failure_not_a_bad_key(tmp_path: Path) -> None:
+    sbx, admin, office, auditor, grant = _world(tmp_path)
+    state = tmp_path / "witness"
+    try:
+        witness(auditor, state, _published_key(sbx))
+        (state / "head.json").write_text("{not json")
+        with pytest.raises(WitnessError, match="stored head .* is unreadable"):
+            witness(auditor, state)
+        result = CliRunner().invoke(client_app, ["--server", sbx.address, "--key", str(_auditor_key(tmp_path, auditor)),
+                                                 "--ca", str(sbx.ca), "audit", "witness", "--state", str(state)])
+        assert result.exit_code == 1 and "WITNESS FAILED" in result.output and "unreadable" in result.output, \
+            result.output
+    finally:
+        for c in (admin, office, auditor):
+            c.close()  # type: ignore[attr-defined]
+        sbx.stop()
+
+
 def test_verify_flags_a_refilled_ledger(tmp_path: Path) -> None:
     """Finding 3: a ledger refilled to zero spent was not detected; verify now compares every grant's ledger with
     the charges its audit entries record."""

@@ -56,6 +56,15 @@ def test_roots_match_the_rfc_vectors(tree: InmemoryTree) -> None:
     assert ROOTS[0] == hashlib.sha256(b"").hexdigest()
 
 
+def test_the_logs_own_hashing_matches_the_rfc_vectors() -> None:
+    """What the server and the verifiers use (``wire.transparency``), not only pymerkle underneath it."""
+    for leaf in LEAVES:
+        assert t.leaf_hash(leaf.hex()) == hashlib.sha256(b"\x00" + leaf).digest()
+    ours = t.Tree(leaf.hex() for leaf in LEAVES)
+    for size, root in enumerate(ROOTS):
+        assert ours.root(size) == root, size
+
+
 @pytest.mark.parametrize("index, size, path", INCLUSION)
 def test_inclusion_paths_are_the_rfc_audit_paths(tree: InmemoryTree, index: int, size: int, path: list[str]) -> None:
     proof = tree.prove_inclusion(index, size)
