@@ -63,8 +63,10 @@ DATASET = "adult_census"
 EPSILON = 1e-6
 DEFAULT_CALLS, QUICK_CALLS = 200, 10
 AIM = 0.60  # the audit's aim for the accuracy on an idle machine (printed, never asserted)
-ALL, NONE = "age >= 0 (all rows)", "age < 0 (no row)"
-SIDES = {ALL: (">=", Op.GE), NONE: ("<", Op.LT)}
+ALL, HALF, NONE = "age >= 0 (all rows)", "age >= 37 (about half)", "age < 0 (no row)"
+SIDES = {ALL: (">=", Op.GE, 0), HALF: (">=", Op.GE, 37), NONE: ("<", Op.LT, 0)}
+#: The comparisons: the audit's (every row vs none), and some rows vs none (a filter that selects anyone at all).
+PAIRS = ((ALL, NONE, "all vs none", ""), (HALF, NONE, "half vs none", "half_"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -153,26 +155,32 @@ class Stat:
     sdk: Callable[[Query], Query]
     aggregate: Aggregate
 
+    group_by: tuple[str, ...] = ()
+
     def query(self, side: str) -> Query:
-        op, _ = SIDES[side]
-        return self.sdk(Query(DATASET).where("age", op, 0))
+        op, _, value = SIDES[side]
+        q = self.sdk(Query(DATASET).where("age", op, value))
+        return q.group_by(*self.group_by) if self.group_by else q
 
     def spec(self, side: str) -> dp_engine.Query:
-        _, op = SIDES[side]
-        return dp_engine.Query(aggregates=(self.aggregate,), filters=(Filter("age", op, 0.0),))
+        _, op, value = SIDES[side]
+        return dp_engine.Query(aggregates=(self.aggregate,), filters=(Filter("age", op, float(value)),),
+                               group_by=self.group_by)
 
 
 STATS = (
     Stat("quantile", "median(age)", lambda q: q.quantile("age", 0.5), Aggregate(AggKind.QUANTILE, "age", q=0.5)),
     Stat("sum", "sum(hours_per_week)", lambda q: q.sum("hours_per_week"), Aggregate(AggKind.SUM, "hours_per_week")),
     Stat("count", "count", lambda q: q.count(), Aggregate(AggKind.COUNT)),
+    Stat("sum_by_sex", "sum(hours_per_week) by sex", lambda q: q.sum("hours_per_week"),
+         Aggregate(AggKind.SUM, "hours_per_week"), group_by=("sex",)),
 )
-COLUMNS = ["age", "hours_per_week"]
+COLUMNS = ["age", "hours_per_week", "sex"]
 
 
 def interleaved(calls: int, stats: tuple[Stat, ...], run: Callable[[Stat, str], object],
                 warmup: int) -> dict[tuple[str, str], Timings]:
-    """`calls` calls a side per statistic, side by side; which side goes first alternates."""
+    """`calls` calls a side per statistic, side by side; the order of the sides rotates and reverses."""
     sides = list(SIDES)
     for _ in range(warmup):
         for stat in stats:
@@ -181,7 +189,8 @@ def interleaved(calls: int, stats: tuple[Stat, ...], run: Callable[[Stat, str], 
     timings = {(stat.name, side): Timings() for stat in stats for side in sides}
     for i in range(calls):
         for j, stat in enumerate(stats):
-            for side in (sides if (i + j) % 2 == 0 else sides[::-1]):
+            order = sides[(i + j) % len(sides):] + sides[:(i + j) % len(sides)]
+            for side in (order if (i // len(sides)) % 2 == 0 else order[::-1]):
                 timed(timings[stat.name, side], lambda: run(stat, side))
     return timings
 
@@ -198,7 +207,7 @@ def start(parent: Path) -> tuple[RunningServer, ServerConfig, Path]:
 
 def grant_for(office: ApplicantClient, admin: AdminClient, calls: int) -> str:
     """A DP_QUERY grant on the census with budget and quota for every call."""
-    needed = 2 * len(STATS) * (calls + 10)
+    needed = len(SIDES) * len(STATS) * (calls + 10)
     s = office.apply(title="DP timing benchmark", purpose="Measure whether latency tells the rows a filter kept",
                      legal_basis="Benchmark", kind="DP_QUERY", datasets={DATASET: COLUMNS},
                      epsilon=max(1.0, 10 * needed * EPSILON), quota=10 * needed)
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--calls needs an integer above 1")
     warmup = 2 if args.quick else 10
 
-    console = Console(width=max(170, Console().width))
+    console = Console(width=max(200, Console().width))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     console.print(f"[bold]DP timing side channel[/]  python {platform.python_version()}, grpcio {grpc.__version__}, "
                   f"numpy {np.__version__}, {os.cpu_count()} CPUs, {platform.machine()}, load average {load:.2f} at "
@@ -244,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                     arrays = ArrayCache(cfg.data_dir).columns(info, COLUMNS)
                     columns = column_infos(info.schema)
                     age = arrays["age"]
-                    kept = {ALL: int(np.count_nonzero(age >= 0)), NONE: int(np.count_nonzero(age < 0))}
+                    kept = {side: int(np.count_nonzero(age >= v if op == ">=" else age < v))
+                            for side, (op, _, v) in SIDES.items()}
                     console.print(f"server {address}; census {census.rows_imported:,} rows; rows kept: "
                                   + ", ".join(f"{side}: {k:,}" for side, k in kept.items()), highlight=False)
 
@@ -255,48 +265,54 @@ def main(argv: list[str] | None = None) -> int:
                         return dp_engine.plan(stat.spec(side), columns, epsilon=EPSILON, delta=0.0,
                                               unit=1).release(arrays)
 
-                    console.print(f"  server RunQuery: {len(STATS)} statistics x 2 sides x {calls} calls ...",
+                    console.print(f"  server RunQuery: {len(STATS)} statistics x {len(SIDES)} sides x {calls} calls ...",
                                   highlight=False)
                     by_way = {"RunQuery (SDK)": interleaved(calls, STATS, server, warmup)}
-                    console.print(f"  dp_engine plan+release in-process: {len(STATS)} x 2 x {calls} calls ...",
+                    console.print(f"  dp_engine plan+release in-process: {len(STATS)} x {len(SIDES)} x {calls} calls ...",
                                   highlight=False)
                     by_way["engine in-process"] = interleaved(calls, STATS, engine, warmup)
         finally:
             running.stop(grace=1)
 
-    table = Table(title=f"Latency with a filter keeping every row vs none (epsilon {EPSILON:g}, one call each)")
-    for col, just in (("statistic", "left"), ("way", "left"), ("calls a side", "right"), ("errors", "right"),
-                      ("p50 all ms", "right"), ("p50 none ms", "right"), ("all - none ms", "right"),
+    table = Table(title=f"Latency with a filter keeping every row, about half, or none (epsilon {EPSILON:g}, one "
+                        "call each)")
+    for col, just in (("statistic", "left"), ("way", "left"), ("sides", "left"), ("calls a side", "right"),
+                      ("errors", "right"), ("p50 a ms", "right"), ("p50 none ms", "right"), ("a - none ms", "right"),
                       ("best threshold", "right"), ("accuracy", "right"), ("held-out accuracy", "right")):
         table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
-    verdicts: dict[tuple[str, str], Verdict] = {}
+    verdicts: dict[tuple[str, str, str], Verdict] = {}
     failed = False
     for stat in STATS:
         for way, timings in by_way.items():
-            a, b = timings[stat.name, ALL], timings[stat.name, NONE]
-            v = verdicts[stat.name, way] = classify(a.latencies_ms, b.latencies_ms)
-            pa, pb = pct(a.latencies_ms, 50), pct(b.latencies_ms, 50)
-            direction = ">" if v.rule.a_above else "<"
-            table.add_row(stat.title if way.startswith("RunQuery") else "", way, str(len(a.latencies_ms)),
-                          str(a.errors + b.errors), _ms(pa), _ms(pb), f"{pa - pb:+.3f}",
-                          f"all if {direction} {_ms(v.rule.threshold)}", f"[bold]{v.accuracy:.3f}[/]",
-                          f"{v.held_out:.3f}", end_section=way.startswith("engine"))
-            for side, t in ((ALL, a), (NONE, b)):
+            for k, (side_a, side_b, label, prefix) in enumerate(PAIRS):
+                a, b = timings[stat.name, side_a], timings[stat.name, side_b]
+                v = verdicts[stat.name, way, prefix] = classify(a.latencies_ms, b.latencies_ms)
+                pa, pb = pct(a.latencies_ms, 50), pct(b.latencies_ms, 50)
+                direction = ">" if v.rule.a_above else "<"
+                table.add_row(stat.title if way.startswith("RunQuery") and k == 0 else "", way if k == 0 else "",
+                              label, str(len(a.latencies_ms)), str(a.errors + b.errors), _ms(pa), _ms(pb),
+                              f"{pa - pb:+.3f}", f"a if {direction} {_ms(v.rule.threshold)}",
+                              f"[bold]{v.accuracy:.3f}[/]", f"{v.held_out:.3f}",
+                              end_section=way.startswith("engine") and k == len(PAIRS) - 1)
+            for side in SIDES:
+                t = timings[stat.name, side]
                 if t.errors:
                     failed = True
                     console.print(f"[red]{stat.title}, {way}, {side}: {t.errors} failed; first: {t.first_error}[/]")
     console.print(table)
     server_way = next(iter(by_way))
-    shown = ", ".join(f"{s.name} {verdicts[s.name, server_way].accuracy:.3f}" for s in STATS)
     mean, high = chance(calls)
     console.print(f"Chance alone: with no difference between the sides, the best threshold on {calls} calls a side "
                   f"scores {mean:.3f} on average on those calls (95%: up to {high:.3f}); held out, 0.5.",
                   highlight=False)
-    console.print(f"Aim (the audit): RunQuery accuracy at most {AIM:.2f} per statistic on an idle machine; "
-                  f"measured {shown}", highlight=False)
-    parts = [f"{s.name}.accuracy={verdicts[s.name, server_way].accuracy:.3f} "
-             f"{s.name}.held_out={verdicts[s.name, server_way].held_out:.3f} "
-             f"{s.name}.engine={verdicts[s.name, 'engine in-process'].accuracy:.3f}" for s in STATS]
+    for _, _, label, prefix in PAIRS:
+        shown = ", ".join(f"{s.name} {verdicts[s.name, server_way, prefix].accuracy:.3f}" for s in STATS)
+        console.print(f"Aim: RunQuery accuracy at most {AIM:.2f} per statistic on an idle machine; {label}: {shown}",
+                      highlight=False)
+    parts = [f"{s.name}.{prefix}accuracy={verdicts[s.name, server_way, prefix].accuracy:.3f} "
+             f"{s.name}.{prefix}held_out={verdicts[s.name, server_way, prefix].held_out:.3f} "
+             f"{s.name}.{prefix}engine={verdicts[s.name, 'engine in-process', prefix].accuracy:.3f}"
+             for _, _, _, prefix in PAIRS for s in STATS]
     # One plain line (no markup, no wrapping) for people and scripts alike.
     print("RATIOS timing: " + " | ".join(parts), flush=True)
     return 1 if failed else 0

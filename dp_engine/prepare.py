@@ -14,17 +14,20 @@ Missing values never pass a filter: a NaN or a -1 code fails `!=` as well as
 
 Timing. A release's duration must not tell how many rows the filters keep: an
 audit told "the filter keeps every row" from "it keeps none" with one call at
-epsilon 1e-6, a row count for almost no budget. So the work here depends on n
-(the table's rows) and on the query's shape, never on the data. Besides the
+epsilon 1e-6, a row count for almost no budget. So the work here is built to
+depend on n (the table's rows) and on the query's shape, not on the data (what
+is still measurable in-process is in THREATS.md, "Timing"). Besides the
 kept arrays, every aggregate gets their complement: the same kind of array
 built from every row they leave out (failed a filter, has no group, misses the
 value), with missing values replaced by an in-domain one, so that kept plus
 complement always cover all n rows; `Plan.release` runs each measurement on
 the complement too and discards what it gives. Every step is a full pass over
 the n rows in both cases: a column is cast (NaN filled) whole, the kept and
-left-out row indices come from two `flatnonzero` (branch-free, unlike boolean
-indexing, whose time grows with how mixed the mask is) and are gathered with
-`take`; a grouped split sorts every row, the left-out ones as one more group,
+left-out row indices come from two `flatnonzero` (cheaper than boolean
+indexing, whose time grows with how mixed the mask is, though it has a fast
+path of its own for all-true and all-false masks) and are gathered with
+`take`, and only when an aggregate reads row values (a plain count reads
+`np.count_nonzero` of the mask); a grouped split sorts every row, the left-out ones as one more group,
 with two sentinel keys in front so that numpy's radix sort takes neither its
 already-sorted nor its constant-byte shortcut; a plain count reads a slice of
 one shared array of n zeros and the complement reads the rest. What remains:
@@ -135,7 +138,15 @@ def prepare(query: Query, columns: Mapping[str, ColumnInfo], data: Mapping[str, 
         assert valid is not None
         codes = _group_codes(query.group_by, columns, arrays, valid, groups)
         keep = _and(keep, valid)
-    rows = _Rows.of(keep)
+    rows_cache: list[_Rows] = []
+
+    def rows() -> _Rows:
+        """The kept rows and the rest, built once and only if an aggregate reads row values (a plain count
+        needs only how many rows are kept: np.count_nonzero, whose time does not depend on the mask)."""
+        if not rows_cache:
+            rows_cache.append(_Rows.of(keep))
+        return rows_cache[0]
+
     column_cache: dict[str, _Column] = {}
     split_cache: dict[str, tuple[np.ndarray, ...]] = {}
 
@@ -162,10 +173,10 @@ def prepare(query: Query, columns: Mapping[str, ColumnInfo], data: Mapping[str, 
     for agg in query.aggregates:
         if agg.kind is AggKind.COUNT:
             if codes is not None:
-                cells, rest = rows.take(codes)
+                cells, rest = rows().take(codes)
             else:
                 # A plain count reads only the length of its float64 input: two slices of one array of n zeros.
-                kept = n if rows.kept is None else len(rows.kept)
+                kept = n if keep is None else int(np.count_nonzero(keep))
                 zeros = _zeros(n)
                 cells, rest = zeros[:kept], zeros[kept:]
             inputs.append(AggInputs(cells=cells, complement_cells=rest))
@@ -213,10 +224,10 @@ def _group_codes(group_by: tuple[str, ...], columns: Mapping[str, ColumnInfo], a
     return codes
 
 
-def _column(col: np.ndarray, fill: float, keep: np.ndarray | None, rows: _Rows) -> _Column:
+def _column(col: np.ndarray, fill: float, keep: np.ndarray | None, rows: Callable[[], _Rows]) -> _Column:
     """A value column's float64 values for every row (NaN as `fill`) and the rows that are kept and not missing."""
     if col.dtype.kind != "f":  # integer columns cannot hold NaN
-        return _Column(col.astype(np.float64), keep, rows)
+        return _Column(col.astype(np.float64), keep, rows())
     missing = np.isnan(col)
     full = np.where(missing, fill, col).astype(np.float64, copy=False)  # a new array, one pass over every row
     present = np.logical_not(missing, out=missing)
