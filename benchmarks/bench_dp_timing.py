@@ -51,12 +51,9 @@ import dp_engine  # noqa: E402
 from clients import AdminClient, ApplicantClient, Query, generate_key, public_key_of  # noqa: E402
 from dp_engine import AggKind, Aggregate, Filter, Op  # noqa: E402
 from sandbox import catalogue  # noqa: E402
-from sandbox.config import ServerConfig, load_config  # noqa: E402
-from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
-from sandbox.server import RunningServer, start_server  # noqa: E402
 
-from bench_dp_query import Timings, pct, timed  # noqa: E402 -- the same timing record, percentile and timer
+from bench_dp_query import Timings, _ms, grant_for, pct, start, timed  # noqa: E402 -- the same helpers
 
 DATA = ROOT / "data"
 DATASET = "adult_census"
@@ -198,28 +195,6 @@ def interleaved(calls: int, stats: tuple[Stat, ...], run: Callable[[Stat, str], 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def start(parent: Path) -> tuple[RunningServer, ServerConfig, Path]:
-    """What ``sandbox init`` and ``sandbox serve --port 0`` do (as tests/conftest.start_sandbox does)."""
-    result = init_data_dir(parent / "sbx")
-    cfg = load_config(result.config.data_dir, flags={"port": 0}, environ={})
-    return start_server(cfg), cfg, result.admin_key_path
-
-
-def grant_for(office: ApplicantClient, admin: AdminClient, calls: int) -> str:
-    """A DP_QUERY grant on the census with budget and quota for every call."""
-    needed = len(SIDES) * len(STATS) * (calls + 10)
-    s = office.apply(title="DP timing benchmark", purpose="Measure whether latency tells the rows a filter kept",
-                     legal_basis="Benchmark", kind="DP_QUERY", datasets={DATASET: COLUMNS},
-                     epsilon=max(1.0, 10 * needed * EPSILON), quota=10 * needed)
-    g = admin.approve(s.id).grant
-    assert g is not None
-    return g.id
-
-
-def _ms(x: float) -> str:
-    return f"{x:,.3f}" if x < 10 else f"{x:,.2f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_CALLS} calls a side per statistic")
@@ -248,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 admin.enrol(name="Bench", organisation="Bench Ltd", roles=["applicant"], public_key=public_key_of(key))
                 census = admin.import_dataset(DATA / "schemas" / f"{DATASET}.toml", DATA / f"{DATASET}.csv.gz")
                 with ApplicantClient(address, key=key, ca=cfg.ca_cert) as office:
-                    grant = grant_for(office, admin, calls)
+                    grant = grant_for(office, admin, DATASET, COLUMNS)
                     info = catalogue.get_dataset(running.db.connection(), DATASET)
                     arrays = ArrayCache(cfg.data_dir).columns(info, COLUMNS)
                     columns = column_infos(info.schema)

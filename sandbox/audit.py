@@ -328,10 +328,6 @@ def iter_entries(conn: sqlite3.Connection) -> Iterator[tuple[AuditEntry, bytes |
         yield _entry_from_row(row), (bytes(row[14]) if row[14] is not None else None)
 
 
-def count_entries(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0])
-
-
 def latest_head(conn: sqlite3.Connection) -> TreeHead | None:
     row = conn.execute("SELECT size, root_hash, signed_at_ms, signature FROM tree_heads ORDER BY size DESC LIMIT 1"
                        ).fetchone()

@@ -217,7 +217,7 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     check_privacy_parameters(req.epsilon, req.delta)
     # An answer already paid for is returned before any budget or quota check: a retry after a withheld release
     # must get it even when that charge used what remained.
-    auth, info = _authorise(call, req.grant_id, req.query.dataset, query, budget=not key)
+    auth, info = _authorise(call, req.grant_id, req.query.dataset, query, budget=False)
     terms = auth.grant.terms
     if key:
         stored = _stored_release(call.conn, auth.grant.id, key, call.request_sha256)
@@ -225,7 +225,7 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
             replay = dp_pb2.RunQueryResponse.FromString(stored)
             replay.replayed = True
             return replay
-        auth = policy.Authorised(auth.grant, policy.require_budget(call.conn, auth.grant))
+    auth = policy.Authorised(auth.grant, policy.require_budget(call.conn, auth.grant))  # keyed or not, one order
     _check_delta_allowed(req.delta, auth)
     plan = _engine_plan(query, info, req.epsilon, req.delta)
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)

@@ -23,6 +23,7 @@ import threading
 import numpy as np
 import opendp.prelude as dp
 
+from sandbox import he_release
 from sandbox.domain import DatasetSchema
 from sandbox.models import ModelSpec
 
@@ -30,12 +31,8 @@ dp.enable_features("contrib")
 
 
 def sensitivity(spec: ModelSpec, schema: DatasetSchema) -> float:
-    total = 0.0
-    for name, weight in spec.public_features:
-        col = schema.column(name)
-        assert col is not None and col.lower is not None and col.upper is not None
-        total += abs(weight) * (col.upper - col.lower)
-    return total
+    """How far one entity's row can move the sandbox part of a score: the release rule's R."""
+    return sum(t.contribution for t in he_release.terms_of(spec.public_features, schema))
 
 
 @functools.lru_cache(maxsize=256)

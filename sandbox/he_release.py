@@ -124,7 +124,8 @@ def terms_of(public_features: tuple[tuple[str, float], ...], schema: DatasetSche
     raw = []
     for name, weight in public_features:
         col = schema.column(name)
-        assert col is not None and col.lower is not None and col.upper is not None
+        if col is None or col.lower is None or col.upper is None:  # e.g. a later dataset version without it
+            raise SandboxError(ErrorCode.MODEL_OUTSIDE_RULE, log_detail=f"column {name} has no bounds here")
         contribution = abs(weight) * (col.upper - col.lower)
         step = abs(weight) if col.type is ColumnType.INTEGER else 0.0
         raw.append((name, weight, float(col.lower), float(col.upper), contribution, step))

@@ -118,6 +118,19 @@ def test_a_withheld_answer_that_used_the_whole_budget_can_be_collected(env, monk
     assert exc.value.code == "BUDGET_EXHAUSTED"
 
 
+def test_a_retry_is_answered_from_the_stored_answer_before_the_quota_check(env) -> None:  # type: ignore[no-untyped-def]
+    """The same for the quota: a grant of one call, used; the retry with the same key still gets its answer."""
+    _, admin, office = env
+    g = _grant(admin, office, quota=1)
+    q = Query("adult_census").count()
+    first = office.run_query(g, q, epsilon=0.1, idempotency_key="only-one")
+    retry = office.run_query(g, q, epsilon=0.1, idempotency_key="only-one")
+    assert retry.replayed and retry.statistics == first.statistics
+    with pytest.raises(ResourceExhausted) as exc:
+        office.run_query(g, q, epsilon=0.1, idempotency_key="a-second-question")
+    assert exc.value.code == "QUOTA_EXHAUSTED"
+
+
 def test_outsiders_cannot_make_the_server_write_without_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Finding 4: 200 self-registrations wrote 200 principals and 200 audit entries; a pending principal's refusals
     and repeated Register calls were audited without a cap. Now: registrations per peer and minute, a cap on pending

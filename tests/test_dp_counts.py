@@ -25,7 +25,7 @@ def test_the_scale_is_the_smallest_that_keeps_the_claimed_epsilon(epsilon: float
     # Both sides of the bound: the chosen scale passes the measurement's own check, a slightly smaller one fails.
     assert laplace(release.scale).check(unit, epsilon)
     assert not laplace(release.scale * 0.99).check(unit, epsilon)
-    assert count_measurement(epsilon=epsilon, unit=unit).map(unit) == pytest.approx(release.epsilon_spent)
+    assert count_measurement(epsilon=epsilon, unit=unit).map(unit) <= epsilon  # the measurement itself, by opendp
 
 
 def test_empirical_epsilon_matches_the_claim() -> None:

@@ -147,3 +147,32 @@ def test_a_trained_models_small_terms_are_folded_into_the_bias() -> None:
         tuple(two_left.items()), 0.0, [])
     with pytest.raises(SandboxError, match="unbalanced: '(age|pay)' can move the score .* as far as 'limit'"):
         check(two_left)
+
+
+def test_the_noise_reservoir_hands_out_each_sample_once_under_concurrency() -> None:
+    """Eight threads take from one reservoir at once (with its background filler running): no sample appears twice
+    (values are multiples of 2**-40 spread over about 2**43 of them: a chance repeat among 16,000 has probability
+    about 1e-5), and together they are standard normal."""
+    import threading
+
+    reservoir = he_noise.NoiseReservoir(capacity=4096, chunk=1024)
+    got: list[np.ndarray] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(4):
+            part = reservoir.take(500)
+            with lock:
+                got.append(part)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    every = np.concatenate(got)
+    assert len(every) == 8 * 4 * 500
+    assert len(np.unique(every)) == len(every)
+    assert abs(float(np.mean(every))) < 0.04 and abs(float(np.std(every)) - 1.0) < 0.03  # 16,000: 5 standard errors
