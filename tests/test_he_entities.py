@@ -21,7 +21,8 @@ SECRET = os.urandom(32)
 def db(tmp_path: Path) -> Database:
     database = Database.create(tmp_path / "t.db")
     with database.write() as conn:  # the rows the counts refer to (grant ids are foreign keys)
-        conn.execute("INSERT INTO principals VALUES ('p-1', 'n', 'o', 'applicant', x'00', 'active', 0, NULL)")
+        conn.execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
+                     "VALUES ('p-1', 'n', 'o', 'applicant', x'00', 'active', 0)")
         for n in ("1", "2"):
             conn.execute("INSERT INTO scenarios (id, applicant_id, application, status, created_at_ms) "
                          "VALUES (?, 'p-1', x'', 'approved', 0)", (f"s-{n}",))
