@@ -61,6 +61,7 @@ from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.domain import DatasetInfo  # noqa: E402
 from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
+from sandbox.state.sqlite import SqliteTx  # noqa: E402
 
 dp.enable_features("contrib")
 
@@ -189,8 +190,8 @@ def grant_for(office: ApplicantClient, admin: AdminClient, dataset: str, columns
 def load_table(cfg: ServerConfig, running: RunningServer, label: str, title: str, dataset: str, grant_id: str,
                hours: str) -> Dataset:
     """The dataset's columns loaded the way the server's ArrayCache loads them (memory-mapped, read-only)."""
-    info = catalogue.get_dataset(running.db.connection(), dataset)
-    arrays = ArrayCache(cfg.data_dir).columns(info, ["age", "sex", hours])
+    info = catalogue.get_dataset(SqliteTx(running.db.connection()), dataset)
+    arrays = ArrayCache(cfg.datasets_dir).columns(info, ["age", "sex", hours])
     return Dataset(label, title, info, grant_id, hours, arrays)
 
 

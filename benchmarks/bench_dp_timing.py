@@ -52,6 +52,7 @@ from clients import AdminClient, ApplicantClient, Query, generate_key, public_ke
 from dp_engine import AggKind, Aggregate, Filter, Op  # noqa: E402
 from sandbox import catalogue  # noqa: E402
 from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
+from sandbox.state.sqlite import SqliteTx  # noqa: E402
 
 from bench_dp_query import Timings, _ms, grant_for, pct, start, timed  # noqa: E402 -- the same helpers
 
@@ -224,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 census = admin.import_dataset(DATA / "schemas" / f"{DATASET}.toml", DATA / f"{DATASET}.csv.gz")
                 with ApplicantClient(address, key=key, ca=cfg.ca_cert) as office:
                     grant = grant_for(office, admin, DATASET, COLUMNS)
-                    info = catalogue.get_dataset(running.db.connection(), DATASET)
-                    arrays = ArrayCache(cfg.data_dir).columns(info, COLUMNS)
+                    info = catalogue.get_dataset(SqliteTx(running.db.connection()), DATASET)
+                    arrays = ArrayCache(cfg.datasets_dir).columns(info, COLUMNS)
                     columns = column_infos(info.schema)
                     age = arrays["age"]
                     kept = {side: int(np.count_nonzero(age >= v if op == ">=" else age < v))

@@ -78,6 +78,7 @@ from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.domain import DatasetInfo  # noqa: E402
 from sandbox.dp_queries import ArrayCache  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
+from sandbox.state.sqlite import SqliteTx  # noqa: E402
 
 DATA = ROOT / "data"
 FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "physlm"]
@@ -431,7 +432,7 @@ def start_env(parent: Path, label: str, fl_backend: str) -> tuple[Env, float]:
     admin.enrol(name="Bench Lab", organisation="Bench Lab Ltd", roles=["researcher"], public_key=public_key_of(key))
     lab = ResearcherClient(address, key=key, ca=cfg.ca_cert)
     plan_hash = lab.register_plan(dataset="rand_hie", features=FEATURES, label=LABEL, label_threshold=THRESHOLD)
-    info = catalogue.get_dataset(running.db.connection(), "rand_hie")
+    info = catalogue.get_dataset(SqliteTx(running.db.connection()), "rand_hie")
     assert imported.rows_imported > 0
     return Env(label, running, cfg, admin, lab, plan_hash, info), seconds
 
@@ -603,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"server 127.0.0.1:{env.running.port} (fl_backend=in-process); set-up, not measured: "
                           f"rand_hie imported in {imported:.1f} s, one FL_TRAINING grant per job", highlight=False)
             try:
-                cache = ArrayCache(env.cfg.data_dir)
+                cache = ArrayCache(env.cfg.datasets_dir)
                 for dp in DP_SETTINGS:
                     case = Case("in-process", dp, rounds)
                     inproc.append(case)
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     case = Case("deployment", "on", deploy_rounds)
                     deploy.append(case)
-                    measure(env, probes, ArrayCache(env.cfg.data_dir), case, args.deploy_reps, 0, console,
+                    measure(env, probes, ArrayCache(env.cfg.datasets_dir), case, args.deploy_reps, 0, console,
                             sample=True)
                 finally:
                     env.close()

@@ -74,7 +74,7 @@ import he_engine  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from he_engine import worker as he_worker  # noqa: E402
 from protos.sandbox.v1 import he_pb2  # noqa: E402
-from sandbox.storage import Database  # noqa: E402
+from sandbox.state.sqlite import SqliteState as Database  # noqa: E402
 
 DATA = ROOT / "data"
 #: The model of tests/test_he_integration.py: four public weights (balanced contributions), two private ones, a bias.
@@ -402,7 +402,7 @@ def micro_benchmarks(local: InProcess, rows: Rows, n: int, context_id: str, scra
 
         def commit() -> None:
             with db.write() as conn:
-                conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "x" * 200))
+                conn.conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "x" * 200))
 
         out.append(_timeit("SQLite write txn + fsync (WAL, synchronous=FULL)", 10 if quick else 50, commit,
                            "twice per Score: reservation, release"))

@@ -57,7 +57,7 @@ from clients.signing import sign_request  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
 from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
-from sandbox.storage import Database  # noqa: E402
+from sandbox.state.sqlite import SqliteState as Database  # noqa: E402
 
 SIGNED = "signed WhoAmI"
 UNSIGNED = "unsigned Health/Check"
@@ -187,8 +187,8 @@ def micro_benchmarks(scratch: Path, n_crypto: int, n_commit: int) -> list[Micro]
 
     def commit() -> None:
         with db.write() as conn:
-            conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "x" * 64))
-            conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "y" * 200))
+            conn.conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "x" * 64))
+            conn.conn.execute("INSERT INTO t VALUES (?, ?)", (secrets.token_hex(16), "y" * 200))
 
     out.append(_timeit("SQLite write txn, 2 inserts, fsync (WAL, synchronous=FULL)", n_commit, commit))
     db.close()

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO
 
@@ -37,16 +36,12 @@ from pymerkle import BaseMerkleTree
 from sandbox.domain import AuditEntry, AuditRecord
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
-from sandbox.storage import Database
+from sandbox.state import State, StateError, Tx
 from wire import transparency as tl
 from wire.transparency import GENESIS_HASH, TreeHead, entry_payload
 
 __all__ = ["GENESIS_HASH", "AuditLog", "TreeHead", "VerifyReport", "compute_entry_hash", "verify", "verify_log"]
 
-_COLUMNS = (
-    "seq, time_ms, principal_id, method, scenario_id, grant_id, status, error_code, "
-    "epsilon_nano, delta_atto, request_sha256, response_sha256, prev_hash, entry_hash"
-)
 #: The status of an entry that closes a reservation lost in a crash (its answer was never released).
 LOST = "NOT_RELEASED"
 LOST_CODE = "LOST_IN_CRASH"
@@ -63,13 +58,14 @@ def compute_entry_hash(seq: int, time_ms: int, record: AuditRecord, prev_hash: s
 
 
 class LogTree(BaseMerkleTree):
-    """The Merkle tree over the committed entries: pymerkle reading this table (leaf data = entry hash).
+    """The Merkle tree over the committed entries: pymerkle reading the log (leaf data = entry hash).
 
-    Reads go through the calling thread's read connection, which sees committed entries only, so the
-    subroots pymerkle caches never cover an entry that could still be rolled back.
+    Reads go through a read transaction of their own, which sees committed entries only, so the subroots
+    pymerkle caches never cover an entry that could still be rolled back. (Inside a write transaction on the
+    same thread the read is that transaction: callers size the tree from committed state first.)
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: State) -> None:
         super().__init__(algorithm=tl.ALGORITHM, capacity=64 * 1024 * 1024)
         self._db = db
 
@@ -80,22 +76,24 @@ class LogTree(BaseMerkleTree):
         raise NotImplementedError("entries are appended through AuditLog.append")
 
     def _get_leaf(self, index: int) -> bytes:
-        row = self._db.connection().execute("SELECT entry_hash FROM audit_log WHERE seq = ?", (index,)).fetchone()
-        return tl.leaf_hash(row[0])
+        with self._db.committed() as tx:
+            rows = tx.audit_hashes(index - 1, index)
+        return tl.leaf_hash(rows[0][1])
 
     def _get_leaves(self, offset: int, width: int) -> list[bytes]:
-        rows = self._db.connection().execute(
-            "SELECT entry_hash FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq", (offset, offset + width))
-        return [tl.leaf_hash(h) for (h,) in rows]
+        with self._db.committed() as tx:
+            rows = tx.audit_hashes(offset, offset + width)
+        return [tl.leaf_hash(h) for _, h, _ in rows]
 
     def _get_size(self) -> int:
-        return int(self._db.connection().execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0])
+        with self._db.committed() as tx:
+            return tx.audit_size()
 
 
 class AuditLog:
     """Appends signed entries inside the caller's write transaction (fails closed) and signs tree heads."""
 
-    def __init__(self, db: Database, signing_key: Ed25519PrivateKey, *, checkpoint_every: int = 32,
+    def __init__(self, db: State, signing_key: Ed25519PrivateKey, *, checkpoint_every: int = 32,
                  background: bool = True) -> None:
         self.db = db
         self._key = signing_key
@@ -116,39 +114,39 @@ class AuditLog:
         self._closing = False
         self._signer: threading.Thread | None = None
 
-    def append(self, conn: sqlite3.Connection, record: AuditRecord, *, now_ms: int | None = None) -> AuditEntry:
-        """Append one signed entry in the open transaction ``conn``; any storage error is AUDIT_UNAVAILABLE."""
+    def append(self, tx: Tx, record: AuditRecord, *, now_ms: int | None = None) -> AuditEntry:
+        """Append one signed entry in the open write transaction ``tx``; any storage error is AUDIT_UNAVAILABLE.
+
+        ``audit_tail`` holds the log until ``tx`` ends, so servers sharing the state append one chain.
+        """
         time_ms = int(time.time() * 1000) if now_ms is None else now_ms
         try:
-            row = conn.execute("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+            tail = tx.audit_tail()
+            seq, prev = (tail[0] + 1, tail[1]) if tail else (1, GENESIS_HASH)
             entry_hash = compute_entry_hash(seq, time_ms, record, prev)
             r = record
-            conn.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (seq, time_ms, r.principal_id, r.method, r.scenario_id, r.grant_id, r.status, r.error_code,
-                 r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash,
-                 self._key.sign(entry_payload(seq, entry_hash))),
-            )
-        except sqlite3.Error as exc:
+            tx.audit_insert((seq, time_ms, r.principal_id, r.method, r.scenario_id, r.grant_id, r.status, r.error_code,
+                             r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash),
+                            self._key.sign(entry_payload(seq, entry_hash)))
+        except StateError as exc:
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
         self._appended = max(self._appended, seq)
         with self._mine_lock:
             self._mine[seq] = entry_hash
         return AuditEntry(seq, time_ms, record, prev, entry_hash)
 
-    def append_alone(self, record: AuditRecord, *, also: list[tuple[str, tuple[object, ...]]] = ()) -> AuditEntry:
-        """Append in a transaction of its own (refused calls), with ``also``'s statements (e.g. a nonce claim)."""
+    def append_alone(self, record: AuditRecord, *, also: Callable[[Tx], None] | None = None) -> AuditEntry:
+        """Append in a transaction of its own (refused calls), with ``also`` done in it (e.g. a nonce claim)."""
         try:
-            with self.db.write() as conn:
-                for sql, args in also:
-                    conn.execute(sql, args)
-                entry = self.append(conn, record)
+            with self.db.write() as tx:
+                if also is not None:
+                    also(tx)
+                entry = self.append(tx, record)
         except SandboxError as exc:
             if exc.code is ErrorCode.AUDIT_UNAVAILABLE:
                 raise
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=exc.log_detail) from exc
-        except sqlite3.Error as exc:
+        except StateError as exc:
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
         self.after_commit()
         return entry
@@ -174,7 +172,7 @@ class AuditLog:
             self.sign_head()
         except SandboxError as exc:
             logging.getLogger("sandbox.audit").error("cannot sign a tree head: %s", exc.log_detail)
-        except Exception as exc:  # noqa: BLE001 -- e.g. sqlite3.OperationalError; the type says enough, no data
+        except Exception as exc:  # noqa: BLE001 -- e.g. a StateError; the type says enough, no data
             logging.getLogger("sandbox.audit").error("cannot sign a tree head: %s", type(exc).__name__)
 
     def _sign_loop(self) -> None:
@@ -192,42 +190,40 @@ class AuditLog:
         if self._signer is not None:
             self._signer.join(timeout=30)
 
-    def sign_head(self, conn: sqlite3.Connection | None = None) -> TreeHead | None:
-        """Sign a head over every committed entry (written in ``conn``'s transaction, or one of its own).
+    def sign_head(self, tx: Tx | None = None) -> TreeHead | None:
+        """Sign a head over every committed entry (written in ``tx``, or in a transaction of its own).
 
         Before signing, the entries since the last signed head must carry the audit key's signature: an
         entry added without it is never covered by a head (the call raises AUDIT_DAMAGED). Locks are always
         taken in one order, the write lock first, then the signing lock: a handler calls this inside its
         write transaction, the background signer opens one first.
         """
-        if conn is None:
-            with self.db.write() as c:
-                return self.sign_head(c)
+        if tx is None:
+            with self.db.write() as own:
+                return self.sign_head(own)
         with self._sign_lock:
-            read = self.db.connection()
-            size = self.tree.get_size()
+            size = self._committed_size()
             if size == 0:
                 return None
-            last = latest_head(read)
+            last = latest_head(tx)
             if last is not None and last.size >= size:
                 self._signed = max(self._signed, last.size)
                 return last
             with self._mine_lock:
                 mine, self._mine = self._mine, {k: v for k, v in self._mine.items() if k > size}
-            bad = _unsigned_entries(read, self.public_key, after=last.size if last else 0, upto=size, known=mine)
+            bad = _unsigned_entries(tx, self.public_key, after=last.size if last else 0, upto=size, known=mine)
             if bad:
                 raise SandboxError(ErrorCode.AUDIT_DAMAGED,
                                    log_detail=f"entry {bad} is not signed by the audit key: not signing a head")
             now = int(time.time() * 1000)
-            root = bytes(self.tree.get_root(size)).hex()
+            root = bytes(self._root(size)).hex()
             head = TreeHead(size, root, now, self._key.sign(tl.tree_head_payload(size, root, now)))
-            conn.execute("INSERT OR IGNORE INTO tree_heads (size, root_hash, signed_at_ms, signature) "
-                         "VALUES (?, ?, ?, ?)", (head.size, head.root_hash, head.signed_at_ms, head.signature))
+            tx.head_insert(head.size, head.root_hash, head.signed_at_ms, head.signature)
             self._signed = max(self._signed, size)
             return head
 
-    def head_on_request(self, conn: sqlite3.Connection, *, covering: int = 0) -> TreeHead | None:
-        """A signed head for a caller (a receipt, a witness), in the caller's write transaction ``conn``.
+    def head_on_request(self, tx: Tx, *, covering: int = 0) -> TreeHead | None:
+        """A signed head for a caller (a receipt, a witness), in the caller's write transaction ``tx``.
 
         The latest head if it covers everything committed; otherwise a new one, but callers together get at most
         one new head per ``ON_REQUEST_INTERVAL_MS`` (every call is audited, so the log always outgrows the last
@@ -235,16 +231,16 @@ class AuditLog:
         latest head is the answer if it covers entry ``covering``; if not, HEAD_NOT_READY (retryable: the SDK
         waits and asks again).
         """
-        last = latest_head(conn)
+        last = latest_head(tx)
         now = int(time.time() * 1000)
-        if last is not None and last.size >= self.tree.get_size():
+        if last is not None and last.size >= self._committed_size():
             return last
         with self._sign_lock:
             allowed = now - self._on_request_ms >= ON_REQUEST_INTERVAL_MS
             if allowed:
                 self._on_request_ms = now
         if allowed:
-            head = self.sign_head(conn)
+            head = self.sign_head(tx)
             if head is not None and head.size >= covering:
                 return head
         if covering and (last is None or last.size < covering):
@@ -255,6 +251,12 @@ class AuditLog:
         """Sign the head of everything committed (at shutdown)."""
         return self.sign_head()
 
+    def _committed_size(self) -> int:
+        return int(self.tree.get_size())
+
+    def _root(self, size: int) -> bytes:
+        return bytes(self.tree.get_root(size))
+
     def inclusion(self, seq: int, size: int) -> tuple[list[int], list[bytes]]:
         proof = self.tree.prove_inclusion(seq, size)
         return list(proof.rule), [bytes(p) for p in proof.path]
@@ -264,15 +266,14 @@ class AuditLog:
         return list(proof.rule), list(proof.subset), [bytes(p) for p in proof.path]
 
 
-def _unsigned_entries(conn: sqlite3.Connection, public_key: bytes, *, after: int, upto: int,
+def _unsigned_entries(tx: Tx, public_key: bytes, *, after: int, upto: int,
                       known: dict[int, str]) -> int | None:
     """The first entry in (after, upto] without a valid audit-key signature, if any.
 
     An entry this process appended and signed (``known``, with the same hash) is not checked again: a signature
     check costs more than the signing, and the table holds exactly what was signed.
     """
-    for seq, entry_hash, sig in conn.execute(
-            "SELECT seq, entry_hash, signature FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto)):
+    for seq, entry_hash, sig in tx.audit_hashes(after, upto):
         if known.get(seq) == entry_hash:
             continue
         if sig is None or not verify_signature(public_key, bytes(sig), entry_payload(seq, entry_hash)):
@@ -311,32 +312,44 @@ def _entry_from_row(row: tuple) -> AuditEntry:  # type: ignore[type-arg]
     return AuditEntry(seq, time_ms, record, prev, h)
 
 
-def read_entries(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (after_seq, limit)).fetchall()
-    return [_entry_from_row(r) for r in rows]
+def read_entries(tx: Tx, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
+    return [_entry_from_row(r) for r in tx.audit_entries(after_seq, limit)]
 
 
-def get_entry(conn: sqlite3.Connection, seq: int) -> AuditEntry | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE seq = ?", (seq,)).fetchone()
-    return _entry_from_row(row) if row else None
+def get_entry(tx: Tx, seq: int) -> AuditEntry | None:
+    rows = tx.audit_entries(seq - 1, 1) if seq >= 1 else []
+    return _entry_from_row(rows[0]) if rows and rows[0][0] == seq else None
 
 
-def iter_entries(conn: sqlite3.Connection) -> Iterator[tuple[AuditEntry, bytes | None]]:
+def entry_signature(tx: Tx, seq: int) -> bytes | None:
+    """The audit key's signature of entry ``seq`` (None if it has none, or there is no such entry)."""
+    rows = tx.audit_hashes(seq - 1, seq) if seq >= 1 else []
+    return rows[0][2] if rows else None
+
+
+#: Entries are read this many at a time (a long log is never held in memory at once).
+_PAGE = 5000
+
+
+def iter_entries(tx: Tx) -> Iterator[tuple[AuditEntry, bytes | None]]:
     """Every entry in order, with its signature (None for an entry from before entries were signed)."""
-    for row in conn.execute(f"SELECT {_COLUMNS}, signature FROM audit_log ORDER BY seq"):
-        yield _entry_from_row(row), (bytes(row[14]) if row[14] is not None else None)
+    after = 0
+    while True:
+        page = tx.audit_entries_signed(after, _PAGE)
+        for row, signature in page:
+            yield _entry_from_row(row), signature
+        if len(page) < _PAGE:
+            return
+        after = int(page[-1][0][0])
 
 
-def latest_head(conn: sqlite3.Connection) -> TreeHead | None:
-    row = conn.execute("SELECT size, root_hash, signed_at_ms, signature FROM tree_heads ORDER BY size DESC LIMIT 1"
-                       ).fetchone()
+def latest_head(tx: Tx) -> TreeHead | None:
+    row = tx.head_latest()
     return TreeHead(int(row[0]), row[1], int(row[2]), bytes(row[3])) if row else None
 
 
-def heads(conn: sqlite3.Connection) -> list[TreeHead]:
-    return [TreeHead(int(s), r, int(t), bytes(g)) for s, r, t, g in conn.execute(
-        "SELECT size, root_hash, signed_at_ms, signature FROM tree_heads ORDER BY size")]
+def heads(tx: Tx) -> list[TreeHead]:
+    return [TreeHead(int(s), r, int(t), bytes(g)) for s, r, t, g in tx.head_list()]
 
 
 @dataclass(frozen=True)
@@ -348,32 +361,26 @@ class Cosignature:
     signature: bytes
 
 
-def cosignatures(conn: sqlite3.Connection, size: int | None = None) -> list[Cosignature]:
-    sql = "SELECT size, witness_id, witness_key, head_signed_at_ms, signature FROM head_cosignatures"
-    rows = conn.execute(sql + " WHERE size = ? ORDER BY witness_id", (size,)) if size is not None else \
-        conn.execute(sql + " ORDER BY size, witness_id")
+def cosignatures(tx: Tx, size: int | None = None) -> list[Cosignature]:
+    rows = tx.cosignature_list(size)
     return [Cosignature(int(s), w, bytes(k), int(t), bytes(g)) for s, w, k, t, g in rows]
 
 
-def add_cosignature(conn: sqlite3.Connection, head: TreeHead, witness_id: str, witness_key: bytes,
+def add_cosignature(tx: Tx, head: TreeHead, witness_id: str, witness_key: bytes,
                     signature: bytes, now_ms: int) -> None:
     """Store a witness's countersignature of a head the server signed; INVALID_ARGUMENT if it does not verify."""
-    stored = conn.execute("SELECT root_hash, signed_at_ms FROM tree_heads WHERE size = ?", (head.size,)).fetchone()
-    if stored is None or stored[0] != head.root_hash or int(stored[1]) != head.signed_at_ms:
+    stored = tx.head_get(head.size)
+    if stored is None or stored[1] != head.root_hash or int(stored[2]) != head.signed_at_ms:
         raise SandboxError(ErrorCode.NOT_FOUND, "no signed tree head with this size, root and time")
     if not verify_signature(witness_key, signature, tl.cosignature_payload(witness_id, head.size, head.root_hash,
                                                                           head.signed_at_ms)):
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "the cosignature does not verify with the witness's key")
-    conn.execute("INSERT OR IGNORE INTO head_cosignatures (size, witness_id, witness_key, head_signed_at_ms, "
-                 "signature, received_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                 (head.size, witness_id, witness_key, head.signed_at_ms, signature, now_ms))
+    tx.cosignature_insert(head.size, witness_id, witness_key, head.signed_at_ms, signature, now_ms)
 
 
-def sum_charges(conn: sqlite3.Connection, grant_id: str | None = None) -> tuple[int, int]:
+def sum_charges(tx: Tx, grant_id: str | None = None) -> tuple[int, int]:
     """Total (epsilon_nano, delta_atto) charged in the audit log, for one grant or all."""
-    sql = "SELECT COALESCE(SUM(epsilon_nano),0), COALESCE(SUM(delta_atto),0) FROM audit_log"
-    row = conn.execute(sql + " WHERE grant_id = ?", (grant_id,)).fetchone() if grant_id else conn.execute(sql).fetchone()
-    return int(row[0]), int(row[1])
+    return tx.audit_charges(grant_id)
 
 
 # --- verification -------------------------------------------------------------------------------------------
@@ -517,20 +524,19 @@ def verify_log(entries: Iterable[tuple[AuditEntry, bytes | None]], tree_heads: I
     return report
 
 
-def ledger_rows(conn: sqlite3.Connection) -> list[Ledger]:
-    return [Ledger(g, int(e), int(d)) for g, e, d in conn.execute(
-        "SELECT grant_id, epsilon_spent_nano, delta_spent_atto FROM budgets ORDER BY grant_id")]
+def ledger_rows(tx: Tx) -> list[Ledger]:
+    return [Ledger(g, e, d) for g, e, d in tx.budget_spends()]
 
 
-def pending_releases(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM releases WHERE state = 'pending'").fetchone()[0])
+def pending_releases(tx: Tx) -> int:
+    return tx.release_count("pending")
 
 
-def verify(conn: sqlite3.Connection, audit_public_key: bytes, *, saved_head: TreeHead | None = None) -> VerifyReport:
+def verify(tx: Tx, audit_public_key: bytes, *, saved_head: TreeHead | None = None) -> VerifyReport:
     """Verify a database: entries, signatures, heads, the ledger and open records (see ``verify_log``)."""
-    return verify_log(iter_entries(conn), heads(conn), audit_public_key, saved_head=saved_head,
-                      ledger=ledger_rows(conn), pending_releases=pending_releases(conn),
-                      cosigned=len({c.size for c in cosignatures(conn)}))
+    return verify_log(iter_entries(tx), heads(tx), audit_public_key, saved_head=saved_head,
+                      ledger=ledger_rows(tx), pending_releases=pending_releases(tx),
+                      cosigned=len({c.size for c in cosignatures(tx)}))
 
 
 # --- export -------------------------------------------------------------------------------------------------
@@ -538,7 +544,7 @@ def verify(conn: sqlite3.Connection, audit_public_key: bytes, *, saved_head: Tre
 EXPORT_FORMAT = "sandbox.v1-audit-export-2"
 
 
-def export_jsonl(conn: sqlite3.Connection, out: IO[str], audit_public_key: bytes | None = None) -> int:
+def export_jsonl(tx: Tx, out: IO[str], audit_public_key: bytes | None = None) -> int:
     """One JSON object per line: a header, every entry (with its signature), every signed tree head and
     cosignature, every grant's ledger and the count of open idempotency records. Returns the entry count.
 
@@ -548,21 +554,21 @@ def export_jsonl(conn: sqlite3.Connection, out: IO[str], audit_public_key: bytes
               "audit_public_key": audit_public_key.hex() if audit_public_key else ""}
     out.write(json.dumps(header, sort_keys=True) + "\n")
     n = 0
-    for entry, signature in iter_entries(conn):
+    for entry, signature in iter_entries(tx):
         obj = {"kind": "entry", "seq": entry.seq, "time_ms": entry.time_ms, **asdict(entry.record),
                "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash,
                "signature": signature.hex() if signature is not None else None}
         out.write(json.dumps(obj, sort_keys=True) + "\n")
         n += 1
-    for head in heads(conn):
+    for head in heads(tx):
         out.write(json.dumps({"kind": "tree_head", **head.to_json()}, sort_keys=True) + "\n")
-    for c in cosignatures(conn):
+    for c in cosignatures(tx):
         out.write(json.dumps({"kind": "cosignature", "size": c.size, "witness_id": c.witness_id,
                               "witness_key": c.witness_key.hex(), "signed_at_ms": c.signed_at_ms,
                               "signature": c.signature.hex()}, sort_keys=True) + "\n")
-    for g in ledger_rows(conn):
+    for g in ledger_rows(tx):
         out.write(json.dumps({"kind": "ledger", **asdict(g)}, sort_keys=True) + "\n")
-    out.write(json.dumps({"kind": "releases", "pending": pending_releases(conn)}, sort_keys=True) + "\n")
+    out.write(json.dumps({"kind": "releases", "pending": pending_releases(tx)}, sort_keys=True) + "\n")
     return n
 
 

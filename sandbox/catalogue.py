@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -41,7 +40,8 @@ import numpy as np
 from dp_engine.counts import release_count
 from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, ImportReport, Level
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.storage import Database, canonical_json
+from sandbox.registry import canonical_json
+from sandbox.state import Row, State, Tx
 
 MAX_CSV_BYTES = 512 * 1024 * 1024  # decompressed
 MAX_CATEGORIES = 1000
@@ -384,10 +384,9 @@ def _write_dataset(target: Path, schema_json: str, arrays: dict[str, np.ndarray]
     _fsync_dir(target)
 
 
-def _refuse_existing(conn: sqlite3.Connection, name: str, version: str, content_sha256: str) -> None:
+def _refuse_existing(tx: Tx, name: str, version: str, content_sha256: str) -> None:
     # By content too: a dataset migrated from before keyed versions has the same content under its old version.
-    if conn.execute("SELECT 1 FROM datasets WHERE name = ? AND (version = ? OR content_sha256 = ?)",
-                    (name, version, content_sha256)).fetchone():
+    if tx.dataset_exists(name, version, content_sha256):
         raise SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
 
 
@@ -431,7 +430,7 @@ def _parse_rows(
 
 
 def _publish(
-    db: Database, conn: sqlite3.Connection | None, parent: Path, info: DatasetInfo, schema_json: str,
+    db: State, tx: Tx | None, parent: Path, info: DatasetInfo, schema_json: str,
     arrays: dict[str, np.ndarray], imported_by: str, content_sha256: str, count_epsilon: float,
 ) -> DatasetInfo:
     """Write the files beside their final place, then rename them in and insert the row in one transaction.
@@ -445,7 +444,7 @@ def _publish(
     renamed = False
     try:
         _write_dataset(tmp, schema_json, arrays)
-        with nullcontext(conn) if conn is not None else db.write() as c:
+        with nullcontext(tx) if tx is not None else db.write() as c:
             _refuse_existing(c, name, version, content_sha256)
             _remove_tree(final)  # we hold the write lock: a directory without a row is debris of a crash
             os.rename(tmp, final)
@@ -454,12 +453,8 @@ def _publish(
             _fsync_dir(parent)
             info = dataclasses.replace(info, public_rows=public_rows(info.schema, info.row_count,
                                                                      epsilon=count_epsilon))
-            c.execute(
-                "INSERT INTO datasets (name, version, schema_json, row_count, imported_at_ms, imported_by,"
-                " content_sha256, public_rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, version, schema_json, info.row_count, info.imported_at_ms, imported_by, content_sha256,
-                 info.public_rows),
-            )
+            c.dataset_insert(name, version, schema_json, info.row_count, info.imported_at_ms, imported_by,
+                             content_sha256, info.public_rows)
         return info
     except BaseException:
         if renamed:
@@ -470,8 +465,8 @@ def _publish(
 
 
 def import_csv(
-    db: Database,
-    data_dir: Path,
+    db: State,
+    datasets_dir: Path,
     schema: DatasetSchema,
     csv_bytes: bytes,
     *,
@@ -481,12 +476,12 @@ def import_csv(
     max_rejected: int = 0,
     dry_run: bool = False,
     now_ms: int,
-    conn: sqlite3.Connection | None = None,
+    tx: Tx | None = None,
 ) -> ImportReport:
     """Validate a (possibly gzipped) CSV against ``schema`` and store it as a new dataset version.
 
     All or nothing: on any error no row and no directory is left behind. With
-    ``conn`` the catalogue row is inserted in the caller's open write transaction.
+    ``tx`` the catalogue row is inserted in the caller's open write transaction.
     ``version_key`` is the catalogue key; ``count_epsilon`` is spent on the public row
     count of a new version (a dry run releases nothing and reports 0).
     """
@@ -516,36 +511,40 @@ def import_csv(
     schema_json = schema_to_json(schema)
     digest = _content_digest(schema_json, schema, arrays)
     info = DatasetInfo(schema, keyed_version(version_key, digest), row_count, now_ms, public_rows=0)
-    _refuse_existing(conn if conn is not None else db.connection(), schema.name, info.version, digest)
+    if tx is not None:
+        _refuse_existing(tx, schema.name, info.version, digest)
+    else:
+        with db.read() as read:
+            _refuse_existing(read, schema.name, info.version, digest)
     if not dry_run:
-        parent = Path(data_dir) / "datasets" / schema.name
-        info = _publish(db, conn, parent, info, schema_json, arrays, imported_by, digest, count_epsilon)
+        parent = Path(datasets_dir) / schema.name
+        info = _publish(db, tx, parent, info, schema_json, arrays, imported_by, digest, count_epsilon)
     return ImportReport(info, row_count, duplicates, rejections[:REPORTED_REJECTIONS], len(rejections))
 
 
-def _info_from_row(row: tuple[str, str, str, int, int, int]) -> DatasetInfo:
+def _info_from_row(row: Row) -> DatasetInfo:
     _, version, schema_json, row_count, imported_at_ms, shown_rows = row
     return DatasetInfo(schema_from_json(schema_json), version, int(row_count), int(imported_at_ms), int(shown_rows))
 
 
-_SELECT = "SELECT name, version, schema_json, row_count, imported_at_ms, public_rows FROM datasets"
-_LATEST = (
-    " WHERE rowid = (SELECT d2.rowid FROM datasets d2 WHERE d2.name = datasets.name"
-    " ORDER BY d2.imported_at_ms DESC, d2.rowid DESC LIMIT 1)"
-)
+def _latest(rows: list[Row]) -> dict[str, Row]:
+    """Each dataset's latest version: the last imported at the latest import time (rows in import order)."""
+    latest: dict[str, tuple[int, int, Row]] = {}
+    for order, row in enumerate(rows):
+        key = (int(row[4]), order)
+        if row[0] not in latest or key > latest[row[0]][:2]:
+            latest[row[0]] = (*key, row)
+    return {name: found[2] for name, found in latest.items()}
 
 
-def list_catalogue(conn: sqlite3.Connection) -> list[DatasetInfo]:
+def list_catalogue(tx: Tx) -> list[DatasetInfo]:
     """The latest version of every dataset, sorted by name."""
-    return [_info_from_row(r) for r in conn.execute(_SELECT + _LATEST + " ORDER BY name")]
+    return [_info_from_row(row) for _, row in sorted(_latest(tx.dataset_rows()).items())]
 
 
-def get_dataset(conn: sqlite3.Connection, name: str, version: str = "") -> DatasetInfo:
+def get_dataset(tx: Tx, name: str, version: str = "") -> DatasetInfo:
     """The given version of a dataset, or its latest; NOT_FOUND if there is none."""
-    if version:
-        row = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, version)).fetchone()
-    else:
-        row = conn.execute(_SELECT + _LATEST + " AND name = ?", (name,)).fetchone()
+    row = tx.dataset_get(name, version) if version else _latest(tx.dataset_rows(name)).get(name)
     if row is None:
         shown = f"dataset '{name}'" if _NAME_RE.fullmatch(name) else "dataset"
         if version and _VERSION_RE.fullmatch(version):
@@ -554,9 +553,9 @@ def get_dataset(conn: sqlite3.Connection, name: str, version: str = "") -> Datas
     return _info_from_row(row)
 
 
-def load_columns(data_dir: Path, info: DatasetInfo, columns: Sequence[str]) -> dict[str, np.ndarray]:
+def load_columns(datasets_dir: Path, info: DatasetInfo, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Memory-mapped, read-only arrays of the named columns of one dataset version."""
-    directory = Path(data_dir) / "datasets" / info.schema.name / info.version
+    directory = Path(datasets_dir) / info.schema.name / info.version
     result: dict[str, np.ndarray] = {}
     for name in columns:
         if info.schema.column(name) is None:

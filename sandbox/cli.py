@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +16,7 @@ from rich.console import Console
 from sandbox import audit
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
+from sandbox.state import State, open_read_only
 from wire.transparency import TreeHead
 
 app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False,
@@ -33,6 +34,8 @@ def init(
     organisation: str = typer.Option("City data bureau", help="Organisation of the first administrator."),
     audit_key_dir: Optional[Path] = typer.Option(
         None, help="Where the audit signing key goes, outside the data directory (default: DATA_DIR-audit-key)."),
+    state: str = typer.Option("", help="A postgresql:// URL to keep the state in PostgreSQL (shared by several "
+                                       "servers) instead of the directory's SQLite file."),
 ) -> None:
     """Create a data directory: database, CA and server certificate, audit key, first administrator.
 
@@ -41,7 +44,7 @@ def init(
     """
     try:
         result = init_data_dir(data_dir, admin_name=admin_name, organisation=organisation,
-                               audit_key_dir=audit_key_dir)
+                               audit_key_dir=audit_key_dir, state=state)
     except FileExistsError as exc:
         err.print(f"[red]refusing to initialise:[/] {exc if 'audit key' in str(exc) else f'{data_dir} is not empty'}")
         raise typer.Exit(1)
@@ -88,14 +91,15 @@ def serve(
     print("sandbox stopped", flush=True)
 
 
-def _open(data_dir: Path) -> tuple[sqlite3.Connection, bytes]:
+def _open(data_dir: Path) -> tuple[State, bytes]:
+    """The data directory's state, opened for reading only (SQLite read-only; PostgreSQL in read-only
+    transactions), and its stored audit public key."""
     cfg = load_config(data_dir, environ={})
-    if not cfg.db_path.exists():
+    if not cfg.state and not cfg.db_path.exists():
         err.print(f"[red]no sandbox database in[/] {data_dir}")
         raise typer.Exit(2)
-    conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True)
     public_key = bytes.fromhex(cfg.audit_public_key.read_text().strip())
-    return conn, public_key
+    return open_read_only(cfg.state_location), public_key
 
 
 def _key_from_hex(text: str) -> bytes:
@@ -132,8 +136,12 @@ def audit_verify(
             err.print(f"[red]not a readable tree head:[/] {exc}")
             raise typer.Exit(2) from None
     if source.is_dir():
-        conn, stored_key = _open(source)
-        report = audit.verify(conn, trusted or stored_key, saved_head=saved)
+        db, stored_key = _open(source)
+        try:
+            with db.read() as tx:
+                report = audit.verify(tx, trusted or stored_key, saved_head=saved)
+        finally:
+            db.close()
     else:
         try:
             with source.open(encoding="utf-8") as fh:
@@ -171,14 +179,62 @@ def audit_export(
 
     The file can be verified alone with 'sandbox audit verify FILE --public-key HEX'.
     """
-    conn, key = _open(data_dir)
-    if out is None:
-        audit.export_jsonl(conn, sys.stdout, key)
-        return
-    with out.open("w", encoding="utf-8") as fh:
-        n = audit.export_jsonl(conn, fh, key)
+    db, key = _open(data_dir)
+    try:
+        with db.read() as tx:
+            if out is None:
+                audit.export_jsonl(tx, sys.stdout, key)
+                return
+            with out.open("w", encoding="utf-8") as fh:
+                n = audit.export_jsonl(tx, fh, key)
+    finally:
+        db.close()
     err.print(f"wrote {n} audit entries, their signed tree heads and the ledger to {out}")
 
+
+
+@app.command("backup")
+def backup_cmd(
+    data_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="The data directory (the server may run)."),
+    out: Path = typer.Argument(..., help="A new directory for the backup."),
+) -> None:
+    """Back up a sandbox while it serves: a consistent copy of its state, its dataset files, its settings and
+    keys, and a manifest signed with the audit key (restore checks it). Protect a backup as the data directory."""
+    from sandbox.backup import BackupError, backup
+
+    try:
+        report = backup(load_config(data_dir), out)
+    except (BackupError, subprocess.CalledProcessError) as exc:
+        err.print(f"[red]backup failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"backed up {report.entries} audit entries, {report.datasets} dataset versions and "
+                  f"{report.files} files ({report.bytes / 1e6:.1f} MB) to {report.out}; manifest signed with the "
+                  "audit key")
+
+
+@app.command("restore")
+def restore_cmd(
+    backup_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A directory 'sandbox backup' wrote."),
+    data_dir: Path = typer.Argument(..., help="The data directory to create (must be empty or absent)."),
+    public_key: Optional[str] = typer.Option(None, help="The sandbox's published audit public key (hex), to trust "
+                                                        "instead of the one the backup carries."),
+    state: str = typer.Option("", help="For a PostgreSQL backup: an empty database to restore into."),
+) -> None:
+    """Check a backup (manifest signature, every file's hash) and restore it into a new data directory."""
+    from sandbox.backup import BackupError, restore
+
+    try:
+        checked = restore(backup_dir, data_dir, public_key=_key_from_hex(public_key) if public_key else None,
+                          state=state)
+    except (BackupError, subprocess.CalledProcessError) as exc:
+        err.print(f"[red]not restored:[/] {exc}")
+        raise typer.Exit(1) from None
+    if checked.key_from_backup:
+        err.print("[yellow]checked against the audit key the backup carries; pass --public-key with the sandbox's "
+                  "published key to trust it independently[/]")
+    m = checked.manifest
+    console.print(f"restored {m['audit_entries']} audit entries and {len(m['datasets'])} dataset versions into "
+                  f"{data_dir}; check it with: sandbox audit verify {data_dir}")
 
 def main() -> None:
     try:

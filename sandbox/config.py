@@ -52,6 +52,8 @@ class ServerConfig:
     fl_tls_key: str = ""
     fl_node_keys_dir: str = ""  # <holder>.pub of each external node; "" = fl-node-keys in the data directory
     catalogue_count_epsilon: float = 0.1  # spent once per dataset version on its public row count
+    state: str = ""  # "" = sandbox.db (SQLite) in the data directory; "postgresql://..." = shared by several servers
+    datasets_path: str = ""  # "" = datasets/ in the data directory; servers sharing a state share this directory
 
     # Files inside the data directory.
     @property
@@ -109,7 +111,12 @@ class ServerConfig:
 
     @property
     def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
+        return Path(self.datasets_path).expanduser() if self.datasets_path else self.data_dir / "datasets"
+
+    @property
+    def state_location(self) -> str:
+        """Where the state is: a PostgreSQL URL, or the SQLite file in the data directory."""
+        return self.state or str(self.db_path)
 
 
 def _coerce(name: str, value: Any, target: Any) -> Any:
@@ -195,11 +202,13 @@ def _check(cfg: ServerConfig) -> None:
             raise ValueError(f"setting {name}: must be above 0 (the HE release rule cannot be turned off)")
     if bool(cfg.fl_tls_cert) != bool(cfg.fl_tls_key):
         raise ValueError("settings fl_tls_cert and fl_tls_key: give both or neither")
+    if cfg.state and not cfg.state.startswith(("postgresql://", "postgres://")):
+        raise ValueError('setting state: "" (SQLite in the data directory) or a postgresql:// URL')
     if not 0 < cfg.catalogue_count_epsilon <= MAX_CATALOGUE_COUNT_EPSILON:
         raise ValueError(f"setting catalogue_count_epsilon: must be above 0 and at most {MAX_CATALOGUE_COUNT_EPSILON}")
 
 
-def default_file(audit_key_file: str = "") -> str:
+def default_file(audit_key_file: str = "", state: str = "") -> str:
     """The ``sandbox.toml`` that ``sandbox init`` writes: every setting at its default, with what it does."""
     d = ServerConfig(data_dir=Path("."))
     key_line = json.dumps(audit_key_file)
@@ -241,4 +250,10 @@ fl_node_keys_dir = ""              # <holder>.pub (OpenSSH ECDSA) per department
 # Each dataset version's row count is released once, at import, with this epsilon (discrete Laplace, scale =
 # max_rows_per_person / epsilon), then rounded to two significant digits; the catalogue never shows the exact count.
 catalogue_count_epsilon = {d.catalogue_count_epsilon}         # above 0, at most {MAX_CATALOGUE_COUNT_EPSILON}
+# Where the state lives. "" keeps it in sandbox.db (SQLite) here. Several servers behind one address share one
+# PostgreSQL database ("postgresql://user@host/db"), one datasets directory (datasets_path, on storage every
+# server mounts) and the same keys (copy keys/ and tls/ of this directory to each server's); README, 'Several
+# servers'.
+state = {json.dumps(state)}
+datasets_path = ""
 """

@@ -20,7 +20,7 @@ from sandbox import principals
 from sandbox.config import CONFIG_FILE, ServerConfig, default_file
 from sandbox.domain import Principal, Role
 from sandbox.identity import public_key_bytes, write_private_key
-from sandbox.storage import Database
+from sandbox.state import open_state
 
 CERT_DAYS = 825
 CATALOGUE_KEY_BYTES = 32
@@ -111,13 +111,14 @@ def default_audit_key_dir(data_dir: Path) -> Path:
 
 def init_data_dir(
     data_dir: Path, *, admin_name: str = "Administrator", organisation: str = "City data bureau",
-    audit_key_dir: Path | None = None,
+    audit_key_dir: Path | None = None, state: str = "",
 ) -> InitResult:
     """Create everything ``sandbox serve`` needs. Refuses a non-empty directory.
 
     The audit signing key goes to ``audit_key_dir`` (by default ``<data_dir>-audit-key`` beside it), which
     must not lie inside the data directory: whoever holds the directory must not be able to re-sign a
-    rewritten audit log. ``sandbox.toml`` records where it is.
+    rewritten audit log. ``sandbox.toml`` records where it is. ``state`` is a PostgreSQL URL to keep the state
+    there instead of in the directory's SQLite file (the administrator is enrolled there).
     """
     data_dir = Path(data_dir)
     if data_dir.exists() and any(data_dir.iterdir()):
@@ -130,7 +131,7 @@ def init_data_dir(
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(key_dir, 0o700)
-    config = ServerConfig(data_dir=data_dir.resolve(), audit_key_file=str(key_dir / "audit_signing.key"))
+    config = ServerConfig(data_dir=data_dir.resolve(), audit_key_file=str(key_dir / "audit_signing.key"), state=state)
     _make_tls(data_dir / "tls")
     keys = data_dir / "keys"
     keys.mkdir(mode=0o700)
@@ -143,11 +144,11 @@ def init_data_dir(
     (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
     catalogue_secret(config.catalogue_key)
     config.datasets_dir.mkdir(mode=0o700)
-    (data_dir / CONFIG_FILE).write_text(default_file(audit_key_file=str(config.audit_key)))
-    db = Database.create(config.db_path)
+    (data_dir / CONFIG_FILE).write_text(default_file(audit_key_file=str(config.audit_key), state=state))
+    db = open_state(config.state_location)
     try:
-        with db.write() as conn:
-            admin = principals.enrol(conn, name=admin_name, organisation=organisation, roles=frozenset({Role.ADMIN}),
+        with db.write() as tx:
+            admin = principals.enrol(tx, name=admin_name, organisation=organisation, roles=frozenset({Role.ADMIN}),
                                      public_key=public_key_bytes(admin_key.public_key()), enrolled_by=None,
                                      now_ms=int(time.time() * 1000))
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from sandbox import catalogue, ledger, policy, serde
 from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind, Level, Principal
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import Call, Deferred
+from sandbox.state import Tx
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 FILTER_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
@@ -117,8 +117,8 @@ def _epsilon_for_half_width(query: Query, info: DatasetInfo, half_width: float, 
 class ArrayCache:
     """Columns of imported datasets, loaded once per (version, column) and kept in memory (LRU)."""
 
-    def __init__(self, data_dir: Path, max_columns: int = 128) -> None:
-        self._data_dir = data_dir
+    def __init__(self, datasets_dir: Path, max_columns: int = 128) -> None:
+        self._datasets_dir = datasets_dir
         self._max = max_columns
         self._lock = threading.Lock()
         self._arrays: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
@@ -135,7 +135,7 @@ class ArrayCache:
                     self._arrays.move_to_end((info.version, name))
                     out[name] = arr
         if missing:
-            loaded = catalogue.load_columns(self._data_dir, info, missing)
+            loaded = catalogue.load_columns(self._datasets_dir, info, missing)
             with self._lock:
                 for name, arr in loaded.items():
                     arr = np.ascontiguousarray(arr)
@@ -151,14 +151,14 @@ def _authorise(call: Call, grant_id: str, dataset: str, query: Query,
                budget: bool = True) -> tuple[policy.Authorised, DatasetInfo]:
     """Structure first (INVALID_ARGUMENT), then the grant (PERMISSION_DENIED); nothing is charged either way."""
     call.annotate(grant_id=grant_id)
-    grant = policy.grant_if_grantee(call.conn, call.principal, grant_id)
+    grant = policy.grant_if_grantee(call.tx, call.principal, grant_id)
     selection = grant.terms.dataset(dataset) if grant is not None else None
-    info = catalogue.get_dataset(call.conn, dataset, selection.version) if selection is not None else None
+    info = catalogue.get_dataset(call.tx, dataset, selection.version) if selection is not None else None
     if info is not None:
         check_query_shape(info.schema, query)
     ctx = policy.CallContext(Kind.DP_QUERY, dataset, selection.version if selection else "",
                              referenced_columns(query))
-    auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms,
+    auth = policy.check_call(call.tx, call.principal, grant, ctx, now_ms=call.now_ms,
                              schema=info.schema if info else None, budget=budget)
     call.annotate(scenario_id=auth.grant.terms.scenario_id)
     assert info is not None  # check_call refused otherwise
@@ -194,9 +194,8 @@ def estimate(call: Call, req: dp_pb2.EstimateQueryRequest) -> dp_pb2.EstimateQue
     )
 
 
-def _stored_release(conn: sqlite3.Connection, grant_id: str, key: str, request_sha: str) -> bytes | None:
-    row = conn.execute("SELECT request_sha256, state, response FROM releases WHERE grant_id = ? AND idempotency_key = ?",
-                       (grant_id, key)).fetchone()
+def _stored_release(tx: Tx, grant_id: str, key: str, request_sha: str) -> bytes | None:
+    row = tx.release_get(grant_id, key)
     if row is None:
         return None
     if row[0] != request_sha:
@@ -220,12 +219,12 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     auth, info = _authorise(call, req.grant_id, req.query.dataset, query, budget=False)
     terms = auth.grant.terms
     if key:
-        stored = _stored_release(call.conn, auth.grant.id, key, call.request_sha256)
+        stored = _stored_release(call.tx, auth.grant.id, key, call.request_sha256)
         if stored is not None:
             replay = dp_pb2.RunQueryResponse.FromString(stored)
             replay.replayed = True
             return replay
-    auth = policy.Authorised(auth.grant, policy.require_budget(call.conn, auth.grant))  # keyed or not, one order
+    auth = policy.Authorised(auth.grant, policy.require_budget(call.tx, auth.grant))  # keyed or not, one order
     _check_delta_allowed(req.delta, auth)
     plan = _engine_plan(query, info, req.epsilon, req.delta)
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
@@ -233,10 +232,8 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
         raise SandboxError(ErrorCode.EPSILON_OVER_CALL_CAP,
                            f"at most {Decimal(terms.max_epsilon_per_call_nano) / ledger.NANO} per query")
     if key:
-        call.conn.execute(
-            "INSERT INTO releases (grant_id, idempotency_key, request_sha256, state, created_at_ms) "
-            "VALUES (?, ?, ?, 'pending', ?)", (auth.grant.id, key, call.request_sha256, call.now_ms))
-    state = ledger.reserve_in(call.conn, auth.grant.id, cost, quota=1)
+        call.tx.release_open(auth.grant.id, key, call.request_sha256, call.now_ms)
+    state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=1)
     call.record_charge(cost.epsilon_nano, cost.delta_atto)
     query_id = "q-" + secrets.token_hex(8)
     # A query that names no column (a plain count) still needs the table's length: any public-metadata column
@@ -249,30 +246,28 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
             query_id=query_id, statistics=[serde.statistic_to_pb(s) for s in stats],
             charged=serde.budget_to_pb(cost), remaining=serde.budget_to_pb(state.remaining))
 
-    def on_success(conn: sqlite3.Connection, body: bytes) -> None:
+    def on_success(tx: Tx, body: bytes) -> None:
         if key:
-            conn.execute("UPDATE releases SET state = 'done', response = ? WHERE grant_id = ? AND idempotency_key = ?",
-                         (body, auth.grant.id, key))
+            tx.release_close(auth.grant.id, key, "done", body)
 
-    def on_failure(conn: sqlite3.Connection) -> None:
+    def on_failure(tx: Tx) -> None:
         if key:
-            conn.execute("UPDATE releases SET state = 'failed' WHERE grant_id = ? AND idempotency_key = ?",
-                         (auth.grant.id, key))
+            tx.release_close(auth.grant.id, key, "failed")
 
     return Deferred(compute, on_success, on_failure)
 
 
 def warm(principal: Principal, req: dp_pb2.RunQueryRequest | dp_pb2.EstimateQueryRequest,
-         conn: sqlite3.Connection) -> None:
+         tx: Tx) -> None:
     """Calibrate the query's plan before the write lock (a cold plan takes 40-250 ms); read-only, may raise.
 
     The handler repeats the same call with the same arguments and finds the calibration in dp_engine's cache.
     """
-    grant = policy.grant_if_grantee(conn, principal, req.grant_id)
+    grant = policy.grant_if_grantee(tx, principal, req.grant_id)
     sel = grant.terms.dataset(req.query.dataset) if grant is not None else None
     if sel is None:
         return
-    info = catalogue.get_dataset(conn, sel.name, sel.version)
+    info = catalogue.get_dataset(tx, sel.name, sel.version)
     query = serde.dp_query_from_pb(req.query)
     if isinstance(req, dp_pb2.EstimateQueryRequest) and req.WhichOneof("target") == "half_width":
         _epsilon_for_half_width(query, info, req.half_width, req.delta)

@@ -36,7 +36,7 @@ from sandbox.dp_queries import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.he_release import ReleaseRule
 from sandbox.interceptor import Call, Deferred
-from sandbox.storage import Database
+from sandbox.state import State
 
 TERMINAL = ("completed", "failed", "cancelled", "revoked")
 
@@ -113,7 +113,7 @@ def backend_for(config: ServerConfig) -> fl_server.Backend:
 class JobManager:
     """Training jobs of this server process, each run in a thread of its own."""
 
-    def __init__(self, db: Database, cache: ArrayCache, backend: fl_server.Backend | None = None) -> None:
+    def __init__(self, db: State, cache: ArrayCache, backend: fl_server.Backend | None = None) -> None:
         self._db = db
         self._cache = cache
         self._backend = backend or fl_server.InProcessBackend()
@@ -124,12 +124,12 @@ class JobManager:
 
     def start(self, call: Call, req: fl_pb2.StartTrainingRequest) -> Deferred:
         call.annotate(grant_id=req.grant_id)
-        template = fl_plans.get(call.conn, req.plan_hash)
-        grant = policy.grant_if_grantee(call.conn, call.principal, req.grant_id)
+        template = fl_plans.get(call.tx, req.plan_hash)
+        grant = policy.grant_if_grantee(call.tx, call.principal, req.grant_id)
         sel = grant.terms.dataset(template.dataset) if grant is not None else None
-        info = catalogue.get_dataset(call.conn, sel.name, sel.version) if sel is not None else None
+        info = catalogue.get_dataset(call.tx, sel.name, sel.version) if sel is not None else None
         part_col = info.schema.partition_column if info else ""
-        auth = policy.check_call(call.conn, call.principal, grant, policy.CallContext(
+        auth = policy.check_call(call.tx, call.principal, grant, policy.CallContext(
             Kind.FL_TRAINING, template.dataset, sel.version if sel else "", template.columns, req.plan_hash),
             now_ms=call.now_ms, schema=info.schema if info else None)
         call.annotate(scenario_id=auth.grant.terms.scenario_id)
@@ -146,7 +146,7 @@ class JobManager:
                 raise SandboxError(ErrorCode.INVALID_ARGUMENT, "this grant has no delta budget for DP training")
             cost = Budget(ledger.epsilon_to_nano(repr(epsilon), charge=True),
                           ledger.delta_to_atto(repr(delta), charge=True))
-        ledger.reserve_in(call.conn, auth.grant.id, cost, quota=1)
+        ledger.reserve_in(call.tx, auth.grant.id, cost, quota=1)
         call.record_charge(cost.epsilon_nano, cost.delta_atto)
         job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
                   dataset=template.dataset, plan_hash=req.plan_hash)
@@ -188,7 +188,7 @@ class JobManager:
     def _completed(self, call: Call, job_id: str) -> tuple[Job, fl_server.TrainingResult]:
         """The caller's finished job and its model; a revoked grant withholds the model."""
         job = self.job_of(call, job_id)
-        grant = grants.get(call.conn, job.grant_id)
+        grant = grants.get(call.tx, job.grant_id)
         if grant is None or grant.revoked:
             raise SandboxError(ErrorCode.GRANT_REVOKED, "the model is withheld")
         if job.state != "completed" or job.result is None:
@@ -230,7 +230,7 @@ class JobManager:
         weight = dict(pairs)
         bounds = {f.column: (f.lower, f.upper) for f in job.plan.features}
         public = tuple((c, w) for c, w in pairs if c not in private)
-        schema = catalogue.get_dataset(call.conn, job.dataset).schema
+        schema = catalogue.get_dataset(call.tx, job.dataset).schema
         public, bias, dropped = he_release.fold_small_terms(public, bias, schema, rule)
         provenance = (f"Trained by federated job {job.id} under grant {job.grant_id} (plan {job.plan_hash[:16]}, "
                       f"{len(res.history)} rounds, epsilon {'none' if res.epsilon is None else f'{res.epsilon:.3g}'}). "
@@ -244,7 +244,7 @@ class JobManager:
             name=req.name, kind="logistic", dataset=job.dataset, public_features=public,
             private_features=tuple((p, weight[p]) for p in private), bias=bias,
             description=(provenance + (" " + req.description if req.description else "")))
-        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
+        model_hash = models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
         return fl_pb2.RegisterTrainedModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def cancel(self, call: Call, job_id: str) -> fl_pb2.CancelTrainingResponse:
@@ -270,8 +270,8 @@ class JobManager:
         return parts
 
     def _revoked(self, grant_id: str) -> bool:
-        with self._db.read() as conn:
-            grant = grants.get(conn, grant_id)
+        with self._db.read() as tx:
+            grant = grants.get(tx, grant_id)
         return grant is None or grant.revoked or grant.terms.not_after_ms <= int(time.time() * 1000)
 
     def _run(self, job: Job, info: DatasetInfo, part_col: str) -> None:

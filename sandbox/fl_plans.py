@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from dataclasses import dataclass
 
-from sandbox import catalogue, storage
+from sandbox import catalogue, registry
 from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state import Tx
 
 MODELS = ("logistic", "mlp")
 MAX_FEATURES = 64
@@ -32,7 +32,7 @@ class PlanTemplate:
     def canonical(self) -> bytes:
         doc = {"dataset": self.dataset, "model": self.model, "features": list(self.features), "label": self.label,
                "label_threshold": self.label_threshold, "hidden_units": self.hidden_units}
-        return storage.canonical_json(doc)
+        return registry.canonical_json(doc)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -72,14 +72,14 @@ def validate(t: PlanTemplate, info: DatasetInfo) -> None:
         raise bad("the label cannot be a feature")
 
 
-def register(conn: sqlite3.Connection, t: PlanTemplate, *, submitted_by: str, now_ms: int) -> str:
+def register(tx: Tx, t: PlanTemplate, *, submitted_by: str, now_ms: int) -> str:
     """Validate and store ``t``; its id is the SHA-256 of its canonical form."""
-    validate(t, catalogue.get_dataset(conn, t.dataset))
-    return storage.put_content(conn, "plans", t.canonical(), submitted_by=submitted_by, now_ms=now_ms)
+    validate(t, catalogue.get_dataset(tx, t.dataset))
+    return registry.put(tx, registry.PLANS, t.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
-def get(conn: sqlite3.Connection, plan_hash: str) -> PlanTemplate:
-    found = storage.get_content(conn, "plans", plan_hash)
+def get(tx: Tx, plan_hash: str) -> PlanTemplate:
+    found = registry.get(tx, registry.PLANS, plan_hash)
     if found is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
     return from_canonical(found[0])

@@ -8,15 +8,14 @@ administrators' public keys.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 
 from sandbox import ledger, principals, serde
 from sandbox.domain import Application, Grant, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
+from sandbox.state import Conflict, Tx
 
-_SELECT = "SELECT id, terms, signature, revoked_at_ms, revoke_reason FROM grants"
 
 
 def grant_id_for(terms_bytes: bytes) -> str:
@@ -28,13 +27,13 @@ def _row_to_grant(row: tuple) -> Grant:
     return Grant(gid, bytes(terms), bytes(sig), serde.terms_from_bytes(bytes(terms)), revoked_at, reason)
 
 
-def get(conn: sqlite3.Connection, grant_id: str) -> Grant | None:
-    row = conn.execute(_SELECT + " WHERE id = ?", (grant_id,)).fetchone()
+def get(tx: Tx, grant_id: str) -> Grant | None:
+    row = tx.grant_get(grant_id)
     return _row_to_grant(row) if row else None
 
 
-def for_scenario(conn: sqlite3.Connection, scenario_id: str) -> Grant | None:
-    row = conn.execute(_SELECT + " WHERE scenario_id = ?", (scenario_id,)).fetchone()
+def for_scenario(tx: Tx, scenario_id: str) -> Grant | None:
+    row = tx.grant_for_scenario(scenario_id)
     return _row_to_grant(row) if row else None
 
 
@@ -47,9 +46,9 @@ def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterab
     return terms
 
 
-def verify_stored(conn: sqlite3.Connection, grant: Grant) -> None:
+def verify_stored(tx: Tx, grant: Grant) -> None:
     """Re-check a stored grant's signature against its approver's enrolled key (defence against DB edits)."""
-    approver = principals.get(conn, grant.terms.approver_id)
+    approver = principals.get(tx, grant.terms.approver_id)
     if approver is None or approver.public_key != grant.terms.approver_public_key or Role.ADMIN not in approver.roles:
         raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: approver unknown")
     if not verify_signature(approver.public_key, grant.signature, grant.terms_bytes) or grant.id != grant_id_for(
@@ -100,46 +99,38 @@ def check_terms_narrow(terms: GrantTerms, scenario: Scenario, app: Application, 
 
 
 def approve(
-    conn: sqlite3.Connection, scenario: Scenario, terms_bytes: bytes, signature: bytes, approver: Principal,
+    tx: Tx, scenario: Scenario, terms_bytes: bytes, signature: bytes, approver: Principal,
     *, now_ms: int, skew_ms: int,
 ) -> Grant:
     """Store the signed grant and open its budget, in the caller's transaction."""
-    if for_scenario(conn, scenario.id) is not None:
+    if for_scenario(tx, scenario.id) is not None:
         raise SandboxError(ErrorCode.GRANT_EXISTS)
     if scenario.status is not ScenarioStatus.PENDING:
         raise SandboxError(ErrorCode.SCENARIO_NOT_PENDING)
     terms = serde.terms_from_bytes(terms_bytes)
     if not verify_signature(approver.public_key, signature, terms_bytes):
         raise SandboxError(ErrorCode.INVALID_TERMS, "signature over the terms does not verify with your key")
-    applicant = principals.require(conn, scenario.applicant_id)
+    applicant = principals.require(tx, scenario.applicant_id)
     if applicant.status is not PrincipalStatus.ACTIVE:
         raise SandboxError(ErrorCode.PRINCIPAL_INACTIVE, "applicant is not active")
     check_terms_narrow(terms, scenario, scenario.application, approver, applicant, now_ms, skew_ms)
     grant = Grant(grant_id_for(terms_bytes), terms_bytes, signature, terms)
     try:
-        conn.execute(
-            "INSERT INTO grants (id, scenario_id, terms, signature, approver_id, issued_at_ms) VALUES (?,?,?,?,?,?)",
-            (grant.id, scenario.id, terms_bytes, signature, approver.id, now_ms),
-        )
-    except sqlite3.IntegrityError as exc:  # the UNIQUE(scenario_id) constraint is the real enforcement
+        tx.grant_insert(grant.id, scenario.id, terms_bytes, signature, approver.id, now_ms)
+    except Conflict as exc:  # the UNIQUE(scenario_id) constraint is the real enforcement
         raise SandboxError(ErrorCode.GRANT_EXISTS) from exc
-    ledger.open_budget(conn, grant.id, terms.budget, terms.quota)
-    conn.execute(
-        "UPDATE scenarios SET status = 'approved', decided_by = ?, decided_at_ms = ? WHERE id = ?",
-        (approver.id, now_ms, scenario.id),
-    )
+    ledger.open_budget(tx, grant.id, terms.budget, terms.quota)
+    tx.scenario_decide(scenario.id, "approved", decided_by=approver.id, decided_at_ms=now_ms)
     return grant
 
 
-def revoke(conn: sqlite3.Connection, grant_id: str, reason: str, *, now_ms: int) -> Grant:
-    grant = get(conn, grant_id)
+def revoke(tx: Tx, grant_id: str, reason: str, *, now_ms: int) -> Grant:
+    grant = get(tx, grant_id)
     if grant is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such grant")
     if grant.revoked:
         raise SandboxError(ErrorCode.GRANT_ALREADY_REVOKED)
     reason = (reason or "revoked by an administrator").strip()[:500]
-    conn.execute("UPDATE grants SET revoked_at_ms = ?, revoke_reason = ? WHERE id = ?", (now_ms, reason, grant_id))
-    conn.execute(
-        "UPDATE scenarios SET status = 'revoked', decision_reason = ? WHERE id = ?", (reason, grant.terms.scenario_id)
-    )
-    return get(conn, grant_id)  # type: ignore[return-value]
+    tx.grant_revoke(grant_id, now_ms, reason)
+    tx.scenario_decide(grant.terms.scenario_id, "revoked", reason=reason)
+    return get(tx, grant_id)  # type: ignore[return-value]

@@ -4,10 +4,10 @@ Entity ids are pseudonymised with a keyed hash (BLAKE2b keyed with the server's 
 they are kept or compared: the stand-in ring and the per-entity counts never hold an id in the clear.
 
 The per-entity counts are durable and cheap: each Score appends one row holding its batch's pseudonyms
-(8 bytes an entity, one write, whatever the grant's history) under a random batch key, and this process
-(the only server of its data directory: ``sandbox serve`` holds a lock) keeps, per grant, the counts those
-rows add up to. Before counting, a call looks up the grant's last batch this process wrote (one primary-key
-lookup): if it is gone, its transaction rolled back (and with it everything the grant wrote after), so the
+(8 bytes an entity, one write, whatever the grant's history) under a random batch key, and each server keeps,
+per grant, the counts those rows add up to. Before counting, a call looks up the grant's last batch this
+process wrote and the grant's number of batches (two indexed lookups): if the batch is gone, its transaction
+rolled back; if the number differs, another server sharing the state scored under the grant; either way the
 grant is reloaded from the table in one query, as it is after a restart or when it left the cache. Batch keys
 are random 63-bit numbers, so a vanished row cannot come back as another.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import secrets
-import sqlite3
 import threading
 from collections import OrderedDict
 
@@ -26,6 +25,7 @@ import numpy as np
 from sandbox.dp_queries import ArrayCache
 from sandbox.domain import DatasetInfo
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state import Tx
 
 #: Grants whose counts stay in memory (each is a dict of the pseudonyms it scored).
 CACHED_GRANTS = 64
@@ -100,38 +100,45 @@ class EntityCounts:
         self._lock = threading.Lock()
         self._grants: OrderedDict[str, dict[int, int]] = OrderedDict()  # pseudonym -> scores, per grant
         self._last: dict[str, int] = {}  # the batch key this process last wrote for each grant
+        self._batches: dict[str, int] = {}  # how many batches the grant had when its counts were last right
 
-    def count(self, conn: sqlite3.Connection, grant_id: str, entity_ids: list[str], limit: int) -> None:
+    def count(self, tx: Tx, grant_id: str, entity_ids: list[str], limit: int) -> None:
         """Count one more score of each id under the grant in the open transaction, or raise ENTITY_LIMIT.
 
         Refused: nothing is written (and the call's savepoint rolls back whatever else it did).
         """
         batch = pseudonyms(self._secret, b"he-scored", grant_id.encode() + b"\0", entity_ids)
         with self._lock:
-            counts = self._current(conn, grant_id)
+            counts = self._current(tx, grant_id)
             spent = sum(1 for p in batch.tolist() if counts.get(p, 0) >= limit)
             if spent:
                 raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(entity_ids)} ids were scored "
                                                            f"{limit} time(s) under this grant already")
             key = secrets.randbits(63)
-            conn.execute("INSERT INTO he_scored (batch, grant_id, pseudonyms) VALUES (?, ?, ?)",
-                         (key, grant_id, batch.tobytes()))
+            tx.he_batch_insert(key, grant_id, batch.tobytes())
             self._last[grant_id] = key
+            self._batches[grant_id] = self._batches.get(grant_id, 0) + 1
             for p in batch.tolist():
                 counts[p] = counts.get(p, 0) + 1
 
-    def _current(self, conn: sqlite3.Connection, grant_id: str) -> dict[int, int]:
-        """The grant's counts as this transaction sees them (called with the lock held)."""
+    def _current(self, tx: Tx, grant_id: str) -> dict[int, int]:
+        """The grant's counts as this transaction sees them (called with the lock held).
+
+        The cache is right if the batch this process wrote last is there (nothing was rolled back) and the
+        grant has as many batches as the cache has seen (no other server scored under it since).
+        """
         last = self._last.get(grant_id)
-        if last is not None and conn.execute("SELECT 1 FROM he_scored WHERE batch = ?", (last,)).fetchone() is None:
-            del self._last[grant_id]  # rolled back: what was counted since the table last agreed is wrong
+        batches = tx.he_batch_count(grant_id)
+        if (last is not None and not tx.he_batch_exists(last)) or batches != self._batches.get(grant_id, -1):
+            self._last.pop(grant_id, None)
             self._grants.pop(grant_id, None)
         counts = self._grants.pop(grant_id, None)
         if counts is None:
             counts = {}
-            for (blob,) in conn.execute("SELECT pseudonyms FROM he_scored WHERE grant_id = ?", (grant_id,)):
+            for blob in tx.he_batches(grant_id):
                 for p in np.frombuffer(blob, dtype="<u8").tolist():
                     counts[p] = counts.get(p, 0) + 1
+            self._batches[grant_id] = batches
         self._grants[grant_id] = counts
         while len(self._grants) > CACHED_GRANTS:
             self._grants.popitem(last=False)

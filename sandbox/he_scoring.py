@@ -129,14 +129,14 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
     call.annotate(grant_id=req.grant_id)
     ctx = store.get(req.context_id, call.principal.id, call.now_ms)
     profile = _profile(ctx.profile)
-    spec, _ = models.get(call.conn, req.model_hash) if req.model_hash else (None, None)
-    grant = policy.grant_if_grantee(call.conn, call.principal, req.grant_id)
+    spec, _ = models.get(call.tx, req.model_hash) if req.model_hash else (None, None)
+    grant = policy.grant_if_grantee(call.tx, call.principal, req.grant_id)
     if spec is None or grant is None:
         raise SandboxError(ErrorCode.NOT_GRANTEE if grant is None else ErrorCode.OUTSIDE_GRANT)
     selection = grant.terms.dataset(spec.dataset)
-    info = catalogue.get_dataset(call.conn, spec.dataset, selection.version) if selection else None
+    info = catalogue.get_dataset(call.tx, spec.dataset, selection.version) if selection else None
     id_col = models.identifier_column(info) if info else ""
-    auth = policy.check_call(call.conn, call.principal, grant, policy.CallContext(
+    auth = policy.check_call(call.tx, call.principal, grant, policy.CallContext(
         Kind.HE_SCORING, spec.dataset, selection.version if selection else "", (id_col, *spec.public_columns),
         req.model_hash), now_ms=call.now_ms, schema=info.schema if info else None)
     call.annotate(scenario_id=auth.grant.terms.scenario_id)
@@ -170,8 +170,8 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
         noise_sd = (noise_sd**2 + 2 * laplace_scale**2) ** 0.5
     else:
         cost = Budget(0, 0)
-    state = ledger.reserve_in(call.conn, auth.grant.id, cost, quota=n)
-    counts.count(call.conn, auth.grant.id, ids, rule.scores_per_entity)
+    state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=n)
+    counts.count(call.tx, auth.grant.id, ids, rule.scores_per_entity)
     call.record_charge(cost.epsilon_nano, 0)
     weights = [w for _, w in spec.private_features]
 

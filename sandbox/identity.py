@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from sandbox.domain import Principal, PrincipalStatus
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state import Conflict, Tx
 from wire.signing import (  # noqa: F401 - principal_id_for, signing_payload, verify_signature: this module's API
     MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_TIMESTAMP, principal_id_for, signing_payload,
     verify_signature,
@@ -94,24 +94,25 @@ def check_request(
         raise SandboxError(ErrorCode.CLOCK_SKEW)
 
 
-#: Claims a nonce, or does nothing if it is claimed (a refused request's nonce is claimed with its refusal).
-CLAIM_NONCE_SQL = "INSERT OR IGNORE INTO nonces (principal_id, nonce, ts_ms) VALUES (?, ?, ?)"
-
-
-def claim_nonce(conn: sqlite3.Connection, principal_id: str, nonce: str, timestamp_ms: int) -> None:
+def claim_nonce(tx: Tx, principal_id: str, nonce: str, timestamp_ms: int) -> None:
     """Record a nonce inside the caller's transaction; a second use is a replay."""
     try:
-        conn.execute(
-            "INSERT INTO nonces (principal_id, nonce, ts_ms) VALUES (?, ?, ?)", (principal_id, nonce, timestamp_ms)
-        )
-    except sqlite3.IntegrityError as exc:
+        tx.nonce_claim(principal_id, nonce, timestamp_ms)
+    except Conflict as exc:
         raise SandboxError(ErrorCode.NONCE_REPLAYED) from exc
 
 
-def prune_nonces(conn: sqlite3.Connection, now_ms: int, skew_ms: int) -> int:
+def claim_nonce_if_new(tx: Tx, principal_id: str, nonce: str, timestamp_ms: int) -> None:
+    """Claim a nonce, or do nothing if it is claimed (a refused request's nonce is claimed with its refusal)."""
+    try:
+        tx.nonce_claim(principal_id, nonce, timestamp_ms)
+    except Conflict:
+        pass
+
+
+def prune_nonces(tx: Tx, now_ms: int, skew_ms: int) -> int:
     """Forget nonces whose timestamps can no longer pass the clock window anyway."""
-    cur = conn.execute("DELETE FROM nonces WHERE ts_ms < ?", (now_ms - 2 * skew_ms,))
-    return cur.rowcount
+    return tx.nonce_prune(now_ms - 2 * skew_ms)
 
 
 def require_active(principal: Principal) -> None:

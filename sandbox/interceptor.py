@@ -31,7 +31,6 @@ import contextvars
 import hashlib
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -47,10 +46,10 @@ from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ERROR_TRAILER, ErrorCode, SandboxError
 from sandbox.identity import (
-    CLAIM_NONCE_SQL, SignedHeaders, check_request, claim_nonce, parse_headers, principal_id_for, prune_nonces,
+    SignedHeaders, check_request, claim_nonce, claim_nonce_if_new, parse_headers, principal_id_for, prune_nonces,
     require_active,
 )
-from sandbox.storage import Database
+from sandbox.state import State, Tx
 from wire.signing import MD_STREAM_BYTES, MD_STREAM_SHA256, RECEIPT_TRAILER, StreamDigest, stream_body
 
 log = logging.getLogger("sandbox.rpc")
@@ -67,7 +66,7 @@ class Call:
     """The authenticated caller and the open transaction, for the duration of one handler."""
 
     principal: Principal
-    conn: sqlite3.Connection
+    tx: Tx
     now_ms: int
     scenario_id: str = ""
     grant_id: str = ""
@@ -96,8 +95,8 @@ class Deferred:
     """
 
     compute: Callable[[], Any]
-    on_success: Callable[[sqlite3.Connection, bytes], None] | None = None
-    on_failure: Callable[[sqlite3.Connection], None] | None = None
+    on_success: Callable[[Tx, bytes], None] | None = None
+    on_failure: Callable[[Tx], None] | None = None
 
 
 def _sha(body: bytes) -> str:
@@ -197,7 +196,7 @@ class _Admitted:
 
 class SigningInterceptor(grpc.ServerInterceptor):
     def __init__(
-        self, db: Database, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
+        self, db: State, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
         clock: Callable[[], float] = time.time, max_stream_bytes: int = 64 * 1024 * 1024,
         unauthenticated_audits_per_minute: int = 60, registrations_per_minute: int = 5,
     ) -> None:
@@ -287,9 +286,9 @@ class SigningInterceptor(grpc.ServerInterceptor):
             request = self._admit(method, handler, principal, raw)
             if not isinstance(raw, list):
                 self._warm(handler.unary_unary, principal, request)
-            with self._db.write() as conn:
-                claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
-                call = Call(principal, conn, now_ms, request_sha256=request_sha)
+            with self._db.write() as tx:
+                claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
+                call = Call(principal, tx, now_ms, request_sha256=request_sha)
                 token = _CURRENT.set(call)
                 try:
                     behaviour = handler.stream_unary if isinstance(raw, list) else handler.unary_unary
@@ -298,12 +297,12 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     _CURRENT.reset(token)
                 if isinstance(response, Deferred):
                     # Reserve: the charge and its audit entry commit together, before any computation.
-                    entry = self._audit.append(conn, self._record(call, method, "RESERVED", request_sha, "",
+                    entry = self._audit.append(tx, self._record(call, method, "RESERVED", request_sha, "",
                                                                   charged=True))
                 else:
                     body: bytes = handler.response_serializer(response)
-                    entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
-                self._maybe_prune(conn, now_ms)
+                    entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, _sha(body)))
+                self._maybe_prune(tx, now_ms)
             self._audit.after_commit()
             if isinstance(response, Deferred):
                 body, entry = self._compute_and_release(call, method, request_sha, response, handler, context)
@@ -324,7 +323,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
         if warm is None:
             return
         try:
-            warm(principal, request, self._db.connection())
+            with self._db.read() as tx:
+                warm(principal, request, tx)
         except Exception:  # noqa: BLE001 - the handler raises the real error in its transaction
             log.debug("warm-up failed; the handler will report it", exc_info=True)
 
@@ -357,15 +357,15 @@ class SigningInterceptor(grpc.ServerInterceptor):
             admitted = self._authenticate(method, metadata, request_sha, now_ms, _peer_host(context))
             principal, headers = admitted.principal, admitted.headers
             request = self._admit(method, handler, principal, raw)
-            with self._db.write() as conn:
-                claim_nonce(conn, principal.id, headers.nonce, headers.timestamp_ms)
-                call = Call(principal, conn, now_ms, request_sha256=request_sha)
+            with self._db.write() as tx:
+                claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
+                call = Call(principal, tx, now_ms, request_sha256=request_sha)
                 token = _CURRENT.set(call)
                 try:
                     events = handler.unary_stream(request, context)
                 finally:
                     _CURRENT.reset(token)
-                entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, "stream"))
+                entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, "stream"))
             self._audit.after_commit()
             context.set_trailing_metadata(((RECEIPT_TRAILER, str(entry.seq)),))
             for event in events:
@@ -384,11 +384,11 @@ class SigningInterceptor(grpc.ServerInterceptor):
             response = deferred.compute()
         except Exception as exc:
             failed = exc if isinstance(exc, SandboxError) else SandboxError(ErrorCode.INTERNAL, log_detail=repr(exc))
-            with self._db.write() as conn:
+            with self._db.write() as tx:
                 if deferred.on_failure is not None:
-                    deferred.on_failure(conn)
+                    deferred.on_failure(tx)
                 # The reservation's closing entry: the computation failed, nothing was released.
-                self._audit.append(conn, self._record(call, method, FAILED, request_sha, "",
+                self._audit.append(tx, self._record(call, method, FAILED, request_sha, "",
                                                       error_code=failed.code.value))
             self._audit.after_commit()
             failed.audited = True
@@ -399,14 +399,14 @@ class SigningInterceptor(grpc.ServerInterceptor):
         # is_active() turns false a little after the deadline; time_remaining() says it at once.
         remaining = context.time_remaining()
         released = context.is_active() and (remaining is None or remaining > 0)
-        with self._db.write() as conn:
+        with self._db.write() as tx:
             if deferred.on_success is not None:
-                deferred.on_success(conn, body)
+                deferred.on_success(tx, body)
             if released:
-                entry = self._audit.append(conn, self._record(call, method, "OK", request_sha, _sha(body)))
+                entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, _sha(body)))
             else:
                 # The caller's deadline passed: the answer is kept for an idempotent retry but not released now.
-                entry = self._audit.append(conn, self._record(call, method, "DEADLINE_EXCEEDED", request_sha,
+                entry = self._audit.append(tx, self._record(call, method, "DEADLINE_EXCEEDED", request_sha,
                                                               _sha(body), error_code=ErrorCode.NOT_RELEASED.value))
         self._audit.after_commit()
         if not released:
@@ -430,7 +430,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 raise SandboxError(ErrorCode.SIGNATURE_INVALID)
             check_request(headers, method=method, body_sha256=request_sha, public_key=headers.public_key,
                           now_ms=now_ms, skew_ms=self._skew_ms)
-            existing = principals.get(self._db.connection(), headers.principal_id)
+            with self._db.read() as tx:
+                existing = principals.get(tx, headers.principal_id)
             if existing is not None:
                 raise SandboxError(ErrorCode.ALREADY_EXISTS, "a principal with this key is already enrolled")
             if not self._registrations.admit(peer, now_ms / 1000):
@@ -438,7 +439,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                                                                  "try again in a minute")
             return _Admitted(Principal(headers.principal_id, "", "", frozenset(), headers.public_key,
                                        PrincipalStatus.PENDING, now_ms), headers)
-        principal = principals.get(self._db.connection(), headers.principal_id)
+        with self._db.read() as tx:
+            principal = principals.get(tx, headers.principal_id)
         if principal is None:
             raise SandboxError(ErrorCode.UNKNOWN_PRINCIPAL)
         check_request(headers, method=method, body_sha256=request_sha, public_key=principal.public_key,
@@ -480,7 +482,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 entry = self._audit.append_alone(
                     AuditRecord(claimed, method, exc.status.name, exc.code.value, call.scenario_id if call else "",
                                 call.grant_id if call else "", 0, 0, request_sha, ""),
-                    also=[(CLAIM_NONCE_SQL, nonce)] if nonce else [])
+                    also=(lambda tx: claim_nonce_if_new(tx, *nonce)) if nonce else None)
                 trailers.append((RECEIPT_TRAILER, str(entry.seq)))
             # Over budget (the caller is not active): not written; a request signed now is refused once the key
             # is approved (``active_since_ms``), so its nonce need not be kept.
@@ -493,7 +495,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         context.set_trailing_metadata(tuple(trailers))
         context.abort(exc.status, exc.public_message)
 
-    def _maybe_prune(self, conn: sqlite3.Connection, now_ms: int) -> None:
+    def _maybe_prune(self, tx: Tx, now_ms: int) -> None:
         self._calls += 1
         if self._calls % 1000 == 0:
-            prune_nonces(conn, now_ms, self._skew_ms)
+            prune_nonces(tx, now_ms, self._skew_ms)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass
 
-from sandbox import catalogue, he_release, storage
+from sandbox import catalogue, he_release, registry
 from sandbox.domain import VALUE_LEVELS, DatasetInfo, Level
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.he_release import ReleaseReview, ReleaseRule
+from sandbox.state import Tx
 
 KINDS = ("linear", "logistic")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -43,7 +43,7 @@ class ModelSpec:
             "private_features": [{"name": n, "weight": w} for n, w in self.private_features],
             "public_features": [{"column": c, "weight": w} for c, w in self.public_features],
         }
-        return storage.canonical_json(doc)
+        return registry.canonical_json(doc)
 
     @property
     def public_columns(self) -> tuple[str, ...]:
@@ -85,20 +85,20 @@ def validate(spec: ModelSpec, info: DatasetInfo, *, rule: ReleaseRule) -> Releas
                             info.schema, rule)
 
 
-def submit(conn: sqlite3.Connection, spec: ModelSpec, *, submitted_by: str, now_ms: int, rule: ReleaseRule) -> str:
+def submit(tx: Tx, spec: ModelSpec, *, submitted_by: str, now_ms: int, rule: ReleaseRule) -> str:
     """Validate and store ``spec``; its id is the SHA-256 of its canonical form."""
-    validate(spec, catalogue.get_dataset(conn, spec.dataset), rule=rule)
-    return storage.put_content(conn, "models", spec.canonical(), submitted_by=submitted_by, now_ms=now_ms)
+    validate(spec, catalogue.get_dataset(tx, spec.dataset), rule=rule)
+    return registry.put(tx, registry.MODELS, spec.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
-def review(conn: sqlite3.Connection, spec: ModelSpec, rule: ReleaseRule) -> ReleaseReview:
+def review(tx: Tx, spec: ModelSpec, rule: ReleaseRule) -> ReleaseReview:
     """What the release rule makes of a stored model, for the reviewer (against the dataset's latest schema)."""
-    return he_release.review(spec.public_features, spec.bias, catalogue.get_dataset(conn, spec.dataset).schema, rule)
+    return he_release.review(spec.public_features, spec.bias, catalogue.get_dataset(tx, spec.dataset).schema, rule)
 
 
-def get(conn: sqlite3.Connection, model_hash: str) -> tuple[ModelSpec, str]:
+def get(tx: Tx, model_hash: str) -> tuple[ModelSpec, str]:
     """The stored model and who submitted it."""
-    found = storage.get_content(conn, "models", model_hash)
+    found = registry.get(tx, registry.MODELS, model_hash)
     if found is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
     return spec_from_canonical(found[0]), found[1]

@@ -6,13 +6,13 @@ single place where "one scenario, one authorisation" is enforced at run time.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandbox import grants, ledger
 from sandbox.domain import VALUE_LEVELS, ColumnSchema, DatasetSchema, Grant, Kind, Level, Principal
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state import Tx
 
 #: Levels each computation kind may touch at all (core never; identifier only as an HE lookup key).
 ALLOWED_LEVELS: dict[Kind, frozenset[Level]] = {
@@ -67,16 +67,16 @@ class Authorised:
     budget: ledger.BudgetState
 
 
-def grant_if_grantee(conn: sqlite3.Connection, caller: Principal, grant_id: str) -> Grant | None:
+def grant_if_grantee(tx: Tx, caller: Principal, grant_id: str) -> Grant | None:
     """The grant if ``caller`` holds it, else None (a grant of someone else's looks like a missing one)."""
-    grant = grants.get(conn, grant_id)
+    grant = grants.get(tx, grant_id)
     if grant is None or grant.terms.grantee_id != caller.id:
         return None
     return grant
 
 
 def check_call(
-    conn: sqlite3.Connection, caller: Principal, grant: Grant | None, call: CallContext, *, now_ms: int,
+    tx: Tx, caller: Principal, grant: Grant | None, call: CallContext, *, now_ms: int,
     schema: DatasetSchema | None = None, budget: bool = True,
 ) -> Authorised:
     """Refuse unless ``caller`` may make ``call`` under ``grant`` (as ``grant_if_grantee`` loaded it, read once
@@ -85,7 +85,7 @@ def check_call(
     # A grant that does not exist and one that is someone else's look the same: no existence oracle.
     if grant is None or grant.terms.grantee_id != caller.id or grant.terms.grantee_public_key != caller.public_key:
         raise SandboxError(ErrorCode.NOT_GRANTEE)
-    grants.verify_stored(conn, grant)
+    grants.verify_stored(tx, grant)
     terms = grant.terms
     if grant.revoked:
         raise SandboxError(ErrorCode.GRANT_REVOKED)
@@ -112,13 +112,13 @@ def check_call(
         raise SandboxError(ErrorCode.OUTSIDE_GRANT, f"column '{name[:64]}' not in grant")
     if terms.model_hash and call.model_hash != terms.model_hash:
         raise SandboxError(ErrorCode.OUTSIDE_GRANT, "model is not the granted one")
-    return Authorised(grant, require_budget(conn, grant) if budget else ledger.budget_state(conn, grant.id))
+    return Authorised(grant, require_budget(tx, grant) if budget else ledger.budget_state(tx, grant.id))
 
 
-def require_budget(conn: sqlite3.Connection, grant: Grant) -> ledger.BudgetState:
+def require_budget(tx: Tx, grant: Grant) -> ledger.BudgetState:
     """The grant's budget state, or QUOTA_EXHAUSTED / BUDGET_EXHAUSTED if nothing is left."""
     terms = grant.terms
-    state = ledger.budget_state(conn, grant.id)
+    state = ledger.budget_state(tx, grant.id)
     if state.quota_remaining <= 0:
         raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"0 of {state.quota_cap} remain")
     if terms.kind is not Kind.HE_SCORING and state.remaining.epsilon_nano <= 0:

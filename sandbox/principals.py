@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 from sandbox.domain import Principal, PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import load_public_key, principal_id_for
+from sandbox.state import Conflict, Tx
 
 _MAX_TEXT = 200
 
@@ -17,27 +17,26 @@ def _row_to_principal(row: tuple) -> Principal:
                      PrincipalStatus(status), created, int(active_since))
 
 
-_SELECT = "SELECT id, name, organisation, roles, public_key, status, created_at_ms, active_since_ms FROM principals"
 
 
-def get(conn: sqlite3.Connection, principal_id: str) -> Principal | None:
-    row = conn.execute(_SELECT + " WHERE id = ?", (principal_id,)).fetchone()
+def get(tx: Tx, principal_id: str) -> Principal | None:
+    row = tx.principal_get(principal_id)
     return _row_to_principal(row) if row else None
 
 
-def require(conn: sqlite3.Connection, principal_id: str) -> Principal:
-    p = get(conn, principal_id)
+def require(tx: Tx, principal_id: str) -> Principal:
+    p = get(tx, principal_id)
     if p is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such principal")
     return p
 
 
-def list_all(conn: sqlite3.Connection) -> list[Principal]:
-    return [_row_to_principal(r) for r in conn.execute(_SELECT + " ORDER BY created_at_ms, id")]
+def list_all(tx: Tx) -> list[Principal]:
+    return [_row_to_principal(r) for r in tx.principal_list()]
 
 
-def administrators(conn: sqlite3.Connection) -> list[Principal]:
-    return [p for p in list_all(conn) if Role.ADMIN in p.roles and p.status is PrincipalStatus.ACTIVE]
+def administrators(tx: Tx) -> list[Principal]:
+    return [p for p in list_all(tx) if Role.ADMIN in p.roles and p.status is PrincipalStatus.ACTIVE]
 
 
 def _check_text(value: str, what: str) -> str:
@@ -48,7 +47,7 @@ def _check_text(value: str, what: str) -> str:
 
 
 def _insert(
-    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
+    tx: Tx, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
     status: PrincipalStatus, by: str | None, now_ms: int,
 ) -> Principal:
     load_public_key(public_key)
@@ -57,28 +56,24 @@ def _insert(
     p = Principal(principal_id_for(public_key), _check_text(name, "name"), _check_text(organisation, "organisation"),
                   roles, public_key, status, now_ms)
     try:
-        conn.execute(
-            "INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms, enrolled_by) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (p.id, p.name, p.organisation, ",".join(sorted(r.value for r in roles)), public_key, status.value,
-             now_ms, by),
-        )
-    except sqlite3.IntegrityError as exc:
+        tx.principal_insert(p.id, p.name, p.organisation, ",".join(sorted(r.value for r in roles)), public_key,
+                            status.value, now_ms, by)
+    except Conflict as exc:
         raise SandboxError(ErrorCode.ALREADY_EXISTS, "a principal with this key is already enrolled") from exc
     return p
 
 
 def enrol(
-    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
+    tx: Tx, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes,
     enrolled_by: str | None, now_ms: int,
 ) -> Principal:
     """An administrator enrols an active principal."""
-    return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
+    return _insert(tx, name=name, organisation=organisation, roles=roles, public_key=public_key,
                    status=PrincipalStatus.ACTIVE, by=enrolled_by, now_ms=now_ms)
 
 
 def register(
-    conn: sqlite3.Connection, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes, now_ms: int,
+    tx: Tx, *, name: str, organisation: str, roles: frozenset[Role], public_key: bytes, now_ms: int,
     max_pending: int,
 ) -> Principal:
     """Self-registration: the principal exists but stays pending until an administrator approves it.
@@ -87,29 +82,28 @@ def register(
     """
     if Role.ADMIN in roles:
         raise SandboxError(ErrorCode.WRONG_ROLE, "administrators are enrolled, never self-registered")
-    pending = conn.execute("SELECT COUNT(*) FROM principals WHERE status = 'pending'").fetchone()[0]
+    pending = tx.principal_count(PrincipalStatus.PENDING.value)
     if pending >= max_pending:  # how many wait is not an outsider's business
         raise SandboxError(ErrorCode.REGISTRATION_LIMIT, "too many registrations wait for approval; try again later")
-    return _insert(conn, name=name, organisation=organisation, roles=roles, public_key=public_key,
+    return _insert(tx, name=name, organisation=organisation, roles=roles, public_key=public_key,
                    status=PrincipalStatus.PENDING, by=None, now_ms=now_ms)
 
 
 def set_status(
-    conn: sqlite3.Connection, principal_id: str, status: PrincipalStatus, roles: frozenset[Role] | None = None
+    tx: Tx, principal_id: str, status: PrincipalStatus, roles: frozenset[Role] | None = None
 ) -> Principal:
-    p = require(conn, principal_id)
+    p = require(tx, principal_id)
     new_roles = roles if roles else p.roles
-    conn.execute("UPDATE principals SET status = ?, roles = ? WHERE id = ?",
-                 (status.value, ",".join(sorted(r.value for r in new_roles)), principal_id))
-    return require(conn, principal_id)
+    tx.principal_update(principal_id, status=status.value, roles=",".join(sorted(r.value for r in new_roles)))
+    return require(tx, principal_id)
 
 
-def approve(conn: sqlite3.Connection, principal_id: str, roles: frozenset[Role], *, now_ms: int) -> Principal:
+def approve(tx: Tx, principal_id: str, roles: frozenset[Role], *, now_ms: int) -> Principal:
     """Activate a pending principal. Requests it signed before ``now_ms`` stay refused (``active_since_ms``):
     while pending, its refusals beyond the per-peer audit budget were not written, nonces included, so without
     this one of them could be replayed once it would succeed."""
-    p = require(conn, principal_id)
+    p = require(tx, principal_id)
     if p.status is not PrincipalStatus.PENDING:
         raise SandboxError(ErrorCode.PRINCIPAL_NOT_PENDING)
-    conn.execute("UPDATE principals SET active_since_ms = ? WHERE id = ?", (now_ms, principal_id))
-    return set_status(conn, principal_id, PrincipalStatus.ACTIVE, roles)
+    tx.principal_update(principal_id, active_since_ms=now_ms)
+    return set_status(tx, principal_id, PrincipalStatus.ACTIVE, roles)

@@ -20,16 +20,16 @@ log = logging.getLogger("sandbox.recovery")
 def close_open_records(audit: AuditLog) -> int:
     """Close every reservation without a release and every in-progress idempotency record; returns how many."""
     closed = 0
-    with audit.db.write() as conn:
+    with audit.db.write() as tx:
         book = Reservations()
-        for entry, _ in iter_entries(conn):
+        for entry, _ in iter_entries(tx):
             book.see(entry)
         for entry in book.still_open():
             r = entry.record
-            audit.append(conn, AuditRecord(r.principal_id, r.method, LOST, LOST_CODE, r.scenario_id, r.grant_id, 0, 0,
+            audit.append(tx, AuditRecord(r.principal_id, r.method, LOST, LOST_CODE, r.scenario_id, r.grant_id, 0, 0,
                                            r.request_sha256, ""))
             closed += 1
-        lost = conn.execute("UPDATE releases SET state = 'lost' WHERE state = 'pending'").rowcount
+        lost = tx.release_mark_lost()
     if closed or lost:
         log.warning("closed %d reservation(s) and %d idempotency record(s) left open by a crash", closed, lost)
         audit.after_commit()

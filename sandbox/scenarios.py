@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import sqlite3
 
 from sandbox import catalogue, fl_plans, grants, ledger, models, policy, serde
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
 )
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state import Tx
 
 MAX_DATASETS = 8
 MAX_TEXT = 4000
@@ -18,8 +18,6 @@ MAX_VALIDITY_MS = 366 * 24 * 3600 * 1000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Which role may apply for which kind.
 KIND_ROLE = {Kind.DP_QUERY: Role.APPLICANT, Kind.HE_SCORING: Role.APPLICANT, Kind.FL_TRAINING: Role.RESEARCHER}
-
-_SELECT = "SELECT id, applicant_id, application, status, decision_reason, created_at_ms FROM scenarios"
 
 
 def _text(value: str, what: str) -> str:
@@ -29,15 +27,15 @@ def _text(value: str, what: str) -> str:
     return value
 
 
-def _load(conn: sqlite3.Connection, row: tuple) -> Scenario:
+def _load(tx: Tx, row: tuple) -> Scenario:
     sid, applicant, app, status, reason, created = row
-    grant = grants.for_scenario(conn, sid)
-    usage = ledger.budget_state(conn, grant.id).usage if grant else None
+    grant = grants.for_scenario(tx, sid)
+    usage = ledger.budget_state(tx, grant.id).usage if grant else None
     return Scenario(sid, applicant, serde.application_from_bytes(bytes(app)), ScenarioStatus(status), reason,
                     created, grant, usage)
 
 
-def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, now_ms: int) -> Scenario:
+def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Scenario:
     """Validate and resolve an application (versions pinned, columns exact), store it pending."""
     if KIND_ROLE[app.kind] not in applicant.roles:
         raise SandboxError(ErrorCode.WRONG_ROLE, f"{app.kind.value} needs the {KIND_ROLE[app.kind].value} role")
@@ -48,7 +46,7 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "each dataset may be named once")
     resolved = []
     for sel in app.datasets:
-        info = catalogue.get_dataset(conn, sel.name, sel.version)
+        info = catalogue.get_dataset(tx, sel.name, sel.version)
         cols = policy.resolve_columns(app.kind, info.schema, sel.columns)
         resolved.append(DatasetSelection(info.schema.name, info.version, cols))
     needs_model = app.kind in (Kind.HE_SCORING, Kind.FL_TRAINING)
@@ -56,9 +54,9 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "model_hash must be a SHA-256 hex digest" +
                            (f"; {app.kind.value} requires one" if needs_model else ""))
     if app.kind is Kind.HE_SCORING:
-        check_scoring_model(conn, app.model_hash, resolved)
+        check_scoring_model(tx, app.model_hash, resolved)
     if app.kind is Kind.FL_TRAINING:
-        check_training_plan(conn, app.model_hash, resolved)
+        check_training_plan(tx, app.model_hash, resolved)
     if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
     if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
@@ -73,20 +71,17 @@ def apply(conn: sqlite3.Connection, applicant: Principal, app: Application, *, n
     stored = Application(title, purpose, basis, app.kind, tuple(resolved), app.model_hash, app.budget,
                          app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota)
     sid = "s-" + secrets.token_hex(12)
-    conn.execute(
-        "INSERT INTO scenarios (id, applicant_id, application, status, created_at_ms) VALUES (?, ?, ?, 'pending', ?)",
-        (sid, applicant.id, serde.application_to_bytes(stored), now_ms),
-    )
+    tx.scenario_insert(sid, applicant.id, serde.application_to_bytes(stored), now_ms)
     return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)
 
 
-def check_scoring_model(conn: sqlite3.Connection, model_hash: str, resolved: list[DatasetSelection]) -> None:
+def check_scoring_model(tx: Tx, model_hash: str, resolved: list[DatasetSelection]) -> None:
     """An HE scenario names a registered model, its dataset, the entity key and every column the model reads."""
-    spec, _ = models.get(conn, model_hash)
+    spec, _ = models.get(tx, model_hash)
     sel = next((s for s in resolved if s.name == spec.dataset), None)
     if sel is None or len(resolved) != 1:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"an HE scenario names exactly the model's dataset '{spec.dataset}'")
-    info = catalogue.get_dataset(conn, sel.name, sel.version)
+    info = catalogue.get_dataset(tx, sel.name, sel.version)
     needed = {models.identifier_column(info), *spec.public_columns}
     missing = sorted(needed - set(sel.columns))
     if missing:
@@ -94,9 +89,9 @@ def check_scoring_model(conn: sqlite3.Connection, model_hash: str, resolved: lis
                                                        f"model reads; missing: {', '.join(missing)}")
 
 
-def check_training_plan(conn: sqlite3.Connection, plan_hash: str, resolved: list[DatasetSelection]) -> None:
+def check_training_plan(tx: Tx, plan_hash: str, resolved: list[DatasetSelection]) -> None:
     """An FL scenario names a registered plan template, its dataset and every column it trains on."""
-    template = fl_plans.get(conn, plan_hash)
+    template = fl_plans.get(tx, plan_hash)
     sel = next((s for s in resolved if s.name == template.dataset), None)
     if sel is None or len(resolved) != 1:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"an FL scenario names exactly the plan's dataset "
@@ -111,38 +106,36 @@ def _sees_all(viewer: Principal) -> bool:
     return bool(viewer.roles & {Role.ADMIN, Role.AUDITOR})
 
 
-def get(conn: sqlite3.Connection, scenario_id: str, viewer: Principal) -> Scenario:
+def get(tx: Tx, scenario_id: str, viewer: Principal) -> Scenario:
     """A scenario, to its applicant or an administrator; to anyone else it does not exist."""
-    row = conn.execute(_SELECT + " WHERE id = ?", (scenario_id,)).fetchone()
+    row = tx.scenario_get(scenario_id)
     if row is None or (row[1] != viewer.id and not _sees_all(viewer)):
         raise SandboxError(ErrorCode.NOT_FOUND, "no such scenario")
-    return _load(conn, row)
+    return _load(tx, row)
 
 
-def list_for(conn: sqlite3.Connection, viewer: Principal) -> list[Scenario]:
+def list_for(tx: Tx, viewer: Principal) -> list[Scenario]:
     if _sees_all(viewer):
-        rows = conn.execute(_SELECT + " ORDER BY created_at_ms, id").fetchall()
+        rows = tx.scenario_list()
     else:
-        rows = conn.execute(_SELECT + " WHERE applicant_id = ? ORDER BY created_at_ms, id", (viewer.id,)).fetchall()
-    return [_load(conn, r) for r in rows]
+        rows = tx.scenario_list(applicant_id=viewer.id)
+    return [_load(tx, r) for r in rows]
 
 
-def granted_model(conn: sqlite3.Connection, viewer: Principal, model_hash: str) -> bool:
+def granted_model(tx: Tx, viewer: Principal, model_hash: str) -> bool:
     """True if ``viewer`` has (or had) an approved scenario that pins ``model_hash``."""
-    return any(s.application.model_hash == model_hash and s.grant is not None for s in list_for(conn, viewer))
+    return any(s.application.model_hash == model_hash and s.grant is not None for s in list_for(tx, viewer))
 
 
-def list_pending(conn: sqlite3.Connection) -> list[Scenario]:
-    rows = conn.execute(_SELECT + " WHERE status = 'pending' ORDER BY created_at_ms, id").fetchall()
-    return [_load(conn, r) for r in rows]
+def list_pending(tx: Tx) -> list[Scenario]:
+    rows = tx.scenario_list(status="pending")
+    return [_load(tx, r) for r in rows]
 
 
-def reject(conn: sqlite3.Connection, scenario_id: str, reason: str, admin: Principal, *, now_ms: int) -> Scenario:
-    scenario = get(conn, scenario_id, admin)
+def reject(tx: Tx, scenario_id: str, reason: str, admin: Principal, *, now_ms: int) -> Scenario:
+    scenario = get(tx, scenario_id, admin)
     if scenario.status is not ScenarioStatus.PENDING:
         raise SandboxError(ErrorCode.SCENARIO_NOT_PENDING)
-    conn.execute(
-        "UPDATE scenarios SET status = 'rejected', decision_reason = ?, decided_by = ?, decided_at_ms = ? WHERE id = ?",
-        (_text(reason, "reason")[:500], admin.id, now_ms, scenario_id),
-    )
-    return get(conn, scenario_id, admin)
+    tx.scenario_decide(scenario_id, "rejected", reason=_text(reason, "reason")[:500], decided_by=admin.id,
+                       decided_at_ms=now_ms)
+    return get(tx, scenario_id, admin)

@@ -25,7 +25,7 @@ from sandbox.datadir import catalogue_secret
 from sandbox.identity import read_private_key
 from sandbox.interceptor import SigningInterceptor
 from sandbox.servicers import METHOD_ROLES, add_servicers
-from sandbox.storage import Database
+from sandbox.state import State, open_state
 
 log = logging.getLogger("sandbox.server")
 
@@ -42,7 +42,7 @@ SERVICE_NAMES = tuple(
 class RunningServer:
     server: grpc.Server
     port: int
-    db: Database
+    db: State
     audit: AuditLog
     health: health.HealthServicer
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -79,9 +79,9 @@ def _checked_audit_key(config: ServerConfig) -> Path:
 
 def start_server(config: ServerConfig) -> RunningServer:
     catalogue_key = catalogue_secret(config.catalogue_key)  # read once; created here for older data directories
-    db = Database.create(config.db_path, release_rows=functools.partial(
+    db = open_state(config.state_location, busy_timeout_ms=config.busy_timeout_ms, release_rows=functools.partial(
         catalogue.public_rows_of_stored, epsilon=config.catalogue_count_epsilon))
-    db.busy_timeout_ms = config.busy_timeout_ms
+    log.info("state: %s", db.describe())
     audit_key = read_private_key(_checked_audit_key(config))
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
     recovery.close_open_records(audit)

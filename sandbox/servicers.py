@@ -24,7 +24,7 @@ from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import current_call
-from sandbox.storage import Database
+from sandbox.state import State
 
 ADMIN = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
@@ -58,18 +58,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def EnrolPrincipal(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        p = principals.enrol(call.conn, name=request.name, organisation=request.organisation,
+        p = principals.enrol(call.tx, name=request.name, organisation=request.organisation,
                              roles=serde.roles_from_pb(list(request.roles)), public_key=request.public_key,
                              enrolled_by=call.principal.id, now_ms=call.now_ms)
         return admin_pb2.EnrolPrincipalResponse(principal=serde.principal_to_pb(p))
 
     def ListPrincipals(self, request, context):  # type: ignore[no-untyped-def]
-        ps = principals.list_all(current_call().conn)
+        ps = principals.list_all(current_call().tx)
         return admin_pb2.ListPrincipalsResponse(principals=[serde.principal_to_pb(p) for p in ps])
 
     def ApprovePrincipal(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        p = principals.approve(call.conn, request.principal_id, serde.roles_from_pb(list(request.roles)),
+        p = principals.approve(call.tx, request.principal_id, serde.roles_from_pb(list(request.roles)),
                                now_ms=call.now_ms)
         return admin_pb2.ApprovePrincipalResponse(principal=serde.principal_to_pb(p))
 
@@ -77,45 +77,45 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         call = current_call()
         if request.principal_id == call.principal.id:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "an administrator cannot suspend itself")
-        p = principals.set_status(call.conn, request.principal_id, PrincipalStatus.SUSPENDED)
+        p = principals.set_status(call.tx, request.principal_id, PrincipalStatus.SUSPENDED)
         return admin_pb2.SuspendPrincipalResponse(principal=serde.principal_to_pb(p))
 
     def ImportDataset(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         report = catalogue.import_csv(
-            None, self._config.data_dir, serde.schema_from_pb(request.schema), request.csv,  # type: ignore[arg-type]
+            None, self._config.datasets_dir, serde.schema_from_pb(request.schema), request.csv,  # type: ignore[arg-type]
             imported_by=call.principal.id, version_key=self._catalogue_key,
             count_epsilon=self._config.catalogue_count_epsilon, max_rejected=request.max_rejected_rows,
-            dry_run=request.dry_run, now_ms=call.now_ms, conn=call.conn,
+            dry_run=request.dry_run, now_ms=call.now_ms, tx=call.tx,
         )
         return serde.import_report_to_pb(report)
 
     def ListPendingScenarios(self, request, context):  # type: ignore[no-untyped-def]
-        found = scenarios.list_pending(current_call().conn)
+        found = scenarios.list_pending(current_call().tx)
         return admin_pb2.ListPendingScenariosResponse(scenarios=[serde.scenario_to_pb(s) for s in found])
 
     def ApproveScenario(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(scenario_id=request.scenario_id)
-        scenario = scenarios.get(call.conn, request.scenario_id, call.principal)
-        grant = grants.approve(call.conn, scenario, request.terms, request.signature, call.principal,
+        scenario = scenarios.get(call.tx, request.scenario_id, call.principal)
+        grant = grants.approve(call.tx, scenario, request.terms, request.signature, call.principal,
                                now_ms=call.now_ms, skew_ms=self._config.clock_skew_seconds * 1000)
         call.annotate(grant_id=grant.id)
         return admin_pb2.ApproveScenarioResponse(
-            scenario=serde.scenario_to_pb(scenarios.get(call.conn, scenario.id, call.principal)))
+            scenario=serde.scenario_to_pb(scenarios.get(call.tx, scenario.id, call.principal)))
 
     def RejectScenario(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(scenario_id=request.scenario_id)
-        s = scenarios.reject(call.conn, request.scenario_id, request.reason, call.principal, now_ms=call.now_ms)
+        s = scenarios.reject(call.tx, request.scenario_id, request.reason, call.principal, now_ms=call.now_ms)
         return admin_pb2.RejectScenarioResponse(scenario=serde.scenario_to_pb(s))
 
     def RevokeGrant(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(grant_id=request.grant_id)
-        g = grants.revoke(call.conn, request.grant_id, request.reason, now_ms=call.now_ms)
+        g = grants.revoke(call.tx, request.grant_id, request.reason, now_ms=call.now_ms)
         call.annotate(scenario_id=g.terms.scenario_id)
-        s = scenarios.get(call.conn, g.terms.scenario_id, call.principal)
+        s = scenarios.get(call.tx, g.terms.scenario_id, call.principal)
         return admin_pb2.RevokeGrantResponse(scenario=serde.scenario_to_pb(s))
 
 
@@ -125,7 +125,7 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
 
     def Register(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        p = principals.register(call.conn, name=request.name, organisation=request.organisation,
+        p = principals.register(call.tx, name=request.name, organisation=request.organisation,
                                 roles=serde.roles_from_pb(list(request.roles)),
                                 public_key=call.principal.public_key, now_ms=call.now_ms,
                                 max_pending=self._config.max_pending_principals)
@@ -135,12 +135,12 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
         return applicant_pb2.WhoAmIResponse(principal=serde.principal_to_pb(current_call().principal))
 
     def ListCatalogue(self, request, context):  # type: ignore[no-untyped-def]
-        infos = catalogue.list_catalogue(current_call().conn)
+        infos = catalogue.list_catalogue(current_call().tx)
         return applicant_pb2.ListCatalogueResponse(datasets=[serde.dataset_info_to_pb(i) for i in infos])
 
     def Apply(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        s = scenarios.apply(call.conn, call.principal, serde.application_from_pb(request.application),
+        s = scenarios.apply(call.tx, call.principal, serde.application_from_pb(request.application),
                             now_ms=call.now_ms)
         call.annotate(scenario_id=s.id)
         return applicant_pb2.ApplyResponse(scenario=serde.scenario_to_pb(s))
@@ -148,32 +148,32 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
     def GetScenario(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(scenario_id=request.scenario_id)
-        s = scenarios.get(call.conn, request.scenario_id, call.principal)
+        s = scenarios.get(call.tx, request.scenario_id, call.principal)
         return applicant_pb2.GetScenarioResponse(scenario=serde.scenario_to_pb(s))
 
     def ListScenarios(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        found = scenarios.list_for(call.conn, call.principal)
+        found = scenarios.list_for(call.tx, call.principal)
         return applicant_pb2.ListScenariosResponse(scenarios=[serde.scenario_to_pb(s) for s in found])
 
     def CheckAccess(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         call.annotate(grant_id=request.grant_id)
-        grant = policy.grant_if_grantee(call.conn, call.principal, request.grant_id)
+        grant = policy.grant_if_grantee(call.tx, call.principal, request.grant_id)
         schema = None
         if grant is not None:
             sel = grant.terms.dataset(request.dataset)
             if sel is not None:
-                schema = catalogue.get_dataset(call.conn, sel.name, sel.version).schema
+                schema = catalogue.get_dataset(call.tx, sel.name, sel.version).schema
         ctx = policy.CallContext(serde.kind_from_pb(request.kind), request.dataset, request.dataset_version,
                                  tuple(request.columns), request.model_hash)
-        auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms, schema=schema)
+        auth = policy.check_call(call.tx, call.principal, grant, ctx, now_ms=call.now_ms, schema=schema)
         call.annotate(scenario_id=auth.grant.terms.scenario_id)
-        s = scenarios.get(call.conn, auth.grant.terms.scenario_id, call.principal)
+        s = scenarios.get(call.tx, auth.grant.terms.scenario_id, call.principal)
         return applicant_pb2.CheckAccessResponse(scenario=serde.scenario_to_pb(s))
 
     def ListAdministratorKeys(self, request, context):  # type: ignore[no-untyped-def]
-        admins = principals.administrators(current_call().conn)
+        admins = principals.administrators(current_call().tx)
         return applicant_pb2.ListAdministratorKeysResponse(administrators=[serde.principal_to_pb(p) for p in admins])
 
 
@@ -187,24 +187,24 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "limit is at most 1000")
         if request.after_seq > serde.MAX_SEQ:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"after_seq is at most {serde.MAX_SEQ}")
-        entries = audit.read_entries(current_call().conn, request.after_seq, limit + 1)
+        entries = audit.read_entries(current_call().tx, request.after_seq, limit + 1)
         return audit_pb2.ListAuditEntriesResponse(
             entries=[serde.audit_entry_to_pb(e) for e in entries[:limit]], more=len(entries) > limit)
 
     def GetAuditHead(self, request, context):  # type: ignore[no-untyped-def]
-        conn = current_call().conn
-        head = self._log.head_on_request(conn)
+        tx = current_call().tx
+        head = self._log.head_on_request(tx)
         resp = audit_pb2.GetAuditHeadResponse(audit_public_key=self._log.public_key,
                                               entries=head.size if head else 0)
         if head is not None:
             resp.head.CopyFrom(serde.tree_head_to_pb(head))
             resp.cosignatures.extend(audit_pb2.Cosignature(witness_id=c.witness_id, witness_key=c.witness_key,
                                                            signature=c.signature)
-                                     for c in audit.cosignatures(conn, head.size))
+                                     for c in audit.cosignatures(tx, head.size))
         return resp
 
     def GetConsistencyProof(self, request, context):  # type: ignore[no-untyped-def]
-        head = audit.latest_head(current_call().conn)
+        head = audit.latest_head(current_call().tx)
         if not 1 <= request.first_size <= request.second_size <= (head.size if head else 0):
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "sizes must satisfy 1 <= first <= second <= the latest "
                                                            "signed head's size")
@@ -213,20 +213,20 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def AddCosignature(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        audit.add_cosignature(call.conn, serde.tree_head_from_pb(request.head), call.principal.id,
+        audit.add_cosignature(call.tx, serde.tree_head_from_pb(request.head), call.principal.id,
                               call.principal.public_key, request.signature, call.now_ms)
         return audit_pb2.AddCosignatureResponse()
 
     def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        entry = audit.get_entry(call.conn, request.seq) if 1 <= request.seq <= serde.MAX_SEQ else None
+        entry = audit.get_entry(call.tx, request.seq) if 1 <= request.seq <= serde.MAX_SEQ else None
         auditor = bool(call.principal.roles & AUDITORS)  # auditors may prove any entry's inclusion
         if entry is None or not auditor and entry.record.principal_id != call.principal.id:
             raise SandboxError(ErrorCode.NOT_FOUND, "no entry of yours with this number")  # another's looks like none
-        head = self._log.head_on_request(call.conn, covering=entry.seq)
+        head = self._log.head_on_request(call.tx, covering=entry.seq)
         assert head is not None and head.size >= entry.seq
         rule, path = self._log.inclusion(entry.seq, head.size)
-        (signature,) = call.conn.execute("SELECT signature FROM audit_log WHERE seq = ?", (entry.seq,)).fetchone()
+        signature = audit.entry_signature(call.tx, entry.seq)
         return audit_pb2.GetReceiptResponse(
             entry=serde.audit_entry_to_pb(entry), entry_signature=bytes(signature or b""),
             head=serde.tree_head_to_pb(head), inclusion=audit_pb2.MerkleProof(rule=rule, path=path),
@@ -235,7 +235,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
-        self.cache = dp_queries.ArrayCache(config.data_dir)
+        self.cache = dp_queries.ArrayCache(config.datasets_dir)
 
     # Calibration happens before the write lock is taken (see SigningInterceptor._warm).
     warm_EstimateQuery = staticmethod(dp_queries.warm)
@@ -255,20 +255,20 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
     def SubmitModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         spec = serde.model_from_pb(request.spec)
-        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
+        model_hash = models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
                                    rule=self._config.release_rule)
         return he_pb2.SubmitModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def GetModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        spec, submitted_by = models.get(call.conn, request.model_hash)
+        spec, submitted_by = models.get(call.tx, request.model_hash)
         if not (submitted_by == call.principal.id or call.principal.roles & {Role.ADMIN, Role.AUDITOR}
-                or scenarios.granted_model(call.conn, call.principal, request.model_hash)):
+                or scenarios.granted_model(call.tx, call.principal, request.model_hash)):
             # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
             raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
         return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
                                        submitted_by=submitted_by,
-                                       review=serde.review_to_pb(models.review(call.conn, spec, self._config.release_rule)))
+                                       review=serde.review_to_pb(models.review(call.tx, spec, self._config.release_rule)))
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
@@ -312,7 +312,7 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
 
     def RegisterPlan(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        plan_hash = fl_plans.register(call.conn, serde.plan_from_pb(request.template), submitted_by=call.principal.id,
+        plan_hash = fl_plans.register(call.tx, serde.plan_from_pb(request.template), submitted_by=call.principal.id,
                                       now_ms=call.now_ms)
         return fl_pb2.RegisterPlanResponse(plan_hash=plan_hash)
 
@@ -333,7 +333,7 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
 
 
 def add_servicers(
-    server: grpc.Server, config: ServerConfig, log: AuditLog, db: Database, catalogue_key: bytes,
+    server: grpc.Server, config: ServerConfig, log: AuditLog, db: State, catalogue_key: bytes,
 ) -> list[Callable[[], None]]:
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)

@@ -26,8 +26,10 @@ from sandbox.config import load_config
 from sandbox.domain import AuditRecord
 from sandbox.identity import read_private_key
 from sandbox.server import start_server
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
+from tests.sqlite_raw import raw
 
 CENSUS = ["age", "education", "sex", "hours_per_week"]
 
@@ -221,7 +223,7 @@ def test_a_pending_keys_unwritten_refusal_cannot_be_replayed_after_approval(tmp_
         with pytest.raises(Exception) as refused:
             newcomer.transport.invoke_raw(method, body, md, applicant_pb2.ListCatalogueResponse)  # type: ignore[attr-defined]
         with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
-            assert conn.execute("SELECT COUNT(*) FROM nonces WHERE principal_id = ? AND nonce = ?",
+            assert raw(conn).execute("SELECT COUNT(*) FROM nonces WHERE principal_id = ? AND nonce = ?",
                                 (newcomer.principal_id, dict(md)["x-sandbox-nonce"])).fetchone()[0] == 0
         admin.approve_principal(newcomer.principal_id, roles=["applicant"])  # type: ignore[attr-defined]
         with pytest.raises(Unauthenticated) as replay:
@@ -280,8 +282,8 @@ def test_records_left_open_by_a_crash_are_closed_at_start_up(env) -> None:  # ty
     log = AuditLog(db, read_private_key(cfg.audit_key))
     request_sha = "cd" * 32
     with db.write() as conn:
-        conn.execute("UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + 100000000 WHERE grant_id = ?", (g,))
-        conn.execute("INSERT INTO releases (grant_id, idempotency_key, request_sha256, state, created_at_ms) "
+        raw(conn).execute("UPDATE budgets SET epsilon_spent_nano = epsilon_spent_nano + 100000000 WHERE grant_id = ?", (g,))
+        raw(conn).execute("INSERT INTO releases (grant_id, idempotency_key, request_sha256, state, created_at_ms) "
                      "VALUES (?, 'crashed', ?, 'pending', 0)", (g, request_sha))
         log.append(conn, AuditRecord(office.principal_id, "/sandbox.v1.DpQueryService/RunQuery", "RESERVED",  # type: ignore[attr-defined]
                                      grant_id=g, epsilon_nano=100_000_000, request_sha256=request_sha))
@@ -290,13 +292,13 @@ def test_records_left_open_by_a_crash_are_closed_at_start_up(env) -> None:  # ty
     lost = [e for e in admin.audit_entries() if e.request_sha256 == request_sha]
     assert [e.status for e in lost] == ["RESERVED", "NOT_RELEASED"] and lost[1].error_code == "LOST_IN_CRASH"
     conn = sqlite3.connect(cfg.db_path)
-    assert conn.execute("SELECT state FROM releases WHERE idempotency_key = 'crashed'").fetchone() == ("lost",)
+    assert raw(conn).execute("SELECT state FROM releases WHERE idempotency_key = 'crashed'").fetchone() == ("lost",)
     conn.close()
     assert recovery.close_open_records(sbx.running.audit) == 0  # nothing is left open twice
     # A retry of that key with the same request (its hash is what the record holds) is told the answer was lost.
     from sandbox import dp_queries
 
-    conn = sbx.running.db.connection()
+    conn = SqliteTx(sbx.running.db.connection())
     with pytest.raises(Exception) as exc:
         dp_queries._stored_release(conn, g, "crashed", request_sha)
     assert exc.value.code.value == "RELEASE_LOST"  # type: ignore[attr-defined]

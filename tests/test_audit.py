@@ -26,7 +26,9 @@ from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.domain import AuditRecord
 from sandbox.identity import public_key_bytes, read_private_key
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
+from tests.sqlite_raw import raw
 from wire import transparency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,12 +79,12 @@ def test_the_background_head_signer_outlives_a_database_error(tmp_path: Path) ->
                     threading.Event().wait(0.01)
         assert failures, "the first head signing was never tried"
         for _ in range(3000):  # the crossings at 8 and 12 are signed by the same thread
-            head = audit.latest_head(db.connection())
+            head = audit.latest_head(SqliteTx(db.connection()))
             if head is not None and head.size >= 12:
                 break
             threading.Event().wait(0.01)
         assert log._signer is not None and log._signer.is_alive()  # noqa: SLF001
-        head = audit.latest_head(db.connection())
+        head = audit.latest_head(SqliteTx(db.connection()))
         assert head is not None and head.size == 12
     finally:
         log.close()
@@ -142,13 +144,13 @@ def test_identical_requests_reserved_twice_and_closed_once_leave_one_open(tmp_pa
     add("RESERVED", eps=10)
     add("RESOURCE_EXHAUSTED", "BUDGET_EXHAUSTED")  # a third identical request, refused before reserving
     add("OK")  # one of the two is released
-    entries = [e for e, _ in audit.iter_entries(db.connection())]
+    entries = [e for e, _ in audit.iter_entries(SqliteTx(db.connection()))]
     book = audit.Reservations()
     for e in entries:
         book.see(e)
     assert [e.seq for e in book.still_open()] == [2]  # the release closes the earliest (they are indistinguishable)
     assert recovery.close_open_records(log) == 1
-    report = audit.verify(db.connection(), log.public_key)
+    report = audit.verify(SqliteTx(db.connection()), log.public_key)
     assert not any(f.code == audit.RECORDS and "reservation" in f.what for f in report.findings), report.findings
     assert recovery.close_open_records(log) == 0
     db.close()
@@ -164,7 +166,7 @@ def _insider(data_dir: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(data_dir / "sandbox.db", isolation_level=None)
     for t in ("audit_log_no_update", "audit_log_no_delete", "tree_heads_no_update", "tree_heads_no_delete",
               "head_cosignatures_no_delete"):
-        conn.execute(f"DROP TRIGGER {t}")
+        raw(conn).execute(f"DROP TRIGGER {t}")
     return conn
 
 
@@ -173,7 +175,7 @@ def _rechain(conn: sqlite3.Connection, *, edit=None, key=None) -> None:  # type:
     if given, and (with ``key``) re-sign every remaining tree head over the new entries."""
     prev = audit.GENESIS_HASH
     hashes = []
-    for row in conn.execute("SELECT * FROM audit_log ORDER BY seq").fetchall():
+    for row in raw(conn).execute("SELECT * FROM audit_log ORDER BY seq").fetchall():
         seq, time_ms, principal, method, scen, grant, status, code, eps, delta, req, resp, _, _, sig = row
         record = AuditRecord(principal, method, status, code, scen, grant, eps, delta, req, resp)
         if edit is not None:
@@ -181,24 +183,24 @@ def _rechain(conn: sqlite3.Connection, *, edit=None, key=None) -> None:  # type:
         h = compute_entry_hash(seq, time_ms, record, prev)
         if key is not None:
             sig = key.sign(transparency.entry_payload(seq, h))
-        conn.execute("UPDATE audit_log SET status=?, error_code=?, epsilon_nano=?, prev_hash=?, entry_hash=?, "
+        raw(conn).execute("UPDATE audit_log SET status=?, error_code=?, epsilon_nano=?, prev_hash=?, entry_hash=?, "
                      "signature=? WHERE seq=?", (record.status, record.error_code, record.epsilon_nano, prev, h, sig,
                                                  seq))
         prev = h
         hashes.append(h)
     if key is not None:
         tree = transparency.Tree(hashes)
-        for size, signed_at in conn.execute("SELECT size, signed_at_ms FROM tree_heads").fetchall():
+        for size, signed_at in raw(conn).execute("SELECT size, signed_at_ms FROM tree_heads").fetchall():
             if size <= len(hashes):
                 root = tree.root(size)
-                conn.execute("UPDATE tree_heads SET root_hash=?, signature=? WHERE size=?",
+                raw(conn).execute("UPDATE tree_heads SET root_hash=?, signature=? WHERE size=?",
                              (root, key.sign(transparency.tree_head_payload(size, root, signed_at)), size))
 
 
 def _verify(data_dir: Path, key: bytes, saved: transparency.TreeHead | None = None) -> audit.VerifyReport:
     conn = sqlite3.connect(data_dir / "sandbox.db")
     try:
-        return audit.verify(conn, key, saved_head=saved)
+        return audit.verify(SqliteTx(conn), key, saved_head=saved)
     finally:
         conn.close()
 
@@ -207,7 +209,7 @@ def _saved_head(data_dir: Path) -> transparency.TreeHead:
     """What a witness stored: the latest signed head, before the insider acts."""
     conn = sqlite3.connect(data_dir / "sandbox.db")
     try:
-        head = audit.latest_head(conn)
+        head = audit.latest_head(SqliteTx(conn))
     finally:
         conn.close()
     assert head is not None and head.size == 100
@@ -228,11 +230,11 @@ def test_triggers_refuse_update_and_delete(filled) -> None:  # type: ignore[no-u
     data_dir, _ = filled
     conn = sqlite3.connect(data_dir / "sandbox.db", isolation_level=None)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("UPDATE audit_log SET status = 'OK' WHERE seq = 5")
+        raw(conn).execute("UPDATE audit_log SET status = 'OK' WHERE seq = 5")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("DELETE FROM audit_log WHERE seq = 100")
+        raw(conn).execute("DELETE FROM audit_log WHERE seq = 100")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("DELETE FROM tree_heads")
+        raw(conn).execute("DELETE FROM tree_heads")
 
 
 @pytest.mark.parametrize("attack", ["edit", "delete", "reorder"])
@@ -240,13 +242,13 @@ def test_edited_deleted_or_reordered_rows_are_named(filled, attack: str) -> None
     data_dir, key = filled
     conn = _insider(data_dir)
     if attack == "edit":
-        conn.execute("UPDATE audit_log SET epsilon_nano = 0 WHERE seq = 42")
+        raw(conn).execute("UPDATE audit_log SET epsilon_nano = 0 WHERE seq = 42")
     elif attack == "delete":
-        conn.execute("DELETE FROM audit_log WHERE seq = 17")
+        raw(conn).execute("DELETE FROM audit_log WHERE seq = 17")
     else:
-        conn.execute("UPDATE audit_log SET seq = -1 WHERE seq = 60")
-        conn.execute("UPDATE audit_log SET seq = 60 WHERE seq = 61")
-        conn.execute("UPDATE audit_log SET seq = 61 WHERE seq = -1")
+        raw(conn).execute("UPDATE audit_log SET seq = -1 WHERE seq = 60")
+        raw(conn).execute("UPDATE audit_log SET seq = 60 WHERE seq = 61")
+        raw(conn).execute("UPDATE audit_log SET seq = 61 WHERE seq = -1")
     report = _verify(data_dir, key)
     assert report.exit_code == audit.TAMPERED and report.first_bad_seq == {"edit": 42, "delete": 17, "reorder": 60}[
         attack], report.findings
@@ -258,8 +260,8 @@ def test_truncation_with_the_heads_above_deleted_is_caught_by_a_saved_head(fille
     data_dir, key = filled
     saved = _saved_head(data_dir)
     conn = _insider(data_dir)
-    conn.execute("DELETE FROM audit_log WHERE seq > 90")
-    conn.execute("DELETE FROM tree_heads WHERE size > 90")
+    raw(conn).execute("DELETE FROM audit_log WHERE seq > 90")
+    raw(conn).execute("DELETE FROM tree_heads WHERE size > 90")
     alone = _verify(data_dir, key)
     assert _kinds(alone) == {"unsigned tail"}  # without a saved head: entries 65-90 are covered by no head
     report = _verify(data_dir, key, saved)
@@ -272,7 +274,7 @@ def test_a_lowered_charge_with_a_recomputed_chain_is_caught_by_the_entry_signatu
     data_dir, key = filled
     conn = _insider(data_dir)
     _rechain(conn, edit=lambda seq, r: AuditRecord(**{**r.__dict__, "epsilon_nano": 0}) if seq == 50 else r)
-    conn.execute("DELETE FROM tree_heads WHERE size >= 50")
+    raw(conn).execute("DELETE FROM tree_heads WHERE size >= 50")
     report = _verify(data_dir, key)
     assert report.exit_code == audit.TAMPERED and report.first_bad_seq == 50
     assert "not signed by the audit key" in report.findings[0].what
@@ -295,8 +297,8 @@ def test_deleting_everything_is_an_empty_log_and_a_saved_head_says_more(filled) 
     data_dir, key = filled
     saved = _saved_head(data_dir)
     conn = _insider(data_dir)
-    conn.execute("DELETE FROM audit_log")
-    conn.execute("DELETE FROM tree_heads")
+    raw(conn).execute("DELETE FROM audit_log")
+    raw(conn).execute("DELETE FROM tree_heads")
     report = _verify(data_dir, key)
     assert report.exit_code == audit.EMPTY and _kinds(report) == {"empty"}
     assert _verify(data_dir, key, saved).exit_code == audit.TAMPERED
@@ -307,11 +309,11 @@ def test_a_forged_entry_appended_after_the_signed_head_is_caught(filled, signatu
     """Finding 3d: an entry appended with a correct chain hash but no (or a made-up) audit-key signature."""
     data_dir, key = filled
     conn = _insider(data_dir)
-    (prev,) = conn.execute("SELECT entry_hash FROM audit_log WHERE seq = 100").fetchone()
+    (prev,) = raw(conn).execute("SELECT entry_hash FROM audit_log WHERE seq = 100").fetchone()
     record = AuditRecord("p-forged", "/sandbox.v1.X/Y", "OK")
     h = compute_entry_hash(101, 1, record, prev)
     sig = None if signature == "none" else os.urandom(64)
-    conn.execute("INSERT INTO audit_log VALUES (101, 1, 'p-forged', '/sandbox.v1.X/Y', '', '', 'OK', '', 0, 0, '', "
+    raw(conn).execute("INSERT INTO audit_log VALUES (101, 1, 'p-forged', '/sandbox.v1.X/Y', '', '', 'OK', '', 0, 0, '', "
                  "'', ?, ?, ?)", (prev, h, sig))
     report = _verify(data_dir, key)
     assert report.exit_code == audit.TAMPERED and report.first_bad_seq == 101, report.findings
@@ -364,9 +366,9 @@ def test_cli_exit_codes_and_export(filled, tmp_path: Path) -> None:  # type: ign
     empty = tmp_path / "empty"
     shutil.copytree(data_dir, empty)
     conn = _insider(empty)
-    conn.execute("DELETE FROM audit_log")
+    raw(conn).execute("DELETE FROM audit_log")
     assert _cli("audit", "verify", str(empty)).returncode == 1  # the heads still name entries that are gone
-    conn.execute("DELETE FROM tree_heads")
+    raw(conn).execute("DELETE FROM tree_heads")
     assert _cli("audit", "verify", str(empty)).returncode == 4
 
 

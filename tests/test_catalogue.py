@@ -22,7 +22,9 @@ from sandbox.catalogue import (
 from sandbox.domain import ColumnSchema, ColumnType, DatasetSchema, ImportReport, Level
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.serde import schema_from_pb
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
+from tests.sqlite_raw import raw
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -85,7 +87,7 @@ def do_import(
 ) -> ImportReport:
     args: dict[str, object] = {"imported_by": "admin-1", "now_ms": 1_000, "version_key": KEY, "count_epsilon": 0.1}
     args.update(kw)
-    return import_csv(db, data_dir, schema or people_schema(), data, **args)  # type: ignore[arg-type]
+    return import_csv(db, data_dir / "datasets", schema or people_schema(), data, **args)  # type: ignore[arg-type]
 
 
 def dataset_rows(db: Database) -> list[tuple[str, str]]:
@@ -138,30 +140,30 @@ def test_bundled_dataset_imports_without_rejections(
     assert stat.S_IMODE(directory.stat().st_mode) == 0o555
     assert {stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()} == {0o444}
     first = schema.columns[0].name
-    assert load_columns(data_dir, report.info, [first])[first].shape == (rows,)
+    assert load_columns(data_dir / "datasets", report.info, [first])[first].shape == (rows,)
 
 
 def test_bundled_values_are_stored_as_declared(db: Database, data_dir: Path) -> None:
     census = do_import(db, data_dir, (DATA / "adult_census.csv.gz").read_bytes(), bundled_schema("adult_census"))
-    cols = load_columns(data_dir, census.info, ["age", "sex", "workclass", "income"])
+    cols = load_columns(data_dir / "datasets", census.info, ["age", "sex", "workclass", "income"])
     assert cols["age"].dtype == np.int64 and cols["age"].min() == 17 and cols["age"].max() == 90
     assert cols["sex"].dtype == np.int16 and set(np.unique(cols["sex"]).tolist()) == {0, 1}
     assert int((cols["workclass"] == -1).sum()) > 2000  # census "?" became missing
     assert 0.2 < float((cols["income"] == 1).mean()) < 0.3  # ">50K" share of the Adult data is ~24%
 
     rand = do_import(db, data_dir, (DATA / "rand_hie.csv.gz").read_bytes(), bundled_schema("rand_hie"))
-    cols = load_columns(data_dir, rand.info, ["site", "zper", "ghindx", "mdvis"])
+    cols = load_columns(data_dir / "datasets", rand.info, ["site", "zper", "ghindx", "mdvis"])
     assert np.bincount(cols["site"]).tolist() == [4462, 4036, 2436, 3090, 2595, 3571]
     assert np.unique(cols["zper"]).size == 5912
     assert cols["ghindx"].dtype == np.float64 and int(np.isnan(cols["ghindx"]).sum()) == 5223
     assert cols["mdvis"].dtype == np.int64
 
     credit = do_import(db, data_dir, (DATA / "credit_default.csv.gz").read_bytes(), bundled_schema("credit_default"))
-    cols = load_columns(data_dir, credit.info, ["ID", "LIMIT_BAL", "default-payment-next-month"])
+    cols = load_columns(data_dir / "datasets", credit.info, ["ID", "LIMIT_BAL", "default-payment-next-month"])
     assert cols["ID"].tolist() == list(range(1, 30001))
     assert cols["LIMIT_BAL"].dtype == np.int64 and int(cols["LIMIT_BAL"][0]) == 20000  # "20000.0" is integral
     assert int(cols["default-payment-next-month"].sum()) == 6636
-    assert [i.schema.name for i in list_catalogue(db.connection())] == ["adult_census", "credit_default", "rand_hie"]
+    assert [i.schema.name for i in list_catalogue(SqliteTx(db.connection()))] == ["adult_census", "credit_default", "rand_hie"]
 
 
 def test_bundled_schemas_classify_every_column_with_levels() -> None:
@@ -229,7 +231,7 @@ def test_the_version_is_keyed_and_the_content_digest_stays_inside(db: Database, 
     report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS))
     digest, shown = db.connection().execute("SELECT content_sha256, public_rows FROM datasets").fetchone()
     schema = people_schema()
-    stored = load_columns(data_dir, report.info, [c.name for c in schema.columns])
+    stored = load_columns(data_dir / "datasets", report.info, [c.name for c in schema.columns])
     # The stored digest is the old, unsalted version formula over the stored content ...
     assert digest == catalogue._content_digest(schema_to_json(schema), schema, stored)
     # ... and the public version is its HMAC under the catalogue key, which nobody outside has.
@@ -242,16 +244,16 @@ def test_the_version_is_keyed_and_the_content_digest_stays_inside(db: Database, 
 
 def test_the_catalogue_shows_the_count_released_at_import(db: Database, data_dir: Path) -> None:
     report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS))  # 4 rows, unit 2 (max_rows_per_person): scale 20
-    [listed] = list_catalogue(db.connection())
+    [listed] = list_catalogue(SqliteTx(db.connection()))
     assert listed.row_count == 4  # exact, internal
-    assert listed.public_rows == report.info.public_rows == get_dataset(db.connection(), "people").public_rows
+    assert listed.public_rows == report.info.public_rows == get_dataset(SqliteTx(db.connection()), "people").public_rows
     assert 0 <= listed.public_rows <= 4 + 20 * 20  # |noise| > 400 at scale 20 has probability e^-20
-    assert [list_catalogue(db.connection())[0].public_rows for _ in range(3)] == [listed.public_rows] * 3  # once
+    assert [list_catalogue(SqliteTx(db.connection()))[0].public_rows for _ in range(3)] == [listed.public_rows] * 3  # once
 
 
 def test_load_columns_dtypes_and_values(db: Database, data_dir: Path) -> None:
     report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS))
-    cols = load_columns(data_dir, report.info, ["pid", "age", "visits", "income", "sex", "region", "note"])
+    cols = load_columns(data_dir / "datasets", report.info, ["pid", "age", "visits", "income", "sex", "region", "note"])
     assert cols["pid"].dtype == np.int64 and cols["pid"].tolist() == [1, 1, 2, 3]
     assert cols["age"].tolist() == [34, 35, 51, 200]  # out of bounds is kept: clamping happens at DP time
     assert cols["visits"].dtype == np.float64
@@ -264,7 +266,7 @@ def test_load_columns_dtypes_and_values(db: Database, data_dir: Path) -> None:
     assert cols["note"].tolist() == ["hello", "", "with, comma", "out of bounds is kept"]
     assert not cols["age"].flags.writeable
     with pytest.raises(SandboxError) as info:
-        load_columns(data_dir, report.info, ["age", "salary"])
+        load_columns(data_dir / "datasets", report.info, ["age", "salary"])
     assert info.value.code is ErrorCode.NOT_FOUND and "salary" in info.value.public_message
 
 
@@ -277,7 +279,7 @@ def test_integer_accepts_integral_float_text_and_rejects_the_rest(db: Database, 
         (4, "age", "not an integer"), (5, "age", "not an integer"), (6, "age", "not an integer"),
         (7, "income", "not a finite number"), (8, "income", "not a finite number"), (9, "age", "integer out of range"),
     ]
-    cols = load_columns(data_dir, report.info, ["age", "income"])
+    cols = load_columns(data_dir / "datasets", report.info, ["age", "income"])
     assert cols["age"].tolist() == [34, 40] and cols["income"].tolist() == [1000.0, 2.5]
 
 
@@ -290,7 +292,7 @@ def test_exact_duplicates_are_dropped_and_counted(db: Database, data_dir: Path) 
     report = do_import(db, data_dir, csv_bytes(*rows), schema=people_schema(max_rows_per_person=5))
     # GOOD_ROWS[1] has missing values (NaN) and still deduplicates; "200.0" parses equal to "200".
     assert report.duplicates_dropped == 3 and report.rows_imported == 5 and report.rejected_count == 0
-    note = load_columns(data_dir, report.info, ["note"])["note"]
+    note = load_columns(data_dir / "datasets", report.info, ["note"])["note"]
     assert note.tolist() == ["hello", "", "with, comma", "out of bounds is kept", "other"]
 
 
@@ -341,7 +343,7 @@ def test_max_rejected_skips_rows_and_reports_them_without_values(db: Database, d
         (7, "region", "not one of the declared categories"),
     )
     assert SECRET not in repr(report)
-    assert load_columns(data_dir, report.info, ["pid"])["pid"].tolist() == [1, 1, 2]
+    assert load_columns(data_dir / "datasets", report.info, ["pid"])["pid"].tolist() == [1, 1, 2]
 
 
 def test_report_lists_first_hundred_rejections_and_counts_all(db: Database, data_dir: Path) -> None:
@@ -361,7 +363,7 @@ def test_line_numbers_count_physical_lines(db: Database, data_dir: Path) -> None
     rows = ['1,30,1,1,F,north,"two\nlines"', "", "2,x,1,1,F,north,"]
     report = do_import(db, data_dir, csv_bytes(*rows), max_rejected=1)
     assert report.rejected == ((5, "age", "not an integer"),)
-    assert load_columns(data_dir, report.info, ["note"])["note"].tolist() == ["two\nlines"]
+    assert load_columns(data_dir / "datasets", report.info, ["note"])["note"].tolist() == ["two\nlines"]
 
 
 @pytest.mark.parametrize(
@@ -432,15 +434,15 @@ def test_failed_catalogue_insert_removes_the_directory(db: Database, data_dir: P
 def test_import_inside_callers_transaction(db: Database, data_dir: Path) -> None:
     with pytest.raises(RuntimeError):
         with db.write() as conn:
-            report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), conn=conn)
-            assert conn.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
+            report = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), tx=conn)
+            assert raw(conn).execute("SELECT count(*) FROM datasets").fetchone() == (1,)
             raise RuntimeError("caller aborts")
     assert dataset_rows(db) == []  # rolled back with the caller; the orphaned directory is replaced next time
     with db.write() as conn:
-        again = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), conn=conn)
+        again = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), tx=conn)
     assert again.info.version == report.info.version
     assert dataset_rows(db) == [("people", report.info.version)]
-    assert load_columns(data_dir, again.info, ["age"])["age"].tolist() == [34, 35, 51, 200]
+    assert load_columns(data_dir / "datasets", again.info, ["age"])["age"].tolist() == [34, 35, 51, 200]
 
 
 # --- schema validation ------------------------------------------------------------------------------
@@ -525,17 +527,17 @@ def test_list_catalogue_picks_latest_version(db: Database, data_dir: Path) -> No
     new = do_import(db, data_dir, csv_bytes(*GOOD_ROWS[:3]), now_ms=2_000)
     tie = do_import(db, data_dir, csv_bytes(*GOOD_ROWS[:2]), now_ms=2_000)  # same time: later insert wins
     other = do_import(db, data_dir, csv_bytes(*GOOD_ROWS), people_schema(name="alpha"), now_ms=500)
-    listed = list_catalogue(db.connection())
+    listed = list_catalogue(SqliteTx(db.connection()))
     assert [(i.schema.name, i.version) for i in listed] == [("alpha", other.info.version), ("people", tie.info.version)]
     assert listed[1].row_count == 2 and listed[1].imported_at_ms == 2_000 and listed[1].schema == people_schema()
-    conn = db.connection()
+    conn = SqliteTx(db.connection())
     assert get_dataset(conn, "people").version == tie.info.version
     assert get_dataset(conn, "people", old.info.version).row_count == 4
     assert get_dataset(conn, "people", new.info.version).imported_at_ms == 2_000
 
 
 def test_get_dataset_not_found(db: Database, data_dir: Path) -> None:
-    conn = db.connection()
+    conn = SqliteTx(db.connection())
     assert list_catalogue(conn) == []
     with pytest.raises(SandboxError) as info:
         get_dataset(conn, "people")

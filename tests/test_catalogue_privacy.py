@@ -24,9 +24,11 @@ from sandbox.config import load_config
 from sandbox.datadir import catalogue_secret, init_data_dir
 from sandbox.dp_queries import column_infos
 from sandbox.server import start_server
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
 from tests.conftest import Sandbox, enrol_client, start_sandbox
 from tests.test_storage import OLD_DATASETS  # the datasets table before keyed versions
+from tests.sqlite_raw import raw
 
 SCHEMA = """
 name = "{name}"
@@ -62,9 +64,9 @@ def unsalted_digest(sbx: Sandbox, schema_path: Path, version: str) -> tuple[str,
     db = Database(sbx.data_dir / "sandbox.db")
     try:
         conn = db.connection()
-        info = catalogue.get_dataset(conn, schema.name, version)
-        arrays = catalogue.load_columns(sbx.data_dir, info, [c.name for c in schema.columns])
-        [stored] = conn.execute("SELECT content_sha256 FROM datasets WHERE version = ?", (version,)).fetchone()
+        info = catalogue.get_dataset(SqliteTx(conn), schema.name, version)
+        arrays = catalogue.load_columns(sbx.data_dir / "datasets", info, [c.name for c in schema.columns])
+        [stored] = raw(conn).execute("SELECT content_sha256 FROM datasets WHERE version = ?", (version,)).fetchone()
     finally:
         db.close()
     return catalogue._content_digest(catalogue.schema_to_json(schema), schema, arrays), stored
@@ -152,10 +154,11 @@ def make_it_old(sbx: Sandbox, name: str) -> str:
     """Turn a stopped server's data directory into one from before this change; returns the dataset's old version
     (its unsalted content digest, under which its files are stored, as they were then)."""
     conn = sqlite3.connect(sbx.data_dir / "sandbox.db")
-    [(version, digest, *row)] = conn.execute(
+    [(version, digest, *row)] = raw(conn).execute(
         "SELECT version, content_sha256, schema_json, row_count, imported_at_ms, imported_by FROM datasets").fetchall()
-    conn.executescript("DROP TRIGGER datasets_read_only; DROP TABLE datasets;" + OLD_DATASETS)
-    conn.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)", (name, digest, *row))
+    raw(conn).executescript("DROP TRIGGER datasets_read_only; DROP TABLE datasets;" + OLD_DATASETS)
+    raw(conn).execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)", (name, digest, *row))
+    raw(conn).execute("DELETE FROM meta WHERE key = 'schema_version'")  # releases then recorded no version
     conn.commit()
     conn.close()
     parent = sbx.data_dir / "datasets" / name
@@ -176,7 +179,7 @@ def test_an_older_data_directory_starts_and_keeps_its_versions(tmp_path: Path) -
         key_file = sbx.data_dir / "keys" / "catalogue.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_bytes()) == 32
         conn = sqlite3.connect(sbx.data_dir / "sandbox.db")
-        assert conn.execute("SELECT version, content_sha256, row_count FROM datasets").fetchall() == [
+        assert raw(conn).execute("SELECT version, content_sha256, row_count FROM datasets").fetchall() == [
             (old_version, old_version, 120)]
         conn.close()
         with sbx.admin() as admin:

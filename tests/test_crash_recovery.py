@@ -28,6 +28,7 @@ import pytest
 from clients import AdminClient, ApplicantClient, Query, SandboxClientError, generate_key, public_key_of
 from tests.conftest import DATA, ROOT, SCHEMAS
 from tests.test_he_worker_lifetime import alive, children
+from tests.sqlite_raw import raw
 
 pytestmark = pytest.mark.slow
 CYCLES = 3
@@ -158,12 +159,12 @@ def test_kill_9_under_load_loses_nothing_on_the_record(tmp_path: Path) -> None:
                 pass
     assert len(received) >= CYCLES * ANSWERS_PER_CYCLE
     conn = sqlite3.connect(data_dir / "sandbox.db")
-    released = {seq: (status, sha) for seq, status, sha in conn.execute(
+    released = {seq: (status, sha) for seq, status, sha in raw(conn).execute(
         "SELECT seq, status, response_sha256 FROM audit_log")}
     for seq, sha in received:
         assert released.get(seq) == ("OK", sha), (seq, released.get(seq), sha)
-    lost = conn.execute("SELECT COUNT(*) FROM audit_log WHERE error_code = 'LOST_IN_CRASH'").fetchone()[0]
-    assert conn.execute("SELECT COUNT(*) FROM releases WHERE state = 'pending'").fetchone()[0] == 0
+    lost = raw(conn).execute("SELECT COUNT(*) FROM audit_log WHERE error_code = 'LOST_IN_CRASH'").fetchone()[0]
+    assert raw(conn).execute("SELECT COUNT(*) FROM releases WHERE state = 'pending'").fetchone()[0] == 0
     conn.close()
     verify = subprocess.run([sys.executable, "-m", "sandbox.cli", "audit", "verify", str(data_dir)],
                             capture_output=True, text=True, cwd=ROOT)

@@ -12,7 +12,7 @@ from clients import (
     ApplicantClient, DeadlineExceeded, InvalidArgument, PermissionDenied, Query, ResourceExhausted,
 )
 from sandbox import audit, ledger
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 
 CENSUS_COLS = ["age", "sex", "education", "hours_per_week", "race", "capital_gain", "workclass"]

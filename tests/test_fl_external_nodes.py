@@ -33,7 +33,7 @@ from sandbox.config import default_file, load_config
 from sandbox.datadir import catalogue_secret, init_data_dir
 from sandbox.dp_queries import ArrayCache
 from sandbox.fl_jobs import JobManager, backend_for
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS
 
 #: Numeric features with public bounds, a categorical one ("plan", 19 declared codes) and imputation.
@@ -64,13 +64,13 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobManager, obje
     data_dir = config.data_dir
     db = Database(data_dir / "sandbox.db")
     schema = serde.schema_from_pb(load_schema_file(SCHEMAS / "rand_hie.toml"))
-    report = catalogue.import_csv(db, data_dir, schema, (DATA / "rand_hie.csv.gz").read_bytes(), imported_by="test",
+    report = catalogue.import_csv(db, data_dir / "datasets", schema, (DATA / "rand_hie.csv.gz").read_bytes(), imported_by="test",
                                   version_key=catalogue_secret(config.catalogue_key),
                                   count_epsilon=config.catalogue_count_epsilon, now_ms=int(time.time() * 1000))
     assert report.rejected_count == 0 and report.duplicates_dropped == 0  # so the CSV rows are the imported rows
     with db.read() as conn:
         info = catalogue.get_dataset(conn, "rand_hie")
-    return JobManager(db, ArrayCache(data_dir)), info
+    return JobManager(db, ArrayCache(data_dir / "datasets")), info
 
 
 def assert_same(a: fl_server.Partition, b: fl_server.Partition) -> None:

@@ -10,7 +10,7 @@ import pytest
 import fl_server
 from clients import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
 from sandbox import catalogue, fl_jobs, ledger
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 from protos.sandbox.v1 import fl_pb2
 

@@ -12,7 +12,8 @@ from sandbox import he_entities
 from sandbox.domain import ColumnSchema, ColumnType, DatasetInfo, DatasetSchema, Level
 from sandbox.errors import SandboxError
 from sandbox.he_entities import EntityCounts, EntityIndex, pseudonyms
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from tests.sqlite_raw import raw
 
 SECRET = os.urandom(32)
 
@@ -21,12 +22,12 @@ SECRET = os.urandom(32)
 def db(tmp_path: Path) -> Database:
     database = Database.create(tmp_path / "t.db")
     with database.write() as conn:  # the rows the counts refer to (grant ids are foreign keys)
-        conn.execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
+        raw(conn).execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
                      "VALUES ('p-1', 'n', 'o', 'applicant', x'00', 'active', 0)")
         for n in ("1", "2"):
-            conn.execute("INSERT INTO scenarios (id, applicant_id, application, status, created_at_ms) "
+            raw(conn).execute("INSERT INTO scenarios (id, applicant_id, application, status, created_at_ms) "
                          "VALUES (?, 'p-1', x'', 'approved', 0)", (f"s-{n}",))
-            conn.execute("INSERT INTO grants (id, scenario_id, terms, signature, approver_id, issued_at_ms) "
+            raw(conn).execute("INSERT INTO grants (id, scenario_id, terms, signature, approver_id, issued_at_ms) "
                          "VALUES (?, ?, x'', x'', 'p-1', 0)", (f"g-{n}", f"s-{n}"))
     return database
 

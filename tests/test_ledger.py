@@ -15,8 +15,10 @@ from sandbox.config import load_config
 from sandbox.domain import AuditRecord, Budget
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import read_private_key
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox, apply_dp
+from tests.sqlite_raw import raw
 
 
 def test_units_are_exact_and_rounded_the_safe_way() -> None:
@@ -128,11 +130,11 @@ def test_quota_and_refund_are_refused(granted) -> None:  # type: ignore[no-untyp
     ledger.reserve_budget(db, log, grant_id, Budget(5, 0), quota=1, record=_record(2))
     conn = db.connection()
     with pytest.raises(Exception, match="only grow"):
-        conn.execute("UPDATE budgets SET epsilon_spent_nano = 0 WHERE grant_id = ?", (grant_id,))
+        raw(conn).execute("UPDATE budgets SET epsilon_spent_nano = 0 WHERE grant_id = ?", (grant_id,))
     with pytest.raises(Exception):
-        conn.execute("UPDATE budgets SET epsilon_cap_nano = epsilon_cap_nano + 1 WHERE grant_id = ?", (grant_id,))
+        raw(conn).execute("UPDATE budgets SET epsilon_cap_nano = epsilon_cap_nano + 1 WHERE grant_id = ?", (grant_id,))
     with pytest.raises(SandboxError) as exc2:
         ledger.reserve_budget(db, log, "g-nope", Budget(1, 0), quota=1, record=_record(3))
     assert exc2.value.code is ErrorCode.NOT_FOUND
-    assert Decimal(ledger.budget_state(conn, grant_id).usage.epsilon_spent_nano) == 5
+    assert Decimal(ledger.budget_state(SqliteTx(conn), grant_id).usage.epsilon_spent_nano) == 5
     db.close()

@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.storage import Database
+from sandbox.state.sqlite import SqliteState as Database
+from sandbox.state.sqlite import SqliteTx
+from tests.sqlite_raw import raw
 
 
 @pytest.fixture()
 def db(tmp_path: Path) -> Database:
     database = Database.create(tmp_path / "sandbox.db")
     with database.write() as conn:
-        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-        conn.execute("CREATE TABLE t (x INTEGER, parent INTEGER REFERENCES parent (id))")
+        raw(conn).execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        raw(conn).execute("CREATE TABLE t (x INTEGER, parent INTEGER REFERENCES parent (id))")
     yield database
     database.close()
 
@@ -29,7 +31,7 @@ def rows(db: Database) -> list[int]:
     other = Database(db.path)  # another connection: sees only what is committed
     try:
         with other.read() as conn:
-            return sorted(r[0] for r in conn.execute("SELECT x FROM t"))
+            return sorted(r[0] for r in raw(conn).execute("SELECT x FROM t"))
     finally:
         other.close()
 
@@ -70,7 +72,7 @@ def queued_behind_a_holder(db: Database, bodies: list[Callable]) -> list[object]
 
 
 def insert(x: int) -> Callable:  # type: ignore[type-arg]
-    return lambda conn: conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
+    return lambda conn: raw(conn).execute("INSERT INTO t (x) VALUES (?)", (x,))
 
 
 def test_queued_writers_share_one_commit(db: Database) -> None:
@@ -84,13 +86,13 @@ def test_queued_writers_share_one_commit(db: Database) -> None:
 def test_a_lone_writer_commits_at_once(db: Database) -> None:
     commits = db.commits
     with db.write() as conn:
-        conn.execute("INSERT INTO t (x) VALUES (7)")
+        raw(conn).execute("INSERT INTO t (x) VALUES (7)")
     assert db.commits == commits + 1 and rows(db) == [7]  # visible to another connection on return
 
 
 def test_a_failing_writer_undoes_only_its_own_work(db: Database) -> None:
     def fails(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.execute("INSERT INTO t (x) VALUES (100)")
+        raw(conn).execute("INSERT INTO t (x) VALUES (100)")
         raise ValueError("handler failed")
 
     outcomes = queued_behind_a_holder(db, [insert(1), fails, insert(3)])
@@ -111,22 +113,22 @@ def test_the_last_writer_failing_still_commits_the_others(db: Database) -> None:
 
 def test_a_failed_commit_fails_every_writer_of_the_batch_and_keeps_nothing(db: Database) -> None:
     def breaks_the_commit(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
-        conn.execute("INSERT INTO t (x, parent) VALUES (2, 999)")
+        raw(conn).execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces only at COMMIT
+        raw(conn).execute("INSERT INTO t (x, parent) VALUES (2, 999)")
 
     outcomes = queued_behind_a_holder(db, [insert(1), breaks_the_commit, insert(3)])
     assert all(isinstance(o, SandboxError) and o.code is ErrorCode.STORAGE_BUSY for o in outcomes), outcomes
     assert rows(db) == []
     with db.write() as conn:  # and the next writer starts a clean transaction
-        conn.execute("INSERT INTO t (x) VALUES (4)")
+        raw(conn).execute("INSERT INTO t (x) VALUES (4)")
     assert rows(db) == [4]
 
 
 def test_a_read_inside_a_write_sees_that_write(db: Database) -> None:
     with db.write() as conn:
-        conn.execute("INSERT INTO t (x) VALUES (5)")
+        raw(conn).execute("INSERT INTO t (x) VALUES (5)")
         with db.read() as reader:
-            assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+            assert raw(reader).execute("SELECT count(*) FROM t").fetchone()[0] == 1
         assert rows(db) == []  # not committed yet: another connection does not see it
     assert rows(db) == [5]
 
@@ -134,7 +136,7 @@ def test_a_read_inside_a_write_sees_that_write(db: Database) -> None:
 def test_many_concurrent_writers_all_land(db: Database) -> None:
     def write_one(x: int) -> None:
         with db.write() as conn:
-            conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
+            raw(conn).execute("INSERT INTO t (x) VALUES (?)", (x,))
 
     writes = db.writes
     threads = [threading.Thread(target=write_one, args=(i,)) for i in range(64)]
@@ -146,22 +148,24 @@ def test_many_concurrent_writers_all_land(db: Database) -> None:
 
 
 def test_content_is_stored_under_its_hash_once_and_a_changed_row_is_caught(db: Database) -> None:
-    from sandbox.storage import canonical_json, get_content, put_content
+    from sandbox.registry import canonical_json
+    from sandbox.registry import get as get_content
+    from sandbox.registry import put as put_content
 
     doc = canonical_json({"b": 1.5, "a": ["x"]})
     assert doc == b'{"a":["x"],"b":1.5}'
     with pytest.raises(ValueError):
         canonical_json({"w": float("nan")})
     with db.write() as conn:
-        conn.execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
+        raw(conn).execute("INSERT INTO principals (id, name, organisation, roles, public_key, status, created_at_ms) "
                      "VALUES ('p-1', 'n', 'o', 'applicant', x'01', 'active', 0)")
         digest = put_content(conn, "plans", doc, submitted_by="p-1", now_ms=1)
         assert put_content(conn, "plans", doc, submitted_by="p-1", now_ms=2) == digest  # the same row
-        assert conn.execute("SELECT count(*) FROM plans").fetchone()[0] == 1
+        assert raw(conn).execute("SELECT count(*) FROM plans").fetchone()[0] == 1
         assert get_content(conn, "plans", digest) == (doc.decode(), "p-1")
         assert get_content(conn, "plans", "0" * 64) is None
         forged = "ab" * 32  # a row whose text is not what its key says (an edit behind the server's back)
-        conn.execute("INSERT INTO plans (plan_hash, canonical, submitted_by, created_at_ms) VALUES (?, ?, 'p-1', 0)",
+        raw(conn).execute("INSERT INTO plans (plan_hash, canonical, submitted_by, created_at_ms) VALUES (?, ?, 'p-1', 0)",
                      (forged, '{"a":["y"],"b":1.5}'))
         with pytest.raises(SandboxError) as exc:
             get_content(conn, "plans", forged)
@@ -188,7 +192,7 @@ BEGIN SELECT RAISE(ABORT, 'datasets are read-only'); END;
 def old_database(path: Path, rows: list[tuple[str, str, int]]) -> None:
     """A database file as the server made it before this change: the old datasets table, by hand."""
     conn = sqlite3.connect(path)
-    conn.executescript(OLD_DATASETS)
+    raw(conn).executescript(OLD_DATASETS)
     conn.executemany("INSERT INTO datasets VALUES (?, ?, ?, ?, 1000, 'admin')",
                      [(name, version, f'{{"name": "{name}"}}', count) for name, version, count in rows])
     conn.commit()
@@ -206,15 +210,15 @@ def test_an_old_datasets_table_gets_its_columns_and_one_release_per_row(tmp_path
 
     db = Database.create(path, release_rows=release)
     conn = db.connection()
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    columns = {row[1] for row in raw(conn).execute("PRAGMA table_info(datasets)")}
     assert {"content_sha256", "public_rows"} <= columns
     # Old versions were the unsalted content hash: that is their digest, and they keep it as their version.
-    assert conn.execute("SELECT name, version, content_sha256, row_count, public_rows FROM datasets ORDER BY name"
+    assert raw(conn).execute("SELECT name, version, content_sha256, row_count, public_rows FROM datasets ORDER BY name"
                         ).fetchall() == [("census", "b" * 64, "b" * 64, 48_790, 48_793),
                                          ("people", "a" * 64, "a" * 64, 57, 60)]
     assert sorted(calls) == [('{"name": "census"}', 48_790), ('{"name": "people"}', 57)]
     with pytest.raises(sqlite3.IntegrityError, match="read-only"):  # the trigger is back
-        conn.execute("UPDATE datasets SET public_rows = 0")
+        raw(conn).execute("UPDATE datasets SET public_rows = 0")
     db.close()
     Database.create(path, release_rows=release).close()  # opening again releases nothing more
     assert len(calls) == 2
@@ -227,13 +231,13 @@ def test_an_old_table_with_datasets_needs_a_release_to_migrate(tmp_path: Path) -
         Database.create(path)
     assert info.value.code is ErrorCode.INTERNAL
     conn = sqlite3.connect(path)  # rolled back: still the old table, nothing half done
-    assert "public_rows" not in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    assert "public_rows" not in {row[1] for row in raw(conn).execute("PRAGMA table_info(datasets)")}
     conn.close()
     empty = tmp_path / "empty.db"
     old_database(empty, [])
     Database.create(empty).close()  # nothing to release: the columns are simply added
     conn = sqlite3.connect(empty)
-    assert "public_rows" in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}
+    assert "public_rows" in {row[1] for row in raw(conn).execute("PRAGMA table_info(datasets)")}
     conn.close()
 
 
@@ -242,7 +246,7 @@ def test_an_old_principals_table_gets_its_approval_time(tmp_path: Path) -> None:
     (0: any request they sign is after it)."""
     path = tmp_path / "sandbox.db"
     conn = sqlite3.connect(path)
-    conn.executescript("""
+    raw(conn).executescript("""
         CREATE TABLE principals (id TEXT PRIMARY KEY, name TEXT NOT NULL, organisation TEXT NOT NULL,
             roles TEXT NOT NULL, public_key BLOB NOT NULL UNIQUE,
             status TEXT NOT NULL CHECK (status IN ('active', 'pending', 'suspended')),
@@ -253,6 +257,6 @@ def test_an_old_principals_table_gets_its_approval_time(tmp_path: Path) -> None:
     db = Database.create(path)
     from sandbox import principals
 
-    old = principals.get(db.connection(), "p-aaaaaaaaaaaaaaaaaaaaaaaa")
+    old = principals.get(SqliteTx(db.connection()), "p-aaaaaaaaaaaaaaaaaaaaaaaa")
     assert old is not None and old.active_since_ms == 0 and old.status.value == "active"
     db.close()

@@ -26,8 +26,10 @@ from clients.types import Receipt
 from clients.witness import WitnessError, witness
 from sandbox.config import load_config
 from sandbox.identity import read_private_key
+from sandbox.state.sqlite import SqliteTx
 from tests.conftest import DATA, ROOT, SCHEMAS, enrol_client, start_sandbox
 from tests.test_audit import _insider, _rechain
+from tests.sqlite_raw import raw
 
 
 def _world(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -89,7 +91,7 @@ def test_receipts_and_head_requests_do_not_sign_a_head_each(tmp_path: Path) -> N
         assert result.receipt is not None
         started = time.monotonic()
         with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
-            before = conn.execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0]
+            before = raw(conn).execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0]
         calls = 0
         for _ in range(30):
             office.verify_receipt(result.receipt)
@@ -103,7 +105,7 @@ def test_receipts_and_head_requests_do_not_sign_a_head_each(tmp_path: Path) -> N
         assert checked.head.size >= mine[-1].seq
         elapsed = time.monotonic() - started
         with sqlite3.connect(sbx.data_dir / "sandbox.db") as conn:
-            signed = conn.execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0] - before
+            signed = raw(conn).execute("SELECT COUNT(*) FROM tree_heads").fetchone()[0] - before
         # One a second on request, one every 32 entries in the background (the calls write about 62 entries).
         assert signed <= elapsed + 2 + (calls + 10) // 32, (signed, elapsed, calls)
         assert signed < calls // 2
@@ -137,7 +139,7 @@ def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, a
         office.run_query(grant, Query("adult_census").count(), epsilon=0.5)
         second = witness(auditor, state)  # the key is pinned now
         assert second.previous == first.head and second.grew_by > 0
-        cosigned = {(c.size, c.witness_id) for c in server_audit.cosignatures(sbx.running.db.connection())}
+        cosigned = {(c.size, c.witness_id) for c in server_audit.cosignatures(SqliteTx(sbx.running.db.connection()))}
         assert {(first.head.size, auditor.principal_id), (second.head.size, auditor.principal_id)} <= cosigned  # type: ignore[union-attr]
         saved = state / "head.json"
         size = second.head.size  # type: ignore[union-attr]
@@ -145,25 +147,25 @@ def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, a
 
         def tamper(conn: sqlite3.Connection) -> None:
             if attack == "truncate":
-                conn.execute("DELETE FROM audit_log WHERE seq > ?", (size - 3,))
-                conn.execute("DELETE FROM tree_heads WHERE size > ?", (size - 3,))
+                raw(conn).execute("DELETE FROM audit_log WHERE seq > ?", (size - 3,))
+                raw(conn).execute("DELETE FROM tree_heads WHERE size > ?", (size - 3,))
             elif attack == "delete everything":
-                conn.execute("DELETE FROM head_cosignatures")
-                conn.execute("DELETE FROM audit_log")
-                conn.execute("DELETE FROM tree_heads")
+                raw(conn).execute("DELETE FROM head_cosignatures")
+                raw(conn).execute("DELETE FROM audit_log")
+                raw(conn).execute("DELETE FROM tree_heads")
             elif attack == "rewrite re-signed":  # hide the charges: as if the key had been stolen with the directory
                 from sandbox.domain import AuditRecord
 
                 _rechain(conn, key=key, edit=lambda seq, r: AuditRecord(**{**r.__dict__, "epsilon_nano": 0}))
             else:
-                (prev,) = conn.execute("SELECT entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+                (prev,) = raw(conn).execute("SELECT entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
                 from sandbox.audit import compute_entry_hash
                 from sandbox.domain import AuditRecord
 
-                n = conn.execute("SELECT MAX(seq) FROM audit_log").fetchone()[0] + 1
+                n = raw(conn).execute("SELECT MAX(seq) FROM audit_log").fetchone()[0] + 1
                 forged = AuditRecord(office.principal_id, "/sandbox.v1.DpQueryService/RunQuery", "OK")  # type: ignore[attr-defined]
                 h = compute_entry_hash(n, 1, forged, prev)
-                conn.execute("INSERT INTO audit_log VALUES (?, 1, ?, ?, '', '', 'OK', '', 0, 0, '', '', ?, ?, NULL)",
+                raw(conn).execute("INSERT INTO audit_log VALUES (?, 1, ?, ?, '', '', 'OK', '', 0, 0, '', '', ?, ?, NULL)",
                              (n, forged.principal_id, forged.method, prev, h))
 
         _stop_tamper_restart(sbx, tamper)
@@ -231,8 +233,8 @@ def test_verify_flags_a_refilled_ledger(tmp_path: Path) -> None:
 
     assert verify().returncode == 0
     conn = sqlite3.connect(sbx.data_dir / "sandbox.db", isolation_level=None)
-    conn.execute("DROP TRIGGER budgets_never_refund")
-    conn.execute("UPDATE budgets SET epsilon_spent_nano = 0 WHERE grant_id = ?", (grant,))
+    raw(conn).execute("DROP TRIGGER budgets_never_refund")
+    raw(conn).execute("UPDATE budgets SET epsilon_spent_nano = 0 WHERE grant_id = ?", (grant,))
     conn.close()
     refilled = verify()
     assert refilled.returncode == 3 and f"grant {grant}: the ledger records epsilon 0" in refilled.stdout, refilled.stdout

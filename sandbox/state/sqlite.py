@@ -1,4 +1,5 @@
-"""SQLite storage: one database file, WAL with full sync; readers use a connection per thread.
+"""The SQLite backend: the embedded default. One database file, WAL with full sync; readers use a connection per
+thread.
 
 Writes are group-committed. Every ``write()`` runs as a SAVEPOINT inside one
 shared ``BEGIN IMMEDIATE`` transaction on the writer connection, under an
@@ -10,25 +11,45 @@ committed (one fsync per batch instead of one per call), a failing writer rolls
 back only its own savepoint, and a failed COMMIT fails every writer of that
 batch, none of whose work is kept. A lone writer commits at once, as before.
 Other processes (the offline ``sandbox audit`` commands, tests) are serialised
-by SQLite itself through ``busy_timeout``.
+by SQLite itself through ``busy_timeout``. ``BEGIN IMMEDIATE`` holds the whole
+database, so the audit log needs no lock of its own.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import ErrorCode, SandboxError
+from sandbox.state.base import SCHEMA_VERSION, Conflict, State, StateError
+from sandbox.state.sql import SqlTx
 
 DB_FILE = "sandbox.db"
 #: At most this many writers share one commit (bounds the wait of the first of them).
 MAX_BATCH = 64
+
+
+class SqliteTx(SqlTx):
+    _import_order = "rowid"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        try:
+            return self.conn.execute(sql, tuple(args))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StateError(str(exc)) from exc
+
+    def _hold_log(self) -> None:
+        """Nothing to do: a write transaction (``BEGIN IMMEDIATE``) already holds the whole database."""
 
 
 class _Batch:
@@ -41,13 +62,23 @@ class _Batch:
 
 
 def _schema_sql() -> str:
-    return resources.files("sandbox").joinpath("schema.sql").read_text(encoding="utf-8")
+    return resources.files("sandbox.state").joinpath("schema_sqlite.sql").read_text(encoding="utf-8")
 
 
 #: (schema_json, exact row count) -> the public row count, released with differential privacy.
 ReleaseRows = Callable[[str, int], int]
 _DATASET_COLUMNS = {"content_sha256": "TEXT NOT NULL DEFAULT ''",
                     "public_rows": "INTEGER NOT NULL DEFAULT 0 CHECK (public_rows >= 0)"}
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    """The recorded schema version; 1 for a database from before versions were recorded, 0 for a new file."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is not None:
+        return int(row[0])
+    return 1
 
 
 def _migrate_datasets(conn: sqlite3.Connection, release_rows: ReleaseRows | None) -> None:
@@ -112,8 +143,10 @@ def _migrate_audit(conn: sqlite3.Connection) -> None:
             raise
 
 
-class Database:
-    """The sandbox database. Safe to share between threads."""
+class SqliteState(State):
+    """The sandbox's state in one SQLite file. Safe to share between threads."""
+
+    kind = "sqlite"
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
@@ -129,24 +162,53 @@ class Database:
         #: Commits done by write() and the writes they carried (for benchmarks and tests).
         self.commits = 0
         self.writes = 0
+        self._read_only = False
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
 
     @classmethod
-    def create(cls, path: Path, *, release_rows: ReleaseRows | None = None) -> Database:
-        """Create the schema (idempotent), migrate an older one, and return the database.
+    def create(cls, path: Path, *, release_rows: ReleaseRows | None = None,
+               busy_timeout_ms: int = 5000) -> SqliteState:
+        """Create the schema (idempotent), migrate an older one, and return the state.
 
         ``release_rows(schema_json, row_count)`` gives the public row count of a dataset imported before
-        counts were released; it is needed only to migrate such a database.
+        counts were released; it is needed only to migrate such a database. A database written by a newer
+        release (a higher ``schema_version``) is refused rather than misread.
         """
-        db = cls(path)
+        db = cls(path, busy_timeout_ms=busy_timeout_ms)
         conn = db.connection()
+        found = _schema_version(conn)
+        if found > SCHEMA_VERSION:
+            db.close()
+            raise SandboxError(ErrorCode.INTERNAL, log_detail=f"{path}: schema version {found} is newer than this "
+                                                              f"release's {SCHEMA_VERSION}: upgrade the sandbox")
         conn.executescript(_schema_sql())
-        _migrate_datasets(conn, release_rows)
-        _migrate_audit(conn)
-        if "active_since_ms" not in {row[1] for row in conn.execute("PRAGMA table_info(principals)")}:
-            conn.execute("ALTER TABLE principals ADD COLUMN active_since_ms INTEGER NOT NULL DEFAULT 0")
+        if found < SCHEMA_VERSION:
+            # Version 1 (no recorded version) covers every shape before versions were recorded; its steps are
+            # idempotent. Later versions add their steps here, each run once, in order.
+            _migrate_datasets(conn, release_rows)
+            _migrate_audit(conn)
+            if "active_since_ms" not in {row[1] for row in conn.execute("PRAGMA table_info(principals)")}:
+                conn.execute("ALTER TABLE principals ADD COLUMN active_since_ms INTEGER NOT NULL DEFAULT 0")
+            with db.write() as tx:
+                tx.meta_put("schema_version", str(SCHEMA_VERSION))
+        return db
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> SqliteState:
+        """For offline commands (``sandbox audit verify``): no schema change, no write."""
+        db = cls(path)
+        db._read_only = True
         return db
 
     def _connect(self) -> sqlite3.Connection:
+        if self._read_only:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            with self._all_lock:
+                self._all.append(conn)
+            return conn
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
         )
@@ -167,7 +229,7 @@ class Database:
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[SqliteTx]:
         """A transaction of this caller's own: committed (durably) on success, rolled back on any error.
 
         Raises STORAGE_BUSY if the database cannot be locked or the commit fails.
@@ -190,9 +252,10 @@ class Database:
                 self._batch = _Batch()
             batch = self._batch
             conn.execute("SAVEPOINT call")
-            self._local.writing = conn
+            tx = SqliteTx(conn)
+            self._local.writing = tx
             try:
-                yield conn
+                yield tx
                 conn.execute("RELEASE call")
                 batch.members += 1
                 ok = True
@@ -230,18 +293,52 @@ class Database:
             batch.done.set()
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[SqliteTx]:
         """A consistent read snapshot (``BEGIN DEFERRED`` ... ``COMMIT``); inside ``write()``, that transaction."""
-        writing: sqlite3.Connection | None = getattr(self._local, "writing", None)
+        writing: SqliteTx | None = getattr(self._local, "writing", None)
         if writing is not None:
             yield writing
             return
         conn = self.connection()
-        conn.execute("BEGIN")
+        if conn.in_transaction:  # a read inside a read on this thread: the same snapshot
+            yield SqliteTx(conn)
+            return
         try:
-            yield conn
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
+        try:
+            yield SqliteTx(conn)
         finally:
             conn.execute("COMMIT")
+
+    @contextmanager
+    def committed(self) -> Iterator[SqliteTx]:
+        conn = self.connection()  # this thread's read connection, never the writer
+        if conn.in_transaction:
+            yield SqliteTx(conn)
+            return
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
+        try:
+            yield SqliteTx(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def backup_to(self, target: Path) -> None:
+        """A consistent copy of the database while it serves (SQLite's online backup)."""
+        src = self._connect()
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+            with self._all_lock:
+                if src in self._all:
+                    self._all.remove(src)
 
     def close(self) -> None:
         with self._all_lock:
@@ -255,29 +352,3 @@ class Database:
         self._writer = None
 
 
-def canonical_json(doc: object) -> bytes:
-    """Sorted keys, no spaces, ASCII, no NaN: the one byte form that is stored and hashed."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
-#: Content-addressed tables (rows keyed by the SHA-256 of their canonical JSON, never updated) and their key.
-_CONTENT_KEYS = {"models": "model_hash", "plans": "plan_hash"}
-
-
-def put_content(conn: sqlite3.Connection, table: str, canonical: bytes, *, submitted_by: str, now_ms: int) -> str:
-    """Store ``canonical`` under its SHA-256 and return it; the same content again is the same row."""
-    digest = hashlib.sha256(canonical).hexdigest()
-    conn.execute(f"INSERT OR IGNORE INTO {table} ({_CONTENT_KEYS[table]}, canonical, submitted_by, created_at_ms) "
-                 "VALUES (?, ?, ?, ?)", (digest, canonical.decode(), submitted_by, now_ms))
-    return digest
-
-
-def get_content(conn: sqlite3.Connection, table: str, digest: str) -> tuple[str, str] | None:
-    """(canonical text, submitter) stored under ``digest``; INTERNAL if the row no longer matches its hash."""
-    row = conn.execute(f"SELECT canonical, submitted_by FROM {table} WHERE {_CONTENT_KEYS[table]} = ?",
-                       (digest,)).fetchone()
-    if row is None:
-        return None
-    if hashlib.sha256(row[0].encode()).hexdigest() != digest:
-        raise SandboxError(ErrorCode.INTERNAL, log_detail=f"{table} row {digest} does not match its hash")
-    return row[0], row[1]
