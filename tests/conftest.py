@@ -13,6 +13,7 @@ from clients import AdminClient, ApplicantClient, ResearcherClient, generate_key
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.server import RunningServer, start_server
+from tests.support.postgres import PostgresServer, fresh_database, running_postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -59,6 +60,25 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     sbx = start_sandbox(tmp_path)
     yield sbx
     sbx.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL for the session (started only if a test asks for it)."""
+    with running_postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.url
+
+
+@pytest.fixture()
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """The URL of a database of its own for one test, dropped after it."""
+    with fresh_database(postgres_url) as url:
+        yield url
 
 
 @dataclass

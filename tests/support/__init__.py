@@ -1,0 +1,1 @@
+"""Helpers that tests share but that are not fixtures themselves."""
