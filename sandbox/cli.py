@@ -16,6 +16,7 @@ from rich.console import Console
 from sandbox import audit
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
+from wire.keys import read_public_key
 from wire.transparency import TreeHead
 
 app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False,
@@ -94,7 +95,7 @@ def _open(data_dir: Path) -> tuple[sqlite3.Connection, bytes]:
         err.print(f"[red]no sandbox database in[/] {data_dir}")
         raise typer.Exit(2)
     conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True)
-    public_key = bytes.fromhex(cfg.audit_public_key.read_text().strip())
+    public_key = read_public_key(cfg.audit_public_key)
     return conn, public_key
 
 

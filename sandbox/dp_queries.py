@@ -28,6 +28,7 @@ from sandbox import catalogue, ledger, policy, serde
 from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind, Level, Principal
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import Call, Deferred
+from wire.budget import NANO, from_units
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 FILTER_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
@@ -231,7 +232,7 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
     if terms.max_epsilon_per_call_nano and cost.epsilon_nano > terms.max_epsilon_per_call_nano:
         raise SandboxError(ErrorCode.EPSILON_OVER_CALL_CAP,
-                           f"at most {Decimal(terms.max_epsilon_per_call_nano) / ledger.NANO} per query")
+                           f"at most {from_units(terms.max_epsilon_per_call_nano, NANO)} per query")
     if key:
         call.conn.execute(
             "INSERT INTO releases (grant_id, idempotency_key, request_sha256, state, created_at_ms) "
