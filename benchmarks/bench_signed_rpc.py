@@ -58,6 +58,7 @@ from sandbox.config import ServerConfig, load_config  # noqa: E402
 from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
 from sandbox.state.sqlite import SqliteState as Database  # noqa: E402
+from wire.signing import new_nonce, sha256_hex, signing_payload  # noqa: E402
 
 SIGNED = "signed WhoAmI"
 UNSIGNED = "unsigned Health/Check"
@@ -171,8 +172,8 @@ def micro_benchmarks(scratch: Path, n_crypto: int, n_commit: int) -> list[Micro]
     key = Ed25519PrivateKey.generate()
     pub = key.public_key()
     body = b""  # WhoAmIRequest serialises to nothing
-    payload = (f"sandbox.v1-request\n/sandbox.v1.ApplicantService/WhoAmI\n{int(time.time() * 1000)}\n"
-               f"{secrets.token_hex(16)}\n{hashlib.sha256(body).hexdigest()}").encode()
+    payload = signing_payload("/sandbox.v1.ApplicantService/WhoAmI", int(time.time() * 1000), new_nonce(),
+                              sha256_hex(body))
     sig = key.sign(payload)
     out = [
         _timeit("Ed25519 sign (client)", n_crypto, lambda: key.sign(payload)),

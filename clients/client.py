@@ -31,6 +31,7 @@ from clients.signing import load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from wire import transparency
+from wire.budget import ATTO, NANO, to_units
 
 __all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient"]
 
@@ -206,9 +207,9 @@ class ApplicantClient(SandboxClient):
                 datasets=[common_pb2.DatasetSelection(name=n, version=(dataset_versions or {}).get(n, ""),
                                                       columns=list(cols)) for n, cols in datasets.items()],
                 model_hash=model_hash,
-                budget=common_pb2.PrivacyBudget(epsilon_nano=serde.to_units(epsilon, serde.NANO, "epsilon"),
-                                                delta_atto=serde.to_units(delta, serde.ATTO, "delta")),
-                max_epsilon_per_call_nano=serde.to_units(max_epsilon_per_call, serde.NANO, "max_epsilon_per_call"),
+                budget=common_pb2.PrivacyBudget(epsilon_nano=to_units(epsilon, NANO, "epsilon"),
+                                                delta_atto=to_units(delta, ATTO, "delta")),
+                max_epsilon_per_call_nano=to_units(max_epsilon_per_call, NANO, "max_epsilon_per_call"),
                 valid_from_unix_ms=serde.ms(start) if valid_from else 0,
                 valid_until_unix_ms=serde.ms(start + valid_for), quota=quota,
             )
@@ -465,10 +466,10 @@ class AdminClient(AuditorClient):
                 cols = list(columns[sel.name]) if columns and sel.name in columns else list(sel.columns)
                 datasets.append(common_pb2.DatasetSelection(name=sel.name, version=sel.version, columns=cols))
             budget = common_pb2.PrivacyBudget(
-                epsilon_nano=app.budget.epsilon_nano if epsilon is None else serde.to_units(epsilon, serde.NANO, "epsilon"),
-                delta_atto=app.budget.delta_atto if delta is None else serde.to_units(delta, serde.ATTO, "delta"))
+                epsilon_nano=app.budget.epsilon_nano if epsilon is None else to_units(epsilon, NANO, "epsilon"),
+                delta_atto=app.budget.delta_atto if delta is None else to_units(delta, ATTO, "delta"))
             per_call = (app.max_epsilon_per_call_nano if max_epsilon_per_call is None
-                        else serde.to_units(max_epsilon_per_call, serde.NANO, "max_epsilon_per_call"))
+                        else to_units(max_epsilon_per_call, NANO, "max_epsilon_per_call"))
             terms = common_pb2.GrantTerms(
                 scenario_id=s.id, grantee_id=s.applicant_id, grantee_public_key=grantee_key, kind=app.kind,
                 datasets=datasets, model_hash=app.model_hash, budget=budget, max_epsilon_per_call_nano=per_call,

@@ -25,7 +25,8 @@ __all__ = [
     "InternalServerError", "from_rpc_error", "receipt_of",
 ]
 
-from wire.signing import ERROR_TRAILER, RECEIPT_TRAILER
+from wire.signing import ERROR_TRAILER, RECEIPT_TRAILER  # noqa: F401 - the trailer names, for callers
+from wire.signing import error_code_of, receipt_of
 
 
 class SandboxClientError(Exception):
@@ -74,24 +75,11 @@ STATUS_TO_ERROR: dict[grpc.StatusCode, type[SandboxClientError]] = {
 }
 
 
-def _trailer(trailing: object, name: str) -> str | None:
-    for key, value in trailing or ():  # type: ignore[attr-defined]
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return None
-
-
-def receipt_of(trailing: object) -> int | None:
-    """The receipt (audit entry number) in a call's trailing metadata, if any."""
-    value = _trailer(trailing, RECEIPT_TRAILER)
-    return int(value) if value is not None and value.isdigit() else None
-
-
 def from_rpc_error(exc: grpc.RpcError) -> SandboxClientError:
     """The most specific SDK exception for a gRPC error."""
     status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     message = exc.details() if hasattr(exc, "details") else ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     cls = STATUS_TO_ERROR.get(status, SandboxClientError)
-    return cls(message or status.name.lower(), status=status.name, code=_trailer(trailing, ERROR_TRAILER) or "",
+    return cls(message or status.name.lower(), status=status.name, code=error_code_of(trailing),
                receipt=receipt_of(trailing))

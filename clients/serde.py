@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import Decimal
 
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
-
-NANO = Decimal(10**9)
-ATTO = Decimal(10**18)
+from wire.budget import ATTO, NANO, from_units
 
 
 def _name(enum_type, value: int, prefix: str = "") -> str:  # type: ignore[no-untyped-def]
@@ -39,19 +36,6 @@ def kind_to_pb(kind: str) -> common_pb2.ComputationKind.ValueType:
         raise invalid(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING)") from None
 
 
-def to_units(value: float | int | str | Decimal, scale: Decimal, what: str) -> int:
-    """Exact conversion of a budget figure to integer units, rounding down (a request never grows)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{what} must be finite")
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{what} is not a number") from None
-    if not d.is_finite() or d < 0:
-        raise ValueError(f"{what} must be finite and not negative")
-    return int((d * scale).to_integral_value(rounding=ROUND_FLOOR))
-
-
 def ms(value: dt.datetime) -> int:
     if value.tzinfo is None:
         raise ValueError("datetimes must be timezone-aware")
@@ -64,7 +48,7 @@ def when(value_ms: int) -> dt.datetime:
 
 def budget(b: common_pb2.PrivacyBudget) -> tuple[Decimal, Decimal]:
     """(epsilon, delta) exactly, from the integer units on the wire."""
-    return Decimal(b.epsilon_nano) / NANO, Decimal(b.delta_atto) / ATTO
+    return from_units(b.epsilon_nano, NANO), from_units(b.delta_atto, ATTO)
 
 
 def principal(p: common_pb2.Principal) -> t.Principal:
@@ -94,7 +78,7 @@ def terms(raw: bytes) -> t.GrantTerms:
     return t.GrantTerms(
         g.scenario_id, g.grantee_id, _name(common_pb2.ComputationKind, g.kind), selections(g.datasets), g.model_hash,
         *budget(g.budget),
-        Decimal(g.max_epsilon_per_call_nano) / NANO, when(g.not_before_unix_ms), when(g.not_after_unix_ms),
+        from_units(g.max_epsilon_per_call_nano, NANO), when(g.not_before_unix_ms), when(g.not_after_unix_ms),
         g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
     )
 
@@ -107,11 +91,11 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
                         s.grant.revoke_reason)
     usage = None
     if s.HasField("usage"):
-        usage = t.Usage(Decimal(s.usage.epsilon_spent_nano) / NANO, Decimal(s.usage.delta_spent_atto) / ATTO,
+        usage = t.Usage(from_units(s.usage.epsilon_spent_nano, NANO), from_units(s.usage.delta_spent_atto, ATTO),
                         s.usage.quota_used)
     return t.Scenario(
         s.id, s.applicant_id, a.title, a.purpose, a.legal_basis, _name(common_pb2.ComputationKind, a.kind),
-        selections(a.datasets), a.model_hash, *budget(a.budget), Decimal(a.max_epsilon_per_call_nano) / NANO,
+        selections(a.datasets), a.model_hash, *budget(a.budget), from_units(a.max_epsilon_per_call_nano, NANO),
         when(a.valid_from_unix_ms), when(a.valid_until_unix_ms), a.quota,
         _name(common_pb2.ScenarioStatus, s.status, "SCENARIO_"), s.decision_reason, when(s.created_at_unix_ms),
         grant, usage,
@@ -125,7 +109,7 @@ def import_result(r: admin_pb2.ImportDatasetResponse) -> t.ImportResult:
 
 def audit_entry(e: audit_pb2.AuditEntry) -> t.AuditEntry:
     return t.AuditEntry(e.seq, when(e.time_unix_ms), e.principal_id, e.method, e.scenario_id, e.grant_id, e.status,
-                        e.error_code, Decimal(e.epsilon_nano) / NANO, Decimal(e.delta_atto) / ATTO,
+                        e.error_code, from_units(e.epsilon_nano, NANO), from_units(e.delta_atto, ATTO),
                         e.request_sha256, e.response_sha256, e.prev_hash, e.entry_hash)
 
 

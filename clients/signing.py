@@ -1,22 +1,20 @@
-"""Request signing and key files on the client side (what a signature covers is ``wire.signing``'s)."""
+"""Request signing and key files on the client side (what a signature covers is ``wire.signing``'s, the key
+files' format ``wire.keys``')."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-import secrets
 import time
 from pathlib import Path
 
-from wire.signing import (
-    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_STREAM_BYTES, MD_STREAM_SHA256, MD_TIMESTAMP,
-    principal_id_for, signing_payload, stream_body, stream_digest,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from wire.keys import public_key_bytes as public_key_of
+from wire.keys import public_key_path, write_private_key, write_public_key
+from wire.keys import read_private_key as load_key
+from wire.signing import (
+    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_STREAM_BYTES, MD_STREAM_SHA256, MD_TIMESTAMP, b64_encode,
+    new_nonce, principal_id_for, sha256_hex, signing_payload, stream_body, stream_digest, verify_signature,
+)
 
 __all__ = [
     "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "sign_stream",
@@ -34,27 +32,12 @@ def save_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
     ``bank.key`` gives ``bank.pub``, as ``sandbox init`` does for ``admin.key``. Refuses to overwrite either file.
     """
     path = Path(path)
-    if path.with_suffix(".pub").exists():
-        raise FileExistsError(str(path.with_suffix(".pub")))
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    path.with_suffix(".pub").write_text(public_key_of(key).hex() + "\n")
+    pub = public_key_path(path)
+    if pub.exists():
+        raise FileExistsError(str(pub))
+    write_private_key(path, key)
+    write_public_key(pub, public_key_of(key))
     return path
-
-
-def load_key(path: str | Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
-    return key
-
-
-def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def sign_request(
@@ -64,16 +47,16 @@ def sign_request(
 ) -> list[tuple[str, str]]:
     """The metadata that authenticates one request (``body_sha256``: what to sign instead of the body's hash)."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-    nonce = secrets.token_hex(16) if nonce is None else nonce
-    digest = body_sha256 or hashlib.sha256(body).hexdigest()
+    nonce = new_nonce() if nonce is None else nonce
+    digest = body_sha256 or sha256_hex(body)
     md = [
         (MD_PRINCIPAL, principal_id),
         (MD_TIMESTAMP, str(ts)),
         (MD_NONCE, nonce),
-        (MD_SIGNATURE, base64.b64encode(key.sign(signing_payload(method, ts, nonce, digest))).decode()),
+        (MD_SIGNATURE, b64_encode(key.sign(signing_payload(method, ts, nonce, digest)))),
     ]
     if include_public_key:
-        md.append((MD_PUBLIC_KEY, base64.b64encode(public_key_of(key)).decode()))
+        md.append((MD_PUBLIC_KEY, b64_encode(public_key_of(key))))
     return md
 
 
@@ -87,12 +70,4 @@ def sign_stream(key: Ed25519PrivateKey, principal_id: str, method: str, messages
 
 def verify_terms_signature(terms: bytes, signature: bytes, admin_public_keys: list[bytes]) -> bool:
     """True if one of the administrators' keys signed exactly these grant-term bytes."""
-    for raw in admin_public_keys:
-        try:
-            Ed25519PublicKey.from_public_bytes(raw).verify(signature, terms)
-            return True
-        except (InvalidSignature, ValueError):
-            continue
-    return False
-
-
+    return any(verify_signature(raw, signature, terms) for raw in admin_public_keys)

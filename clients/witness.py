@@ -17,6 +17,7 @@ from pathlib import Path
 
 from clients.client import AuditorClient
 from wire import transparency
+from wire.keys import public_key_text, read_public_key
 from wire.transparency import TreeHead
 
 __all__ = ["WitnessError", "WitnessResult", "witness"]
@@ -53,7 +54,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def _pinned_key(state: Path, given: bytes | None) -> bytes:
     path = state / KEY_FILE
     try:
-        pinned = bytes.fromhex(path.read_text().strip()) if path.exists() else None
+        pinned = read_public_key(path) if path.exists() else None
     except ValueError:
         raise WitnessError(f"this witness's pinned key ({path}) is unreadable: its state was damaged") from None
     if pinned is not None and given is not None and given != pinned:
@@ -62,7 +63,7 @@ def _pinned_key(state: Path, given: bytes | None) -> bytes:
     if key is None:
         raise ValueError("the first run needs the sandbox's published audit public key (--public-key)")
     if pinned is None:
-        _write_atomically(path, key.hex() + "\n")
+        _write_atomically(path, public_key_text(key))
     return key
 
 

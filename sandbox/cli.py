@@ -17,6 +17,7 @@ from sandbox import audit
 from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.state import State, open_read_only
+from wire.keys import read_public_key
 from wire.transparency import TreeHead
 
 app = typer.Typer(help="The data sandbox server.", no_args_is_help=True, add_completion=False,
@@ -98,7 +99,7 @@ def _open(data_dir: Path) -> tuple[State, bytes]:
     if not cfg.state and not cfg.db_path.exists():
         err.print(f"[red]no sandbox database in[/] {data_dir}")
         raise typer.Exit(2)
-    public_key = bytes.fromhex(cfg.audit_public_key.read_text().strip())
+    public_key = read_public_key(cfg.audit_public_key)
     return open_read_only(cfg.state_location), public_key
 
 

@@ -19,8 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sandbox import principals
 from sandbox.config import CONFIG_FILE, ServerConfig, default_file
 from sandbox.domain import Principal, Role
-from sandbox.identity import public_key_bytes, write_private_key
 from sandbox.state import open_state
+from wire.keys import public_key_bytes, public_key_path, write_private_key, write_public_key
 
 CERT_DAYS = 825
 CATALOGUE_KEY_BYTES = 32
@@ -31,14 +31,6 @@ class InitResult:
     config: ServerConfig
     admin: Principal
     admin_key_path: Path
-
-
-def _write_pem_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
 
 
 def _make_tls(tls_dir: Path) -> None:
@@ -73,9 +65,9 @@ def _make_tls(tls_dir: Path) -> None:
     )
     tls_dir.mkdir(mode=0o700)
     (tls_dir / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_pem_key(tls_dir / "ca.key", ca_key)
+    write_private_key(tls_dir / "ca.key", ca_key)
     (tls_dir / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_pem_key(tls_dir / "server.key", server_key)
+    write_private_key(tls_dir / "server.key", server_key)
 
 
 def catalogue_secret(path: Path) -> bytes:
@@ -137,11 +129,11 @@ def init_data_dir(
     keys.mkdir(mode=0o700)
     audit_key = Ed25519PrivateKey.generate()
     write_private_key(config.audit_key, audit_key)
-    config.audit_public_key.write_bytes(public_key_bytes(audit_key.public_key()).hex().encode() + b"\n")
+    write_public_key(config.audit_public_key, public_key_bytes(audit_key))
     admin_key = Ed25519PrivateKey.generate()
     admin_key_path = keys / "admin.key"
     write_private_key(admin_key_path, admin_key)
-    (keys / "admin.pub").write_text(public_key_bytes(admin_key.public_key()).hex() + "\n")
+    write_public_key(public_key_path(admin_key_path), public_key_bytes(admin_key))
     catalogue_secret(config.catalogue_key)
     config.datasets_dir.mkdir(mode=0o700)
     (data_dir / CONFIG_FILE).write_text(default_file(audit_key_file=str(config.audit_key), state=state))

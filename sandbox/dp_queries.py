@@ -28,6 +28,7 @@ from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind,
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.interceptor import Call, Deferred
 from sandbox.state import Tx
+from wire.budget import NANO, from_units
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 FILTER_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
@@ -230,7 +231,7 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
     if terms.max_epsilon_per_call_nano and cost.epsilon_nano > terms.max_epsilon_per_call_nano:
         raise SandboxError(ErrorCode.EPSILON_OVER_CALL_CAP,
-                           f"at most {Decimal(terms.max_epsilon_per_call_nano) / ledger.NANO} per query")
+                           f"at most {from_units(terms.max_epsilon_per_call_nano, NANO)} per query")
     if key:
         call.tx.release_open(auth.grant.id, key, call.request_sha256, call.now_ms)
     state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=1)

@@ -11,11 +11,9 @@ import enum
 
 import grpc
 
-from wire.signing import ERROR_TRAILER  # noqa: F401 - the trailer name both sides share
-
 
 class ErrorCode(str, enum.Enum):
-    """Machine-readable error codes; they travel in the ``x-sandbox-error`` trailer."""
+    """Machine-readable error codes; they travel in the error trailer (``wire.signing.answer_trailers``)."""
 
     SIGNATURE_MISSING = "SIGNATURE_MISSING"
     SIGNATURE_INVALID = "SIGNATURE_INVALID"

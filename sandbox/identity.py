@@ -1,29 +1,20 @@
-"""Ed25519 identities and request signatures (what a signature covers is ``wire.signing``'s, shared with the SDK)."""
+"""Ed25519 identities and request signatures (what a signature covers, the headers' shapes and the key files are
+``wire``'s, shared with the SDK)."""
 
 from __future__ import annotations
 
-import base64
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sandbox.domain import Principal, PrincipalStatus
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import Conflict, Tx
+from wire.keys import public_key_bytes, read_private_key, write_private_key  # noqa: F401 - this module's API
 from wire.signing import (  # noqa: F401 - principal_id_for, signing_payload, verify_signature: this module's API
-    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_TIMESTAMP, principal_id_for, signing_payload,
-    verify_signature,
+    MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_TIMESTAMP, b64_decode, is_nonce, principal_id_for,
+    signing_payload, verify_signature,
 )
-
-_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def public_key_bytes(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def load_public_key(raw: bytes) -> Ed25519PublicKey:
@@ -33,21 +24,6 @@ def load_public_key(raw: bytes) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as exc:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "public key is not a valid Ed25519 key") from exc
-
-
-def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
-    """Write a PKCS#8 PEM private key readable by its owner only (mode 0600 from creation)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-
-
-def read_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("not an Ed25519 private key")
-    return key
 
 
 @dataclass(frozen=True)
@@ -66,13 +42,13 @@ def parse_headers(metadata: dict[str, str | bytes]) -> SignedHeaders:
         raise SandboxError(ErrorCode.SIGNATURE_MISSING)
     try:
         timestamp_ms = int(str(metadata[MD_TIMESTAMP]))
-        signature = base64.b64decode(str(metadata[MD_SIGNATURE]), validate=True)
+        signature = b64_decode(str(metadata[MD_SIGNATURE]))
         pk_text = metadata.get(MD_PUBLIC_KEY)
-        public_key = base64.b64decode(str(pk_text), validate=True) if pk_text else b""
+        public_key = b64_decode(str(pk_text)) if pk_text else b""
     except ValueError as exc:
         raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="malformed signature headers") from exc
     nonce = str(metadata[MD_NONCE])
-    if not _NONCE_RE.match(nonce) or len(signature) != 64:
+    if not is_nonce(nonce) or len(signature) != 64:
         raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="malformed nonce or signature")
     return SignedHeaders(str(metadata[MD_PRINCIPAL]), timestamp_ms, nonce, signature, public_key)
 

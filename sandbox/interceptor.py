@@ -28,7 +28,6 @@ pending.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 import re
 import threading
@@ -44,13 +43,16 @@ from google.protobuf.message import DecodeError
 from sandbox import principals
 from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
-from sandbox.errors import ERROR_TRAILER, ErrorCode, SandboxError
+from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import (
     SignedHeaders, check_request, claim_nonce, claim_nonce_if_new, parse_headers, principal_id_for, prune_nonces,
     require_active,
 )
 from sandbox.state import State, Tx
-from wire.signing import MD_STREAM_BYTES, MD_STREAM_SHA256, RECEIPT_TRAILER, StreamDigest, stream_body
+from wire.signing import (
+    MD_PRINCIPAL, MD_STREAM_BYTES, MD_STREAM_SHA256, StreamDigest, answer_trailers, is_principal_id, sha256_hex,
+    stream_body,
+)
 
 log = logging.getLogger("sandbox.rpc")
 
@@ -99,10 +101,6 @@ class Deferred:
     on_failure: Callable[[Tx], None] | None = None
 
 
-def _sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
 _CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
 
 
@@ -110,13 +108,10 @@ def current_call() -> Call:
     return _CURRENT.get()
 
 
-_PRINCIPAL_RE = re.compile(r"^p-[0-9a-f]{24}$")
-
-
 def _claimed_principal(metadata: dict) -> str:  # type: ignore[type-arg]
     """The principal id a request claims, for the audit entry; anything not shaped like an id is recorded as '?'."""
-    value = str(metadata.get("x-sandbox-principal", ""))
-    return value if _PRINCIPAL_RE.match(value) else ("?" if value else "")
+    value = str(metadata.get(MD_PRINCIPAL, ""))
+    return value if is_principal_id(value) else ("?" if value else "")
 
 
 class PeerBudget:
@@ -276,7 +271,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
     ) -> bytes:
         """``raw`` is the request's bytes, or the list of a client stream's messages (already authenticated)."""
         now_ms = int(self._clock() * 1000)
-        request_sha = request_sha or _sha(raw)  # type: ignore[arg-type]
+        request_sha = request_sha or sha256_hex(raw)  # type: ignore[arg-type]
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         try:
@@ -301,12 +296,12 @@ class SigningInterceptor(grpc.ServerInterceptor):
                                                                   charged=True))
                 else:
                     body: bytes = handler.response_serializer(response)
-                    entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, _sha(body)))
+                    entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, sha256_hex(body)))
                 self._maybe_prune(tx, now_ms)
             self._audit.after_commit()
             if isinstance(response, Deferred):
                 body, entry = self._compute_and_release(call, method, request_sha, response, handler, context)
-            context.set_trailing_metadata(((RECEIPT_TRAILER, str(entry.seq)),))
+            context.set_trailing_metadata(answer_trailers(receipt=entry.seq))
             log.info("%s principal=%s status=OK", method, principal.id)
             return body
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
@@ -349,7 +344,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         never data rows.
         """
         now_ms = int(self._clock() * 1000)
-        request_sha = _sha(raw)
+        request_sha = sha256_hex(raw)
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         admitted: _Admitted | None = None
@@ -367,7 +362,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     _CURRENT.reset(token)
                 entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, "stream"))
             self._audit.after_commit()
-            context.set_trailing_metadata(((RECEIPT_TRAILER, str(entry.seq)),))
+            context.set_trailing_metadata(answer_trailers(receipt=entry.seq))
             for event in events:
                 if not context.is_active():
                     return
@@ -403,11 +398,12 @@ class SigningInterceptor(grpc.ServerInterceptor):
             if deferred.on_success is not None:
                 deferred.on_success(tx, body)
             if released:
-                entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, _sha(body)))
+                entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, sha256_hex(body)))
             else:
                 # The caller's deadline passed: the answer is kept for an idempotent retry but not released now.
                 entry = self._audit.append(tx, self._record(call, method, "DEADLINE_EXCEEDED", request_sha,
-                                                              _sha(body), error_code=ErrorCode.NOT_RELEASED.value))
+                                                            sha256_hex(body),
+                                                            error_code=ErrorCode.NOT_RELEASED.value))
         self._audit.after_commit()
         if not released:
             withheld = SandboxError(ErrorCode.NOT_RELEASED)
@@ -470,7 +466,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
             log.warning("%s principal=%s refused %s (%s)", method, claimed, exc.code.value, exc.log_detail)
         else:
             log.info("%s principal=%s refused %s", method, claimed, exc.code.value)
-        trailers = [(ERROR_TRAILER, exc.code.value)]
+        receipt: int | None = None
         # Callers that are not active principals (outsiders, pending or suspended keys, registrations) are
         # audited up to a per-peer budget; an active principal's refusal always is.
         outsider = method == REGISTER_METHOD or call is None and (
@@ -483,7 +479,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     AuditRecord(claimed, method, exc.status.name, exc.code.value, call.scenario_id if call else "",
                                 call.grant_id if call else "", 0, 0, request_sha, ""),
                     also=(lambda tx: claim_nonce_if_new(tx, *nonce)) if nonce else None)
-                trailers.append((RECEIPT_TRAILER, str(entry.seq)))
+                receipt = entry.seq
             # Over budget (the caller is not active): not written; a request signed now is refused once the key
             # is approved (``active_since_ms``), so its nonce need not be kept.
         except SandboxError as audit_exc:
@@ -491,8 +487,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 self._recent.add(*nonce)  # the refusal (and its nonce claim) could not be written
             log.error("%s: audit unavailable (%s)", method, audit_exc.log_detail)
             exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)
-            trailers = [(ERROR_TRAILER, exc.code.value)]
-        context.set_trailing_metadata(tuple(trailers))
+            receipt = None
+        context.set_trailing_metadata(answer_trailers(exc.code.value, receipt))
         context.abort(exc.status, exc.public_message)
 
     def _maybe_prune(self, tx: Tx, now_ms: int) -> None:

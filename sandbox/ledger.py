@@ -9,40 +9,33 @@ A charge is never refunded (a trigger refuses any decrease).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import Decimal
 
 from sandbox.audit import AuditLog
 from sandbox.domain import AuditRecord, Budget, GrantUsage
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import State, Tx
+from wire.budget import ATTO, NANO, from_units, to_units
 
-NANO = 10**9
-ATTO = 10**18
 #: Largest epsilon a grant may carry (1e6); keeps every sum far inside a 64-bit integer.
 MAX_EPSILON_NANO = 10**15
 
 
-def _to_units(value: float | str | Decimal, scale: int, rounding: str, what: str) -> int:
+def _to_units(value: float | str | Decimal, scale: int, charge: bool, what: str) -> int:
     try:
-        d = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{what} is not a number") from exc
-    if not d.is_finite() or d < 0:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{what} must be finite and not negative")
-    return int((d * scale).to_integral_value(rounding=rounding))
+        return to_units(value, scale, what, round_up=charge)
+    except ValueError as exc:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
 def epsilon_to_nano(value: float | str | Decimal, *, charge: bool) -> int:
     """Epsilon as integer nano-units: charges round up, caps round down."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "epsilon must be finite")
-    return _to_units(value, NANO, ROUND_CEILING if charge else ROUND_FLOOR, "epsilon")
+    return _to_units(value, NANO, charge, "epsilon")
 
 
 def delta_to_atto(value: float | str | Decimal, *, charge: bool) -> int:
-    units = _to_units(value, ATTO, ROUND_CEILING if charge else ROUND_FLOOR, "delta")
+    units = _to_units(value, ATTO, charge, "delta")
     if units >= ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "delta must be below 1")
     return units
@@ -86,11 +79,11 @@ def reserve_in(tx: Tx, grant_id: str, cost: Budget, quota: int = 1) -> BudgetSta
     rem = state.remaining
     if state.usage.quota_used + quota > state.quota_cap:
         raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"{state.quota_remaining} of {state.quota_cap} remain")
-    needs = f"epsilon {Decimal(cost.epsilon_nano) / NANO}" + (
-        f", delta {Decimal(cost.delta_atto) / ATTO}" if cost.delta_atto else "")
+    needs = f"epsilon {from_units(cost.epsilon_nano, NANO)}" + (
+        f", delta {from_units(cost.delta_atto, ATTO)}" if cost.delta_atto else "")
     raise SandboxError(
         ErrorCode.BUDGET_EXHAUSTED,
-        f"remaining epsilon {Decimal(rem.epsilon_nano) / NANO}, delta {Decimal(rem.delta_atto) / ATTO}; "
+        f"remaining epsilon {from_units(rem.epsilon_nano, NANO)}, delta {from_units(rem.delta_atto, ATTO)}; "
         f"this needs {needs}",
     )
 

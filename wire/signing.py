@@ -4,11 +4,18 @@ A unary request is signed over ``sandbox.v1-request`` + method + timestamp (ms) 
 exact request bytes, newline-separated. A client stream is signed before it is sent over its declared total
 size and digest (``stream_body``), both also sent as metadata, so the server authenticates the caller before
 it reads a single message and stops at the first byte beyond the declared size.
+
+Also here: the shapes of a principal id and of a nonce, how binary metadata values are encoded (base64), and the
+trailing metadata of an answer (the error code of a refusal, the receipt), which the server writes and the SDK reads.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
+import secrets
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -25,9 +32,43 @@ ERROR_TRAILER = "x-sandbox-error"
 RECEIPT_TRAILER = "x-sandbox-receipt"
 
 
+#: A principal id: ``p-`` and the first 24 hex digits of its public key's SHA-256 (``principal_id_for``).
+PRINCIPAL_RE = re.compile(r"^p-[0-9a-f]{24}$")
+#: A request nonce: 16 random bytes as 32 lowercase hex digits (``new_nonce``).
+NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
 def principal_id_for(public_key: bytes) -> str:
     """A principal's id is derived from its key, so an id can never be re-bound to another key."""
     return "p-" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+def is_principal_id(value: str) -> bool:
+    return PRINCIPAL_RE.match(value) is not None
+
+
+def new_nonce() -> str:
+    """A fresh nonce for one request."""
+    return secrets.token_hex(16)
+
+
+def is_nonce(value: str) -> bool:
+    return NONCE_RE.match(value) is not None
+
+
+def b64_encode(data: bytes) -> str:
+    """A binary metadata value (a signature, a public key) as it travels: standard base64 text."""
+    return base64.b64encode(data).decode()
+
+
+def b64_decode(text: str) -> bytes:
+    """The inverse of ``b64_encode``, strictly: ValueError on any character outside the base64 alphabet."""
+    return base64.b64decode(text, validate=True)
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 (hex) of a request's exact bytes, the body field of its signing payload (and of a response)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def verify_signature(public_key: bytes, signature: bytes, payload: bytes) -> bool:
@@ -70,3 +111,33 @@ def stream_digest(messages: list[bytes]) -> str:
 def stream_body(total_bytes: int, digest: str) -> str:
     """The body-hash field of a client stream's signing payload: its declared size and digest."""
     return f"stream:{total_bytes}:{digest}"
+
+
+def answer_trailers(error_code: str = "", receipt: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of an answer: a refusal's error code (``ERROR_TRAILER``), then the receipt, the
+    sequence number of the audit entry that records the answer, in decimal (``RECEIPT_TRAILER``); each if any."""
+    trailers: list[tuple[str, str]] = []
+    if error_code:
+        trailers.append((ERROR_TRAILER, error_code))
+    if receipt is not None:
+        trailers.append((RECEIPT_TRAILER, str(receipt)))
+    return tuple(trailers)
+
+
+def trailer_value(trailing: Iterable[tuple[str, str | bytes]] | None, name: str) -> str | None:
+    """The first value named ``name`` in a call's trailing metadata (bytes decoded as UTF-8), or None."""
+    for key, value in trailing or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def error_code_of(trailing: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The sandbox error code in a refused call's trailing metadata ("" if none)."""
+    return trailer_value(trailing, ERROR_TRAILER) or ""
+
+
+def receipt_of(trailing: Iterable[tuple[str, str | bytes]] | None) -> int | None:
+    """The receipt (audit entry number) in a call's trailing metadata, if any."""
+    value = trailer_value(trailing, RECEIPT_TRAILER)
+    return int(value) if value is not None and value.isdigit() else None
