@@ -204,7 +204,7 @@ class Batches:
     decrypt: list[float] = field(default_factory=list)
     handler: list[float] = field(default_factory=list)  # he_scoring.score, inside the write transaction
     public_part: list[float] = field(default_factory=list)
-    noise: list[float] = field(default_factory=list)  # he_noise.release_noise
+    noise: list[float] = field(default_factory=list)  # dp_engine.noise.release_noise
     noise_sd: float = math.nan
     pool: list[float] = field(default_factory=list)  # ScoringPool.score inside the server
     bytes_sent: list[int] = field(default_factory=list)
@@ -451,7 +451,7 @@ def wrap(owner, attr, probe):
 probes = {"handler": Probe(), "public_part": Probe(), "pool": Probe(), "noise": Probe()}
 wrap(he_scoring, "score", probes["handler"])
 wrap(he_scoring, "public_part", probes["public_part"])
-wrap(he_scoring.he_noise, "release_noise", probes["noise"])
+wrap(he_scoring.noise, "release_noise", probes["noise"])
 wrap(he_engine.ScoringPool, "score", probes["pool"])
 result = init_data_dir(Path(sys.argv[2]) / "sbx")
 cfg = load_config(result.config.data_dir, flags={"port": 0, "he_scores_per_entity": 10**9}, environ={})

@@ -2,13 +2,14 @@
 
 Pure library: no gRPC, no SQLite, nothing from the sandbox. Every noise comes
 from an opendp measurement and every cost from a measurement's own map.
+Each statistic (count, sum, mean, ...) is one module of `dp_engine.statistics`,
+listed in its `STATISTICS` table; `dp_engine.noise` holds the HE scoring's noise.
 """
 
 from dp_engine.plan import Plan, epsilon_for_half_width, plan
 from dp_engine.prepare import prepare
 from dp_engine.spec import (
     DEFAULT_LIMITS,
-    AggKind,
     Aggregate,
     CategoricalColumn,
     ColumnInfo,
@@ -22,6 +23,7 @@ from dp_engine.spec import (
     Statistic,
     StatisticEstimate,
 )
+from dp_engine.statistics import AggKind
 from dp_engine.validate import check_budget, validate
 
 __all__ = [

@@ -51,39 +51,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dp_engine.spec import AggKind, CategoricalColumn, ColumnInfo, Filter, NumericColumn, Op, Query, QueryError
+from dp_engine.spec import CategoricalColumn, ColumnInfo, Filter, NumericColumn, Op, Query, QueryError
+from dp_engine.statistics import STATISTICS
+from dp_engine.statistics.base import MAX_ROWS, AggInputs, cell_dtype
 
-#: Most rows a dataset may have: the public size limit of opendp's float sum (rows past it would be dropped).
-MAX_ROWS = 2**30
+__all__ = ["MAX_ROWS", "AggInputs", "Prepared", "cell_dtype", "prepare"]
+
 #: Up to this many wanted values, `in` is an OR of `==` passes; past it, one sorted look-up per row.
 _FEW_VALUES = 8
 #: Plain counts on tables of up to this many rows share one zeros array, never written (8 bytes a row).
 _SHARED_ZEROS_MAX = 2**24
 #: Most buckets the radix-sorted grouped split handles (keys below the sentinels' high byte 0xFF).
 _RADIX_BUCKETS = 0xFF00
-
-
-def cell_dtype(cells: int) -> type[np.signedinteger]:
-    """The integer type of group codes and histogram cells 0..cells-1: int32 unless there are more cells."""
-    return np.int32 if cells <= np.iinfo(np.int32).max else np.int64
-
-
-@dataclass(frozen=True)
-class AggInputs:
-    """The arrays one aggregate's measurements read: `cells` for a count-like one, `values` per group.
-
-    `complement_cells` and `complement_values` are the same kinds of array built from every row the
-    others leave out (values in one array, whatever the group), so that kept and complement together
-    hold all n rows: a release runs the measurements on them too, for the time only, and discards the
-    outputs.
-    """
-
-    # float64 for a plain count (only its length matters); otherwise group codes or group*bins + bin,
-    # of cell_dtype(cells)
-    cells: np.ndarray | None = None
-    values: tuple[np.ndarray, ...] = ()  # float64 values without NaN, one array per group
-    complement_cells: np.ndarray | None = None
-    complement_values: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -138,70 +117,64 @@ def prepare(query: Query, columns: Mapping[str, ColumnInfo], data: Mapping[str, 
         assert valid is not None
         codes = _group_codes(query.group_by, columns, arrays, valid, groups)
         keep = _and(keep, valid)
-    rows_cache: list[_Rows] = []
+    selection = _Selection(n, keep, codes, groups, columns, arrays)
+    return Prepared(inputs=tuple(STATISTICS[agg.kind].prepare(agg, selection) for agg in query.aggregates))
 
-    def rows() -> _Rows:
-        """The kept rows and the rest, built once and only if an aggregate reads row values (a plain count
-        needs only how many rows are kept: np.count_nonzero, whose time does not depend on the mask)."""
-        if not rows_cache:
-            rows_cache.append(_Rows.of(keep))
-        return rows_cache[0]
 
-    column_cache: dict[str, _Column] = {}
-    split_cache: dict[str, tuple[np.ndarray, ...]] = {}
+class _Selection:
+    """The kept rows of one query, for every aggregate's statistic to build its inputs from (`Selection`).
 
-    def column_of(name: str) -> _Column:
-        if name not in column_cache:
-            column = columns[name]
+    The kept rows and the rest are found once and only if an aggregate reads row values (a plain count
+    needs only how many rows are kept: np.count_nonzero, whose time does not depend on the mask); each
+    value column is cast and split once, whichever aggregates read it.
+    """
+
+    def __init__(self, n: int, keep: np.ndarray | None, codes: np.ndarray | None, groups: int,
+                 columns: Mapping[str, ColumnInfo], arrays: Mapping[str, np.ndarray]) -> None:
+        self.n, self.keep, self.codes, self.groups = n, keep, codes, groups
+        self._columns, self._arrays = columns, arrays
+        self._rows: _Rows | None = None
+        self._column_cache: dict[str, _Column] = {}
+        self._split_cache: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def _kept_rows(self) -> _Rows:
+        if self._rows is None:
+            self._rows = _Rows.of(self.keep)
+        return self._rows
+
+    def _column(self, name: str) -> _Column:
+        if name not in self._column_cache:
+            column = self._columns[name]
             assert isinstance(column, NumericColumn)
-            column_cache[name] = _column(arrays[name], float(column.lower), keep, rows)
-        return column_cache[name]
+            self._column_cache[name] = _column(self._arrays[name], float(column.lower), self.keep, self._kept_rows)
+        return self._column_cache[name]
 
-    def split(name: str) -> tuple[np.ndarray, ...]:
+    def kept_zeros(self) -> tuple[np.ndarray, np.ndarray]:
+        # A plain count reads only the length of its float64 input: two slices of one array of n zeros.
+        kept = self.n if self.keep is None else int(np.count_nonzero(self.keep))
+        zeros = _zeros(self.n)
+        return zeros[:kept], zeros[kept:]
+
+    def take_kept(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._kept_rows().take(array)
+
+    def full(self, column: str) -> np.ndarray:
+        return self._column(column).full
+
+    def take_present(self, column: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._column(column).rows.take(array)
+
+    def split(self, column: str) -> tuple[np.ndarray, ...]:
         """The column's kept values, one array per group, then (last) every other row's value."""
-        if name not in split_cache:
-            col = column_of(name)
-            if codes is None:
-                split_cache[name] = col.rows.take(col.full)
+        if column not in self._split_cache:
+            col = self._column(column)
+            if self.codes is None:
+                self._split_cache[column] = col.rows.take(col.full)
             else:
                 assert col.mask is not None  # a grouped query always has a mask (rows with a valid code)
-                key = np.where(col.mask, codes, groups)  # the rows left out are one more group
-                split_cache[name] = _split_by_group(col.full, key, groups + 1)
-        return split_cache[name]
-
-    inputs: list[AggInputs] = []
-    for agg in query.aggregates:
-        if agg.kind is AggKind.COUNT:
-            if codes is not None:
-                cells, rest = rows().take(codes)
-            else:
-                # A plain count reads only the length of its float64 input: two slices of one array of n zeros.
-                kept = n if keep is None else int(np.count_nonzero(keep))
-                zeros = _zeros(n)
-                cells, rest = zeros[:kept], zeros[kept:]
-            inputs.append(AggInputs(cells=cells, complement_cells=rest))
-        elif agg.kind in (AggKind.SUM, AggKind.QUANTILE):
-            *values, rest = split(agg.column)
-            inputs.append(AggInputs(values=tuple(values), complement_values=rest))
-        elif agg.kind is AggKind.MEAN:
-            *values, rest = split(agg.column)
-            if codes is None:
-                cells, rest_cells = values[0], rest  # the count reads only the length
-            else:
-                cells, rest_cells = column_of(agg.column).rows.take(codes)
-            inputs.append(AggInputs(cells=cells, values=tuple(values), complement_cells=rest_cells,
-                                    complement_values=rest))
-        else:
-            col = column_of(agg.column)
-            nbins = len(agg.edges) + 1
-            dtype = cell_dtype(groups * nbins)
-            edges = np.asarray(agg.edges, dtype=np.float64)
-            every_cell = np.searchsorted(edges, col.full, side="right").astype(dtype)
-            if codes is not None:
-                every_cell += codes.astype(dtype, copy=False) * nbins
-            cells, rest_cells = col.rows.take(every_cell)
-            inputs.append(AggInputs(cells=cells, complement_cells=rest_cells))
-    return Prepared(inputs=tuple(inputs))
+                key = np.where(col.mask, self.codes, self.groups)  # the rows left out are one more group
+                self._split_cache[column] = _split_by_group(col.full, key, self.groups + 1)
+        return self._split_cache[column]
 
 
 def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:
@@ -258,7 +231,7 @@ def _checked_arrays(query: Query, columns: Mapping[str, ColumnInfo],
                     data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The query's columns as 1-D numpy arrays of one length; QueryError (naming the column) otherwise."""
     names = [f.column for f in query.filters] + list(query.group_by)
-    names += [a.column for a in query.aggregates if a.kind is not AggKind.COUNT]
+    names += [name for a in query.aggregates for name in STATISTICS[a.kind].columns(a)]
     arrays: dict[str, np.ndarray] = {}
     for name in dict.fromkeys(names):
         array = data.get(name) if isinstance(data, Mapping) else None

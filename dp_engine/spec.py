@@ -4,12 +4,19 @@ Column metadata comes from the dataset's schema (public clamp bounds, declared
 categories), never from the data. Data is passed as numpy arrays:
 numeric columns as float64 (NaN = missing) or int64, categorical columns as
 integer codes into their declared categories (-1 = missing).
+
+The kinds of aggregate (`AggKind`) and what each one does live in
+`dp_engine.statistics`, one module per statistic.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dp_engine.statistics import AggKind
 
 
 class QueryError(ValueError):
@@ -50,14 +57,6 @@ class Filter:
     value: float | str | tuple[float | str, ...]
 
 
-class AggKind(str, enum.Enum):
-    COUNT = "count"
-    SUM = "sum"
-    MEAN = "mean"
-    QUANTILE = "quantile"
-    HISTOGRAM = "histogram"
-
-
 @dataclass(frozen=True)
 class Aggregate:
     kind: AggKind
@@ -67,11 +66,10 @@ class Aggregate:
 
     @property
     def label(self) -> str:
-        if self.kind is AggKind.COUNT:
-            return "count"
-        if self.kind is AggKind.QUANTILE:
-            return f"quantile({self.column}, {self.q:g})"
-        return f"{self.kind.value}({self.column})"
+        """The aggregate's name in released statistics, e.g. 'count' or 'quantile(age, 0.5)'."""
+        from dp_engine.statistics import STATISTICS  # imported here: every statistic module imports this one
+
+        return STATISTICS[self.kind].label(self)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ ones returns that column. Three parts, on by default, bound what a score carries
    times (unknown ids count alike), so averaging the noise away is bounded: L scores of one
    entity carry at most the bits of one score at ``sqrt(L) * R / sigma``.
 
-A grant with a per-call epsilon cap adds opendp's Laplace noise on top (``he_noise``), priced and
+A grant with a per-call epsilon cap adds opendp's Laplace noise on top (``dp_engine.noise``), priced and
 charged: that mode gives a formal differential-privacy guarantee per call; this rule gives a
 bound in bits per score and needs no budget.
 
@@ -131,6 +131,11 @@ def terms_of(public_features: tuple[tuple[str, float], ...], schema: DatasetSche
         raw.append((name, weight, float(col.lower), float(col.upper), contribution, step))
     total = sum(r[4] for r in raw)
     return [Term(n, w, lo, hi, c, c / total if total > 0 else 0.0, s) for n, w, lo, hi, c, s in raw]
+
+
+def contribution_range(public_features: tuple[tuple[str, float], ...], schema: DatasetSchema) -> float:
+    """R: how far one entity's row can move the sandbox part of a score (the DP mode's L1 sensitivity)."""
+    return sum(t.contribution for t in terms_of(public_features, schema))
 
 
 def review(public_features: tuple[tuple[str, float], ...], bias: float, schema: DatasetSchema,

@@ -10,7 +10,7 @@ version). Its decrypted score is then distributed like a member's, under the sam
 score does not decide membership (measured in the adversarial tests). The response has the same
 shape and cost either way and never says which ids were unknown; every submitted id counts
 against the quota and the per-entity limit. A grant with a per-call epsilon cap adds opendp
-Laplace noise on top (``he_noise``), charged to its budget.
+Laplace noise on top (``dp_engine.noise``), charged to its budget.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import he_engine
+from dp_engine import noise
 from protos.sandbox.v1 import he_pb2
-from sandbox import catalogue, he_noise, he_release, ledger, models, policy, serde
+from sandbox import catalogue, he_release, ledger, models, policy, serde
 from sandbox.domain import Budget, DatasetInfo, Kind
 from sandbox.dp_queries import ArrayCache
 from sandbox.he_entities import EntityCounts, EntityIndex
@@ -165,7 +166,8 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
     noise_sd = release.noise_sd
     per_call = auth.grant.terms.max_epsilon_per_call_nano
     if per_call:  # DP mode on top: priced by opendp before anything runs, charged like any DP release
-        noise_eps, laplace_scale = he_noise.cost(spec, info.schema, per_call / ledger.NANO)
+        noise_eps, laplace_scale = noise.laplace_cost(he_release.contribution_range(spec.public_features, info.schema),
+                                                      per_call / ledger.NANO)
         cost = Budget(ledger.epsilon_to_nano(repr(noise_eps), charge=True), 0)
         noise_sd = (noise_sd**2 + 2 * laplace_scale**2) ** 0.5
     else:
@@ -177,9 +179,10 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
 
     def compute() -> he_pb2.ScoreResponse:
         # After the reservation committed: the sandbox's part and the HE work hold no lock.
-        plain = he_noise.release_noise(public_part(cache, index, info, spec, ids), release.noise_sd)
+        plain = noise.release_noise(public_part(cache, index, info, spec, ids), release.noise_sd)
         if per_call:
-            plain = he_noise.noisy(plain, spec, info.schema, per_call / ledger.NANO)
+            plain = noise.laplace_noisy(plain, he_release.contribution_range(spec.public_features, info.schema),
+                                        per_call / ledger.NANO)
         try:
             result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
         except he_engine.HeInputError as exc:

@@ -7,6 +7,7 @@ import math
 from google.protobuf.message import DecodeError
 
 import dp_engine.spec as dq
+from dp_engine import AggKind
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
@@ -231,10 +232,9 @@ _OPS = {
     dp_pb2.FILTER_EQ: dq.Op.EQ, dp_pb2.FILTER_NE: dq.Op.NE, dp_pb2.FILTER_LT: dq.Op.LT, dp_pb2.FILTER_LE: dq.Op.LE,
     dp_pb2.FILTER_GT: dq.Op.GT, dp_pb2.FILTER_GE: dq.Op.GE, dp_pb2.FILTER_IN: dq.Op.IN,
 }
-_AGGS = {
-    dp_pb2.AGG_COUNT: dq.AggKind.COUNT, dp_pb2.AGG_SUM: dq.AggKind.SUM, dp_pb2.AGG_MEAN: dq.AggKind.MEAN,
-    dp_pb2.AGG_QUANTILE: dq.AggKind.QUANTILE, dp_pb2.AGG_HISTOGRAM: dq.AggKind.HISTOGRAM,
-}
+#: Every dp_engine statistic, by its proto value of the same name (AggKind.X is AGG_X; a kind missing from the
+#: proto fails here, at import).
+_AGGS = {dp_pb2.AggregateKind.Value(f"AGG_{kind.name}"): kind for kind in AggKind}
 #: Far above every limit dp_engine enforces, so that a huge message fails fast here, before any work.
 _MAX_LIST = 4096
 

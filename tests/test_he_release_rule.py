@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from sandbox import he_noise, he_release
+from dp_engine import noise
+from sandbox import he_release
 from sandbox.domain import ColumnSchema, ColumnType, DatasetSchema, Level
 from sandbox.errors import SandboxError
 from sandbox.he_release import ReleaseRule
@@ -100,14 +101,14 @@ def test_rule_settings_are_checked() -> None:
 
 def test_release_noise_is_gaussian_with_the_stated_sd() -> None:
     plain = np.linspace(-3, 3, 20_000)
-    noisy = he_noise.release_noise(plain, 0.7)
+    noisy = noise.release_noise(plain, 0.7)
     diff = noisy - plain
     # 20,000 draws: the sd within 3% and the mean within 0.05 sigma (> 5 standard errors each).
     assert np.std(diff) == pytest.approx(0.7, rel=0.03)
     assert abs(np.mean(diff)) < 0.05 * 0.7
     assert np.mean(np.abs(diff) < 0.7) == pytest.approx(0.6827, abs=0.02)  # Gaussian, not Laplace (0.76)
     assert len(np.unique(diff)) == len(diff)  # fresh noise on every entry
-    again = he_noise.release_noise(plain, 0.7)
+    again = noise.release_noise(plain, 0.7)
     assert not np.array_equal(again, noisy)
 
 
@@ -155,7 +156,7 @@ def test_the_noise_reservoir_hands_out_each_sample_once_under_concurrency() -> N
     about 1e-5), and together they are standard normal."""
     import threading
 
-    reservoir = he_noise.NoiseReservoir(capacity=4096, chunk=1024)
+    reservoir = noise.NoiseReservoir(capacity=4096, chunk=1024)
     got: list[np.ndarray] = []
     lock = threading.Lock()
     start = threading.Barrier(8)

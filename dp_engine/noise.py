@@ -1,18 +1,21 @@
-"""Output noise for HE scoring, from opendp: the release rule's Gaussian noise, and the optional DP mode.
+"""Output noise for HE scoring, from opendp: the release rule's Gaussian noise, and the optional DP mode's Laplace.
 
-``release_noise`` adds the release rule's Gaussian noise (``sandbox.he_release``) to every score; it is
-not charged to any budget (what it bounds is stated in bits per score). The DP mode below is the
-grant's own choice and is charged.
+The sandbox decides what the noise protects and how much of it a score gets
+(``sandbox.he_release``, ``sandbox.he_scoring``); this module only draws it
+from opendp and prices it with opendp's own maps.
 
-The DP mode:
+``release_noise`` adds the release rule's Gaussian noise to every score; it is
+not charged to any budget (what it bounds is stated in bits per score). The DP
+mode is a grant's own choice and is charged:
 
-A grant turns it on with a per-call epsilon cap (``max_epsilon_per_call``) on an
-HE_SCORING scenario. Each entity's public part depends on that person's row
+A grant turns it on with a per-call epsilon cap (``max_epsilon_per_call``) on
+an HE_SCORING scenario. Each entity's public part depends on that person's row
 only, so changing one person's row moves one entry of the public-part vector by
 at most Δ = Σ_j |w_j| · (upper_j − lower_j) (columns are clamped to their public
-bounds). The Laplace mechanism on that vector under the L1 distance, priced by
-opendp's own map at d_in = Δ, costs the per-call epsilon; repeated calls compose
-and are each charged.
+bounds; the sandbox computes Δ, the release rule's R, and passes it here as
+``sensitivity``). The Laplace mechanism on that vector under the L1 distance,
+priced by opendp's own map at d_in = Δ, costs the per-call epsilon; repeated
+calls compose and are each charged.
 """
 
 from __future__ import annotations
@@ -23,16 +26,9 @@ import threading
 import numpy as np
 import opendp.prelude as dp
 
-from sandbox import he_release
-from sandbox.domain import DatasetSchema
-from sandbox.models import ModelSpec
-
 dp.enable_features("contrib")
 
-
-def sensitivity(spec: ModelSpec, schema: DatasetSchema) -> float:
-    """How far one entity's row can move the sandbox part of a score: the release rule's R."""
-    return sum(t.contribution for t in he_release.terms_of(spec.public_features, schema))
+__all__ = ["NoiseReservoir", "laplace_cost", "laplace_noisy", "release_noise"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -42,16 +38,16 @@ def _calibrated(delta_in: float, epsilon: float) -> tuple[dp.Measurement, float]
     return dp.m.make_laplace(*space, scale=scale), scale
 
 
-def cost(spec: ModelSpec, schema: DatasetSchema, epsilon: float) -> tuple[float, float]:
-    """What one noisy release costs, from opendp's map (at most ``epsilon``), and its Laplace scale."""
-    delta_in = sensitivity(spec, schema)
-    meas, scale = _calibrated(delta_in, epsilon)
-    return float(meas.map(delta_in)), float(scale)
+def laplace_cost(sensitivity: float, epsilon: float) -> tuple[float, float]:
+    """What one noisy release costs, from opendp's map at d_in = ``sensitivity`` (at most ``epsilon``),
+    and its Laplace scale."""
+    meas, scale = _calibrated(sensitivity, epsilon)
+    return float(meas.map(sensitivity)), float(scale)
 
 
-def noisy(plain: np.ndarray, spec: ModelSpec, schema: DatasetSchema, epsilon: float) -> np.ndarray:
-    """The public part with Laplace noise from the same calibrated measurement ``cost`` priced."""
-    meas, _ = _calibrated(sensitivity(spec, schema), epsilon)
+def laplace_noisy(plain: np.ndarray, sensitivity: float, epsilon: float) -> np.ndarray:
+    """``plain`` with Laplace noise from the same calibrated measurement ``laplace_cost`` priced."""
+    meas, _ = _calibrated(sensitivity, epsilon)
     return np.asarray(meas(np.ascontiguousarray(plain, dtype=np.float64)))
 
 

@@ -1,0 +1,111 @@
+"""sum: the sum of a numeric column's values clamped to its public bounds, overall or per group.
+
+`make_clamp` then `make_bounded_float_checked_sum` (a pairwise float sum with
+a public size limit: `make_sum` on an unknown size assumes at most 2**20 rows
+and drops the rest), then Laplace (pure DP) or Gaussian (zCDP) noise. opendp's
+vector API has no parallel composition, so a grouped sum is one measurement
+per group composed sequentially: its cost grows with the number of groups.
+The interval is the noisy value plus or minus opendp's accuracy at alpha.
+
+The sum measurement is also the numerator of a mean, which imports it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import opendp.prelude as dp
+
+from dp_engine.spec import Aggregate, ColumnInfo, Limits, Statistic, StatisticEstimate
+from dp_engine.statistics.base import (
+    ALPHA,
+    FLOATS,
+    MAX_ROWS,
+    ROWS,
+    AggInputs,
+    Primitive,
+    ScaleOf,
+    Selection,
+    Slot,
+    bounds_of,
+    check_no_edges,
+    check_no_q,
+    check_numeric_column,
+    family,
+    noise,
+    split_inputs,
+)
+
+
+@dataclass(frozen=True)
+class SumPrimitive(Primitive):
+    """Clamp to `bounds`, sum, add continuous noise."""
+
+    kind: ClassVar[str] = "sum"
+    bounds: tuple[float, float] = (0.0, 0.0)
+
+    def runner(self, scale: float, zcdp: bool) -> dp.Measurement:
+        # make_sum on an unknown size assumes at most 2**20 rows and drops the rest;
+        # the checked pairwise sum takes a public size limit instead.
+        return (dp.t.make_clamp(FLOATS, ROWS, bounds=self.bounds)
+                >> dp.t.make_bounded_float_checked_sum(MAX_ROWS, self.bounds, S="Pairwise<f64>")
+                >> noise(scale, zcdp))
+
+    def mechanism(self, zcdp: bool) -> str:
+        return family(zcdp)
+
+    def half_width(self, scale: float, zcdp: bool, alpha: float = ALPHA) -> float | None:
+        accuracy = dp.gaussian_scale_to_accuracy if zcdp else dp.laplacian_scale_to_accuracy
+        return float(accuracy(float(scale), alpha))
+
+
+def sums_slot(agg: Aggregate, columns: Mapping[str, ColumnInfo], groups: int) -> Slot:
+    """One clamped sum of the aggregate's column per group."""
+    return Slot("values", SumPrimitive(bounds=bounds_of(agg, columns)), groups)
+
+
+@dataclass(frozen=True)
+class Sum:
+    def label(self, agg: Aggregate) -> str:
+        return f"sum({agg.column})"
+
+    def check(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], limits: Limits) -> None:
+        check_numeric_column(agg, columns)
+        check_no_q(agg)
+        check_no_edges(agg)
+
+    def check_groups(self, agg: Aggregate, groups: int) -> None:
+        pass
+
+    def columns(self, agg: Aggregate) -> tuple[str, ...]:
+        return (agg.column,)
+
+    def slots(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], groups: int, grouped: bool,
+              limits: Limits) -> tuple[Slot, ...]:
+        return (sums_slot(agg, columns, groups),)
+
+    def prepare(self, agg: Aggregate, selection: Selection) -> AggInputs:
+        return split_inputs(agg, selection)
+
+    def estimate(self, agg: Aggregate, slots: tuple[Slot, ...], scale_of: ScaleOf, zcdp: bool, groups: int,
+                 columns: Mapping[str, ColumnInfo], n_hint: int | None) -> StatisticEstimate:
+        (main,) = slots
+        scale = scale_of(main)
+        return StatisticEstimate(agg.label, main.primitive.mechanism(zcdp), scale,
+                                 main.primitive.half_width(scale, zcdp, ALPHA),
+                                 "sum of values clamped to the column's bounds")
+
+    def release(self, agg: Aggregate, slots: tuple[Slot, ...], scale_of: ScaleOf, zcdp: bool, outputs: list[Any],
+                labels: list[tuple[str, ...]], columns: Mapping[str, ColumnInfo]) -> list[Statistic]:
+        (main,) = slots
+        scale = scale_of(main)
+        mechanism = main.primitive.mechanism(zcdp)
+        hw = main.primitive.half_width(scale, zcdp, ALPHA)
+        assert hw is not None
+        return [Statistic(agg.label, label, float(v), float(v) - hw, float(v) + hw, mechanism, scale)
+                for label, v in zip(labels, outputs[0])]
+
+
+SUM = Sum()
