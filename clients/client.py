@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
 
+import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2
@@ -49,12 +50,18 @@ class SandboxClient:
     """What every enrolled principal can do: who am I, the catalogue, my scenarios."""
 
     def __init__(
-        self, address: str, *, key: Ed25519PrivateKey | str | Path, ca: str | Path | bytes, timeout: float = 10.0,
-        principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        self, address: str, *, key: Ed25519PrivateKey | str | Path, ca: str | Path | bytes | None = None,
+        timeout: float = 10.0, principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        channel: grpc.Channel | None = None,
     ) -> None:
+        """``ca`` is the server's CA certificate (PEM bytes or a path); required unless ``channel`` is given.
+
+        ``channel``: send through this gRPC channel instead of opening a TLS one to ``address`` (e.g. one
+        with interceptors, or a fake in unit tests). Requests are signed the same way; ``close`` closes it.
+        """
         private_key = key if isinstance(key, Ed25519PrivateKey) else load_key(key)
         self._t = SignedTransport(address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
-                                  max_message_bytes=max_message_bytes)
+                                  max_message_bytes=max_message_bytes, channel=channel)
         self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
 
     @property

@@ -4,6 +4,11 @@ Requests are serialised once here and sent as raw bytes, so the bytes the
 server hashes are the bytes that were signed. ``sign`` and ``invoke_raw`` are
 the seam tests use to craft unsigned, forged, replayed or skewed requests.
 
+The channel is a seam as well: by default the transport opens its own TLS channel to ``address``;
+given ``channel`` (any object with ``grpc.Channel``'s ``unary_unary``/``unary_stream``/``stream_unary``
+and ``close``: a channel with interceptors, an in-process fake in unit tests) it sends through that one
+instead, signing exactly as before. Either way the transport owns the channel and closes it on ``close``.
+
 Responses arrive as raw bytes too: the receipt of the last answer (the audit
 entry that records it, from the ``x-sandbox-receipt`` trailer, with the SHA-256
 of the exact bytes received) is kept per thread in ``last_receipt``.
@@ -36,15 +41,28 @@ def _read_ca(ca: str | Path | bytes) -> bytes:
 
 class SignedTransport:
     def __init__(
-        self, address: str, *, key: Ed25519PrivateKey, ca: str | Path | bytes, timeout: float,
+        self, address: str, *, key: Ed25519PrivateKey, ca: str | Path | bytes | None = None, timeout: float,
         principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-        server_name: str | None = None,
+        server_name: str | None = None, channel: grpc.Channel | None = None,
     ) -> None:
+        """``ca`` (the server's CA certificate) is required unless ``channel`` is given; with ``channel``,
+        ``address``, ``ca``, ``max_message_bytes`` and ``server_name`` are not used (the channel has its own)."""
+        if channel is None:
+            if ca is None:
+                raise ValueError("give the server's CA certificate (ca=...) or a channel (channel=...)")
+            channel = self._secure_channel(address, ca, max_message_bytes, server_name)
+        self.channel = channel
         self.key = key
         self.public_key = public_key_of(key)
         self.principal_id = principal_id or principal_id_for(self.public_key)
         self.timeout = timeout
         self.clock: Callable[[], float] = time.time
+        self._stubs: dict[tuple[Any, ...], Any] = {}
+        self._local = threading.local()
+
+    @staticmethod
+    def _secure_channel(address: str, ca: str | Path | bytes, max_message_bytes: int,
+                        server_name: str | None) -> grpc.Channel:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -52,9 +70,7 @@ class SignedTransport:
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         creds = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca))
-        self.channel = grpc.secure_channel(address, creds, options=options)
-        self._stubs: dict[tuple[Any, ...], Any] = {}
-        self._local = threading.local()
+        return grpc.secure_channel(address, creds, options=options)
 
     @property
     def last_receipt(self) -> Receipt | None:

@@ -24,7 +24,7 @@ from pymerkle import InmemoryTree
 from pymerkle.hasher import MerkleHasher
 from pymerkle.proof import ConsistencyProof, InclusionProof, InvalidProof
 
-from wire.signing import verify_signature
+from wire.signing import verify_signature as verify_signature  # re-exported: checking the log's signatures
 
 GENESIS_HASH = "0" * 64
 ALGORITHM = "sha256"
