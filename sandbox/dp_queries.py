@@ -13,21 +13,17 @@ import contextlib
 import re
 import secrets
 import sqlite3
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
-
-import numpy as np
 
 import dp_engine
 from dp_engine.spec import CategoricalColumn, ColumnInfo, NumericColumn, Query, QueryError
 from protos.sandbox.v1 import dp_pb2
 from sandbox import catalogue, ledger, policy, serde
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
 from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind, Level, Principal
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import Call, Deferred
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 FILTER_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
@@ -112,39 +108,6 @@ def _epsilon_for_half_width(query: Query, info: DatasetInfo, half_width: float, 
     with _invalid_query():
         return dp_engine.epsilon_for_half_width(query, column_infos(info.schema), half_width, delta=delta,
                                                 unit=_unit(info.schema), n_hint=info.public_rows)
-
-
-class ArrayCache:
-    """Columns of imported datasets, loaded once per (version, column) and kept in memory (LRU)."""
-
-    def __init__(self, data_dir: Path, max_columns: int = 128) -> None:
-        self._data_dir = data_dir
-        self._max = max_columns
-        self._lock = threading.Lock()
-        self._arrays: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-    def columns(self, info: DatasetInfo, names: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        missing = []
-        with self._lock:
-            for name in names:
-                arr = self._arrays.get((info.version, name))
-                if arr is None:
-                    missing.append(name)
-                else:
-                    self._arrays.move_to_end((info.version, name))
-                    out[name] = arr
-        if missing:
-            loaded = catalogue.load_columns(self._data_dir, info, missing)
-            with self._lock:
-                for name, arr in loaded.items():
-                    arr = np.ascontiguousarray(arr)
-                    arr.setflags(write=False)
-                    self._arrays[(info.version, name)] = arr
-                    out[name] = arr
-                while len(self._arrays) > self._max:
-                    self._arrays.popitem(last=False)
-        return out
 
 
 def _authorise(call: Call, grant_id: str, dataset: str, query: Query,

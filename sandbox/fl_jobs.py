@@ -32,10 +32,10 @@ from protos.sandbox.v1 import fl_pb2
 from sandbox import catalogue, fl_plans, grants, he_release, ledger, models, policy, serde
 from sandbox.config import ServerConfig
 from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
-from sandbox.dp_queries import ArrayCache
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.he_release import ReleaseRule
-from sandbox.interceptor import Call, Deferred
 from sandbox.storage import Database
 
 TERMINAL = ("completed", "failed", "cancelled", "revoked")

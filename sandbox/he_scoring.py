@@ -25,10 +25,10 @@ import he_engine
 from protos.sandbox.v1 import he_pb2
 from sandbox import catalogue, he_noise, he_release, ledger, models, policy, serde
 from sandbox.domain import Budget, DatasetInfo, Kind
-from sandbox.dp_queries import ArrayCache
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
 from sandbox.he_entities import EntityCounts, EntityIndex
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import Call, Deferred
 
 MAX_ENTITY_ID = 64
 MAX_CONTEXTS_PER_PRINCIPAL = 8

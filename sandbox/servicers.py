@@ -20,10 +20,11 @@ from sandbox import (
     audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
 )
 from sandbox.audit import AuditLog
+from sandbox.calls import current_call
+from sandbox.columns import ArrayCache
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import current_call
 from sandbox.storage import Database
 
 ADMIN = frozenset({Role.ADMIN})
@@ -235,7 +236,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
-        self.cache = dp_queries.ArrayCache(config.data_dir)
+        self.cache = ArrayCache(config.data_dir)
 
     # Calibration happens before the write lock is taken (see SigningInterceptor._warm).
     warm_EstimateQuery = staticmethod(dp_queries.warm)
@@ -272,7 +273,7 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
-    def __init__(self, config: ServerConfig, cache: dp_queries.ArrayCache, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, cache: ArrayCache, secret: bytes) -> None:
         self._config = config
         self._store = he_scoring.ContextStore(config.he_context_ttl_seconds * 1000)
         self._cache = cache
