@@ -7,8 +7,10 @@ open transaction in ``current_call()``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -20,12 +22,22 @@ from sandbox import (
     audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
 )
 from sandbox.audit import AuditLog
-from sandbox.calls import current_call
+from sandbox.calls import Deferred, current_call
 from sandbox.columns import ArrayCache
+from sandbox.compute_io import StoredRelease
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.storage import Database
+
+def _respond(result: Any, to_pb: Callable[[Any], Any]) -> Any:
+    """A compute module's result as its response message; a Deferred's computation converts its own result, so that
+    the boundary serialises (and, for an idempotent release, stores) the response message."""
+    if isinstance(result, Deferred):
+        compute = result.compute
+        return dataclasses.replace(result, compute=lambda: to_pb(compute()))
+    return to_pb(result)
+
 
 ADMIN = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
@@ -159,17 +171,10 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
 
     def CheckAccess(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        call.annotate(grant_id=request.grant_id)
-        grant = policy.grant_if_grantee(call.conn, call.principal, request.grant_id)
-        schema = None
-        if grant is not None:
-            sel = grant.terms.dataset(request.dataset)
-            if sel is not None:
-                schema = catalogue.get_dataset(call.conn, sel.name, sel.version).schema
-        ctx = policy.CallContext(serde.kind_from_pb(request.kind), request.dataset, request.dataset_version,
-                                 tuple(request.columns), request.model_hash)
-        auth = policy.check_call(call.conn, call.principal, grant, ctx, now_ms=call.now_ms, schema=schema)
-        call.annotate(scenario_id=auth.grant.terms.scenario_id)
+        call.annotate(grant_id=request.grant_id)  # before anything is refused, as every authorisation does
+        auth = policy.authorise(call, request.grant_id, serde.kind_from_pb(request.kind), request.dataset,
+                                tuple(request.columns), version=request.dataset_version,
+                                model_hash=request.model_hash)
         s = scenarios.get(call.conn, auth.grant.terms.scenario_id, call.principal)
         return applicant_pb2.CheckAccessResponse(scenario=serde.scenario_to_pb(s))
 
@@ -239,14 +244,24 @@ class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
         self.cache = ArrayCache(config.data_dir)
 
     # Calibration happens before the write lock is taken (see SigningInterceptor._warm).
-    warm_EstimateQuery = staticmethod(dp_queries.warm)
-    warm_RunQuery = staticmethod(dp_queries.warm)
+    @staticmethod
+    def warm_EstimateQuery(principal, request, conn):  # type: ignore[no-untyped-def]
+        dp_queries.warm(principal, serde.estimate_query_from_pb(request), conn)
+
+    @staticmethod
+    def warm_RunQuery(principal, request, conn):  # type: ignore[no-untyped-def]
+        dp_queries.warm(principal, serde.run_query_from_pb(request), conn)
 
     def EstimateQuery(self, request, context):  # type: ignore[no-untyped-def]
-        return dp_queries.estimate(current_call(), request)
+        req = serde.estimate_query_from_pb(request)
+        return serde.query_estimate_to_pb(dp_queries.estimate(current_call(), req))
 
     def RunQuery(self, request, context):  # type: ignore[no-untyped-def]
-        return dp_queries.run(current_call(), request, self.cache)
+        req = serde.run_query_from_pb(request)
+        result = dp_queries.run(current_call(), req, self.cache)
+        if isinstance(result, StoredRelease):
+            return serde.stored_release_to_pb(result)
+        return _respond(result, serde.query_release_to_pb)
 
 
 class ModelServicer(he_pb2_grpc.ModelServiceServicer):
@@ -296,14 +311,17 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
                 self._pool = None
 
     def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
-        return he_scoring.list_profiles()
+        return serde.profiles_to_pb(he_scoring.list_profiles())
 
     def RegisterContext(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        return he_scoring.register_context(current_call(), list(request_iterator), self.pool(), self._store)
+        ctx = he_scoring.register_context(current_call(), serde.context_chunks_from_pb(request_iterator), self.pool(),
+                                          self._store)
+        return serde.context_to_pb(ctx.context_id, ctx.expires_ms)
 
     def Score(self, request, context):  # type: ignore[no-untyped-def]
-        return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index,
-                                self._counts, rule=self._config.release_rule)
+        result = he_scoring.score(current_call(), serde.score_batch_from_pb(request), self.pool(), self._store,
+                                  self._cache, self._index, self._counts, rule=self._config.release_rule)
+        return _respond(result, serde.score_result_to_pb)
 
 
 class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
@@ -318,19 +336,23 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
         return fl_pb2.RegisterPlanResponse(plan_hash=plan_hash)
 
     def StartTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.start(current_call(), request)
+        return _respond(self._jobs.start(current_call(), serde.start_training_from_pb(request)),
+                        serde.started_job_to_pb)
 
     def WatchTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.watch(current_call(), request.job_id)
+        events = self._jobs.watch(current_call(), request.job_id)  # checked now, inside the transaction
+        return map(serde.training_event_to_pb, events)
 
     def GetTrainingResult(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.result(current_call(), request.job_id)
+        return serde.training_outcome_to_pb(self._jobs.result(current_call(), request.job_id))
 
     def CancelTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.cancel(current_call(), request.job_id)
+        return fl_pb2.CancelTrainingResponse(state=self._jobs.cancel(current_call(), request.job_id))
 
     def RegisterTrainedModel(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.register_model(current_call(), request, rule=self._config.release_rule)
+        model = self._jobs.register_model(current_call(), serde.register_trained_model_from_pb(request),
+                                          rule=self._config.release_rule)
+        return serde.registered_model_to_pb(model)
 
 
 def add_servicers(
