@@ -28,7 +28,7 @@ import numpy as np
 
 import fl_server
 from fl_server.deployment import TlsFiles
-from sandbox import catalogue, fl_plans, grants, he_release, ledger, models, policy
+from sandbox import catalogue, fl_plans, grants, he_models, he_release, ledger, policy
 from sandbox.calls import Call, Deferred
 from sandbox.columns import ArrayCache
 from sandbox.compute_io import (
@@ -232,11 +232,11 @@ class JobManager:
             provenance += (" Sandbox columns dropped because each moved a score less than a tenth as far as the "
                            "largest term, which the release rule refuses (their mid-range value folded into the bias): "
                            + ", ".join(f"{c} (contribution {x:.3g})" for c, x in dropped) + ".")
-        spec = models.ModelSpec(
+        spec = he_models.ModelSpec(
             name=req.name, kind="logistic", dataset=job.dataset, public_features=public,
             private_features=tuple((p, weight[p]) for p in private), bias=bias,
             description=(provenance + (" " + req.description if req.description else "")))
-        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
+        model_hash = he_models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
         return RegisteredModel(model_hash=model_hash, canonical=spec.canonical())
 
     def cancel(self, call: Call, job_id: str) -> str:

@@ -25,7 +25,7 @@ import opendp.prelude as dp
 
 from sandbox import he_release
 from sandbox.domain import DatasetSchema
-from sandbox.models import ModelSpec
+from sandbox.he_models import ModelSpec
 
 dp.enable_features("contrib")
 

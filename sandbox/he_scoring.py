@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import he_engine
-from sandbox import he_noise, he_release, ledger, models, policy
+from sandbox import he_models, he_noise, he_release, ledger, policy
 from sandbox.calls import Call, Deferred
 from sandbox.columns import ArrayCache
 from sandbox.compute_io import ContextChunk, ScoreBatch, ScoreResult
@@ -101,10 +101,10 @@ def register_context(call: Call, chunks: list[ContextChunk], pool: he_engine.Sco
     return store.put(blob, profile.name, call.principal.id, call.now_ms)
 
 
-def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: models.ModelSpec,
+def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: he_models.ModelSpec,
                 entity_ids: list[str]) -> np.ndarray:
     """bias + sum of weight x clamped public column, per entity (an unknown id's is its stand-in's), no noise."""
-    rows, _ = index.rows(info, models.identifier_column(info), entity_ids)
+    rows, _ = index.rows(info, he_models.identifier_column(info), entity_ids)
     cols = cache.columns(info, list(spec.public_columns))
     plain = np.full(len(entity_ids), spec.bias, dtype=np.float64)
     for name, weight in spec.public_features:
@@ -122,11 +122,14 @@ def score(call: Call, req: ScoreBatch, pool: he_engine.ScoringPool, store: Conte
     call.annotate(grant_id=req.grant_id)
     ctx = store.get(req.context_id, call.principal.id, call.now_ms)
     profile = _profile(ctx.profile)
-    spec, _ = models.get(call.conn, req.model_hash) if req.model_hash else (None, None)
-    auth = policy.authorise(
-        call, req.grant_id, Kind.HE_SCORING, spec.dataset if spec is not None else None,
-        lambda info: (models.identifier_column(info) if info else "", *spec.public_columns),  # type: ignore[union-attr]
-        model_hash=req.model_hash)
+    spec, _ = he_models.get(call.conn, req.model_hash) if req.model_hash else (None, None)
+
+    def columns(info: DatasetInfo | None) -> tuple[str, ...]:
+        assert spec is not None
+        return (he_models.identifier_column(info) if info else "", *spec.public_columns)
+
+    auth = policy.authorise(call, req.grant_id, Kind.HE_SCORING, spec.dataset if spec is not None else None, columns,
+                            model_hash=req.model_hash)
     assert spec is not None  # authorise refused otherwise
     info = auth.dataset
     ids = list(req.entity_ids)

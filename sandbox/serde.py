@@ -16,7 +16,7 @@ from sandbox.errors import ErrorCode, SandboxError
 from sandbox.fl_plans import PlanTemplate
 from sandbox.he_release import ReleaseReview
 from wire.transparency import TreeHead
-from sandbox.models import ModelSpec
+from sandbox.he_models import ModelSpec
 
 if TYPE_CHECKING:
     from he_engine import Profile

@@ -19,7 +19,8 @@ from protos.sandbox.v1 import (
     fl_pb2_grpc, he_pb2, he_pb2_grpc,
 )
 from sandbox import (
-    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
+    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
+    serde,
 )
 from sandbox.audit import AuditLog
 from sandbox.calls import Deferred, current_call
@@ -271,20 +272,20 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
     def SubmitModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         spec = serde.model_from_pb(request.spec)
-        model_hash = models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
+        model_hash = he_models.submit(call.conn, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
                                    rule=self._config.release_rule)
         return he_pb2.SubmitModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def GetModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        spec, submitted_by = models.get(call.conn, request.model_hash)
+        spec, submitted_by = he_models.get(call.conn, request.model_hash)
         if not (submitted_by == call.principal.id or call.principal.roles & {Role.ADMIN, Role.AUDITOR}
                 or scenarios.granted_model(call.conn, call.principal, request.model_hash)):
             # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
             raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
         return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
                                        submitted_by=submitted_by,
-                                       review=serde.review_to_pb(models.review(call.conn, spec, self._config.release_rule)))
+                                       review=serde.review_to_pb(he_models.review(call.conn, spec, self._config.release_rule)))
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
