@@ -59,7 +59,8 @@ from sandbox import catalogue  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
 from sandbox.datadir import init_data_dir  # noqa: E402
 from sandbox.domain import DatasetInfo  # noqa: E402
-from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
+from sandbox.columns import ArrayCache  # noqa: E402
+from sandbox.dp_queries import column_infos  # noqa: E402
 from sandbox.server import RunningServer, start_server  # noqa: E402
 from sandbox.state.sqlite import SqliteTx  # noqa: E402
 

@@ -51,7 +51,8 @@ import dp_engine  # noqa: E402
 from clients import AdminClient, ApplicantClient, Query, generate_key, public_key_of  # noqa: E402
 from dp_engine import AggKind, Aggregate, Filter, Op  # noqa: E402
 from sandbox import catalogue  # noqa: E402
-from sandbox.dp_queries import ArrayCache, column_infos  # noqa: E402
+from sandbox.columns import ArrayCache  # noqa: E402
+from sandbox.dp_queries import column_infos  # noqa: E402
 from sandbox.state.sqlite import SqliteTx  # noqa: E402
 
 from bench_dp_query import Timings, _ms, grant_for, pct, start, timed  # noqa: E402 -- the same helpers

@@ -7,7 +7,7 @@ measurement and every privacy cost from a measurement's own map.
 
 from fl_server.accounting import Unit, epsilon_after_rounds, plan_cost, round_measurement
 from fl_server.data import Partition, load_partition, partition_from_csv, prepare_partition, save_partition
-from fl_server.errors import FlEngineError, PlanError, TrainingCancelled, TrainingError
+from fl_server.errors import FlServerError, PlanError, TrainingCancelled, TrainingError
 from fl_server.model import as_linear, auc, evaluate, init_params, predict_proba
 from fl_server.plan import DEFAULT_LIMITS, Feature, Label, Limits, TrainingPlan
 from fl_server.report import RoundReport, TrainingResult
@@ -19,7 +19,7 @@ __all__ = [
     "Backend",
     "DeploymentBackend",
     "Feature",
-    "FlEngineError",
+    "FlServerError",
     "InProcessBackend",
     "Label",
     "Limits",

@@ -1,6 +1,6 @@
 """The errors fl_server raises.
 
-    FlEngineError          base: anything this engine reports on purpose
+    FlServerError          base: anything fl_server reports on purpose
     ├── PlanError          the training plan is malformed or outside the limits (INVALID_ARGUMENT)
     ├── TrainingError      the run produced no model, or the runtime could not run it (INTERNAL / UNAVAILABLE)
     └── TrainingCancelled  the caller asked to stop between rounds (CANCELLED)
@@ -13,7 +13,7 @@ goes to the log of the process where it happened).
 from __future__ import annotations
 
 
-class FlEngineError(Exception):
+class FlServerError(Exception):
     """Base of every error fl_server raises on purpose; ``message`` is safe to show the researcher."""
 
     def __init__(self, message: str) -> None:
@@ -21,15 +21,15 @@ class FlEngineError(Exception):
         self.message = message
 
 
-class PlanError(FlEngineError):
-    """The plan is malformed or outside the engine's limits; the same plan will always fail."""
+class PlanError(FlServerError):
+    """The plan is malformed or outside fl_server's limits; the same plan will always fail."""
 
 
-class TrainingError(FlEngineError):
+class TrainingError(FlServerError):
     """Training ran (or tried to) but produced no model."""
 
 
-class TrainingCancelled(FlEngineError):
+class TrainingCancelled(FlServerError):
     """``should_stop()`` returned True; the run stopped between rounds and releases no model."""
 
     def __init__(self, message: str, *, rounds_completed: int, epsilon_spent: float = 0.0) -> None:

@@ -4,29 +4,25 @@ Order of a RunQuery (inside the boundary's transaction, before any computation):
 policy check against the grant, DP-specific column rules, query validation and
 planning (the cost comes from opendp's own map), idempotency lookup, then one
 conditional reservation. The computation runs after that commits
-(``interceptor.Deferred``); the release is audited before it leaves.
+(``calls.Deferred``); the release is audited before it leaves.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import re
 import secrets
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+import time
 from decimal import Decimal
-from pathlib import Path
-
-import numpy as np
 
 import dp_engine
-from dp_engine.spec import CategoricalColumn, ColumnInfo, NumericColumn, Query, QueryError
-from protos.sandbox.v1 import dp_pb2
-from sandbox import catalogue, ledger, policy, serde
-from sandbox.domain import Budget, ColumnType, DatasetInfo, DatasetSchema, Kind, Level, Principal
-from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import Call, Deferred
+from dp_engine.spec import CategoricalColumn, ColumnInfo, NumericColumn, Query
+from sandbox import ledger, policy
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
+from sandbox.compute_io import EstimateQuery, QueryEstimate, QueryRelease, RunQuery, StoredRelease
+from sandbox.domain import ColumnType, DatasetInfo, DatasetSchema, Kind, Level, Principal
+from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.state import Tx
 from wire.budget import NANO, from_units
 
@@ -82,19 +78,10 @@ def referenced_columns(query: Query) -> tuple[str, ...]:
 
 def check_privacy_parameters(epsilon: float, delta: float) -> None:
     """dp_engine's budget check (finite epsilon in [1e-6, 1e6], delta in [0, 1)), and no delta below one atto."""
-    with _invalid_query():
+    with engine_errors():
         dp_engine.check_budget(epsilon, delta)
     if 0.0 < delta < 1e-18:
         raise SandboxError(ErrorCode.INVALID_QUERY, "delta must be 0, or between 1e-18 and 1 (exclusive)")
-
-
-@contextlib.contextmanager
-def _invalid_query() -> Iterator[None]:
-    """dp_engine's QueryError (whose message names no data value) as INVALID_QUERY."""
-    try:
-        yield
-    except QueryError as exc:
-        raise SandboxError(ErrorCode.INVALID_QUERY, str(exc)) from exc
 
 
 def _unit(schema: DatasetSchema) -> int:
@@ -104,67 +91,23 @@ def _unit(schema: DatasetSchema) -> int:
 
 def _engine_plan(query: Query, info: DatasetInfo, epsilon: float, delta: float) -> dp_engine.Plan:
     """The calibrated plan (cached by dp_engine per query shape, epsilon, delta and unit)."""
-    with _invalid_query():
+    with engine_errors():
         return dp_engine.plan(query, column_infos(info.schema), epsilon=epsilon, delta=delta, unit=_unit(info.schema))
 
 
 def _epsilon_for_half_width(query: Query, info: DatasetInfo, half_width: float, delta: float) -> float:
     """The smallest epsilon meeting the half-width; it plans (so calibrates) the query at that epsilon."""
-    with _invalid_query():
+    with engine_errors():
         return dp_engine.epsilon_for_half_width(query, column_infos(info.schema), half_width, delta=delta,
                                                 unit=_unit(info.schema), n_hint=info.public_rows)
 
 
-class ArrayCache:
-    """Columns of imported datasets, loaded once per (version, column) and kept in memory (LRU)."""
-
-    def __init__(self, datasets_dir: Path, max_columns: int = 128) -> None:
-        self._datasets_dir = datasets_dir
-        self._max = max_columns
-        self._lock = threading.Lock()
-        self._arrays: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-    def columns(self, info: DatasetInfo, names: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        missing = []
-        with self._lock:
-            for name in names:
-                arr = self._arrays.get((info.version, name))
-                if arr is None:
-                    missing.append(name)
-                else:
-                    self._arrays.move_to_end((info.version, name))
-                    out[name] = arr
-        if missing:
-            loaded = catalogue.load_columns(self._datasets_dir, info, missing)
-            with self._lock:
-                for name, arr in loaded.items():
-                    arr = np.ascontiguousarray(arr)
-                    arr.setflags(write=False)
-                    self._arrays[(info.version, name)] = arr
-                    out[name] = arr
-                while len(self._arrays) > self._max:
-                    self._arrays.popitem(last=False)
-        return out
-
-
-def _authorise(call: Call, grant_id: str, dataset: str, query: Query,
-               budget: bool = True) -> tuple[policy.Authorised, DatasetInfo]:
-    """Structure first (INVALID_ARGUMENT), then the grant (PERMISSION_DENIED); nothing is charged either way."""
-    call.annotate(grant_id=grant_id)
-    grant = policy.grant_if_grantee(call.tx, call.principal, grant_id)
-    selection = grant.terms.dataset(dataset) if grant is not None else None
-    info = catalogue.get_dataset(call.tx, dataset, selection.version) if selection is not None else None
-    if info is not None:
-        check_query_shape(info.schema, query)
-    ctx = policy.CallContext(Kind.DP_QUERY, dataset, selection.version if selection else "",
-                             referenced_columns(query))
-    auth = policy.check_call(call.tx, call.principal, grant, ctx, now_ms=call.now_ms,
-                             schema=info.schema if info else None, budget=budget)
-    call.annotate(scenario_id=auth.grant.terms.scenario_id)
-    assert info is not None  # check_call refused otherwise
-    check_dp_columns(info.schema, query)
-    return auth, info
+def _authorise(call: Call, grant_id: str, dataset: str, query: Query, budget: bool = True) -> policy.Authorised:
+    """Structure first (INVALID_QUERY), then the grant (PERMISSION_DENIED); nothing is charged either way."""
+    auth = policy.authorise(call, grant_id, Kind.DP_QUERY, dataset, referenced_columns(query),
+                            structure=lambda schema: check_query_shape(schema, query), budget=budget)
+    check_dp_columns(auth.dataset.schema, query)
+    return auth
 
 
 def _check_delta_allowed(delta: float, auth: policy.Authorised) -> None:
@@ -172,27 +115,20 @@ def _check_delta_allowed(delta: float, auth: policy.Authorised) -> None:
         raise SandboxError(ErrorCode.INVALID_QUERY, "this grant has no delta budget; use delta 0 (Laplace)")
 
 
-def _cost_units(cost_epsilon: float, cost_delta: float) -> Budget:
-    return Budget(ledger.epsilon_to_nano(Decimal(repr(cost_epsilon)), charge=True),
-                  ledger.delta_to_atto(Decimal(repr(cost_delta)), charge=True) if cost_delta > 0 else 0)
-
-
-def estimate(call: Call, req: dp_pb2.EstimateQueryRequest) -> dp_pb2.EstimateQueryResponse:
+def estimate(call: Call, req: EstimateQuery) -> QueryEstimate:
     """Free: cost and accuracy at an epsilon, or the epsilon for a half-width."""
-    query = serde.dp_query_from_pb(req.query)
-    auth, info = _authorise(call, req.grant_id, req.query.dataset, query)
+    auth = _authorise(call, req.grant_id, req.dataset, req.query)
+    info = auth.dataset
     delta = req.delta
-    half_width = req.WhichOneof("target") == "half_width"
+    half_width = req.half_width is not None
     check_privacy_parameters(1.0 if half_width else req.epsilon, delta)  # a found epsilon is in range by construction
     _check_delta_allowed(delta, auth)
-    epsilon = _epsilon_for_half_width(query, info, req.half_width, delta) if half_width else req.epsilon
-    plan = _engine_plan(query, info, epsilon, delta)
-    cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
-    rem = auth.budget.remaining
-    return dp_pb2.EstimateQueryResponse(
-        epsilon=epsilon, cost=serde.budget_to_pb(cost), remaining=serde.budget_to_pb(rem),
-        statistics=[serde.estimate_to_pb(e) for e in plan.estimates(n_hint=info.public_rows)],
-    )
+    epsilon = (_epsilon_for_half_width(req.query, info, req.half_width, delta) if req.half_width is not None
+               else req.epsilon)
+    plan = _engine_plan(req.query, info, epsilon, delta)
+    cost = ledger.cost_units(plan.cost.epsilon, plan.cost.delta)
+    return QueryEstimate(epsilon=epsilon, cost=cost, remaining=auth.budget.remaining,
+                         statistics=tuple(plan.estimates(n_hint=info.public_rows)))
 
 
 def _stored_release(tx: Tx, grant_id: str, key: str, request_sha: str) -> bytes | None:
@@ -208,44 +144,44 @@ def _stored_release(tx: Tx, grant_id: str, key: str, request_sha: str) -> bytes 
     return bytes(row[2])
 
 
-def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.RunQueryResponse | Deferred:
-    """Reserve now (in the call's transaction); compute and release after it commits."""
-    query = serde.dp_query_from_pb(req.query)
+def run(call: Call, req: RunQuery, cache: ArrayCache) -> StoredRelease | Deferred:
+    """Reserve now (in the call's transaction); compute and release after it commits.
+
+    The Deferred's ``compute`` returns a ``QueryRelease``; ``on_success`` stores the serialised response the
+    boundary releases, and a retry with the same key gets those bytes back (``StoredRelease``).
+    """
+    query = req.query
     key = req.idempotency_key
     if key and not _KEY_RE.match(key):
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "idempotency key must be 1 to 64 of [A-Za-z0-9_.-]")
     check_privacy_parameters(req.epsilon, req.delta)
     # An answer already paid for is returned before any budget or quota check: a retry after a withheld release
     # must get it even when that charge used what remained.
-    auth, info = _authorise(call, req.grant_id, req.query.dataset, query, budget=False)
+    auth = _authorise(call, req.grant_id, req.dataset, query, budget=False)
+    info = auth.dataset
     terms = auth.grant.terms
     if key:
         stored = _stored_release(call.tx, auth.grant.id, key, call.request_sha256)
         if stored is not None:
-            replay = dp_pb2.RunQueryResponse.FromString(stored)
-            replay.replayed = True
-            return replay
-    auth = policy.Authorised(auth.grant, policy.require_budget(call.tx, auth.grant))  # keyed or not, one order
+            return StoredRelease(stored)
+    auth = dataclasses.replace(auth, budget=policy.require_budget(call.tx, auth.grant))  # keyed or not, one order
     _check_delta_allowed(req.delta, auth)
     plan = _engine_plan(query, info, req.epsilon, req.delta)
-    cost = _cost_units(plan.cost.epsilon, plan.cost.delta)
+    cost = ledger.cost_units(plan.cost.epsilon, plan.cost.delta)
     if terms.max_epsilon_per_call_nano and cost.epsilon_nano > terms.max_epsilon_per_call_nano:
         raise SandboxError(ErrorCode.EPSILON_OVER_CALL_CAP,
                            f"at most {from_units(terms.max_epsilon_per_call_nano, NANO)} per query")
     if key:
         call.tx.release_open(auth.grant.id, key, call.request_sha256, call.now_ms)
-    state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=1)
-    call.record_charge(cost.epsilon_nano, cost.delta_atto)
+    state = policy.charge(call, auth, cost, quota=1)
     query_id = "q-" + secrets.token_hex(8)
     # A query that names no column (a plain count) still needs the table's length: any public-metadata column
     # carries it; its values are never read.
     needed = referenced_columns(query) or (next(iter(column_infos(info.schema))),)
 
-    def compute() -> dp_pb2.RunQueryResponse:
+    def compute() -> QueryRelease:
         stats = plan.release(cache.columns(info, needed))
-        return dp_pb2.RunQueryResponse(
-            query_id=query_id, statistics=[serde.statistic_to_pb(s) for s in stats],
-            charged=serde.budget_to_pb(cost), remaining=serde.budget_to_pb(state.remaining))
+        return QueryRelease(query_id=query_id, statistics=tuple(stats), charged=cost, remaining=state.remaining)
 
     def on_success(tx: Tx, body: bytes) -> None:
         if key:
@@ -258,19 +194,15 @@ def run(call: Call, req: dp_pb2.RunQueryRequest, cache: ArrayCache) -> dp_pb2.Ru
     return Deferred(compute, on_success, on_failure)
 
 
-def warm(principal: Principal, req: dp_pb2.RunQueryRequest | dp_pb2.EstimateQueryRequest,
-         tx: Tx) -> None:
+def warm(principal: Principal, req: RunQuery | EstimateQuery, tx: Tx) -> None:
     """Calibrate the query's plan before the write lock (a cold plan takes 40-250 ms); read-only, may raise.
 
     The handler repeats the same call with the same arguments and finds the calibration in dp_engine's cache.
+    A request the handler will refuse before planning is not calibrated.
     """
-    grant = policy.grant_if_grantee(tx, principal, req.grant_id)
-    sel = grant.terms.dataset(req.query.dataset) if grant is not None else None
-    if sel is None:
-        return
-    info = catalogue.get_dataset(tx, sel.name, sel.version)
-    query = serde.dp_query_from_pb(req.query)
-    if isinstance(req, dp_pb2.EstimateQueryRequest) and req.WhichOneof("target") == "half_width":
-        _epsilon_for_half_width(query, info, req.half_width, req.delta)
+    auth = _authorise(Call(principal, tx, int(time.time() * 1000)), req.grant_id, req.dataset, req.query,
+                      budget=False)
+    if isinstance(req, EstimateQuery) and req.half_width is not None:
+        _epsilon_for_half_width(req.query, auth.dataset, req.half_width, req.delta)
     else:
-        _engine_plan(query, info, req.epsilon, req.delta)
+        _engine_plan(req.query, auth.dataset, req.epsilon, req.delta)

@@ -7,7 +7,10 @@ entitled to and that contain no data value: a column *name*, a count, a limit.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sys
+from collections.abc import Iterator
 
 import grpc
 
@@ -147,3 +150,39 @@ class SandboxError(Exception):
     def public_message(self) -> str:
         base = CATALOGUE[self.code][1]
         return f"{base}: {self.public_detail}" if self.public_detail else base
+
+
+#: The engines' own errors the sandbox answers (anything else an engine raises is INTERNAL): (package, exception
+#: class it exports, code, whether the engine's message is public). The engines word these messages to name no data
+#: value; an unavailable engine's reason goes to the log only.
+ENGINE_ERRORS: tuple[tuple[str, str, ErrorCode, bool], ...] = (
+    ("dp_engine", "QueryError", ErrorCode.INVALID_QUERY, True),
+    ("he_engine", "HeInputError", ErrorCode.INVALID_ARGUMENT, True),
+    ("he_engine", "HeUnavailableError", ErrorCode.ENGINE_UNAVAILABLE, False),
+    ("fl_server", "PlanError", ErrorCode.INVALID_ARGUMENT, True),
+)
+
+
+def from_engine(exc: BaseException) -> SandboxError | None:
+    """The SandboxError an engine's error is answered with, or None if ``exc`` is not one of ``ENGINE_ERRORS``.
+
+    Only engines already imported are looked at (an exception cannot be of a class that was never loaded), so this
+    module loads no engine.
+    """
+    for package, name, code, public in ENGINE_ERRORS:
+        cls = getattr(sys.modules.get(package), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return SandboxError(code, str(exc)) if public else SandboxError(code, log_detail=str(exc))
+    return None
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Run an engine call: its errors leave as the SandboxError ``from_engine`` gives, anything else unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        translated = from_engine(exc)
+        if translated is None:
+            raise
+        raise translated from exc

@@ -28,14 +28,17 @@ import numpy as np
 
 import fl_server
 from fl_server.deployment import TlsFiles
-from protos.sandbox.v1 import fl_pb2
-from sandbox import catalogue, fl_plans, grants, he_release, ledger, models, policy, serde
+from sandbox import catalogue, fl_plans, grants, he_models, he_release, ledger, policy
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
+from sandbox.compute_io import (
+    RegisteredModel, RegisterTrainedModel, StartedJob, StartTraining, Tensor, TrainingEvent, TrainingOutcome,
+    TrainingSettings,
+)
 from sandbox.config import ServerConfig
 from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
-from sandbox.dp_queries import ArrayCache
-from sandbox.errors import ErrorCode, SandboxError
+from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.he_release import ReleaseRule
-from sandbox.interceptor import Call, Deferred
 from sandbox.state import State
 
 TERMINAL = ("completed", "failed", "cancelled", "revoked")
@@ -54,12 +57,12 @@ class Job:
     plan_hash: str = ""
     state: str = "starting"
     message: str = ""
-    events: list[fl_pb2.TrainingEvent] = field(default_factory=list)
+    events: list[TrainingEvent] = field(default_factory=list)
     result: fl_server.TrainingResult | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def publish(self, event: fl_pb2.TrainingEvent, state: str | None = None) -> None:
+    def publish(self, event: TrainingEvent, state: str | None = None) -> None:
         with self.changed:
             if state:
                 self.state = state
@@ -67,7 +70,7 @@ class Job:
             self.changed.notify_all()
 
 
-def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
+def build_plan(template: fl_plans.PlanTemplate, s: TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
     """The engine's plan: features scaled by their public bounds (one-hot for declared categories)."""
     features = []
     for name in template.features:
@@ -78,7 +81,7 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
         else:
             assert col.lower is not None and col.upper is not None
             features.append(fl_server.Feature(name, lower=col.lower, upper=col.upper))
-    try:  # validate() refuses a NaN or infinite setting as it refuses any value outside the limits
+    with engine_errors():  # validate() refuses a NaN or infinite setting as it refuses any value outside the limits
         plan = fl_server.TrainingPlan(
             features=tuple(features), label=fl_server.Label(template.label, template.label_threshold),
             model=template.model, hidden_units=template.hidden_units or 16, rounds=s.rounds,
@@ -88,8 +91,6 @@ def build_plan(template: fl_plans.PlanTemplate, s: fl_pb2.TrainingSettings, info
             delta=s.delta or 1e-6, seed=secrets.randbelow(2**31),
         )
         return plan.validate()
-    except fl_server.PlanError as exc:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
 def backend_for(config: ServerConfig) -> fl_server.Backend:
@@ -122,18 +123,14 @@ class JobManager:
 
     # -- RPC entry points (called inside the boundary's transaction) --------------------------------------------
 
-    def start(self, call: Call, req: fl_pb2.StartTrainingRequest) -> Deferred:
+    def start(self, call: Call, req: StartTraining) -> Deferred:
+        """Check, price and reserve now; the Deferred's ``compute`` starts the job and returns a ``StartedJob``."""
         call.annotate(grant_id=req.grant_id)
         template = fl_plans.get(call.tx, req.plan_hash)
-        grant = policy.grant_if_grantee(call.tx, call.principal, req.grant_id)
-        sel = grant.terms.dataset(template.dataset) if grant is not None else None
-        info = catalogue.get_dataset(call.tx, sel.name, sel.version) if sel is not None else None
-        part_col = info.schema.partition_column if info else ""
-        auth = policy.check_call(call.tx, call.principal, grant, policy.CallContext(
-            Kind.FL_TRAINING, template.dataset, sel.version if sel else "", template.columns, req.plan_hash),
-            now_ms=call.now_ms, schema=info.schema if info else None)
-        call.annotate(scenario_id=auth.grant.terms.scenario_id)
-        assert info is not None
+        auth = policy.authorise(call, req.grant_id, Kind.FL_TRAINING, template.dataset, template.columns,
+                                model_hash=req.plan_hash)
+        info = auth.dataset
+        part_col = info.schema.partition_column
         plan = build_plan(template, req.settings, info)
         epsilon, delta = fl_server.plan_cost(plan)
         remaining = auth.budget.remaining
@@ -144,18 +141,16 @@ class JobManager:
         else:
             if delta > 0 and auth.grant.terms.budget.delta_atto == 0:
                 raise SandboxError(ErrorCode.INVALID_ARGUMENT, "this grant has no delta budget for DP training")
-            cost = Budget(ledger.epsilon_to_nano(repr(epsilon), charge=True),
-                          ledger.delta_to_atto(repr(delta), charge=True))
-        ledger.reserve_in(call.tx, auth.grant.id, cost, quota=1)
-        call.record_charge(cost.epsilon_nano, cost.delta_atto)
+            cost = ledger.cost_units(epsilon, delta)
+        policy.charge(call, auth, cost, quota=1)
         job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
                   dataset=template.dataset, plan_hash=req.plan_hash)
 
-        def launch() -> fl_pb2.StartTrainingResponse:
+        def launch() -> StartedJob:
             with self._lock:
                 self._jobs[job.id] = job
             threading.Thread(target=self._run, args=(job, info, part_col), name=job.id, daemon=True).start()
-            return fl_pb2.StartTrainingResponse(job_id=job.id, reserved=serde.budget_to_pb(cost))
+            return StartedJob(job_id=job.id, reserved=cost)
 
         return Deferred(launch)
 
@@ -167,10 +162,10 @@ class JobManager:
         call.annotate(grant_id=job.grant_id)
         return job
 
-    def watch(self, call: Call, job_id: str) -> Iterator[fl_pb2.TrainingEvent]:
+    def watch(self, call: Call, job_id: str) -> Iterator[TrainingEvent]:
         job = self.job_of(call, job_id)
 
-        def events() -> Iterator[fl_pb2.TrainingEvent]:
+        def events() -> Iterator[TrainingEvent]:
             sent = 0
             while True:
                 with job.changed:
@@ -195,19 +190,18 @@ class JobManager:
             raise SandboxError(ErrorCode.JOB_NOT_COMPLETE, f"job is {job.state}")
         return job, job.result
 
-    def result(self, call: Call, job_id: str) -> fl_pb2.GetTrainingResultResponse:
+    def result(self, call: Call, job_id: str) -> TrainingOutcome:
         job, res = self._completed(call, job_id)
         final = res.final
-        metrics = [fl_pb2.Metric(name=k, value=float(v)) for k, v in (
-            ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", res.epsilon)) if v is not None]
-        return fl_pb2.GetTrainingResultResponse(
-            job_id=job.id, metrics=metrics, charged=serde.budget_to_pb(job.charged),
-            weights=[fl_pb2.Tensor(shape=list(p.shape), values=np.asarray(p, dtype=float).ravel().tolist())
-                     for p in res.params],
-            history=list(job.events))
+        metrics = tuple((k, float(v)) for k, v in (
+            ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", res.epsilon)) if v is not None)
+        return TrainingOutcome(
+            job_id=job.id, metrics=metrics, charged=job.charged,
+            weights=tuple(Tensor(shape=tuple(p.shape), values=tuple(np.asarray(p, dtype=float).ravel().tolist()))
+                          for p in res.params),
+            history=tuple(job.events))
 
-    def register_model(self, call: Call, req: fl_pb2.RegisterTrainedModelRequest, *,
-                       rule: ReleaseRule) -> fl_pb2.RegisterTrainedModelResponse:
+    def register_model(self, call: Call, req: RegisterTrainedModel, *, rule: ReleaseRule) -> RegisteredModel:
         """A finished job's logistic model as a registry model for HE scoring, in raw column units.
 
         The researcher already holds these weights; what the server adds is a conversion that matches
@@ -217,10 +211,8 @@ class JobManager:
         rule's: enough sandbox columns, balanced contributions, magnitudes; levels, bounds).
         """
         job, res = self._completed(call, req.job_id)
-        try:
+        with engine_errors():
             pairs, bias = fl_server.as_linear(job.plan, res.params)
-        except fl_server.PlanError as exc:
-            raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
         private = list(req.private_features)
         columns = [c for c, _ in pairs]
         unknown = [p for p in private if p not in columns]
@@ -240,17 +232,18 @@ class JobManager:
             provenance += (" Sandbox columns dropped because each moved a score less than a tenth as far as the "
                            "largest term, which the release rule refuses (their mid-range value folded into the bias): "
                            + ", ".join(f"{c} (contribution {x:.3g})" for c, x in dropped) + ".")
-        spec = models.ModelSpec(
+        spec = he_models.ModelSpec(
             name=req.name, kind="logistic", dataset=job.dataset, public_features=public,
             private_features=tuple((p, weight[p]) for p in private), bias=bias,
             description=(provenance + (" " + req.description if req.description else "")))
-        model_hash = models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
-        return fl_pb2.RegisterTrainedModelResponse(model_hash=model_hash, canonical=spec.canonical())
+        model_hash = he_models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
+        return RegisteredModel(model_hash=model_hash, canonical=spec.canonical())
 
-    def cancel(self, call: Call, job_id: str) -> fl_pb2.CancelTrainingResponse:
+    def cancel(self, call: Call, job_id: str) -> str:
+        """The job's state after the request: "cancelling" until it stops."""
         job = self.job_of(call, job_id)
         job.cancel.set()
-        return fl_pb2.CancelTrainingResponse(state="cancelling" if job.state not in TERMINAL else job.state)
+        return "cancelling" if job.state not in TERMINAL else job.state
 
     # -- the background run ----------------------------------------------------------------------------------------
 
@@ -278,9 +271,9 @@ class JobManager:
         plan = job.plan
 
         def on_round(r: fl_server.RoundReport) -> None:
-            job.publish(fl_pb2.TrainingEvent(
+            job.publish(TrainingEvent(
                 job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss, accuracy=r.accuracy,
-                epsilon_spent=r.epsilon or 0.0, participants=list(r.participants), dropped=list(r.failed),
+                epsilon_spent=r.epsilon or 0.0, participants=tuple(r.participants), dropped=tuple(r.failed),
                 state="running", message="" if not r.failed else f"{len(r.failed)} data holder(s) dropped out"),
                 state="running")
 
@@ -323,8 +316,9 @@ class JobManager:
     @staticmethod
     def _end(job: Job, state: str, message: str) -> None:
         last = job.events[-1] if job.events else None
-        event = fl_pb2.TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
-                                     epsilon_spent=last.epsilon_spent if last else 0.0, state=state, message=message)
-        if last is not None and last.HasField("loss"):
-            event.loss, event.accuracy = last.loss, last.accuracy
-        job.publish(event, state=state)
+        loss = accuracy = None
+        if last is not None and last.loss is not None:  # the last evaluation, if one was released
+            loss, accuracy = last.loss, (last.accuracy if last.accuracy is not None else 0.0)
+        job.publish(TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
+                                  epsilon_spent=last.epsilon_spent if last else 0.0, state=state, message=message,
+                                  loss=loss, accuracy=accuracy), state=state)

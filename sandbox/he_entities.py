@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sandbox.dp_queries import ArrayCache
+from sandbox.columns import ArrayCache
 from sandbox.domain import DatasetInfo
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import Tx

@@ -23,13 +23,13 @@ import numpy as np
 
 import he_engine
 from dp_engine import noise
-from protos.sandbox.v1 import he_pb2
-from sandbox import catalogue, he_release, ledger, models, policy, serde
+from sandbox import he_models, he_release, ledger, policy
+from sandbox.calls import Call, Deferred
+from sandbox.columns import ArrayCache
+from sandbox.compute_io import ContextChunk, ScoreBatch, ScoreResult
 from sandbox.domain import Budget, DatasetInfo, Kind
-from sandbox.dp_queries import ArrayCache
+from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.he_entities import EntityCounts, EntityIndex
-from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import Call, Deferred
 
 MAX_ENTITY_ID = 64
 MAX_CONTEXTS_PER_PRINCIPAL = 8
@@ -83,15 +83,12 @@ def _profile(name: str) -> he_engine.Profile:
     return profile
 
 
-def list_profiles() -> he_pb2.ListProfilesResponse:
-    return he_pb2.ListProfilesResponse(profiles=[
-        he_pb2.HeProfile(name=p.name, poly_modulus_degree=p.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes), scale_bits=p.scale_bits, slots=p.slots)
-        for p in he_engine.PROFILES.values()])
+def list_profiles() -> tuple[he_engine.Profile, ...]:
+    return tuple(he_engine.PROFILES.values())
 
 
-def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_engine.ScoringPool,
-                     store: ContextStore) -> he_pb2.RegisterContextResponse:
+def register_context(call: Call, chunks: list[ContextChunk], pool: he_engine.ScoringPool,
+                     store: ContextStore) -> StoredContext:
     if not chunks:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "no context was sent")
     profile = _profile(chunks[0].profile)
@@ -99,21 +96,16 @@ def register_context(call: Call, chunks: list[he_pb2.ContextChunk], pool: he_eng
     if len(blob) > profile.max_context_bytes:
         raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, f"a context for {profile.name} is at most "
                                                         f"{profile.max_context_bytes} bytes")
-    try:
+    with engine_errors():
         he_engine.check_context_blob(blob, [profile])
         pool.register_context(blob)
-    except he_engine.HeInputError as exc:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
-    except he_engine.HeUnavailableError as exc:
-        raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
-    ctx = store.put(blob, profile.name, call.principal.id, call.now_ms)
-    return he_pb2.RegisterContextResponse(context_id=ctx.context_id, expires_at_unix_ms=ctx.expires_ms)
+    return store.put(blob, profile.name, call.principal.id, call.now_ms)
 
 
-def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: models.ModelSpec,
+def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: he_models.ModelSpec,
                 entity_ids: list[str]) -> np.ndarray:
     """bias + sum of weight x clamped public column, per entity (an unknown id's is its stand-in's), no noise."""
-    rows, _ = index.rows(info, models.identifier_column(info), entity_ids)
+    rows, _ = index.rows(info, he_models.identifier_column(info), entity_ids)
     cols = cache.columns(info, list(spec.public_columns))
     plain = np.full(len(entity_ids), spec.bias, dtype=np.float64)
     for name, weight in spec.public_features:
@@ -125,23 +117,22 @@ def public_part(cache: ArrayCache, index: EntityIndex, info: DatasetInfo, spec: 
     return plain
 
 
-def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, store: ContextStore,
+def score(call: Call, req: ScoreBatch, pool: he_engine.ScoringPool, store: ContextStore,
           cache: ArrayCache, index: EntityIndex, counts: EntityCounts, *, rule: he_release.ReleaseRule) -> Deferred:
+    """Check and reserve now (in the call's transaction); the Deferred's ``compute`` returns a ``ScoreResult``."""
     call.annotate(grant_id=req.grant_id)
     ctx = store.get(req.context_id, call.principal.id, call.now_ms)
     profile = _profile(ctx.profile)
-    spec, _ = models.get(call.tx, req.model_hash) if req.model_hash else (None, None)
-    grant = policy.grant_if_grantee(call.tx, call.principal, req.grant_id)
-    if spec is None or grant is None:
-        raise SandboxError(ErrorCode.NOT_GRANTEE if grant is None else ErrorCode.OUTSIDE_GRANT)
-    selection = grant.terms.dataset(spec.dataset)
-    info = catalogue.get_dataset(call.tx, spec.dataset, selection.version) if selection else None
-    id_col = models.identifier_column(info) if info else ""
-    auth = policy.check_call(call.tx, call.principal, grant, policy.CallContext(
-        Kind.HE_SCORING, spec.dataset, selection.version if selection else "", (id_col, *spec.public_columns),
-        req.model_hash), now_ms=call.now_ms, schema=info.schema if info else None)
-    call.annotate(scenario_id=auth.grant.terms.scenario_id)
-    assert info is not None
+    spec, _ = he_models.get(call.tx, req.model_hash) if req.model_hash else (None, None)
+
+    def columns(info: DatasetInfo | None) -> tuple[str, ...]:
+        assert spec is not None
+        return (he_models.identifier_column(info) if info else "", *spec.public_columns)
+
+    auth = policy.authorise(call, req.grant_id, Kind.HE_SCORING, spec.dataset if spec is not None else None, columns,
+                            model_hash=req.model_hash)
+    assert spec is not None  # authorise refused otherwise
+    info = auth.dataset
     ids = list(req.entity_ids)
     n = len(ids)
     if not 1 <= n <= profile.slots:
@@ -153,11 +144,9 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
         raise SandboxError(ErrorCode.INVALID_ARGUMENT,
                            f"the model takes {len(spec.private_features)} encrypted features")
     cts = list(req.encrypted_features)
-    try:
+    with engine_errors():
         for ct in cts:
             he_engine.check_ciphertext_blob(ct, profile, n)
-    except he_engine.HeInputError as exc:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
     try:  # a model stored under older rules or another dataset version's bounds is checked again, never run blind
         release = he_release.check(spec.public_features, tuple(w for _, w in spec.private_features), spec.bias,
                                    info.schema, rule)
@@ -168,29 +157,22 @@ def score(call: Call, req: he_pb2.ScoreRequest, pool: he_engine.ScoringPool, sto
     if per_call:  # DP mode on top: priced by opendp before anything runs, charged like any DP release
         noise_eps, laplace_scale = noise.laplace_cost(he_release.contribution_range(spec.public_features, info.schema),
                                                       per_call / ledger.NANO)
-        cost = Budget(ledger.epsilon_to_nano(repr(noise_eps), charge=True), 0)
+        cost = ledger.cost_units(noise_eps, 0.0)
         noise_sd = (noise_sd**2 + 2 * laplace_scale**2) ** 0.5
     else:
         cost = Budget(0, 0)
-    state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=n)
+    state = policy.charge(call, auth, cost, quota=n)
     counts.count(call.tx, auth.grant.id, ids, rule.scores_per_entity)
-    call.record_charge(cost.epsilon_nano, 0)
     weights = [w for _, w in spec.private_features]
 
-    def compute() -> he_pb2.ScoreResponse:
+    def compute() -> ScoreResult:
         # After the reservation committed: the sandbox's part and the HE work hold no lock.
         plain = noise.release_noise(public_part(cache, index, info, spec, ids), release.noise_sd)
         if per_call:
             plain = noise.laplace_noisy(plain, he_release.contribution_range(spec.public_features, info.schema),
                                         per_call / ledger.NANO)
-        try:
+        with engine_errors():
             result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
-        except he_engine.HeInputError as exc:
-            raise SandboxError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
-        except he_engine.HeUnavailableError as exc:
-            raise SandboxError(ErrorCode.ENGINE_UNAVAILABLE, log_detail=str(exc)) from exc
-        return he_pb2.ScoreResponse(encrypted_logits=result, entities=n, usage=serde.usage_to_pb(state.usage),
-                                    noise_sd=noise_sd)
+        return ScoreResult(encrypted_logits=result, entities=n, usage=state.usage, noise_sd=noise_sd)
 
     return Deferred(compute)
-

@@ -41,6 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sandbox import principals
+from sandbox.calls import _CURRENT, Call, Deferred, current_call  # noqa: F401 - current_call: re-exported
 from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
@@ -63,49 +64,6 @@ PENDING_ALLOWED = frozenset({REGISTER_METHOD, "/sandbox.v1.ApplicantService/WhoA
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass
-class Call:
-    """The authenticated caller and the open transaction, for the duration of one handler."""
-
-    principal: Principal
-    tx: Tx
-    now_ms: int
-    scenario_id: str = ""
-    grant_id: str = ""
-    request_sha256: str = ""
-    charge_epsilon_nano: int = 0
-    charge_delta_atto: int = 0
-
-    def annotate(self, *, scenario_id: str = "", grant_id: str = "") -> None:
-        self.scenario_id = scenario_id or self.scenario_id
-        self.grant_id = grant_id or self.grant_id
-
-    def record_charge(self, epsilon_nano: int, delta_atto: int) -> None:
-        """What the handler reserved in this transaction; the boundary writes it into the audit entry."""
-        self.charge_epsilon_nano += epsilon_nano
-        self.charge_delta_atto += delta_atto
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """A handler result whose computation runs after its reservation has committed.
-
-    The boundary commits the reservation and its audit entry first, then calls
-    ``compute`` outside any transaction, then, in a second transaction, calls
-    ``on_success`` (e.g. to store an idempotent answer) and audits the release.
-    A charge is never refunded once computation has started.
-    """
-
-    compute: Callable[[], Any]
-    on_success: Callable[[Tx, bytes], None] | None = None
-    on_failure: Callable[[Tx], None] | None = None
-
-
-_CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
-
-
-def current_call() -> Call:
-    return _CURRENT.get()
 
 
 def _claimed_principal(metadata: dict) -> str:  # type: ignore[type-arg]

@@ -41,6 +41,13 @@ def delta_to_atto(value: float | str | Decimal, *, charge: bool) -> int:
     return units
 
 
+def cost_units(epsilon: float, delta: float) -> Budget:
+    """A computation's cost (as its accountant states it, in floats) as the integer budget it is charged: each
+    rounded up from its shortest decimal form; a delta that is not positive costs nothing."""
+    return Budget(epsilon_to_nano(Decimal(repr(epsilon)), charge=True),
+                  delta_to_atto(Decimal(repr(delta)), charge=True) if delta > 0 else 0)
+
+
 @dataclass(frozen=True)
 class BudgetState:
     cap: Budget

@@ -1,16 +1,20 @@
 """Policy: which columns an application may name, and whether a call lies inside its grant.
 
-Every compute service calls ``check_call`` before any computation. It is the
-single place where "one scenario, one authorisation" is enforced at run time.
+Every compute service (and CheckAccess) calls ``authorise`` before any computation: it loads the grant and the
+granted dataset version and runs ``check_call``, the single place where "one scenario, one authorisation" is
+enforced at run time. ``charge`` then reserves the call's cost in its transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sandbox import grants, ledger
-from sandbox.domain import VALUE_LEVELS, ColumnSchema, DatasetSchema, Grant, Kind, Level, Principal
+from sandbox import catalogue, grants, ledger
+from sandbox.calls import Call
+from sandbox.domain import (
+    VALUE_LEVELS, Budget, ColumnSchema, DatasetInfo, DatasetSchema, Grant, Kind, Level, Principal,
+)
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import Tx
 
@@ -63,8 +67,17 @@ class CallContext:
 
 @dataclass(frozen=True)
 class Authorised:
+    """A call inside its grant: the grant, its budget state when checked, and the granted dataset version
+    (``authorise`` always sets it; ``check_call`` alone leaves it to the caller)."""
+
     grant: Grant
     budget: ledger.BudgetState
+    info: DatasetInfo | None = None
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        assert self.info is not None  # authorise refused otherwise
+        return self.info
 
 
 def grant_if_grantee(tx: Tx, caller: Principal, grant_id: str) -> Grant | None:
@@ -113,6 +126,48 @@ def check_call(
     if terms.model_hash and call.model_hash != terms.model_hash:
         raise SandboxError(ErrorCode.OUTSIDE_GRANT, "model is not the granted one")
     return Authorised(grant, require_budget(tx, grant) if budget else ledger.budget_state(tx, grant.id))
+
+
+def authorise(
+    call: Call, grant_id: str, kind: Kind, dataset: str | None,
+    columns: Sequence[str] | Callable[[DatasetInfo | None], Sequence[str]], *, version: str | None = None,
+    model_hash: str = "", structure: Callable[[DatasetSchema], None] | None = None, budget: bool = True,
+) -> Authorised:
+    """The one authorisation of a compute call: ``call.principal`` may touch ``columns`` of ``dataset`` under grant
+    ``grant_id`` right now; charges nothing. Annotates the call with the grant id first and, once authorised, with
+    the grant's scenario.
+
+    The grant is read once (``grant_if_grantee``); the dataset is the version the grant names (``version``: the one
+    the request names, checked against the grant; None: the grant's). ``dataset`` None means the request names no
+    dataset that could be found (e.g. an unknown model): NOT_GRANTEE without the grant, else OUTSIDE_GRANT.
+    ``columns`` may depend on the dataset (None when the grant does not name it). ``structure`` runs on the
+    dataset's schema before the grant is checked, so that a malformed request is INVALID_ARGUMENT whatever the
+    grant. ``budget`` as in ``check_call``.
+    """
+    call.annotate(grant_id=grant_id)
+    grant = grant_if_grantee(call.tx, call.principal, grant_id)
+    if dataset is None:
+        raise SandboxError(ErrorCode.NOT_GRANTEE if grant is None else ErrorCode.OUTSIDE_GRANT)
+    selection = grant.terms.dataset(dataset) if grant is not None else None
+    info = catalogue.get_dataset(call.tx, selection.name, selection.version) if selection is not None else None
+    if info is not None and structure is not None:
+        structure(info.schema)
+    wanted = tuple(columns(info) if callable(columns) else columns)
+    checked_version = (selection.version if selection else "") if version is None else version
+    ctx = CallContext(kind, dataset, checked_version, wanted, model_hash)
+    auth = check_call(call.tx, call.principal, grant, ctx, now_ms=call.now_ms,
+                      schema=info.schema if info else None, budget=budget)
+    call.annotate(scenario_id=auth.grant.terms.scenario_id)
+    assert info is not None  # check_call refused otherwise
+    return Authorised(auth.grant, auth.budget, info)
+
+
+def charge(call: Call, auth: Authorised, cost: Budget, *, quota: int = 1) -> ledger.BudgetState:
+    """Reserve ``cost`` and ``quota`` on the authorised grant in the call's transaction (or raise
+    QUOTA_EXHAUSTED / BUDGET_EXHAUSTED), and record it for the boundary's audit entry. Never refunded."""
+    state = ledger.reserve_in(call.tx, auth.grant.id, cost, quota=quota)
+    call.record_charge(cost.epsilon_nano, cost.delta_atto)
+    return state
 
 
 def require_budget(tx: Tx, grant: Grant) -> ledger.BudgetState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from sandbox import catalogue, fl_plans, grants, ledger, models, policy, serde
+from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
 )
@@ -77,12 +77,12 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
 
 def check_scoring_model(tx: Tx, model_hash: str, resolved: list[DatasetSelection]) -> None:
     """An HE scenario names a registered model, its dataset, the entity key and every column the model reads."""
-    spec, _ = models.get(tx, model_hash)
+    spec, _ = he_models.get(tx, model_hash)
     sel = next((s for s in resolved if s.name == spec.dataset), None)
     if sel is None or len(resolved) != 1:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"an HE scenario names exactly the model's dataset '{spec.dataset}'")
     info = catalogue.get_dataset(tx, sel.name, sel.version)
-    needed = {models.identifier_column(info), *spec.public_columns}
+    needed = {he_models.identifier_column(info), *spec.public_columns}
     missing = sorted(needed - set(sel.columns))
     if missing:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "the scenario must name the entity key and the columns the "

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 import dp_engine.spec as dq
 from dp_engine import AggKind
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
+from sandbox import compute_io as io
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.fl_plans import PlanTemplate
 from sandbox.he_release import ReleaseReview
 from wire.transparency import TreeHead
-from sandbox.models import ModelSpec
+from sandbox.he_models import ModelSpec
+
+if TYPE_CHECKING:
+    from he_engine import Profile
 
 ROLE_TO_PB = {
     d.Role.ADMIN: common_pb2.ROLE_ADMIN,
@@ -335,3 +341,102 @@ def plan_from_pb(t: fl_pb2.PlanTemplate) -> PlanTemplate:
     if len(t.features) > _MAX_LIST:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "plan is too large")
     return PlanTemplate(t.dataset, t.model, tuple(t.features), t.label, t.label_threshold, t.hidden_units)
+
+
+# -- the compute services' requests and results (``sandbox.compute_io``) ---------------------------------------------
+
+
+def estimate_query_from_pb(req: dp_pb2.EstimateQueryRequest) -> io.EstimateQuery:
+    half_width = req.half_width if req.WhichOneof("target") == "half_width" else None
+    return io.EstimateQuery(grant_id=req.grant_id, dataset=req.query.dataset, query=dp_query_from_pb(req.query),
+                            delta=req.delta, epsilon=req.epsilon, half_width=half_width)
+
+
+def query_estimate_to_pb(e: io.QueryEstimate) -> dp_pb2.EstimateQueryResponse:
+    return dp_pb2.EstimateQueryResponse(
+        epsilon=e.epsilon, cost=budget_to_pb(e.cost), remaining=budget_to_pb(e.remaining),
+        statistics=[estimate_to_pb(s) for s in e.statistics])
+
+
+def run_query_from_pb(req: dp_pb2.RunQueryRequest) -> io.RunQuery:
+    return io.RunQuery(grant_id=req.grant_id, dataset=req.query.dataset, query=dp_query_from_pb(req.query),
+                       epsilon=req.epsilon, delta=req.delta, idempotency_key=req.idempotency_key)
+
+
+def query_release_to_pb(r: io.QueryRelease) -> dp_pb2.RunQueryResponse:
+    """The response whose serialised bytes are released and, under an idempotency key, stored for a retry."""
+    return dp_pb2.RunQueryResponse(query_id=r.query_id, statistics=[statistic_to_pb(s) for s in r.statistics],
+                                   charged=budget_to_pb(r.charged), remaining=budget_to_pb(r.remaining))
+
+
+def stored_release_to_pb(r: io.StoredRelease) -> dp_pb2.RunQueryResponse:
+    """A stored release (``query_release_to_pb``'s bytes) as the answer to a retry, marked as replayed."""
+    replay = dp_pb2.RunQueryResponse.FromString(r.body)
+    replay.replayed = True
+    return replay
+
+
+def profiles_to_pb(profiles: Iterable[Profile]) -> he_pb2.ListProfilesResponse:
+    return he_pb2.ListProfilesResponse(profiles=[
+        he_pb2.HeProfile(name=p.name, poly_modulus_degree=p.poly_modulus_degree,
+                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes), scale_bits=p.scale_bits, slots=p.slots)
+        for p in profiles])
+
+
+def context_chunks_from_pb(chunks: Iterable[he_pb2.ContextChunk]) -> list[io.ContextChunk]:
+    return [io.ContextChunk(profile=c.profile, data=c.data) for c in chunks]
+
+
+def context_to_pb(context_id: str, expires_ms: int) -> he_pb2.RegisterContextResponse:
+    return he_pb2.RegisterContextResponse(context_id=context_id, expires_at_unix_ms=expires_ms)
+
+
+def score_batch_from_pb(req: he_pb2.ScoreRequest) -> io.ScoreBatch:
+    return io.ScoreBatch(grant_id=req.grant_id, context_id=req.context_id, model_hash=req.model_hash,
+                         entity_ids=tuple(req.entity_ids), encrypted_features=tuple(req.encrypted_features))
+
+
+def score_result_to_pb(r: io.ScoreResult) -> he_pb2.ScoreResponse:
+    return he_pb2.ScoreResponse(encrypted_logits=r.encrypted_logits, entities=r.entities, usage=usage_to_pb(r.usage),
+                                noise_sd=r.noise_sd)
+
+
+def training_settings_from_pb(s: fl_pb2.TrainingSettings) -> io.TrainingSettings:
+    return io.TrainingSettings(
+        rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
+        fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
+        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta)
+
+
+def start_training_from_pb(req: fl_pb2.StartTrainingRequest) -> io.StartTraining:
+    return io.StartTraining(grant_id=req.grant_id, plan_hash=req.plan_hash,
+                            settings=training_settings_from_pb(req.settings))
+
+
+def started_job_to_pb(j: io.StartedJob) -> fl_pb2.StartTrainingResponse:
+    return fl_pb2.StartTrainingResponse(job_id=j.job_id, reserved=budget_to_pb(j.reserved))
+
+
+def training_event_to_pb(e: io.TrainingEvent) -> fl_pb2.TrainingEvent:
+    """Loss and accuracy are set only when released (None leaves them absent)."""
+    return fl_pb2.TrainingEvent(
+        job_id=e.job_id, round=e.round, rounds=e.rounds, loss=e.loss, accuracy=e.accuracy,
+        epsilon_spent=e.epsilon_spent, participants=list(e.participants), dropped=list(e.dropped), state=e.state,
+        message=e.message)
+
+
+def training_outcome_to_pb(o: io.TrainingOutcome) -> fl_pb2.GetTrainingResultResponse:
+    return fl_pb2.GetTrainingResultResponse(
+        job_id=o.job_id, metrics=[fl_pb2.Metric(name=k, value=v) for k, v in o.metrics],
+        charged=budget_to_pb(o.charged),
+        weights=[fl_pb2.Tensor(shape=list(t.shape), values=list(t.values)) for t in o.weights],
+        history=[training_event_to_pb(e) for e in o.history])
+
+
+def register_trained_model_from_pb(req: fl_pb2.RegisterTrainedModelRequest) -> io.RegisterTrainedModel:
+    return io.RegisterTrainedModel(job_id=req.job_id, name=req.name, private_features=tuple(req.private_features),
+                                   description=req.description)
+
+
+def registered_model_to_pb(m: io.RegisteredModel) -> fl_pb2.RegisterTrainedModelResponse:
+    return fl_pb2.RegisterTrainedModelResponse(model_hash=m.model_hash, canonical=m.canonical)

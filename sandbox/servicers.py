@@ -7,8 +7,10 @@ open transaction in ``current_call()``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -17,14 +19,26 @@ from protos.sandbox.v1 import (
     fl_pb2_grpc, he_pb2, he_pb2_grpc,
 )
 from sandbox import (
-    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_scoring, models, policy, principals, scenarios, serde,
+    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
+    serde,
 )
 from sandbox.audit import AuditLog
+from sandbox.calls import Deferred, current_call
+from sandbox.columns import ArrayCache
+from sandbox.compute_io import StoredRelease
 from sandbox.config import ServerConfig
 from sandbox.domain import PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
-from sandbox.interceptor import current_call
 from sandbox.state import State
+
+def _respond(result: Any, to_pb: Callable[[Any], Any]) -> Any:
+    """A compute module's result as its response message; a Deferred's computation converts its own result, so that
+    the boundary serialises (and, for an idempotent release, stores) the response message."""
+    if isinstance(result, Deferred):
+        compute = result.compute
+        return dataclasses.replace(result, compute=lambda: to_pb(compute()))
+    return to_pb(result)
+
 
 ADMIN = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
@@ -158,17 +172,10 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
 
     def CheckAccess(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        call.annotate(grant_id=request.grant_id)
-        grant = policy.grant_if_grantee(call.tx, call.principal, request.grant_id)
-        schema = None
-        if grant is not None:
-            sel = grant.terms.dataset(request.dataset)
-            if sel is not None:
-                schema = catalogue.get_dataset(call.tx, sel.name, sel.version).schema
-        ctx = policy.CallContext(serde.kind_from_pb(request.kind), request.dataset, request.dataset_version,
-                                 tuple(request.columns), request.model_hash)
-        auth = policy.check_call(call.tx, call.principal, grant, ctx, now_ms=call.now_ms, schema=schema)
-        call.annotate(scenario_id=auth.grant.terms.scenario_id)
+        call.annotate(grant_id=request.grant_id)  # before anything is refused, as every authorisation does
+        auth = policy.authorise(call, request.grant_id, serde.kind_from_pb(request.kind), request.dataset,
+                                tuple(request.columns), version=request.dataset_version,
+                                model_hash=request.model_hash)
         s = scenarios.get(call.tx, auth.grant.terms.scenario_id, call.principal)
         return applicant_pb2.CheckAccessResponse(scenario=serde.scenario_to_pb(s))
 
@@ -235,17 +242,27 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
-        self.cache = dp_queries.ArrayCache(config.datasets_dir)
+        self.cache = ArrayCache(config.datasets_dir)
 
     # Calibration happens before the write lock is taken (see SigningInterceptor._warm).
-    warm_EstimateQuery = staticmethod(dp_queries.warm)
-    warm_RunQuery = staticmethod(dp_queries.warm)
+    @staticmethod
+    def warm_EstimateQuery(principal, request, conn):  # type: ignore[no-untyped-def]
+        dp_queries.warm(principal, serde.estimate_query_from_pb(request), conn)
+
+    @staticmethod
+    def warm_RunQuery(principal, request, conn):  # type: ignore[no-untyped-def]
+        dp_queries.warm(principal, serde.run_query_from_pb(request), conn)
 
     def EstimateQuery(self, request, context):  # type: ignore[no-untyped-def]
-        return dp_queries.estimate(current_call(), request)
+        req = serde.estimate_query_from_pb(request)
+        return serde.query_estimate_to_pb(dp_queries.estimate(current_call(), req))
 
     def RunQuery(self, request, context):  # type: ignore[no-untyped-def]
-        return dp_queries.run(current_call(), request, self.cache)
+        req = serde.run_query_from_pb(request)
+        result = dp_queries.run(current_call(), req, self.cache)
+        if isinstance(result, StoredRelease):
+            return serde.stored_release_to_pb(result)
+        return _respond(result, serde.query_release_to_pb)
 
 
 class ModelServicer(he_pb2_grpc.ModelServiceServicer):
@@ -255,24 +272,24 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
     def SubmitModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
         spec = serde.model_from_pb(request.spec)
-        model_hash = models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
+        model_hash = he_models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms,
                                    rule=self._config.release_rule)
         return he_pb2.SubmitModelResponse(model_hash=model_hash, canonical=spec.canonical())
 
     def GetModel(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        spec, submitted_by = models.get(call.tx, request.model_hash)
+        spec, submitted_by = he_models.get(call.tx, request.model_hash)
         if not (submitted_by == call.principal.id or call.principal.roles & {Role.ADMIN, Role.AUDITOR}
                 or scenarios.granted_model(call.tx, call.principal, request.model_hash)):
             # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
             raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
         return he_pb2.GetModelResponse(spec=serde.model_to_pb(spec), model_hash=request.model_hash,
                                        submitted_by=submitted_by,
-                                       review=serde.review_to_pb(models.review(call.tx, spec, self._config.release_rule)))
+                                       review=serde.review_to_pb(he_models.review(call.tx, spec, self._config.release_rule)))
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
-    def __init__(self, config: ServerConfig, cache: dp_queries.ArrayCache, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, cache: ArrayCache, secret: bytes) -> None:
         self._config = config
         self._store = he_scoring.ContextStore(config.he_context_ttl_seconds * 1000)
         self._cache = cache
@@ -295,14 +312,17 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
                 self._pool = None
 
     def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
-        return he_scoring.list_profiles()
+        return serde.profiles_to_pb(he_scoring.list_profiles())
 
     def RegisterContext(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        return he_scoring.register_context(current_call(), list(request_iterator), self.pool(), self._store)
+        ctx = he_scoring.register_context(current_call(), serde.context_chunks_from_pb(request_iterator), self.pool(),
+                                          self._store)
+        return serde.context_to_pb(ctx.context_id, ctx.expires_ms)
 
     def Score(self, request, context):  # type: ignore[no-untyped-def]
-        return he_scoring.score(current_call(), request, self.pool(), self._store, self._cache, self._index,
-                                self._counts, rule=self._config.release_rule)
+        result = he_scoring.score(current_call(), serde.score_batch_from_pb(request), self.pool(), self._store,
+                                  self._cache, self._index, self._counts, rule=self._config.release_rule)
+        return _respond(result, serde.score_result_to_pb)
 
 
 class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
@@ -317,19 +337,23 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
         return fl_pb2.RegisterPlanResponse(plan_hash=plan_hash)
 
     def StartTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.start(current_call(), request)
+        return _respond(self._jobs.start(current_call(), serde.start_training_from_pb(request)),
+                        serde.started_job_to_pb)
 
     def WatchTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.watch(current_call(), request.job_id)
+        events = self._jobs.watch(current_call(), request.job_id)  # checked now, inside the transaction
+        return map(serde.training_event_to_pb, events)
 
     def GetTrainingResult(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.result(current_call(), request.job_id)
+        return serde.training_outcome_to_pb(self._jobs.result(current_call(), request.job_id))
 
     def CancelTraining(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.cancel(current_call(), request.job_id)
+        return fl_pb2.CancelTrainingResponse(state=self._jobs.cancel(current_call(), request.job_id))
 
     def RegisterTrainedModel(self, request, context):  # type: ignore[no-untyped-def]
-        return self._jobs.register_model(current_call(), request, rule=self._config.release_rule)
+        model = self._jobs.register_model(current_call(), serde.register_trained_model_from_pb(request),
+                                          rule=self._config.release_rule)
+        return serde.registered_model_to_pb(model)
 
 
 def add_servicers(

@@ -56,6 +56,80 @@ def test_the_checker_catches_a_reverse_edge(tmp_path: Path) -> None:
     assert sorted(reverse_edges(tmp_path)) == ["clients/leak.py imports sandbox", "dp_engine/up.py imports he_engine"]
 
 
+#: The only modules that may import gRPC, protobuf or the generated ``*_pb2`` code: the wire boundary. Everything
+#: else in ``sandbox/`` works with domain types (``sandbox.domain``, ``sandbox.compute_io``).
+RPC_BOUNDARY = {
+    "sandbox": {
+        "server.py",  # the gRPC server, health and reflection
+        "interceptor.py",  # authentication, audit and error translation around every RPC
+        "servicers.py",  # request message -> domain call -> response message
+        "serde.py",  # the conversions themselves
+        "errors.py",  # the error catalogue maps each code to its gRPC status
+    },
+    "clients": {
+        "serde.py", "client.py", "transport.py",
+        # the SDK's protocol helpers today:
+        "errors.py",  # grpc.RpcError -> typed SDK exception
+        "he.py",  # the HE session builds its RegisterContext and Score messages
+        "query.py",  # the query builder builds a DpQuery message
+        "schema_file.py",  # a schema file becomes a DatasetSchema message
+    },
+}
+
+
+def _rpc_imports(path: Path) -> list[str]:
+    """Imports of gRPC (grpc, grpc_health, ...), protobuf, the generated ``protos`` package or any ``*_pb2`` module."""
+    def rpc(name: str) -> bool:
+        parts = name.split(".")
+        return (parts[0].startswith("grpc") or parts[0] == "protos" or name.startswith("google.protobuf")
+                or any(p.endswith(("_pb2", "_pb2_grpc")) for p in parts))
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if rpc(alias.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [f"{node.module}.{alias.name}" for alias in node.names
+                      if rpc(node.module) or rpc(alias.name)]
+    return found
+
+
+def rpc_outside_boundary(root: Path) -> list[str]:
+    bad = []
+    for package, allowed in RPC_BOUNDARY.items():
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root / package).as_posix()
+            if rel not in allowed:
+                bad += [f"{package}/{rel} imports {name}" for name in _rpc_imports(path)]
+    return bad
+
+
+def test_grpc_and_protobuf_stay_in_the_boundary_modules() -> None:
+    assert rpc_outside_boundary(ROOT) == []
+    for package, allowed in RPC_BOUNDARY.items():  # the list names real files (a rename must update it)
+        assert {p for p in allowed if not (ROOT / package / p).exists()} == set(), package
+
+
+def test_the_boundary_checker_catches_protobuf_in_a_compute_module(tmp_path: Path) -> None:
+    for package in RPC_BOUNDARY:
+        (tmp_path / package).mkdir()
+    (tmp_path / "sandbox" / "dp_queries.py").write_text(
+        "from protos.sandbox.v1 import dp_pb2\ndef f():\n    import grpc\n")
+    (tmp_path / "sandbox" / "fl_jobs.py").write_text("from google.protobuf.message import Message\n")
+    (tmp_path / "sandbox" / "nested").mkdir()
+    (tmp_path / "sandbox" / "nested" / "x.py").write_text("import grpc_health.v1.health_pb2 as h\n")
+    (tmp_path / "sandbox" / "servicers.py").write_text("import grpc\nfrom protos.sandbox.v1 import dp_pb2\n")
+    (tmp_path / "clients" / "cli.py").write_text("from protos.sandbox.v1.dp_pb2 import DpQuery\n")
+    (tmp_path / "clients" / "transport.py").write_text("import grpc\n")
+    assert rpc_outside_boundary(tmp_path) == [
+        "sandbox/dp_queries.py imports protos.sandbox.v1.dp_pb2",
+        "sandbox/dp_queries.py imports grpc",
+        "sandbox/fl_jobs.py imports google.protobuf.message.Message",
+        "sandbox/nested/x.py imports grpc_health.v1.health_pb2",
+        "clients/cli.py imports protos.sandbox.v1.dp_pb2.DpQuery",
+    ]
+
+
 def test_generated_protos_have_no_drift(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(tmp_path)], check=True,
                    capture_output=True)

@@ -268,12 +268,12 @@ def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, mo
 def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The costly calibration runs in the warm-up, outside the transaction; inside it the plan is a cache hit."""
     from dp_engine import calibrate
-    from sandbox import dp_queries
+    from sandbox.servicers import DpQueryServicer
 
     _, _, office, grant = dp_env
     g = grant()
     calls: list[str] = []
-    real_warm = dp_queries.warm
+    real_warm = DpQueryServicer.warm_RunQuery
 
     def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
         before = calibrate.calibrate.cache_info()
@@ -292,12 +292,12 @@ def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypat
 def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The epsilon search plans the query at the epsilon it finds: in the warm-up, so the handler hits the cache."""
     from dp_engine import calibrate
-    from sandbox import dp_queries
+    from sandbox.servicers import DpQueryServicer
 
     _, _, office, grant = dp_env
     g = grant()
     calls: list[str] = []
-    real_warm = dp_queries.warm
+    real_warm = DpQueryServicer.warm_EstimateQuery
 
     def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
         before = calibrate.calibrate.cache_info()

@@ -31,7 +31,7 @@ from fl_server.runtime import TlsFiles, certificate_names, node_key_pair
 from sandbox import catalogue, serde
 from sandbox.config import default_file, load_config
 from sandbox.datadir import catalogue_secret, init_data_dir
-from sandbox.dp_queries import ArrayCache
+from sandbox.columns import ArrayCache
 from sandbox.fl_jobs import JobManager, backend_for
 from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS

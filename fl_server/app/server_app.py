@@ -28,7 +28,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fl_server.client import PERSON_KEY
-from fl_server.errors import FlEngineError, TrainingCancelled
+from fl_server.errors import FlServerError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
 from fl_server.rounds import NodeView, Timing, drive
@@ -88,7 +88,7 @@ def main(grid: Grid, context: Context) -> None:
     except TrainingCancelled as exc:
         events.write("cancelled", message=exc.message, rounds_completed=exc.rounds_completed,
                      epsilon_spent=exc.epsilon_spent)
-    except FlEngineError as exc:
+    except FlServerError as exc:
         events.write("error", kind=type(exc).__name__, message=exc.message)
     except Exception:
         log.exception("the federated training server app failed")

@@ -141,7 +141,8 @@ class SqlTx(Tx):
 
     def scenario_decide(self, scenario_id: str, status: str, *, reason: str | None = None,
                         decided_by: str | None = None, decided_at_ms: int | None = None) -> None:
-        sets, args = ["status = ?"], [status]
+        sets: list[str] = ["status = ?"]
+        args: list[Any] = [status]
         for column, value in (("decision_reason", reason), ("decided_by", decided_by),
                               ("decided_at_ms", decided_at_ms)):
             if value is not None:

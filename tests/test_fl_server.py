@@ -4,7 +4,7 @@ The data is the bundled RAND Health Insurance Experiment: its six sites are
 the six data holders, the label is above-median-ish medical spending (meddol
 above a public $35), the features are scaled by the schema's public bounds.
 The deployment backend (real SuperLink and SuperNode processes) is tested in
-test_fl_engine_deployment.py.
+test_fl_server_deployment.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,157 @@
+"""Requests and results of the compute services (DP queries, HE scoring, FL training) as plain dataclasses.
+
+``dp_queries``, ``he_scoring`` and ``fl_jobs`` take and return these; ``sandbox.serde`` converts them from and to
+the protobuf messages at the boundary (``sandbox.servicers``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dp_engine.spec import Query, Statistic, StatisticEstimate
+from sandbox.domain import Budget, GrantUsage
+
+# -- DP queries ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EstimateQuery:
+    grant_id: str
+    dataset: str
+    query: Query
+    delta: float
+    epsilon: float = 0.0
+    half_width: float | None = None  # set: find the epsilon for this half-width (``epsilon`` is then unused)
+
+
+@dataclass(frozen=True)
+class QueryEstimate:
+    epsilon: float  # the epsilon the estimate is for (asked, or found for the half-width)
+    cost: Budget
+    remaining: Budget
+    statistics: tuple[StatisticEstimate, ...]
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    grant_id: str
+    dataset: str
+    query: Query
+    epsilon: float
+    delta: float
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class QueryRelease:
+    query_id: str
+    statistics: tuple[Statistic, ...]
+    charged: Budget
+    remaining: Budget
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    """An idempotent retry's answer: the response exactly as it was serialised and stored at its first release."""
+
+    body: bytes
+
+
+# -- HE scoring ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextChunk:
+    profile: str  # on the first chunk
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    grant_id: str
+    context_id: str
+    model_hash: str
+    entity_ids: tuple[str, ...]
+    encrypted_features: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    encrypted_logits: bytes
+    entities: int
+    usage: GrantUsage
+    noise_sd: float
+
+
+# -- FL training -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The researcher's settings; 0 or "" means the default (as in the protocol)."""
+
+    rounds: int = 0
+    local_epochs: int = 0
+    learning_rate: float = 0.0
+    fraction_per_round: float = 0.0
+    strategy: str = ""
+    proximal_mu: float = 0.0
+    clipping_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class StartTraining:
+    grant_id: str
+    plan_hash: str
+    settings: TrainingSettings
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    job_id: str
+    reserved: Budget
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    job_id: str
+    round: int
+    rounds: int
+    epsilon_spent: float
+    state: str
+    message: str = ""
+    loss: float | None = None  # None: withheld
+    accuracy: float | None = None
+    participants: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tensor:
+    shape: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    job_id: str
+    metrics: tuple[tuple[str, float], ...]
+    charged: Budget
+    weights: tuple[Tensor, ...]
+    history: tuple[TrainingEvent, ...]
+
+
+@dataclass(frozen=True)
+class RegisterTrainedModel:
+    job_id: str
+    name: str
+    private_features: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    model_hash: str
+    canonical: bytes
