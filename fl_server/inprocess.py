@@ -102,16 +102,27 @@ class InProcessBackend:
     def __init__(self, *, timing: Timing = Timing(connect_timeout=0.0)) -> None:
         self.timing = timing
 
-    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition], *, on_round: OnRound,
-            should_stop: ShouldStop) -> TrainingResult:
-        """Train ``plan`` over ``partitions`` (holder id -> rows); each node reads only its own entry, per message."""
+    @property
+    def external(self) -> bool:
+        """Never: every holder's rows are a ``Partition`` in this process."""
+        return False
+
+    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | None], *, on_round: OnRound,
+            should_stop: ShouldStop, person_key: str = "") -> TrainingResult:
+        """Train ``plan`` over ``partitions`` (holder id -> rows); each node reads only its own entry, per message.
+
+        ``person_key`` is not needed here: the partitions were split by person when they were made."""
         plan.validate()
         holders = list(partitions)
         if not all(isinstance(h, str) and h for h in holders):
             raise TypeError("holder ids are non-empty strings")
+        if any(p is None for p in partitions.values()):
+            raise TypeError("the in-process backend trains on partitions in memory: every holder needs its rows")
 
         def load(context: Context) -> Partition:
-            return partitions[str(context.node_config[HOLDER_ID])]
+            part = partitions[str(context.node_config[HOLDER_ID])]
+            assert part is not None
+            return part
 
         client_app = make_client_app(load)
         grid = LocalGrid(client_app, [{HOLDER_ID: h} for h in holders])

@@ -32,10 +32,18 @@ from fl_server.rounds import OnRound, ShouldStop
 
 
 class Backend(Protocol):
-    """What the sandbox calls; both backends fit it."""
+    """What the sandbox calls; both backends fit it.
 
-    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition], *, on_round: OnRound,
-            should_stop: ShouldStop) -> TrainingResult: ...
+    ``external``: the data holders run their own nodes, which prepare their own rows, so ``run`` needs only the
+    holders' names (``partitions`` maps each to None). ``person_key``: the dataset's person key column, for a
+    node that splits its own rows (each person's rows on one side of the held-out split).
+    """
+
+    @property
+    def external(self) -> bool: ...
+
+    def run(self, plan: TrainingPlan, partitions: Mapping[str, Partition | None], *, on_round: OnRound,
+            should_stop: ShouldStop, person_key: str = "") -> TrainingResult: ...
 
 
 __all__ = ["Backend", "DeploymentBackend", "InProcessBackend"]

@@ -286,17 +286,14 @@ class JobManager:
 
         try:
             backend = self._backend
-            if isinstance(backend, fl_server.DeploymentBackend):
-                if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
-                    holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
-                    parts: Mapping[str, fl_server.Partition | None] = dict.fromkeys(f"{part_col}-{h}" for h in holders)
-                else:
-                    parts = self._partitions(plan, info, part_col)
-                job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,
-                                         person_key=info.schema.person_key or "")
+            parts: Mapping[str, fl_server.Partition | None]
+            if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
+                holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
+                parts = dict.fromkeys(f"{part_col}-{h}" for h in holders)
             else:
-                job.result = backend.run(plan, self._partitions(plan, info, part_col),
-                                         on_round=on_round, should_stop=should_stop)
+                parts = self._partitions(plan, info, part_col)
+            job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,
+                                     person_key=info.schema.person_key or "")
             if self._revoked(job.grant_id):
                 job.result = None
                 self._end(job, "revoked", "the grant was revoked; the model is withheld")

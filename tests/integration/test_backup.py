@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from clients import ApplicantClient, Query
+from clients import AdminClient, ApplicantClient, Query, generate_key, public_key_of
 from clients.errors import SandboxClientError
 from sandbox import audit
 from sandbox.backup import BackupError, backup, check, restore
 from sandbox.cli import app
 from sandbox.config import load_config
+from sandbox.datadir import init_data_dir
 from sandbox.server import start_server
 from sandbox.state import open_state
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +121,46 @@ def test_an_altered_backup_is_refused_before_anything_is_written(tmp_path: Path)
     with pytest.raises(BackupError):
         check(tmp_path / "bk", public)
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_postgresql_backup_restores_into_an_empty_database(tmp_path: Path, postgres_server,  # type: ignore[no-untyped-def]
+                                                             pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pg_dump and pg_restore of the same PostgreSQL as the server (the system's or the bundled one).
+    monkeypatch.setenv("PATH", f"{postgres_server.binaries.bin_dir}:{os.environ['PATH']}")
+    first = init_data_dir(tmp_path / "a", state=pg_database)
+    running = start_server(load_config(first.config.data_dir, flags={"port": 0}, environ={}))
+    try:
+        address, ca = f"127.0.0.1:{running.port}", first.config.data_dir / "tls" / "ca.pem"
+        admin = AdminClient(address, key=first.admin_key_path, ca=ca)
+        admin.import_dataset(SCHEMAS / "adult_census.toml", DATA / "adult_census.csv.gz")
+        key = generate_key()
+        admin.enrol(name="Office", organisation="Office", roles=["applicant"], public_key=public_key_of(key))
+        office = ApplicantClient(address, key=key, ca=ca)
+        s = office.apply(title="Stats", purpose="Official statistics", legal_basis="Statistics Act",
+                         kind="DP_QUERY", datasets={"adult_census": ["age"]}, epsilon=1.0, quota=100)
+        grant = admin.approve(s.id).grant
+        assert grant is not None
+        office.run_query(grant.id, Query("adult_census").count(), epsilon=0.25)
+        report = backup(load_config(first.config.data_dir, environ={}), tmp_path / "bk", state=running.db)
+        admin.close()
+    finally:
+        running.stop(grace=1)
+    assert report.datasets == 1 and (tmp_path / "bk" / "state.pgdump").exists()
+    with fresh_database(postgres_server.url) as target:
+        with pytest.raises(BackupError, match="--state"):
+            restore(tmp_path / "bk", tmp_path / "r0")
+        restore(tmp_path / "bk", tmp_path / "restored", state=target)
+        restored = start_server(load_config(tmp_path / "restored", flags={"port": 0}, environ={}))
+        try:
+            again = ApplicantClient(f"127.0.0.1:{restored.port}", key=office.transport.key,  # type: ignore[attr-defined]
+                                    ca=tmp_path / "restored" / "tls" / "ca.pem")
+            usage = again.scenario(s.id).usage
+            assert usage is not None and float(usage.epsilon_spent) == pytest.approx(0.25)
+            again.run_query(grant.id, Query("adult_census").count(), epsilon=0.25)
+            again.close()
+        finally:
+            restored.stop(grace=1)
+        after = _verify(tmp_path / "restored")
+        assert after.ok, after.findings
+        assert after.entries > report.entries
+    office.close()  # type: ignore[attr-defined]
