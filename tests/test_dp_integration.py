@@ -13,6 +13,7 @@ from clients import (
 )
 from sandbox import audit, ledger
 from sandbox.state.sqlite import SqliteState as Database
+from tests.sqlite_raw import raw
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 
 CENSUS_COLS = ["age", "sex", "education", "hours_per_week", "race", "capital_gain", "workclass"]
@@ -270,7 +271,7 @@ def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypat
     from dp_engine import calibrate
     from sandbox.servicers import DpQueryServicer
 
-    _, _, office, grant = dp_env
+    sbx, _, office, grant = dp_env
     g = grant()
     calls: list[str] = []
     real_warm = DpQueryServicer.warm_RunQuery
@@ -279,7 +280,7 @@ def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypat
         before = calibrate.calibrate.cache_info()
         real_warm(principal, req, conn)
         after = calibrate.calibrate.cache_info()
-        calls.append(f"{'inside' if conn.in_transaction else 'outside'} misses+{after.misses - before.misses}")
+        calls.append(f"{'inside' if raw(conn) is sbx.running.db._writer else 'outside'} misses+{after.misses - before.misses}")
 
     monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_RunQuery", staticmethod(warm_spy))
     before_run = calibrate.calibrate.cache_info()
@@ -294,7 +295,7 @@ def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env
     from dp_engine import calibrate
     from sandbox.servicers import DpQueryServicer
 
-    _, _, office, grant = dp_env
+    sbx, _, office, grant = dp_env
     g = grant()
     calls: list[str] = []
     real_warm = DpQueryServicer.warm_EstimateQuery
@@ -303,7 +304,7 @@ def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env
         before = calibrate.calibrate.cache_info()
         real_warm(principal, req, conn)
         after = calibrate.calibrate.cache_info()
-        calls.append(f"{'inside' if conn.in_transaction else 'outside'} misses+{after.misses - before.misses}")
+        calls.append(f"{'inside' if raw(conn) is sbx.running.db._writer else 'outside'} misses+{after.misses - before.misses}")
 
     monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_EstimateQuery", staticmethod(warm_spy))
     before = calibrate.calibrate.cache_info()

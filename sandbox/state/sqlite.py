@@ -299,23 +299,13 @@ class SqliteState(State):
         if writing is not None:
             yield writing
             return
-        conn = self.connection()
-        if conn.in_transaction:  # a read inside a read on this thread: the same snapshot
-            yield SqliteTx(conn)
-            return
-        try:
-            conn.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=str(exc)) from exc
-        try:
-            yield SqliteTx(conn)
-        finally:
-            conn.execute("COMMIT")
+        with self.committed() as tx:
+            yield tx
 
     @contextmanager
     def committed(self) -> Iterator[SqliteTx]:
         conn = self.connection()  # this thread's read connection, never the writer
-        if conn.in_transaction:
+        if conn.in_transaction:  # a read inside a read on this thread: the same snapshot
             yield SqliteTx(conn)
             return
         try:
