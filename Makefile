@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dp_timing.py
 	$(PY) benchmarks/bench_he_scoring.py
 	$(PY) benchmarks/bench_fl_training.py
+	$(PY) benchmarks/bench_state.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

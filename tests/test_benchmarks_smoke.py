@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 BENCH = ROOT / "benchmarks" / "bench_signed_rpc.py"
@@ -136,3 +138,35 @@ def test_fl_training_benchmark_quick_run_prints_tables_and_ratios() -> None:
     assert sorted(ratios) == [("inprocess", "off"), ("inprocess", "on")], last
     for values in ratios.values():
         assert all(math.isfinite(v) and v > 0 for v in values), last
+
+
+STATE_BENCH = ROOT / "benchmarks" / "bench_state.py"
+STATE_PG_SQLITE = re.compile(r"pg/sqlite whoami clients=(\d+) p50=(\S+) rps=(\S+)")
+STATE_QUERY = re.compile(r"pg/sqlite query\.(\w+) p50=(\S+)")
+STATE_TWO_ONE = re.compile(r"two/one ([\w-]+) clients=(\d+) rps=(\S+)")
+
+
+@pytest.mark.slow
+def test_state_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(STATE_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for heading in ("State backend benchmark", "SQLite 3.", "PostgreSQL 1", "CPUs",
+                    "1. Signed audited WhoAmI: PostgreSQL vs SQLite", "ratio PostgreSQL/SQLite",
+                    "2. Small DP queries", "count", "mean(hours_per_week)",
+                    "3. Two servers vs one on one PostgreSQL database", "one server", "two servers", "ratio two/one",
+                    "in this process (one GIL", "each its own process", "p50 ms", "p99 ms", "req/s",
+                    "all servers and PostgreSQL stopped, temp directories removed"):
+        assert heading in out, f"missing {heading!r} in:\n{out}"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS state: "), last
+    pg_sqlite = {int(m[0]): [float(x) for x in m[1:]] for m in STATE_PG_SQLITE.findall(last)}
+    queries = {m[0]: float(m[1]) for m in STATE_QUERY.findall(last)}
+    two_one = {(m[0], int(m[1])): float(m[2]) for m in STATE_TWO_ONE.findall(last)}
+    assert sorted(pg_sqlite) == [1, 16], last
+    assert sorted(queries) == ["count", "mean"], last
+    assert sorted(two_one) == [("in-process", 16), ("in-process", 64), ("processes", 16), ("processes", 64)], last
+    for v in [*(x for xs in pg_sqlite.values() for x in xs), *queries.values(), *two_one.values()]:
+        assert math.isfinite(v) and v > 0, last
