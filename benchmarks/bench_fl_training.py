@@ -5,7 +5,7 @@
 
 Starts a real TLS sandbox server in this process on a free port, in a fresh data
 directory, imports the bundled RAND HIE table (its six sites are the six data
-holders), enrols a researcher, registers the plan of tests/test_fl_integration.py
+holders), enrols a researcher, registers the plan of tests/integration/test_fl_integration.py
 (logistic model, eight features, meddol above 100) and times a 6-holder x 10-round
 training two ways, interleaved repetition by repetition after one warm-up each:
 

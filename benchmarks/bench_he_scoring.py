@@ -5,7 +5,7 @@
 
 Starts a real TLS sandbox server in a process of its own (so it does not share this
 process's GIL; it never imports TenSEAL) on a free port, in a fresh data directory, imports the bundled credit dataset, enrols a bank, submits the model
-of tests/test_he_integration.py (four public weights, two private ones), grants
+of tests/integration/test_he_integration.py (four public weights, two private ones), grants
 it HE_SCORING, and opens one HE session for 4,096 entities (the SDK picks the
 smallest profile that holds them: ckks-8192, 4,096 slots). Then, batch by batch:
 
@@ -77,7 +77,7 @@ from protos.sandbox.v1 import he_pb2  # noqa: E402
 from sandbox.state.sqlite import SqliteState as Database  # noqa: E402
 
 DATA = ROOT / "data"
-#: The model of tests/test_he_integration.py: four public weights (balanced contributions), two private ones, a bias.
+#: The model of tests/integration/test_he_integration.py: four public weights (balanced contributions), two private ones, a bias.
 PUBLIC = {"LIMIT_BAL": -2.0e-6, "AGE": 0.02, "PAY_0": 0.55, "PAY_2": 0.1}
 PRIVATE = {"bill_amt1_1e5": 0.12, "pay_amt1_1e4": -0.35}
 BIAS = -1.1

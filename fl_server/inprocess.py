@@ -116,12 +116,11 @@ class InProcessBackend:
         holders = list(partitions)
         if not all(isinstance(h, str) and h for h in holders):
             raise TypeError("holder ids are non-empty strings")
-        if any(p is None for p in partitions.values()):
-            raise TypeError("the in-process backend trains on partitions in memory: every holder needs its rows")
 
         def load(context: Context) -> Partition:
-            part = partitions[str(context.node_config[HOLDER_ID])]
-            assert part is not None
+            part = partitions[str(context.node_config[HOLDER_ID])]  # read per message: a holder may fail later
+            if part is None:
+                raise TypeError("the in-process backend trains on partitions in memory: every holder needs its rows")
             return part
 
         client_app = make_client_app(load)

@@ -2,7 +2,7 @@
 plan each message carries, exactly as the sandbox prepares the same rows; and the settings that admit such nodes.
 
 The full run over real processes (the sandbox's SuperLink, two department SuperNodes) is in
-tests/test_fl_deployment_integration.py.
+tests/integration/test_fl_deployment_integration.py.
 """
 
 from __future__ import annotations

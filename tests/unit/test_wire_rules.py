@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIDES = ("clients", "sandbox")
 #: The shared rules this test was written for; they must stay defined in wire/ (and so guarded).
 EXPECTED = {

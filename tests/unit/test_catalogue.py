@@ -26,7 +26,7 @@ from sandbox.state.sqlite import SqliteState as Database
 from sandbox.state.sqlite import SqliteTx
 from tests.sqlite_raw import raw
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 SECRET = "ZZSECRET42"
 KEY = bytes(range(32))  # the catalogue key these tests import under

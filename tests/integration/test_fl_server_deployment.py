@@ -47,7 +47,7 @@ from fl_server.model import evaluate
 from fl_server.runtime import (
     TlsFiles, _EventReader, _Processes, descendants, free_port, node_key_pair, same_process,
 )
-from tests.test_fl_server import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
+from tests.unit.test_fl_server import PLAN, hie, pooled, site_partitions  # noqa: F401  hie is a fixture
 
 
 def live_descendants() -> list[tuple[int, str]]:

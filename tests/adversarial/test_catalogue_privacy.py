@@ -27,7 +27,7 @@ from sandbox.server import start_server
 from sandbox.state.sqlite import SqliteState as Database
 from sandbox.state.sqlite import SqliteTx
 from tests.conftest import Sandbox, enrol_client, start_sandbox
-from tests.test_storage import OLD_DATASETS  # the datasets table before keyed versions
+from tests.unit.test_storage import OLD_DATASETS  # the datasets table before keyed versions
 from tests.sqlite_raw import raw
 
 SCHEMA = """

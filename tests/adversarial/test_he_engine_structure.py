@@ -25,7 +25,7 @@ from he_engine import (
     score_plain,
 )
 from he_engine.sealblob import SEAL_VERSION
-from tests.test_he_engine import (  # noqa: F401  bank and pool are fixtures: one pool for this module too
+from tests.unit.test_he_engine import (  # noqa: F401  bank and pool are fixtures: one pool for this module too
     N,
     P8K,
     P16K,

@@ -3,8 +3,8 @@
 1. A refused request replayed once it would succeed; 2. a withheld answer whose charge used the whole budget;
 4. outsiders making the server write without end (registrations, a pending principal's refusals); 5. an
 out-of-range number answered INTERNAL; 6. an idempotency record left in progress by a crash; 7. a client stream
-buffered before its signature is checked. (3, the audit log, is tests/test_audit.py and test_transparency_log.py;
-6's kill -9 runs are tests/test_crash_recovery.py.)
+buffered before its signature is checked. (3, the audit log, is tests/adversarial/test_audit.py and test_transparency_log.py;
+6's kill -9 runs are tests/adversarial/test_crash_recovery.py.)
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def test_an_out_of_range_number_is_invalid_not_internal(env) -> None:  # type: i
 
 def test_records_left_open_by_a_crash_are_closed_at_start_up(env) -> None:  # type: ignore[no-untyped-def]
     """Finding 6: idempotency records stayed IN_PROGRESS for ever, and charges had no release entry. A crash is
-    staged here in the database (a reservation and its record, no release); tests/test_crash_recovery.py kills a
+    staged here in the database (a reservation and its record, no release); tests/adversarial/test_crash_recovery.py kills a
     real server. At start-up both are closed on the record; the retry is told the answer was lost."""
     sbx, admin, office = env
     g = _grant(admin, office)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protos", "wire", "sandbox", "dp_engine", "he_engine", "fl_server", "clients")
 #: Which of our packages each package may import.
 ALLOWED = {

@@ -15,12 +15,12 @@ import pytest
 from dp_engine.statistics import STATISTICS, AggKind
 from dp_engine.statistics.base import StatisticKind
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Packages that must not import opendp: their DP goes through dp_engine.
 NO_OPENDP = ("sandbox", "clients", "fl_server", "he_engine", "wire")
 #: Files outside dp_engine that import opendp, and why. fl_server prices and draws its training noise with
 #: opendp (make_gaussian, composition, zCDP to (epsilon, delta)); it may import none of our other packages
-#: (tests/test_architecture.py), so it cannot use dp_engine. Any other file there fails the test.
+#: (tests/unit/test_architecture.py), so it cannot use dp_engine. Any other file there fails the test.
 OPENDP_ALLOWED = {"fl_server/accounting.py"}
 TABLE = ROOT / "dp_engine" / "statistics" / "__init__.py"
 

@@ -28,7 +28,7 @@ from sandbox.config import load_config
 from sandbox.identity import read_private_key
 from sandbox.state.sqlite import SqliteTx
 from tests.conftest import DATA, ROOT, SCHEMAS, enrol_client, start_sandbox
-from tests.test_audit import _insider, _rechain
+from tests.adversarial.test_audit import _insider, _rechain
 from tests.sqlite_raw import raw
 
 

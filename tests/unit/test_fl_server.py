@@ -60,7 +60,7 @@ from fl_server.model import (
 from fl_server.privacy import OpenDpFixedClipping
 from fl_server.strategy import build_strategy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "rand_hie.csv.gz"
 SITES = ("1", "2", "3", "4", "5", "6")
 #: Public scaling from data/schemas/rand_hie.toml; missing values imputed with round public constants.

@@ -2,7 +2,7 @@
 
 Every score leaves with the release rule's noise (sandbox/he_release.py), so scores are compared with the
 plaintext model statistically: the differences are centred and spread like the noise the review states.
-The HE arithmetic alone is compared exactly in tests/test_he_engine.py.
+The HE arithmetic alone is compared exactly in tests/unit/test_he_engine.py.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from he_engine import worker as he_worker
 from he_engine.wire import read_varint
 from he_engine.wire import write_varint as varint  # the structure tests import it from here
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 P8K = PROFILES["ckks-8192"]
 P16K = PROFILES["ckks-16384"]
 N = 1000

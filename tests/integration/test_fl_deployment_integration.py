@@ -30,7 +30,7 @@ from sandbox.config import load_config
 from sandbox.datadir import init_data_dir
 from sandbox.fl_jobs import backend_for
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
-from tests.test_fl_server_deployment import try_to_intrude
+from tests.integration.test_fl_server_deployment import try_to_intrude
 
 
 def https_call(address: str, ca: Path, method: str, path: str, body: bytes = b"") -> int:

@@ -27,7 +27,7 @@ import pytest
 
 from clients import AdminClient, ApplicantClient, Query, SandboxClientError, generate_key, public_key_of
 from tests.conftest import DATA, ROOT, SCHEMAS
-from tests.test_he_worker_lifetime import alive, children
+from tests.integration.test_he_worker_lifetime import alive, children
 from tests.sqlite_raw import raw
 
 pytestmark = pytest.mark.slow

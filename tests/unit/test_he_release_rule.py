@@ -1,6 +1,6 @@
 """The HE release rule as a library: contributions, balance on both sides of the ratio, the noise it sets, the bits
 it states, magnitudes, and the opendp noise it adds. No server (the attacks through the real server are in
-tests/test_he_release_attacks.py)."""
+tests/adversarial/test_he_release_attacks.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from clients import AdminClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = [sys.executable, "-m", "sandbox.cli"]
 
 

@@ -23,10 +23,10 @@ from clients import ApplicantClient, InvalidArgument, ResearcherClient
 from clients.signing import load_key
 from protos.sandbox.v1 import he_pb2
 from tests.conftest import DATA, SCHEMAS, Sandbox
-from tests.test_client_cli import Run, enrolled, found, invoke, no_traceback
-from tests.test_fl_integration import FEATURES as FL_FEATURES
-from tests.test_fl_integration import LABEL
-from tests.test_he_integration import (
+from tests.integration.test_client_cli import Run, enrolled, found, invoke, no_traceback
+from tests.integration.test_fl_integration import FEATURES as FL_FEATURES
+from tests.integration.test_fl_integration import LABEL
+from tests.integration.test_he_integration import (
     BIAS, COLUMNS, NOISE_SD, PRIVATE, PUBLIC, bank_features, credit_rows, plaintext_logits,
 )
 

@@ -1,7 +1,7 @@
 """The fleet proxy: only a SuperNode's Fleet API calls reach the SuperLink behind it, body and answer intact.
 
 The proxy in front of a real SuperLink, with the departments' SuperNodes training through it and the Control API
-closed to them, is in tests/test_fl_deployment_integration.py::test_training_with_the_departments_own_supernodes.
+closed to them, is in tests/integration/test_fl_deployment_integration.py::test_training_with_the_departments_own_supernodes.
 """
 
 from __future__ import annotations

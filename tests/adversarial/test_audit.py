@@ -31,7 +31,7 @@ from sandbox.state.sqlite import SqliteTx
 from tests.sqlite_raw import raw
 from wire import transparency
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
