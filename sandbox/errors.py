@@ -12,7 +12,6 @@ import enum
 import sys
 from collections.abc import Iterator
 
-import grpc
 
 
 class ErrorCode(str, enum.Enum):
@@ -68,66 +67,66 @@ class ErrorCode(str, enum.Enum):
     INTERNAL = "INTERNAL"
 
 
-_S = grpc.StatusCode
 
-#: code -> (gRPC status, public message). A test checks every code is here.
-CATALOGUE: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
-    ErrorCode.SIGNATURE_MISSING: (_S.UNAUTHENTICATED, "request is not signed"),
-    ErrorCode.SIGNATURE_INVALID: (_S.UNAUTHENTICATED, "request signature is not valid"),
-    ErrorCode.CLOCK_SKEW: (_S.UNAUTHENTICATED, "request timestamp is outside the allowed clock window"),
-    ErrorCode.NONCE_REPLAYED: (_S.UNAUTHENTICATED, "request nonce was already used"),
-    ErrorCode.SIGNED_BEFORE_APPROVAL: (_S.UNAUTHENTICATED, "request was signed before this key was approved; "
+#: code -> (gRPC status name, public message). A test checks every code is here. The names are those of
+#: ``grpc.StatusCode``; the boundary (the interceptor) turns them into statuses, so this module needs no gRPC.
+CATALOGUE: dict[ErrorCode, tuple[str, str]] = {
+    ErrorCode.SIGNATURE_MISSING: ("UNAUTHENTICATED", "request is not signed"),
+    ErrorCode.SIGNATURE_INVALID: ("UNAUTHENTICATED", "request signature is not valid"),
+    ErrorCode.CLOCK_SKEW: ("UNAUTHENTICATED", "request timestamp is outside the allowed clock window"),
+    ErrorCode.NONCE_REPLAYED: ("UNAUTHENTICATED", "request nonce was already used"),
+    ErrorCode.SIGNED_BEFORE_APPROVAL: ("UNAUTHENTICATED", "request was signed before this key was approved; "
                                        "sign it again"),
-    ErrorCode.PEER_LIMIT: (_S.RESOURCE_EXHAUSTED, "too many calls from this address by keys that are not active; "
+    ErrorCode.PEER_LIMIT: ("RESOURCE_EXHAUSTED", "too many calls from this address by keys that are not active; "
                            "try again in a minute"),
-    ErrorCode.UNKNOWN_PRINCIPAL: (_S.UNAUTHENTICATED, "unknown principal"),
-    ErrorCode.PRINCIPAL_INACTIVE: (_S.PERMISSION_DENIED, "principal is not active"),
-    ErrorCode.WRONG_ROLE: (_S.PERMISSION_DENIED, "caller's role may not call this method"),
-    ErrorCode.NOT_GRANTEE: (_S.PERMISSION_DENIED, "the caller holds no grant with this id"),
-    ErrorCode.GRANT_REVOKED: (_S.PERMISSION_DENIED, "grant has been revoked"),
-    ErrorCode.GRANT_EXPIRED: (_S.PERMISSION_DENIED, "grant has expired"),
-    ErrorCode.GRANT_NOT_YET_VALID: (_S.PERMISSION_DENIED, "grant is not valid yet"),
-    ErrorCode.OUTSIDE_GRANT: (_S.PERMISSION_DENIED, "request lies outside the grant"),
-    ErrorCode.COLUMN_CORE: (_S.PERMISSION_DENIED, "core columns may not be used in any scenario"),
-    ErrorCode.COLUMN_NOT_NAMED: (_S.PERMISSION_DENIED, "column must be named explicitly"),
-    ErrorCode.COLUMN_LEVEL_FORBIDDEN: (_S.PERMISSION_DENIED, "column level not allowed for this computation"),
-    ErrorCode.SCENARIO_NOT_PENDING: (_S.FAILED_PRECONDITION, "scenario is not pending review"),
-    ErrorCode.SCENARIO_NOT_APPROVED: (_S.FAILED_PRECONDITION, "scenario is not approved"),
-    ErrorCode.PRINCIPAL_NOT_PENDING: (_S.FAILED_PRECONDITION, "principal is not pending approval"),
-    ErrorCode.GRANT_EXISTS: (_S.ALREADY_EXISTS, "scenario already has a grant"),
-    ErrorCode.ALREADY_EXISTS: (_S.ALREADY_EXISTS, "already exists"),
-    ErrorCode.NOT_FOUND: (_S.NOT_FOUND, "not found"),
-    ErrorCode.INVALID_ARGUMENT: (_S.INVALID_ARGUMENT, "invalid argument"),
-    ErrorCode.INVALID_SCHEMA: (_S.INVALID_ARGUMENT, "invalid dataset schema"),
-    ErrorCode.INVALID_CSV: (_S.INVALID_ARGUMENT, "CSV does not match the schema"),
-    ErrorCode.ROWS_REJECTED: (_S.INVALID_ARGUMENT, "rows were rejected; nothing was imported"),
-    ErrorCode.INVALID_TERMS: (_S.INVALID_ARGUMENT, "grant terms do not match the application"),
-    ErrorCode.BUDGET_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "privacy budget exhausted"),
-    ErrorCode.QUOTA_EXHAUSTED: (_S.RESOURCE_EXHAUSTED, "quota exhausted"),
-    ErrorCode.ENTITY_LIMIT: (_S.RESOURCE_EXHAUSTED, "an entity in this batch was already scored as often as the "
+    ErrorCode.UNKNOWN_PRINCIPAL: ("UNAUTHENTICATED", "unknown principal"),
+    ErrorCode.PRINCIPAL_INACTIVE: ("PERMISSION_DENIED", "principal is not active"),
+    ErrorCode.WRONG_ROLE: ("PERMISSION_DENIED", "caller's role may not call this method"),
+    ErrorCode.NOT_GRANTEE: ("PERMISSION_DENIED", "the caller holds no grant with this id"),
+    ErrorCode.GRANT_REVOKED: ("PERMISSION_DENIED", "grant has been revoked"),
+    ErrorCode.GRANT_EXPIRED: ("PERMISSION_DENIED", "grant has expired"),
+    ErrorCode.GRANT_NOT_YET_VALID: ("PERMISSION_DENIED", "grant is not valid yet"),
+    ErrorCode.OUTSIDE_GRANT: ("PERMISSION_DENIED", "request lies outside the grant"),
+    ErrorCode.COLUMN_CORE: ("PERMISSION_DENIED", "core columns may not be used in any scenario"),
+    ErrorCode.COLUMN_NOT_NAMED: ("PERMISSION_DENIED", "column must be named explicitly"),
+    ErrorCode.COLUMN_LEVEL_FORBIDDEN: ("PERMISSION_DENIED", "column level not allowed for this computation"),
+    ErrorCode.SCENARIO_NOT_PENDING: ("FAILED_PRECONDITION", "scenario is not pending review"),
+    ErrorCode.SCENARIO_NOT_APPROVED: ("FAILED_PRECONDITION", "scenario is not approved"),
+    ErrorCode.PRINCIPAL_NOT_PENDING: ("FAILED_PRECONDITION", "principal is not pending approval"),
+    ErrorCode.GRANT_EXISTS: ("ALREADY_EXISTS", "scenario already has a grant"),
+    ErrorCode.ALREADY_EXISTS: ("ALREADY_EXISTS", "already exists"),
+    ErrorCode.NOT_FOUND: ("NOT_FOUND", "not found"),
+    ErrorCode.INVALID_ARGUMENT: ("INVALID_ARGUMENT", "invalid argument"),
+    ErrorCode.INVALID_SCHEMA: ("INVALID_ARGUMENT", "invalid dataset schema"),
+    ErrorCode.INVALID_CSV: ("INVALID_ARGUMENT", "CSV does not match the schema"),
+    ErrorCode.ROWS_REJECTED: ("INVALID_ARGUMENT", "rows were rejected; nothing was imported"),
+    ErrorCode.INVALID_TERMS: ("INVALID_ARGUMENT", "grant terms do not match the application"),
+    ErrorCode.BUDGET_EXHAUSTED: ("RESOURCE_EXHAUSTED", "privacy budget exhausted"),
+    ErrorCode.QUOTA_EXHAUSTED: ("RESOURCE_EXHAUSTED", "quota exhausted"),
+    ErrorCode.ENTITY_LIMIT: ("RESOURCE_EXHAUSTED", "an entity in this batch was already scored as often as the "
                              "grant allows; nothing was charged"),
-    ErrorCode.MESSAGE_TOO_LARGE: (_S.RESOURCE_EXHAUSTED, "message too large"),
-    ErrorCode.REGISTRATION_LIMIT: (_S.RESOURCE_EXHAUSTED, "registration limit reached"),
-    ErrorCode.RELEASE_LOST: (_S.FAILED_PRECONDITION, "the answer for this idempotency key was lost in a server "
+    ErrorCode.MESSAGE_TOO_LARGE: ("RESOURCE_EXHAUSTED", "message too large"),
+    ErrorCode.REGISTRATION_LIMIT: ("RESOURCE_EXHAUSTED", "registration limit reached"),
+    ErrorCode.RELEASE_LOST: ("FAILED_PRECONDITION", "the answer for this idempotency key was lost in a server "
                              "crash before it was released; the charge stands (see the audit log); use a new key"),
-    ErrorCode.AUDIT_UNAVAILABLE: (_S.UNAVAILABLE, "audit log unavailable; nothing was released"),
-    ErrorCode.AUDIT_DAMAGED: (_S.UNAVAILABLE, "the audit log fails its own checks (an entry the audit key did not "
+    ErrorCode.AUDIT_UNAVAILABLE: ("UNAVAILABLE", "audit log unavailable; nothing was released"),
+    ErrorCode.AUDIT_DAMAGED: ("UNAVAILABLE", "the audit log fails its own checks (an entry the audit key did not "
                               "sign); no tree head is signed until an administrator looks into it"),
-    ErrorCode.HEAD_NOT_READY: (_S.UNAVAILABLE, "no signed tree head covers this entry yet; ask again in a second"),
-    ErrorCode.NOT_RELEASED: (_S.DEADLINE_EXCEEDED, "deadline passed before release; the charge stands and a "
+    ErrorCode.HEAD_NOT_READY: ("UNAVAILABLE", "no signed tree head covers this entry yet; ask again in a second"),
+    ErrorCode.NOT_RELEASED: ("DEADLINE_EXCEEDED", "deadline passed before release; the charge stands and a "
                              "retry with the same idempotency key returns the answer"),
-    ErrorCode.ENGINE_UNAVAILABLE: (_S.UNAVAILABLE, "computation engine busy or restarting; try again"),
-    ErrorCode.IDEMPOTENCY_CONFLICT: (_S.INVALID_ARGUMENT, "idempotency key was already used for another request"),
-    ErrorCode.IN_PROGRESS: (_S.ABORTED, "a request with this idempotency key is still running or failed; "
+    ErrorCode.ENGINE_UNAVAILABLE: ("UNAVAILABLE", "computation engine busy or restarting; try again"),
+    ErrorCode.IDEMPOTENCY_CONFLICT: ("INVALID_ARGUMENT", "idempotency key was already used for another request"),
+    ErrorCode.IN_PROGRESS: ("ABORTED", "a request with this idempotency key is still running or failed; "
                             "retry later or use a new key"),
-    ErrorCode.JOB_NOT_COMPLETE: (_S.FAILED_PRECONDITION, "training job has not completed"),
-    ErrorCode.MODEL_OUTSIDE_RULE: (_S.FAILED_PRECONDITION, "the model no longer meets the release rule of this "
+    ErrorCode.JOB_NOT_COMPLETE: ("FAILED_PRECONDITION", "training job has not completed"),
+    ErrorCode.MODEL_OUTSIDE_RULE: ("FAILED_PRECONDITION", "the model no longer meets the release rule of this "
                                    "sandbox (stricter settings or another dataset version); submit a new one"),
-    ErrorCode.GRANT_ALREADY_REVOKED: (_S.FAILED_PRECONDITION, "grant is already revoked"),
-    ErrorCode.INVALID_QUERY: (_S.INVALID_ARGUMENT, "invalid query"),
-    ErrorCode.EPSILON_OVER_CALL_CAP: (_S.PERMISSION_DENIED, "epsilon exceeds the grant's per-query cap"),
-    ErrorCode.STORAGE_BUSY: (_S.UNAVAILABLE, "storage busy; try again"),
-    ErrorCode.INTERNAL: (_S.INTERNAL, "internal error"),
+    ErrorCode.GRANT_ALREADY_REVOKED: ("FAILED_PRECONDITION", "grant is already revoked"),
+    ErrorCode.INVALID_QUERY: ("INVALID_ARGUMENT", "invalid query"),
+    ErrorCode.EPSILON_OVER_CALL_CAP: ("PERMISSION_DENIED", "epsilon exceeds the grant's per-query cap"),
+    ErrorCode.STORAGE_BUSY: ("UNAVAILABLE", "storage busy; try again"),
+    ErrorCode.INTERNAL: ("INTERNAL", "internal error"),
 }
 
 
@@ -143,7 +142,8 @@ class SandboxError(Exception):
         super().__init__(self.public_message)
 
     @property
-    def status(self) -> grpc.StatusCode:
+    def status(self) -> str:
+        """The name of the gRPC status this error is answered with (e.g. ``"PERMISSION_DENIED"``)."""
         return CATALOGUE[self.code][0]
 
     @property

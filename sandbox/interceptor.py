@@ -434,7 +434,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         try:
             if not exc.audited and (not outsider or self._refusals.admit(_peer_host(context), self._clock())):
                 entry = self._audit.append_alone(
-                    AuditRecord(claimed, method, exc.status.name, exc.code.value, call.scenario_id if call else "",
+                    AuditRecord(claimed, method, exc.status, exc.code.value, call.scenario_id if call else "",
                                 call.grant_id if call else "", 0, 0, request_sha, ""),
                     also=(lambda tx: claim_nonce_if_new(tx, *nonce)) if nonce else None)
                 receipt = entry.seq
@@ -447,7 +447,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
             exc = SandboxError(ErrorCode.AUDIT_UNAVAILABLE)
             receipt = None
         context.set_trailing_metadata(answer_trailers(exc.code.value, receipt))
-        context.abort(exc.status, exc.public_message)
+        context.abort(grpc.StatusCode[exc.status], exc.public_message)
 
     def _maybe_prune(self, tx: Tx, now_ms: int) -> None:
         self._calls += 1

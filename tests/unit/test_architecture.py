@@ -64,7 +64,6 @@ RPC_BOUNDARY = {
         "interceptor.py",  # authentication, audit and error translation around every RPC
         "servicers.py",  # request message -> domain call -> response message
         "serde.py",  # the conversions themselves
-        "errors.py",  # the error catalogue maps each code to its gRPC status
     },
     "clients": {
         "serde.py", "client.py", "transport.py",

@@ -24,7 +24,7 @@ def test_public_messages_are_plain() -> None:
 
 def test_every_server_status_maps_to_a_specific_sdk_exception() -> None:
     for code, (status, _) in CATALOGUE.items():
-        cls = client_errors.STATUS_TO_ERROR.get(status)
+        cls = client_errors.STATUS_TO_ERROR.get(grpc.StatusCode[status])
         assert cls is not None and cls is not client_errors.SandboxClientError, f"{code}: {status} unmapped"
 
 
@@ -45,10 +45,11 @@ class FakeRpcError(grpc.RpcError):
 @pytest.mark.parametrize("code", list(ErrorCode))
 def test_sdk_translation_keeps_status_and_code(code: ErrorCode) -> None:
     err = SandboxError(code, "detail")
-    translated = client_errors.from_rpc_error(FakeRpcError(err.status, err.public_message, code.value))
-    assert translated.status == err.status.name and translated.code == code.value
+    status = grpc.StatusCode[err.status]  # what the boundary answers with
+    translated = client_errors.from_rpc_error(FakeRpcError(status, err.public_message, code.value))
+    assert translated.status == err.status and translated.code == code.value
     assert translated.message == err.public_message
-    assert isinstance(translated, client_errors.STATUS_TO_ERROR[err.status])
+    assert isinstance(translated, client_errors.STATUS_TO_ERROR[status])
 
 
 def test_unknown_status_still_typed() -> None:
