@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 from clients import serde
 from clients import types as t
 from clients.errors import InvalidArgument, PermissionDenied, Unavailable
-from clients.he import HeSession, ScoreResult, choose_profile, sigmoid
+from clients.he import EncryptedScores, HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import load_key, verify_terms_signature
@@ -44,6 +44,24 @@ _MODELS = "/sandbox.v1.ModelService/"
 _HE = "/sandbox.v1.HeScoringService/"
 _FL = "/sandbox.v1.FlTrainingService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
+
+
+class _HeCalls:
+    """The HE scoring RPCs of an ``HeSession`` (``clients.he.HeCalls``), over the client's transport."""
+
+    def __init__(self, transport: SignedTransport) -> None:
+        self._t = transport
+
+    def register_context(self, profile: str, blob: bytes, chunk: int) -> str:
+        return self._t.call_stream(_HE + "RegisterContext", serde.context_chunks(profile, blob, chunk),
+                                   he_pb2.RegisterContextResponse, timeout=120).context_id
+
+    def score(self, grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
+              encrypted_features: Sequence[bytes], *, timeout: float) -> EncryptedScores:
+        req = serde.score_request(grant_id, context_id, model_hash, entity_ids, encrypted_features)
+        resp = self._t.call(_HE + "Score", req, he_pb2.ScoreResponse, timeout=timeout)
+        return EncryptedScores(resp.encrypted_logits, resp.noise_sd, req.ByteSize(), resp.ByteSize(),
+                               self._t.last_receipt)
 
 
 class SandboxClient:
@@ -233,7 +251,7 @@ class ApplicantClient(SandboxClient):
         """Free: what a query would cost and how accurate it would be (give ``epsilon`` or ``half_width``)."""
         if (epsilon is None) == (half_width is None):
             raise serde.invalid("give exactly one of epsilon or half_width")
-        req = dp_pb2.EstimateQueryRequest(grant_id=grant_id, query=query.to_pb(), delta=delta)
+        req = dp_pb2.EstimateQueryRequest(grant_id=grant_id, query=serde.query_to_pb(query), delta=delta)
         if epsilon is not None:
             req.epsilon = float(epsilon)
         else:
@@ -245,7 +263,7 @@ class ApplicantClient(SandboxClient):
         timeout: float | None = None,
     ) -> t.QueryResult:
         """Spend ``epsilon`` on a noisy answer. Retrying with the same ``idempotency_key`` is charged once."""
-        req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=query.to_pb(), epsilon=float(epsilon),
+        req = dp_pb2.RunQueryRequest(grant_id=grant_id, query=serde.query_to_pb(query), epsilon=float(epsilon),
                                      delta=float(delta), idempotency_key=idempotency_key or "")
         result = serde.query_result(self._t.call(_DP + "RunQuery", req, dp_pb2.RunQueryResponse, timeout=timeout))
         return dataclasses.replace(result, receipt=self._t.last_receipt)
@@ -271,7 +289,7 @@ class ApplicantClient(SandboxClient):
     def he_session(self, entities: int = 4096) -> HeSession:
         """A fresh CKKS key pair for a profile that fits ``entities`` per batch, its public context registered."""
         profiles = self._t.call(_HE + "ListProfiles", he_pb2.ListProfilesRequest(), he_pb2.ListProfilesResponse)
-        return HeSession(self._t, choose_profile(profiles.profiles, entities))
+        return HeSession(_HeCalls(self._t), choose_profile([serde.he_profile(p) for p in profiles.profiles], entities))
 
     def _scoring_model(self, model_hash: str) -> t.ModelSpec:
         """``model``, asked once per hash (a model is immutable: its hash is its content)."""
@@ -440,11 +458,14 @@ class AdminClient(AuditorClient):
                                             admin_pb2.SuspendPrincipalResponse).principal)
 
     def import_dataset(
-        self, schema: str | Path | common_pb2.DatasetSchema, csv: str | Path | bytes, *, max_rejected: int = 0,
-        dry_run: bool = False, timeout: float = 120.0,
+        self, schema: str | Path | t.DatasetSchema | common_pb2.DatasetSchema, csv: str | Path | bytes, *,
+        max_rejected: int = 0, dry_run: bool = False, timeout: float = 120.0,
     ) -> t.ImportResult:
-        """Import a CSV (plain or gzip) under a schema file; all or nothing."""
-        schema_pb = schema if isinstance(schema, common_pb2.DatasetSchema) else load_schema_file(schema)
+        """Import a CSV (plain or gzip) under a schema file (or a schema it was loaded into); all or nothing."""
+        if isinstance(schema, common_pb2.DatasetSchema):
+            schema_pb = schema
+        else:
+            schema_pb = serde.schema_to_pb(schema if isinstance(schema, t.DatasetSchema) else load_schema_file(schema))
         data = csv if isinstance(csv, bytes) else Path(csv).read_bytes()
         req = admin_pb2.ImportDatasetRequest(schema=schema_pb, csv=data, max_rejected_rows=max_rejected,
                                              dry_run=dry_run)

@@ -5,6 +5,10 @@ registers only the public context (no secret key, no Galois keys), encrypts one
 ciphertext per private feature with one slot per entity, and decrypts the
 logits the sandbox returns. Decrypted scores are never sent back (CKKS is not
 secure against that), and no RPC accepts them.
+
+The two RPCs a session makes go through ``HeCalls`` (``clients.client`` makes
+them, ``clients.serde`` builds and reads their messages): this module holds
+keys, ciphertexts and plain values only.
 """
 
 from __future__ import annotations
@@ -12,19 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import tenseal as ts
 
 from clients import serde
-from clients.transport import SignedTransport
-from clients.types import Receipt
-from protos.sandbox.v1 import he_pb2
+from clients.types import HeProfile, Receipt
 
-__all__ = ["ScoreResult", "HeSession"]
+__all__ = ["ScoreResult", "HeSession", "HeCalls", "EncryptedScores"]
 
-_HE = "/sandbox.v1.HeScoringService/"
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes of the public context per RegisterContext message
 
 
 @dataclass
@@ -41,10 +43,33 @@ class ScoreResult:
     receipts: tuple[Receipt, ...] = ()
 
 
+@dataclass(frozen=True)
+class EncryptedScores:
+    """The sandbox's answer to one Score call: the encrypted logits, and what the call sent and received."""
+
+    encrypted_logits: bytes
+    noise_sd: float
+    bytes_sent: int
+    bytes_received: int
+    receipt: Receipt | None
+
+
+class HeCalls(Protocol):
+    """The HE scoring RPCs a session makes."""
+
+    def register_context(self, profile: str, blob: bytes, chunk: int) -> str:
+        """Upload a public context (``chunk`` bytes per message); its context id."""
+        ...
+
+    def score(self, grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
+              encrypted_features: Sequence[bytes], *, timeout: float) -> EncryptedScores:
+        ...
+
+
 class HeSession:
     """One CKKS key pair and its registered public context, reusable across batches."""
 
-    def __init__(self, transport: SignedTransport, profile: he_pb2.HeProfile) -> None:
+    def __init__(self, calls: HeCalls, profile: HeProfile) -> None:
         self.profile = profile
         t0 = time.perf_counter()
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=profile.poly_modulus_degree,
@@ -57,13 +82,10 @@ class HeSession:
                                 save_relin_keys=False)
         self.keygen_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        chunks = [he_pb2.ContextChunk(profile=profile.name if i == 0 else "", data=blob[i:i + CHUNK])
-                  for i in range(0, len(blob), CHUNK)]
-        resp = transport.call_stream(_HE + "RegisterContext", chunks, he_pb2.RegisterContextResponse, timeout=120)
+        self.context_id = calls.register_context(profile.name, blob, CHUNK)
         self.register_seconds = time.perf_counter() - t1
         self.context_bytes = len(blob)
-        self.context_id = resp.context_id
-        self._t = transport
+        self._calls = calls
 
     def score_batch(self, grant_id: str, model_hash: str, entity_ids: Sequence[str], features: np.ndarray,
                     *, logistic: bool, timeout: float = 120.0) -> ScoreResult:
@@ -78,10 +100,8 @@ class HeSession:
         cts = [ts.ckks_vector(self._secret, features[:, k].astype(float).tolist()).serialize()
                for k in range(features.shape[1])]
         encrypt = time.perf_counter() - t0
-        req = he_pb2.ScoreRequest(grant_id=grant_id, context_id=self.context_id, model_hash=model_hash,
-                                  entity_ids=list(entity_ids), encrypted_features=cts)
         t1 = time.perf_counter()
-        resp = self._t.call(_HE + "Score", req, he_pb2.ScoreResponse, timeout=timeout)
+        resp = self._calls.score(grant_id, self.context_id, model_hash, entity_ids, cts, timeout=timeout)
         server = time.perf_counter() - t1
         t2 = time.perf_counter()
         logits = np.array(ts.ckks_vector_from(self._secret, resp.encrypted_logits).decrypt()[:n])
@@ -89,11 +109,11 @@ class HeSession:
         decrypt = time.perf_counter() - t2
         return ScoreResult(list(entity_ids), logits, probs,
                            {"encrypt": encrypt, "server": server, "decrypt": decrypt},
-                           bytes_sent=req.ByteSize(), bytes_received=resp.ByteSize(), noise_sd=resp.noise_sd,
-                           receipts=(self._t.last_receipt,) if self._t.last_receipt else ())
+                           bytes_sent=resp.bytes_sent, bytes_received=resp.bytes_received, noise_sd=resp.noise_sd,
+                           receipts=(resp.receipt,) if resp.receipt else ())
 
 
-def choose_profile(profiles: Sequence[he_pb2.HeProfile], entities: int) -> he_pb2.HeProfile:
+def choose_profile(profiles: Sequence[HeProfile], entities: int) -> HeProfile:
     """The smallest profile whose slots hold the batch (or the largest, for batching)."""
     ordered = sorted(profiles, key=lambda p: p.slots)
     if not ordered:

@@ -3,7 +3,8 @@
     Query("adult_census").where("age", ">=", 30).group_by("sex").count().mean("hours_per_week")
 
 It is a structured description (never SQL text, never a serialised plan); the
-server validates it against the dataset's schema and the grant.
+server validates it against the dataset's schema and the grant. Plain data:
+``clients.serde.query_to_pb`` turns it into the wire's ``DpQuery``.
 """
 
 from __future__ import annotations
@@ -11,28 +12,57 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from protos.sandbox.v1 import dp_pb2
+__all__ = ["Query", "Filter", "Aggregate"]
 
-__all__ = ["Query"]
-
-_OPS = {"=": dp_pb2.FILTER_EQ, "==": dp_pb2.FILTER_EQ, "!=": dp_pb2.FILTER_NE, "<": dp_pb2.FILTER_LT,
-        "<=": dp_pb2.FILTER_LE, ">": dp_pb2.FILTER_GT, ">=": dp_pb2.FILTER_GE, "in": dp_pb2.FILTER_IN}
+#: Operator as written -> the filter's op, the name of the wire's ``FILTER_<OP>``.
+_OPS = {"=": "eq", "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "in": "in"}
 
 
-def _literal(value: float | int | str) -> dp_pb2.Literal:
+def _literal(value: float | int | str) -> float | str:
     if isinstance(value, str):
-        return dp_pb2.Literal(text=value)
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("filter values are numbers or strings")
-    return dp_pb2.Literal(number=float(value))
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Keep rows where ``column op values``: ``op`` is eq, ne, lt, le, gt, ge or in (one value except for in)."""
+
+    column: str
+    op: str
+    values: tuple[float | str, ...]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One statistic: ``kind`` names the wire's ``AGG_<KIND>`` (count, sum, mean, quantile, histogram, ...)."""
+
+    kind: str
+    column: str = ""
+    q: float = 0.0  # quantile only
+    edges: tuple[float, ...] = ()  # histogram only
 
 
 @dataclass(frozen=True)
 class Query:
     dataset: str
-    _filters: tuple[dp_pb2.QueryFilter, ...] = field(default=(), repr=False)
+    _filters: tuple[Filter, ...] = field(default=(), repr=False)
     _group_by: tuple[str, ...] = ()
-    _aggregates: tuple[dp_pb2.QueryAggregate, ...] = field(default=(), repr=False)
+    _aggregates: tuple[Aggregate, ...] = field(default=(), repr=False)
+
+    @property
+    def filters(self) -> tuple[Filter, ...]:
+        return self._filters
+
+    @property
+    def grouping(self) -> tuple[str, ...]:
+        return self._group_by
+
+    @property
+    def aggregates(self) -> tuple[Aggregate, ...]:
+        return self._aggregates
 
     def where(self, column: str, op: str, value: float | int | str | Sequence[float | int | str]) -> Query:
         """Keep rows where ``column op value``; ``op`` is one of = != < <= > >= in."""
@@ -44,33 +74,29 @@ class Query:
             values = [value]
         else:
             raise TypeError("'in' takes a sequence of values; the other operators one value")
-        f = dp_pb2.QueryFilter(column=column, op=_OPS[op], values=[_literal(v) for v in values])
+        f = Filter(column, _OPS[op], tuple(_literal(v) for v in values))
         return replace(self, _filters=(*self._filters, f))
 
     def group_by(self, *columns: str) -> Query:
         return replace(self, _group_by=(*self._group_by, *columns))
 
-    def _agg(self, **kw: object) -> Query:
-        return replace(self, _aggregates=(*self._aggregates, dp_pb2.QueryAggregate(**kw)))  # type: ignore[arg-type]
+    def _agg(self, aggregate: Aggregate) -> Query:
+        return replace(self, _aggregates=(*self._aggregates, aggregate))
 
     def count(self) -> Query:
-        return self._agg(kind=dp_pb2.AGG_COUNT)
+        return self._agg(Aggregate("count"))
 
     def sum(self, column: str) -> Query:
-        return self._agg(kind=dp_pb2.AGG_SUM, column=column)
+        return self._agg(Aggregate("sum", column))
 
     def mean(self, column: str) -> Query:
-        return self._agg(kind=dp_pb2.AGG_MEAN, column=column)
+        return self._agg(Aggregate("mean", column))
 
     def quantile(self, column: str, q: float) -> Query:
-        return self._agg(kind=dp_pb2.AGG_QUANTILE, column=column, q=q)
+        return self._agg(Aggregate("quantile", column, q=q))
 
     def median(self, column: str) -> Query:
         return self.quantile(column, 0.5)
 
     def histogram(self, column: str, edges: Sequence[float]) -> Query:
-        return self._agg(kind=dp_pb2.AGG_HISTOGRAM, column=column, edges=[float(e) for e in edges])
-
-    def to_pb(self) -> dp_pb2.DpQuery:
-        return dp_pb2.DpQuery(dataset=self.dataset, filters=list(self._filters), group_by=list(self._group_by),
-                              aggregates=list(self._aggregates))
+        return self._agg(Aggregate("histogram", column, edges=tuple(float(e) for e in edges)))

@@ -1,9 +1,10 @@
-"""Read a dataset schema from a TOML file into the wire type ``sandbox.v1.DatasetSchema``.
+"""Read a dataset schema from a TOML file into the SDK's ``clients.types.DatasetSchema``.
 
 The file is the administrator's classification of a dataset (分类分级): every
 column's type, level, public clamp bounds or declared categories. See
 ``data/README.md`` for the format. Only the shape of the file is checked here;
-the server validates the schema itself on import.
+the server validates the schema itself on import (``clients.serde.schema_to_pb``
+gives the wire's ``sandbox.v1.DatasetSchema``).
 """
 
 from __future__ import annotations
@@ -13,23 +14,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from protos.sandbox.v1 import common_pb2
+from clients.types import Column, DatasetSchema
 
 __all__ = ["load_schema_file", "schema_from_mapping"]
 
-_TYPES = {
-    "integer": common_pb2.TYPE_INTEGER,
-    "float": common_pb2.TYPE_FLOAT,
-    "categorical": common_pb2.TYPE_CATEGORICAL,
-    "string": common_pb2.TYPE_STRING,
-}
-_LEVELS = {
-    "identifier": common_pb2.LEVEL_IDENTIFIER,
-    "open": common_pb2.LEVEL_OPEN,
-    "internal": common_pb2.LEVEL_INTERNAL,
-    "sensitive": common_pb2.LEVEL_SENSITIVE,
-    "core": common_pb2.LEVEL_CORE,
-}
+#: Column types and levels as the file writes them: the wire's ``TYPE_<TYPE>`` and ``LEVEL_<LEVEL>`` in lower case.
+_TYPES = ("integer", "float", "categorical", "string")
+_LEVELS = ("identifier", "open", "internal", "sensitive", "core")
 _DATASET_KEYS = {"name", "description", "source", "person_key", "max_rows_per_person", "partition_column", "columns"}
 _COLUMN_KEYS = {"name", "type", "level", "nullable", "lower", "upper", "categories", "description"}
 
@@ -51,7 +42,7 @@ def _unknown_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
-def _column(table: Any, index: int) -> common_pb2.ColumnSchema:
+def _column(table: Any, index: int) -> Column:
     where = f"columns[{index}]"
     if not isinstance(table, dict):
         raise ValueError(f"{where}: must be a table")
@@ -64,28 +55,25 @@ def _column(table: Any, index: int) -> common_pb2.ColumnSchema:
         raise ValueError(f"{where}: type must be one of {', '.join(_TYPES)}")
     if level not in _LEVELS:
         raise ValueError(f"{where}: level must be one of {', '.join(_LEVELS)}")
-    col = common_pb2.ColumnSchema(
-        name=name, type=_TYPES[kind], level=_LEVELS[level], description=_text(table, "description", where)
-    )
+    description = _text(table, "description", where)
     nullable = table.get("nullable", False)
     if not isinstance(nullable, bool):
         raise ValueError(f"{where}: 'nullable' must be true or false")
-    col.nullable = nullable
-    for bound in ("lower", "upper"):
+    bounds: dict[str, float | None] = {"lower": None, "upper": None}
+    for bound in bounds:
         if bound in table:
             value = table[bound]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{where}: '{bound}' must be a finite number")
-            setattr(col, bound, float(value))
+            bounds[bound] = float(value)
     categories = table.get("categories", [])
     if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
         raise ValueError(f"{where}: 'categories' must be a list of strings")
-    col.categories.extend(categories)
-    return col
+    return Column(name, kind, level, nullable, bounds["lower"], bounds["upper"], tuple(categories), description)
 
 
-def schema_from_mapping(doc: dict[str, Any]) -> common_pb2.DatasetSchema:
-    """Build the wire schema from an already parsed TOML document; ``ValueError`` if malformed."""
+def schema_from_mapping(doc: dict[str, Any]) -> DatasetSchema:
+    """Build the schema from an already parsed TOML document; ``ValueError`` if malformed."""
     _unknown_keys(doc, _DATASET_KEYS, "schema")
     max_rows = doc.get("max_rows_per_person", 0)
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 0 <= max_rows < 2**32:
@@ -93,18 +81,23 @@ def schema_from_mapping(doc: dict[str, Any]) -> common_pb2.DatasetSchema:
     columns = doc.get("columns")
     if not isinstance(columns, list) or not columns:
         raise ValueError("schema: at least one [[columns]] table is required")
-    return common_pb2.DatasetSchema(
-        name=_text(doc, "name", "schema", required=True),
-        description=_text(doc, "description", "schema"),
-        source=_text(doc, "source", "schema"),
-        person_key=_text(doc, "person_key", "schema"),
+    name = _text(doc, "name", "schema", required=True)
+    description = _text(doc, "description", "schema")
+    source = _text(doc, "source", "schema")
+    person_key = _text(doc, "person_key", "schema")
+    partition_column = _text(doc, "partition_column", "schema")
+    return DatasetSchema(
+        name=name,
+        description=description,
+        columns=tuple(_column(c, i) for i, c in enumerate(columns)),
+        person_key=person_key,
         max_rows_per_person=max_rows,
-        partition_column=_text(doc, "partition_column", "schema"),
-        columns=[_column(c, i) for i, c in enumerate(columns)],
+        partition_column=partition_column,
+        source=source,
     )
 
 
-def load_schema_file(path: str | Path) -> common_pb2.DatasetSchema:
+def load_schema_file(path: str | Path) -> DatasetSchema:
     """Parse a TOML schema file; ``ValueError`` naming the file on a malformed one."""
     path = Path(path)
     try:

@@ -1,14 +1,19 @@
-"""The SDK's only place that converts protobuf messages to and from its result types."""
+"""The SDK's only place that converts protobuf messages to and from its own types.
+
+Enumerations map by name: a column type ``"integer"`` is ``TYPE_INTEGER``, an aggregate ``"count"`` is
+``AGG_COUNT``, a filter op ``"ge"`` is ``FILTER_GE``, so a new wire value needs no line here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
+from clients.query import Query
 from wire.budget import ATTO, NANO, from_units
 
 
@@ -69,6 +74,19 @@ def dataset(d: common_pb2.DatasetInfo) -> t.Dataset:
                      s.partition_column, s.source, when(d.imported_at_unix_ms))
 
 
+def schema_to_pb(s: t.DatasetSchema) -> common_pb2.DatasetSchema:
+    """The wire schema of a schema file (``clients.schema_file``); ``ValueError`` on an unknown type or level."""
+    return common_pb2.DatasetSchema(
+        name=s.name, description=s.description, source=s.source, person_key=s.person_key,
+        max_rows_per_person=s.max_rows_per_person, partition_column=s.partition_column,
+        columns=[common_pb2.ColumnSchema(
+            name=c.name, type=common_pb2.ColumnType.Value("TYPE_" + c.type.upper()),
+            level=common_pb2.ColumnLevel.Value("LEVEL_" + c.level.upper()), nullable=c.nullable, lower=c.lower,
+            upper=c.upper, categories=c.categories, description=c.description)
+            for c in s.columns],
+    )
+
+
 def selections(items: Iterable[common_pb2.DatasetSelection]) -> tuple[t.DatasetSelection, ...]:
     return tuple(t.DatasetSelection(s.name, s.version, tuple(s.columns)) for s in items)
 
@@ -126,6 +144,21 @@ def audit_head(h: audit_pb2.GetAuditHeadResponse) -> t.AuditHead:
                        tuple(c.witness_id for c in h.cosignatures))
 
 
+def query_to_pb(q: Query) -> dp_pb2.DpQuery:
+    """The wire's ``DpQuery``: a filter's op ``"ge"`` is ``FILTER_GE``, an aggregate ``"count"`` is ``AGG_COUNT``."""
+    return dp_pb2.DpQuery(
+        dataset=q.dataset,
+        filters=[dp_pb2.QueryFilter(column=f.column, op=dp_pb2.FilterOp.Value("FILTER_" + f.op.upper()),
+                                    values=[dp_pb2.Literal(text=v) if isinstance(v, str) else dp_pb2.Literal(number=v)
+                                            for v in f.values])
+                 for f in q.filters],
+        group_by=list(q.grouping),
+        aggregates=[dp_pb2.QueryAggregate(kind=dp_pb2.AggregateKind.Value("AGG_" + a.kind.upper()), column=a.column,
+                                          q=a.q, edges=a.edges)
+                    for a in q.aggregates],
+    )
+
+
 def query_result(r: dp_pb2.RunQueryResponse) -> t.QueryResult:
     stats = tuple(
         t.Statistic(s.aggregate, tuple(s.group), s.value, s.low if s.HasField("low") else None,
@@ -173,3 +206,19 @@ def model_review(r: he_pb2.ModelReview) -> t.ModelReview:
                                for x in r.terms),
                          r.contribution_range, r.noise_sd, r.bits_per_score, r.scores_per_entity, r.bits_per_entity,
                          r.step_tv_per_entity)
+
+
+def he_profile(p: he_pb2.HeProfile) -> t.HeProfile:
+    return t.HeProfile(p.name, p.poly_modulus_degree, tuple(p.coeff_mod_bit_sizes), p.scale_bits, p.slots)
+
+
+def context_chunks(profile: str, blob: bytes, chunk: int) -> list[he_pb2.ContextChunk]:
+    """A public context as RegisterContext's stream: ``chunk`` bytes a message, the profile on the first."""
+    return [he_pb2.ContextChunk(profile=profile if i == 0 else "", data=blob[i:i + chunk])
+            for i in range(0, len(blob), chunk)]
+
+
+def score_request(grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
+                  encrypted_features: Sequence[bytes]) -> he_pb2.ScoreRequest:
+    return he_pb2.ScoreRequest(grant_id=grant_id, context_id=context_id, model_hash=model_hash,
+                               entity_ids=list(entity_ids), encrypted_features=list(encrypted_features))

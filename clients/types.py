@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
-    "Principal", "Column", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
+    "Principal", "Column", "DatasetSchema", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Receipt", "VerifiedReceipt", "TreeHead", "Statistic",
     "QueryResult", "StatisticEstimate",
     "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec", "ModelReview", "TermShare",
+    "HeProfile",
 ]
 
 
@@ -45,6 +46,19 @@ class Column:
     upper: float | None
     categories: tuple[str, ...]
     description: str
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """A dataset's schema and classification as an administrator declares it (``clients.schema_file``)."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    person_key: str = ""
+    max_rows_per_person: int = 0  # 0: one row per person
+    partition_column: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,17 @@ class ModelReview:
     scores_per_entity: int  # how often one grant may score one entity
     bits_per_entity: float  # after that many scores of one entity
     step_tv_per_entity: float  # most total variation one step of one integer column causes over them
+
+
+@dataclass(frozen=True)
+class HeProfile:
+    """One of the sandbox's CKKS parameter profiles: its key size, modulus chain, scale and slots per ciphertext."""
+
+    name: str
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+    slots: int
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from clients import (
     ApplicantClient, DeadlineExceeded, InvalidArgument, NotFound, Query, ResourceExhausted, SandboxClient,
     Unauthenticated, generate_key,
 )
+from clients.serde import query_to_pb
 from protos.sandbox.v1 import applicant_pb2, audit_pb2, dp_pb2
 from sandbox import recovery
 from sandbox.audit import AuditLog
@@ -65,7 +66,7 @@ def test_a_refused_request_cannot_be_replayed_once_it_would_succeed(env, monkeyp
     sbx, admin, office = env
     start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
     g = _grant(admin, office, valid_from=start)
-    body = dp_pb2.RunQueryRequest(grant_id=g, query=Query("adult_census").count().to_pb(),
+    body = dp_pb2.RunQueryRequest(grant_id=g, query=query_to_pb(Query("adult_census").count()),
                                   epsilon=0.1).SerializeToString(deterministic=True)
     method = "/sandbox.v1.DpQueryService/RunQuery"
     md = office.transport.sign(method, body)  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ import pytest
 import dp_engine
 from clients import AlreadyExists, ApplicantClient, Query
 from clients.schema_file import load_schema_file
+from clients.serde import schema_to_pb as sdk_schema_to_pb
 from dp_engine.counts import CountRelease
 from sandbox import catalogue, serde
 from sandbox.config import load_config
@@ -60,7 +61,7 @@ def table(ages: range | list[int]) -> bytes:
 def unsalted_digest(sbx: Sandbox, schema_path: Path, version: str) -> tuple[str, str]:
     """The old version formula (SHA-256 of canonical schema and column bytes) over the stored content, and the
     digest the server keeps: equal, so the recomputation below is the one an outsider would make."""
-    schema = serde.schema_from_pb(load_schema_file(schema_path))
+    schema = serde.schema_from_pb(sdk_schema_to_pb(load_schema_file(schema_path)))
     db = Database(sbx.data_dir / "sandbox.db")
     try:
         conn = db.connection()
@@ -132,7 +133,7 @@ def test_query_estimates_assume_the_catalogue_figure(tmp_path: Path, sandbox: Sa
         grant = admin.approve(s.id).grant
         assert grant is not None
         mean = Query("hinted").mean("age")
-        columns = column_infos(serde.schema_from_pb(load_schema_file(path)))
+        columns = column_infos(serde.schema_from_pb(sdk_schema_to_pb(load_schema_file(path))))
         engine_query = dp_engine.Query(aggregates=(dp_engine.Aggregate(dp_engine.AggKind.MEAN, "age"),))
 
         def engine_half_width(n_hint: int, epsilon: float) -> float | None:

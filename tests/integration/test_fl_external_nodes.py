@@ -22,6 +22,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 import fl_server
 from clients.schema_file import load_schema_file
+from clients.serde import schema_to_pb as sdk_schema_to_pb
 from fl_server import Feature, Label, TrainingPlan, partition_from_csv
 from fl_server.app import client_app, server_app
 from fl_server.deployment import DeploymentBackend
@@ -63,7 +64,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobManager, obje
     config = init_data_dir(tmp_path_factory.mktemp("sbx") / "city").config
     data_dir = config.data_dir
     db = Database(data_dir / "sandbox.db")
-    schema = serde.schema_from_pb(load_schema_file(SCHEMAS / "rand_hie.toml"))
+    schema = serde.schema_from_pb(sdk_schema_to_pb(load_schema_file(SCHEMAS / "rand_hie.toml")))
     report = catalogue.import_csv(db, data_dir / "datasets", schema, (DATA / "rand_hie.csv.gz").read_bytes(), imported_by="test",
                                   version_key=catalogue_secret(config.catalogue_key),
                                   count_epsilon=config.catalogue_count_epsilon, now_ms=int(time.time() * 1000))

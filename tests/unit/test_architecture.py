@@ -66,12 +66,9 @@ RPC_BOUNDARY = {
         "serde.py",  # the conversions themselves
     },
     "clients": {
-        "serde.py", "client.py", "transport.py",
-        # the SDK's protocol helpers today:
+        "serde.py",  # the conversions (a Query, a schema file's DatasetSchema, the HE messages <-> protobuf)
+        "client.py", "transport.py",  # the calls
         "errors.py",  # grpc.RpcError -> typed SDK exception
-        "he.py",  # the HE session builds its RegisterContext and Score messages
-        "query.py",  # the query builder builds a DpQuery message
-        "schema_file.py",  # a schema file becomes a DatasetSchema message
     },
 }
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from clients.schema_file import load_schema_file
-from protos.sandbox.v1 import common_pb2
+from clients.serde import schema_to_pb as sdk_schema_to_pb
+from clients.types import DatasetSchema as SdkSchema
 from sandbox import catalogue, serde
 from sandbox.catalogue import (
     get_dataset, import_csv, list_catalogue, load_columns, schema_from_json, schema_to_json, validate_schema,
@@ -112,7 +113,7 @@ def expect_error(
 
 
 def bundled_schema(name: str) -> DatasetSchema:
-    return schema_from_pb(load_schema_file(DATA / "schemas" / f"{name}.toml"))
+    return schema_from_pb(sdk_schema_to_pb(load_schema_file(DATA / "schemas" / f"{name}.toml")))
 
 
 # --- bundled datasets ---------------------------------------------------------------------------
@@ -556,20 +557,22 @@ def test_get_dataset_not_found(db: Database, data_dir: Path) -> None:
 
 def test_load_schema_file_parses_bundled_schemas() -> None:
     for name, _, _ in BUNDLED:
-        pb = load_schema_file(DATA / "schemas" / f"{name}.toml")
-        assert isinstance(pb, common_pb2.DatasetSchema) and pb.name == name
+        schema = load_schema_file(DATA / "schemas" / f"{name}.toml")
+        assert isinstance(schema, SdkSchema) and schema.name == name
         with gzip.open(DATA / f"{name}.csv.gz", "rt", encoding="utf-8") as f:
             header = f.readline().strip().split(",")
-        assert [c.name for c in pb.columns] == header
-        assert all(c.description for c in pb.columns)
-        validate_schema(schema_from_pb(pb))
+        assert [c.name for c in schema.columns] == header
+        assert all(c.description for c in schema.columns)
+        validate_schema(schema_from_pb(sdk_schema_to_pb(schema)))
     census = load_schema_file(DATA / "schemas" / "adult_census.toml")
     age = census.columns[0]
-    assert (age.type, age.level, age.lower, age.upper) == (common_pb2.TYPE_INTEGER, common_pb2.LEVEL_OPEN, 17.0, 90.0)
+    assert (age.type, age.level, age.lower, age.upper) == ("integer", "open", 17.0, 90.0)
     workclass = census.columns[1]
-    assert workclass.nullable and workclass.type == common_pb2.TYPE_CATEGORICAL and "Private" in workclass.categories
+    assert workclass.nullable and workclass.type == "categorical" and "Private" in workclass.categories
     credit = load_schema_file(DATA / "schemas" / "credit_default.toml")
-    assert credit.columns[0].level == common_pb2.LEVEL_IDENTIFIER and not credit.columns[0].HasField("lower")
+    assert credit.columns[0].level == "identifier" and credit.columns[0].lower is None
+    assert not sdk_schema_to_pb(credit).columns[0].HasField("lower")
+    assert sdk_schema_to_pb(census).columns[0].lower == 17.0
     rand = load_schema_file(DATA / "schemas" / "rand_hie.toml")
     assert (rand.person_key, rand.max_rows_per_person, rand.partition_column) == ("zper", 5, "site")
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +27,9 @@ from clients import (
     ResearcherClient, ResourceExhausted, SandboxClient, SandboxClientError, Unauthenticated, Unavailable,
     generate_key, public_key_of,
 )
-from clients.query import Query
+from clients import serde
+from clients.query import Aggregate, Query
+from clients.schema_file import load_schema_file
 from clients.signing import principal_id_for
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from wire.signing import (
@@ -35,6 +38,7 @@ from wire.signing import (
 )
 
 Trailers = Sequence[tuple[str, str]]
+SCHEMAS = Path(__file__).resolve().parents[2] / "data" / "schemas"
 
 
 # --- the fake channel -------------------------------------------------------------------------------------
@@ -398,6 +402,52 @@ def test_a_deadline_exceeded_query_is_not_retried(key: Any, channel: FakeChannel
         ApplicantClient("fake", key=key, channel=channel).run_query(
             "g-1", Query("adult_census").count(), epsilon=0.1, idempotency_key="k-1")
     assert len(channel.sent) == 1
+
+
+# --- conversions: the SDK's own types become wire messages only in clients.serde -------------------------
+
+def test_a_query_becomes_the_wire_query() -> None:
+    q = (Query("adult_census").where("age", ">=", 30).where("sex", "in", ["Male", "Female"]).where("hours", "=", 40.5)
+         .group_by("sex").count().mean("age").median("age").histogram("age", [0, 50, 100]))
+    assert serde.query_to_pb(q) == dp_pb2.DpQuery(
+        dataset="adult_census",
+        filters=[dp_pb2.QueryFilter(column="age", op=dp_pb2.FILTER_GE, values=[dp_pb2.Literal(number=30)]),
+                 dp_pb2.QueryFilter(column="sex", op=dp_pb2.FILTER_IN,
+                                    values=[dp_pb2.Literal(text="Male"), dp_pb2.Literal(text="Female")]),
+                 dp_pb2.QueryFilter(column="hours", op=dp_pb2.FILTER_EQ, values=[dp_pb2.Literal(number=40.5)])],
+        group_by=["sex"],
+        aggregates=[dp_pb2.QueryAggregate(kind=dp_pb2.AGG_COUNT),
+                    dp_pb2.QueryAggregate(kind=dp_pb2.AGG_MEAN, column="age"),
+                    dp_pb2.QueryAggregate(kind=dp_pb2.AGG_QUANTILE, column="age", q=0.5),
+                    dp_pb2.QueryAggregate(kind=dp_pb2.AGG_HISTOGRAM, column="age", edges=[0, 50, 100])])
+
+
+def test_every_wire_operator_and_aggregate_kind_has_its_sdk_name() -> None:
+    """Mapped by name (``ge`` is FILTER_GE, ``count`` AGG_COUNT): every wire value is reachable from ``Query``."""
+    ops = {op: serde.query_to_pb(Query("d").where("c", op, [1] if op == "in" else 1)).filters[0].op
+           for op in ("=", "==", "!=", "<", "<=", ">", ">=", "in")}
+    assert {dp_pb2.FilterOp.Name(v) for v in ops.values()} == set(dp_pb2.FilterOp.keys()) - {"FILTER_OP_UNSPECIFIED"}
+    for name in set(dp_pb2.AggregateKind.keys()) - {"AGGREGATE_KIND_UNSPECIFIED"}:
+        kind = name.removeprefix("AGG_").lower()
+        assert callable(getattr(Query, kind, None)), f"Query has no builder method for {name}"
+        pb = serde.query_to_pb(Query("d")._agg(Aggregate(kind, "c")))
+        assert dp_pb2.AggregateKind.Name(pb.aggregates[0].kind) == name
+
+
+def test_a_schema_file_is_sent_as_the_wire_schema(key: Any, channel: FakeChannel) -> None:
+    channel.reply("/sandbox.v1.AdminService/ImportDataset", admin_pb2.ImportDatasetResponse())
+    admin = AdminClient("fake", key=key, channel=channel)
+    path = SCHEMAS / "adult_census.toml"
+    schema = load_schema_file(path)
+    assert schema.columns[0].type == "integer" and schema.columns[0].level == "open"
+    admin.import_dataset(path, b"age\n1\n")
+    admin.import_dataset(schema, b"age\n1\n")
+    admin.import_dataset(serde.schema_to_pb(schema), b"age\n1\n")
+    sent = [admin_pb2.ImportDatasetRequest.FromString(s.body).schema for s in channel.sent]
+    assert sent[0] == sent[1] == sent[2] and sent[0].name == "adult_census"
+    age = sent[0].columns[0]
+    assert (age.type, age.level, age.lower, age.upper) == (common_pb2.TYPE_INTEGER, common_pb2.LEVEL_OPEN, 17, 90)
+    assert not any(c.HasField("lower") for c in sent[0].columns if c.type == common_pb2.TYPE_CATEGORICAL)
 
 
 # --- receipts and the one retry loop ---------------------------------------------------------------------
