@@ -262,6 +262,21 @@ def check_no_edges(agg: Aggregate) -> None:
         raise QueryError(f"edges apply only to histogram, not to {agg.kind.value}")
 
 
+class OneNumericColumn:
+    """What a statistic over one numeric column, with neither ``q`` nor ``edges``, checks (sum, mean)."""
+
+    def check(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], limits: Limits) -> None:
+        check_numeric_column(agg, columns)
+        check_no_q(agg)
+        check_no_edges(agg)
+
+    def check_groups(self, agg: Aggregate, groups: int) -> None:
+        pass
+
+    def columns(self, agg: Aggregate) -> tuple[str, ...]:
+        return (agg.column,)
+
+
 def bounds_of(agg: Aggregate, columns: Mapping[str, ColumnInfo]) -> tuple[float, float]:
     """The aggregated column's public clamp bounds (assumes a validated query)."""
     column = columns[agg.column]

@@ -20,12 +20,10 @@ from dp_engine.spec import Aggregate, ColumnInfo, Limits, NumericColumn, Statist
 from dp_engine.statistics.base import (
     ALPHA,
     AggInputs,
+    OneNumericColumn,
     ScaleOf,
     Selection,
     Slot,
-    check_no_edges,
-    check_no_q,
-    check_numeric_column,
 )
 from dp_engine.statistics.count import cells_slot
 from dp_engine.statistics.sum import sums_slot
@@ -50,20 +48,9 @@ def _mechanism(slots: tuple[Slot, ...], zcdp: bool) -> str:
 
 
 @dataclass(frozen=True)
-class Mean:
+class Mean(OneNumericColumn):
     def label(self, agg: Aggregate) -> str:
         return f"mean({agg.column})"
-
-    def check(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], limits: Limits) -> None:
-        check_numeric_column(agg, columns)
-        check_no_q(agg)
-        check_no_edges(agg)
-
-    def check_groups(self, agg: Aggregate, groups: int) -> None:
-        pass
-
-    def columns(self, agg: Aggregate) -> tuple[str, ...]:
-        return (agg.column,)
 
     def slots(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], groups: int, grouped: bool,
               limits: Limits) -> tuple[Slot, ...]:

@@ -25,14 +25,12 @@ from dp_engine.statistics.base import (
     MAX_ROWS,
     ROWS,
     AggInputs,
+    OneNumericColumn,
     Primitive,
     ScaleOf,
     Selection,
     Slot,
     bounds_of,
-    check_no_edges,
-    check_no_q,
-    check_numeric_column,
     family,
     noise,
     split_inputs,
@@ -67,20 +65,9 @@ def sums_slot(agg: Aggregate, columns: Mapping[str, ColumnInfo], groups: int) ->
 
 
 @dataclass(frozen=True)
-class Sum:
+class Sum(OneNumericColumn):
     def label(self, agg: Aggregate) -> str:
         return f"sum({agg.column})"
-
-    def check(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], limits: Limits) -> None:
-        check_numeric_column(agg, columns)
-        check_no_q(agg)
-        check_no_edges(agg)
-
-    def check_groups(self, agg: Aggregate, groups: int) -> None:
-        pass
-
-    def columns(self, agg: Aggregate) -> tuple[str, ...]:
-        return (agg.column,)
 
     def slots(self, agg: Aggregate, columns: Mapping[str, ColumnInfo], groups: int, grouped: bool,
               limits: Limits) -> tuple[Slot, ...]:
