@@ -61,12 +61,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pg_tool(name: str) -> str:
+def _pg_tool(name: str, url: str, *args: str) -> None:
+    """Run ``pg_dump`` or ``pg_restore`` on the database ``url``. Its password goes in the environment, never on
+    the command line (which other local users can read) or in an error message; a failure is a BackupError
+    that says what the tool said, without the command."""
     found = shutil.which(name)
     if found is None:
         raise BackupError(f"{name} is not on PATH: install PostgreSQL's client tools to back up or restore "
                           "a PostgreSQL state")
-    return found
+    dbname, env = pg_connection(url)
+    try:
+        subprocess.run([found, *args, "--dbname", dbname], check=True, capture_output=True, text=True,
+                       timeout=3600, env={**os.environ, **env})
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
+        raise BackupError(f"{name} failed: {said[0]}") from None
+
+
+def pg_connection(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its password, and the environment that carries the password (PGPASSWORD)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    password = params.pop("password", None)
+    return make_conninfo(**params), ({"PGPASSWORD": password} if password else {})
 
 
 def backup(config: ServerConfig, out: Path, *, state: State | None = None) -> BackupReport:
@@ -83,8 +101,7 @@ def backup(config: ServerConfig, out: Path, *, state: State | None = None) -> Ba
             db.backup_to(out / "state.sqlite")  # type: ignore[attr-defined]
             snapshot: State = open_state(out / "state.sqlite")
         elif db.kind == "postgresql":
-            subprocess.run([_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(out / "state.pgdump"),
-                            "--dbname", config.state], check=True, capture_output=True, timeout=3600)
+            _pg_tool("pg_dump", config.state, "--format=custom", "--no-owner", "--file", str(out / "state.pgdump"))
             snapshot = db  # the dump is one snapshot; what it lists is read below from the live state (a superset)
         else:
             raise BackupError("an in-memory state has nothing to back up")
@@ -186,8 +203,7 @@ def restore(backup_dir: Path, data_dir: Path, *, public_key: bytes | None = None
         shutil.copy2(backup_dir / "state.sqlite", data_dir / "sandbox.db")
         os.chmod(data_dir / "sandbox.db", 0o600)
     else:
-        subprocess.run([_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", state,
-                        str(backup_dir / "state.pgdump")], check=True, capture_output=True, timeout=3600)
+        _pg_tool("pg_restore", state, "--no-owner", "--exit-on-error", str(backup_dir / "state.pgdump"))
         settings += f"state = {json.dumps(state)}\n"
     (data_dir / CONFIG_FILE).write_text(settings)
     return checked

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -205,7 +204,7 @@ def backup_cmd(
 
     try:
         report = backup(load_config(data_dir), out)
-    except (BackupError, subprocess.CalledProcessError) as exc:
+    except BackupError as exc:
         err.print(f"[red]backup failed:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"backed up {report.entries} audit entries, {report.datasets} dataset versions and "
@@ -227,7 +226,7 @@ def restore_cmd(
     try:
         checked = restore(backup_dir, data_dir, public_key=_key_from_hex(public_key) if public_key else None,
                           state=state)
-    except (BackupError, subprocess.CalledProcessError) as exc:
+    except BackupError as exc:
         err.print(f"[red]not restored:[/] {exc}")
         raise typer.Exit(1) from None
     if checked.key_from_backup:

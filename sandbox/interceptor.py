@@ -41,7 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sandbox import principals
-from sandbox.calls import _CURRENT, Call, Deferred, current_call  # noqa: F401 - current_call: re-exported
+from sandbox.calls import _CURRENT, Call, Deferred
 from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
