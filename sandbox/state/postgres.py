@@ -131,24 +131,30 @@ class PostgresState(State):
                 self._local.writing = None
 
     @contextmanager
-    def read(self) -> Iterator[PostgresTx]:
-        writing: PostgresTx | None = getattr(self._local, "writing", None)
-        if writing is not None:
-            yield writing
-            return
-        reading: PostgresTx | None = getattr(self._local, "reading", None)
-        if reading is not None:
-            yield reading
-            return
+    def _snapshot(self) -> Iterator[PostgresTx]:
+        """A read-only snapshot on a connection of its own: one statement opens it (no extra round trip)."""
         with self._connection() as conn:
-            tx = PostgresTx(conn)
-            self._local.reading = tx
             try:
-                with conn.transaction():
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    yield tx
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             except psycopg.Error as exc:
                 raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=f"{type(exc).__name__}") from exc
+            try:
+                yield PostgresTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[PostgresTx]:
+        current: PostgresTx | None = getattr(self._local, "writing", None) or getattr(self._local, "reading", None)
+        if current is not None:  # inside this thread's write (or read): that transaction
+            yield current
+            return
+        with self._snapshot() as tx:
+            self._local.reading = tx
+            try:
+                yield tx
             finally:
                 self._local.reading = None
 
@@ -158,13 +164,8 @@ class PostgresState(State):
             with self.read() as tx:
                 yield tx
             return
-        with self._connection() as conn:  # a second connection: it sees what is committed, not this thread's work
-            try:
-                with conn.transaction():
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    yield PostgresTx(conn)
-            except psycopg.Error as exc:
-                raise SandboxError(ErrorCode.STORAGE_BUSY, log_detail=f"{type(exc).__name__}") from exc
+        with self._snapshot() as tx:  # a second connection: what is committed, not this thread's work
+            yield tx
 
     def close(self) -> None:
         self.pool.close()

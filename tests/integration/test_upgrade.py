@@ -1,4 +1,5 @@
-"""Versioned schema migrations: a data directory of the previous release upgrades; a newer one is refused."""
+"""Versioned schema migrations: a data directory of the previous release upgrades (a newer one is refused:
+tests/unit/test_state.py, on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 from clients import ApplicantClient, Query
 from sandbox import audit
 from sandbox.config import load_config
-from sandbox.errors import SandboxError
 from sandbox.server import start_server
 from sandbox.state import SCHEMA_VERSION, open_state
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
@@ -65,14 +65,3 @@ def test_a_data_directory_of_the_previous_release_upgrades_and_keeps_everything(
     admin.close()
     office.close()  # type: ignore[attr-defined]
 
-
-def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "sandbox.db"
-    open_state(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    conn.commit()
-    conn.close()
-    with pytest.raises(SandboxError) as refused:
-        open_state(path)
-    assert "newer than this release" in (refused.value.log_detail or "")
