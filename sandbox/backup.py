@@ -31,7 +31,7 @@ from pathlib import Path
 from sandbox import audit
 from sandbox.config import CONFIG_FILE, ServerConfig
 from sandbox.identity import read_private_key
-from sandbox.state import State, open_state
+from sandbox.state import State, open_read_only, open_state
 from wire.signing import verify_signature
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
@@ -99,7 +99,7 @@ def backup(config: ServerConfig, out: Path, *, state: State | None = None) -> Ba
     try:
         if db.kind == "sqlite":
             db.backup_to(out / "state.sqlite")  # type: ignore[attr-defined]
-            snapshot: State = open_state(out / "state.sqlite")
+            snapshot: State = open_read_only(out / "state.sqlite")  # the copy is never written to
         elif db.kind == "postgresql":
             _pg_tool("pg_dump", config.state, "--format=custom", "--no-owner", "--file", str(out / "state.pgdump"))
             snapshot = db  # the dump is one snapshot; what it lists is read below from the live state (a superset)

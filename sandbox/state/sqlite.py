@@ -323,6 +323,7 @@ class SqliteState(State):
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file: no -wal or -shm beside the copy
         finally:
             dst.close()
             src.close()

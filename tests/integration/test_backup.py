@@ -69,6 +69,7 @@ def test_a_backup_taken_while_serving_restores_verifies_and_continues(tmp_path: 
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     assert manifest["state"] == "sqlite" and len(manifest["datasets"]) == 1
     assert not any("audit_signing.key" in f for f in manifest["files"])  # the signing key never leaves its place
+    assert [f for f in manifest["files"] if f.startswith("state")] == ["state.sqlite"]  # self-contained, no WAL
 
     restored = tmp_path / "restored"
     result = CliRunner().invoke(app, ["restore", str(tmp_path / "bk"), str(restored)])

@@ -9,26 +9,32 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+
+
+def quick_run(bench: Path, *, timeout: int, shows: tuple[str, ...]) -> str:
+    """Run a benchmark's ``--quick`` mode; it must exit 0 and print every one of ``shows``. Returns its output."""
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    missing = [heading for heading in shows if heading not in proc.stdout]
+    assert not missing, f"missing {missing!r} in:\n{proc.stdout}"
+    return proc.stdout
 
 BENCH = ROOT / "benchmarks" / "bench_signed_rpc.py"
 RATIO = re.compile(r"clients=(\d+) p50=(\S+) p99=(\S+) rps=(\S+)")
 
 
 def test_signed_rpc_benchmark_quick_run_prints_table_and_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("Signed RPC vs unsigned baseline", "clients", "p50 ms", "p99 ms", "req/s",
+    out = quick_run(BENCH, timeout=120, shows=(
+                    "Signed RPC vs unsigned baseline", "clients", "p50 ms", "p99 ms", "req/s",
                     "signed WhoAmI", "unsigned Health/Check", "ratio signed/unsigned", "Where the time goes",
                     "Ed25519 sign", "Ed25519 verify", "Transparency log per audited RPC", "audit entry signature",
-                    "without those signatures"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "without those signatures"))
     batched = [float(x) for x in re.findall(r"([\d.]+) signed calls per durable commit \(group commit\)", out)]
     assert len(batched) == 2 and all(b >= 1.0 for b in batched), out  # a commit holds at least the call it answers
     last = out.strip().splitlines()[-1]
@@ -47,16 +53,11 @@ DP_THROUGHPUT = re.compile(r"throughput clients=(\d+)/1 qps=(\S+) p50=(\S+)")
 
 
 def test_dp_query_benchmark_quick_run_prints_tables_and_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(DP_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("RunQuery vs opendp called directly", "opendp direct", "dp_engine plan+release",
+    out = quick_run(DP_BENCH, timeout=120, shows=(
+                    "RunQuery vs opendp called directly", "opendp direct", "dp_engine plan+release",
                     "server RunQuery (SDK)", "/opendp p50", "Where the time goes", "noise scales the server used",
                     "Small-query throughput", "queries/s", "ratio 16/1 clients", "Reference round trips",
-                    "unsigned Health/Check", "signed WhoAmI"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "unsigned Health/Check", "signed WhoAmI"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS server/opendp: "), last
     ratios = {(m[0], m[1]): [float(x) for x in m[2:]] for m in DP_RATIO.findall(last)}
@@ -74,17 +75,12 @@ TIMING_RATIO = re.compile(r"(\w+)\.((?:half_)?(?:accuracy|held_out|engine))=(\S+
 
 
 def test_dp_timing_benchmark_quick_run_prints_table_and_accuracies() -> None:
-    proc = subprocess.run([sys.executable, str(TIMING_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("Latency with a filter keeping every row, about half, or none", "RunQuery (SDK)", "engine",
+    out = quick_run(TIMING_BENCH, timeout=120, shows=(
+                    "Latency with a filter keeping every row, about half, or none", "RunQuery (SDK)", "engine",
                     "p50 a ms", "p50 none ms", "all vs none", "half vs none", "best threshold", "accuracy", "held-out",
                     "median(age)", "sum(hours_per_week)", "count", "sum(hours_per_week) by s",
                     "rows kept: age >= 0 (all rows): 48,790, age >= 37 (about half): 25,133, age < 0 (no row): 0",
-                    "Chance alone"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "Chance alone"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS timing: "), last
     found = {(m[0], m[1]): float(m[2]) for m in TIMING_RATIO.findall(last)}
@@ -98,17 +94,12 @@ HE_RATIO = re.compile(r"([\w/-]+)=(\S+)")
 
 
 def test_he_scoring_benchmark_quick_run_prints_tables_and_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(HE_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("HE scoring end to end", "ckks-8192", "encrypt", "Score RPC (server)", "decrypt",
+    out = quick_run(HE_BENCH, timeout=120, shows=(
+                    "HE scoring end to end", "ckks-8192", "encrypt", "Score RPC (server)", "decrypt",
                     "upload: RegisterContext", "entities/s", "Server side vs the same TenSEAL computation in-process",
                     "in-process TenSEAL (baseline)", "ScoringPool.score inside the server", "throughput / in-process",
                     "Where the Score RPC's time goes", "Single-entity latency", "p50 ms", "Bytes on the wire",
-                    "bytes per entity", "Plaintext reference", "score_plain"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "bytes per entity", "Plaintext reference", "score_plain"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS server/in-process: "), last
     ratios = {k: float(v) for k, v in HE_RATIO.findall(last.split(": ", 1)[1])}
@@ -122,16 +113,11 @@ FL_RATIO = re.compile(r"(\w+)\.dp_(\w+) total=(\S+) round=(\S+)")
 
 
 def test_fl_training_benchmark_quick_run_prints_tables_and_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(FL_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("In-process backend: 6 holders x 3 rounds through the sandbox vs plain Flower",
+    out = quick_run(FL_BENCH, timeout=120, shows=(
+                    "In-process backend: 6 holders x 3 rounds through the sandbox vs plain Flower",
                     "plain Flower (backend.run directly)", "sandbox (SDK: StartTraining + WatchTraining)",
                     "ratio sandbox/plain", "steady s/round", "Where the sandbox's time goes", "SuperLink backend",
-                    "Peak memory (RSS)", "this process after the in-process part"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "Peak memory (RSS)", "this process after the in-process part"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS sandbox/plain: "), last
     ratios = {(m[0], m[1]): [float(x) for x in m[2:]] for m in FL_RATIO.findall(last)}
@@ -148,18 +134,13 @@ STATE_TWO_ONE = re.compile(r"two/one ([\w-]+) clients=(\d+) rps=(\S+)")
 
 @pytest.mark.slow
 def test_state_benchmark_quick_run_prints_tables_and_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(STATE_BENCH), "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240)
-
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    out = proc.stdout
-    for heading in ("State backend benchmark", "SQLite 3.", "PostgreSQL 1", "CPUs",
+    out = quick_run(STATE_BENCH, timeout=240, shows=(
+                    "State backend benchmark", "SQLite 3.", "PostgreSQL 1", "CPUs",
                     "1. Signed audited WhoAmI: PostgreSQL vs SQLite", "ratio PostgreSQL/SQLite",
                     "2. Small DP queries", "count", "mean(hours_per_week)",
                     "3. Two servers vs one on one PostgreSQL database", "one server", "two servers", "ratio two/one",
                     "in this process (one GIL", "each its own process", "p50 ms", "p99 ms", "req/s",
-                    "all servers and PostgreSQL stopped, temp directories removed"):
-        assert heading in out, f"missing {heading!r} in:\n{out}"
+                    "all servers and PostgreSQL stopped, temp directories removed"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS state: "), last
     pg_sqlite = {int(m[0]): [float(x) for x in m[1:]] for m in STATE_PG_SQLITE.findall(last)}

@@ -266,23 +266,33 @@ def test_deadline_passed_keeps_the_charge_and_a_retry_gets_the_answer(dp_env, mo
     assert retry.replayed and spent(office, g) == charged
 
 
-def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The costly calibration runs in the warm-up, outside the transaction; inside it the plan is a cache hit."""
+def _spy_on_warm(monkeypatch, sbx, method: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Record, for each warm-up of ``method``, whether it ran on the writer connection and how many calibrations
+    it did ("outside misses+1": before the write lock, one cold plan)."""
     from dp_engine import calibrate
     from sandbox.servicers import DpQueryServicer
 
-    sbx, _, office, grant = dp_env
-    g = grant()
     calls: list[str] = []
-    real_warm = DpQueryServicer.warm_RunQuery
+    real_warm = getattr(DpQueryServicer, f"warm_{method}")
 
     def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
         before = calibrate.calibrate.cache_info()
         real_warm(principal, req, conn)
         after = calibrate.calibrate.cache_info()
-        calls.append(f"{'inside' if raw(conn) is sbx.running.db._writer else 'outside'} misses+{after.misses - before.misses}")
+        where = "inside" if raw(conn) is sbx.running.db._writer else "outside"
+        calls.append(f"{where} misses+{after.misses - before.misses}")
 
-    monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_RunQuery", staticmethod(warm_spy))
+    monkeypatch.setattr(f"sandbox.servicers.DpQueryServicer.warm_{method}", staticmethod(warm_spy))
+    return calls
+
+
+def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The costly calibration runs in the warm-up, outside the transaction; inside it the plan is a cache hit."""
+    from dp_engine import calibrate
+
+    sbx, _, office, grant = dp_env
+    g = grant()
+    calls = _spy_on_warm(monkeypatch, sbx, "RunQuery")
     before_run = calibrate.calibrate.cache_info()
     office.run_query(g, Query("adult_census").where("age", ">", 41).count(), epsilon=0.123457)  # a cold shape
     after_run = calibrate.calibrate.cache_info()
@@ -293,20 +303,10 @@ def test_a_new_query_shape_is_calibrated_before_the_write_lock(dp_env, monkeypat
 def test_an_estimate_for_a_half_width_is_calibrated_before_the_write_lock(dp_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The epsilon search plans the query at the epsilon it finds: in the warm-up, so the handler hits the cache."""
     from dp_engine import calibrate
-    from sandbox.servicers import DpQueryServicer
 
     sbx, _, office, grant = dp_env
     g = grant()
-    calls: list[str] = []
-    real_warm = DpQueryServicer.warm_EstimateQuery
-
-    def warm_spy(principal, req, conn):  # type: ignore[no-untyped-def]
-        before = calibrate.calibrate.cache_info()
-        real_warm(principal, req, conn)
-        after = calibrate.calibrate.cache_info()
-        calls.append(f"{'inside' if raw(conn) is sbx.running.db._writer else 'outside'} misses+{after.misses - before.misses}")
-
-    monkeypatch.setattr("sandbox.servicers.DpQueryServicer.warm_EstimateQuery", staticmethod(warm_spy))
+    calls = _spy_on_warm(monkeypatch, sbx, "EstimateQuery")
     before = calibrate.calibrate.cache_info()
     est = office.estimate_query(g, Query("adult_census").group_by("sex").count(), half_width=37.25)  # a cold shape
     after = calibrate.calibrate.cache_info()
