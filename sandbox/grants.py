@@ -7,6 +7,7 @@ administrators' public keys.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -46,12 +47,19 @@ def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterab
     return terms
 
 
+@functools.lru_cache(maxsize=4096)
+def _signed(public_key: bytes, signature: bytes, terms_bytes: bytes) -> bool:
+    """One Ed25519 check per (key, signature, terms) this process has seen: keyed by the bytes themselves, so an
+    edited row is a new key and is checked again."""
+    return verify_signature(public_key, signature, terms_bytes)
+
+
 def verify_stored(tx: Tx, grant: Grant) -> None:
     """Re-check a stored grant's signature against its approver's enrolled key (defence against DB edits)."""
     approver = principals.get(tx, grant.terms.approver_id)
     if approver is None or approver.public_key != grant.terms.approver_public_key or Role.ADMIN not in approver.roles:
         raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: approver unknown")
-    if not verify_signature(approver.public_key, grant.signature, grant.terms_bytes) or grant.id != grant_id_for(
+    if not _signed(approver.public_key, grant.signature, grant.terms_bytes) or grant.id != grant_id_for(
         grant.terms_bytes
     ):
         raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: stored signature does not verify")
