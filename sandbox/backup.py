@@ -80,11 +80,9 @@ def _pg_tool(name: str, url: str, *args: str) -> None:
 
 def pg_connection(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without its password, and the environment that carries the password (PGPASSWORD)."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from sandbox.state.postgres import tool_connection  # psycopg is imported only where PostgreSQL is used
 
-    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    password = params.pop("password", None)
-    return make_conninfo(**params), ({"PGPASSWORD": password} if password else {})
+    return tool_connection(url)
 
 
 def backup(config: ServerConfig, out: Path, *, state: State | None = None) -> BackupReport:

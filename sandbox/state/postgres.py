@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sandbox.errors import ErrorCode, SandboxError
@@ -58,6 +59,14 @@ class PostgresTx(SqlTx):
 
     def _hold_log(self) -> None:
         self._run("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
+
+
+def tool_connection(url: str) -> tuple[str, dict[str, str]]:
+    """For PostgreSQL's command-line tools: ``url`` as connection parameters without the password, and the
+    environment that carries it (PGPASSWORD), so it never appears on a command line."""
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    password = params.pop("password", None)
+    return make_conninfo(**params), ({"PGPASSWORD": password} if password else {})
 
 
 def redact(url: str) -> str:
