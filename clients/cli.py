@@ -407,6 +407,7 @@ import clients.cli_admin  # noqa: E402,F401  (registers the administrators' comm
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 import clients.cli_score  # noqa: E402,F401  (registers ``score``)
 import clients.cli_train  # noqa: E402,F401  (registers ``plan`` and ``train``)
+import clients.cli_console  # noqa: E402,F401  (registers ``console``)
 
 if __name__ == "__main__":
     # Run through the package module, where the admin and query commands registered themselves.
