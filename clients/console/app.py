@@ -122,8 +122,17 @@ def build_app(client: SandboxClient, *, port: int, launch_secret: str,
     def catalogue(request: Request) -> Response:
         return console.render(request, "catalogue.html", title="Catalogue", datasets=console.sdk.base.catalogue())
 
+    sessions = Sessions()
+
+    def sign_out(request: Request) -> Response:
+        sessions.close(request.state.session_id)
+        response = Response("Signed out. Open the address the console printed to come back.\n",
+                            media_type="text/plain")
+        response.delete_cookie(request.state.cookie_name, path="/", httponly=True, samesite="strict")
+        return response
+
     routes: list[Route] = [Route("/", home), Route("/static/console.css", stylesheet),
-                           Route("/catalogue", catalogue)]
+                           Route("/catalogue", catalogue), Route("/sign-out", sign_out, methods=["POST"])]
     for module in (pages_admin, pages_audit, pages_own, pages_steward):
         routes += module.routes(console)
 
@@ -137,8 +146,8 @@ def build_app(client: SandboxClient, *, port: int, launch_secret: str,
                               code=exc.code if exc.code != exc.status else "")
 
     handlers: dict[Any, Callable[[Request, Exception], Response]] = {Forbidden: refused, SandboxClientError: failed}
-    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
-    return Guard(app, port=port, launch_secret=launch_secret, sessions=Sessions())
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return Guard(app, port=port, launch_secret=launch_secret, sessions=sessions)
 
 
 def as_routes(items: Sequence[tuple[str, Callable[[Request], Response], Sequence[str]]]) -> list[Route]:

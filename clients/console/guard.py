@@ -72,6 +72,10 @@ class Sessions:
             self._by_id[sid] = session
         return sid, session
 
+    def close(self, sid: str) -> None:
+        with self._lock:
+            self._by_id.pop(sid, None)
+
     def get(self, sid: str) -> Session | None:
         with self._lock:
             for known, session in self._by_id.items():
@@ -119,11 +123,12 @@ class Guard:
         if "token" in query:
             await self._open_session(scope, send, query)
             return
-        session = self._session_of(headers)
-        if session is None:
+        found = self._session_of(headers)
+        if found is None:
             await _refuse(send, 403, "refused: open the console through the address it printed when it started")
             return
-        scope.setdefault("state", {})["session"] = session
+        sid, session = found
+        scope.setdefault("state", {}).update(session=session, session_id=sid, cookie_name=self.cookie_name)
         if method != "POST":
             scope["state"]["form"] = {}
             await self._app(scope, receive, send)
@@ -147,14 +152,15 @@ class Guard:
         scope["state"]["form"] = form
         await self._app(scope, _replay(body), send)
 
-    def _session_of(self, headers: dict[str, str]) -> Session | None:
+    def _session_of(self, headers: dict[str, str]) -> tuple[str, Session] | None:
         cookies: SimpleCookie = SimpleCookie()
         try:
             cookies.load(headers.get("cookie", ""))
         except Exception:  # a malformed Cookie header is no session
             return None
         morsel = cookies.get(self.cookie_name)
-        return self._sessions.get(morsel.value) if morsel is not None and morsel.value else None
+        session = self._sessions.get(morsel.value) if morsel is not None and morsel.value else None
+        return (morsel.value, session) if morsel is not None and session is not None else None
 
     async def _open_session(self, scope: Scope, send: Send, query: dict[str, list[str]]) -> None:
         given = query["token"][-1]

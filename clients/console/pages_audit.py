@@ -46,7 +46,9 @@ class AuditFilters:
             except ValueError:
                 raise InvalidArgument(f"{name} is a date and time (UTC)", status="INVALID_ARGUMENT",
                                       code="INVALID_ARGUMENT") from None
-        return cls(*(str(query.get(n, "")).strip() for n in FILTER_NAMES[:4]), when("since"), when("until"))
+        def text(name: str) -> str:
+            return str(query.get(name, "")).strip()
+        return cls(text("principal"), text("grant"), text("method"), text("status"), when("since"), when("until"))
 
     def query_args(self) -> list[tuple[str, str]]:
         pairs = [(n, str(getattr(self, n))) for n in FILTER_NAMES[:4]]

@@ -60,7 +60,7 @@ def serve(client: SandboxClient, host: str = LOOPBACK, port: int = 0, *, witness
     launch_secret = secrets.token_urlsafe(32)
     app = build_app(client, port=bound, launch_secret=launch_secret, witness_state=witness_state)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
-                            proxy_headers=False, timeout_graceful_shutdown=2)
+                            ws="none", proxy_headers=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="sandbox-console", daemon=True)
     thread.start()

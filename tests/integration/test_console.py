@@ -1,0 +1,244 @@
+"""The web console's protections, over plain HTTP against a console served in-process next to a real sandbox.
+
+Each test plays a request a browser would not send for the user (no launch secret, another Host, another
+Origin, no CSRF token) and checks it is refused before any page runs; and that what a page shows is escaped,
+holds no secret, and follows the principal's roles.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from clients import AdminClient, ApplicantClient, generate_key, public_key_of
+from clients.console import ConsoleHandle, serve
+from clients.signing import load_key
+from tests.conftest import DATA, SCHEMAS, Sandbox, apply_dp, start_sandbox
+from tests.support.console import Answer, csrf_of, open_session, request
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+@dataclass
+class Consoles:
+    sbx: Sandbox
+    admin: AdminClient
+    bank: ApplicantClient
+    admin_console: ConsoleHandle
+    bank_console: ConsoleHandle
+    scenario_id: str
+
+
+@pytest.fixture(scope="module")
+def consoles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consoles]:
+    sbx = start_sandbox(tmp_path_factory.mktemp("console"))
+    admin = sbx.admin()
+    admin.import_dataset(SCHEMAS / "adult_census.toml", DATA / "adult_census.csv.gz")
+    key = generate_key()
+    admin.enrol(name=f"Bank {HOSTILE}", organisation=f"Org {HOSTILE}", roles=["applicant"],
+                public_key=public_key_of(key))
+    bank = ApplicantClient(sbx.address, key=key, ca=sbx.ca)
+    s = apply_dp(bank, title=f"Income {HOSTILE}", purpose=f"Purpose {HOSTILE}")
+    admin_console, bank_console = serve(admin, port=0), serve(bank, port=0)
+    yield Consoles(sbx, admin, bank, admin_console, bank_console, s.id)  # type: ignore[attr-defined]
+    admin_console.stop()
+    bank_console.stop()
+    admin.close()
+    bank.close()
+    sbx.stop()
+
+
+def _pages(c: Consoles) -> list[str]:
+    return ["/", "/catalogue", "/admin/pending", f"/admin/review/{c.scenario_id}", "/admin/principals",
+            "/admin/grants", "/audit", "/audit/entry/1"]
+
+
+def test_a_request_without_the_launch_secret_is_refused(consoles: Consoles) -> None:
+    for path in _pages(consoles) + ["/static/console.css"]:
+        answer = request(consoles.admin_console, "GET", path)
+        assert answer.status == 403, (path, answer.status)
+        assert "Bank" not in answer.body and "adult_census" not in answer.body
+    wrong = request(consoles.admin_console, "GET", "/?token=not-the-secret")
+    assert wrong.status == 403 and "set-cookie" not in wrong.headers
+    # a session of another console (another port) is no session here
+    other = open_session(consoles.bank_console)
+    assert request(consoles.admin_console, "GET", "/", cookie=other).status == 403
+
+
+def test_the_launch_secret_sets_a_strict_cookie_and_leaves_the_address(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    secret = urlsplit(h.url).query.removeprefix("token=")
+    answer = request(h, "GET", f"/audit?token={secret}&status=OK")
+    assert answer.status == 303
+    assert answer.headers["location"] == "/audit?status=OK"
+    flags = [f.strip() for f in answer.headers["set-cookie"].split(";")]
+    assert flags[0].startswith(f"sandbox_console_{h.port}=") and {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(flags)
+    page = request(h, "GET", "/audit?status=OK", cookie=flags[0])
+    assert page.status == 200 and "Audit log" in page.body
+
+
+def test_a_wrong_host_header_is_refused_even_with_a_session(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    cookie = open_session(h)
+    for host in (f"rebind.example:{h.port}", "127.0.0.1", f"127.0.0.1:{h.port + 1}", f"localhost.:{h.port}", ""):
+        answer = request(h, "GET", "/", cookie=cookie, host=host)
+        assert answer.status == 403, host
+        assert consoles.admin.principal_id not in answer.body
+    assert request(h, "GET", "/", cookie=cookie, host=f"localhost:{h.port}").status == 200
+    secret = urlsplit(h.url).query
+    assert request(h, "GET", f"/?{secret}", host=f"rebind.example:{h.port}").status == 403
+
+
+def test_every_answer_carries_the_strict_headers(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    cookie = open_session(h)
+    for answer in (request(h, "GET", "/", cookie=cookie), request(h, "GET", "/"),
+                   request(h, "GET", "/", cookie=cookie, host="evil.example")):
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-store"
+    page = request(h, "GET", "/", cookie=cookie).body
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # no script, no outside asset
+    assert request(h, "PUT", "/", cookie=cookie).status == 405
+
+
+def _reject_form(c: Consoles, cookie: str) -> tuple[str, dict[str, str]]:
+    page = request(c.admin_console, "GET", f"/admin/review/{c.scenario_id}", cookie=cookie)
+    assert page.status == 200
+    return f"/admin/review/{c.scenario_id}/reject", {"csrf": csrf_of(page.body), "reason": "not today"}
+
+
+def test_a_change_without_the_csrf_token_or_from_another_origin_is_refused(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    cookie = open_session(h)
+    action, form = _reject_form(consoles, cookie)
+    own = f"http://127.0.0.1:{h.port}"
+    refused = [
+        request(h, "POST", action, cookie=cookie, origin=own, form={"reason": "no token"}),
+        request(h, "POST", action, cookie=cookie, origin=own, form={**form, "csrf": "guessed"}),
+        request(h, "POST", action, cookie=cookie, origin="http://evil.example", form=form),
+        request(h, "POST", action, cookie=cookie, origin=f"http://127.0.0.1:{h.port + 1}", form=form),  # same site
+        request(h, "POST", action, cookie=cookie, origin="null", form=form),
+        request(h, "POST", action, cookie=cookie, form=form),  # neither Origin nor Referer
+        request(h, "POST", action, cookie=cookie, referer="http://evil.example/page", form=form),
+        request(h, "POST", action, origin=own, form=form),  # no cookie
+        request(h, "POST", action, cookie=open_session(h), origin=own, form=form),  # another session's token
+    ]
+    assert [a.status for a in refused] == [403] * len(refused)
+    assert request(h, "POST", action, cookie=cookie, origin=own, form=form,
+                   content_type="text/plain").status == 415
+    assert consoles.admin.scenario(consoles.scenario_id).status == "pending"  # nothing changed
+    # a GET never changes anything: the action is POST only
+    assert request(h, "GET", action, cookie=cookie).status == 405
+
+
+def test_a_change_with_cookie_token_and_own_origin_goes_through(consoles: Consoles) -> None:
+    c = consoles
+    s = apply_dp(c.bank, title="To be rejected")
+    h, cookie = c.admin_console, open_session(c.admin_console)
+    page = request(h, "GET", f"/admin/review/{s.id}", cookie=cookie)  # type: ignore[attr-defined]
+    form = {"csrf": csrf_of(page.body), "reason": "the purpose is not stated"}
+    answer = request(h, "POST", f"/admin/review/{s.id}/reject", cookie=cookie,  # type: ignore[attr-defined]
+                     referer=f"http://localhost:{h.port}/admin/review/x", host=f"localhost:{h.port}", form=form)
+    assert answer.status == 303 and answer.headers["location"] == "/admin/pending"
+    assert c.bank.scenario(s.id).status == "rejected"  # type: ignore[attr-defined]
+    assert "the purpose is not stated" in request(h, "GET", "/admin/pending", cookie=cookie).body  # the notice
+
+
+def _secrets_of(key_path: Path) -> list[str]:
+    key = load_key(key_path)
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    pem = key_path.read_text()
+    body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    return [raw.hex(), raw.hex().upper(), base64.b64encode(raw).decode(), body, body[:40]]
+
+
+def test_no_page_carries_the_key_or_the_launch_secret(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    cookie = open_session(h)
+    secret = urlsplit(h.url).query.removeprefix("token=")
+    forbidden = [*_secrets_of(consoles.sbx.admin_key_path), secret]
+    answers = [request(h, "GET", path, cookie=cookie) for path in _pages(consoles)]
+    assert [a.status for a in answers] == [200] * len(answers)
+    answers += [request(h, "GET", "/admin/review/s-nope", cookie=cookie), request(h, "GET", "/")]
+    for answer in answers:
+        text = answer.body + repr(answer.headers)
+        assert [s for s in forbidden if s in text] == []
+
+
+def test_nothing_the_console_prints_or_logs_holds_the_launch_secret(consoles: Consoles,
+                                                                    capfd: pytest.CaptureFixture[str],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    h = consoles.admin_console
+    secret = urlsplit(h.url).query.removeprefix("token=")
+    cookie = open_session(h)
+    for path in (f"/?token={secret}", f"/audit?token={secret}x", "/admin/review/s-nope", "/audit?since=garbage"):
+        request(h, "GET", path, cookie=cookie)
+    out, err = capfd.readouterr()
+    assert secret not in out + err + caplog.text
+    assert cookie.split("=", 1)[1] not in out + err + caplog.text
+
+
+def test_values_from_the_server_are_escaped(consoles: Consoles) -> None:
+    h = consoles.admin_console
+    cookie = open_session(h)
+    for path in ("/admin/pending", f"/admin/review/{consoles.scenario_id}", "/admin/principals"):
+        page = request(h, "GET", path, cookie=cookie).body
+        assert "&lt;script&gt;" in page, path
+        assert "<script" not in page, path
+    mine = request(consoles.bank_console, "GET", f"/scenarios/{consoles.scenario_id}",
+                   cookie=open_session(consoles.bank_console)).body
+    assert "Income &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in mine and "<script" not in mine
+
+
+def test_roles_see_only_their_pages(consoles: Consoles) -> None:
+    bank = consoles.bank_console
+    cookie = open_session(bank)
+    for path in ["/admin/pending", f"/admin/review/{consoles.scenario_id}", "/admin/principals", "/admin/grants",
+                 "/audit", "/audit/entry/1", "/steward", "/training"]:
+        answer = request(bank, "GET", path, cookie=cookie)
+        assert answer.status == 403, path
+        assert "Not for this role" in answer.body
+    page = request(bank, "GET", "/", cookie=cookie).body
+    assert 'href="/scenarios"' in page and 'href="/admin/' not in page and 'href="/audit"' not in page
+    action = f"/admin/review/{consoles.scenario_id}/reject"
+    form = {"csrf": csrf_of(page), "reason": "x"}  # a valid change request of the applicant's own session
+    refused = request(bank, "POST", action, cookie=cookie, origin=f"http://127.0.0.1:{bank.port}", form=form)
+    assert refused.status == 403 and "Not for this role" in refused.body
+    assert consoles.admin.scenario(consoles.scenario_id).status == "pending"
+    admin = request(consoles.admin_console, "GET", "/scenarios", cookie=open_session(consoles.admin_console))
+    assert admin.status == 403  # an administrator without the applicant role has no "my scenarios"
+
+
+def test_signing_out_ends_the_session(consoles: Consoles) -> None:
+    h = consoles.bank_console
+    cookie = open_session(h)
+    page = request(h, "GET", "/", cookie=cookie)
+    out = request(h, "POST", "/sign-out", cookie=cookie, origin=f"http://127.0.0.1:{h.port}",
+                  form={"csrf": csrf_of(page.body)})
+    assert out.status == 200 and "Max-Age=0" in out.headers["set-cookie"]
+    assert request(h, "GET", "/", cookie=cookie).status == 403
+
+
+def test_an_applicant_reads_its_scenarios_and_what_its_grant_leaves(consoles: Consoles) -> None:
+    c = consoles
+    s = apply_dp(c.bank, title="Granted statistics", epsilon=2, quota=10)
+    g = c.admin.approve(s.id, epsilon="1.5", quota=8).grant  # type: ignore[attr-defined]
+    assert g is not None
+    cookie = open_session(c.bank_console)
+    listing = request(c.bank_console, "GET", "/scenarios", cookie=cookie).body
+    assert re.search(r"Granted statistics</a></td><td>DP_QUERY</td><td>approved</td>", listing)
+    assert "1.5 of 1.5" in listing and "8 of 8" in listing
+    page = request(c.bank_console, "GET", f"/scenarios/{s.id}", cookie=cookie).body  # type: ignore[attr-defined]
+    assert "verified against the administrators&#39; keys" in page
+    assert g.id in page
