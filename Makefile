@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install protos bench clean
+.PHONY: demo test install browser protos bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/run_demo.py
 
-test: $(STAMP)
+# Debian's chromium and chromium-driver for the console's browser test (installed only when missing).
+browser:
+	bash scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 protos: $(STAMP)

@@ -104,16 +104,19 @@ def routes(console: Console) -> list[Route]:
     def log(request: Request) -> Response:
         console.require("admin", "auditor")
         filters = AuditFilters.from_query(request.query_params)
+        args = filters.query_args()
+        head = check_head(console)
         try:
-            after = max(int(request.query_params.get("after", "0") or 0), 0)
-        except ValueError:
-            after = 0
+            after = max(int(request.query_params["after"]), 0)
+        except (KeyError, ValueError):  # unfiltered, the latest page first; filtered, from the start
+            after = 0 if args else max(head.entries - PAGE, 0)
         entries = list(itertools.islice(_filtered(console, filters, after), PAGE + 1))
         shown = entries[:PAGE]
-        args = filters.query_args()
-        more = urlencode([*args, ("after", str(shown[-1].seq))]) if len(entries) > PAGE else ""
+        later = urlencode([*args, ("after", str(shown[-1].seq))]) if len(entries) > PAGE else ""
+        earlier = urlencode([("after", str(max(after - PAGE, 0)))]) if after and not args else ""
         return console.render(request, "audit_log.html", title="Audit log", entries=shown, filters=filters,
-                              next_query=more, first_query=urlencode(args), after=after, head=check_head(console))
+                              later_query=later, earlier_query=earlier, first_query=urlencode([*args, ("after", "0")]),
+                              after=after, head=head)
 
     def entry(request: Request) -> Response:
         console.require("admin", "auditor")
