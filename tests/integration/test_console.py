@@ -8,9 +8,15 @@ holds no secret, and follows the principal's roles.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import http.client
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of
 from clients.console import ConsoleHandle, serve
 from clients.signing import load_key
-from tests.conftest import DATA, SCHEMAS, Sandbox, apply_dp, start_sandbox
+from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox, apply_dp, start_sandbox
 from tests.support.console import Answer, csrf_of, open_session, request
 
 HOSTILE = "<script>alert('x')</script>"
@@ -242,3 +248,90 @@ def test_an_applicant_reads_its_scenarios_and_what_its_grant_leaves(consoles: Co
     page = request(c.bank_console, "GET", f"/scenarios/{s.id}", cookie=cookie).body  # type: ignore[attr-defined]
     assert "verified against the administrators&#39; keys" in page
     assert g.id in page
+
+
+def _post(h: ConsoleHandle, cookie: str, page_path: str, action: str, form: dict[str, str] | list[tuple[str, str]]
+          ) -> Answer:
+    """A form submitted as the console's own page would: the page's CSRF token, the console's origin."""
+    token = csrf_of(request(h, "GET", page_path, cookie=cookie).body)
+    pairs = list(form.items()) if isinstance(form, dict) else list(form)
+    return request(h, "POST", action, cookie=cookie, origin=h.origin, form=[("csrf", token), *pairs])
+
+
+def test_an_administrator_enrols_and_suspends_through_the_forms(consoles: Consoles) -> None:
+    h, cookie = consoles.admin_console, open_session(consoles.admin_console)
+    key = public_key_of(generate_key())
+    enrolled = _post(h, cookie, "/admin/principals", "/admin/principals/enrol",
+                     [("name", "Harbour Insurance"), ("organisation", "Harbour Insurance plc"),
+                      ("public_key", key.hex()), ("roles", "applicant"), ("roles", "researcher")])
+    assert enrolled.status == 303
+    p = next(p for p in consoles.admin.principals() if p.public_key == key)
+    assert (p.name, sorted(p.roles), p.status) == ("Harbour Insurance", ["applicant", "researcher"], "active")
+    bad = _post(h, cookie, "/admin/principals", "/admin/principals/enrol",
+                {"name": "x", "organisation": "y", "public_key": "abcd", "roles": "applicant"})
+    assert bad.status == 400 and "32 bytes" in bad.body
+    suspended = _post(h, cookie, "/admin/principals", f"/admin/principals/{p.id}/suspend", {"reason": "left"})
+    assert suspended.status == 303
+    assert next(q for q in consoles.admin.principals() if q.id == p.id).status == "suspended"
+
+
+def test_approval_narrows_columns_budget_quota_and_validity(consoles: Consoles) -> None:
+    c = consoles
+    s = apply_dp(c.bank, title="To narrow", epsilon=2, quota=50)
+    h, cookie = c.admin_console, open_session(c.admin_console)
+    review = f"/admin/review/{s.id}"  # type: ignore[attr-defined]
+    until = s.valid_until.replace(second=0, microsecond=0) - dt.timedelta(days=10)  # type: ignore[attr-defined]
+    wider = _post(h, cookie, review, f"{review}/approve",
+                  [("epsilon", "3"), ("quota", "50"), ("columns.adult_census", "age")])
+    assert wider.status == 400 and c.bank.scenario(s.id).status == "pending"  # type: ignore[attr-defined]
+    none = _post(h, cookie, review, f"{review}/approve", [("epsilon", "1")])
+    assert none.status == 400 and "at least one column" in none.body
+    answer = _post(h, cookie, review, f"{review}/approve",
+                   [("epsilon", "0.75"), ("delta", "0"), ("max_epsilon_per_call", "0"), ("quota", "20"),
+                    ("valid_until", until.strftime("%Y-%m-%dT%H:%M")),
+                    ("columns.adult_census", "age"), ("columns.adult_census", "sex")])
+    assert answer.status == 303 and answer.headers["location"].startswith("/admin/grants/g-")
+    g = c.bank.scenario(s.id).grant  # type: ignore[attr-defined]
+    assert g is not None
+    assert (g.terms.epsilon, g.terms.quota, g.terms.not_after) == (Decimal("0.75"), 20, until)
+    assert [(d.name, d.columns) for d in g.terms.datasets] == [("adult_census", ("age", "sex"))]
+    assert c.bank.verify_grant(g).approver_id == c.admin.principal_id
+    page = request(h, "GET", answer.headers["location"], cookie=cookie)
+    assert "approved To narrow" in page.body and "epsilon 0.75" in page.body
+
+
+def test_the_command_prints_the_address_serves_it_and_stops_on_ctrl_c(consoles: Consoles) -> None:
+    """``sandbox-client console`` as a person runs it: a real process, its printed address, Ctrl-C."""
+    sbx = consoles.sbx
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "--key", str(sbx.admin_key_path), "--ca", str(sbx.ca),
+         "--server", sbx.address, "console", "--no-browser", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # blocks until the command prints (or exits)
+            lines.append(line)
+            if line.startswith("console: "):
+                break
+        url = lines[-1].removeprefix("console: ").strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]{43}", url), lines
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=30)
+        conn.request("GET", f"/?{parts.query}", headers={"Host": parts.netloc})
+        opened = conn.getresponse()
+        assert opened.status == 303
+        cookie = opened.getheader("set-cookie", "").split(";")[0]
+        opened.read()
+        conn.request("GET", "/", headers={"Host": parts.netloc, "Cookie": cookie})
+        page = conn.getresponse()
+        assert page.status == 200 and "Administrator" in page.read().decode()
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert parts.query.removeprefix("token=") not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

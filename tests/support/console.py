@@ -17,7 +17,8 @@ class Answer:
 
 
 def request(handle: ConsoleHandle, method: str, path: str, *, cookie: str = "", host: str | None = None,
-            origin: str | None = None, referer: str | None = None, form: dict[str, str] | None = None,
+            origin: str | None = None, referer: str | None = None,
+            form: dict[str, str] | list[tuple[str, str]] | None = None,
             content_type: str = "application/x-www-form-urlencoded") -> Answer:
     conn = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=30)
     headers = {"Host": host if host is not None else f"127.0.0.1:{handle.port}"}
