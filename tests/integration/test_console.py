@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import http.client
+import json
 import re
 import signal
 import subprocess
@@ -23,9 +24,11 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from clients import AdminClient, ApplicantClient, generate_key, public_key_of
+from clients import AdminClient, ApplicantClient, AuditorClient, PermissionDenied, generate_key, public_key_of
 from clients.console import ConsoleHandle, serve
 from clients.signing import load_key
+from clients.witness import witness
+from wire.transparency import TreeHead
 from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox, apply_dp, start_sandbox
 from tests.support.console import Answer, csrf_of, open_session, request
 
@@ -335,3 +338,65 @@ def test_the_command_prints_the_address_serves_it_and_stops_on_ctrl_c(consoles: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _entry_rows(page: str) -> list[list[str]]:
+    """The audit page's entries as rows of cell texts (seq, time, principal, method, grant, status, ...)."""
+    body = page[page.index('<table id="entries">'):]
+    body = body[:body.index("</table>")]
+    rows = re.findall(r"<tr[^>]*>\s*(<td.*?)</tr>", body, re.S)
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+            for r in rows if "No entry matches" not in r]
+
+
+def test_the_audit_log_filters_pages_and_shows_an_entry(consoles: Consoles) -> None:
+    c = consoles
+    with AuditorClient(c.sbx.address, key=c.bank.transport.key, ca=c.sbx.ca) as nosy:
+        with pytest.raises(PermissionDenied):
+            nosy.audit_head()  # an applicant may not read the log: a refused, audited call
+    for _ in range(60):  # more than a page of entries
+        c.bank.whoami()
+    h, cookie = c.admin_console, open_session(c.admin_console)
+    refused = _entry_rows(request(h, "GET", "/audit?status=PERMISSION_DENIED", cookie=cookie).body)
+    assert refused and {r[5] for r in refused} == {"PERMISSION_DENIED"}
+    assert "GetAuditHead" in {r[3] for r in refused}
+    applied = _entry_rows(request(h, "GET", "/audit?method=Apply", cookie=cookie).body)
+    assert applied and {r[3] for r in applied} == {"Apply"}
+    mine = _entry_rows(request(h, "GET", f"/audit?principal={c.bank.principal_id}", cookie=cookie).body)
+    assert mine and {r[2].split()[-1] for r in mine} == {c.bank.principal_id[:10]}
+    latest = request(h, "GET", "/audit", cookie=cookie).body  # more than a page by now: the latest page first
+    assert 'id="earlier-page"' in latest
+    seqs = [int(x) for x in re.findall(r'href="/audit/entry/(\d+)"', latest)]
+    first = request(h, "GET", "/audit?after=0", cookie=cookie).body
+    assert re.findall(r'href="/audit/entry/(\d+)"', first)[:2] == ["1", "2"] and 'id="later-page"' in first
+    assert seqs == sorted(seqs) and seqs[0] > 1
+    entry = request(h, "GET", f"/audit/entry/{seqs[0]}", cookie=cookie)
+    assert entry.status == 200 and "entry hash" in entry.body
+    assert request(h, "GET", "/audit/entry/999999", cookie=cookie).status == 404
+    assert request(h, "GET", "/audit?since=yesterday", cookie=cookie).status == 400
+
+
+def test_the_head_is_checked_against_the_witness_and_what_the_console_saw(consoles: Consoles,
+                                                                          tmp_path: Path) -> None:
+    c = consoles
+    audit_key = c.admin.audit_head().audit_public_key
+    state = tmp_path / "witness"
+    witnessed = witness(c.admin, state, audit_key).head
+    assert witnessed is not None
+    console = serve(c.admin, port=0, witness_state=state)
+    try:
+        cookie = open_session(console)
+        head = request(console, "GET", "/audit", cookie=cookie).body
+        assert "pinned by your witness" in head and "verifies" in head
+        assert re.search(r"extends your witness&#39;s stored head</th><td><span class=\"state active\">yes", head)
+        assert c.admin.principal_id in head  # the witness's cosignature of that head
+        again = request(console, "GET", "/audit", cookie=cookie).body
+        assert re.search(r"extends the last head this console checked</th><td><span class=\"state active\">yes",
+                         again)
+        # a stored head the log does not extend (another root at the same size): the page says so
+        forged = TreeHead(witnessed.size, "ab" * 32, witnessed.signed_at_ms, witnessed.signature)
+        (state / "head.json").write_text(json.dumps(forged.to_json(audit_key)))
+        broken = request(console, "GET", "/audit", cookie=cookie).body
+        assert re.search(r"extends your witness&#39;s stored head</th><td><span class=\"state revoked\">NO", broken)
+    finally:
+        console.stop()
