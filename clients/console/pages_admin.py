@@ -150,7 +150,8 @@ def routes(console: Console) -> list[Route]:
         entries = [e for e in admin.audit_entries() if e.grant_id == gid]
         series = usage_series(entries, kind=s.kind)
         terms = s.grant.terms
-        end = min(max(console_now(), terms.issued_at + dt.timedelta(minutes=1)), terms.not_after)
+        now = dt.datetime.now(dt.timezone.utc)
+        end = min(max(now, terms.issued_at + dt.timedelta(minutes=1)), terms.not_after)
         start = terms.issued_at
         charts = [
             step_chart("epsilon spent", [(p.time, float(p.epsilon)) for p in series], float(terms.epsilon),
@@ -184,7 +185,3 @@ def routes(console: Console) -> list[Route]:
         ("/admin/grants/{grant_id}", grant, ["GET"]),
         ("/admin/grants/{grant_id}/revoke", revoke, ["POST"]),
     ])
-
-
-def console_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

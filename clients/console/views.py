@@ -7,9 +7,7 @@ import datetime as dt
 import json
 from decimal import Decimal
 
-from clients import types as t
-
-__all__ = ["FILTERS", "dec", "day", "moment", "method_name", "pretty_json", "grant_state", "local_input"]
+__all__ = ["FILTERS", "dec", "day", "moment", "method_name", "pretty_json", "local_input", "head_time", "percent"]
 
 
 def dec(value: Decimal | int | float | None) -> str:
@@ -43,20 +41,6 @@ def pretty_json(text: str) -> str:
         return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False)
     except ValueError:
         return text
-
-
-def grant_state(g: t.Grant | None, now: dt.datetime | None = None) -> str:
-    """In force, or why not: revoked, expired, not yet valid."""
-    if g is None:
-        return "no grant"
-    now = now or dt.datetime.now(dt.timezone.utc)
-    if g.revoked:
-        return "revoked"
-    if now >= g.terms.not_after:
-        return "expired"
-    if now < g.terms.not_before:
-        return "not yet valid"
-    return "active"
 
 
 def head_time(ms: int) -> str:
