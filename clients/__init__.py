@@ -1,6 +1,8 @@
 """The Python SDK of the data sandbox: signed, deadline-bound clients with typed results and errors."""
 
-from clients.client import AdminClient, ApplicantClient, AuditorClient, ResearcherClient, SandboxClient
+from clients.client import (
+    AdminClient, ApplicantClient, AuditorClient, ResearcherClient, SandboxClient, StewardClient,
+)
 from clients.errors import (
     Aborted, AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, InternalServerError, InvalidArgument, NotFound,
     PermissionDenied, ResourceExhausted, SandboxClientError, Unauthenticated, Unavailable,
@@ -9,7 +11,7 @@ from clients.query import Query
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
 
 __all__ = [
-    "Query", "AdminClient", "ApplicantClient", "AuditorClient", "ResearcherClient", "SandboxClient",
+    "Query", "AdminClient", "ApplicantClient", "AuditorClient", "ResearcherClient", "SandboxClient", "StewardClient",
     "SandboxClientError", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists", "InvalidArgument",
     "FailedPrecondition", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Aborted", "Cancelled",
     "InternalServerError",

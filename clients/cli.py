@@ -27,14 +27,14 @@ from typer.core import TyperGroup
 
 from clients import types as t
 from clients.client import ApplicantClient, SandboxClient
-from clients.errors import PermissionDenied, SandboxClientError
+from clients.errors import NotFound, PermissionDenied, SandboxClientError
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
 
 __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
 KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
-ROLES = ("admin", "applicant", "researcher", "auditor")
+ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 # Statuses where the server understood the call and said no; anything else "failed".
 _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
              "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
@@ -356,9 +356,18 @@ def model_text(m: t.ModelSpec) -> Text:
 
 @app.command()
 def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash.")) -> None:
-    """A registered scoring model's full spec (to its submitter, administrators and approved applicants)."""
+    """A registered scoring model or training plan in full (to its submitter, reviewers and grantees)."""
+    from clients.cli_steward import plan_text
+
     with connect(ctx, SandboxClient) as client:
-        m = client.model(model_hash)
+        try:
+            m = client.model(model_hash)
+        except NotFound:
+            p = client.training_plan(model_hash)  # a training plan's hash is an FL application's model reference
+            tbl = table("field", "value", title=f"training plan {p.plan_hash}")
+            row(tbl, "plan", plan_text(p))
+            out().print(tbl)
+            return
     tbl = table("field", "value", title=f"model {m.model_hash}")
     row(tbl, "model", model_text(m))
     out().print(tbl)
@@ -407,6 +416,7 @@ import clients.cli_admin  # noqa: E402,F401  (registers the administrators' comm
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 import clients.cli_score  # noqa: E402,F401  (registers ``score``)
 import clients.cli_train  # noqa: E402,F401  (registers ``plan`` and ``train``)
+import clients.cli_steward  # noqa: E402,F401  (registers ``stewardship``, ``steward-queue`` and ``cosign``)
 import clients.cli_console  # noqa: E402,F401  (registers ``console``)
 
 if __name__ == "__main__":

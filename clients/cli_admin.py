@@ -15,6 +15,8 @@ from clients.cli import (
     selection_text,
     table,
 )
+from clients import types as t
+from clients.cli_steward import plan_text
 from clients.client import AdminClient, AuditorClient
 from clients.errors import SandboxClientError
 from clients.witness import WitnessError
@@ -108,7 +110,9 @@ def pending(ctx: typer.Context) -> None:
     with connect(ctx, AdminClient) as admin:
         scenarios = admin.pending()
         people = {p.id: p for p in admin.principals()} if scenarios else {}
+        catalogue = {d.name: d for d in admin.catalogue()} if scenarios else {}
         models = {s.model_hash: admin.model(s.model_hash) for s in scenarios if s.kind == "HE_SCORING"}
+        plans = {s.model_hash: admin.training_plan(s.model_hash) for s in scenarios if s.kind == "FL_TRAINING"}
     con = out()
     if not scenarios:
         con.print("No applications are pending.")
@@ -117,9 +121,24 @@ def pending(ctx: typer.Context) -> None:
         tbl = table("field", "value", title=f"{s.id}  applied {day(s.created_at)}")
         row(tbl, "applicant", f"{p.name} ({p.organisation}) {p.id}" if p else s.applicant_id)
         scenario_details(s, tbl)
+        row(tbl, "column levels", _levels(s, catalogue))
+        held = [f"{d.name}: {catalogue[d.name].stewardship.owner} ({catalogue[d.name].stewardship.policy})"  # type: ignore[union-attr]
+                for d in s.datasets if d.name in catalogue and catalogue[d.name].stewardship is not None]
+        if held:
+            row(tbl, "held by (co-signing)", "\n".join(held))
         if s.model_hash in models:
             row(tbl, "model (in full)", model_text(models[s.model_hash]))
+        if s.model_hash in plans:
+            row(tbl, "training plan (in full)", plan_text(plans[s.model_hash]))
         con.print(tbl)
+
+
+def _levels(s: t.Scenario, catalogue: dict[str, t.Dataset]) -> str:
+    lines = []
+    for d in s.datasets:
+        levels = {c.name: c.level for c in catalogue[d.name].columns} if d.name in catalogue else {}
+        lines.append(f"{d.name}: " + ", ".join(f"{c} ({levels.get(c, '?')})" for c in d.columns))
+    return "\n".join(lines)
 
 
 @app.command()
@@ -184,6 +203,13 @@ def audit(
     after: int = typer.Option(0, min=0, help="Show entries after this sequence number."),
     limit: int = typer.Option(100, min=1, help="Show at most this many entries."),
     head: bool = typer.Option(False, "--head", help="Show the log's latest signed tree head instead."),
+    principal: str = typer.Option("", help="Only this principal: its id, or a part of its name."),
+    grant: str = typer.Option("", help="Only entries under this grant id."),
+    method: str = typer.Option("", help="Only this method, e.g. RunQuery."),
+    status: str = typer.Option("", help="Only this status, e.g. OK or PERMISSION_DENIED."),
+    since: Optional[dt.datetime] = typer.Option(None, help="Only entries at or after this UTC time."),
+    until: Optional[dt.datetime] = typer.Option(None, help="Only entries before this UTC time."),
+    requests: bool = typer.Option(False, "--requests", help="Also show what each entry's call asked."),
 ) -> None:
     """The tamper-evident audit log: every call, allowed or refused, with the privacy budget it spent."""
     if ctx.invoked_subcommand is not None:
@@ -206,12 +232,17 @@ def audit(
             con.print(tbl)
             return
         # One entry more than shown tells whether there is more to page through.
-        entries = list(itertools.islice(admin.audit_entries(after_seq=after, page_size=min(limit + 1, 1000)),
-                                        limit + 1))
-    tbl = table("seq", "time", "principal", "method", "status", "error", "epsilon")
+        utc = dict(since=since.replace(tzinfo=since.tzinfo or dt.timezone.utc) if since else None,
+                   until=until.replace(tzinfo=until.tzinfo or dt.timezone.utc) if until else None)
+        entries = list(itertools.islice(admin.audit_entries(
+            after_seq=after, page_size=min(limit + 1, 1000), principal=principal, grant_id=grant, method=method,
+            status=status, **utc), limit + 1))
+    headers = ["seq", "time", "principal", "method", "grant", "status", "error", "epsilon"]
+    tbl = table(*headers, *(["asked"] if requests else []))
     for e in entries[:limit]:
-        row(tbl, e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.principal_id or "-", _method(e.method), e.status,
-            e.error_code or "", dec(e.epsilon) if e.epsilon else "")
+        who = f"{e.principal_name} ({e.principal_id})" if e.principal_name else e.principal_id or "-"
+        row(tbl, e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), who, _method(e.method), e.grant_id, e.status,
+            e.error_code or "", dec(e.epsilon) if e.epsilon else "", *([e.request] if requests else []))
     con.print(tbl)
     if len(entries) > limit:
         con.print(f"more entries follow: --after {entries[limit - 1].seq}")

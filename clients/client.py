@@ -24,14 +24,15 @@ from grpc_health.v1 import health_pb2
 
 from clients import serde
 from clients import types as t
-from clients.errors import InvalidArgument, PermissionDenied, Unavailable
+from clients.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from clients.he import EncryptedScores, HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
-from clients.signing import load_key, verify_terms_signature
+from clients.signing import load_key, missing_cosignatures, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from wire import transparency
+from wire.signing import cosign_payload
 from wire.budget import ATTO, NANO, to_units
 
 __all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient"]
@@ -43,6 +44,7 @@ _DP = "/sandbox.v1.DpQueryService/"
 _MODELS = "/sandbox.v1.ModelService/"
 _HE = "/sandbox.v1.HeScoringService/"
 _FL = "/sandbox.v1.FlTrainingService/"
+_STEWARD = "/sandbox.v1.StewardService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -143,13 +145,24 @@ class SandboxClient:
         return [serde.principal(p) for p in resp.administrators]
 
     def verify_grant(self, grant: t.Grant, admin_public_keys: Sequence[bytes] | None = None) -> t.GrantTerms:
-        """Check a grant's signature offline against administrators' public keys (fetched if not given)."""
+        """Check a grant offline against administrators' public keys (fetched if not given): the administrator's
+        signature over its terms, and every steward co-signature the signed terms require."""
         keys = list(admin_public_keys) if admin_public_keys is not None else [
             p.public_key for p in self.administrator_keys()]
         if not verify_terms_signature(grant.terms_bytes, grant.signature, keys):
             raise PermissionDenied("grant signature does not verify", status="PERMISSION_DENIED",
                                    code="GRANT_SIGNATURE_INVALID")
-        return serde.terms(grant.terms_bytes)
+        terms = serde.terms(grant.terms_bytes)
+        missing = missing_cosignatures(dataclasses.replace(grant, terms=terms))
+        if missing:
+            raise PermissionDenied(f"grant lacks a valid steward co-signature for {', '.join(missing)}",
+                                   status="PERMISSION_DENIED", code="GRANT_COSIGNATURE_MISSING")
+        return terms
+
+    def training_plan(self, plan_hash: str) -> t.TrainingPlan:
+        """A registered training plan (to administrators, auditors, stewards, its submitter and its grantees)."""
+        return serde.training_plan(self._t.call(_FL + "GetTrainingPlan", fl_pb2.GetTrainingPlanRequest(
+            plan_hash=plan_hash), fl_pb2.GetTrainingPlanResponse))
 
     def verify_receipt(self, receipt: t.Receipt | int, *,
                        audit_public_key: bytes | None = None) -> t.VerifiedReceipt:
@@ -165,7 +178,7 @@ class SandboxClient:
         seq = receipt if isinstance(receipt, int) else receipt.seq
         resp = self._receipt(seq)
         e, key = resp.entry, audit_public_key or resp.audit_public_key
-        fields = {k: getattr(e, k) for k in transparency.RECORD_FIELDS}
+        fields = {k: getattr(e, k) for k in (*transparency.RECORD_FIELDS, *transparency.OPTIONAL_FIELDS)}
         head = serde.tree_head(resp.head)
         problems = []
         if e.seq != seq or e.principal_id != self.principal_id:
@@ -384,6 +397,11 @@ class ResearcherClient(ApplicantClient):
         return self._t.call(_FL + "CancelTraining", fl_pb2.CancelTrainingRequest(job_id=job_id),
                             fl_pb2.CancelTrainingResponse).state
 
+    def training_jobs(self) -> list[t.TrainingJobSummary]:
+        """This researcher's training jobs on this server, newest first."""
+        resp = self._t.call(_FL + "ListTrainingJobs", fl_pb2.ListTrainingJobsRequest(), fl_pb2.ListTrainingJobsResponse)
+        return [serde.job_summary(j) for j in resp.jobs]
+
     def register_trained_model(self, job_id: str, *, name: str, private_features: Sequence[str],
                                description: str = "") -> str:
         """Put a completed job's logistic model in the model registry for HE scoring; returns its model hash.
@@ -397,17 +415,56 @@ class ResearcherClient(ApplicantClient):
         return self._t.call(_FL + "RegisterTrainedModel", req, fl_pb2.RegisterTrainedModelResponse).model_hash
 
 
+class StewardClient(SandboxClient):
+    """A data steward of the department that holds a dataset: reviews the scenarios touching its datasets and
+    co-signs the grants whose dataset policy asks for it (谁持有谁负责)."""
+
+    def steward_scenarios(self) -> list[t.Scenario]:
+        """Every scenario touching a dataset this steward speaks for, pending ones first."""
+        resp = self._t.call(_STEWARD + "ListStewardScenarios", admin_pb2.ListStewardScenariosRequest(),
+                            admin_pb2.ListStewardScenariosResponse)
+        return [serde.scenario(s) for s in resp.scenarios]
+
+    def cosign(self, grant_id: str, admin_public_keys: Sequence[bytes] | None = None) -> t.Scenario:
+        """Co-sign a grant with this steward's own key, after checking here that an administrator signed exactly
+        these terms and that they name this steward (the key never leaves)."""
+        scenario = next((s for s in self.steward_scenarios() if s.grant is not None and s.grant.id == grant_id), None)
+        if scenario is None or scenario.grant is None:
+            raise NotFound("no grant touching your datasets has this id", status="NOT_FOUND", code="NOT_FOUND")
+        grant = scenario.grant
+        keys = list(admin_public_keys) if admin_public_keys is not None else [
+            p.public_key for p in self.administrator_keys()]
+        if not verify_terms_signature(grant.terms_bytes, grant.signature, keys):
+            raise PermissionDenied("grant signature does not verify", status="PERMISSION_DENIED",
+                                   code="GRANT_SIGNATURE_INVALID")
+        if not any(self.principal_id in r.steward_ids for r in grant.terms.cosigners):
+            raise PermissionDenied("the grant's terms do not name you as a co-signer", status="PERMISSION_DENIED",
+                                   code="NOT_A_COSIGNER")
+        req = admin_pb2.CosignGrantRequest(grant_id=grant_id, signature=self._t.key.sign(
+            cosign_payload(grant.terms_bytes)))
+        return serde.scenario(self._t.call(_STEWARD + "CosignGrant", req, admin_pb2.CosignGrantResponse).scenario)
+
+
 class AuditorClient(SandboxClient):
     """A regulator or auditor: reads the audit log, witnesses its signed tree heads."""
 
-    def audit_entries(self, *, after_seq: int = 0, page_size: int = 1000) -> Iterator[t.AuditEntry]:
-        """Every audit entry after ``after_seq``, fetched page by page."""
+    def audit_entries(
+        self, *, after_seq: int = 0, page_size: int = 1000, principal: str = "", grant_id: str = "",
+        method: str = "", status: str = "", since: dt.datetime | None = None, until: dt.datetime | None = None,
+    ) -> Iterator[t.AuditEntry]:
+        """Every audit entry after ``after_seq`` matching the filters, fetched page by page (filtered by the server).
+
+        ``principal``: a principal id or part of a name; ``method``: the full method or its last part
+        (``RunQuery``); ``status``: e.g. ``OK``; ``since`` (inclusive) and ``until`` (exclusive): times.
+        """
+        req = audit_pb2.ListAuditEntriesRequest(
+            limit=page_size, principal=principal, grant_id=grant_id, method=method, status=status,
+            since_unix_ms=serde.ms(since) if since else 0, until_unix_ms=serde.ms(until) if until else 0)
         while True:
-            resp = self._t.call(_AUDIT + "ListAuditEntries",
-                                audit_pb2.ListAuditEntriesRequest(after_seq=after_seq, limit=page_size),
-                                audit_pb2.ListAuditEntriesResponse)
+            req.after_seq = after_seq
+            resp = self._t.call(_AUDIT + "ListAuditEntries", req, audit_pb2.ListAuditEntriesResponse)
             for e in resp.entries:
-                yield serde.audit_entry(e)
+                yield serde.audit_entry(e, resp.principal_names)
                 after_seq = e.seq
             if not resp.more:
                 return
@@ -506,10 +563,27 @@ class AdminClient(AuditorClient):
                 quota=app.quota if quota is None else quota, approver_id=self.principal_id,
                 approver_public_key=self._t.public_key,
                 issued_at_unix_ms=int(self._t.clock() * 1000),
+                cosigners=self._cosigners(datasets),
             )
         except ValueError as exc:
             raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)
+
+    def _cosigners(self, datasets: Sequence[common_pb2.DatasetSelection]) -> list[common_pb2.CosignRequirement]:
+        """The co-signers the datasets' stewardship asks of these selections (the server checks the same)."""
+        catalogue = {d.name: d for d in self.catalogue()}
+        needed = []
+        for sel in sorted(datasets, key=lambda s: s.name):
+            info = catalogue.get(sel.name)
+            st = info.stewardship if info is not None else None
+            if st is None or st.policy == "never":
+                continue
+            levels = {c.name: c.level for c in info.columns} if info is not None else {}
+            if st.policy == "sensitive" and not any(levels.get(c) == "sensitive" for c in sel.columns):
+                continue
+            needed.append(common_pb2.CosignRequirement(dataset=sel.name, steward_ids=list(st.steward_ids),
+                                                       steward_keys=list(st.steward_keys)))
+        return needed
 
     def _grantee_key(self, principal_id: str) -> bytes:
         for p in self.principals():
@@ -538,6 +612,20 @@ class AdminClient(AuditorClient):
     def reject(self, scenario_id: str, reason: str) -> t.Scenario:
         req = admin_pb2.RejectScenarioRequest(scenario_id=scenario_id, reason=reason)
         return serde.scenario(self._t.call(_ADMIN + "RejectScenario", req, admin_pb2.RejectScenarioResponse).scenario)
+
+    def set_stewardship(self, dataset: str, *, owner: str, stewards: Sequence[str], policy: str) -> t.Stewardship:
+        """Name a dataset's owning department, its stewards (principals with the steward role) and when they must
+        co-sign a grant: ``never``, ``sensitive`` (when a grant names a sensitive column) or ``always``."""
+        try:
+            pb_policy = common_pb2.CosignPolicy.Value("COSIGN_" + policy.upper())
+        except ValueError:
+            raise serde.invalid(f"policy {policy!r} is not one of never, sensitive, always") from None
+        req = admin_pb2.SetStewardshipRequest(dataset=dataset, owner=owner, steward_ids=list(stewards), policy=pb_policy)
+        resp = self._t.call(_ADMIN + "SetStewardship", req, admin_pb2.SetStewardshipResponse)
+        info = common_pb2.DatasetInfo(stewardship=resp.stewardship)
+        held = serde.dataset(info).stewardship
+        assert held is not None
+        return held
 
     def revoke(self, grant_id: str, reason: str) -> t.Scenario:
         req = admin_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason)

@@ -7,7 +7,7 @@ Enumerations map by name: a column type ``"integer"`` is ``TYPE_INTEGER``, an ag
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
@@ -70,8 +70,12 @@ def dataset(d: common_pb2.DatasetInfo) -> t.Dataset:
                  tuple(c.categories), c.description)
         for c in s.columns
     )
+    st = d.stewardship if d.HasField("stewardship") else None
+    held = None if st is None else t.Stewardship(
+        st.owner, tuple(st.steward_ids), tuple(st.steward_keys), _name(common_pb2.CosignPolicy, st.policy, "COSIGN_"),
+        when(st.updated_at_unix_ms))
     return t.Dataset(s.name, s.description, d.version, d.approx_rows, cols, s.person_key, s.max_rows_per_person,
-                     s.partition_column, s.source, when(d.imported_at_unix_ms))
+                     s.partition_column, s.source, when(d.imported_at_unix_ms), held)
 
 
 def schema_to_pb(s: t.DatasetSchema) -> common_pb2.DatasetSchema:
@@ -98,6 +102,7 @@ def terms(raw: bytes) -> t.GrantTerms:
         *budget(g.budget),
         from_units(g.max_epsilon_per_call_nano, NANO), when(g.not_before_unix_ms), when(g.not_after_unix_ms),
         g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
+        tuple(t.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys)) for c in g.cosigners),
     )
 
 
@@ -105,8 +110,11 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
     a = s.application
     grant = None
     if s.HasField("grant"):
-        grant = t.Grant(s.grant.id, terms(s.grant.terms), s.grant.terms, s.grant.signature, s.grant.revoked,
-                        s.grant.revoke_reason)
+        g = s.grant
+        grant = t.Grant(g.id, terms(g.terms), g.terms, g.signature, g.revoked, g.revoke_reason,
+                        tuple(t.Cosignature(c.dataset, c.steward_id, c.steward_key, c.signature,
+                                            when(c.signed_at_unix_ms)) for c in g.cosignatures),
+                        tuple(g.awaiting_cosignature))
     usage = None
     if s.HasField("usage"):
         usage = t.Usage(from_units(s.usage.epsilon_spent_nano, NANO), from_units(s.usage.delta_spent_atto, ATTO),
@@ -125,10 +133,27 @@ def import_result(r: admin_pb2.ImportDatasetResponse) -> t.ImportResult:
                           tuple(t.Rejection(x.line, x.column, x.reason) for x in r.rejected))
 
 
-def audit_entry(e: audit_pb2.AuditEntry) -> t.AuditEntry:
+def audit_entry(e: audit_pb2.AuditEntry, names: Mapping[str, str] | None = None) -> t.AuditEntry:
     return t.AuditEntry(e.seq, when(e.time_unix_ms), e.principal_id, e.method, e.scenario_id, e.grant_id, e.status,
                         e.error_code, from_units(e.epsilon_nano, NANO), from_units(e.delta_atto, ATTO),
-                        e.request_sha256, e.response_sha256, e.prev_hash, e.entry_hash)
+                        e.request_sha256, e.response_sha256, e.prev_hash, e.entry_hash, e.request,
+                        (names or {}).get(e.principal_id, ""))
+
+
+def training_plan(r: fl_pb2.GetTrainingPlanResponse) -> t.TrainingPlan:
+    p = r.template
+    return t.TrainingPlan(r.plan_hash, p.dataset, p.model, tuple(p.features), p.label, p.label_threshold,
+                          p.hidden_units, r.submitted_by)
+
+
+def training_settings(s: fl_pb2.TrainingSettings) -> t.TrainingSettings:
+    return t.TrainingSettings(s.rounds, s.local_epochs, s.learning_rate, s.fraction_per_round, s.strategy,
+                              s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta)
+
+
+def job_summary(j: fl_pb2.TrainingJobSummary) -> t.TrainingJobSummary:
+    return t.TrainingJobSummary(j.job_id, j.grant_id, j.plan_hash, j.state, j.round, j.rounds, j.epsilon_spent,
+                                when(j.started_at_unix_ms), training_settings(j.settings))
 
 
 def tree_head(h: audit_pb2.TreeHead) -> t.TreeHead:

@@ -73,6 +73,36 @@ class Dataset:
     partition_column: str
     source: str
     imported_at: dt.datetime
+    stewardship: Stewardship | None = None
+
+
+@dataclass(frozen=True)
+class Stewardship:
+    """Who holds a dataset: its department, the stewards who speak for it, and when they must co-sign a grant."""
+
+    owner: str
+    steward_ids: tuple[str, ...]
+    steward_keys: tuple[bytes, ...]  # in the order of steward_ids
+    policy: str  # never, sensitive (when a grant names a sensitive column) or always
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CosignRequirement:
+    """A dataset of a grant whose steward must co-sign: any one of these stewards (keys in id order)."""
+
+    dataset: str
+    steward_ids: tuple[str, ...]
+    steward_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    dataset: str
+    steward_id: str
+    public_key: bytes
+    signature: bytes
+    signed_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,7 @@ class GrantTerms:
     approver_id: str
     approver_public_key: bytes
     issued_at: dt.datetime
+    cosigners: tuple[CosignRequirement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,8 @@ class Grant:
     signature: bytes
     revoked: bool
     revoke_reason: str
+    cosignatures: tuple[Cosignature, ...] = ()
+    awaiting: tuple[str, ...] = ()  # datasets whose steward has not co-signed: the grant is not active until empty
 
 
 @dataclass(frozen=True)
@@ -181,6 +214,8 @@ class AuditEntry:
     response_sha256: str
     prev_hash: str
     entry_hash: str
+    request: str = ""  # canonical JSON of what was asked ("" for entries written before it was kept)
+    principal_name: str = ""  # as the server knows it when listed ("" if unknown)
 
 
 @dataclass(frozen=True)
@@ -331,6 +366,48 @@ class TrainingJob(str):
         job.epsilon_reserved = epsilon_reserved
         job.delta_reserved = delta_reserved
         return job
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A registered federated-training plan as its reviewers read it: what is trained on what."""
+
+    plan_hash: str
+    dataset: str
+    model: str  # logistic or mlp
+    features: tuple[str, ...]
+    label: str
+    label_threshold: float  # label = 1 where the label column is above this
+    hidden_units: int
+    submitted_by: str
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    rounds: int
+    local_epochs: int
+    learning_rate: float
+    fraction_per_round: float
+    strategy: str
+    proximal_mu: float
+    clipping_norm: float  # 0: no DP
+    noise_multiplier: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class TrainingJobSummary:
+    """One of the caller's training jobs on this server, as listed: where it stands."""
+
+    job_id: str
+    grant_id: str
+    plan_hash: str
+    state: str  # starting, running, completed, failed, cancelled, revoked
+    round: int
+    rounds: int
+    epsilon_spent: float
+    started_at: dt.datetime
+    settings: TrainingSettings
 
 
 @dataclass(frozen=True)

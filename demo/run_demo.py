@@ -21,8 +21,8 @@ from rich.table import Table
 
 import fl_server  # the narrator's own evaluation uses the engine's feature scaling and AUC
 from clients import (
-    AdminClient, ApplicantClient, AuditorClient, PermissionDenied, Query, ResearcherClient,
-    ResourceExhausted, generate_key, public_key_of,
+    AdminClient, ApplicantClient, AuditorClient, FailedPrecondition, PermissionDenied, Query, ResearcherClient,
+    ResourceExhausted, StewardClient, generate_key, public_key_of,
 )
 from clients.witness import witness
 from clients.he import sigmoid
@@ -203,7 +203,7 @@ FL_FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "p
 FL_THRESHOLD = 35.0  # dollars a year: the label is "medical spending above this public threshold"
 
 
-def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
+def federated_training(admin: AdminClient, lab: ResearcherClient, steward: StewardClient) -> str:
     """Chapter 9; returns the job id of the DP-trained model."""
     chapter(9, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
     plan = lab.register_plan(dataset="rand_hie", features=FL_FEATURES, label="meddol", label_threshold=FL_THRESHOLD)
@@ -211,11 +211,24 @@ def federated_training(admin: AdminClient, lab: ResearcherClient) -> str:
                   legal_basis="Research exemption, Health Data Act art. 9", kind="FL_TRAINING",
                   datasets={"rand_hie": [*FL_FEATURES, "meddol"]}, epsilon=40, delta="1e-5", quota=3,
                   model_hash=plan)
+    shown = admin.training_plan(plan)  # the reviewer reads the plan in full before signing
     grant = admin.approve(s.id).grant
     assert grant is not None
-    console.print(f"Plan {plan[:16]}… (logistic model, {len(FL_FEATURES)} features, label meddol > "
-                  f"${FL_THRESHOLD:.0f}) approved as grant {grant.id} with epsilon 40; each site is a Flower node "
-                  "that reads only its own rows.")
+    console.print(f"The reviewer read plan {plan[:16]}… in full ({shown.model} model; features "
+                  f"{', '.join(shown.features)}; label {shown.label} > ${shown.label_threshold:.0f}) and signed "
+                  f"grant {grant.id} with epsilon 40.")
+    try:
+        lab.start_training(grant.id, plan, rounds=1, clipping_norm=1.0, noise_multiplier=3.0, delta=1e-6)
+    except FailedPrecondition as exc:
+        console.print(f"The health records belong to the Health Commission, whose policy is to co-sign every grant "
+                      f"over them (谁持有谁负责). Before it does, training is refused: [red]{exc}[/]")
+    cosigned = steward.cosign(grant.id)
+    grant = cosigned.grant
+    assert grant is not None and not grant.awaiting
+    lab.verify_grant(grant)
+    console.print(f"The Commission's steward read the same terms and co-signed with its own key; the lab verified "
+                  f"both signatures offline ({len(grant.cosignatures)} steward co-signature, required by the "
+                  "administrator-signed terms). Each site is a Flower node that reads only its own rows.")
     runs = {}
     jobs = []
     for title, dp_args in (("with client-level DP (clipping 1, noise multiplier 3)",
@@ -314,16 +327,18 @@ def insurer_scoring(admin: AdminClient, lab: ResearcherClient, dp_job: str, addr
 
 def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     admin = AdminClient(address, key=data_dir / "keys" / "admin.key", ca=ca)
-    keys = {name: generate_key() for name in ("reviewer", "bank", "lab")}
+    keys = {name: generate_key() for name in ("reviewer", "bank", "lab", "steward")}
     admin.enrol(name="Zhang Min (reviewer)", organisation="City data bureau", roles=["admin"],
                 public_key=public_key_of(keys["reviewer"]))
     bank_p = admin.enrol(name="Harbour Bank", organisation="Harbour Bank Ltd", roles=["applicant"],
                          public_key=public_key_of(keys["bank"]))
     lab_p = admin.enrol(name="Health Economics Lab", organisation="City University", roles=["researcher"],
                         public_key=public_key_of(keys["lab"]))
+    steward_p = admin.enrol(name="Li Na (Health Commission data steward)", organisation="City Health Commission",
+                            roles=["steward"], public_key=public_key_of(keys["steward"]))
     console.print(f"The administrator enrolled a second administrator (the reviewer), {bank_p.name} "
-                  f"({bank_p.id}) and {lab_p.name} ({lab_p.id}). Each holds its own Ed25519 key; every "
-                  "request is signed.")
+                  f"({bank_p.id}), {lab_p.name} ({lab_p.id}) and the Health Commission's data steward "
+                  f"({steward_p.id}). Each holds its own Ed25519 key; every request is signed.")
 
     chapter(2, "Three public-sector tables go in, classified column by column (分类分级)")
     table = Table("dataset", "rows imported", "duplicates dropped", "version (content hash)", "levels")
@@ -335,8 +350,12 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
         table.add_row(name, f"{r.rows_imported:,}", str(r.duplicates_dropped), r.dataset.version[:16] + "…",
                       ", ".join(f"{n} {lvl}" for lvl, n in sorted(levels.items())))
     console.print(table)
+    admin.set_stewardship("rand_hie", owner="City Health Commission", stewards=[steward_p.id], policy="always")
+    console.print("The health experiment's records are held by the City Health Commission: its steward must "
+                  "co-sign every grant over them.")
 
     bank = ApplicantClient(address, key=keys["bank"], ca=ca)
+    steward = StewardClient(address, key=keys["steward"], ca=ca)
     lab = ResearcherClient(address, key=keys["lab"], ca=ca)
     reviewer = AdminClient(address, key=keys["reviewer"], ca=ca)
 
@@ -392,7 +411,7 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     statistics_office(admin, address, ca, audit_public_key)
     bank_scoring(admin, bank, address, ca)
 
-    dp_job = federated_training(admin, lab)
+    dp_job = federated_training(admin, lab, steward)
     insurer_scoring(admin, lab, dp_job, address, ca)
 
     chapter(11, "The bureau revokes, and everything is on the record")

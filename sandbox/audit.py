@@ -126,7 +126,8 @@ class AuditLog:
             entry_hash = compute_entry_hash(seq, time_ms, record, prev)
             r = record
             tx.audit_insert((seq, time_ms, r.principal_id, r.method, r.scenario_id, r.grant_id, r.status, r.error_code,
-                             r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash),
+                             r.epsilon_nano, r.delta_atto, r.request_sha256, r.response_sha256, prev, entry_hash,
+                             r.request),
                             self._key.sign(entry_payload(seq, entry_hash)))
         except StateError as exc:
             raise SandboxError(ErrorCode.AUDIT_UNAVAILABLE, log_detail=str(exc)) from exc
@@ -308,12 +309,18 @@ class Reservations:
 
 def _entry_from_row(row: tuple) -> AuditEntry:  # type: ignore[type-arg]
     seq, time_ms, principal, method, scenario, grant, status, code, eps, delta, req, resp, prev, h = row[:14]
-    record = AuditRecord(principal, method, status, code, scenario, grant, eps, delta, req, resp)
+    record = AuditRecord(principal, method, status, code, scenario, grant, eps, delta, req, resp,
+                         str(row[14] or "") if len(row) > 14 else "")
     return AuditEntry(seq, time_ms, record, prev, h)
 
 
 def read_entries(tx: Tx, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
     return [_entry_from_row(r) for r in tx.audit_entries(after_seq, limit)]
+
+
+def search_entries(tx: Tx, after_seq: int, limit: int, **filters: object) -> list[AuditEntry]:
+    """Entries after ``after_seq`` matching ``filters`` (see ``Tx.audit_search``), at most ``limit``."""
+    return [_entry_from_row(r) for r in tx.audit_search(after_seq, limit, **filters)]  # type: ignore[arg-type]
 
 
 def get_entry(tx: Tx, seq: int) -> AuditEntry | None:
@@ -597,7 +604,9 @@ def read_export(lines: Iterable[str]) -> Export:
                     raise ValueError("not a sandbox audit export of this version")
                 out.stated_key = str(obj.get("audit_public_key", ""))
             elif kind == "entry":
-                record = AuditRecord(**{k: obj[k] for k in record_fields})
+                # an export written before entries kept their request has no "request": the entry had none
+                fields = {k: obj[k] for k in record_fields if k != "request"}
+                record = AuditRecord(**fields, request=str(obj.get("request", "")))
                 sig = obj.get("signature")
                 out.entries.append((AuditEntry(int(obj["seq"]), int(obj["time_ms"]), record, str(obj["prev_hash"]),
                                                str(obj["entry_hash"])), bytes.fromhex(sig) if sig else None))

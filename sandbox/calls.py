@@ -27,6 +27,8 @@ class Call:
     scenario_id: str = ""
     grant_id: str = ""
     request_sha256: str = ""
+    #: The canonical description of what was asked (``sandbox.describe``), for the call's audit entries.
+    request: str = ""
     charge_epsilon_nano: int = 0
     charge_delta_atto: int = 0
 

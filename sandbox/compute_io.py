@@ -109,6 +109,21 @@ class StartTraining:
 
 
 @dataclass(frozen=True)
+class JobSummary:
+    """One training job as its owner lists it: where it stands, never what it trained on."""
+
+    job_id: str
+    grant_id: str
+    plan_hash: str
+    state: str
+    round: int
+    rounds: int
+    epsilon_spent: float
+    started_at_ms: int
+    settings: TrainingSettings
+
+
+@dataclass(frozen=True)
 class StartedJob:
     job_id: str
     reserved: Budget

@@ -11,6 +11,15 @@ class Role(str, enum.Enum):
     APPLICANT = "applicant"
     RESEARCHER = "researcher"
     AUDITOR = "auditor"
+    STEWARD = "steward"
+
+
+class CosignPolicy(str, enum.Enum):
+    """When a grant over a dataset needs the co-signature of the dataset's steward (谁持有谁负责)."""
+
+    NEVER = "never"
+    SENSITIVE = "sensitive"  # when the grant names one of the dataset's sensitive columns
+    ALWAYS = "always"
 
 
 class PrincipalStatus(str, enum.Enum):
@@ -111,6 +120,36 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
+class Stewardship:
+    """Who holds a dataset (every version): its department, the stewards who speak for it, the co-signing policy."""
+
+    dataset: str
+    owner: str
+    steward_ids: tuple[str, ...]
+    policy: CosignPolicy
+    updated_at_ms: int = 0
+    steward_keys: tuple[bytes, ...] = ()  # the stewards' enrolled keys, in the order of steward_ids
+
+
+@dataclass(frozen=True)
+class CosignRequirement:
+    """One dataset of a grant whose steward must co-sign: any one of the listed stewards (keys in id order)."""
+
+    dataset: str
+    steward_ids: tuple[str, ...]
+    steward_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class GrantCosignature:
+    dataset: str
+    steward_id: str
+    steward_key: bytes
+    signature: bytes
+    signed_at_ms: int
+
+
+@dataclass(frozen=True)
 class DatasetSelection:
     name: str
     version: str
@@ -156,6 +195,7 @@ class GrantTerms:
     approver_id: str
     approver_public_key: bytes
     issued_at_ms: int
+    cosigners: tuple[CosignRequirement, ...] = ()
 
     def dataset(self, name: str) -> DatasetSelection | None:
         for ds in self.datasets:
@@ -172,10 +212,17 @@ class Grant:
     terms: GrantTerms
     revoked_at_ms: int | None = None
     revoke_reason: str = ""
+    cosignatures: tuple[GrantCosignature, ...] = ()
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at_ms is not None
+
+    @property
+    def awaiting(self) -> tuple[str, ...]:
+        """The datasets whose steward has not co-signed yet: the grant is not active until this is empty."""
+        done = {c.dataset for c in self.cosignatures}
+        return tuple(r.dataset for r in self.terms.cosigners if r.dataset not in done)
 
 
 @dataclass(frozen=True)
@@ -211,6 +258,8 @@ class AuditRecord:
     delta_atto: int = 0
     request_sha256: str = ""
     response_sha256: str = ""
+    #: A canonical, non-secret description of what was asked (JSON); covered by the entry hash when not empty.
+    request: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class ErrorCode(str, enum.Enum):
     GRANT_REVOKED = "GRANT_REVOKED"
     GRANT_EXPIRED = "GRANT_EXPIRED"
     GRANT_NOT_YET_VALID = "GRANT_NOT_YET_VALID"
+    GRANT_AWAITING_COSIGNATURE = "GRANT_AWAITING_COSIGNATURE"
     OUTSIDE_GRANT = "OUTSIDE_GRANT"
     COLUMN_CORE = "COLUMN_CORE"
     COLUMN_NOT_NAMED = "COLUMN_NOT_NAMED"
@@ -86,6 +87,7 @@ CATALOGUE: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.GRANT_REVOKED: ("PERMISSION_DENIED", "grant has been revoked"),
     ErrorCode.GRANT_EXPIRED: ("PERMISSION_DENIED", "grant has expired"),
     ErrorCode.GRANT_NOT_YET_VALID: ("PERMISSION_DENIED", "grant is not valid yet"),
+    ErrorCode.GRANT_AWAITING_COSIGNATURE: ("FAILED_PRECONDITION", "grant awaits its data steward's co-signature"),
     ErrorCode.OUTSIDE_GRANT: ("PERMISSION_DENIED", "request lies outside the grant"),
     ErrorCode.COLUMN_CORE: ("PERMISSION_DENIED", "core columns may not be used in any scenario"),
     ErrorCode.COLUMN_NOT_NAMED: ("PERMISSION_DENIED", "column must be named explicitly"),

@@ -32,7 +32,7 @@ from sandbox import catalogue, fl_plans, grants, he_models, he_release, ledger, 
 from sandbox.calls import Call, Deferred
 from sandbox.columns import ArrayCache
 from sandbox.compute_io import (
-    RegisteredModel, RegisterTrainedModel, StartedJob, StartTraining, Tensor, TrainingEvent, TrainingOutcome,
+    JobSummary, RegisteredModel, RegisterTrainedModel, StartedJob, StartTraining, Tensor, TrainingEvent, TrainingOutcome,
     TrainingSettings,
 )
 from sandbox.config import ServerConfig
@@ -55,6 +55,8 @@ class Job:
     charged: Budget
     dataset: str = ""
     plan_hash: str = ""
+    settings: TrainingSettings = field(default_factory=TrainingSettings)
+    started_at_ms: int = 0
     state: str = "starting"
     message: str = ""
     events: list[TrainingEvent] = field(default_factory=list)
@@ -144,7 +146,7 @@ class JobManager:
             cost = ledger.cost_units(epsilon, delta)
         policy.charge(call, auth, cost, quota=1)
         job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
-                  dataset=template.dataset, plan_hash=req.plan_hash)
+                  dataset=template.dataset, plan_hash=req.plan_hash, settings=req.settings, started_at_ms=call.now_ms)
 
         def launch() -> StartedJob:
             with self._lock:
@@ -153,6 +155,20 @@ class JobManager:
             return StartedJob(job_id=job.id, reserved=cost)
 
         return Deferred(launch)
+
+    def jobs_of(self, call: Call) -> list[JobSummary]:
+        """The caller's jobs on this server, newest first (jobs live in the server that started them)."""
+        with self._lock:
+            mine = [j for j in self._jobs.values() if j.owner == call.principal.id]
+        found = []
+        for job in sorted(mine, key=lambda j: (-j.started_at_ms, j.id)):
+            with job.changed:
+                last = job.events[-1] if job.events else None
+                state = job.state
+            found.append(JobSummary(job.id, job.grant_id, job.plan_hash, state, last.round if last else 0,
+                                    last.rounds if last else job.plan.rounds, last.epsilon_spent if last else 0.0,
+                                    job.started_at_ms, job.settings))
+        return found
 
     def job_of(self, call: Call, job_id: str) -> Job:
         with self._lock:

@@ -11,10 +11,13 @@ import functools
 import hashlib
 from collections.abc import Iterable
 
-from sandbox import ledger, principals, serde
-from sandbox.domain import Application, Grant, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus
+from sandbox import ledger, principals, serde, stewards
+from sandbox.domain import (
+    Application, Grant, GrantCosignature, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus,
+)
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
+from wire.signing import cosign_payload
 from sandbox.state import Conflict, Tx
 
 
@@ -23,28 +26,58 @@ def grant_id_for(terms_bytes: bytes) -> str:
     return "g-" + hashlib.sha256(terms_bytes).hexdigest()[:32]
 
 
-def _row_to_grant(row: tuple) -> Grant:
+def _row_to_grant(tx: Tx, row: tuple) -> Grant:  # type: ignore[type-arg]
     gid, terms, sig, revoked_at, reason = row
-    return Grant(gid, bytes(terms), bytes(sig), serde.terms_from_bytes(bytes(terms)), revoked_at, reason)
+    parsed = serde.terms_from_bytes(bytes(terms))
+    cosigned = tuple(GrantCosignature(str(d), str(s), bytes(k), bytes(g), int(t))
+                     for d, s, k, g, t in tx.cosign_list(gid)) if parsed.cosigners else ()
+    return Grant(gid, bytes(terms), bytes(sig), parsed, revoked_at, reason, cosigned)
 
 
 def get(tx: Tx, grant_id: str) -> Grant | None:
     row = tx.grant_get(grant_id)
-    return _row_to_grant(row) if row else None
+    return _row_to_grant(tx, row) if row else None
 
 
 def for_scenario(tx: Tx, scenario_id: str) -> Grant | None:
     row = tx.grant_for_scenario(scenario_id)
-    return _row_to_grant(row) if row else None
+    return _row_to_grant(tx, row) if row else None
 
 
-def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterable[bytes]) -> GrantTerms:
-    """Offline check: the terms were signed by one of these administrators. Returns the parsed terms."""
+def held_by(tx: Tx, principal_id: str) -> list[Grant]:
+    """The grants of the scenarios ``principal_id`` applied for."""
+    found = []
+    for row in tx.scenario_list(applicant_id=principal_id):
+        grant = for_scenario(tx, row[0])
+        if grant is not None:
+            found.append(grant)
+    return found
+
+
+def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterable[bytes],
+                 cosignatures: Iterable[GrantCosignature] = ()) -> GrantTerms:
+    """Offline check: the terms were signed by one of these administrators and carry every co-signature they
+    require (each by a steward the signed terms name). Returns the parsed terms."""
     terms = serde.terms_from_bytes(terms_bytes)
     keys = set(admin_public_keys)
     if terms.approver_public_key not in keys or not verify_signature(terms.approver_public_key, signature, terms_bytes):
         raise SandboxError(ErrorCode.INVALID_TERMS, "grant signature does not verify")
+    missing = unsigned(terms, terms_bytes, cosignatures)
+    if missing:
+        raise SandboxError(ErrorCode.INVALID_TERMS, f"grant lacks a valid steward co-signature for {', '.join(missing)}")
     return terms
+
+
+def unsigned(terms: GrantTerms, terms_bytes: bytes, cosignatures: Iterable[GrantCosignature]) -> list[str]:
+    """The datasets of ``terms`` that require a co-signature and have no valid one among ``cosignatures``."""
+    have = list(cosignatures)
+    missing = []
+    for req in terms.cosigners:
+        allowed = dict(zip(req.steward_ids, req.steward_keys))
+        if not any(c.dataset == req.dataset and allowed.get(c.steward_id) == c.steward_key
+                   and _signed(c.steward_key, c.signature, cosign_payload(terms_bytes)) for c in have):
+            missing.append(req.dataset)
+    return missing
 
 
 @functools.lru_cache(maxsize=4096)
@@ -63,6 +96,11 @@ def verify_stored(tx: Tx, grant: Grant) -> None:
         grant.terms_bytes
     ):
         raise SandboxError(ErrorCode.INTERNAL, log_detail=f"grant {grant.id}: stored signature does not verify")
+    required = {r.dataset for r in grant.terms.cosigners}
+    for c in grant.cosignatures:  # a co-signature row written behind the server's back activates nothing
+        if c.dataset not in required or c.dataset in unsigned(grant.terms, grant.terms_bytes, [c]):
+            raise SandboxError(ErrorCode.INTERNAL,
+                               log_detail=f"grant {grant.id}: stored co-signature of {c.dataset} does not verify")
 
 
 def check_terms_narrow(terms: GrantTerms, scenario: Scenario, app: Application, approver: Principal,
@@ -122,6 +160,7 @@ def approve(
     if applicant.status is not PrincipalStatus.ACTIVE:
         raise SandboxError(ErrorCode.PRINCIPAL_INACTIVE, "applicant is not active")
     check_terms_narrow(terms, scenario, scenario.application, approver, applicant, now_ms, skew_ms)
+    stewards.check_terms(tx, terms)
     grant = Grant(grant_id_for(terms_bytes), terms_bytes, signature, terms)
     try:
         tx.grant_insert(grant.id, scenario.id, terms_bytes, signature, approver.id, now_ms)
@@ -142,3 +181,29 @@ def revoke(tx: Tx, grant_id: str, reason: str, *, now_ms: int) -> Grant:
     tx.grant_revoke(grant_id, now_ms, reason)
     tx.scenario_decide(grant.terms.scenario_id, "revoked", reason=reason)
     return get(tx, grant_id)  # type: ignore[return-value]
+
+
+def cosign(tx: Tx, grant_id: str, steward: Principal, signature: bytes, *, now_ms: int) -> Grant:
+    """Record ``steward``'s co-signature of a grant for every dataset of it that awaits this steward."""
+    grant = get(tx, grant_id)
+    mine = [r for r in grant.terms.cosigners if steward.id in r.steward_ids] if grant is not None else []
+    if grant is None or not mine:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no grant awaiting your co-signature has this id")
+    if grant.revoked:
+        raise SandboxError(ErrorCode.GRANT_REVOKED)
+    todo = [r for r in mine if r.dataset in grant.awaiting]
+    if not todo:
+        raise SandboxError(ErrorCode.ALREADY_EXISTS, "these datasets are already co-signed")
+    for r in todo:
+        if r.steward_keys[r.steward_ids.index(steward.id)] != steward.public_key:
+            raise SandboxError(ErrorCode.INVALID_TERMS, "the terms name another key for you: ask for a new approval")
+    if not verify_signature(steward.public_key, signature, cosign_payload(grant.terms_bytes)):
+        raise SandboxError(ErrorCode.INVALID_TERMS, "co-signature does not verify with your key over these terms")
+    for r in todo:
+        try:
+            tx.cosign_insert(grant.id, r.dataset, steward.id, steward.public_key, signature, now_ms)
+        except Conflict as exc:  # a concurrent co-signature of the same dataset won
+            raise SandboxError(ErrorCode.ALREADY_EXISTS, "this dataset is already co-signed") from exc
+    found = get(tx, grant.id)
+    assert found is not None
+    return found

@@ -42,6 +42,7 @@ from google.protobuf.message import DecodeError
 
 from sandbox import principals
 from sandbox.calls import _CURRENT, Call, Deferred
+from sandbox.describe import describe, describe_stream
 from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
@@ -232,16 +233,18 @@ class SigningInterceptor(grpc.ServerInterceptor):
         request_sha = request_sha or sha256_hex(raw)  # type: ignore[arg-type]
         claimed = _claimed_principal(metadata)
         call: Call | None = None
+        described = ""
         try:
             if admitted is None:
                 admitted = self._authenticate(method, metadata, request_sha, now_ms, _peer_host(context))
             principal, headers = admitted.principal, admitted.headers
             request = self._admit(method, handler, principal, raw)
+            described = describe_stream(method, raw) if isinstance(raw, list) else describe(method, request)
             if not isinstance(raw, list):
                 self._warm(handler.unary_unary, principal, request)
             with self._db.write() as tx:
                 claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
-                call = Call(principal, tx, now_ms, request_sha256=request_sha)
+                call = Call(principal, tx, now_ms, request_sha256=request_sha, request=described)
                 token = _CURRENT.set(call)
                 try:
                     behaviour = handler.stream_unary if isinstance(raw, list) else handler.unary_unary
@@ -263,7 +266,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
             log.info("%s principal=%s status=OK", method, principal.id)
             return body
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
-            self._refuse(context, method, claimed, request_sha, exc, call, admitted)
+            self._refuse(context, method, claimed, request_sha, exc, call, admitted, described)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _warm(self, behaviour: Any, principal: Principal, request: Any) -> None:
@@ -306,13 +309,15 @@ class SigningInterceptor(grpc.ServerInterceptor):
         claimed = _claimed_principal(metadata)
         call: Call | None = None
         admitted: _Admitted | None = None
+        described = ""
         try:
             admitted = self._authenticate(method, metadata, request_sha, now_ms, _peer_host(context))
             principal, headers = admitted.principal, admitted.headers
             request = self._admit(method, handler, principal, raw)
+            described = describe(method, request)
             with self._db.write() as tx:
                 claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
-                call = Call(principal, tx, now_ms, request_sha256=request_sha)
+                call = Call(principal, tx, now_ms, request_sha256=request_sha, request=described)
                 token = _CURRENT.set(call)
                 try:
                     events = handler.unary_stream(request, context)
@@ -326,7 +331,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     return
                 yield handler.response_serializer(event)
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
-            self._refuse(context, method, claimed, request_sha, exc, call, admitted)
+            self._refuse(context, method, claimed, request_sha, exc, call, admitted, described)
 
     def _compute_and_release(
         self, call: Call, method: str, request_sha: str, deferred: Deferred, handler: Any,
@@ -374,7 +379,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 charged: bool = False, error_code: str = "") -> AuditRecord:
         eps, delta = (call.charge_epsilon_nano, call.charge_delta_atto) if charged else (0, 0)
         return AuditRecord(call.principal.id, method, status, error_code, call.scenario_id, call.grant_id, eps,
-                           delta, request_sha, response_sha)
+                           delta, request_sha, response_sha, call.request)
 
     def _authenticate(self, method: str, metadata: dict, request_sha: str, now_ms: int,  # type: ignore[type-arg]
                       peer: str) -> _Admitted:
@@ -411,7 +416,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
 
     def _refuse(
         self, context: grpc.ServicerContext, method: str, claimed: str, request_sha: str, exc: Exception,
-        call: Call | None, admitted: _Admitted | None = None,
+        call: Call | None, admitted: _Admitted | None = None, described: str = "",
     ) -> None:
         """Audit the refusal (and claim an authenticated request's nonce), then abort with the public message.
 
@@ -435,7 +440,8 @@ class SigningInterceptor(grpc.ServerInterceptor):
             if not exc.audited and (not outsider or self._refusals.admit(_peer_host(context), self._clock())):
                 entry = self._audit.append_alone(
                     AuditRecord(claimed, method, exc.status, exc.code.value, call.scenario_id if call else "",
-                                call.grant_id if call else "", 0, 0, request_sha, ""),
+                                call.grant_id if call else "", 0, 0, request_sha, "",
+                                call.request if call else described),
                     also=(lambda tx: claim_nonce_if_new(tx, *nonce)) if nonce else None)
                 receipt = entry.seq
             # Over budget (the caller is not active): not written; a request signed now is refused once the key

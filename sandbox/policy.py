@@ -102,6 +102,9 @@ def check_call(
     terms = grant.terms
     if grant.revoked:
         raise SandboxError(ErrorCode.GRANT_REVOKED)
+    if grant.awaiting:
+        raise SandboxError(ErrorCode.GRANT_AWAITING_COSIGNATURE,
+                           f"the steward of {', '.join(grant.awaiting)} has not co-signed this grant yet")
     if now_ms < terms.not_before_ms:
         raise SandboxError(ErrorCode.GRANT_NOT_YET_VALID)
     if now_ms >= terms.not_after_ms:

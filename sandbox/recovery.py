@@ -27,7 +27,7 @@ def close_open_records(audit: AuditLog) -> int:
         for entry in book.still_open():
             r = entry.record
             audit.append(tx, AuditRecord(r.principal_id, r.method, LOST, LOST_CODE, r.scenario_id, r.grant_id, 0, 0,
-                                           r.request_sha256, ""))
+                                           r.request_sha256, "", r.request))
             closed += 1
         lost = tx.release_mark_lost()
     if closed or lost:

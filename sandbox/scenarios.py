@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde
+from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde, stewards
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
 )
@@ -107,11 +107,28 @@ def _sees_all(viewer: Principal) -> bool:
 
 
 def get(tx: Tx, scenario_id: str, viewer: Principal) -> Scenario:
-    """A scenario, to its applicant or an administrator; to anyone else it does not exist."""
+    """A scenario, to its applicant, administrators, auditors and the stewards of one of its datasets; to anyone
+    else it does not exist."""
     row = tx.scenario_get(scenario_id)
-    if row is None or (row[1] != viewer.id and not _sees_all(viewer)):
+    if row is None or (row[1] != viewer.id and not _sees_all(viewer) and not _stewards_it(tx, viewer, row)):
         raise SandboxError(ErrorCode.NOT_FOUND, "no such scenario")
     return _load(tx, row)
+
+
+def _stewards_it(tx: Tx, viewer: Principal, row: tuple) -> bool:  # type: ignore[type-arg]
+    if Role.STEWARD not in viewer.roles:
+        return False
+    mine = stewards.datasets_of(tx, viewer)
+    return any(d.name in mine for d in serde.application_from_bytes(bytes(row[2])).datasets)
+
+
+def list_for_steward(tx: Tx, steward: Principal) -> list[Scenario]:
+    """Every scenario that touches one of the datasets ``steward`` speaks for, pending ones first."""
+    mine = stewards.datasets_of(tx, steward)
+    found = [r for r in tx.scenario_list()
+             if any(d.name in mine for d in serde.application_from_bytes(bytes(r[2])).datasets)]
+    return sorted((_load(tx, r) for r in found), key=lambda s: (s.status is not ScenarioStatus.PENDING,
+                                                                 -s.created_at_ms))
 
 
 def list_for(tx: Tx, viewer: Principal) -> list[Scenario]:

@@ -27,6 +27,7 @@ ROLE_TO_PB = {
     d.Role.APPLICANT: common_pb2.ROLE_APPLICANT,
     d.Role.RESEARCHER: common_pb2.ROLE_RESEARCHER,
     d.Role.AUDITOR: common_pb2.ROLE_AUDITOR,
+    d.Role.STEWARD: common_pb2.ROLE_STEWARD,
 }
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 STATUS_TO_PB = {
@@ -126,11 +127,31 @@ def schema_to_pb(s: d.DatasetSchema) -> common_pb2.DatasetSchema:
     )
 
 
-def dataset_info_to_pb(info: d.DatasetInfo) -> common_pb2.DatasetInfo:
-    return common_pb2.DatasetInfo(
+COSIGN_POLICY_TO_PB = {
+    d.CosignPolicy.NEVER: common_pb2.COSIGN_NEVER,
+    d.CosignPolicy.SENSITIVE: common_pb2.COSIGN_SENSITIVE,
+    d.CosignPolicy.ALWAYS: common_pb2.COSIGN_ALWAYS,
+}
+COSIGN_POLICY_FROM_PB = {v: k for k, v in COSIGN_POLICY_TO_PB.items()}
+
+
+def cosign_policy_from_pb(value: int) -> d.CosignPolicy:
+    return _enum(COSIGN_POLICY_FROM_PB, value, "co-signing policy")
+
+
+def stewardship_to_pb(st: d.Stewardship) -> common_pb2.Stewardship:
+    return common_pb2.Stewardship(owner=st.owner, steward_ids=list(st.steward_ids), steward_keys=list(st.steward_keys),
+                                  policy=COSIGN_POLICY_TO_PB[st.policy], updated_at_unix_ms=st.updated_at_ms)
+
+
+def dataset_info_to_pb(info: d.DatasetInfo, stewardship: d.Stewardship | None = None) -> common_pb2.DatasetInfo:
+    pb = common_pb2.DatasetInfo(
         schema=schema_to_pb(info.schema), version=info.version, approx_rows=info.public_rows,
         imported_at_unix_ms=info.imported_at_ms,
     )
+    if stewardship is not None:
+        pb.stewardship.CopyFrom(stewardship_to_pb(stewardship))
+    return pb
 
 
 def import_report_to_pb(r: d.ImportReport) -> admin_pb2.ImportDatasetResponse:
@@ -196,6 +217,8 @@ def terms_from_bytes(raw: bytes) -> d.GrantTerms:
         max_epsilon_per_call_nano=t.max_epsilon_per_call_nano, not_before_ms=t.not_before_unix_ms,
         not_after_ms=t.not_after_unix_ms, quota=t.quota, approver_id=t.approver_id,
         approver_public_key=t.approver_public_key, issued_at_ms=t.issued_at_unix_ms,
+        cosigners=tuple(d.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys))
+                        for c in t.cosigners),
     )
 
 
@@ -203,6 +226,10 @@ def grant_to_pb(g: d.Grant) -> common_pb2.Grant:
     return common_pb2.Grant(
         id=g.id, terms=g.terms_bytes, signature=g.signature, revoked=g.revoked,
         revoke_reason=g.revoke_reason, revoked_at_unix_ms=g.revoked_at_ms or 0,
+        cosignatures=[common_pb2.GrantCosignature(dataset=c.dataset, steward_id=c.steward_id, steward_key=c.steward_key,
+                                                  signature=c.signature, signed_at_unix_ms=c.signed_at_ms)
+                      for c in g.cosignatures],
+        awaiting_cosignature=list(g.awaiting),
     )
 
 
@@ -230,7 +257,7 @@ def audit_entry_to_pb(e: d.AuditEntry) -> audit_pb2.AuditEntry:
         seq=e.seq, time_unix_ms=e.time_ms, principal_id=r.principal_id, method=r.method,
         scenario_id=r.scenario_id, grant_id=r.grant_id, status=r.status, error_code=r.error_code,
         epsilon_nano=r.epsilon_nano, delta_atto=r.delta_atto, request_sha256=r.request_sha256,
-        response_sha256=r.response_sha256, prev_hash=e.prev_hash, entry_hash=e.entry_hash,
+        response_sha256=r.response_sha256, prev_hash=e.prev_hash, entry_hash=e.entry_hash, request=r.request,
     )
 
 
@@ -343,6 +370,11 @@ def plan_from_pb(t: fl_pb2.PlanTemplate) -> PlanTemplate:
     return PlanTemplate(t.dataset, t.model, tuple(t.features), t.label, t.label_threshold, t.hidden_units)
 
 
+def plan_to_pb(t: PlanTemplate) -> fl_pb2.PlanTemplate:
+    return fl_pb2.PlanTemplate(dataset=t.dataset, model=t.model, features=list(t.features), label=t.label,
+                               label_threshold=t.label_threshold, hidden_units=t.hidden_units)
+
+
 # -- the compute services' requests and results (``sandbox.compute_io``) ---------------------------------------------
 
 
@@ -415,6 +447,19 @@ def start_training_from_pb(req: fl_pb2.StartTrainingRequest) -> io.StartTraining
 
 def started_job_to_pb(j: io.StartedJob) -> fl_pb2.StartTrainingResponse:
     return fl_pb2.StartTrainingResponse(job_id=j.job_id, reserved=budget_to_pb(j.reserved))
+
+
+def training_settings_to_pb(s: io.TrainingSettings) -> fl_pb2.TrainingSettings:
+    return fl_pb2.TrainingSettings(
+        rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
+        fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
+        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta)
+
+
+def job_summary_to_pb(j: io.JobSummary) -> fl_pb2.TrainingJobSummary:
+    return fl_pb2.TrainingJobSummary(
+        job_id=j.job_id, grant_id=j.grant_id, plan_hash=j.plan_hash, state=j.state, round=j.round, rounds=j.rounds,
+        epsilon_spent=j.epsilon_spent, started_at_unix_ms=j.started_at_ms, settings=training_settings_to_pb(j.settings))
 
 
 def training_event_to_pb(e: io.TrainingEvent) -> fl_pb2.TrainingEvent:

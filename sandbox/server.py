@@ -31,7 +31,8 @@ log = logging.getLogger("sandbox.server")
 
 SERVICE_NAMES = tuple(
     f.services_by_name[name].full_name
-    for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (applicant_pb2.DESCRIPTOR, "ApplicantService"),
+    for f, name in ((admin_pb2.DESCRIPTOR, "AdminService"), (admin_pb2.DESCRIPTOR, "StewardService"),
+                    (applicant_pb2.DESCRIPTOR, "ApplicantService"),
                     (audit_pb2.DESCRIPTOR, "AuditService"), (dp_pb2.DESCRIPTOR, "DpQueryService"),
                     (he_pb2.DESCRIPTOR, "ModelService"), (he_pb2.DESCRIPTOR, "HeScoringService"),
                     (fl_pb2.DESCRIPTOR, "FlTrainingService"))

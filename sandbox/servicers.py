@@ -20,7 +20,7 @@ from protos.sandbox.v1 import (
 )
 from sandbox import (
     audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
-    serde,
+    serde, stewards,
 )
 from sandbox.audit import AuditLog
 from sandbox.calls import Deferred, current_call
@@ -47,7 +47,8 @@ AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
 METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     **{f"/sandbox.v1.AdminService/{m}": ADMIN for m in (
         "EnrolPrincipal", "ListPrincipals", "ApprovePrincipal", "SuspendPrincipal", "ImportDataset",
-        "ListPendingScenarios", "ApproveScenario", "RejectScenario", "RevokeGrant")},
+        "ListPendingScenarios", "ApproveScenario", "RejectScenario", "RevokeGrant", "SetStewardship")},
+    **{f"/sandbox.v1.StewardService/{m}": frozenset({Role.STEWARD}) for m in ("ListStewardScenarios", "CosignGrant")},
     **{f"/sandbox.v1.ApplicantService/{m}": None for m in (
         "Register", "WhoAmI", "ListCatalogue", "Apply", "GetScenario", "ListScenarios", "CheckAccess",
         "ListAdministratorKeys")},
@@ -61,7 +62,8 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     **{f"/sandbox.v1.HeScoringService/{m}": frozenset({Role.APPLICANT}) for m in ("RegisterContext", "Score")},
     **{f"/sandbox.v1.FlTrainingService/{m}": frozenset({Role.RESEARCHER}) for m in (
         "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining",
-        "RegisterTrainedModel")},
+        "RegisterTrainedModel", "ListTrainingJobs")},
+    "/sandbox.v1.FlTrainingService/GetTrainingPlan": None,  # reviewers and grantees (checked by fl_plans.get_for)
 }
 
 
@@ -132,6 +134,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         s = scenarios.get(call.tx, g.terms.scenario_id, call.principal)
         return admin_pb2.RevokeGrantResponse(scenario=serde.scenario_to_pb(s))
 
+    def SetStewardship(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        st = stewards.put(call.tx, request.dataset, owner=request.owner, steward_ids=list(request.steward_ids),
+                          policy=serde.cosign_policy_from_pb(request.policy), by=call.principal, now_ms=call.now_ms)
+        return admin_pb2.SetStewardshipResponse(stewardship=serde.stewardship_to_pb(st))
+
+
+class StewardServicer(admin_pb2_grpc.StewardServiceServicer):
+    def ListStewardScenarios(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        found = scenarios.list_for_steward(call.tx, call.principal)
+        return admin_pb2.ListStewardScenariosResponse(scenarios=[serde.scenario_to_pb(s) for s in found])
+
+    def CosignGrant(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        call.annotate(grant_id=request.grant_id)
+        g = grants.cosign(call.tx, request.grant_id, call.principal, request.signature, now_ms=call.now_ms)
+        call.annotate(scenario_id=g.terms.scenario_id)
+        s = scenarios.get(call.tx, g.terms.scenario_id, call.principal)
+        return admin_pb2.CosignGrantResponse(scenario=serde.scenario_to_pb(s))
+
 
 class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
     def __init__(self, config: ServerConfig) -> None:
@@ -149,8 +172,11 @@ class ApplicantServicer(applicant_pb2_grpc.ApplicantServiceServicer):
         return applicant_pb2.WhoAmIResponse(principal=serde.principal_to_pb(current_call().principal))
 
     def ListCatalogue(self, request, context):  # type: ignore[no-untyped-def]
-        infos = catalogue.list_catalogue(current_call().tx)
-        return applicant_pb2.ListCatalogueResponse(datasets=[serde.dataset_info_to_pb(i) for i in infos])
+        tx = current_call().tx
+        held = stewards.all_of(tx)
+        infos = catalogue.list_catalogue(tx)
+        return applicant_pb2.ListCatalogueResponse(datasets=[serde.dataset_info_to_pb(i, held.get(i.schema.name))
+                                                             for i in infos])
 
     def Apply(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
@@ -194,9 +220,24 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "limit is at most 1000")
         if request.after_seq > serde.MAX_SEQ:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"after_seq is at most {serde.MAX_SEQ}")
-        entries = audit.read_entries(current_call().tx, request.after_seq, limit + 1)
+        tx = current_call().tx
+        everyone = principals.list_all(tx)
+        filters: dict[str, object] = {
+            "grant_id": request.grant_id, "status": request.status.strip().upper(),
+            "since_ms": max(0, request.since_unix_ms), "until_ms": max(0, request.until_unix_ms)}
+        if request.principal.strip():
+            wanted = request.principal.strip().lower()
+            filters["principal_ids"] = [p.id for p in everyone if p.id == wanted or wanted in p.name.lower()]
+        if request.method.strip():
+            name = request.method.strip()
+            filters["methods"] = [m for m in METHOD_ROLES if m == name or m.rsplit("/", 1)[-1] == name]
+        entries = audit.search_entries(tx, request.after_seq, limit + 1, **filters)[:limit + 1]
+        names = {p.id: p.name for p in everyone}
+        shown = entries[:limit]
         return audit_pb2.ListAuditEntriesResponse(
-            entries=[serde.audit_entry_to_pb(e) for e in entries[:limit]], more=len(entries) > limit)
+            entries=[serde.audit_entry_to_pb(e) for e in shown], more=len(entries) > limit,
+            principal_names={e.record.principal_id: names[e.record.principal_id] for e in shown
+                             if e.record.principal_id in names})
 
     def GetAuditHead(self, request, context):  # type: ignore[no-untyped-def]
         tx = current_call().tx
@@ -280,6 +321,7 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
         call = current_call()
         spec, submitted_by = he_models.get(call.tx, request.model_hash)
         if not (submitted_by == call.principal.id or call.principal.roles & {Role.ADMIN, Role.AUDITOR}
+                or Role.STEWARD in call.principal.roles and spec.dataset in stewards.datasets_of(call.tx, call.principal)
                 or scenarios.granted_model(call.tx, call.principal, request.model_hash)):
             # a model is its submitter's, the reviewers', and the applicants an administrator let score with it
             raise SandboxError(ErrorCode.NOT_FOUND, "no such model")
@@ -355,6 +397,16 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
                                           rule=self._config.release_rule)
         return serde.registered_model_to_pb(model)
 
+    def GetTrainingPlan(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        template, submitted_by = fl_plans.get_for(call.tx, request.plan_hash, call.principal)
+        return fl_pb2.GetTrainingPlanResponse(template=serde.plan_to_pb(template), plan_hash=request.plan_hash,
+                                              submitted_by=submitted_by, canonical=template.canonical())
+
+    def ListTrainingJobs(self, request, context):  # type: ignore[no-untyped-def]
+        jobs = self._jobs.jobs_of(current_call())
+        return fl_pb2.ListTrainingJobsResponse(jobs=[serde.job_summary_to_pb(j) for j in jobs])
+
 
 def add_servicers(
     server: grpc.Server, config: ServerConfig, log: AuditLog, db: State, catalogue_key: bytes,
@@ -370,4 +422,5 @@ def add_servicers(
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(config, catalogue_key), server)
     applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(config), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log), server)
+    admin_pb2_grpc.add_StewardServiceServicer_to_server(StewardServicer(), server)
     return [he.close]

@@ -80,6 +80,15 @@ def verify_signature(public_key: bytes, signature: bytes, payload: bytes) -> boo
     return True
 
 
+#: The domain of a data steward's co-signature of grant terms (never the same bytes an administrator signs).
+COSIGN_DOMAIN = b"sandbox.v1-grant-cosignature\n"
+
+
+def cosign_payload(terms: bytes) -> bytes:
+    """What a data steward signs to co-sign a grant: a fixed domain line, then the exact terms bytes."""
+    return COSIGN_DOMAIN + terms
+
+
 def signing_payload(method: str, timestamp_ms: int, nonce: str, body_sha256: str) -> bytes:
     return f"sandbox.v1-request\n{method}\n{timestamp_ms}\n{nonce}\n{body_sha256}".encode()
 

@@ -31,12 +31,16 @@ ALGORITHM = "sha256"
 #: The fields of an audit record, in the canonical form every entry hash covers.
 RECORD_FIELDS = ("principal_id", "method", "status", "error_code", "scenario_id", "grant_id", "epsilon_nano",
                  "delta_atto", "request_sha256", "response_sha256")
+#: Fields an entry hash covers only when they are not empty (added after the first entries were written, whose
+#: hashes must not change): the canonical description of what was asked.
+OPTIONAL_FIELDS = ("request",)
 _HASHER = MerkleHasher(ALGORITHM)
 
 
 def entry_hash(seq: int, time_ms: int, prev_hash: str, record: Mapping[str, object]) -> str:
     """SHA-256 (hex) over the canonical JSON of an entry: its sequence number, time, previous hash and record."""
     body = {"seq": seq, "time_ms": time_ms, "prev_hash": prev_hash, **{k: record[k] for k in RECORD_FIELDS}}
+    body.update({k: record[k] for k in OPTIONAL_FIELDS if record.get(k)})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

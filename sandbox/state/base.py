@@ -21,11 +21,12 @@ their types); bytes come back as ``bytes``.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 #: The schema version this code writes (``meta.schema_version``); older versions are migrated at open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Row = tuple[Any, ...]
 
@@ -125,6 +126,27 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def grant_revoke(self, grant_id: str, revoked_at_ms: int, reason: str) -> None: ...
 
+    # --- grant co-signatures: (dataset, steward_id, steward_key, signature, signed_at_ms) ---------------------------
+    @abc.abstractmethod
+    def cosign_insert(self, grant_id: str, dataset: str, steward_id: str, steward_key: bytes, signature: bytes,
+                      signed_at_ms: int) -> None:
+        """Conflict if this grant's dataset is already co-signed."""
+
+    @abc.abstractmethod
+    def cosign_list(self, grant_id: str) -> list[Row]: ...
+
+    # --- stewardship: (dataset, owner, steward_ids (comma-separated), policy, updated_at_ms) -----------------------
+    @abc.abstractmethod
+    def stewardship_put(self, dataset: str, owner: str, steward_ids: str, policy: str, updated_at_ms: int,
+                        updated_by: str) -> None:
+        """Set (insert or replace) a dataset's stewardship."""
+
+    @abc.abstractmethod
+    def stewardship_get(self, dataset: str) -> Row | None: ...
+
+    @abc.abstractmethod
+    def stewardship_list(self) -> list[Row]: ...
+
     # --- budgets: (epsilon_cap_nano, delta_cap_atto, quota_cap, epsilon_spent_nano, delta_spent_atto, quota_used)
     @abc.abstractmethod
     def budget_open(self, grant_id: str, epsilon_cap_nano: int, delta_cap_atto: int, quota_cap: int) -> None: ...
@@ -141,7 +163,7 @@ class Tx(abc.ABC):
         """(grant_id, epsilon_spent_nano, delta_spent_atto) of every grant, by grant id."""
 
     # --- audit log: (seq, time_ms, principal_id, method, scenario_id, grant_id, status, error_code, epsilon_nano,
-    #     delta_atto, request_sha256, response_sha256, prev_hash, entry_hash) ---------------------------------------
+    #     delta_atto, request_sha256, response_sha256, prev_hash, entry_hash, request) ------------------------------
     @abc.abstractmethod
     def audit_tail(self) -> tuple[int, str] | None:
         """(seq, entry_hash) of the last entry. In a write transaction, the log is held until it ends."""
@@ -155,6 +177,13 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def audit_entries_signed(self, after_seq: int = 0, limit: int | None = None) -> list[tuple[Row, bytes | None]]:
         """Entries with their signatures (None for an entry from before entries were signed)."""
+
+    @abc.abstractmethod
+    def audit_search(self, after_seq: int, limit: int, *, principal_ids: Sequence[str] | None = None,
+                     grant_id: str = "", methods: Sequence[str] | None = None, status: str = "", since_ms: int = 0,
+                     until_ms: int = 0) -> list[Row]:
+        """Up to ``limit`` entries after ``after_seq`` matching every filter given (None/empty: no filter; an
+        empty id or method list matches nothing), in order."""
 
     @abc.abstractmethod
     def audit_hashes(self, after_seq: int, upto_seq: int) -> list[tuple[int, str, bytes | None]]:

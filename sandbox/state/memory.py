@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,8 @@ class _Tables:
         self.releases: dict[tuple[str, str], list[Any]] = {}
         self.content: dict[str, dict[str, Row]] = {t: {} for t in CONTENT_TABLES}
         self.he: dict[int, tuple[str, bytes]] = {}
+        self.grant_cosignatures: dict[tuple[str, str], Row] = {}
+        self.stewardship: dict[str, Row] = {}
 
 
 _PRINCIPAL = ("id", "name", "organisation", "roles", "public_key", "status", "created_at_ms", "active_since_ms")
@@ -176,6 +178,31 @@ class MemoryTx(Tx):
         if g is not None:
             g["revoked_at_ms"], g["revoke_reason"] = revoked_at_ms, reason
 
+    def cosign_insert(self, grant_id: str, dataset: str, steward_id: str, steward_key: bytes, signature: bytes,
+                      signed_at_ms: int) -> None:
+        t = self._w()
+        if grant_id not in t.grants:
+            raise StateError("no such grant")
+        if (grant_id, dataset) in t.grant_cosignatures:
+            raise Conflict("cosignature")
+        t.grant_cosignatures[(grant_id, dataset)] = (dataset, steward_id, bytes(steward_key), bytes(signature),
+                                                     signed_at_ms)
+
+    def cosign_list(self, grant_id: str) -> list[Row]:
+        return [r for (g, _), r in sorted(self._t.grant_cosignatures.items()) if g == grant_id]
+
+    def stewardship_put(self, dataset: str, owner: str, steward_ids: str, policy: str, updated_at_ms: int,
+                        updated_by: str) -> None:
+        if policy not in ("never", "sensitive", "always"):
+            raise StateError("bad policy")
+        self._w().stewardship[dataset] = (dataset, owner, steward_ids, policy, updated_at_ms)
+
+    def stewardship_get(self, dataset: str) -> Row | None:
+        return self._t.stewardship.get(dataset)
+
+    def stewardship_list(self) -> list[Row]:
+        return [self._t.stewardship[k] for k in sorted(self._t.stewardship)]
+
     def budget_open(self, grant_id: str, epsilon_cap_nano: int, delta_cap_atto: int, quota_cap: int) -> None:
         t = self._w()
         if grant_id in t.budgets:
@@ -208,7 +235,7 @@ class MemoryTx(Tx):
 
     def audit_insert(self, row: Row, signature: bytes) -> None:
         t = self._w()
-        if len(row) != 14 or row[0] != len(t.audit) + 1:
+        if len(row) != 15 or row[0] != len(t.audit) + 1:
             raise Conflict("audit entry out of sequence")
         t.audit.append((tuple(row), bytes(signature) if signature is not None else None))
 
@@ -221,6 +248,19 @@ class MemoryTx(Tx):
 
     def audit_entries_signed(self, after_seq: int = 0, limit: int | None = None) -> list[tuple[Row, bytes | None]]:
         return list(self._entries(after_seq, limit))
+
+    def audit_search(self, after_seq: int, limit: int, *, principal_ids: Sequence[str] | None = None,
+                     grant_id: str = "", methods: Sequence[str] | None = None, status: str = "", since_ms: int = 0,
+                     until_ms: int = 0) -> list[Row]:
+        found: list[Row] = []
+        for r, _ in self._t.audit[max(0, after_seq):]:
+            if len(found) >= limit:
+                break
+            if ((principal_ids is None or r[2] in principal_ids) and (not grant_id or r[5] == grant_id)
+                    and (methods is None or r[3] in methods) and (not status or r[6] == status)
+                    and r[1] >= since_ms and (not until_ms or r[1] < until_ms)):
+                found.append(r)
+        return found
 
     def audit_hashes(self, after_seq: int, upto_seq: int) -> list[tuple[int, str, bytes | None]]:
         return [(int(r[0]), str(r[13]), s) for r, s in self._t.audit[max(0, after_seq):max(0, upto_seq)]]

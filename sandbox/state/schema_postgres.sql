@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     response_sha256 TEXT NOT NULL,
     prev_hash       TEXT NOT NULL,
     entry_hash      TEXT NOT NULL,
+    request         TEXT NOT NULL DEFAULT '',  -- canonical description of what was asked (covered by entry_hash)
     signature       BYTEA
 );
 CREATE INDEX IF NOT EXISTS audit_log_request ON audit_log (request_sha256);
@@ -182,3 +183,31 @@ CREATE OR REPLACE TRIGGER no_truncate_budgets BEFORE TRUNCATE ON budgets
     FOR EACH STATEMENT EXECUTE FUNCTION sandbox_refuse('budgets cannot be deleted');
 CREATE OR REPLACE TRIGGER no_truncate_grants BEFORE TRUNCATE ON grants
     FOR EACH STATEMENT EXECUTE FUNCTION sandbox_refuse('grants cannot be deleted');
+
+-- Who holds each dataset (every version): its department, its stewards, when they must co-sign (谁持有谁负责).
+CREATE TABLE IF NOT EXISTS stewardship (
+    dataset       TEXT PRIMARY KEY,
+    owner         TEXT NOT NULL,
+    steward_ids   TEXT NOT NULL,
+    policy        TEXT NOT NULL CHECK (policy IN ('never', 'sensitive', 'always')),
+    updated_at_ms BIGINT NOT NULL,
+    updated_by    TEXT NOT NULL
+);
+
+-- Stewards' co-signatures of grant terms: append-only; a grant that needs one is inactive until it is here.
+CREATE TABLE IF NOT EXISTS grant_cosignatures (
+    grant_id     TEXT NOT NULL REFERENCES grants (id),
+    dataset      TEXT NOT NULL,
+    steward_id   TEXT NOT NULL,
+    steward_key  BYTEA NOT NULL,
+    signature    BYTEA NOT NULL,
+    signed_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (grant_id, dataset)
+);
+CREATE OR REPLACE TRIGGER grant_cosignatures_append_only BEFORE UPDATE OR DELETE ON grant_cosignatures
+    FOR EACH ROW EXECUTE FUNCTION sandbox_refuse('co-signatures are append-only');
+CREATE OR REPLACE TRIGGER no_truncate_grant_cosignatures BEFORE TRUNCATE ON grant_cosignatures
+    FOR EACH STATEMENT EXECUTE FUNCTION sandbox_refuse('co-signatures are append-only');
+
+-- Schema version 3: what was asked, on the record.
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS request TEXT NOT NULL DEFAULT '';

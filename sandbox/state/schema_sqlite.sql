@@ -106,6 +106,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     response_sha256 TEXT NOT NULL,
     prev_hash       TEXT NOT NULL,
     entry_hash      TEXT NOT NULL,
+    request         TEXT NOT NULL DEFAULT '',  -- canonical description of what was asked (covered by entry_hash)
     signature       BLOB                    -- the audit key's over (seq, entry_hash); NULL before entries were signed
 );
 CREATE INDEX IF NOT EXISTS audit_log_request ON audit_log (request_sha256);
@@ -189,3 +190,28 @@ CREATE TABLE IF NOT EXISTS he_scored (
     pseudonyms BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS he_scored_grant ON he_scored (grant_id, batch);
+
+-- Who holds each dataset (every version): its department, its stewards, when they must co-sign (谁持有谁负责).
+CREATE TABLE IF NOT EXISTS stewardship (
+    dataset       TEXT PRIMARY KEY,
+    owner         TEXT NOT NULL,
+    steward_ids   TEXT NOT NULL,            -- comma-separated principal ids
+    policy        TEXT NOT NULL CHECK (policy IN ('never', 'sensitive', 'always')),
+    updated_at_ms INTEGER NOT NULL,
+    updated_by    TEXT NOT NULL
+);
+
+-- Stewards' co-signatures of grant terms: append-only; a grant that needs one is inactive until it is here.
+CREATE TABLE IF NOT EXISTS grant_cosignatures (
+    grant_id     TEXT NOT NULL REFERENCES grants (id),
+    dataset      TEXT NOT NULL,
+    steward_id   TEXT NOT NULL,
+    steward_key  BLOB NOT NULL,
+    signature    BLOB NOT NULL,
+    signed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (grant_id, dataset)
+);
+CREATE TRIGGER IF NOT EXISTS grant_cosignatures_no_update BEFORE UPDATE ON grant_cosignatures
+BEGIN SELECT RAISE(ABORT, 'co-signatures are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS grant_cosignatures_no_delete BEFORE DELETE ON grant_cosignatures
+BEGIN SELECT RAISE(ABORT, 'co-signatures are append-only'); END;

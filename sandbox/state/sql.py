@@ -16,7 +16,7 @@ from sandbox.state.base import CONTENT_TABLES, Conflict, Row, Tx
 
 _AUDIT_COLUMNS = (
     "seq, time_ms, principal_id, method, scenario_id, grant_id, status, error_code, "
-    "epsilon_nano, delta_atto, request_sha256, response_sha256, prev_hash, entry_hash"
+    "epsilon_nano, delta_atto, request_sha256, response_sha256, prev_hash, entry_hash, request"
 )
 _PRINCIPAL = "SELECT id, name, organisation, roles, public_key, status, created_at_ms, active_since_ms FROM principals"
 _DATASET = "SELECT name, version, schema_json, row_count, imported_at_ms, public_rows FROM datasets"
@@ -26,6 +26,9 @@ _BUDGET = ("SELECT epsilon_cap_nano, delta_cap_atto, quota_cap, epsilon_spent_na
            "FROM budgets")
 _HEAD = "SELECT size, root_hash, signed_at_ms, signature FROM tree_heads"
 _COSIG = "SELECT size, witness_id, witness_key, head_signed_at_ms, signature FROM head_cosignatures"
+_STEWARDSHIP = "SELECT dataset, owner, steward_ids, policy, updated_at_ms FROM stewardship"
+_GRANT_COSIG = ("SELECT dataset, steward_id, steward_key, signature, signed_at_ms FROM grant_cosignatures "
+                "WHERE grant_id = ? ORDER BY dataset")
 _CONTENT_KEYS = {"models": "model_hash", "plans": "plan_hash"}
 assert set(_CONTENT_KEYS) == set(CONTENT_TABLES)
 
@@ -167,6 +170,31 @@ class SqlTx(Tx):
         self._run("UPDATE grants SET revoked_at_ms = ?, revoke_reason = ? WHERE id = ?",
                   (revoked_at_ms, reason, grant_id))
 
+    def cosign_insert(self, grant_id: str, dataset: str, steward_id: str, steward_key: bytes, signature: bytes,
+                      signed_at_ms: int) -> None:
+        self._insert_unique(
+            "INSERT INTO grant_cosignatures (grant_id, dataset, steward_id, steward_key, signature, signed_at_ms) "
+            "VALUES (?,?,?,?,?,?)", (grant_id, dataset, steward_id, steward_key, signature, signed_at_ms),
+            "cosignature")
+
+    def cosign_list(self, grant_id: str) -> list[Row]:
+        return self._all(_GRANT_COSIG, (grant_id,))
+
+    # --- stewardship
+    def stewardship_put(self, dataset: str, owner: str, steward_ids: str, policy: str, updated_at_ms: int,
+                        updated_by: str) -> None:
+        self._run("INSERT INTO stewardship (dataset, owner, steward_ids, policy, updated_at_ms, updated_by) "
+                  "VALUES (?,?,?,?,?,?) ON CONFLICT (dataset) DO UPDATE SET owner = excluded.owner, "
+                  "steward_ids = excluded.steward_ids, policy = excluded.policy, "
+                  "updated_at_ms = excluded.updated_at_ms, updated_by = excluded.updated_by",
+                  (dataset, owner, steward_ids, policy, updated_at_ms, updated_by))
+
+    def stewardship_get(self, dataset: str) -> Row | None:
+        return self._one(_STEWARDSHIP + " WHERE dataset = ?", (dataset,))
+
+    def stewardship_list(self) -> list[Row]:
+        return self._all(_STEWARDSHIP + " ORDER BY dataset")
+
     # --- budgets
     def budget_open(self, grant_id: str, epsilon_cap_nano: int, delta_cap_atto: int, quota_cap: int) -> None:
         self._insert_unique("INSERT INTO budgets (grant_id, epsilon_cap_nano, delta_cap_atto, quota_cap) "
@@ -200,7 +228,7 @@ class SqlTx(Tx):
         return (int(row[0]), str(row[1])) if row else None
 
     def audit_insert(self, row: Row, signature: bytes) -> None:
-        self._run(f"INSERT INTO audit_log ({_AUDIT_COLUMNS}, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self._run(f"INSERT INTO audit_log ({_AUDIT_COLUMNS}, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                   (*row, signature))
 
     def audit_entries(self, after_seq: int = 0, limit: int | None = None) -> list[Row]:
@@ -210,7 +238,37 @@ class SqlTx(Tx):
     def audit_entries_signed(self, after_seq: int = 0, limit: int | None = None) -> list[tuple[Row, bytes | None]]:
         sql = f"SELECT {_AUDIT_COLUMNS}, signature FROM audit_log WHERE seq > ? ORDER BY seq"
         rows = self._all(sql + " LIMIT ?", (after_seq, limit)) if limit is not None else self._all(sql, (after_seq,))
-        return [(r[:14], r[14]) for r in rows]
+        return [(r[:15], r[15]) for r in rows]
+
+    def audit_search(self, after_seq: int, limit: int, *, principal_ids: Sequence[str] | None = None,
+                     grant_id: str = "", methods: Sequence[str] | None = None, status: str = "", since_ms: int = 0,
+                     until_ms: int = 0) -> list[Row]:
+        where: list[str] = ["seq > ?"]
+        args: list[Any] = [after_seq]
+        if principal_ids is not None:
+            if not principal_ids:
+                return []
+            where.append(f"principal_id IN ({','.join('?' * len(principal_ids))})")
+            args.extend(principal_ids)
+        if grant_id:
+            where.append("grant_id = ?")
+            args.append(grant_id)
+        if methods is not None:
+            if not methods:
+                return []
+            where.append(f"method IN ({','.join('?' * len(methods))})")
+            args.extend(methods)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if since_ms:
+            where.append("time_ms >= ?")
+            args.append(since_ms)
+        if until_ms:
+            where.append("time_ms < ?")
+            args.append(until_ms)
+        return self._all(f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                         (*args, limit))
 
     def audit_hashes(self, after_seq: int, upto_seq: int) -> list[tuple[int, str, bytes | None]]:
         return [(int(s), str(h), g) for s, h, g in self._all(

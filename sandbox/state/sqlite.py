@@ -191,6 +191,9 @@ class SqliteState(State):
             _migrate_audit(conn)
             if "active_since_ms" not in {row[1] for row in conn.execute("PRAGMA table_info(principals)")}:
                 conn.execute("ALTER TABLE principals ADD COLUMN active_since_ms INTEGER NOT NULL DEFAULT 0")
+            # Version 3: each audit entry keeps a description of what was asked (older entries keep '').
+            if "request" not in {row[1] for row in conn.execute("PRAGMA table_info(audit_log)")}:
+                conn.execute("ALTER TABLE audit_log ADD COLUMN request TEXT NOT NULL DEFAULT ''")
             with db.write() as tx:
                 tx.meta_put("schema_version", str(SCHEMA_VERSION))
         return db

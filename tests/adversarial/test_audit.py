@@ -45,7 +45,8 @@ def filled(tmp_path: Path) -> tuple[Path, bytes]:
     for i in range(100):
         with db.write() as conn:
             log.append(conn, AuditRecord(f"p-{i % 7}", "/sandbox.v1.X/Y", "OK" if i % 5 else "PERMISSION_DENIED",
-                                         "" if i % 5 else "WRONG_ROLE", epsilon_nano=i, request_sha256="ab" * 32))
+                                         "" if i % 5 else "WRONG_ROLE", epsilon_nano=i, request_sha256="ab" * 32,
+                                         request="" if i % 3 else f'{{"dataset":"adult_census","n":{i}}}'))
         log.after_commit()
     log.checkpoint()  # as at shutdown
     db.close()
@@ -175,9 +176,11 @@ def _rechain(conn: sqlite3.Connection, *, edit=None, key=None) -> None:  # type:
     if given, and (with ``key``) re-sign every remaining tree head over the new entries."""
     prev = audit.GENESIS_HASH
     hashes = []
-    for row in raw(conn).execute("SELECT * FROM audit_log ORDER BY seq").fetchall():
-        seq, time_ms, principal, method, scen, grant, status, code, eps, delta, req, resp, _, _, sig = row
-        record = AuditRecord(principal, method, status, code, scen, grant, eps, delta, req, resp)
+    columns = ("seq, time_ms, principal_id, method, scenario_id, grant_id, status, error_code, epsilon_nano, "
+               "delta_atto, request_sha256, response_sha256, request, signature")
+    for row in raw(conn).execute(f"SELECT {columns} FROM audit_log ORDER BY seq").fetchall():
+        seq, time_ms, principal, method, scen, grant, status, code, eps, delta, req, resp, asked, sig = row
+        record = AuditRecord(principal, method, status, code, scen, grant, eps, delta, req, resp, asked)
         if edit is not None:
             record = edit(seq, record)
         h = compute_entry_hash(seq, time_ms, record, prev)
@@ -237,7 +240,7 @@ def test_triggers_refuse_update_and_delete(filled) -> None:  # type: ignore[no-u
         raw(conn).execute("DELETE FROM tree_heads")
 
 
-@pytest.mark.parametrize("attack", ["edit", "delete", "reorder"])
+@pytest.mark.parametrize("attack", ["edit", "delete", "reorder", "rewrite what was asked", "erase what was asked"])
 def test_edited_deleted_or_reordered_rows_are_named(filled, attack: str) -> None:  # type: ignore[no-untyped-def]
     data_dir, key = filled
     conn = _insider(data_dir)
@@ -245,13 +248,18 @@ def test_edited_deleted_or_reordered_rows_are_named(filled, attack: str) -> None
         raw(conn).execute("UPDATE audit_log SET epsilon_nano = 0 WHERE seq = 42")
     elif attack == "delete":
         raw(conn).execute("DELETE FROM audit_log WHERE seq = 17")
+    elif attack == "rewrite what was asked":  # seq 42 asked nothing recorded; give it another request
+        raw(conn).execute("""UPDATE audit_log SET request = '{"dataset":"credit_default"}' WHERE seq = 42""")
+    elif attack == "erase what was asked":  # seq 43 (i = 42) recorded its request; blank it
+        assert raw(conn).execute("SELECT request FROM audit_log WHERE seq = 43").fetchone()[0]
+        raw(conn).execute("UPDATE audit_log SET request = '' WHERE seq = 43")
     else:
         raw(conn).execute("UPDATE audit_log SET seq = -1 WHERE seq = 60")
         raw(conn).execute("UPDATE audit_log SET seq = 60 WHERE seq = 61")
         raw(conn).execute("UPDATE audit_log SET seq = 61 WHERE seq = -1")
     report = _verify(data_dir, key)
-    assert report.exit_code == audit.TAMPERED and report.first_bad_seq == {"edit": 42, "delete": 17, "reorder": 60}[
-        attack], report.findings
+    expected = {"edit": 42, "delete": 17, "reorder": 60, "rewrite what was asked": 42, "erase what was asked": 43}
+    assert report.exit_code == audit.TAMPERED and report.first_bad_seq == expected[attack], report.findings
 
 
 def test_truncation_with_the_heads_above_deleted_is_caught_by_a_saved_head(filled) -> None:  # type: ignore[no-untyped-def]
@@ -313,7 +321,9 @@ def test_a_forged_entry_appended_after_the_signed_head_is_caught(filled, signatu
     record = AuditRecord("p-forged", "/sandbox.v1.X/Y", "OK")
     h = compute_entry_hash(101, 1, record, prev)
     sig = None if signature == "none" else os.urandom(64)
-    raw(conn).execute("INSERT INTO audit_log VALUES (101, 1, 'p-forged', '/sandbox.v1.X/Y', '', '', 'OK', '', 0, 0, '', "
+    raw(conn).execute("INSERT INTO audit_log (seq, time_ms, principal_id, method, scenario_id, grant_id, status, "
+                      "error_code, epsilon_nano, delta_atto, request_sha256, response_sha256, prev_hash, entry_hash, "
+                      "signature) VALUES (101, 1, 'p-forged', '/sandbox.v1.X/Y', '', '', 'OK', '', 0, 0, '', "
                  "'', ?, ?, ?)", (prev, h, sig))
     report = _verify(data_dir, key)
     assert report.exit_code == audit.TAMPERED and report.first_bad_seq == 101, report.findings

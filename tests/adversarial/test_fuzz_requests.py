@@ -91,8 +91,8 @@ def message_strategy(desc: d.Descriptor, depth: int = 0) -> st.SearchStrategy:  
 
 
 SERVICES = [(f, name) for f, names in (
-    (admin_pb2, ("AdminService",)), (applicant_pb2, ("ApplicantService",)), (audit_pb2, ("AuditService",)),
-    (dp_pb2, ("DpQueryService",)), (he_pb2, ("ModelService", "HeScoringService")), (fl_pb2, ("FlTrainingService",)))
+    (admin_pb2, ("AdminService", "StewardService")), (applicant_pb2, ("ApplicantService",)),
+    (audit_pb2, ("AuditService",)), (dp_pb2, ("DpQueryService",)), (he_pb2, ("ModelService", "HeScoringService")), (fl_pb2, ("FlTrainingService",)))
     for name in names]
 METHODS = [m for f, name in SERVICES for m in f.DESCRIPTOR.services_by_name[name].methods]
 

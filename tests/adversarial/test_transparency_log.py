@@ -165,7 +165,10 @@ def test_the_witness_catches_an_insider_after_a_witnessed_head(tmp_path: Path, a
                 n = raw(conn).execute("SELECT MAX(seq) FROM audit_log").fetchone()[0] + 1
                 forged = AuditRecord(office.principal_id, "/sandbox.v1.DpQueryService/RunQuery", "OK")  # type: ignore[attr-defined]
                 h = compute_entry_hash(n, 1, forged, prev)
-                raw(conn).execute("INSERT INTO audit_log VALUES (?, 1, ?, ?, '', '', 'OK', '', 0, 0, '', '', ?, ?, NULL)",
+                raw(conn).execute("INSERT INTO audit_log (seq, time_ms, principal_id, method, scenario_id, grant_id, "
+                                  "status, error_code, epsilon_nano, delta_atto, request_sha256, response_sha256, "
+                                  "prev_hash, entry_hash, signature) "
+                                  "VALUES (?, 1, ?, ?, '', '', 'OK', '', 0, 0, '', '', ?, ?, NULL)",
                              (n, forged.principal_id, forged.method, prev, h))
 
         _stop_tamper_restart(sbx, tamper)

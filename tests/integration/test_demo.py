@@ -37,6 +37,8 @@ def test_demo_runs_end_to_end() -> None:
     assert float(noise.group(2)) == pytest.approx(float(rule.group(1)), rel=0.15)  # 1,000 draws: 7 standard errors
     assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
     assert "charged epsilon" in text and "withheld" in text
+    assert "[GRANT_AWAITING_COSIGNATURE]" in text and "co-signed with its own key" in text
+    assert "features xage, female" in text  # the reviewer read the training plan in full
     fl_he = re.search(r"Riverside Mutual scored 500 people .* release rule's noise \(sd (\S+), measured (\S+)\)\.",
                       text, re.S)
     assert fl_he is not None

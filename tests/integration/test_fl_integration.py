@@ -41,6 +41,21 @@ def fl_env(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     sbx.stop()
 
 
+def test_a_researcher_lists_its_own_training_jobs(fl_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, lab, plan, grant = fl_env
+    g = grant()
+    job = lab.start_training(g, plan, rounds=2, local_epochs=1, learning_rate=0.5, clipping_norm=1.0,
+                             noise_multiplier=1.0, delta=1e-6)
+    last = list(lab.watch_training(job))[-1]
+    listed = {j.job_id: j for j in lab.training_jobs()}
+    mine = listed[str(job)]
+    assert (mine.grant_id, mine.plan_hash, mine.state, mine.round, mine.rounds) == (g, plan, "completed", 2, 2)
+    assert mine.epsilon_spent == pytest.approx(last.epsilon_spent) and mine.settings.noise_multiplier == 1.0
+    other = enrol_client(admin, sbx, ResearcherClient, "Other lab", ["researcher"])
+    assert other.training_jobs() == []  # another researcher's jobs are not listed
+    other.close()
+
+
 def spent(sbx, grant_id: str) -> int:  # type: ignore[no-untyped-def]
     db = Database(sbx.data_dir / "sandbox.db")
     try:

@@ -64,6 +64,7 @@ RPC_BOUNDARY = {
         "interceptor.py",  # authentication, audit and error translation around every RPC
         "servicers.py",  # request message -> domain call -> response message
         "serde.py",  # the conversions themselves
+        "describe.py",  # what was asked, from the request message, for its audit entry
     },
     "clients": {
         "serde.py",  # the conversions (a Query, a schema file's DatasetSchema, the HE messages <-> protobuf)
@@ -145,7 +146,7 @@ def test_drift_check_detects_an_edited_proto(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "protos", fake / "protos")
     shutil.copytree(ROOT / "scripts", fake / "scripts")
     proto = fake / "protos" / "sandbox" / "v1" / "audit.proto"
-    proto.write_text(proto.read_text().replace("bool more = 2;", "bool more = 2;\n  uint32 extra = 3;"))
+    proto.write_text(proto.read_text().replace("bool more = 2;", "bool more = 2;\n  uint32 extra = 99;"))
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run([sys.executable, str(fake / "scripts" / "gen_protos.py"), str(out)], check=True,

@@ -445,3 +445,133 @@ class RevokeGrantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015
+
+@_typing.final
+class SetStewardshipRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    STEWARD_IDS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """every version of the dataset"""
+    owner: _builtins.str
+    policy: _common_pb2.CosignPolicy.ValueType
+    @_builtins.property
+    def steward_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """active principals with the steward role"""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        steward_ids: _abc.Iterable[_builtins.str] | None = ...,
+        policy: _common_pb2.CosignPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "owner", b"owner", "policy", b"policy", "steward_ids", b"steward_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStewardshipRequest: _TypeAlias = SetStewardshipRequest  # noqa: Y015
+
+@_typing.final
+class SetStewardshipResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEWARDSHIP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stewardship(self) -> _common_pb2.Stewardship: ...
+    def __init__(
+        self,
+        *,
+        stewardship: _common_pb2.Stewardship | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stewardship", b"stewardship"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stewardship", b"stewardship"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStewardshipResponse: _TypeAlias = SetStewardshipResponse  # noqa: Y015
+
+@_typing.final
+class ListStewardScenariosRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStewardScenariosRequest: _TypeAlias = ListStewardScenariosRequest  # noqa: Y015
+
+@_typing.final
+class ListStewardScenariosResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scenarios(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Scenario]: ...
+    def __init__(
+        self,
+        *,
+        scenarios: _abc.Iterable[_common_pb2.Scenario] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenarios", b"scenarios"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStewardScenariosResponse: _TypeAlias = ListStewardScenariosResponse  # noqa: Y015
+
+@_typing.final
+class CosignGrantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    signature: _builtins.bytes
+    """the steward's Ed25519 signature over "sandbox.v1-grant-cosignature\\n" + the grant's terms"""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CosignGrantRequest: _TypeAlias = CosignGrantRequest  # noqa: Y015
+
+@_typing.final
+class CosignGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scenario(self) -> _common_pb2.Scenario: ...
+    def __init__(
+        self,
+        *,
+        scenario: _common_pb2.Scenario | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CosignGrantResponse: _TypeAlias = CosignGrantResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantResponse.FromString,
                 _registered_method=True)
+        self.SetStewardship = channel.unary_unary(
+                '/sandbox.v1.AdminService/SetStewardship',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -138,6 +143,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetStewardship(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeGrant,
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantResponse.SerializeToString,
+            ),
+            'SetStewardship': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStewardship,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,154 @@ class AdminService:
             '/sandbox.v1.AdminService/RevokeGrant',
             protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantRequest.SerializeToString,
             protos_dot_sandbox_dot_v1_dot_admin__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStewardship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.AdminService/SetStewardship',
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.SetStewardshipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class StewardServiceStub:
+    """Data stewards (principals with the steward role) review the scenarios that touch their department's datasets
+    and co-sign grants whose dataset policy asks for it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListStewardScenarios = channel.unary_unary(
+                '/sandbox.v1.StewardService/ListStewardScenarios',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosResponse.FromString,
+                _registered_method=True)
+        self.CosignGrant = channel.unary_unary(
+                '/sandbox.v1.StewardService/CosignGrant',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantResponse.FromString,
+                _registered_method=True)
+
+
+class StewardServiceServicer:
+    """Data stewards (principals with the steward role) review the scenarios that touch their department's datasets
+    and co-sign grants whose dataset policy asks for it.
+    """
+
+    def ListStewardScenarios(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CosignGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StewardServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListStewardScenarios': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStewardScenarios,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosResponse.SerializeToString,
+            ),
+            'CosignGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CosignGrant,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sandbox.v1.StewardService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sandbox.v1.StewardService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class StewardService:
+    """Data stewards (principals with the steward role) review the scenarios that touch their department's datasets
+    and co-sign grants whose dataset policy asks for it.
+    """
+
+    @staticmethod
+    def ListStewardScenarios(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.StewardService/ListStewardScenarios',
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.ListStewardScenariosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CosignGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.StewardService/CosignGrant',
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_admin__pb2.CosignGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,41 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/sandbox/v1/audit.proto\x12\nsandbox.v1\"\xa2\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x14\n\x0cprincipal_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x14\n\x0c\x65psilon_nano\x18\t \x01(\x04\x12\x12\n\ndelta_atto\x18\n \x01(\x04\x12\x16\n\x0erequest_sha256\x18\x0b \x01(\t\x12\x17\n\x0fresponse_sha256\x18\x0c \x01(\t\x12\x11\n\tprev_hash\x18\r \x01(\t\x12\x12\n\nentry_hash\x18\x0e \x01(\t\"Y\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x11\n\troot_hash\x18\x02 \x01(\t\x12\x19\n\x11signed_at_unix_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"I\n\x0b\x43osignature\x12\x12\n\nwitness_id\x18\x01 \x01(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"9\n\x0bMerkleProof\x12\x0c\n\x04rule\x18\x01 \x03(\r\x12\x0e\n\x06subset\x18\x02 \x03(\r\x12\x0c\n\x04path\x18\x03 \x03(\x0c\";\n\x17ListAuditEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"Q\n\x18ListAuditEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.sandbox.v1.AuditEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x15\n\x13GetAuditHeadRequest\"\x94\x01\n\x14GetAuditHeadResponse\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12\x18\n\x10\x61udit_public_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x12-\n\x0c\x63osignatures\x18\x04 \x03(\x0b\x32\x17.sandbox.v1.Cosignature\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"E\n\x1bGetConsistencyProofResponse\x12&\n\x05proof\x18\x01 \x01(\x0b\x32\x17.sandbox.v1.MerkleProof\"N\n\x15\x41\x64\x64\x43osignatureRequest\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x18\n\x16\x41\x64\x64\x43osignatureResponse\" \n\x11GetReceiptRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\xbe\x01\n\x12GetReceiptResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.sandbox.v1.AuditEntry\x12\x17\n\x0f\x65ntry_signature\x18\x02 \x01(\x0c\x12\"\n\x04head\x18\x03 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12*\n\tinclusion\x18\x04 \x01(\x0b\x32\x17.sandbox.v1.MerkleProof\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\x0c\x32\xce\x03\n\x0c\x41uditService\x12]\n\x10ListAuditEntries\x12#.sandbox.v1.ListAuditEntriesRequest\x1a$.sandbox.v1.ListAuditEntriesResponse\x12Q\n\x0cGetAuditHead\x12\x1f.sandbox.v1.GetAuditHeadRequest\x1a .sandbox.v1.GetAuditHeadResponse\x12\x66\n\x13GetConsistencyProof\x12&.sandbox.v1.GetConsistencyProofRequest\x1a\'.sandbox.v1.GetConsistencyProofResponse\x12W\n\x0e\x41\x64\x64\x43osignature\x12!.sandbox.v1.AddCosignatureRequest\x1a\".sandbox.v1.AddCosignatureResponse\x12K\n\nGetReceipt\x12\x1d.sandbox.v1.GetReceiptRequest\x1a\x1e.sandbox.v1.GetReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/sandbox/v1/audit.proto\x12\nsandbox.v1\"\xb3\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x14\n\x0cprincipal_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x14\n\x0c\x65psilon_nano\x18\t \x01(\x04\x12\x12\n\ndelta_atto\x18\n \x01(\x04\x12\x16\n\x0erequest_sha256\x18\x0b \x01(\t\x12\x17\n\x0fresponse_sha256\x18\x0c \x01(\t\x12\x11\n\tprev_hash\x18\r \x01(\t\x12\x12\n\nentry_hash\x18\x0e \x01(\t\x12\x0f\n\x07request\x18\x0f \x01(\t\"Y\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x11\n\troot_hash\x18\x02 \x01(\t\x12\x19\n\x11signed_at_unix_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"I\n\x0b\x43osignature\x12\x12\n\nwitness_id\x18\x01 \x01(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"9\n\x0bMerkleProof\x12\x0c\n\x04rule\x18\x01 \x03(\r\x12\x0e\n\x06subset\x18\x02 \x03(\r\x12\x0c\n\x04path\x18\x03 \x03(\x0c\"\xae\x01\n\x17ListAuditEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x10\n\x08grant_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x15\n\rsince_unix_ms\x18\x07 \x01(\x03\x12\x15\n\runtil_unix_ms\x18\x08 \x01(\x03\"\xdb\x01\n\x18ListAuditEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.sandbox.v1.AuditEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12Q\n\x0fprincipal_names\x18\x03 \x03(\x0b\x32\x38.sandbox.v1.ListAuditEntriesResponse.PrincipalNamesEntry\x1a\x35\n\x13PrincipalNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13GetAuditHeadRequest\"\x94\x01\n\x14GetAuditHeadResponse\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12\x18\n\x10\x61udit_public_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x12-\n\x0c\x63osignatures\x18\x04 \x03(\x0b\x32\x17.sandbox.v1.Cosignature\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"E\n\x1bGetConsistencyProofResponse\x12&\n\x05proof\x18\x01 \x01(\x0b\x32\x17.sandbox.v1.MerkleProof\"N\n\x15\x41\x64\x64\x43osignatureRequest\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x18\n\x16\x41\x64\x64\x43osignatureResponse\" \n\x11GetReceiptRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\xbe\x01\n\x12GetReceiptResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.sandbox.v1.AuditEntry\x12\x17\n\x0f\x65ntry_signature\x18\x02 \x01(\x0c\x12\"\n\x04head\x18\x03 \x01(\x0b\x32\x14.sandbox.v1.TreeHead\x12*\n\tinclusion\x18\x04 \x01(\x0b\x32\x17.sandbox.v1.MerkleProof\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\x0c\x32\xce\x03\n\x0c\x41uditService\x12]\n\x10ListAuditEntries\x12#.sandbox.v1.ListAuditEntriesRequest\x1a$.sandbox.v1.ListAuditEntriesResponse\x12Q\n\x0cGetAuditHead\x12\x1f.sandbox.v1.GetAuditHeadRequest\x1a .sandbox.v1.GetAuditHeadResponse\x12\x66\n\x13GetConsistencyProof\x12&.sandbox.v1.GetConsistencyProofRequest\x1a\'.sandbox.v1.GetConsistencyProofResponse\x12W\n\x0e\x41\x64\x64\x43osignature\x12!.sandbox.v1.AddCosignatureRequest\x1a\".sandbox.v1.AddCosignatureResponse\x12K\n\nGetReceipt\x12\x1d.sandbox.v1.GetReceiptRequest\x1a\x1e.sandbox.v1.GetReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sandbox.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTAUDITENTRIESRESPONSE_PRINCIPALNAMESENTRY']._loaded_options = None
+  _globals['_LISTAUDITENTRIESRESPONSE_PRINCIPALNAMESENTRY']._serialized_options = b'8\001'
   _globals['_AUDITENTRY']._serialized_start=46
-  _globals['_AUDITENTRY']._serialized_end=336
-  _globals['_TREEHEAD']._serialized_start=338
-  _globals['_TREEHEAD']._serialized_end=427
-  _globals['_COSIGNATURE']._serialized_start=429
-  _globals['_COSIGNATURE']._serialized_end=502
-  _globals['_MERKLEPROOF']._serialized_start=504
-  _globals['_MERKLEPROOF']._serialized_end=561
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=563
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=622
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=624
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=705
-  _globals['_GETAUDITHEADREQUEST']._serialized_start=707
-  _globals['_GETAUDITHEADREQUEST']._serialized_end=728
-  _globals['_GETAUDITHEADRESPONSE']._serialized_start=731
-  _globals['_GETAUDITHEADRESPONSE']._serialized_end=879
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=881
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=950
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=952
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1021
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=1023
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=1101
-  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=1103
-  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=1127
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1129
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1161
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1164
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=1354
-  _globals['_AUDITSERVICE']._serialized_start=1357
-  _globals['_AUDITSERVICE']._serialized_end=1819
+  _globals['_AUDITENTRY']._serialized_end=353
+  _globals['_TREEHEAD']._serialized_start=355
+  _globals['_TREEHEAD']._serialized_end=444
+  _globals['_COSIGNATURE']._serialized_start=446
+  _globals['_COSIGNATURE']._serialized_end=519
+  _globals['_MERKLEPROOF']._serialized_start=521
+  _globals['_MERKLEPROOF']._serialized_end=578
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=581
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=755
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=758
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=977
+  _globals['_LISTAUDITENTRIESRESPONSE_PRINCIPALNAMESENTRY']._serialized_start=924
+  _globals['_LISTAUDITENTRIESRESPONSE_PRINCIPALNAMESENTRY']._serialized_end=977
+  _globals['_GETAUDITHEADREQUEST']._serialized_start=979
+  _globals['_GETAUDITHEADREQUEST']._serialized_end=1000
+  _globals['_GETAUDITHEADRESPONSE']._serialized_start=1003
+  _globals['_GETAUDITHEADRESPONSE']._serialized_end=1151
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1153
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1222
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1224
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1293
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=1295
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=1373
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=1375
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=1399
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1401
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1433
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1436
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=1626
+  _globals['_AUDITSERVICE']._serialized_start=1629
+  _globals['_AUDITSERVICE']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

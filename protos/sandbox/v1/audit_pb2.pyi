@@ -40,6 +40,7 @@ class AuditEntry(_message.Message):
     RESPONSE_SHA256_FIELD_NUMBER: _builtins.int
     PREV_HASH_FIELD_NUMBER: _builtins.int
     ENTRY_HASH_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     time_unix_ms: _builtins.int
     principal_id: _builtins.str
@@ -57,6 +58,10 @@ class AuditEntry(_message.Message):
     response_sha256: _builtins.str
     prev_hash: _builtins.str
     entry_hash: _builtins.str
+    request: _builtins.str
+    """A canonical, non-secret description of what was asked (JSON; empty for entries written before it was kept).
+    Covered by entry_hash whenever it is not empty.
+    """
     def __init__(
         self,
         *,
@@ -74,10 +79,11 @@ class AuditEntry(_message.Message):
         response_sha256: _builtins.str = ...,
         prev_hash: _builtins.str = ...,
         entry_hash: _builtins.str = ...,
+        request: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_atto", b"delta_atto", "entry_hash", b"entry_hash", "epsilon_nano", b"epsilon_nano", "error_code", b"error_code", "grant_id", b"grant_id", "method", b"method", "prev_hash", b"prev_hash", "principal_id", b"principal_id", "request_sha256", b"request_sha256", "response_sha256", b"response_sha256", "scenario_id", b"scenario_id", "seq", b"seq", "status", b"status", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_atto", b"delta_atto", "entry_hash", b"entry_hash", "epsilon_nano", b"epsilon_nano", "error_code", b"error_code", "grant_id", b"grant_id", "method", b"method", "prev_hash", b"prev_hash", "principal_id", b"principal_id", "request", b"request", "request_sha256", b"request_sha256", "response_sha256", b"response_sha256", "scenario_id", b"scenario_id", "seq", b"seq", "status", b"status", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,18 +190,43 @@ class ListAuditEntriesRequest(_message.Message):
 
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
     limit: _builtins.int
     """at most 1000"""
+    principal: _builtins.str
+    """Filters (all optional, combined with AND):
+    a principal id, or a part of a principal's name (case-insensitive)
+    """
+    grant_id: _builtins.str
+    method: _builtins.str
+    """the full method or its last part, e.g. "RunQuery" """
+    status: _builtins.str
+    """e.g. OK, PERMISSION_DENIED"""
+    since_unix_ms: _builtins.int
+    """inclusive"""
+    until_unix_ms: _builtins.int
+    """exclusive; 0 = no end"""
     def __init__(
         self,
         *,
         after_seq: _builtins.int = ...,
         limit: _builtins.int = ...,
+        principal: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        status: _builtins.str = ...,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "grant_id", b"grant_id", "limit", b"limit", "method", b"method", "principal", b"principal", "since_unix_ms", b"since_unix_ms", "status", b"status", "until_unix_ms", b"until_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,20 +236,47 @@ Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: 
 class ListAuditEntriesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PrincipalNamesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENTRIES_FIELD_NUMBER: _builtins.int
     MORE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_NAMES_FIELD_NUMBER: _builtins.int
     more: _builtins.bool
+    """more entries match after the last one returned"""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    @_builtins.property
+    def principal_names(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """the names of the principals in these entries"""
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___AuditEntry] | None = ...,
         more: _builtins.bool = ...,
+        principal_names: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "more", b"more"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "more", b"more", "principal_names", b"principal_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,6 +34,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_APPLICANT: _Role.ValueType  # 2
     ROLE_RESEARCHER: _Role.ValueType  # 3
     ROLE_AUDITOR: _Role.ValueType  # 4
+    ROLE_STEWARD: _Role.ValueType  # 5
+    """a data steward of the department that holds a dataset (谁持有谁负责)"""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
 
@@ -42,6 +44,8 @@ ROLE_ADMIN: Role.ValueType  # 1
 ROLE_APPLICANT: Role.ValueType  # 2
 ROLE_RESEARCHER: Role.ValueType  # 3
 ROLE_AUDITOR: Role.ValueType  # 4
+ROLE_STEWARD: Role.ValueType  # 5
+"""a data steward of the department that holds a dataset (谁持有谁负责)"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _PrincipalStatus:
@@ -147,6 +151,28 @@ SCENARIO_APPROVED: ScenarioStatus.ValueType  # 2
 SCENARIO_REJECTED: ScenarioStatus.ValueType  # 3
 SCENARIO_REVOKED: ScenarioStatus.ValueType  # 4
 Global___ScenarioStatus: _TypeAlias = ScenarioStatus  # noqa: Y015
+
+class _CosignPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CosignPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CosignPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COSIGN_UNSPECIFIED: _CosignPolicy.ValueType  # 0
+    COSIGN_NEVER: _CosignPolicy.ValueType  # 1
+    COSIGN_SENSITIVE: _CosignPolicy.ValueType  # 2
+    """when the grant names a sensitive column of the dataset"""
+    COSIGN_ALWAYS: _CosignPolicy.ValueType  # 3
+
+class CosignPolicy(_CosignPolicy, metaclass=_CosignPolicyEnumTypeWrapper):
+    """Whether a grant over a dataset needs its steward's co-signature beside the administrator's."""
+
+COSIGN_UNSPECIFIED: CosignPolicy.ValueType  # 0
+COSIGN_NEVER: CosignPolicy.ValueType  # 1
+COSIGN_SENSITIVE: CosignPolicy.ValueType  # 2
+"""when the grant names a sensitive column of the dataset"""
+COSIGN_ALWAYS: CosignPolicy.ValueType  # 3
+Global___CosignPolicy: _TypeAlias = CosignPolicy  # noqa: Y015
 
 @_typing.final
 class Principal(_message.Message):
@@ -281,6 +307,44 @@ class DatasetSchema(_message.Message):
 Global___DatasetSchema: _TypeAlias = DatasetSchema  # noqa: Y015
 
 @_typing.final
+class Stewardship(_message.Message):
+    """Who holds a dataset: its owning department, the stewards who speak for it, and when they must co-sign."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    STEWARD_IDS_FIELD_NUMBER: _builtins.int
+    STEWARD_KEYS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """the department that holds the data"""
+    policy: Global___CosignPolicy.ValueType
+    updated_at_unix_ms: _builtins.int
+    @_builtins.property
+    def steward_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def steward_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """their Ed25519 public keys, in the order of steward_ids"""
+
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        steward_ids: _abc.Iterable[_builtins.str] | None = ...,
+        steward_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        policy: Global___CosignPolicy.ValueType = ...,
+        updated_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "policy", b"policy", "steward_ids", b"steward_ids", "steward_keys", b"steward_keys", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stewardship: _TypeAlias = Stewardship  # noqa: Y015
+
+@_typing.final
 class DatasetInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -288,6 +352,7 @@ class DatasetInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     APPROX_ROWS_FIELD_NUMBER: _builtins.int
     IMPORTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    STEWARDSHIP_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """hex HMAC-SHA256 of the content digest under a server secret (older imports: the digest)"""
     approx_rows: _builtins.int
@@ -295,6 +360,10 @@ class DatasetInfo(_message.Message):
     imported_at_unix_ms: _builtins.int
     @_builtins.property
     def schema(self) -> Global___DatasetSchema: ...
+    @_builtins.property
+    def stewardship(self) -> Global___Stewardship:
+        """absent: no steward named (no co-signature needed)"""
+
     def __init__(
         self,
         *,
@@ -302,10 +371,11 @@ class DatasetInfo(_message.Message):
         version: _builtins.str = ...,
         approx_rows: _builtins.int = ...,
         imported_at_unix_ms: _builtins.int = ...,
+        stewardship: Global___Stewardship | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema", "stewardship", b"stewardship"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approx_rows", b"approx_rows", "imported_at_unix_ms", b"imported_at_unix_ms", "schema", b"schema", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approx_rows", b"approx_rows", "imported_at_unix_ms", b"imported_at_unix_ms", "schema", b"schema", "stewardship", b"stewardship", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,6 +510,7 @@ class GrantTerms(_message.Message):
     APPROVER_ID_FIELD_NUMBER: _builtins.int
     APPROVER_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ISSUED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    COSIGNERS_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     grantee_id: _builtins.str
     grantee_public_key: _builtins.bytes
@@ -458,6 +529,10 @@ class GrantTerms(_message.Message):
 
     @_builtins.property
     def budget(self) -> Global___PrivacyBudget: ...
+    @_builtins.property
+    def cosigners(self) -> _containers.RepeatedCompositeFieldContainer[Global___CosignRequirement]:
+        """Datasets whose steward must co-sign these terms before the grant is active (one of the listed stewards each)."""
+
     def __init__(
         self,
         *,
@@ -475,14 +550,76 @@ class GrantTerms(_message.Message):
         approver_id: _builtins.str = ...,
         approver_public_key: _builtins.bytes = ...,
         issued_at_unix_ms: _builtins.int = ...,
+        cosigners: _abc.Iterable[Global___CosignRequirement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "cosigners", b"cosigners", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GrantTerms: _TypeAlias = GrantTerms  # noqa: Y015
+
+@_typing.final
+class CosignRequirement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    STEWARD_IDS_FIELD_NUMBER: _builtins.int
+    STEWARD_KEYS_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    @_builtins.property
+    def steward_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def steward_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """in the order of steward_ids"""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        steward_ids: _abc.Iterable[_builtins.str] | None = ...,
+        steward_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "steward_ids", b"steward_ids", "steward_keys", b"steward_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CosignRequirement: _TypeAlias = CosignRequirement  # noqa: Y015
+
+@_typing.final
+class GrantCosignature(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    STEWARD_ID_FIELD_NUMBER: _builtins.int
+    STEWARD_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    steward_id: _builtins.str
+    steward_key: _builtins.bytes
+    signature: _builtins.bytes
+    """Ed25519 over "sandbox.v1-grant-cosignature\\n" + the terms bytes"""
+    signed_at_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        steward_id: _builtins.str = ...,
+        steward_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        signed_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "signature", b"signature", "signed_at_unix_ms", b"signed_at_unix_ms", "steward_id", b"steward_id", "steward_key", b"steward_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCosignature: _TypeAlias = GrantCosignature  # noqa: Y015
 
 @_typing.final
 class Grant(_message.Message):
@@ -494,6 +631,8 @@ class Grant(_message.Message):
     REVOKED_FIELD_NUMBER: _builtins.int
     REVOKE_REASON_FIELD_NUMBER: _builtins.int
     REVOKED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    COSIGNATURES_FIELD_NUMBER: _builtins.int
+    AWAITING_COSIGNATURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"g-" + first 32 hex digits of SHA-256(terms)"""
     terms: _builtins.bytes
@@ -503,6 +642,12 @@ class Grant(_message.Message):
     revoked: _builtins.bool
     revoke_reason: _builtins.str
     revoked_at_unix_ms: _builtins.int
+    @_builtins.property
+    def cosignatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantCosignature]: ...
+    @_builtins.property
+    def awaiting_cosignature(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """datasets still waiting for their steward: not active until empty"""
+
     def __init__(
         self,
         *,
@@ -512,10 +657,12 @@ class Grant(_message.Message):
         revoked: _builtins.bool = ...,
         revoke_reason: _builtins.str = ...,
         revoked_at_unix_ms: _builtins.int = ...,
+        cosignatures: _abc.Iterable[Global___GrantCosignature] | None = ...,
+        awaiting_cosignature: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "revoke_reason", b"revoke_reason", "revoked", b"revoked", "revoked_at_unix_ms", b"revoked_at_unix_ms", "signature", b"signature", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_cosignature", b"awaiting_cosignature", "cosignatures", b"cosignatures", "id", b"id", "revoke_reason", b"revoke_reason", "revoked", b"revoked", "revoked_at_unix_ms", b"revoked_at_unix_ms", "signature", b"signature", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -466,3 +466,131 @@ class RegisterTrainedModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterTrainedModelResponse: _TypeAlias = RegisterTrainedModelResponse  # noqa: Y015
+
+@_typing.final
+class GetTrainingPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_HASH_FIELD_NUMBER: _builtins.int
+    plan_hash: _builtins.str
+    def __init__(
+        self,
+        *,
+        plan_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_hash", b"plan_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingPlanRequest: _TypeAlias = GetTrainingPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetTrainingPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    PLAN_HASH_FIELD_NUMBER: _builtins.int
+    SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    CANONICAL_FIELD_NUMBER: _builtins.int
+    plan_hash: _builtins.str
+    submitted_by: _builtins.str
+    canonical: _builtins.bytes
+    """the canonical JSON whose SHA-256 is plan_hash"""
+    @_builtins.property
+    def template(self) -> Global___PlanTemplate: ...
+    def __init__(
+        self,
+        *,
+        template: Global___PlanTemplate | None = ...,
+        plan_hash: _builtins.str = ...,
+        submitted_by: _builtins.str = ...,
+        canonical: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical", b"canonical", "plan_hash", b"plan_hash", "submitted_by", b"submitted_by", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingPlanResponse: _TypeAlias = GetTrainingPlanResponse  # noqa: Y015
+
+@_typing.final
+class ListTrainingJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrainingJobsRequest: _TypeAlias = ListTrainingJobsRequest  # noqa: Y015
+
+@_typing.final
+class TrainingJobSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_HASH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    EPSILON_SPENT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    grant_id: _builtins.str
+    plan_hash: _builtins.str
+    state: _builtins.str
+    round: _builtins.int
+    rounds: _builtins.int
+    epsilon_spent: _builtins.float
+    started_at_unix_ms: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___TrainingSettings: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        plan_hash: _builtins.str = ...,
+        state: _builtins.str = ...,
+        round: _builtins.int = ...,
+        rounds: _builtins.int = ...,
+        epsilon_spent: _builtins.float = ...,
+        started_at_unix_ms: _builtins.int = ...,
+        settings: Global___TrainingSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_spent", b"epsilon_spent", "grant_id", b"grant_id", "job_id", b"job_id", "plan_hash", b"plan_hash", "round", b"round", "rounds", b"rounds", "settings", b"settings", "started_at_unix_ms", b"started_at_unix_ms", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingJobSummary: _TypeAlias = TrainingJobSummary  # noqa: Y015
+
+@_typing.final
+class ListTrainingJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingJobSummary]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___TrainingJobSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrainingJobsResponse: _TypeAlias = ListTrainingJobsResponse  # noqa: Y015

@@ -64,6 +64,16 @@ class FlTrainingServiceStub:
                 request_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.FromString,
                 _registered_method=True)
+        self.GetTrainingPlan = channel.unary_unary(
+                '/sandbox.v1.FlTrainingService/GetTrainingPlan',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanResponse.FromString,
+                _registered_method=True)
+        self.ListTrainingJobs = channel.unary_unary(
+                '/sandbox.v1.FlTrainingService/ListTrainingJobs',
+                request_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsRequest.SerializeToString,
+                response_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsResponse.FromString,
+                _registered_method=True)
 
 
 class FlTrainingServiceServicer:
@@ -111,6 +121,20 @@ class FlTrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingPlan(self, request, context):
+        """A registered plan, to administrators, auditors, stewards, its submitter and the researchers granted it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrainingJobs(self, request, context):
+        """The caller's training jobs on this server (newest first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlTrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_FlTrainingServiceServicer_to_server(servicer, server):
                     servicer.RegisterTrainedModel,
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.SerializeToString,
+            ),
+            'GetTrainingPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingPlan,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanResponse.SerializeToString,
+            ),
+            'ListTrainingJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingJobs,
+                    request_deserializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsRequest.FromString,
+                    response_serializer=protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class FlTrainingService:
             '/sandbox.v1.FlTrainingService/RegisterTrainedModel',
             protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelRequest.SerializeToString,
             protos_dot_sandbox_dot_v1_dot_fl__pb2.RegisterTrainedModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.FlTrainingService/GetTrainingPlan',
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.GetTrainingPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.FlTrainingService/ListTrainingJobs',
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsRequest.SerializeToString,
+            protos_dot_sandbox_dot_v1_dot_fl__pb2.ListTrainingJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
