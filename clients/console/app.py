@@ -120,7 +120,10 @@ def build_app(client: SandboxClient, *, port: int, launch_secret: str,
         return Response(css, media_type="text/css")
 
     def catalogue(request: Request) -> Response:
-        return console.render(request, "catalogue.html", title="Catalogue", datasets=console.sdk.base.catalogue())
+        stewards = ([p for p in console.sdk.admin.principals() if "steward" in p.roles and p.status == "active"]
+                    if "admin" in console.roles() else [])
+        return console.render(request, "catalogue.html", title="Catalogue", datasets=console.sdk.base.catalogue(),
+                              stewards=stewards, policies=("never", "sensitive", "always"))
 
     sessions = Sessions()
 

@@ -19,7 +19,7 @@ from clients.errors import InvalidArgument, NotFound
 
 __all__ = ["routes", "review_context"]
 
-ROLES = ("admin", "applicant", "researcher", "auditor")
+ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 
 
 def _invalid(message: str) -> InvalidArgument:
@@ -41,7 +41,8 @@ def review_context(console: Console, s: t.Scenario) -> dict[str, Any]:
                            "columns": [(name, by_name.get(name)) for name in sel.columns],
                            "granted": in_grant})
     model = sdk.model(s.model_hash) if s.kind == "HE_SCORING" and s.model_hash else None
-    return {"s": s, "selections": selections, "model": model, "plan": None}
+    plan = sdk.training_plan(s.model_hash) if s.kind == "FL_TRAINING" and s.model_hash else None
+    return {"s": s, "selections": selections, "model": model, "plan": plan}
 
 
 def routes(console: Console) -> list[Route]:
@@ -147,7 +148,7 @@ def routes(console: Console) -> list[Route]:
         s = next((s for s in admin.scenarios() if s.grant is not None and s.grant.id == gid), None)
         if s is None or s.grant is None:
             raise NotFound("no such grant", status="NOT_FOUND", code="NOT_FOUND")
-        entries = [e for e in admin.audit_entries() if e.grant_id == gid]
+        entries = list(admin.audit_entries(grant_id=gid))
         series = usage_series(entries, kind=s.kind)
         terms = s.grant.terms
         now = dt.datetime.now(dt.timezone.utc)
@@ -172,7 +173,15 @@ def routes(console: Console) -> list[Route]:
         s = admin.revoke(gid, reason)
         return console.done(request, f"revoked grant {gid} ({s.title}): {reason}", f"/admin/grants/{gid}")
 
+    def stewardship(request: Request) -> Response:
+        console.require("admin")
+        dataset = request.path_params["dataset"]
+        held = admin.set_stewardship(dataset, owner=form_value(request, "owner"),
+                                     stewards=form_values(request, "stewards"), policy=form_value(request, "policy"))
+        return console.done(request, f"{dataset} is held by {held.owner}; co-signature: {held.policy}", "/catalogue")
+
     return as_routes([
+        ("/admin/stewardship/{dataset}", stewardship, ["POST"]),
         ("/admin/pending", pending, ["GET"]),
         ("/admin/review/{scenario_id}", review, ["GET"]),
         ("/admin/review/{scenario_id}/approve", approve, ["POST"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from clients import types as t
 from clients.console.app import Console, as_routes
 from clients.errors import InvalidArgument, NotFound
 from wire import transparency
@@ -132,19 +134,8 @@ def routes(console: Console) -> list[Route]:
     ])
 
 
-def _filtered(console: Console, f: AuditFilters, after: int) -> Any:
-    """Entries after ``after`` that pass the filters."""
-    for e in console.sdk.auditor.audit_entries(after_seq=after, page_size=PAGE + 1):
-        if f.principal and f.principal.lower() not in (e.principal_id.lower(),):
-            continue
-        if f.grant and e.grant_id != f.grant:
-            continue
-        if f.method and f.method.lower() not in e.method.lower():
-            continue
-        if f.status and e.status != f.status:
-            continue
-        if f.since and e.time < f.since:
-            continue
-        if f.until and e.time > f.until:
-            continue
-        yield e
+def _filtered(console: Console, f: AuditFilters, after: int) -> Iterator[t.AuditEntry]:
+    """Entries after ``after`` that pass the filters (the server filters)."""
+    return console.sdk.auditor.audit_entries(after_seq=after, page_size=PAGE + 1, principal=f.principal,
+                                             grant_id=f.grant, method=f.method, status=f.status, since=f.since,
+                                             until=f.until)

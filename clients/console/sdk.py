@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from clients.client import AdminClient, AuditorClient, ResearcherClient, SandboxClient
+from clients.client import AdminClient, AuditorClient, ResearcherClient, SandboxClient, StewardClient
 
 __all__ = ["RoleClients"]
 
@@ -26,13 +26,14 @@ def _over(client: SandboxClient, cls: type[C]) -> C:
 
 
 class RoleClients:
-    """The given client and the same key as an administrator's, auditor's and researcher's client."""
+    """The given client and the same key as an administrator's, auditor's, researcher's and steward's client."""
 
     def __init__(self, client: SandboxClient) -> None:
         self.base = client
         self.admin = _over(client, AdminClient)
         self.auditor = _over(client, AuditorClient)
         self.researcher = _over(client, ResearcherClient)
+        self.steward = _over(client, StewardClient)
 
     @property
     def principal_id(self) -> str:

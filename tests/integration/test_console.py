@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from clients import AdminClient, ApplicantClient, AuditorClient, PermissionDenied, generate_key, public_key_of
+from clients import (
+    AdminClient, ApplicantClient, AuditorClient, PermissionDenied, ResearcherClient, generate_key, public_key_of,
+)
 from clients.console import ConsoleHandle, serve
 from clients.signing import load_key
 from clients.witness import witness
@@ -342,7 +344,11 @@ def test_the_command_prints_the_address_serves_it_and_stops_on_ctrl_c(consoles: 
 
 def _entry_rows(page: str) -> list[list[str]]:
     """The audit page's entries as rows of cell texts (seq, time, principal, method, grant, status, ...)."""
-    body = page[page.index('<table id="entries">'):]
+    return _table_rows(page, "entries")
+
+
+def _table_rows(page: str, table_id: str) -> list[list[str]]:
+    body = page[page.index(f'<table id="{table_id}">'):]
     body = body[:body.index("</table>")]
     rows = re.findall(r"<tr[^>]*>\s*(<td.*?)</tr>", body, re.S)
     return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
@@ -400,3 +406,46 @@ def test_the_head_is_checked_against_the_witness_and_what_the_console_saw(consol
         assert re.search(r"extends your witness&#39;s stored head</th><td><span class=\"state revoked\">NO", broken)
     finally:
         console.stop()
+
+
+def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(tmp_path: Path) -> None:
+    sbx = start_sandbox(tmp_path)
+    admin = sbx.admin()
+    admin.import_dataset(SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz")
+    lab_key = generate_key()
+    admin.enrol(name="University lab", organisation="University", roles=["researcher"],
+                public_key=public_key_of(lab_key))
+    lab = ResearcherClient(sbx.address, key=lab_key, ca=sbx.ca)
+    features = ["xage", "female", "educdec", "lfam", "coins", "linc"]
+    plan = lab.register_plan(dataset="rand_hie", features=features, label="meddol", label_threshold=35.0)
+    s = lab.apply(title="Medical spending model", purpose="Predict above-threshold spending",
+                  legal_basis="Research exemption", kind="FL_TRAINING", datasets={"rand_hie": [*features, "meddol"]},
+                  model_hash=plan, epsilon=40, delta="1e-5", quota=3)
+    admin_console, lab_console = serve(admin, port=0), serve(lab, port=0)
+    try:
+        cookie = open_session(admin_console)
+        review = request(admin_console, "GET", f"/admin/review/{s.id}", cookie=cookie).body
+        block = review[review.index('id="plan-terms"'):]
+        assert plan in block and "xage, female, educdec, lfam, coins, linc" in block and "meddol above 35" in block
+        answer = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve",
+                       [("epsilon", "20"), *(("columns.rand_hie", c) for c in [*features, "meddol"])])
+        assert answer.status == 303
+        g = lab.scenario(s.id).grant
+        assert g is not None and g.terms.epsilon == 20
+        job = lab.start_training(g.id, plan, rounds=2, local_epochs=1, learning_rate=0.5, clipping_norm=1.0,
+                                 noise_multiplier=1.0, delta=1e-6)
+        events = list(lab.watch_training(job))
+        assert events[-1].state == "completed"
+        mine = open_session(lab_console)
+        jobs = request(lab_console, "GET", "/training", cookie=mine).body
+        assert str(job) in jobs and "round 2 of 2" in jobs and "completed" in jobs
+        rounds = _table_rows(request(lab_console, "GET", f"/training/{job}", cookie=mine).body, "rounds")
+        assert [r[0] for r in rounds][:2] == ["1 / 2", "2 / 2"]
+        assert {r[2] for r in rounds[:2]} == {"withheld"}  # under DP the per-round metrics are withheld
+        assert request(admin_console, "GET", "/training", cookie=cookie).status == 403
+    finally:
+        admin_console.stop()
+        lab_console.stop()
+        admin.close()
+        lab.close()
+        sbx.stop()

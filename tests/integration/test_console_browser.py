@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from clients import AdminClient, ApplicantClient, PermissionDenied, generate_key, public_key_of
-from clients.client import StewardClient
+from clients import AdminClient, ApplicantClient, PermissionDenied, StewardClient, generate_key, public_key_of
 from clients.console import ConsoleHandle, serve
 from tests.conftest import DATA, SCHEMAS, apply_dp, start_sandbox
 
