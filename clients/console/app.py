@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from clients import types as t
@@ -139,14 +139,19 @@ def build_app(client: SandboxClient, *, port: int, launch_secret: str,
     for module in (pages_admin, pages_audit, pages_own, pages_steward):
         routes += module.routes(console)
 
+    def error_page(request: Request, status: int, title: str, message: str, code: str = "") -> Response:
+        try:
+            return console.render(request, "error.html", status=status, title=title, message=message, code=code)
+        except SandboxClientError:  # the principal itself cannot be read (suspended, or the server is away)
+            return PlainTextResponse(f"{title}: {message}\n", status_code=status)
+
     def refused(request: Request, exc: Exception) -> Response:
-        return console.render(request, "error.html", status=403, title="Not for this role", message=str(exc))
+        return error_page(request, 403, "Not for this role", str(exc))
 
     def failed(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SandboxClientError)
-        return console.render(request, "error.html", status=_STATUS_OF.get(exc.status, 502),
-                              title="The sandbox said no", message=f"{exc.status}: {exc.message}",
-                              code=exc.code if exc.code != exc.status else "")
+        return error_page(request, _STATUS_OF.get(exc.status, 502), "The sandbox said no",
+                          f"{exc.status}: {exc.message}", exc.code if exc.code != exc.status else "")
 
     handlers: dict[Any, Callable[[Request, Exception], Response]] = {Forbidden: refused, SandboxClientError: failed}
     app = Starlette(routes=routes, exception_handlers=handlers)

@@ -25,7 +25,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from clients import (
-    AdminClient, ApplicantClient, AuditorClient, PermissionDenied, ResearcherClient, generate_key, public_key_of,
+    AdminClient, ApplicantClient, AuditorClient, PermissionDenied, ResearcherClient, SandboxClient, generate_key,
+    public_key_of,
 )
 from clients.console import ConsoleHandle, serve
 from clients.signing import load_key
@@ -278,6 +279,30 @@ def test_an_administrator_enrols_and_suspends_through_the_forms(consoles: Consol
     suspended = _post(h, cookie, "/admin/principals", f"/admin/principals/{p.id}/suspend", {"reason": "left"})
     assert suspended.status == 303
     assert next(q for q in consoles.admin.principals() if q.id == p.id).status == "suspended"
+    newcomer_key = generate_key()
+    with SandboxClient(consoles.sbx.address, key=newcomer_key, ca=consoles.sbx.ca) as newcomer:
+        pending = newcomer.register(name="Port Authority", organisation="Port", roles=["applicant"])
+    assert pending.status == "pending" and "Port Authority" in request(h, "GET", "/admin/principals", cookie=cookie).body
+    approved = _post(h, cookie, "/admin/principals", f"/admin/principals/{pending.id}/approve", {})
+    assert approved.status == 303
+    assert next(q for q in consoles.admin.principals() if q.id == pending.id).status == "active"
+
+
+def test_an_administrator_names_a_datasets_department_and_stewards(consoles: Consoles) -> None:
+    h, cookie = consoles.admin_console, open_session(consoles.admin_console)
+    keeper = consoles.admin.enrol(name="Census office", organisation="City statistics", roles=["steward"],
+                                  public_key=public_key_of(generate_key()))
+    page = request(h, "GET", "/catalogue", cookie=cookie).body
+    assert f'name="stewards" value="{keeper.id}"' in page
+    answer = _post(h, cookie, "/catalogue", "/admin/stewardship/adult_census",
+                   [("owner", "City statistics office"), ("policy", "never"), ("stewards", keeper.id)])
+    assert answer.status == 303
+    held = next(d for d in consoles.admin.catalogue() if d.name == "adult_census").stewardship
+    assert held is not None and (held.owner, held.steward_ids, held.policy) == (
+        "City statistics office", (keeper.id,), "never")
+    assert "Held by <strong>City statistics office</strong>" in request(h, "GET", "/catalogue", cookie=cookie).body
+    bank = request(consoles.bank_console, "GET", "/catalogue", cookie=open_session(consoles.bank_console)).body
+    assert "/admin/stewardship/" not in bank  # the form is an administrator's
 
 
 def test_approval_narrows_columns_budget_quota_and_validity(consoles: Consoles) -> None:
@@ -449,3 +474,23 @@ def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(
         admin.close()
         lab.close()
         sbx.stop()
+
+
+def test_a_suspended_principals_console_says_so_and_shows_nothing_else(consoles: Consoles) -> None:
+    key = generate_key()
+    p = consoles.admin.enrol(name="Short-lived", organisation="Temp", roles=["applicant"],
+                             public_key=public_key_of(key))
+    with ApplicantClient(consoles.sbx.address, key=key, ca=consoles.sbx.ca) as client:
+        h = serve(client, port=0)
+        try:
+            cookie = open_session(h)
+            assert request(h, "GET", "/scenarios", cookie=cookie).status == 200
+            consoles.admin.suspend_principal(p.id, "contract ended")
+            home = request(h, "GET", "/", cookie=cookie)  # WhoAmI still answers a suspended key: its status
+            assert home.status == 200 and "<td>suspended</td>" in home.body
+            for path in ("/scenarios", "/catalogue"):
+                answer = request(h, "GET", path, cookie=cookie)
+                assert answer.status == 403, path
+                assert "The sandbox said no" in answer.body and "<table" not in answer.body
+        finally:
+            h.stop()
