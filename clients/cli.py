@@ -389,9 +389,13 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
         if s.grant is not None:
             try:
                 client.verify_grant(s.grant)
-                verified = Text("verified against the administrators' keys", style="green")
-            except PermissionDenied:
-                verified = Text("DOES NOT VERIFY against the administrators' keys", style="bold red")
+                verified = Text("verified against the administrators' keys" + (
+                    " and the stewards' co-signatures" if s.grant.cosignatures else ""), style="green")
+            except PermissionDenied as exc:
+                verified = (Text(f"awaits the co-signature of the steward of {', '.join(s.grant.awaiting)} (not "
+                                 "active until then)", style="yellow")
+                            if exc.code == "GRANT_COSIGNATURE_MISSING" and s.grant.awaiting
+                            else Text("DOES NOT VERIFY against the administrators' keys", style="bold red"))
     tbl = table("field", "value", title=f"{s.id}  ({s.status})")
     row(tbl, "status", s.status + (f": {s.decision_reason}" if s.decision_reason else ""))
     scenario_details(s, tbl)

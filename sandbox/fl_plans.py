@@ -11,8 +11,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from sandbox import catalogue, grants, registry, stewards
-from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo, Principal, Role
+from sandbox import catalogue, registry
+from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import Tx
 
@@ -78,19 +78,9 @@ def register(tx: Tx, t: PlanTemplate, *, submitted_by: str, now_ms: int) -> str:
     return registry.put(tx, registry.PLANS, t.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
-def get_for(tx: Tx, plan_hash: str, viewer: Principal) -> tuple[PlanTemplate, str]:
-    """A registered plan and its submitter, to its submitter, administrators, auditors, stewards of its dataset and
-    the researchers granted it; to anyone else it does not exist (NOT_FOUND)."""
+def get_with_submitter(tx: Tx, plan_hash: str) -> tuple[PlanTemplate, str] | None:
     found = registry.get(tx, registry.PLANS, plan_hash)
-    template = from_canonical(found[0]) if found is not None else None
-    allowed = found is not None and template is not None and (
-        found[1] == viewer.id or viewer.roles & {Role.ADMIN, Role.AUDITOR}
-        or Role.STEWARD in viewer.roles and template.dataset in stewards.datasets_of(tx, viewer)
-        or any(g.terms.model_hash == plan_hash for g in grants.held_by(tx, viewer.id)))
-    if not allowed:
-        raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
-    assert template is not None and found is not None
-    return template, found[1]
+    return (from_canonical(found[0]), found[1]) if found is not None else None
 
 
 def get(tx: Tx, plan_hash: str) -> PlanTemplate:

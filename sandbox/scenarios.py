@@ -144,6 +144,19 @@ def granted_model(tx: Tx, viewer: Principal, model_hash: str) -> bool:
     return any(s.application.model_hash == model_hash and s.grant is not None for s in list_for(tx, viewer))
 
 
+def training_plan_for(tx: Tx, plan_hash: str, viewer: Principal) -> tuple[fl_plans.PlanTemplate, str]:
+    """A registered plan and its submitter, to its submitter, administrators, auditors, stewards of its dataset and
+    the researchers granted it; to anyone else it does not exist (NOT_FOUND)."""
+    found = fl_plans.get_with_submitter(tx, plan_hash)
+    allowed = found is not None and (
+        found[1] == viewer.id or bool(viewer.roles & {Role.ADMIN, Role.AUDITOR})
+        or Role.STEWARD in viewer.roles and found[0].dataset in stewards.datasets_of(tx, viewer)
+        or any(g.terms.model_hash == plan_hash for g in grants.held_by(tx, viewer.id)))
+    if found is None or not allowed:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
+    return found
+
+
 def list_pending(tx: Tx) -> list[Scenario]:
     rows = tx.scenario_list(status="pending")
     return [_load(tx, r) for r in rows]
