@@ -19,9 +19,9 @@ from __future__ import annotations
 import ast
 import math
 import re
-from decimal import Decimal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
