@@ -6,7 +6,8 @@ namespace: a block may use what an earlier block defined or did), in a fresh dir
 from ``sandbox init ./city`` and a link to the repository's ``data/``, with ``sandbox serve ./city``
 running. The server listens on a free port, which the blocks reach through ``SANDBOX_SERVER`` (clients
 given no address connect there; a fixed port could be taken on a busy machine), so a block must not name
-``localhost:50051`` itself. The code is compiled exactly as written, with README.md's line numbers, so a
+``localhost:50051`` itself; and since the README says to paste them into ``python``, no blank line may sit
+inside an indented suite. The code is compiled exactly as written, with README.md's line numbers, so a
 failure points at the README's own line.
 
 A block that raises fails the test. Where a block produces something worth checking (an answer, scores,
@@ -54,6 +55,13 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def pastable(block: Block) -> bool:
+    """No blank line inside an indented suite: pasted into the interactive interpreter (the README's set-up),
+    a blank line ends the statement and the next indented line is an IndentationError."""
+    lines = block.code.splitlines()
+    return not any(not a.strip() and b[:1].isspace() for a, b in zip(lines, lines[1:]))
+
+
 def compiled(block: Block) -> Any:
     """The block's code as written, with README.md's file name and line numbers for tracebacks."""
     tree = ast.parse(block.code, filename=str(README))
@@ -64,6 +72,11 @@ def compiled(block: Block) -> Any:
 def test_python_blocks_are_found_with_their_line_numbers() -> None:
     text = "intro\n```python\nx = 1\n```\n\n1. a step:\n\n   ```python\n   y = x + 1\n   ```\n```\nnot python\n```\n"
     assert python_blocks(text) == [Block(3, "x = 1\n"), Block(9, "y = x + 1\n")]
+
+
+def test_a_blank_line_inside_a_suite_is_not_pastable() -> None:
+    assert pastable(Block(1, "with a:\n    b()\n\nc()\n"))
+    assert not pastable(Block(1, "with a:\n    b()\n\n    c()\n"))
 
 
 # --- what the blocks produce ------------------------------------------------------------------------------
@@ -136,6 +149,7 @@ def test_every_python_block_in_the_readme_runs(readme_directory: Path, capsys: p
     namespace: dict[str, Any] = {"__name__": "__main__"}
     checked = set()
     for block in blocks:
+        assert pastable(block), f"README.md line {block.line}: a blank line inside an indented suite"
         code = compiled(block)
         try:
             exec(code, namespace)
