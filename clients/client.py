@@ -4,13 +4,15 @@
         scenario = bank.apply(title=..., kind="DP_QUERY", datasets={"adult_census": ["*"]}, epsilon=1, ...)
 
 Every call is signed, has a deadline (``timeout``, default 10 s) and raises a
-``clients.errors`` exception on failure.
+``clients.errors`` exception on failure. Without an address a client connects to
+``SANDBOX_SERVER``, or ``localhost:50051`` when it is unset, as ``sandbox-client`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -35,7 +37,10 @@ from wire import transparency
 from wire.signing import cosign_payload
 from wire.budget import ATTO, NANO, to_units
 
-__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient"]
+__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient", "default_server"]
+
+#: The address a client connects to when given none and ``SANDBOX_SERVER`` is unset (``sandbox-client``'s too).
+DEFAULT_SERVER = "localhost:50051"
 
 _ADMIN = "/sandbox.v1.AdminService/"
 _APPLICANT = "/sandbox.v1.ApplicantService/"
@@ -46,6 +51,11 @@ _HE = "/sandbox.v1.HeScoringService/"
 _FL = "/sandbox.v1.FlTrainingService/"
 _STEWARD = "/sandbox.v1.StewardService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def default_server(environ: Mapping[str, str] = os.environ) -> str:
+    """Where a client connects when given no address: ``SANDBOX_SERVER`` if set, else ``localhost:50051``."""
+    return environ.get("SANDBOX_SERVER") or DEFAULT_SERVER
 
 
 class _HeCalls:
@@ -70,17 +80,18 @@ class SandboxClient:
     """What every enrolled principal can do: who am I, the catalogue, my scenarios."""
 
     def __init__(
-        self, address: str, *, key: Ed25519PrivateKey | str | Path, ca: str | Path | bytes | None = None,
-        timeout: float = 10.0, principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-        channel: grpc.Channel | None = None,
+        self, address: str | None = None, *, key: Ed25519PrivateKey | str | Path,
+        ca: str | Path | bytes | None = None, timeout: float = 10.0, principal_id: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE, channel: grpc.Channel | None = None,
     ) -> None:
-        """``ca`` is the server's CA certificate (PEM bytes or a path); required unless ``channel`` is given.
+        """``address`` is the server's host:port (``default_server()`` if not given); ``ca`` is the server's CA
+        certificate (PEM bytes or a path), required unless ``channel`` is given.
 
         ``channel``: send through this gRPC channel instead of opening a TLS one to ``address`` (e.g. one
         with interceptors, or a fake in unit tests). Requests are signed the same way; ``close`` closes it.
         """
         private_key = key if isinstance(key, Ed25519PrivateKey) else load_key(key)
-        self._t = SignedTransport(address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
+        self._t = SignedTransport(default_server() if address is None else address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
                                   max_message_bytes=max_message_bytes, channel=channel)
         self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
 
