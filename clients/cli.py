@@ -333,6 +333,22 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "validity", f"{day(s.valid_from) if s.valid_from.year > 1970 else 'on approval'} "
                          f"to {day(s.valid_until)}")
     row(tbl, "quota", s.quota)
+    if s.training is not None:
+        row(tbl, "training settings (pinned)", training_text(s))
+
+
+def training_text(s: t.Scenario) -> str:
+    """An FL application's proposed run settings and what one run costs, for a reviewer."""
+    x = s.training
+    assert x is not None
+    dp = (f"client-level DP: clipping {x.clipping_norm:g}, noise multiplier {x.noise_multiplier:g}, "
+          f"delta {x.delta:g}" if x.noise_multiplier > 0 else "no DP")
+    text = (f"{x.rounds} rounds x {x.local_epochs} local epoch(s), learning rate {x.learning_rate:g}, "
+            f"{x.fraction_per_round:g} of holders per round, {x.strategy}; {dp}\n")
+    if s.training_epsilon > 0:
+        runs = int(s.epsilon // s.training_epsilon)
+        return text + f"price: epsilon {dec(s.training_epsilon)} per run (the budget asked for covers {runs} run(s))"
+    return text + "price: without DP a run is charged the grant's whole remaining budget"
 
 
 def model_text(m: t.ModelSpec) -> Text:

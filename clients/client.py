@@ -76,6 +76,16 @@ class _HeCalls:
                                self._t.last_receipt)
 
 
+def _settings(*, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1, fraction_per_round: float = 1.0,
+              strategy: str = "fedavg", proximal_mu: float = 0.0, clipping_norm: float = 0.0,
+              noise_multiplier: float = 0.0, delta: float = 0.0) -> common_pb2.TrainingSettings:
+    """Training settings with the SDK's defaults for what is not given (TypeError on an unknown setting)."""
+    return common_pb2.TrainingSettings(
+        rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate, fraction_per_round=fraction_per_round,
+        strategy=strategy, proximal_mu=proximal_mu, clipping_norm=clipping_norm, noise_multiplier=noise_multiplier,
+        delta=delta)
+
+
 class SandboxClient:
     """What every enrolled principal can do: who am I, the catalogue, my scenarios."""
 
@@ -246,9 +256,14 @@ class ApplicantClient(SandboxClient):
         kind: str | None = None, epsilon: float | str | Decimal = 0, delta: float | str | Decimal = 0,
         max_epsilon_per_call: float | str | Decimal = 0, valid_for: dt.timedelta = dt.timedelta(days=30),
         valid_from: dt.datetime | None = None, quota: int = 1000, model_hash: str = "",
-        dataset_versions: Mapping[str, str] | None = None,
+        dataset_versions: Mapping[str, str] | None = None, training: Mapping[str, Any] | None = None,
     ) -> t.Scenario:
-        """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal)."""
+        """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal).
+
+        ``training`` (FL_TRAINING): the run settings proposed for review, as ``start_training``'s keywords
+        (rounds, clipping_norm, noise_multiplier, ...); the server prices one run, the grant pins them and every
+        start must use them.
+        """
         try:
             start = valid_from or dt.datetime.now(dt.timezone.utc)
             app = common_pb2.Application(
@@ -262,7 +277,9 @@ class ApplicantClient(SandboxClient):
                 valid_from_unix_ms=serde.ms(start) if valid_from else 0,
                 valid_until_unix_ms=serde.ms(start + valid_for), quota=quota,
             )
-        except ValueError as exc:
+            if training is not None:
+                app.training.CopyFrom(_settings(**training))
+        except (TypeError, ValueError) as exc:
             raise serde.invalid(str(exc)) from None
         resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
                             applicant_pb2.ApplyResponse)
@@ -374,21 +391,27 @@ class ResearcherClient(ApplicantClient):
                             fl_pb2.RegisterPlanResponse).plan_hash
 
     def start_training(
-        self, grant_id: str, plan_hash: str, *, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1,
-        fraction_per_round: float = 1.0, strategy: str = "fedavg", proximal_mu: float = 0.0,
-        clipping_norm: float = 0.0, noise_multiplier: float = 0.0, delta: float = 0.0,
+        self, grant_id: str, plan_hash: str, *, rounds: int | None = None, local_epochs: int | None = None,
+        learning_rate: float | None = None, fraction_per_round: float | None = None, strategy: str | None = None,
+        proximal_mu: float | None = None, clipping_norm: float | None = None, noise_multiplier: float | None = None,
+        delta: float | None = None,
     ) -> t.TrainingJob:
         """Reserve the plan's privacy cost and start; returns the job id (with what was reserved).
 
-        noise_multiplier 0 means no DP: such a job has no finite epsilon and is charged the grant's whole
-        remaining budget.
+        A grant that pins the training settings (the application proposed them) runs with those: give none, or
+        exactly those. Otherwise each setting left out takes its default (10 rounds, 1 local epoch, learning rate
+        0.1, every holder each round, fedavg, no DP). noise_multiplier 0 means no DP: such a job has no finite
+        epsilon and is charged the grant's whole remaining budget.
         """
-        s = fl_pb2.TrainingSettings(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
-                                    fraction_per_round=fraction_per_round, strategy=strategy,
-                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm,
-                                    noise_multiplier=noise_multiplier, delta=delta)
-        resp = self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
-            grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse)
+        given: dict[str, Any] = {k: v for k, v in dict(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
+                                                       fraction_per_round=fraction_per_round, strategy=strategy,
+                                                       proximal_mu=proximal_mu, clipping_norm=clipping_norm,
+                                                       noise_multiplier=noise_multiplier, delta=delta).items()
+                                 if v is not None}
+        req = fl_pb2.StartTrainingRequest(grant_id=grant_id, plan_hash=plan_hash)
+        if given:
+            req.settings.CopyFrom(_settings(**given))
+        resp = self._t.call(_FL + "StartTraining", req, fl_pb2.StartTrainingResponse)
         return serde.training_job(resp)
 
     def watch_training(self, job_id: str, *, timeout: float = 3600.0) -> Iterator[t.TrainingEvent]:
@@ -576,6 +599,8 @@ class AdminClient(AuditorClient):
                 issued_at_unix_ms=int(self._t.clock() * 1000),
                 cosigners=self._cosigners(datasets),
             )
+            if app.HasField("training"):
+                terms.training.CopyFrom(app.training)  # pinned exactly as proposed and priced
         except ValueError as exc:
             raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)
