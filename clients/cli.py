@@ -333,6 +333,22 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "validity", f"{day(s.valid_from) if s.valid_from.year > 1970 else 'on approval'} "
                          f"to {day(s.valid_until)}")
     row(tbl, "quota", s.quota)
+    if s.training is not None:
+        row(tbl, "training settings (pinned)", training_text(s))
+
+
+def training_text(s: t.Scenario) -> str:
+    """An FL application's proposed run settings and what one run costs, for a reviewer."""
+    x = s.training
+    assert x is not None
+    dp = (f"client-level DP: clipping {x.clipping_norm:g}, noise multiplier {x.noise_multiplier:g}, "
+          f"delta {x.delta:g}" if x.noise_multiplier > 0 else "no DP")
+    text = (f"{x.rounds} rounds x {x.local_epochs} local epoch(s), learning rate {x.learning_rate:g}, "
+            f"{x.fraction_per_round:g} of holders per round, {x.strategy}; {dp}\n")
+    if s.training_epsilon > 0:
+        runs = int(s.epsilon // s.training_epsilon)
+        return text + f"price: epsilon {dec(s.training_epsilon)} per run (the budget asked for covers {runs} run(s))"
+    return text + "price: without DP a run is charged the grant's whole remaining budget"
 
 
 def model_text(m: t.ModelSpec) -> Text:
@@ -389,9 +405,13 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
         if s.grant is not None:
             try:
                 client.verify_grant(s.grant)
-                verified = Text("verified against the administrators' keys", style="green")
-            except PermissionDenied:
-                verified = Text("DOES NOT VERIFY against the administrators' keys", style="bold red")
+                verified = Text("verified against the administrators' keys" + (
+                    " and the stewards' co-signatures" if s.grant.cosignatures else ""), style="green")
+            except PermissionDenied as exc:
+                verified = (Text(f"awaits the co-signature of the steward of {', '.join(s.grant.awaiting)} (not "
+                                 "active until then)", style="yellow")
+                            if exc.code == "GRANT_COSIGNATURE_MISSING" and s.grant.awaiting
+                            else Text("DOES NOT VERIFY against the administrators' keys", style="bold red"))
     tbl = table("field", "value", title=f"{s.id}  ({s.status})")
     row(tbl, "status", s.status + (f": {s.decision_reason}" if s.decision_reason else ""))
     scenario_details(s, tbl)

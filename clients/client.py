@@ -4,13 +4,15 @@
         scenario = bank.apply(title=..., kind="DP_QUERY", datasets={"adult_census": ["*"]}, epsilon=1, ...)
 
 Every call is signed, has a deadline (``timeout``, default 10 s) and raises a
-``clients.errors`` exception on failure.
+``clients.errors`` exception on failure. Without an address a client connects to
+``SANDBOX_SERVER``, or ``localhost:50051`` when it is unset, as ``sandbox-client`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -35,7 +37,10 @@ from wire import transparency
 from wire.signing import cosign_payload
 from wire.budget import ATTO, NANO, to_units
 
-__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient"]
+__all__ = ["SandboxClient", "ApplicantClient", "ResearcherClient", "AuditorClient", "AdminClient", "default_server"]
+
+#: The address a client connects to when given none and ``SANDBOX_SERVER`` is unset (``sandbox-client``'s too).
+DEFAULT_SERVER = "localhost:50051"
 
 _ADMIN = "/sandbox.v1.AdminService/"
 _APPLICANT = "/sandbox.v1.ApplicantService/"
@@ -46,6 +51,11 @@ _HE = "/sandbox.v1.HeScoringService/"
 _FL = "/sandbox.v1.FlTrainingService/"
 _STEWARD = "/sandbox.v1.StewardService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def default_server(environ: Mapping[str, str] = os.environ) -> str:
+    """Where a client connects when given no address: ``SANDBOX_SERVER`` if set, else ``localhost:50051``."""
+    return environ.get("SANDBOX_SERVER") or DEFAULT_SERVER
 
 
 class _HeCalls:
@@ -66,21 +76,32 @@ class _HeCalls:
                                self._t.last_receipt)
 
 
+def _settings(*, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1, fraction_per_round: float = 1.0,
+              strategy: str = "fedavg", proximal_mu: float = 0.0, clipping_norm: float = 0.0,
+              noise_multiplier: float = 0.0, delta: float = 0.0) -> common_pb2.TrainingSettings:
+    """Training settings with the SDK's defaults for what is not given (TypeError on an unknown setting)."""
+    return common_pb2.TrainingSettings(
+        rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate, fraction_per_round=fraction_per_round,
+        strategy=strategy, proximal_mu=proximal_mu, clipping_norm=clipping_norm, noise_multiplier=noise_multiplier,
+        delta=delta)
+
+
 class SandboxClient:
     """What every enrolled principal can do: who am I, the catalogue, my scenarios."""
 
     def __init__(
-        self, address: str, *, key: Ed25519PrivateKey | str | Path, ca: str | Path | bytes | None = None,
-        timeout: float = 10.0, principal_id: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-        channel: grpc.Channel | None = None,
+        self, address: str | None = None, *, key: Ed25519PrivateKey | str | Path,
+        ca: str | Path | bytes | None = None, timeout: float = 10.0, principal_id: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE, channel: grpc.Channel | None = None,
     ) -> None:
-        """``ca`` is the server's CA certificate (PEM bytes or a path); required unless ``channel`` is given.
+        """``address`` is the server's host:port (``default_server()`` if not given); ``ca`` is the server's CA
+        certificate (PEM bytes or a path), required unless ``channel`` is given.
 
         ``channel``: send through this gRPC channel instead of opening a TLS one to ``address`` (e.g. one
         with interceptors, or a fake in unit tests). Requests are signed the same way; ``close`` closes it.
         """
         private_key = key if isinstance(key, Ed25519PrivateKey) else load_key(key)
-        self._t = SignedTransport(address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
+        self._t = SignedTransport(default_server() if address is None else address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
                                   max_message_bytes=max_message_bytes, channel=channel)
         self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
 
@@ -235,9 +256,14 @@ class ApplicantClient(SandboxClient):
         kind: str | None = None, epsilon: float | str | Decimal = 0, delta: float | str | Decimal = 0,
         max_epsilon_per_call: float | str | Decimal = 0, valid_for: dt.timedelta = dt.timedelta(days=30),
         valid_from: dt.datetime | None = None, quota: int = 1000, model_hash: str = "",
-        dataset_versions: Mapping[str, str] | None = None,
+        dataset_versions: Mapping[str, str] | None = None, training: Mapping[str, Any] | None = None,
     ) -> t.Scenario:
-        """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal)."""
+        """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal).
+
+        ``training`` (FL_TRAINING): the run settings proposed for review, as ``start_training``'s keywords
+        (rounds, clipping_norm, noise_multiplier, ...); the server prices one run, the grant pins them and every
+        start must use them.
+        """
         try:
             start = valid_from or dt.datetime.now(dt.timezone.utc)
             app = common_pb2.Application(
@@ -251,7 +277,9 @@ class ApplicantClient(SandboxClient):
                 valid_from_unix_ms=serde.ms(start) if valid_from else 0,
                 valid_until_unix_ms=serde.ms(start + valid_for), quota=quota,
             )
-        except ValueError as exc:
+            if training is not None:
+                app.training.CopyFrom(_settings(**training))
+        except (TypeError, ValueError) as exc:
             raise serde.invalid(str(exc)) from None
         resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
                             applicant_pb2.ApplyResponse)
@@ -363,21 +391,27 @@ class ResearcherClient(ApplicantClient):
                             fl_pb2.RegisterPlanResponse).plan_hash
 
     def start_training(
-        self, grant_id: str, plan_hash: str, *, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1,
-        fraction_per_round: float = 1.0, strategy: str = "fedavg", proximal_mu: float = 0.0,
-        clipping_norm: float = 0.0, noise_multiplier: float = 0.0, delta: float = 0.0,
+        self, grant_id: str, plan_hash: str, *, rounds: int | None = None, local_epochs: int | None = None,
+        learning_rate: float | None = None, fraction_per_round: float | None = None, strategy: str | None = None,
+        proximal_mu: float | None = None, clipping_norm: float | None = None, noise_multiplier: float | None = None,
+        delta: float | None = None,
     ) -> t.TrainingJob:
         """Reserve the plan's privacy cost and start; returns the job id (with what was reserved).
 
-        noise_multiplier 0 means no DP: such a job has no finite epsilon and is charged the grant's whole
-        remaining budget.
+        A grant that pins the training settings (the application proposed them) runs with those: give none, or
+        exactly those. Otherwise each setting left out takes its default (10 rounds, 1 local epoch, learning rate
+        0.1, every holder each round, fedavg, no DP). noise_multiplier 0 means no DP: such a job has no finite
+        epsilon and is charged the grant's whole remaining budget.
         """
-        s = fl_pb2.TrainingSettings(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
-                                    fraction_per_round=fraction_per_round, strategy=strategy,
-                                    proximal_mu=proximal_mu, clipping_norm=clipping_norm,
-                                    noise_multiplier=noise_multiplier, delta=delta)
-        resp = self._t.call(_FL + "StartTraining", fl_pb2.StartTrainingRequest(
-            grant_id=grant_id, plan_hash=plan_hash, settings=s), fl_pb2.StartTrainingResponse)
+        given: dict[str, Any] = {k: v for k, v in dict(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
+                                                       fraction_per_round=fraction_per_round, strategy=strategy,
+                                                       proximal_mu=proximal_mu, clipping_norm=clipping_norm,
+                                                       noise_multiplier=noise_multiplier, delta=delta).items()
+                                 if v is not None}
+        req = fl_pb2.StartTrainingRequest(grant_id=grant_id, plan_hash=plan_hash)
+        if given:
+            req.settings.CopyFrom(_settings(**given))
+        resp = self._t.call(_FL + "StartTraining", req, fl_pb2.StartTrainingResponse)
         return serde.training_job(resp)
 
     def watch_training(self, job_id: str, *, timeout: float = 3600.0) -> Iterator[t.TrainingEvent]:
@@ -565,6 +599,8 @@ class AdminClient(AuditorClient):
                 issued_at_unix_ms=int(self._t.clock() * 1000),
                 cosigners=self._cosigners(datasets),
             )
+            if app.HasField("training"):
+                terms.training.CopyFrom(app.training)  # pinned exactly as proposed and priced
         except ValueError as exc:
             raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)

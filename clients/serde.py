@@ -103,6 +103,7 @@ def terms(raw: bytes) -> t.GrantTerms:
         from_units(g.max_epsilon_per_call_nano, NANO), when(g.not_before_unix_ms), when(g.not_after_unix_ms),
         g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
         tuple(t.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys)) for c in g.cosigners),
+        training_settings(g.training) if g.HasField("training") else None,
     )
 
 
@@ -124,7 +125,8 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
         selections(a.datasets), a.model_hash, *budget(a.budget), from_units(a.max_epsilon_per_call_nano, NANO),
         when(a.valid_from_unix_ms), when(a.valid_until_unix_ms), a.quota,
         _name(common_pb2.ScenarioStatus, s.status, "SCENARIO_"), s.decision_reason, when(s.created_at_unix_ms),
-        grant, usage,
+        grant, usage, training_settings(a.training) if a.HasField("training") else None,
+        from_units(a.training_epsilon_nano, NANO),
     )
 
 
@@ -146,7 +148,7 @@ def training_plan(r: fl_pb2.GetTrainingPlanResponse) -> t.TrainingPlan:
                           p.hidden_units, r.submitted_by)
 
 
-def training_settings(s: fl_pb2.TrainingSettings) -> t.TrainingSettings:
+def training_settings(s: common_pb2.TrainingSettings) -> t.TrainingSettings:
     return t.TrainingSettings(s.rounds, s.local_epochs, s.learning_rate, s.fraction_per_round, s.strategy,
                               s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta)
 

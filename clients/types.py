@@ -129,6 +129,7 @@ class GrantTerms:
     approver_public_key: bytes
     issued_at: dt.datetime
     cosigners: tuple[CosignRequirement, ...] = ()
+    training: TrainingSettings | None = None  # FL_TRAINING: every run must use these
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ class Scenario:
     created_at: dt.datetime
     grant: Grant | None
     usage: Usage | None
+    training: TrainingSettings | None = None  # FL_TRAINING: the run settings proposed (the grant pins them)
+    training_epsilon: Decimal = Decimal(0)  # what one run with them costs; 0 without DP or without a proposal
 
     @property
     def epsilon_cap(self) -> Decimal:

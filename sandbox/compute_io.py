@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dp_engine.spec import Query, Statistic, StatisticEstimate
-from sandbox.domain import Budget, GrantUsage
+from sandbox.domain import Budget, GrantUsage, TrainingSettings
 
 # -- DP queries ------------------------------------------------------------------------------------------------------
 
@@ -84,21 +84,6 @@ class ScoreResult:
 
 
 # -- FL training -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """The researcher's settings; 0 or "" means the default (as in the protocol)."""
-
-    rounds: int = 0
-    local_epochs: int = 0
-    learning_rate: float = 0.0
-    fraction_per_round: float = 0.0
-    strategy: str = ""
-    proximal_mu: float = 0.0
-    clipping_norm: float = 0.0
-    noise_multiplier: float = 0.0
-    delta: float = 0.0
 
 
 @dataclass(frozen=True)

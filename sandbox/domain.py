@@ -165,6 +165,21 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """The researcher's settings; 0 or "" means the default (as in the protocol)."""
+
+    rounds: int = 0
+    local_epochs: int = 0
+    learning_rate: float = 0.0
+    fraction_per_round: float = 0.0
+    strategy: str = ""
+    proximal_mu: float = 0.0
+    clipping_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class Application:
     title: str
     purpose: str
@@ -177,6 +192,9 @@ class Application:
     valid_from_ms: int
     valid_until_ms: int
     quota: int
+    #: FL_TRAINING: the run settings proposed for review (the grant pins them), and what one run costs.
+    training: TrainingSettings | None = None
+    training_epsilon_nano: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,7 @@ class GrantTerms:
     approver_public_key: bytes
     issued_at_ms: int
     cosigners: tuple[CosignRequirement, ...] = ()
+    training: TrainingSettings | None = None  # FL_TRAINING: every run must use these (None: chosen at each start)
 
     def dataset(self, name: str) -> DatasetSelection | None:
         for ds in self.datasets:

@@ -72,29 +72,6 @@ class Job:
             self.changed.notify_all()
 
 
-def build_plan(template: fl_plans.PlanTemplate, s: TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
-    """The engine's plan: features scaled by their public bounds (one-hot for declared categories)."""
-    features = []
-    for name in template.features:
-        col = info.schema.column(name)
-        assert col is not None
-        if col.type is ColumnType.CATEGORICAL:
-            features.append(fl_server.Feature(name, categories=col.categories))
-        else:
-            assert col.lower is not None and col.upper is not None
-            features.append(fl_server.Feature(name, lower=col.lower, upper=col.upper))
-    with engine_errors():  # validate() refuses a NaN or infinite setting as it refuses any value outside the limits
-        plan = fl_server.TrainingPlan(
-            features=tuple(features), label=fl_server.Label(template.label, template.label_threshold),
-            model=template.model, hidden_units=template.hidden_units or 16, rounds=s.rounds,
-            local_epochs=s.local_epochs, learning_rate=s.learning_rate,
-            clients_per_round=s.fraction_per_round or 1.0, strategy=s.strategy or "fedavg",
-            proximal_mu=s.proximal_mu, clipping_norm=s.clipping_norm or 1.0, noise_multiplier=s.noise_multiplier,
-            delta=s.delta or 1e-6, seed=secrets.randbelow(2**31),
-        )
-        return plan.validate()
-
-
 def backend_for(config: ServerConfig) -> fl_server.Backend:
     """The training backend the config chose: in-process nodes, or Flower's SuperLink/SuperNode runtime.
 
@@ -133,7 +110,8 @@ class JobManager:
                                 model_hash=req.plan_hash)
         info = auth.dataset
         part_col = info.schema.partition_column
-        plan = build_plan(template, req.settings, info)
+        settings = fl_plans.settings_for(auth.grant, req.settings)
+        plan = fl_plans.build_plan(template, settings, info)
         epsilon, delta = fl_server.plan_cost(plan)
         remaining = auth.budget.remaining
         if math.isinf(epsilon):  # no DP: no finite guarantee, so it takes everything that is left
@@ -146,7 +124,7 @@ class JobManager:
             cost = ledger.cost_units(epsilon, delta)
         policy.charge(call, auth, cost, quota=1)
         job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
-                  dataset=template.dataset, plan_hash=req.plan_hash, settings=req.settings, started_at_ms=call.now_ms)
+                  dataset=template.dataset, plan_hash=req.plan_hash, settings=settings, started_at_ms=call.now_ms)
 
         def launch() -> StartedJob:
             with self._lock:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import dataclass
 
-from sandbox import catalogue, grants, registry, stewards
-from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo, Principal, Role
-from sandbox.errors import ErrorCode, SandboxError
+import fl_server
+from sandbox import catalogue, registry
+from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo, Grant, TrainingSettings
+from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.state import Tx
 
 MODELS = ("logistic", "mlp")
@@ -78,19 +80,9 @@ def register(tx: Tx, t: PlanTemplate, *, submitted_by: str, now_ms: int) -> str:
     return registry.put(tx, registry.PLANS, t.canonical(), submitted_by=submitted_by, now_ms=now_ms)
 
 
-def get_for(tx: Tx, plan_hash: str, viewer: Principal) -> tuple[PlanTemplate, str]:
-    """A registered plan and its submitter, to its submitter, administrators, auditors, stewards of its dataset and
-    the researchers granted it; to anyone else it does not exist (NOT_FOUND)."""
+def get_with_submitter(tx: Tx, plan_hash: str) -> tuple[PlanTemplate, str] | None:
     found = registry.get(tx, registry.PLANS, plan_hash)
-    template = from_canonical(found[0]) if found is not None else None
-    allowed = found is not None and template is not None and (
-        found[1] == viewer.id or viewer.roles & {Role.ADMIN, Role.AUDITOR}
-        or Role.STEWARD in viewer.roles and template.dataset in stewards.datasets_of(tx, viewer)
-        or any(g.terms.model_hash == plan_hash for g in grants.held_by(tx, viewer.id)))
-    if not allowed:
-        raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
-    assert template is not None and found is not None
-    return template, found[1]
+    return (from_canonical(found[0]), found[1]) if found is not None else None
 
 
 def get(tx: Tx, plan_hash: str) -> PlanTemplate:
@@ -98,3 +90,41 @@ def get(tx: Tx, plan_hash: str) -> PlanTemplate:
     if found is None:
         raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
     return from_canonical(found[0])
+
+
+def build_plan(template: PlanTemplate, s: TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
+    """The engine's plan: features scaled by their public bounds (one-hot for declared categories)."""
+    features = []
+    for name in template.features:
+        col = info.schema.column(name)
+        assert col is not None
+        if col.type is ColumnType.CATEGORICAL:
+            features.append(fl_server.Feature(name, categories=col.categories))
+        else:
+            assert col.lower is not None and col.upper is not None
+            features.append(fl_server.Feature(name, lower=col.lower, upper=col.upper))
+    with engine_errors():  # validate() refuses a NaN or infinite setting as it refuses any value outside the limits
+        plan = fl_server.TrainingPlan(
+            features=tuple(features), label=fl_server.Label(template.label, template.label_threshold),
+            model=template.model, hidden_units=template.hidden_units or 16, rounds=s.rounds,
+            local_epochs=s.local_epochs, learning_rate=s.learning_rate,
+            clients_per_round=s.fraction_per_round or 1.0, strategy=s.strategy or "fedavg",
+            proximal_mu=s.proximal_mu, clipping_norm=s.clipping_norm or 1.0, noise_multiplier=s.noise_multiplier,
+            delta=s.delta or 1e-6, seed=secrets.randbelow(2**31),
+        )
+        return plan.validate()
+
+
+def price(template: PlanTemplate, settings: TrainingSettings, info: DatasetInfo) -> tuple[float, float]:
+    """(epsilon, delta) one run with ``settings`` costs (epsilon inf without DP); INVALID_ARGUMENT if they are not
+    valid for the plan."""
+    return fl_server.plan_cost(build_plan(template, settings, info))
+
+
+def settings_for(grant: Grant, asked: TrainingSettings) -> TrainingSettings:
+    """The settings a run under ``grant`` uses: the pinned ones (a request may leave them out, or repeat them
+    exactly), or, for a grant that pins none, the request's own."""
+    pinned = grant.terms.training
+    if pinned is None or asked == TrainingSettings() or asked == pinned:
+        return pinned or asked
+    raise SandboxError(ErrorCode.OUTSIDE_GRANT, "the grant pins the training settings; these differ from them")

@@ -119,6 +119,8 @@ def check_terms_narrow(terms: GrantTerms, scenario: Scenario, app: Application, 
         raise bad("computation kind differs")
     if terms.model_hash != app.model_hash:
         raise bad("model differs")
+    if terms.training != app.training:
+        raise bad("training settings differ from those proposed (a grant pins them exactly)")
     if len(terms.datasets) != len({d.name for d in terms.datasets}) or not terms.datasets:
         raise bad("datasets must be listed once each")
     for sel in terms.datasets:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 
 from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde, stewards
 from sandbox.domain import (
-    Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus,
+    Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus, TrainingSettings,
 )
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.state import Tx
@@ -55,8 +56,13 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
                            (f"; {app.kind.value} requires one" if needs_model else ""))
     if app.kind is Kind.HE_SCORING:
         check_scoring_model(tx, app.model_hash, resolved)
+    training_epsilon_nano = 0
     if app.kind is Kind.FL_TRAINING:
         check_training_plan(tx, app.model_hash, resolved)
+        if app.training is not None:
+            training_epsilon_nano = price_training(tx, app.model_hash, app.training)
+    elif app.training is not None:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings belong to an FL_TRAINING application")
     if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
     if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
@@ -69,7 +75,8 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
     if app.valid_until_ms <= max(valid_from, now_ms) or app.valid_until_ms - valid_from > MAX_VALIDITY_MS:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "validity must end in the future and last at most 366 days")
     stored = Application(title, purpose, basis, app.kind, tuple(resolved), app.model_hash, app.budget,
-                         app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota)
+                         app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota, app.training,
+                         training_epsilon_nano)
     sid = "s-" + secrets.token_hex(12)
     tx.scenario_insert(sid, applicant.id, serde.application_to_bytes(stored), now_ms)
     return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)
@@ -100,6 +107,19 @@ def check_training_plan(tx: Tx, plan_hash: str, resolved: list[DatasetSelection]
     if missing:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the scenario must name the columns the plan uses: "
                                                        f"{', '.join(missing)}")
+
+
+def price_training(tx: Tx, plan_hash: str, settings: TrainingSettings) -> int:
+    """What one run with the proposed ``settings`` costs, in nano-epsilon (0 without DP: such a run is charged the
+    grant's whole remaining budget); INVALID_ARGUMENT if the settings are not valid for the plan."""
+    template = fl_plans.get(tx, plan_hash)
+    epsilon, _ = fl_plans.price(template, settings, catalogue.get_dataset(tx, template.dataset))
+    if math.isinf(epsilon):
+        return 0
+    cost = ledger.cost_units(epsilon, 0.0).epsilon_nano
+    if cost > ledger.MAX_EPSILON_NANO:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "one run with these settings costs more than any budget")
+    return cost
 
 
 def _sees_all(viewer: Principal) -> bool:
@@ -142,6 +162,19 @@ def list_for(tx: Tx, viewer: Principal) -> list[Scenario]:
 def granted_model(tx: Tx, viewer: Principal, model_hash: str) -> bool:
     """True if ``viewer`` has (or had) an approved scenario that pins ``model_hash``."""
     return any(s.application.model_hash == model_hash and s.grant is not None for s in list_for(tx, viewer))
+
+
+def training_plan_for(tx: Tx, plan_hash: str, viewer: Principal) -> tuple[fl_plans.PlanTemplate, str]:
+    """A registered plan and its submitter, to its submitter, administrators, auditors, stewards of its dataset and
+    the researchers granted it; to anyone else it does not exist (NOT_FOUND)."""
+    found = fl_plans.get_with_submitter(tx, plan_hash)
+    allowed = found is not None and (
+        found[1] == viewer.id or bool(viewer.roles & {Role.ADMIN, Role.AUDITOR})
+        or Role.STEWARD in viewer.roles and found[0].dataset in stewards.datasets_of(tx, viewer)
+        or any(g.terms.model_hash == plan_hash for g in grants.held_by(tx, viewer.id)))
+    if found is None or not allowed:
+        raise SandboxError(ErrorCode.NOT_FOUND, "no such training plan")
+    return found
 
 
 def list_pending(tx: Tx) -> list[Scenario]:

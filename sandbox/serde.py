@@ -184,6 +184,8 @@ def application_from_pb(a: common_pb2.Application) -> d.Application:
         datasets=tuple(selection_from_pb(s) for s in a.datasets), model_hash=a.model_hash,
         budget=budget_from_pb(a.budget), max_epsilon_per_call_nano=a.max_epsilon_per_call_nano,
         valid_from_ms=a.valid_from_unix_ms, valid_until_ms=a.valid_until_unix_ms, quota=a.quota,
+        training=training_settings_from_pb(a.training) if a.HasField("training") else None,
+        training_epsilon_nano=a.training_epsilon_nano,
     )
 
 
@@ -193,6 +195,8 @@ def application_to_pb(a: d.Application) -> common_pb2.Application:
         datasets=[selection_to_pb(s) for s in a.datasets], model_hash=a.model_hash,
         budget=budget_to_pb(a.budget), max_epsilon_per_call_nano=a.max_epsilon_per_call_nano,
         valid_from_unix_ms=a.valid_from_ms, valid_until_unix_ms=a.valid_until_ms, quota=a.quota,
+        training=training_settings_to_pb(a.training) if a.training is not None else None,
+        training_epsilon_nano=a.training_epsilon_nano,
     )
 
 
@@ -219,6 +223,7 @@ def terms_from_bytes(raw: bytes) -> d.GrantTerms:
         approver_public_key=t.approver_public_key, issued_at_ms=t.issued_at_unix_ms,
         cosigners=tuple(d.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys))
                         for c in t.cosigners),
+        training=training_settings_from_pb(t.training) if t.HasField("training") else None,
     )
 
 
@@ -433,7 +438,7 @@ def score_result_to_pb(r: io.ScoreResult) -> he_pb2.ScoreResponse:
                                 noise_sd=r.noise_sd)
 
 
-def training_settings_from_pb(s: fl_pb2.TrainingSettings) -> io.TrainingSettings:
+def training_settings_from_pb(s: common_pb2.TrainingSettings) -> io.TrainingSettings:
     return io.TrainingSettings(
         rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
         fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
@@ -449,8 +454,8 @@ def started_job_to_pb(j: io.StartedJob) -> fl_pb2.StartTrainingResponse:
     return fl_pb2.StartTrainingResponse(job_id=j.job_id, reserved=budget_to_pb(j.reserved))
 
 
-def training_settings_to_pb(s: io.TrainingSettings) -> fl_pb2.TrainingSettings:
-    return fl_pb2.TrainingSettings(
+def training_settings_to_pb(s: io.TrainingSettings) -> common_pb2.TrainingSettings:
+    return common_pb2.TrainingSettings(
         rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
         fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
         clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta)

@@ -63,7 +63,7 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     **{f"/sandbox.v1.FlTrainingService/{m}": frozenset({Role.RESEARCHER}) for m in (
         "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining",
         "RegisterTrainedModel", "ListTrainingJobs")},
-    "/sandbox.v1.FlTrainingService/GetTrainingPlan": None,  # reviewers and grantees (checked by fl_plans.get_for)
+    "/sandbox.v1.FlTrainingService/GetTrainingPlan": None,  # reviewers and grantees (scenarios.training_plan_for)
 }
 
 
@@ -399,7 +399,7 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
 
     def GetTrainingPlan(self, request, context):  # type: ignore[no-untyped-def]
         call = current_call()
-        template, submitted_by = fl_plans.get_for(call.tx, request.plan_hash, call.principal)
+        template, submitted_by = scenarios.training_plan_for(call.tx, request.plan_hash, call.principal)
         return fl_pb2.GetTrainingPlanResponse(template=serde.plan_to_pb(template), plan_hash=request.plan_hash,
                                               submitted_by=submitted_by, canonical=template.canonical())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clients import ResearcherClient
 from clients.signing import load_key, principal_id_for, public_key_of
 from tests.conftest import DATA, SCHEMAS, Sandbox
 from tests.integration.test_client_cli import Run, enrolled, found, import_census, run  # noqa: F401 (fixture)
@@ -50,7 +51,7 @@ def test_a_steward_co_signs_from_the_command_line(run: Run, sandbox: Sandbox, tm
     assert r.exit_code == 1 and "refused (PERMISSION_DENIED)" in r.output
 
 
-def test_pending_and_model_show_a_training_plan_in_full(run: Run, tmp_path: Path) -> None:  # noqa: F811
+def test_pending_and_model_show_a_training_plan_in_full(run: Run, sandbox: Sandbox, tmp_path: Path) -> None:  # noqa: F811
     assert run("import", SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz").exit_code == 0
     lab = enrolled(run, tmp_path, "Lab", role="researcher")
     r = run("plan", "--dataset", "rand_hie", "--feature", "xage", "--feature", "female", "--label", "meddol",
@@ -68,6 +69,15 @@ def test_pending_and_model_show_a_training_plan_in_full(run: Run, tmp_path: Path
     r = run("model", plan)  # an administrator reads the plan by its hash (once NOT_FOUND)
     assert r.exit_code == 0, r.output
     found(r"logistic on rand_hie", r.output)
+    with ResearcherClient(sandbox.address, key=lab, ca=sandbox.ca) as client:  # proposes its run settings
+        client.apply(title="Pinned", purpose="Federated model", legal_basis="Research Act", kind="FL_TRAINING",
+                     datasets={"rand_hie": ["xage", "female", "meddol"]}, epsilon=5, delta="1e-6", model_hash=plan,
+                     training=dict(rounds=3, clipping_norm=1.0, noise_multiplier=2.0, delta=1e-6))
+    r = run("pending")
+    found(r"3 rounds x 1 local epoch\(s\)", r.output)
+    found(r"client-level DP: clipping 1, noise multiplier 2, delta 1e-06", r.output)
+    price = found(r"price: epsilon ([0-9.]+) per run \(the budget asked for covers (\d+) run\(s\)\)", r.output)
+    assert int(price.group(2)) == int(5 // float(price.group(1)))
 
 
 def test_the_audit_listing_filters_and_shows_what_was_asked(run: Run, tmp_path: Path) -> None:  # noqa: F811

@@ -9,10 +9,10 @@ import pytest
 
 import fl_server
 from clients import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
-from sandbox import catalogue, fl_jobs, ledger
+from sandbox import catalogue, fl_jobs, fl_plans, ledger
 from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
-from protos.sandbox.v1 import fl_pb2
+from protos.sandbox.v1 import common_pb2, fl_pb2
 
 FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "physlm"]
 LABEL, THRESHOLD = "meddol", 100.0
@@ -56,6 +56,54 @@ def test_a_researcher_lists_its_own_training_jobs(fl_env) -> None:  # type: igno
     other.close()
 
 
+def test_proposed_settings_are_priced_for_review_and_pinned_by_the_grant(fl_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, lab, plan, _ = fl_env
+    proposal = dict(rounds=2, local_epochs=1, learning_rate=0.5, clipping_norm=1.0, noise_multiplier=1.5,
+                    delta=1e-6)
+    s = lab.apply(title="Pinned model", purpose="Predict above-threshold medical spending",
+                  legal_basis="Research exemption", kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, LABEL]},
+                  model_hash=plan, epsilon=50, delta="1e-5", quota=5, training=proposal)
+    assert s.training is not None and s.training.rounds == 2 and s.training.noise_multiplier == 1.5
+    db = Database(sbx.data_dir / "sandbox.db")
+    try:
+        with db.read() as tx:
+            tmpl = fl_plans.get(tx, plan)
+            info = catalogue.get_dataset(tx, "rand_hie")
+    finally:
+        db.close()
+    settings = fl_plans.TrainingSettings(**proposal)  # type: ignore[arg-type]
+    expected, _ = fl_plans.price(tmpl, settings, info)
+    assert float(s.training_epsilon) == pytest.approx(expected, rel=1e-6)  # the accountant's, for exactly these
+    assert s.training_epsilon > 0
+    pending = next(p for p in admin.pending() if p.id == s.id)
+    assert pending.training == s.training and pending.training_epsilon == s.training_epsilon
+    g = admin.approve(s.id).grant
+    assert g is not None and g.terms.training == s.training
+    with pytest.raises(PermissionDenied) as refused:  # more rounds than approved
+        lab.start_training(g.id, plan, rounds=3, clipping_norm=1.0, noise_multiplier=1.5, delta=1e-6)
+    assert refused.value.code == "OUTSIDE_GRANT"
+    job = lab.start_training(g.id, plan)  # no settings: the pinned ones
+    assert job.epsilon_reserved == s.training_epsilon
+    events = list(lab.watch_training(job))
+    assert [e.round for e in events if e.state == "running"] == [1, 2] and events[-1].state == "completed"
+    listed = next(j for j in lab.training_jobs() if j.job_id == str(job))
+    assert listed.settings == s.training
+    again = lab.start_training(g.id, plan, **proposal)  # repeating them exactly is the same run
+    assert again.epsilon_reserved == s.training_epsilon
+    lab.cancel_training(again)
+
+
+def test_a_proposal_that_is_not_valid_for_the_plan_is_refused_at_application(fl_env) -> None:  # type: ignore[no-untyped-def]
+    _, _, lab, plan, _ = fl_env
+    with pytest.raises(InvalidArgument):
+        lab.apply(title="Bad", purpose="p", legal_basis="b", kind="FL_TRAINING",
+                  datasets={"rand_hie": [*FEATURES, LABEL]}, model_hash=plan, epsilon=5, delta="1e-5",
+                  training=dict(rounds=0, clipping_norm=1.0, noise_multiplier=1.0, delta=1e-6))
+    with pytest.raises(InvalidArgument):  # an unknown setting is refused before anything is sent
+        lab.apply(title="Bad", purpose="p", legal_basis="b", kind="FL_TRAINING",
+                  datasets={"rand_hie": [*FEATURES, LABEL]}, model_hash=plan, epsilon=5, training=dict(epochs=2))
+
+
 def spent(sbx, grant_id: str) -> int:  # type: ignore[no-untyped-def]
     db = Database(sbx.data_dir / "sandbox.db")
     try:
@@ -81,11 +129,11 @@ def test_dp_training_charges_the_accountants_epsilon(fl_env) -> None:  # type: i
     with db.read() as conn:
         info = catalogue.get_dataset(conn, "rand_hie")
     db.close()
-    settings = fl_pb2.TrainingSettings(rounds=3, local_epochs=1, learning_rate=0.5, clipping_norm=1.0,
+    settings = common_pb2.TrainingSettings(rounds=3, local_epochs=1, learning_rate=0.5, clipping_norm=1.0,
                                        noise_multiplier=1.0, delta=1e-6)
     from sandbox import fl_plans
     template = fl_plans.PlanTemplate("rand_hie", "logistic", tuple(FEATURES), LABEL, THRESHOLD)
-    expected, _ = fl_server.plan_cost(fl_jobs.build_plan(template, settings, info))
+    expected, _ = fl_server.plan_cost(fl_plans.build_plan(template, settings, info))
     assert spent(sbx, g) == ledger.epsilon_to_nano(repr(expected), charge=True)
     assert result.epsilon_charged * 10**9 == spent(sbx, g)
     assert abs(eps[-1] - expected) < 1e-6 * max(1.0, expected)

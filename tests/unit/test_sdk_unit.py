@@ -538,3 +538,22 @@ def test_without_a_channel_the_client_opens_its_own_tls_channel(key: Any) -> Non
     client = SandboxClient("127.0.0.1:9", key=key, ca=b"unused until it connects")  # nothing is dialled yet
     assert isinstance(client.transport.channel, grpc.Channel)
     client.close()
+
+
+def test_without_an_address_the_client_dials_sandbox_server_or_localhost(
+        key: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dialled: list[str] = []
+    real = grpc.secure_channel
+
+    def secure_channel(target: str, *args: Any, **kwargs: Any) -> grpc.Channel:
+        dialled.append(target)
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(grpc, "secure_channel", secure_channel)
+    monkeypatch.delenv("SANDBOX_SERVER", raising=False)
+    SandboxClient(key=key, ca=b"unused until it connects").close()
+    monkeypatch.setenv("SANDBOX_SERVER", "sandbox.city.example:7000")
+    SandboxClient(key=key, ca=b"unused until it connects").close()
+    SandboxClient("127.0.0.1:9", key=key, ca=b"unused until it connects").close()  # a given address wins
+    assert dialled == ["localhost:50051", "sandbox.city.example:7000", "127.0.0.1:9"]
+    assert client_module.default_server({}) == client_module.DEFAULT_SERVER == "localhost:50051"

@@ -435,6 +435,54 @@ class DatasetSelection(_message.Message):
 Global___DatasetSelection: _TypeAlias = DatasetSelection  # noqa: Y015
 
 @_typing.final
+class TrainingSettings(_message.Message):
+    """A federated training run's settings (fl.proto's StartTraining takes them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    LOCAL_EPOCHS_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    FRACTION_PER_ROUND_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PROXIMAL_MU_FIELD_NUMBER: _builtins.int
+    CLIPPING_NORM_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    rounds: _builtins.int
+    local_epochs: _builtins.int
+    learning_rate: _builtins.float
+    fraction_per_round: _builtins.float
+    """share of data holders sampled each round, (0, 1]"""
+    strategy: _builtins.str
+    """"fedavg" or "fedprox" """
+    proximal_mu: _builtins.float
+    clipping_norm: _builtins.float
+    """client-level DP: 0 = no DP"""
+    noise_multiplier: _builtins.float
+    delta: _builtins.float
+    def __init__(
+        self,
+        *,
+        rounds: _builtins.int = ...,
+        local_epochs: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
+        fraction_per_round: _builtins.float = ...,
+        strategy: _builtins.str = ...,
+        proximal_mu: _builtins.float = ...,
+        clipping_norm: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        delta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "fraction_per_round", b"fraction_per_round", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "noise_multiplier", b"noise_multiplier", "proximal_mu", b"proximal_mu", "rounds", b"rounds", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingSettings: _TypeAlias = TrainingSettings  # noqa: Y015
+
+@_typing.final
 class Application(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -449,6 +497,8 @@ class Application(_message.Message):
     VALID_FROM_UNIX_MS_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    TRAINING_EPSILON_NANO_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     purpose: _builtins.str
     legal_basis: _builtins.str
@@ -461,10 +511,18 @@ class Application(_message.Message):
     valid_until_unix_ms: _builtins.int
     quota: _builtins.int
     """calls (or entities scored, for HE_SCORING)"""
+    training_epsilon_nano: _builtins.int
+    """Set by the server for a proposal: the epsilon one run costs (at delta = training.delta); 0 without DP (a
+    run without DP is charged the grant's whole remaining budget).
+    """
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetSelection]: ...
     @_builtins.property
     def budget(self) -> Global___PrivacyBudget: ...
+    @_builtins.property
+    def training(self) -> Global___TrainingSettings:
+        """FL_TRAINING: the run settings proposed for review; the grant pins them and StartTraining must use them."""
+
     def __init__(
         self,
         *,
@@ -479,10 +537,12 @@ class Application(_message.Message):
         valid_from_unix_ms: _builtins.int = ...,
         valid_until_unix_ms: _builtins.int = ...,
         quota: _builtins.int = ...,
+        training: Global___TrainingSettings | None = ...,
+        training_epsilon_nano: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "training", b"training", "training_epsilon_nano", b"training_epsilon_nano", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -511,6 +571,7 @@ class GrantTerms(_message.Message):
     APPROVER_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ISSUED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     COSIGNERS_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     grantee_id: _builtins.str
     grantee_public_key: _builtins.bytes
@@ -533,6 +594,10 @@ class GrantTerms(_message.Message):
     def cosigners(self) -> _containers.RepeatedCompositeFieldContainer[Global___CosignRequirement]:
         """Datasets whose steward must co-sign these terms before the grant is active (one of the listed stewards each)."""
 
+    @_builtins.property
+    def training(self) -> Global___TrainingSettings:
+        """FL_TRAINING: the settings every run must use (absent: chosen at each start)"""
+
     def __init__(
         self,
         *,
@@ -551,10 +616,11 @@ class GrantTerms(_message.Message):
         approver_public_key: _builtins.bytes = ...,
         issued_at_unix_ms: _builtins.int = ...,
         cosigners: _abc.Iterable[Global___CosignRequirement] | None = ...,
+        training: Global___TrainingSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "cosigners", b"cosigners", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "cosigners", b"cosigners", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,53 +97,9 @@ class RegisterPlanResponse(_message.Message):
 Global___RegisterPlanResponse: _TypeAlias = RegisterPlanResponse  # noqa: Y015
 
 @_typing.final
-class TrainingSettings(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ROUNDS_FIELD_NUMBER: _builtins.int
-    LOCAL_EPOCHS_FIELD_NUMBER: _builtins.int
-    LEARNING_RATE_FIELD_NUMBER: _builtins.int
-    FRACTION_PER_ROUND_FIELD_NUMBER: _builtins.int
-    STRATEGY_FIELD_NUMBER: _builtins.int
-    PROXIMAL_MU_FIELD_NUMBER: _builtins.int
-    CLIPPING_NORM_FIELD_NUMBER: _builtins.int
-    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
-    DELTA_FIELD_NUMBER: _builtins.int
-    rounds: _builtins.int
-    local_epochs: _builtins.int
-    learning_rate: _builtins.float
-    fraction_per_round: _builtins.float
-    """share of data holders sampled each round, (0, 1]"""
-    strategy: _builtins.str
-    """"fedavg" or "fedprox" """
-    proximal_mu: _builtins.float
-    clipping_norm: _builtins.float
-    """client-level DP: 0 = no DP"""
-    noise_multiplier: _builtins.float
-    delta: _builtins.float
-    def __init__(
-        self,
-        *,
-        rounds: _builtins.int = ...,
-        local_epochs: _builtins.int = ...,
-        learning_rate: _builtins.float = ...,
-        fraction_per_round: _builtins.float = ...,
-        strategy: _builtins.str = ...,
-        proximal_mu: _builtins.float = ...,
-        clipping_norm: _builtins.float = ...,
-        noise_multiplier: _builtins.float = ...,
-        delta: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "fraction_per_round", b"fraction_per_round", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "noise_multiplier", b"noise_multiplier", "proximal_mu", b"proximal_mu", "rounds", b"rounds", "strategy", b"strategy"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TrainingSettings: _TypeAlias = TrainingSettings  # noqa: Y015
-
-@_typing.final
 class StartTrainingRequest(_message.Message):
+    """TrainingSettings is in common.proto: an FL_TRAINING application proposes them and its grant pins them."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GRANT_ID_FIELD_NUMBER: _builtins.int
@@ -152,13 +108,13 @@ class StartTrainingRequest(_message.Message):
     grant_id: _builtins.str
     plan_hash: _builtins.str
     @_builtins.property
-    def settings(self) -> Global___TrainingSettings: ...
+    def settings(self) -> _common_pb2.TrainingSettings: ...
     def __init__(
         self,
         *,
         grant_id: _builtins.str = ...,
         plan_hash: _builtins.str = ...,
-        settings: Global___TrainingSettings | None = ...,
+        settings: _common_pb2.TrainingSettings | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -553,7 +509,7 @@ class TrainingJobSummary(_message.Message):
     epsilon_spent: _builtins.float
     started_at_unix_ms: _builtins.int
     @_builtins.property
-    def settings(self) -> Global___TrainingSettings: ...
+    def settings(self) -> _common_pb2.TrainingSettings: ...
     def __init__(
         self,
         *,
@@ -565,7 +521,7 @@ class TrainingJobSummary(_message.Message):
         rounds: _builtins.int = ...,
         epsilon_spent: _builtins.float = ...,
         started_at_unix_ms: _builtins.int = ...,
-        settings: Global___TrainingSettings | None = ...,
+        settings: _common_pb2.TrainingSettings | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
