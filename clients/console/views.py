@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from decimal import Decimal
 
 __all__ = ["FILTERS", "dec", "day", "moment", "method_name", "pretty_json", "local_input", "head_time", "percent"]
@@ -15,7 +16,9 @@ def dec(value: Decimal | int | float | None) -> str:
         return ""
     if isinstance(value, Decimal):
         return format(value.normalize(), "f") if value else "0"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float) and math.isfinite(value):  # never in exponent form: 1e-06 reads 0.000001
+        return format(Decimal(repr(value)).normalize(), "f")
+    return str(value)
 
 
 def day(value: dt.datetime | None) -> str:

@@ -433,6 +433,10 @@ def test_the_head_is_checked_against_the_witness_and_what_the_console_saw(consol
         console.stop()
 
 
+SETTINGS = {"rounds": 2, "local_epochs": 1, "learning_rate": 0.5, "clipping_norm": 1.0, "noise_multiplier": 1.0,
+            "delta": 1e-6}
+
+
 def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(tmp_path: Path) -> None:
     sbx = start_sandbox(tmp_path)
     admin = sbx.admin()
@@ -445,20 +449,23 @@ def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(
     plan = lab.register_plan(dataset="rand_hie", features=features, label="meddol", label_threshold=35.0)
     s = lab.apply(title="Medical spending model", purpose="Predict above-threshold spending",
                   legal_basis="Research exemption", kind="FL_TRAINING", datasets={"rand_hie": [*features, "meddol"]},
-                  model_hash=plan, epsilon=40, delta="1e-5", quota=3)
+                  model_hash=plan, epsilon=40, delta="1e-5", quota=3, training=SETTINGS)
     admin_console, lab_console = serve(admin, port=0), serve(lab, port=0)
     try:
         cookie = open_session(admin_console)
         review = request(admin_console, "GET", f"/admin/review/{s.id}", cookie=cookie).body
         block = review[review.index('id="plan-terms"'):]
         assert plan in block and "xage, female, educdec, lfam, coins, linc" in block and "meddol above 35" in block
+        settings = review[review.index('id="run-settings"'):]
+        assert "2 rounds x 1 local epoch(s)" in settings and "noise multiplier 1, delta 0.000001" in settings
+        price = lab.scenario(s.id).training_epsilon
+        assert price > 0 and f"epsilon {price.normalize():f} per run" in settings
         answer = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve",
                        [("epsilon", "20"), *(("columns.rand_hie", c) for c in [*features, "meddol"])])
         assert answer.status == 303
         g = lab.scenario(s.id).grant
         assert g is not None and g.terms.epsilon == 20
-        job = lab.start_training(g.id, plan, rounds=2, local_epochs=1, learning_rate=0.5, clipping_norm=1.0,
-                                 noise_multiplier=1.0, delta=1e-6)
+        job = lab.start_training(g.id, plan, **SETTINGS)
         events = list(lab.watch_training(job))
         assert events[-1].state == "completed"
         mine = open_session(lab_console)
