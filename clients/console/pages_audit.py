@@ -116,7 +116,10 @@ def routes(console: Console) -> list[Route]:
         shown = entries[:PAGE]
         later = urlencode([*args, ("after", str(shown[-1].seq))]) if len(entries) > PAGE else ""
         earlier = urlencode([("after", str(max(after - PAGE, 0)))]) if after and not args else ""
+        names = ({p.id: p.name for p in console.sdk.admin.principals()} if head.cosigned_by and
+                 "admin" in console.roles() else {})  # an auditor may not list principals: ids only
         return console.render(request, "audit_log.html", title="Audit log", entries=shown, filters=filters,
+                              names=names,
                               later_query=later, earlier_query=earlier, first_query=urlencode([*args, ("after", "0")]),
                               after=after, head=head)
 

@@ -420,7 +420,8 @@ def test_the_head_is_checked_against_the_witness_and_what_the_console_saw(consol
         head = request(console, "GET", "/audit", cookie=cookie).body
         assert "pinned by your witness" in head and "verifies" in head
         assert re.search(r"extends your witness&#39;s stored head</th><td><span class=\"state active\">yes", head)
-        assert c.admin.principal_id in head  # the witness's cosignature of that head
+        me = c.admin.whoami()
+        assert f"{me.name} <code>{me.id}</code>" in head  # the witness's cosignature of that head, by name
         again = request(console, "GET", "/audit", cookie=cookie).body
         assert re.search(r"extends the last head this console checked</th><td><span class=\"state active\">yes",
                          again)
