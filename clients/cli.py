@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import tomllib
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from clients import types as t
 from clients.client import ApplicantClient, SandboxClient
@@ -43,8 +43,42 @@ _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RES
 _WHOLE = {"id", "seq", "principal", "time", "since", "status", "field"}
 
 
+# The options every command takes, before or after its name (the root's also read SANDBOX_SERVER/KEY/CA).
+_GLOBAL_HELP = {"server": "Sandbox address host:port.", "key": "Your Ed25519 private key (PEM).",
+                "ca": "CA certificate of the sandbox (PEM).", "timeout": "Deadline of each call, in seconds."}
+_GLOBAL_TYPES: dict[str, click.ParamType[Any]] = {
+    "server": click.STRING, "key": click.Path(path_type=Path), "ca": click.Path(path_type=Path),
+    "timeout": click.FloatRange(min=0.1)}
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: it overrides the root's (which already read the environment)."""
+    root = ctx.find_root()
+    if value is not None and param.name and isinstance(root.obj, Options):
+        root.obj = dataclasses.replace(root.obj, **{param.name: value})
+
+
+def _global_options() -> list[click.Parameter]:
+    return [TyperOption(param_decls=[f"--{name}", name], type=_GLOBAL_TYPES[name], default=None,
+                        expose_value=False, callback=_set_global, help=text, rich_help_panel="Global options")
+            for name, text in _GLOBAL_HELP.items()]
+
+
+def _add_global_options(commands: Iterable[click.Command]) -> None:
+    """Give every command (and every command of a sub-group) the global options, unless it has a flag of theirs."""
+    for cmd in commands:
+        taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
+        cmd.params.extend(p for p in _global_options() if not taken & set(getattr(p, "opts", ())))
+        if isinstance(cmd, click.Group):
+            _add_global_options(cmd.commands.values())
+
+
 class _Group(TyperGroup):
-    """Turns SDK errors from any command into one readable line and exit code 1."""
+    """Turns SDK errors from any command into one readable line and exit code 1; global options go anywhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self.commands.values())
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -150,10 +184,10 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
 @app.callback()
 def root(
     ctx: typer.Context,
-    server: str = typer.Option("localhost:50051", envvar="SANDBOX_SERVER", help="Sandbox address host:port."),
-    key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help="Your Ed25519 private key (PEM)."),
-    ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help="CA certificate of the sandbox (PEM)."),
-    timeout: float = typer.Option(10.0, min=0.1, help="Deadline of each call, in seconds."),
+    server: str = typer.Option("localhost:50051", envvar="SANDBOX_SERVER", help=_GLOBAL_HELP["server"]),
+    key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help=_GLOBAL_HELP["key"]),
+    ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help=_GLOBAL_HELP["ca"]),
+    timeout: float = typer.Option(10.0, min=0.1, help=_GLOBAL_HELP["timeout"]),
 ) -> None:
     """Client of the data sandbox."""
     ctx.obj = Options(server, key, ca, timeout)

@@ -96,7 +96,8 @@ def query(
     histograms: list[str] = typer.Option([], "--histogram", help="COLUMN:E1,E2,... bin edges (repeatable)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Privacy loss to spend on this query."),
     delta: float = typer.Option(0.0, "--delta", help="> 0 for Gaussian noise, if the grant has a delta budget."),
-    key: Optional[str] = typer.Option(None, "--key", help="Idempotency key: a retry with it is charged once."),
+    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key",
+                                                  help="A retry with the same key is charged once."),
     estimate: bool = typer.Option(False, "--estimate", help="Only estimate cost and accuracy (free)."),
     half_width: Optional[float] = typer.Option(None, "--half-width", help="With --estimate: epsilon for this 95% "
                                                                             "half-width."),
@@ -117,4 +118,4 @@ def query(
                 print_estimate(client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
             return
         assert epsilon is not None
-        print_result(client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=key))
+        print_result(client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key))

@@ -1,0 +1,115 @@
+"""``sandbox-client`` as a person or a script uses it: options anywhere, JSON, version, completion, example
+files, suspension, confirmations, warnings and readable errors; against a real TLS server.
+
+Commands run in-process through typer's CliRunner (``Result.stdout`` and ``Result.stderr`` apart), or as a
+subprocess where the process itself matters (gRPC's C-core log, a terminal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+import typer.main
+from click.testing import Result
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
+
+from clients import ApplicantClient
+from clients.cli import _APPLICATION_KEYS, app
+from clients.signing import load_key, principal_id_for, public_key_of
+from tests.conftest import ROOT, Sandbox
+from tests.integration.test_client_cli import (  # noqa: F401  (run: the fixture)
+    ENV, Run, enrolled, found, import_census, invoke, no_traceback, run,
+)
+from tests.integration.test_client_cli_compute import (  # noqa: F401  (fl_grant, he_grant: fixtures)
+    fl_grant, he_grant, imported, write_features, write_ids,
+)
+from tests.integration.test_he_integration import BIAS, PRIVATE, PUBLIC, bank_features, credit_rows
+
+EXAMPLES = ROOT / "examples"
+GLOBAL = ("--server", "--key", "--ca", "--timeout")
+
+
+def utc(text: str) -> dt.datetime:
+    """An ISO-8601 time that must say it is UTC."""
+    t = dt.datetime.fromisoformat(text)
+    assert t.utcoffset() == dt.timedelta(0), text
+    return t
+
+
+def only_json(r: Result) -> Any:
+    """The command's stdout, which must be one JSON document and nothing else."""
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def census_grant(run: Run, tmp_path: Path, epsilon: str = "0.5") -> tuple[Path, str, str]:
+    """A statistics office with an approved DP_QUERY grant on the census: (key, scenario, grant)."""
+    import_census(run)
+    office = enrolled(run, tmp_path, "Office")
+    r = run("apply", "--title", "Census", "--purpose", "Statistics", "--legal-basis", "Statistics Act",
+            "--dataset", "adult_census=age,sex,education", "--epsilon", epsilon, key=office)
+    assert r.exit_code == 0, r.output
+    scenario = found(r"applied: (s-[0-9a-f]+)", r.output).group(1)
+    approved = run("approve", scenario)
+    assert approved.exit_code == 0, approved.output
+    return office, scenario, found(r"grant (g-[0-9a-f]+)", approved.output).group(1)
+
+
+# --- 1. global options after the command, --idempotency-key ---------------------------------------------------------
+
+
+def test_global_options_work_after_the_command_and_override_the_environment(sandbox: Sandbox, tmp_path: Path) -> None:
+    admin_id = principal_id_for(public_key_of(load_key(sandbox.admin_key_path)))
+    opts = ("--server", sandbox.address, "--key", sandbox.admin_key_path, "--ca", sandbox.ca)
+    after = invoke("whoami", *opts)
+    assert after.exit_code == 0 and admin_id in after.output, after.output
+    mixed = invoke("--server", sandbox.address, "whoami", "--ca", sandbox.ca, "--key", sandbox.admin_key_path)
+    assert mixed.exit_code == 0 and admin_id in mixed.output, mixed.output
+    head = invoke("audit", "--head", *opts)  # a sub-group's callback
+    assert head.exit_code == 0 and "audit public key" in head.output, head.output
+
+    # After the command beats before it and the environment; the environment alone still works.
+    other = enrolled(lambda *a, **kw: invoke(*opts, *a), tmp_path, "Bank")
+    env = {**ENV, "SANDBOX_SERVER": sandbox.address, "SANDBOX_CA": str(sandbox.ca), "SANDBOX_KEY": str(other)}
+    assert "Bank (Bank Ltd)" in CliRunner().invoke(app, ["whoami"], env=env).output
+    overridden = CliRunner().invoke(app, ["whoami", "--key", str(sandbox.admin_key_path)], env=env)
+    assert overridden.exit_code == 0 and admin_id in overridden.output, overridden.output
+    later = invoke("--key", other, "whoami", *opts)
+    assert admin_id in later.output
+
+    too_short = invoke("whoami", *opts, "--timeout", "0")
+    assert too_short.exit_code == 2 and "--timeout" in too_short.output
+    no_traceback(too_short)
+
+
+def test_every_command_takes_the_global_options_and_query_names_its_idempotency_key() -> None:
+    def leaves(cmd: click.Command, path: str) -> list[tuple[str, click.Command]]:
+        if isinstance(cmd, click.Group):
+            return [(path, cmd), *(x for name, sub in cmd.commands.items() for x in leaves(sub, f"{path} {name}"))]
+        return [(path, cmd)]
+
+    commands = leaves(typer.main.get_command(app), "sandbox-client")
+    assert len(commands) > 20
+    for path, cmd in commands:
+        flags = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
+        assert set(GLOBAL) <= flags, path
+    query = dict(commands)["sandbox-client query"]
+    by_flag = {opt: p for p in query.params for opt in getattr(p, "opts", ())}
+    assert "--idempotency-key" in by_flag and "private key" in str(getattr(by_flag["--key"], "help", ""))
