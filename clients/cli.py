@@ -2,6 +2,8 @@
 
 Administrators' commands live in ``clients.cli_admin`` and are registered on the same app.
 Expected failures (a refused call, a bad file) print one red line and exit 1; usage errors exit 2.
+``--server/--key/--ca/--timeout`` are accepted before or after any command (``_Group`` gives every command
+them); listings and results take ``--json`` (``clients.cli_json``: JSON alone on stdout).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rich.text import Text
 from typer.core import TyperGroup, TyperOption
 
 from clients import types as t
+from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import ApplicantClient, SandboxClient
 from clients.errors import PermissionDenied, SandboxClientError
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
@@ -194,7 +197,8 @@ def root(
 
 
 @app.command()
-def keygen(path: Path = typer.Argument(..., help="Private key file to write; the public key goes beside it.")) -> None:
+def keygen(path: Path = typer.Argument(..., help="Private key file to write; the public key goes beside it."),
+           as_json: AsJson = False) -> None:
     """Create an Ed25519 key pair (private key mode 0600, public key as hex in .pub)."""
     pub_path = path.with_suffix(".pub")
     for p in (path, pub_path):
@@ -206,6 +210,10 @@ def keygen(path: Path = typer.Argument(..., help="Private key file to write; the
     except OSError as exc:
         raise fail(f"cannot write key: {exc}") from None
     public = public_key_of(key)
+    if as_json:
+        print_json({"private_key_file": path, "public_key_file": pub_path, "principal_id": principal_id_for(public),
+                    "public_key": public})
+        return
     con = out()
     con.print(f"private key   {path}  (mode 0600; keep it secret)")
     con.print(f"public key    {pub_path}")
@@ -222,10 +230,14 @@ def print_principal(p: t.Principal) -> None:
 
 
 @app.command()
-def whoami(ctx: typer.Context) -> None:
+def whoami(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Show the principal this key is enrolled as."""
     with connect(ctx, SandboxClient) as client:
-        print_principal(client.whoami())
+        p = client.whoami()
+    if as_json:
+        print_json(p)
+    else:
+        print_principal(p)
 
 
 @app.command()
@@ -234,10 +246,14 @@ def register(
     name: str = typer.Option(..., help="Your name or your service's name."),
     organisation: str = typer.Option(..., help="Your organisation."),
     role: list[str] = typer.Option(["applicant"], help="Role to ask for (repeatable)."),
+    as_json: AsJson = False,
 ) -> None:
     """Register this key yourself; an administrator must approve it before it can do anything."""
     with connect(ctx, SandboxClient) as client:
         p = client.register(name=name, organisation=organisation, roles=check_roles(role))
+    if as_json:
+        print_json(p)
+        return
     print_principal(p)
     if p.status == "pending":
         out().print("An administrator must approve this registration (sandbox-client approve-principal).")
@@ -257,14 +273,12 @@ def column_bounds(c: t.Column, width: int = 48) -> str:
 
 
 @app.command()
-def catalogue(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-) -> None:
+def catalogue(ctx: typer.Context, as_json: AsJson = False) -> None:
     """The datasets you may apply for: schema, classification and approximate size (never exact counts)."""
     with connect(ctx, SandboxClient) as client:
         datasets = client.catalogue()
     if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(d) for d in datasets], indent=2, default=str))
+        print_json(datasets)
         return
     con = out()
     if not datasets:
@@ -315,6 +329,7 @@ def apply(
     days: Optional[int] = typer.Option(None, min=1, help="Validity in days from now (default 30)."),
     quota: Optional[int] = typer.Option(None, min=0, help="Maximum number of computations (default 1000)."),
     model_hash: Optional[str] = typer.Option(None, help="SHA-256 of the model (HE scoring, FL training)."),
+    as_json: AsJson = False,
 ) -> None:
     """Apply for one computation scenario; an administrator reviews it."""
     fields = read_application(file) if file else {}
@@ -339,6 +354,9 @@ def apply(
             datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
             max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
             valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")))
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"applied: {s.id}  status {s.status}"), style="green"))
 
 
@@ -389,34 +407,45 @@ def model_text(m: t.ModelSpec) -> Text:
 
 
 @app.command()
-def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash.")) -> None:
+def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash."),
+          as_json: AsJson = False) -> None:
     """A registered scoring model's full spec (to its submitter, administrators and approved applicants)."""
     with connect(ctx, SandboxClient) as client:
         m = client.model(model_hash)
+    if as_json:
+        print_json(m)
+        return
     tbl = table("field", "value", title=f"model {m.model_hash}")
     row(tbl, "model", model_text(m))
     out().print(tbl)
 
 
 @app.command()
-def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show.")) -> None:
+def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show."),
+           as_json: AsJson = False) -> None:
     """Your scenarios, or one in detail with its grant and whether the grant's signature verifies."""
     with connect(ctx, SandboxClient) as client:
         if scenario_id is None:
             scenarios = client.scenarios()
+            if as_json:
+                print_json(scenarios)
+                return
             tbl = table("id", "title", "kind", "status", "epsilon spent/cap", "quota used/cap")
             for s in scenarios:
                 row(tbl, s.id, s.title, s.kind, s.status, budget_text(s), quota_text(s))
             out().print(tbl if scenarios else "You have no scenarios.")
             return
         s = client.scenario(scenario_id)
-        verified: Text | None = None
+        verified: bool | None = None  # None: no grant to verify
         if s.grant is not None:
             try:
                 client.verify_grant(s.grant)
-                verified = Text("verified against the administrators' keys", style="green")
+                verified = True
             except PermissionDenied:
-                verified = Text("DOES NOT VERIFY against the administrators' keys", style="bold red")
+                verified = False
+    if as_json:
+        print_json({**jsonable(s), "grant_verified": verified})
+        return
     tbl = table("field", "value", title=f"{s.id}  ({s.status})")
     row(tbl, "status", s.status + (f": {s.decision_reason}" if s.decision_reason else ""))
     scenario_details(s, tbl)
@@ -429,7 +458,8 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
                                   f"{g.terms.quota}, until {day(g.terms.not_after)}; "
                                   f"{selection_text(g.terms.datasets)}")
         row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
-        row(tbl, "signature", verified)
+        row(tbl, "signature", Text("verified against the administrators' keys", style="green") if verified else
+            Text("DOES NOT VERIFY against the administrators' keys", style="bold red"))
     out().print(tbl)
 
 

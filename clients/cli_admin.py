@@ -15,6 +15,7 @@ from clients.cli import (
     selection_text,
     table,
 )
+from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import AdminClient, AuditorClient
 from clients.errors import SandboxClientError
 from clients.witness import WitnessError
@@ -44,20 +45,27 @@ def enrol(
     role: list[str] = typer.Option(..., help="admin, applicant, researcher or auditor (repeatable)."),
     public_key: Optional[str] = typer.Option(None, help="The principal's public key as hex."),
     public_key_file: Optional[Path] = typer.Option(None, help="A .pub file written by keygen."),
+    as_json: AsJson = False,
 ) -> None:
     """Enrol a principal by public key; it is active at once."""
     raw, roles = _public_key(public_key, public_key_file), check_roles(role)
     with connect(ctx, AdminClient) as admin:
         p = admin.enrol(name=name, organisation=organisation, roles=roles, public_key=raw)
+    if as_json:
+        print_json(p)
+        return
     out().print(Text(clean(f"enrolled {p.id}  {p.name} ({p.organisation})  roles {', '.join(p.roles)}  "
                            f"status {p.status}"), style="green"))
 
 
 @app.command()
-def principals(ctx: typer.Context) -> None:
+def principals(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Every enrolled or registered principal."""
     with connect(ctx, AdminClient) as admin:
         people = admin.principals()
+    if as_json:
+        print_json(people)
+        return
     tbl = table("id", "name", "organisation", "roles", "status", "since")
     for p in people:
         row(tbl, p.id, p.name, p.organisation, ", ".join(p.roles), p.status, day(p.created_at))
@@ -68,10 +76,14 @@ def principals(ctx: typer.Context) -> None:
 def approve_principal(
     ctx: typer.Context, principal_id: str = typer.Argument(...),
     role: list[str] = typer.Option([], help="Roles to grant instead of those asked for (repeatable)."),
+    as_json: AsJson = False,
 ) -> None:
     """Activate a self-registered principal."""
     with connect(ctx, AdminClient) as admin:
         p = admin.approve_principal(principal_id, check_roles(role))
+    if as_json:
+        print_json(p)
+        return
     out().print(Text(clean(f"{p.id} is {p.status}  roles {', '.join(p.roles)}"), style="green"))
 
 
@@ -82,6 +94,7 @@ def import_(
     data: Path = typer.Argument(..., exists=True, dir_okay=False, help="The rows: CSV, plain or gzip."),
     max_rejected: int = typer.Option(0, min=0, help="Rows that may be rejected before the import fails."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; write nothing."),
+    as_json: AsJson = False,
 ) -> None:
     """Import a dataset (all or nothing) under its schema file."""
     with connect(ctx, AdminClient) as admin:
@@ -89,6 +102,9 @@ def import_(
             r = admin.import_dataset(schema, data, max_rejected=max_rejected, dry_run=dry_run)
         except ValueError as exc:
             raise fail(f"bad schema file {schema}: {exc}") from None
+    if as_json:
+        print_json({**jsonable(r), "dry_run": dry_run})
+        return
     con = out()
     verb = "would import" if dry_run else "imported"
     con.print(Text(clean(f"{verb} {r.dataset.name} version {r.dataset.version[:12]}: {r.rows_imported:,} rows, "
@@ -103,12 +119,16 @@ def import_(
 
 
 @app.command()
-def pending(ctx: typer.Context) -> None:
+def pending(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Applications waiting for review, in full."""
     with connect(ctx, AdminClient) as admin:
         scenarios = admin.pending()
         people = {p.id: p for p in admin.principals()} if scenarios else {}
         models = {s.model_hash: admin.model(s.model_hash) for s in scenarios if s.kind == "HE_SCORING"}
+    if as_json:  # each application with its applicant and (HE scoring) its model in full
+        print_json([{**jsonable(s), "applicant": jsonable(people.get(s.applicant_id)),
+                     "model": jsonable(models.get(s.model_hash))} for s in scenarios])
+        return
     con = out()
     if not scenarios:
         con.print("No applications are pending.")
@@ -132,6 +152,7 @@ def approve(
     max_epsilon_per_call: Optional[str] = typer.Option(None, help="Narrow epsilon per computation."),
     quota: Optional[int] = typer.Option(None, min=0, help="Narrow the number of computations."),
     days: Optional[int] = typer.Option(None, min=1, help="Valid for this many days from now."),
+    as_json: AsJson = False,
 ) -> None:
     """Approve an application as applied for or narrowed, signing the grant terms with your own key."""
     narrowing: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "max_epsilon_per_call": max_epsilon_per_call,
@@ -143,6 +164,9 @@ def approve(
         narrowing["valid_until"] = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
     with connect(ctx, AdminClient) as admin:
         s = admin.approve(scenario_id, **narrowing)
+    if as_json:
+        print_json(s)
+        return
     con = out()
     con.print(Text(clean(f"{s.id} {s.status}"), style="green"))
     if s.grant is not None:
@@ -153,19 +177,25 @@ def approve(
 
 @app.command()
 def reject(ctx: typer.Context, scenario_id: str = typer.Argument(...),
-           reason: str = typer.Option(..., help="Told to the applicant.")) -> None:
+           reason: str = typer.Option(..., help="Told to the applicant."), as_json: AsJson = False) -> None:
     """Reject a pending application."""
     with connect(ctx, AdminClient) as admin:
         s = admin.reject(scenario_id, reason)
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"{s.id} {s.status}: {s.decision_reason or reason}"), style="yellow"))
 
 
 @app.command()
 def revoke(ctx: typer.Context, grant_id: str = typer.Argument(...),
-           reason: str = typer.Option(..., help="Recorded and told to the grantee.")) -> None:
+           reason: str = typer.Option(..., help="Recorded and told to the grantee."), as_json: AsJson = False) -> None:
     """Revoke a grant; every later computation under it is refused."""
     with connect(ctx, AdminClient) as admin:
         s = admin.revoke(grant_id, reason)
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"grant {grant_id} revoked; scenario {s.id} is {s.status}"), style="yellow"))
 
 
@@ -184,6 +214,7 @@ def audit(
     after: int = typer.Option(0, min=0, help="Show entries after this sequence number."),
     limit: int = typer.Option(100, min=1, help="Show at most this many entries."),
     head: bool = typer.Option(False, "--head", help="Show the log's latest signed tree head instead."),
+    as_json: AsJson = False,
 ) -> None:
     """The tamper-evident audit log: every call, allowed or refused, with the privacy budget it spent."""
     if ctx.invoked_subcommand is not None:
@@ -192,6 +223,9 @@ def audit(
     with connect(ctx, AuditorClient) as admin:
         if head:
             h = admin.audit_head()
+            if as_json:
+                print_json(h)
+                return
             tbl = table("field", "value", title="audit log head")
             row(tbl, "entries", h.entries)
             if h.head is None:
@@ -208,13 +242,17 @@ def audit(
         # One entry more than shown tells whether there is more to page through.
         entries = list(itertools.islice(admin.audit_entries(after_seq=after, page_size=min(limit + 1, 1000)),
                                         limit + 1))
+    more_after = entries[limit - 1].seq if len(entries) > limit else None
+    if as_json:  # more_after: the --after that shows the next page (null: nothing follows)
+        print_json({"entries": entries[:limit], "more_after": more_after})
+        return
     tbl = table("seq", "time", "principal", "method", "status", "error", "epsilon")
     for e in entries[:limit]:
         row(tbl, e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.principal_id or "-", _method(e.method), e.status,
             e.error_code or "", dec(e.epsilon) if e.epsilon else "")
     con.print(tbl)
-    if len(entries) > limit:
-        con.print(f"more entries follow: --after {entries[limit - 1].seq}")
+    if more_after is not None:
+        con.print(f"more entries follow: --after {more_after}")
 
 
 @audit_app.command("witness")
@@ -224,6 +262,7 @@ def witness(
     public_key: Optional[str] = typer.Option(None, help="The sandbox's published audit public key (hex); needed "
                                                         "on the first run, then pinned."),
     public_key_file: Optional[Path] = typer.Option(None, help="The same, from a file (audit_signing.pub)."),
+    as_json: AsJson = False,
 ) -> None:
     """Check that the log's latest signed head extends the last one this witness saw, then countersign it.
 
@@ -237,16 +276,18 @@ def witness(
         with connect(ctx, AuditorClient) as auditor:
             result = run_witness(auditor, state, given)
     except WitnessError as exc:
-        con.print(Text(clean(f"WITNESS FAILED: {exc}"), style="red"))
-        raise typer.Exit(1) from None
+        raise fail(f"WITNESS FAILED: {exc}") from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--public-key") from None
     except SandboxClientError as exc:
         if exc.code == "AUDIT_DAMAGED":  # the server found an entry its audit key did not sign
-            con.print(Text(clean(f"WITNESS FAILED: {exc.message}"), style="red"))
-            raise typer.Exit(1) from None
-        con.print(Text(clean(f"the sandbox did not give a head to check: {exc}"), style="red"))
+            raise fail(f"WITNESS FAILED: {exc.message}") from None
+        fail(f"the sandbox did not give a head to check: {exc}")
         raise typer.Exit(3) from None
+    if as_json:
+        print_json({"head": result.head, "previous": result.previous, "grew_by": result.grew_by,
+                    "state": state / "head.json" if result.head else None})
+        return
     if result.head is None:
         con.print("the audit log is empty: nothing to witness yet")
         return

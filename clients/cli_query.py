@@ -9,6 +9,7 @@ import typer
 
 from clients import types as t
 from clients.cli import app, connect, dec, out, row, table
+from clients.cli_json import AsJson, print_json
 from clients.client import ApplicantClient
 from clients.query import Query
 
@@ -101,6 +102,7 @@ def query(
     estimate: bool = typer.Option(False, "--estimate", help="Only estimate cost and accuracy (free)."),
     half_width: Optional[float] = typer.Option(None, "--half-width", help="With --estimate: epsilon for this 95% "
                                                                             "half-width."),
+    as_json: AsJson = False,
 ) -> None:
     """Ask an aggregate question; prints the noisy answer with 95% intervals and the budget left."""
     q = build_query(dataset, where, by, count, sums, means, quantiles, histograms)
@@ -111,11 +113,16 @@ def query(
                                  param_hint="--epsilon / --half-width")
     with connect(ctx, ApplicantClient) as client:
         if estimate:
-            if half_width is not None:
-                print_estimate(client.estimate_query(grant, q, half_width=half_width, delta=delta))
+            est = (client.estimate_query(grant, q, half_width=half_width, delta=delta) if half_width is not None
+                   else client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
+            if as_json:
+                print_json(est)
             else:
-                assert epsilon is not None
-                print_estimate(client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
+                print_estimate(est)
             return
         assert epsilon is not None
-        print_result(client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key))
+        res = client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key)
+    if as_json:
+        print_json(res)
+    else:
+        print_result(res)

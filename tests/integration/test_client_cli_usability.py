@@ -113,3 +113,60 @@ def test_every_command_takes_the_global_options_and_query_names_its_idempotency_
     query = dict(commands)["sandbox-client query"]
     by_flag = {opt: p for p in query.params for opt in getattr(p, "opts", ())}
     assert "--idempotency-key" in by_flag and "private key" in str(getattr(by_flag["--key"], "help", ""))
+
+
+# --- 2. --json ------------------------------------------------------------------------------------------------------
+
+
+def test_json_on_listings_and_results_is_the_only_thing_on_stdout(run: Run, sandbox: Sandbox, tmp_path: Path) -> None:
+    office, scenario, grant = census_grant(run, tmp_path)
+    office_id = principal_id_for(public_key_of(load_key(office)))
+
+    me = only_json(run("whoami", "--json", key=office))
+    assert me["id"] == office_id and me["public_key"] == public_key_of(load_key(office)).hex()
+    utc(me["created_at"])
+    people = only_json(run("principals", "--json"))
+    assert {p["id"] for p in people} >= {office_id} and all(p["status"] == "active" for p in people)
+
+    mine = only_json(run("status", "--json", key=office))
+    [s] = [s for s in mine if s["id"] == scenario]
+    assert s["grant"]["id"] == grant and s["grant"]["terms"]["epsilon"] == "0.5"  # a Decimal, as a string
+    one = only_json(run("status", scenario, "--json", key=office))
+    assert one["grant_verified"] is True and one["usage"]["epsilon_spent"] == "0"
+    assert bytes.fromhex(one["grant"]["signature"]) and utc(one["grant"]["terms"]["not_after"]) > utc(one["created_at"])
+
+    base = ("query", "--grant", grant, "--dataset", "adult_census", "--by", "sex", "--count")
+    est = only_json(run(*base, "--estimate", "--epsilon", "0.25", "--json", key=office))
+    assert est["epsilon_cost"] == "0.25" and est["epsilon_remaining"] == "0.5"
+    assert est["statistics"][0]["aggregate"] == "count"
+    answer = only_json(run(*base, "--epsilon", "0.25", "--json", key=office))
+    assert {tuple(x["group"]) for x in answer["statistics"]} == {("Female",), ("Male",)}
+    assert answer["epsilon_charged"] == "0.25" and answer["epsilon_remaining"] == "0.25"
+    assert all(x["low"] <= x["value"] <= x["high"] for x in answer["statistics"])
+
+    audit = only_json(run("audit", "--json", "--limit", "3"))
+    assert len(audit["entries"]) == 3 and audit["more_after"] == audit["entries"][-1]["seq"]
+    assert all(utc(e["time"]) for e in audit["entries"])
+    assert Decimal(next(e for e in only_json(run("audit", "--json", "--limit", "1000"))["entries"]
+                        if e["method"].endswith("/RunQuery"))["epsilon"]) == Decimal("0.25")
+    head = only_json(run("audit", "--head", "--json"))
+    assert len(bytes.fromhex(head["audit_public_key"])) == 32 and head["entries"] >= 1
+
+    key = only_json(invoke("keygen", tmp_path / "new.key", "--json"))
+    assert key["principal_id"] == principal_id_for(bytes.fromhex(key["public_key"]))
+    assert key["private_key_file"] == str(tmp_path / "new.key")
+    assert only_json(run("catalogue", "--json", key=office))[0]["name"] == "adult_census"
+
+
+def test_json_of_the_review_commands(run: Run, tmp_path: Path) -> None:
+    import_census(run)
+    office = enrolled(run, tmp_path, "Office")
+    applied = only_json(run("apply", "--title", "T", "--purpose", "P", "--legal-basis", "L", "--epsilon", "0.5",
+                            "--dataset", "adult_census=age", "--json", key=office))
+    assert applied["status"] == "pending" and applied["epsilon"] == "0.5" and applied["grant"] is None
+    [waiting] = only_json(run("pending", "--json"))
+    assert waiting["id"] == applied["id"] and waiting["applicant"]["name"] == "Office" and waiting["model"] is None
+    approved = only_json(run("approve", applied["id"], "--epsilon", "0.25", "--json"))
+    assert approved["status"] == "approved" and approved["grant"]["terms"]["epsilon"] == "0.25"
+    revoked = only_json(run("revoke", approved["grant"]["id"], "--reason", "done", "--json"))
+    assert revoked["status"] == "revoked" and revoked["grant"]["revoke_reason"] == "done"
