@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
+import importlib.metadata
 import tomllib
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -36,6 +36,7 @@ from clients.signing import generate_key, load_key, principal_id_for, public_key
 __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
+DISTRIBUTION = "dataspace-sandbox"
 KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
 ROLES = ("admin", "applicant", "researcher", "auditor")
 # Statuses where the server understood the call and said no; anything else "failed".
@@ -93,7 +94,7 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, review and audit computations.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=True)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,17 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
         yield client
 
 
+def print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version, from its metadata."""
+    if value:
+        try:
+            number = importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            number = "unknown (not installed)"
+        typer.echo(f"sandbox-client {number} ({DISTRIBUTION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -191,6 +203,8 @@ def root(
     key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help=_GLOBAL_HELP["key"]),
     ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help=_GLOBAL_HELP["ca"]),
     timeout: float = typer.Option(10.0, min=0.1, help=_GLOBAL_HELP["timeout"]),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version, expose_value=False,
+                                 help="Print the version and exit."),
 ) -> None:
     """Client of the data sandbox."""
     ctx.obj = Options(server, key, ca, timeout)

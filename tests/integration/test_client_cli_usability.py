@@ -170,3 +170,25 @@ def test_json_of_the_review_commands(run: Run, tmp_path: Path) -> None:
     assert approved["status"] == "approved" and approved["grant"]["terms"]["epsilon"] == "0.25"
     revoked = only_json(run("revoke", approved["grant"]["id"], "--reason", "done", "--json"))
     assert revoked["status"] == "revoked" and revoked["grant"]["revoke_reason"] == "done"
+
+
+# --- 3, 4. --version, completion ------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_distribution_version() -> None:
+    r = invoke("--version")
+    assert r.exit_code == 0
+    assert r.stdout == f"sandbox-client {importlib.metadata.version('dataspace-sandbox')} (dataspace-sandbox)\n"
+
+
+def test_shell_completion_is_offered_and_completes_commands_and_options_after_them() -> None:
+    helped = CliRunner().invoke(app, ["--help"], env={**ENV, "COLUMNS": "200"})
+    assert "--install-completion" in helped.output and "--show-completion" in helped.output
+
+    def complete(words: str) -> list[str]:
+        r = CliRunner().invoke(app, [], prog_name="sandbox-client",
+                               env={**ENV, "_SANDBOX_CLIENT_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                                    "COMP_CWORD": str(len(words.split()) - 1)})
+        return [line.split(",", 1)[-1] for line in r.output.splitlines()]
+    assert "whoami" in complete("sandbox-client who")
+    assert "--key" in complete("sandbox-client whoami --ke")
