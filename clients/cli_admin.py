@@ -87,6 +87,22 @@ def approve_principal(
     out().print(Text(clean(f"{p.id} is {p.status}  roles {', '.join(p.roles)}"), style="green"))
 
 
+@app.command()
+def suspend(
+    ctx: typer.Context, principal_id: str = typer.Argument(..., help="The principal to suspend."),
+    reason: str = typer.Option("", help="Why, sent with the signed request (the audit log keeps its hash)."),
+    as_json: AsJson = False,
+) -> None:
+    """Suspend a principal: every later call it signs is refused (whoami still answers, with its status)."""
+    with connect(ctx, AdminClient) as admin:
+        p = admin.suspend_principal(principal_id, reason)
+    if as_json:
+        print_json(p)
+        return
+    out().print(Text(clean(f"{p.id}  {p.name} ({p.organisation}) is {p.status}" + (f": {reason}" if reason else "")),
+                     style="yellow"))
+
+
 @app.command("import")
 def import_(
     ctx: typer.Context,

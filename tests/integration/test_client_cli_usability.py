@@ -192,3 +192,27 @@ def test_shell_completion_is_offered_and_completes_commands_and_options_after_th
         return [line.split(",", 1)[-1] for line in r.output.splitlines()]
     assert "whoami" in complete("sandbox-client who")
     assert "--key" in complete("sandbox-client whoami --ke")
+
+
+# --- 6. suspend -----------------------------------------------------------------------------------------------------
+
+
+def test_a_suspended_principal_is_refused_from_its_next_call(run: Run, tmp_path: Path) -> None:
+    bank = enrolled(run, tmp_path, "Bank")
+    bank_id = principal_id_for(public_key_of(load_key(bank)))
+    assert run("status", key=bank).exit_code == 0
+
+    outsider = run("suspend", bank_id, "--reason", "x", key=bank)
+    assert outsider.exit_code == 1 and "refused (PERMISSION_DENIED)" in outsider.output
+    r = run("suspend", bank_id, "--reason", "key reported lost")
+    assert r.exit_code == 0, r.output
+    assert f"{bank_id}  Bank (Bank Ltd) is suspended: key reported lost" in r.output
+
+    refused = run("status", key=bank)
+    assert refused.exit_code == 1 and refused.output.startswith("refused (PERMISSION_DENIED): ")
+    assert refused.output.count("\n") == 1
+    no_traceback(refused)
+    listed = only_json(run("principals", "--json"))
+    assert next(p for p in listed if p["id"] == bank_id)["status"] == "suspended"
+    unknown = run("suspend", "p-" + "0" * 24, "--reason", "x")
+    assert unknown.exit_code == 1 and "(NOT_FOUND)" in unknown.output
