@@ -216,3 +216,88 @@ def test_a_suspended_principal_is_refused_from_its_next_call(run: Run, tmp_path:
     assert next(p for p in listed if p["id"] == bank_id)["status"] == "suspended"
     unknown = run("suspend", "p-" + "0" * 24, "--reason", "x")
     assert unknown.exit_code == 1 and "(NOT_FOUND)" in unknown.output
+
+
+# --- 7. train --no-dp asks first; the training and scoring commands' JSON -------------------------------------------
+
+
+def test_training_without_dp_is_refused_without_a_terminal_or_yes_and_calls_nothing(
+        run: Run, fl_grant: tuple[Path, str, str]) -> None:
+    lab, plan, grant = fl_grant
+    lab_id = principal_id_for(public_key_of(load_key(lab)))
+
+    def lab_calls() -> list[str]:
+        return [e["method"] for e in only_json(run("audit", "--json", "--limit", "1000"))["entries"]
+                if e["principal_id"] == lab_id]
+    before = lab_calls()
+    assert before  # the fixture's plan and apply calls, so the comparison below can see a change
+    r = run("train", "--grant", grant, "--plan", plan, "--rounds", "2", "--no-dp", key=lab)
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert "whole remaining budget" in r.stderr and "--yes" in r.stderr and r.stderr.count("\n") == 1
+    no_traceback(r)
+    assert lab_calls() == before  # the refused command called nothing
+    found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)
+
+
+def test_training_without_dp_asks_on_a_terminal_and_a_no_starts_nothing(
+        sandbox: Sandbox, run: Run, fl_grant: tuple[Path, str, str]) -> None:
+    lab, plan, grant = fl_grant
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "--server", sandbox.address, "--key", str(lab), "--ca",
+             str(sandbox.ca), "train", "--grant", grant, "--plan", plan, "--rounds", "2", "--no-dp"],
+            stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+        os.write(leader, b"n\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == 1, err
+    assert "charges the grant's whole remaining budget (epsilon 100)" in err and "Start it?" in err
+    assert "not started: nothing was charged" in err and "started job" not in out + err
+    found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)
+
+
+def test_json_of_training_scoring_and_models(run: Run, fl_grant: tuple[Path, str, str],
+                                             he_grant: tuple[Path, str, str], tmp_path: Path) -> None:
+    lab, plan, grant = fl_grant
+    r = run("train", "--grant", grant, "--plan", plan, "--rounds", "2", "--learning-rate", "0.5", "--no-dp", "--yes",
+            "--watch", "--json", key=lab)
+    doc = only_json(r)  # no progress bar, no summary table: one document
+    assert doc["state"] == "completed" and doc["dp"] is False and doc["epsilon_reserved"] == "100"
+    assert doc["events"][-1]["round"] == doc["events"][-1]["rounds"] == 2
+    assert doc["result"]["shapes"] == [[8], [1]] and doc["result"]["epsilon_charged"] == "100"
+    job = doc["job_id"]
+    watched = only_json(run("watch", job, "--json", key=lab))
+    assert watched["state"] == "completed" and watched["events"][-1] == doc["events"][-1]
+    model_file = tmp_path / "model.json"
+    written = only_json(run("result", job, "--out", model_file, "--json", key=lab))
+    assert written["out"] == str(model_file) and written["shapes"] == [[8], [1]]
+    assert [w["shape"] for w in json.loads(model_file.read_text())["weights"]] == written["shapes"]
+    assert only_json(run("cancel", job, "--json", key=lab)) == {"job_id": job, "state": "completed"}
+
+    bank, he, model = he_grant
+    spec = only_json(run("model", model, "--json", key=bank))
+    assert spec["model_hash"] == model and dict(spec["public_features"]) == PUBLIC and spec["bias"] == BIAS
+    picked = credit_rows()[:5]
+    ids = write_ids(tmp_path / "ids.csv", [row["ID"] for row in picked])
+    feats = write_features(tmp_path / "bank.csv", list(PRIVATE), bank_features(picked))
+    scores = tmp_path / "scores.csv"
+    scored = only_json(run("score", "--grant", he, "--model", model, "--ids", ids, "--features", feats,
+                           "--out", scores, "--json", key=bank))
+    assert scored["scored"] == 5 and scored["out"] == str(scores) and scored["noise_sd"] > 0
+    assert len(scores.read_text().splitlines()) == 6  # the scores go to the file, never to stdout
+
+
+# --- 11. watch on an unknown job ------------------------------------------------------------------------------------
+
+
+def test_watching_an_unknown_job_refuses_before_any_progress_bar(run: Run, tmp_path: Path) -> None:
+    lab = enrolled(run, tmp_path, "Lab", role="researcher")
+    r = run("watch", "j-" + "0" * 20, key=lab)
+    assert r.exit_code == 1
+    assert r.output.startswith("refused (NOT_FOUND): ") and r.output.count("\n") == 1, r.output
+    assert not any(ch in r.output for ch in "━─╸╺") and "round" not in r.output and "0/?" not in r.output
+    no_traceback(r)
