@@ -345,7 +345,27 @@ def apply(
     model_hash: Optional[str] = typer.Option(None, help="SHA-256 of the model (HE scoring, FL training)."),
     as_json: AsJson = False,
 ) -> None:
-    """Apply for one computation scenario; an administrator reviews it."""
+    r"""Apply for one computation scenario; an administrator reviews it.
+
+    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml and
+    -fl.toml); options given too override the file's fields. Its keys (any other key is refused):
+
+      title                 string            required  the scenario's name
+      purpose               string            required  what the results are for
+      legal_basis           string            required  the law or contract that allows the use
+      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING or FL_TRAINING
+      epsilon               number or string  0         total privacy budget (DP queries, DP training)
+      delta                 number or string  0         total delta (Gaussian noise; training under DP)
+      max_epsilon_per_call  number or string  0         cap on one computation's epsilon (0: none)
+      days                  integer           30        valid for this many days from now
+      quota                 integer           1000      computations allowed (HE scoring: entities scored)
+      model_hash            string            ""        hash of the registered model (HE_SCORING) or
+                                                        training plan (FL_TRAINING); required for those
+      \[datasets]            table             required  dataset name = list of column names
+                                                        (["*"]: every open and internal column)
+
+    A budget given as a string ("1e-5") is read exactly.
+    """
     fields = read_application(file) if file else {}
     given = dict(title=title, purpose=purpose, legal_basis=legal_basis, kind=kind, epsilon=epsilon, delta=delta,
                  max_epsilon_per_call=max_epsilon_per_call, days=days, quota=quota, model_hash=model_hash)

@@ -194,6 +194,54 @@ def test_shell_completion_is_offered_and_completes_commands_and_options_after_th
     assert "--key" in complete("sandbox-client whoami --ke")
 
 
+# --- 5. example applications ----------------------------------------------------------------------------------------
+
+
+def test_apply_help_documents_every_key_of_the_application_file() -> None:
+    r = CliRunner().invoke(app, ["apply", "--help"], env={**ENV, "COLUMNS": "200"})
+    assert r.exit_code == 0
+    for key in _APPLICATION_KEYS:  # one line each: the key, its type, its default (or "required"), what it is
+        found(rf"(?m)^\s*\[?{key}\]?\s+(string|number or string|integer|table)\s+(required|\S+)\s+\w", r.output)
+    for example in ("application-dp.toml", "application-he.toml", "application-fl.toml"):
+        assert example.removeprefix("application") in r.output
+
+
+def test_the_example_application_files_apply_as_written(run: Run, sandbox: Sandbox, tmp_path: Path) -> None:
+    import_census(run)
+    imported(run, "credit_default")
+    office = enrolled(run, tmp_path, "Office")
+    examples = sorted(EXAMPLES.glob("application-*.toml"))
+    assert [p.name for p in examples] == ["application-dp.toml", "application-fl.toml", "application-he.toml"]
+    with ApplicantClient(sandbox.address, key=load_key(office), ca=sandbox.ca) as bank:
+        model = bank.submit_model(name="default-risk", dataset="credit_default", public_features=PUBLIC,
+                                  private_features=PRIVATE, bias=BIAS)
+    hashes = {"HE_SCORING": model}
+
+    imported(run, "rand_hie")
+    lab = enrolled(run, tmp_path, "Lab", role="researcher")
+    fl = tomllib.loads((EXAMPLES / "application-fl.toml").read_text())
+    [(dataset, columns)] = fl["datasets"].items()
+    plan = run("plan", "--dataset", dataset, *(a for c in columns[:-1] for a in ("--feature", c)),
+               "--label", columns[-1], "--threshold", "100", "--json", key=lab)
+    hashes["FL_TRAINING"] = only_json(plan)["plan_hash"]
+
+    for path in examples:
+        doc = tomllib.loads(path.read_text())
+        kind = doc.get("kind", "DP_QUERY")
+        extra = ("--model-hash", hashes[kind]) if kind in hashes else ()
+        who = lab if kind == "FL_TRAINING" else office
+        s = only_json(run("apply", "--file", path, *extra, "--json", key=who))
+        assert (s["title"], s["purpose"], s["legal_basis"], s["kind"]) == (
+            doc["title"], doc["purpose"], doc["legal_basis"], kind), path.name
+        assert {d["name"]: sorted(d["columns"]) for d in s["datasets"]} == {
+            name: sorted(cols) for name, cols in doc["datasets"].items()}, path.name
+        assert Decimal(s["epsilon"]) == Decimal(str(doc.get("epsilon", 0))), path.name
+        assert Decimal(s["delta"]) == Decimal(str(doc.get("delta", 0))), path.name
+        assert s["quota"] == doc["quota"] and s["model_hash"] == hashes.get(kind, ""), path.name
+        days = (utc(s["valid_until"]) - utc(s["created_at"])).total_seconds() / 86400
+        assert abs(days - doc["days"]) < 0.01, path.name
+
+
 # --- 6. suspend -----------------------------------------------------------------------------------------------------
 
 
