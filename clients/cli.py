@@ -116,6 +116,11 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def warn(message: str) -> None:
+    """Print one yellow line on stderr (never wrapped): something to know before going on; nothing failed."""
+    Console(stderr=True, highlight=False).print(Text(clean(message), style="yellow"), soft_wrap=True)
+
+
 def clean(value: object) -> str:
     """Text from the server or another principal, with control characters made visible (no terminal escapes)."""
     return "".join(ch if unicodedata.category(ch)[0] != "C" else "\ufffd" for ch in str(value))

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from clients import types as t
-from clients.cli import app, connect, dec, out, row, table
+from clients.cli import app, connect, dec, out, row, table, warn
 from clients.cli_json import AsJson, print_json
 from clients.client import ApplicantClient
 from clients.query import Query
@@ -83,6 +83,16 @@ def print_estimate(est: t.QueryEstimate) -> None:
     out().print(f"remaining epsilon {dec(est.epsilon_remaining)}; nothing was charged")
 
 
+def warn_if_over_budget(est: t.QueryEstimate) -> None:
+    """A yellow line on stderr when running the estimated query would be refused for want of budget."""
+    over = [f"{name} {dec(cost)} but only {dec(left)} remains" for name, cost, left in
+            (("epsilon", est.epsilon_cost, est.epsilon_remaining), ("delta", est.delta_cost, est.delta_remaining))
+            if cost > left]
+    if over:
+        warn(f"warning: this query would charge {'; '.join(over)} on the grant: running it would be refused "
+             "(RESOURCE_EXHAUSTED)")
+
+
 @app.command()
 def query(
     ctx: typer.Context,
@@ -119,6 +129,7 @@ def query(
                 print_json(est)
             else:
                 print_estimate(est)
+            warn_if_over_budget(est)
             return
         assert epsilon is not None
         res = client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key)

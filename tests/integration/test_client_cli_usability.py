@@ -339,6 +339,24 @@ def test_json_of_training_scoring_and_models(run: Run, fl_grant: tuple[Path, str
     assert len(scores.read_text().splitlines()) == 6  # the scores go to the file, never to stdout
 
 
+# --- 8. an estimate beyond the budget -------------------------------------------------------------------------------
+
+
+def test_an_estimate_beyond_the_remaining_budget_warns_on_stderr(run: Run, tmp_path: Path) -> None:
+    office, _, grant = census_grant(run, tmp_path, epsilon="0.5")
+    base = ("query", "--grant", grant, "--dataset", "adult_census", "--count")
+    within = run(*base, "--estimate", "--epsilon", "0.5", key=office)
+    assert within.exit_code == 0 and within.stderr == "", within.output
+    over = run(*base, "--estimate", "--epsilon", "0.75", key=office)
+    assert over.exit_code == 0 and "nothing was charged" in over.stdout
+    assert over.stderr.startswith("warning: this query would charge epsilon 0.75 but only 0.5 remains")
+    assert over.stderr.count("\n") == 1
+    assert run(*base, "--epsilon", "0.4", key=office).exit_code == 0
+    spent = run(*base, "--estimate", "--epsilon", "0.25", "--json", key=office)
+    assert json.loads(spent.stdout)["epsilon_remaining"] == "0.1"  # the warning stays off stdout
+    assert "epsilon 0.25 but only 0.1 remains" in spent.stderr
+
+
 # --- 11. watch on an unknown job ------------------------------------------------------------------------------------
 
 
