@@ -357,6 +357,33 @@ def test_an_estimate_beyond_the_remaining_budget_warns_on_stderr(run: Run, tmp_p
     assert "epsilon 0.25 but only 0.1 remains" in spent.stderr
 
 
+# --- 9. --where -----------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_where_names_what_is_wrong(run: Run, tmp_path: Path) -> None:
+    office, _, grant = census_grant(run, tmp_path)
+    base = ("query", "--grant", grant, "--dataset", "adult_census", "--count", "--epsilon", "0.1")
+    ops = "(use one of = != < <= > >= in)"
+    for where, says in (("age => 30", f"unknown operator '=>' in \"age => 30\" {ops}"),
+                        ("age=<30", f"unknown operator '=<' in \"age=<30\" {ops}"),
+                        ("age ~ 30", f"unknown operator '~' in \"age ~ 30\" {ops}"),
+                        ("sex like Male", f"unknown operator 'like' in \"sex like Male\" {ops}"),
+                        ("age = >30", f"unknown operator '= >' in \"age = >30\" {ops}"),
+                        ("age 30", f"no operator in \"age 30\" {ops}"),
+                        ("age >=", "no value after '>=' in \"age >=\""),
+                        ("sex in Male,", "no value after 'in' in \"sex in Male,\""),
+                        ("age >= thirty", "'>=' needs a finite number, not 'thirty', in \"age >= thirty\""),
+                        ("30 < age", "expected COLUMN OP VALUE in \"30 < age\"")):
+        r = run(*base, "--where", where, key=office)
+        assert r.exit_code == 2, (where, r.output)
+        assert says in " ".join(r.output.replace("│", " ").split()), (where, r.output)
+        assert "finite numbers" not in r.output  # the server's complaint, which said nothing of the operator
+        no_traceback(r)
+    ok = run(*base, "--where", "age >= 30", "--where", "sex in Female, Male", key=office)
+    assert ok.exit_code == 0, ok.output
+    assert "charged epsilon 0.1" in ok.output
+
+
 # --- 11. watch on an unknown job ------------------------------------------------------------------------------------
 
 
