@@ -88,9 +88,22 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except SandboxClientError as exc:
-            word = "refused" if exc.status in _REFUSALS else "failed"
-            code = f" [{exc.code}]" if exc.code and exc.code != exc.status else ""
-            raise fail(f"{word} ({exc.status}): {exc.message}{code}") from None
+            raise fail(error_text(exc, ctx.obj if isinstance(ctx.obj, Options) else None)) from None
+
+
+def error_text(exc: SandboxClientError, opts: Options | None) -> str:
+    """One line for a failed call; a TLS or connection failure says which option to check instead of gRPC's detail."""
+    if exc.status == "UNAVAILABLE" and "connection refused" in exc.message.lower() and opts is not None:
+        return f"failed (UNAVAILABLE): nothing answers at {opts.server} (connection refused): check --server"
+    if exc.status == "UNAVAILABLE" and "handshake failed" in exc.message.lower() and opts is not None:
+        if "CERTIFICATE_VERIFY_FAILED" in exc.message:
+            return (f"failed (UNAVAILABLE): TLS handshake with {opts.server} failed: check --ca: the server's "
+                    f"certificate was not signed by {opts.ca}")
+        return (f"failed (UNAVAILABLE): TLS handshake with {opts.server} failed: is it a sandbox, and is --ca "
+                f"({opts.ca}) its CA? ({exc.message})")
+    word = "refused" if exc.status in _REFUSALS else "failed"
+    code = f" [{exc.code}]" if exc.code and exc.code != exc.status else ""
+    return f"{word} ({exc.status}): {exc.message}{code}"
 
 
 app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, review and audit computations.",

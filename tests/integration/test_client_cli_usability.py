@@ -384,6 +384,53 @@ def test_a_bad_where_names_what_is_wrong(run: Run, tmp_path: Path) -> None:
     assert "charged epsilon 0.1" in ok.output
 
 
+# --- 10. a wrong --ca -----------------------------------------------------------------------------------------------
+
+
+def unrelated_ca(path: Path) -> Path:
+    """A CA certificate that signed nothing the sandbox has."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Somebody else's CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_a_wrong_ca_says_check_ca_and_grpc_logs_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    other = unrelated_ca(tmp_path / "other-ca.pem")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "SANDBOX_"))}
+    r = subprocess.run([sys.executable, "-m", "clients.cli", "whoami", "--server", sandbox.address,
+                        "--key", str(sandbox.admin_key_path), "--ca", str(other)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "300"})
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert f"check --ca: the server's certificate was not signed by {other}" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # one line, ours
+    assert not any(line.startswith(("E0", "I1", "W0")) or "ssl_transport_security" in line
+                   for line in r.stderr.splitlines()), r.stderr
+
+    right = subprocess.run([sys.executable, "-m", "clients.cli", "whoami", "--server", sandbox.address,
+                            "--key", str(sandbox.admin_key_path), "--ca", str(sandbox.ca)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT,
+                           env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "300"})
+    assert right.returncode == 0 and "Administrator" in right.stdout, right.stderr
+
+
+def test_no_server_at_the_address_says_check_server(sandbox: Sandbox) -> None:
+    with socket.socket() as s:  # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = invoke("whoami", "--server", f"127.0.0.1:{port}", "--key", sandbox.admin_key_path, "--ca", sandbox.ca)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr == (f"failed (UNAVAILABLE): nothing answers at 127.0.0.1:{port} (connection refused): "
+                        "check --server\n")
+
+
 # --- 11. watch on an unknown job ------------------------------------------------------------------------------------
 
 

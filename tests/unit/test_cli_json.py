@@ -1,4 +1,4 @@
-"""``sandbox-client``'s JSON conversion, without a server."""
+"""``sandbox-client``'s JSON conversion and its process set-up, without a server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clients import types as t
+from clients.cli_env import is_command, quiet_grpc
 from clients.cli_json import jsonable
 
 
@@ -36,3 +37,16 @@ def test_a_type_without_a_json_form_is_an_error_not_a_guess() -> None:
     with pytest.raises(TypeError, match="no JSON form for object"):
         jsonable(Holder(object()))
 
+
+def test_only_the_command_process_silences_grpc_and_never_over_what_the_user_set() -> None:
+    assert is_command(["/venv/bin/sandbox-client", "whoami"], [])
+    assert is_command(["-m"], ["/venv/bin/python", "-m", "clients.cli", "whoami"])
+    assert not is_command(["app.py"], ["python", "app.py"])
+    assert not is_command(["/venv/bin/sandbox"], ["/venv/bin/python", "/venv/bin/sandbox", "serve"])
+    assert not is_command(["-m"], ["python", "-m", "pytest", "-m", "slow"])
+    env: dict[str, str] = {}
+    quiet_grpc(env)
+    assert env == {"GRPC_VERBOSITY": "NONE", "GRPC_TRACE": ""}
+    mine = {"GRPC_VERBOSITY": "DEBUG"}
+    quiet_grpc(mine)
+    assert mine["GRPC_VERBOSITY"] == "DEBUG"
