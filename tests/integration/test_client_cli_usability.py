@@ -441,3 +441,51 @@ def test_watching_an_unknown_job_refuses_before_any_progress_bar(run: Run, tmp_p
     assert r.output.startswith("refused (NOT_FOUND): ") and r.output.count("\n") == 1, r.output
     assert not any(ch in r.output for ch in "━─╸╺") and "round" not in r.output and "0/?" not in r.output
     no_traceback(r)
+
+
+# --- 12. .gitignore -------------------------------------------------------------------------------------------------
+
+
+def test_the_readme_commands_leave_git_status_clean(tmp_path: Path) -> None:
+    """Run the README's commands that make files, as written, in a repository with this .gitignore."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-qm", "ignore"], check=True)
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}, "PYTHONPATH": str(ROOT)}
+
+    def sh(command: str, module: str) -> None:
+        assert command in readme, command  # the test follows the README
+        args = command.split()[1:]
+        subprocess.run([sys.executable, "-m", module, *args], cwd=repo, env=env, check=True, capture_output=True,
+                       timeout=120)
+
+    sh("sandbox init ./city", "sandbox.cli")
+    sh("sandbox audit export ./city -o log.jsonl", "sandbox.cli")
+    pub = (repo / "city" / "keys" / "audit_signing.pub").read_text().strip()
+    subprocess.run([sys.executable, "-m", "sandbox.cli", "backup", "./city", str(tmp_path / "backups" / "b")],
+                   cwd=repo, env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "sandbox.cli", "restore", str(tmp_path / "backups" / "b"), "./city2",
+                    "--public-key", pub], cwd=repo, env=env, check=True, capture_output=True, timeout=120)
+    assert "./city2" in readme
+    for name in ("bank.key", "office.key"):  # the README's keys, made as the command line makes them (+ .pub)
+        assert name in readme
+        subprocess.run([sys.executable, "-m", "clients.cli", "keygen", name], cwd=repo, env=env, check=True,
+                       capture_output=True, timeout=120)
+    # What the commands that need a server write by default (score, result), named as the CLI names them.
+    commands = typer.main.get_group(app).commands
+    for command in ("score", "result"):
+        default = next(p.default for p in commands[command].params if "--out" in getattr(p, "opts", ()))
+        assert f"-o {default}" in readme, command
+        (repo / default).write_text("{}\n")
+
+    status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True,
+                            text=True, check=True).stdout
+    assert (repo / "city" / "sandbox.db").exists() and (repo / "city2" / "sandbox.toml").exists()
+    assert (repo / "bank.pub").exists() and (repo / "city-audit-key").is_dir()
+    assert status == "", status
