@@ -65,7 +65,7 @@ def train(
         raise typer.BadParameter("give --noise-multiplier (client-level DP) or --no-dp (no DP guarantee: the job "
                                  "takes the grant's whole remaining budget), not both or neither",
                                  param_hint="--noise-multiplier / --no-dp")
-    if no_dp and not yes and not sys.stdin.isatty():
+    if no_dp and not yes and not (sys.stdin is not None and sys.stdin.isatty()):  # None: started with no stdin
         raise fail("not started: training with --no-dp spends the grant's whole remaining budget; "
                    "there is no terminal to ask, so confirm with --yes")
     with connect(ctx, ResearcherClient) as client:

@@ -270,7 +270,7 @@ def test_a_suspended_principal_is_refused_from_its_next_call(run: Run, tmp_path:
 
 
 def test_training_without_dp_is_refused_without_a_terminal_or_yes_and_calls_nothing(
-        run: Run, fl_grant: tuple[Path, str, str]) -> None:
+        run: Run, sandbox: Sandbox, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
     lab_id = principal_id_for(public_key_of(load_key(lab)))
 
@@ -283,7 +283,14 @@ def test_training_without_dp_is_refused_without_a_terminal_or_yes_and_calls_noth
     assert r.exit_code == 1 and r.stdout == "", r.output
     assert "whole remaining budget" in r.stderr and "--yes" in r.stderr and r.stderr.count("\n") == 1
     no_traceback(r)
-    assert lab_calls() == before  # the refused command called nothing
+    # The same from a process started with no stdin at all (cron, a closed descriptor): refused, no traceback.
+    closed = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "--server", sandbox.address, "--key", str(lab), "--ca", str(sandbox.ca),
+         "train", "--grant", grant, "--plan", plan, "--rounds", "2", "--no-dp"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, preexec_fn=lambda: os.close(0),
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    assert closed.returncode == 1 and "--yes" in closed.stderr and "Traceback" not in closed.stderr, closed.stderr
+    assert lab_calls() == before  # neither refused command called anything
     found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)
 
 
