@@ -1,5 +1,6 @@
 """The Python SDK of the data sandbox: signed, deadline-bound clients with typed results and errors."""
 
+from clients import cli_env  # noqa: F401  (first: the command silences gRPC's C-core log before grpc loads)
 from clients.client import (
     AdminClient, ApplicantClient, AuditorClient, ResearcherClient, SandboxClient, StewardClient,
 )

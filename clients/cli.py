@@ -2,16 +2,18 @@
 
 Administrators' commands live in ``clients.cli_admin`` and are registered on the same app.
 Expected failures (a refused call, a bad file) print one red line and exit 1; usage errors exit 2.
+``--server/--key/--ca/--timeout`` are accepted before or after any command (``_Group`` gives every command
+them); listings and results take ``--json`` (``clients.cli_json``: JSON alone on stdout).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
+import importlib.metadata
 import tomllib
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,9 +25,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from clients import types as t
+from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import ApplicantClient, SandboxClient
 from clients.errors import NotFound, PermissionDenied, SandboxClientError
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
@@ -33,6 +36,7 @@ from clients.signing import generate_key, load_key, principal_id_for, public_key
 __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
+DISTRIBUTION = "dataspace-sandbox"
 KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
 ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 # Statuses where the server understood the call and said no; anything else "failed".
@@ -43,20 +47,67 @@ _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RES
 _WHOLE = {"id", "seq", "principal", "time", "since", "status", "field"}
 
 
+# The options every command takes, before or after its name (the root's also read SANDBOX_SERVER/KEY/CA).
+_GLOBAL_HELP = {"server": "Sandbox address host:port.", "key": "Your Ed25519 private key (PEM).",
+                "ca": "CA certificate of the sandbox (PEM).", "timeout": "Deadline of each call, in seconds."}
+_GLOBAL_TYPES: dict[str, click.ParamType[Any]] = {
+    "server": click.STRING, "key": click.Path(path_type=Path), "ca": click.Path(path_type=Path),
+    "timeout": click.FloatRange(min=0.1)}
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: it overrides the root's (which already read the environment)."""
+    root = ctx.find_root()
+    if value is not None and param.name and isinstance(root.obj, Options):
+        root.obj = dataclasses.replace(root.obj, **{param.name: value})
+
+
+def _global_options() -> list[click.Parameter]:
+    return [TyperOption(param_decls=[f"--{name}", name], type=_GLOBAL_TYPES[name], default=None,
+                        expose_value=False, callback=_set_global, help=text, rich_help_panel="Global options")
+            for name, text in _GLOBAL_HELP.items()]
+
+
+def _add_global_options(commands: Iterable[click.Command]) -> None:
+    """Give every command (and every command of a sub-group) the global options, unless it has a flag of theirs."""
+    for cmd in commands:
+        taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
+        cmd.params.extend(p for p in _global_options() if not taken & set(getattr(p, "opts", ())))
+        if isinstance(cmd, click.Group):
+            _add_global_options(cmd.commands.values())
+
+
 class _Group(TyperGroup):
-    """Turns SDK errors from any command into one readable line and exit code 1."""
+    """Turns SDK errors from any command into one readable line and exit code 1; global options go anywhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self.commands.values())
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SandboxClientError as exc:
-            word = "refused" if exc.status in _REFUSALS else "failed"
-            code = f" [{exc.code}]" if exc.code and exc.code != exc.status else ""
-            raise fail(f"{word} ({exc.status}): {exc.message}{code}") from None
+            raise fail(error_text(exc, ctx.obj if isinstance(ctx.obj, Options) else None)) from None
+
+
+def error_text(exc: SandboxClientError, opts: Options | None) -> str:
+    """One line for a failed call; a TLS or connection failure says which option to check instead of gRPC's detail."""
+    if exc.status == "UNAVAILABLE" and "connection refused" in exc.message.lower() and opts is not None:
+        return f"failed (UNAVAILABLE): nothing answers at {opts.server} (connection refused): check --server"
+    if exc.status == "UNAVAILABLE" and "handshake failed" in exc.message.lower() and opts is not None:
+        if "CERTIFICATE_VERIFY_FAILED" in exc.message:
+            return (f"failed (UNAVAILABLE): TLS handshake with {opts.server} failed: check --ca: the server's "
+                    f"certificate was not signed by {opts.ca}")
+        return (f"failed (UNAVAILABLE): TLS handshake with {opts.server} failed: is it a sandbox, and is --ca "
+                f"({opts.ca}) its CA? ({exc.message})")
+    word = "refused" if exc.status in _REFUSALS else "failed"
+    code = f" [{exc.code}]" if exc.code and exc.code != exc.status else ""
+    return f"{word} ({exc.status}): {exc.message}{code}"
 
 
 app = typer.Typer(cls=_Group, help="Client of the data sandbox: apply for, review and audit computations.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=True)
 
 
 @dataclass(frozen=True)
@@ -76,6 +127,11 @@ def fail(message: str) -> typer.Exit:
     """Print one red line (never wrapped); the caller raises the returned exit (code 1)."""
     Console(stderr=True, highlight=False).print(Text(clean(message), style="red"), soft_wrap=True)
     return typer.Exit(1)
+
+
+def warn(message: str) -> None:
+    """Print one yellow line on stderr (never wrapped): something to know before going on; nothing failed."""
+    Console(stderr=True, highlight=False).print(Text(clean(message), style="yellow"), soft_wrap=True)
 
 
 def clean(value: object) -> str:
@@ -147,20 +203,34 @@ def connect(ctx: click.Context, cls: type[C]) -> Iterator[C]:
         yield client
 
 
+def print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version, from its metadata."""
+    if value:
+        try:
+            number = importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            number = "unknown (not installed)"
+        typer.echo(f"sandbox-client {number} ({DISTRIBUTION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
-    server: str = typer.Option("localhost:50051", envvar="SANDBOX_SERVER", help="Sandbox address host:port."),
-    key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help="Your Ed25519 private key (PEM)."),
-    ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help="CA certificate of the sandbox (PEM)."),
-    timeout: float = typer.Option(10.0, min=0.1, help="Deadline of each call, in seconds."),
+    server: str = typer.Option("localhost:50051", envvar="SANDBOX_SERVER", help=_GLOBAL_HELP["server"]),
+    key: Optional[Path] = typer.Option(None, envvar="SANDBOX_KEY", help=_GLOBAL_HELP["key"]),
+    ca: Optional[Path] = typer.Option(None, envvar="SANDBOX_CA", help=_GLOBAL_HELP["ca"]),
+    timeout: float = typer.Option(10.0, min=0.1, help=_GLOBAL_HELP["timeout"]),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version, expose_value=False,
+                                 help="Print the version and exit."),
 ) -> None:
     """Client of the data sandbox."""
     ctx.obj = Options(server, key, ca, timeout)
 
 
 @app.command()
-def keygen(path: Path = typer.Argument(..., help="Private key file to write; the public key goes beside it.")) -> None:
+def keygen(path: Path = typer.Argument(..., help="Private key file to write; the public key goes beside it."),
+           as_json: AsJson = False) -> None:
     """Create an Ed25519 key pair (private key mode 0600, public key as hex in .pub)."""
     pub_path = path.with_suffix(".pub")
     for p in (path, pub_path):
@@ -172,6 +242,10 @@ def keygen(path: Path = typer.Argument(..., help="Private key file to write; the
     except OSError as exc:
         raise fail(f"cannot write key: {exc}") from None
     public = public_key_of(key)
+    if as_json:
+        print_json({"private_key_file": path, "public_key_file": pub_path, "principal_id": principal_id_for(public),
+                    "public_key": public})
+        return
     con = out()
     con.print(f"private key   {path}  (mode 0600; keep it secret)")
     con.print(f"public key    {pub_path}")
@@ -188,10 +262,14 @@ def print_principal(p: t.Principal) -> None:
 
 
 @app.command()
-def whoami(ctx: typer.Context) -> None:
+def whoami(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Show the principal this key is enrolled as."""
     with connect(ctx, SandboxClient) as client:
-        print_principal(client.whoami())
+        p = client.whoami()
+    if as_json:
+        print_json(p)
+    else:
+        print_principal(p)
 
 
 @app.command()
@@ -200,10 +278,14 @@ def register(
     name: str = typer.Option(..., help="Your name or your service's name."),
     organisation: str = typer.Option(..., help="Your organisation."),
     role: list[str] = typer.Option(["applicant"], help="Role to ask for (repeatable)."),
+    as_json: AsJson = False,
 ) -> None:
     """Register this key yourself; an administrator must approve it before it can do anything."""
     with connect(ctx, SandboxClient) as client:
         p = client.register(name=name, organisation=organisation, roles=check_roles(role))
+    if as_json:
+        print_json(p)
+        return
     print_principal(p)
     if p.status == "pending":
         out().print("An administrator must approve this registration (sandbox-client approve-principal).")
@@ -223,14 +305,12 @@ def column_bounds(c: t.Column, width: int = 48) -> str:
 
 
 @app.command()
-def catalogue(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-) -> None:
+def catalogue(ctx: typer.Context, as_json: AsJson = False) -> None:
     """The datasets you may apply for: schema, classification and approximate size (never exact counts)."""
     with connect(ctx, SandboxClient) as client:
         datasets = client.catalogue()
     if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(d) for d in datasets], indent=2, default=str))
+        print_json(datasets)
         return
     con = out()
     if not datasets:
@@ -246,7 +326,10 @@ def catalogue(
 
 
 _APPLICATION_KEYS = {"title", "purpose", "legal_basis", "kind", "datasets", "epsilon", "delta",
-                     "max_epsilon_per_call", "days", "quota", "model_hash"}
+                     "max_epsilon_per_call", "days", "quota", "model_hash", "training"}
+#: The run settings a ``[training]`` table may propose (FL_TRAINING): ``start_training``'s keywords.
+_TRAINING_KEYS = {"rounds", "local_epochs", "learning_rate", "fraction_per_round", "strategy", "proximal_mu",
+                  "clipping_norm", "noise_multiplier", "delta"}
 
 
 def read_application(path: Path) -> dict[str, Any]:
@@ -262,6 +345,9 @@ def read_application(path: Path) -> dict[str, Any]:
     if not isinstance(datasets, dict) or not all(
             isinstance(v, list) and all(isinstance(c, str) for c in v) for v in datasets.values()):
         raise typer.BadParameter("[datasets] must map dataset names to lists of column names", param_hint="--file")
+    training = data.get("training", {})
+    if not isinstance(training, dict) or set(training) - _TRAINING_KEYS:
+        raise typer.BadParameter(f"[training] takes only {', '.join(sorted(_TRAINING_KEYS))}", param_hint="--file")
     return data
 
 
@@ -281,8 +367,34 @@ def apply(
     days: Optional[int] = typer.Option(None, min=1, help="Validity in days from now (default 30)."),
     quota: Optional[int] = typer.Option(None, min=0, help="Maximum number of computations (default 1000)."),
     model_hash: Optional[str] = typer.Option(None, help="SHA-256 of the model (HE scoring, FL training)."),
+    as_json: AsJson = False,
 ) -> None:
-    """Apply for one computation scenario; an administrator reviews it."""
+    r"""Apply for one computation scenario; an administrator reviews it.
+
+    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml and
+    -fl.toml); options given too override the file's fields. Its keys (any other key is refused):
+
+      title                 string            required  the scenario's name
+      purpose               string            required  what the results are for
+      legal_basis           string            required  the law or contract that allows the use
+      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING or FL_TRAINING
+      epsilon               number or string  0         total privacy budget (DP queries, DP training)
+      delta                 number or string  0         total delta (Gaussian noise; training under DP)
+      max_epsilon_per_call  number or string  0         cap on one computation's epsilon (0: none)
+      days                  integer           30        valid for this many days from now
+      quota                 integer           1000      computations allowed (HE scoring: entities scored)
+      model_hash            string            ""        hash of the registered model (HE_SCORING) or
+                                                        training plan (FL_TRAINING); required for those
+      \[datasets]            table             required  dataset name = list of column names
+                                                        (["*"]: every open and internal column)
+      \[training]            table             none      FL_TRAINING: the run settings proposed (rounds,
+                                                        local_epochs, learning_rate, fraction_per_round,
+                                                        strategy, proximal_mu, clipping_norm,
+                                                        noise_multiplier, delta); the review shows their
+                                                        price per run, the grant pins them
+
+    A budget given as a string ("1e-5") is read exactly.
+    """
     fields = read_application(file) if file else {}
     given = dict(title=title, purpose=purpose, legal_basis=legal_basis, kind=kind, epsilon=epsilon, delta=delta,
                  max_epsilon_per_call=max_epsilon_per_call, days=days, quota=quota, model_hash=model_hash)
@@ -304,7 +416,11 @@ def apply(
             title=fields["title"], purpose=fields["purpose"], legal_basis=fields["legal_basis"], kind=kind_name,
             datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
             max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
-            valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")))
+            valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")),
+            training=fields.get("training") or None)
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"applied: {s.id}  status {s.status}"), style="green"))
 
 
@@ -371,7 +487,8 @@ def model_text(m: t.ModelSpec) -> Text:
 
 
 @app.command()
-def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash.")) -> None:
+def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The model's hash."),
+          as_json: AsJson = False) -> None:
     """A registered scoring model or training plan in full (to its submitter, reviewers and grantees)."""
     from clients.cli_steward import plan_text
 
@@ -380,38 +497,49 @@ def model(ctx: typer.Context, model_hash: str = typer.Argument(..., help="The mo
             m = client.model(model_hash)
         except NotFound:
             p = client.training_plan(model_hash)  # a training plan's hash is an FL application's model reference
+            if as_json:
+                print_json(p)
+                return
             tbl = table("field", "value", title=f"training plan {p.plan_hash}")
             row(tbl, "plan", plan_text(p))
             out().print(tbl)
             return
+    if as_json:
+        print_json(m)
+        return
     tbl = table("field", "value", title=f"model {m.model_hash}")
     row(tbl, "model", model_text(m))
     out().print(tbl)
 
 
 @app.command()
-def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show.")) -> None:
+def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None, help="One scenario to show."),
+           as_json: AsJson = False) -> None:
     """Your scenarios, or one in detail with its grant and whether the grant's signature verifies."""
     with connect(ctx, SandboxClient) as client:
         if scenario_id is None:
             scenarios = client.scenarios()
+            if as_json:
+                print_json(scenarios)
+                return
             tbl = table("id", "title", "kind", "status", "epsilon spent/cap", "quota used/cap")
             for s in scenarios:
                 row(tbl, s.id, s.title, s.kind, s.status, budget_text(s), quota_text(s))
             out().print(tbl if scenarios else "You have no scenarios.")
             return
         s = client.scenario(scenario_id)
-        verified: Text | None = None
+        verified: bool | None = None  # None: no grant to verify
+        awaiting = False  # verified False only because a steward has not co-signed yet
         if s.grant is not None:
             try:
                 client.verify_grant(s.grant)
-                verified = Text("verified against the administrators' keys" + (
-                    " and the stewards' co-signatures" if s.grant.cosignatures else ""), style="green")
+                verified = True
             except PermissionDenied as exc:
-                verified = (Text(f"awaits the co-signature of the steward of {', '.join(s.grant.awaiting)} (not "
-                                 "active until then)", style="yellow")
-                            if exc.code == "GRANT_COSIGNATURE_MISSING" and s.grant.awaiting
-                            else Text("DOES NOT VERIFY against the administrators' keys", style="bold red"))
+                verified = False
+                awaiting = exc.code == "GRANT_COSIGNATURE_MISSING" and bool(s.grant.awaiting)
+    if as_json:
+        print_json({**jsonable(s), "grant_verified": verified})
+        return
     tbl = table("field", "value", title=f"{s.id}  ({s.status})")
     row(tbl, "status", s.status + (f": {s.decision_reason}" if s.decision_reason else ""))
     scenario_details(s, tbl)
@@ -424,7 +552,15 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
                                   f"{g.terms.quota}, until {day(g.terms.not_after)}; "
                                   f"{selection_text(g.terms.datasets)}")
         row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
-        row(tbl, "signature", verified)
+        if verified:
+            signature = Text("verified against the administrators' keys" + (
+                " and the stewards' co-signatures" if g.cosignatures else ""), style="green")
+        elif awaiting:
+            signature = Text(f"awaits the co-signature of the steward of {', '.join(g.awaiting)} (not active "
+                             "until then)", style="yellow")
+        else:
+            signature = Text("DOES NOT VERIFY against the administrators' keys", style="bold red")
+        row(tbl, "signature", signature)
     out().print(tbl)
 
 

@@ -17,6 +17,7 @@ from clients.cli import (
 )
 from clients import types as t
 from clients.cli_steward import plan_text
+from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import AdminClient, AuditorClient
 from clients.errors import SandboxClientError
 from clients.witness import WitnessError
@@ -46,20 +47,27 @@ def enrol(
     role: list[str] = typer.Option(..., help="admin, applicant, researcher or auditor (repeatable)."),
     public_key: Optional[str] = typer.Option(None, help="The principal's public key as hex."),
     public_key_file: Optional[Path] = typer.Option(None, help="A .pub file written by keygen."),
+    as_json: AsJson = False,
 ) -> None:
     """Enrol a principal by public key; it is active at once."""
     raw, roles = _public_key(public_key, public_key_file), check_roles(role)
     with connect(ctx, AdminClient) as admin:
         p = admin.enrol(name=name, organisation=organisation, roles=roles, public_key=raw)
+    if as_json:
+        print_json(p)
+        return
     out().print(Text(clean(f"enrolled {p.id}  {p.name} ({p.organisation})  roles {', '.join(p.roles)}  "
                            f"status {p.status}"), style="green"))
 
 
 @app.command()
-def principals(ctx: typer.Context) -> None:
+def principals(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Every enrolled or registered principal."""
     with connect(ctx, AdminClient) as admin:
         people = admin.principals()
+    if as_json:
+        print_json(people)
+        return
     tbl = table("id", "name", "organisation", "roles", "status", "since")
     for p in people:
         row(tbl, p.id, p.name, p.organisation, ", ".join(p.roles), p.status, day(p.created_at))
@@ -70,11 +78,31 @@ def principals(ctx: typer.Context) -> None:
 def approve_principal(
     ctx: typer.Context, principal_id: str = typer.Argument(...),
     role: list[str] = typer.Option([], help="Roles to grant instead of those asked for (repeatable)."),
+    as_json: AsJson = False,
 ) -> None:
     """Activate a self-registered principal."""
     with connect(ctx, AdminClient) as admin:
         p = admin.approve_principal(principal_id, check_roles(role))
+    if as_json:
+        print_json(p)
+        return
     out().print(Text(clean(f"{p.id} is {p.status}  roles {', '.join(p.roles)}"), style="green"))
+
+
+@app.command()
+def suspend(
+    ctx: typer.Context, principal_id: str = typer.Argument(..., help="The principal to suspend."),
+    reason: str = typer.Option("", help="Why, sent with the signed request (the audit log keeps its hash)."),
+    as_json: AsJson = False,
+) -> None:
+    """Suspend a principal: every later call it signs is refused (whoami still answers, with its status)."""
+    with connect(ctx, AdminClient) as admin:
+        p = admin.suspend_principal(principal_id, reason)
+    if as_json:
+        print_json(p)
+        return
+    out().print(Text(clean(f"{p.id}  {p.name} ({p.organisation}) is {p.status}" + (f": {reason}" if reason else "")),
+                     style="yellow"))
 
 
 @app.command("import")
@@ -84,6 +112,7 @@ def import_(
     data: Path = typer.Argument(..., exists=True, dir_okay=False, help="The rows: CSV, plain or gzip."),
     max_rejected: int = typer.Option(0, min=0, help="Rows that may be rejected before the import fails."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; write nothing."),
+    as_json: AsJson = False,
 ) -> None:
     """Import a dataset (all or nothing) under its schema file."""
     with connect(ctx, AdminClient) as admin:
@@ -91,6 +120,9 @@ def import_(
             r = admin.import_dataset(schema, data, max_rejected=max_rejected, dry_run=dry_run)
         except ValueError as exc:
             raise fail(f"bad schema file {schema}: {exc}") from None
+    if as_json:
+        print_json({**jsonable(r), "dry_run": dry_run})
+        return
     con = out()
     verb = "would import" if dry_run else "imported"
     con.print(Text(clean(f"{verb} {r.dataset.name} version {r.dataset.version[:12]}: {r.rows_imported:,} rows, "
@@ -105,7 +137,7 @@ def import_(
 
 
 @app.command()
-def pending(ctx: typer.Context) -> None:
+def pending(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Applications waiting for review, in full."""
     with connect(ctx, AdminClient) as admin:
         scenarios = admin.pending()
@@ -113,6 +145,12 @@ def pending(ctx: typer.Context) -> None:
         catalogue = {d.name: d for d in admin.catalogue()} if scenarios else {}
         models = {s.model_hash: admin.model(s.model_hash) for s in scenarios if s.kind == "HE_SCORING"}
         plans = {s.model_hash: admin.training_plan(s.model_hash) for s in scenarios if s.kind == "FL_TRAINING"}
+    if as_json:  # each application with its applicant, its datasets' stewardship and its model or plan in full
+        print_json([{**jsonable(s), "applicant": jsonable(people.get(s.applicant_id)),
+                     "model": jsonable(models.get(s.model_hash)), "plan": jsonable(plans.get(s.model_hash)),
+                     "stewardship": {d.name: jsonable(catalogue[d.name].stewardship) for d in s.datasets
+                                     if d.name in catalogue}} for s in scenarios])
+        return
     con = out()
     if not scenarios:
         con.print("No applications are pending.")
@@ -151,6 +189,7 @@ def approve(
     max_epsilon_per_call: Optional[str] = typer.Option(None, help="Narrow epsilon per computation."),
     quota: Optional[int] = typer.Option(None, min=0, help="Narrow the number of computations."),
     days: Optional[int] = typer.Option(None, min=1, help="Valid for this many days from now."),
+    as_json: AsJson = False,
 ) -> None:
     """Approve an application as applied for or narrowed, signing the grant terms with your own key."""
     narrowing: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "max_epsilon_per_call": max_epsilon_per_call,
@@ -162,6 +201,9 @@ def approve(
         narrowing["valid_until"] = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
     with connect(ctx, AdminClient) as admin:
         s = admin.approve(scenario_id, **narrowing)
+    if as_json:
+        print_json(s)
+        return
     con = out()
     con.print(Text(clean(f"{s.id} {s.status}"), style="green"))
     if s.grant is not None:
@@ -172,19 +214,25 @@ def approve(
 
 @app.command()
 def reject(ctx: typer.Context, scenario_id: str = typer.Argument(...),
-           reason: str = typer.Option(..., help="Told to the applicant.")) -> None:
+           reason: str = typer.Option(..., help="Told to the applicant."), as_json: AsJson = False) -> None:
     """Reject a pending application."""
     with connect(ctx, AdminClient) as admin:
         s = admin.reject(scenario_id, reason)
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"{s.id} {s.status}: {s.decision_reason or reason}"), style="yellow"))
 
 
 @app.command()
 def revoke(ctx: typer.Context, grant_id: str = typer.Argument(...),
-           reason: str = typer.Option(..., help="Recorded and told to the grantee.")) -> None:
+           reason: str = typer.Option(..., help="Recorded and told to the grantee."), as_json: AsJson = False) -> None:
     """Revoke a grant; every later computation under it is refused."""
     with connect(ctx, AdminClient) as admin:
         s = admin.revoke(grant_id, reason)
+    if as_json:
+        print_json(s)
+        return
     out().print(Text(clean(f"grant {grant_id} revoked; scenario {s.id} is {s.status}"), style="yellow"))
 
 
@@ -210,6 +258,7 @@ def audit(
     since: Optional[dt.datetime] = typer.Option(None, help="Only entries at or after this UTC time."),
     until: Optional[dt.datetime] = typer.Option(None, help="Only entries before this UTC time."),
     requests: bool = typer.Option(False, "--requests", help="Also show what each entry's call asked."),
+    as_json: AsJson = False,
 ) -> None:
     """The tamper-evident audit log: every call, allowed or refused, with the privacy budget it spent."""
     if ctx.invoked_subcommand is not None:
@@ -218,6 +267,9 @@ def audit(
     with connect(ctx, AuditorClient) as admin:
         if head:
             h = admin.audit_head()
+            if as_json:
+                print_json(h)
+                return
             tbl = table("field", "value", title="audit log head")
             row(tbl, "entries", h.entries)
             if h.head is None:
@@ -237,6 +289,10 @@ def audit(
         entries = list(itertools.islice(admin.audit_entries(
             after_seq=after, page_size=min(limit + 1, 1000), principal=principal, grant_id=grant, method=method,
             status=status, **utc), limit + 1))
+    more_after = entries[limit - 1].seq if len(entries) > limit else None
+    if as_json:  # more_after: the --after that shows the next page (null: nothing follows)
+        print_json({"entries": entries[:limit], "more_after": more_after})
+        return
     headers = ["seq", "time", "principal", "method", "grant", "status", "error", "epsilon"]
     tbl = table(*headers, *(["asked"] if requests else []))
     for e in entries[:limit]:
@@ -244,8 +300,8 @@ def audit(
         row(tbl, e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), who, _method(e.method), e.grant_id, e.status,
             e.error_code or "", dec(e.epsilon) if e.epsilon else "", *([e.request] if requests else []))
     con.print(tbl)
-    if len(entries) > limit:
-        con.print(f"more entries follow: --after {entries[limit - 1].seq}")
+    if more_after is not None:
+        con.print(f"more entries follow: --after {more_after}")
 
 
 @audit_app.command("witness")
@@ -255,6 +311,7 @@ def witness(
     public_key: Optional[str] = typer.Option(None, help="The sandbox's published audit public key (hex); needed "
                                                         "on the first run, then pinned."),
     public_key_file: Optional[Path] = typer.Option(None, help="The same, from a file (audit_signing.pub)."),
+    as_json: AsJson = False,
 ) -> None:
     """Check that the log's latest signed head extends the last one this witness saw, then countersign it.
 
@@ -268,16 +325,18 @@ def witness(
         with connect(ctx, AuditorClient) as auditor:
             result = run_witness(auditor, state, given)
     except WitnessError as exc:
-        con.print(Text(clean(f"WITNESS FAILED: {exc}"), style="red"))
-        raise typer.Exit(1) from None
+        raise fail(f"WITNESS FAILED: {exc}") from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--public-key") from None
     except SandboxClientError as exc:
         if exc.code == "AUDIT_DAMAGED":  # the server found an entry its audit key did not sign
-            con.print(Text(clean(f"WITNESS FAILED: {exc.message}"), style="red"))
-            raise typer.Exit(1) from None
-        con.print(Text(clean(f"the sandbox did not give a head to check: {exc}"), style="red"))
+            raise fail(f"WITNESS FAILED: {exc.message}") from None
+        fail(f"the sandbox did not give a head to check: {exc}")
         raise typer.Exit(3) from None
+    if as_json:
+        print_json({"head": result.head, "previous": result.previous, "grew_by": result.grew_by,
+                    "state": state / "head.json" if result.head else None})
+        return
     if result.head is None:
         con.print("the audit log is empty: nothing to witness yet")
         return

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Optional
 
 import typer
 
 from clients import types as t
-from clients.cli import app, connect, dec, out, row, table
+from clients.cli import app, connect, dec, out, row, table, warn
+from clients.cli_json import AsJson, print_json
 from clients.client import ApplicantClient
 from clients.query import Query
 
-_WHERE = re.compile(r"^\s*([A-Za-z][\w\-]*)\s*(<=|>=|!=|==|=|<|>|\sin\s)\s*(.+?)\s*$")
+# COLUMN, then an operator (a run of symbols, or a word followed by a space), then the value(s).
+_WHERE = re.compile(r"^\s*(?P<column>[A-Za-z][\w\-]*)\s*(?P<op>[^\w\s'\".+\-]+|[A-Za-z]+(?=\s))?\s*(?P<value>.*?)\s*$")
+_OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in")
+_ORDERING = ("<", "<=", ">", ">=")
 
 
 def _value(text: str) -> float | str:
+    """A finite number if it reads as one, else the text without surrounding quotes."""
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text.strip().strip("'\"")
+    return number if math.isfinite(number) else text.strip()
+
+
+def parse_where(text: str) -> tuple[str, str, list[float | str]]:
+    """``COLUMN OP VALUE`` (``in``: comma-separated values) as (column, operator, values); a bad one says why."""
+    def bad(why: str, hint: str = f"use one of {' '.join(_OPERATORS)}") -> typer.BadParameter:
+        quoted = json.dumps(text, ensure_ascii=False)
+        return typer.BadParameter(f"{why} in {quoted}" + (f" ({hint})" if hint else ""), param_hint="--where")
+    m = _WHERE.match(text)
+    if not m:
+        raise bad("expected COLUMN OP VALUE", f"a column name first; OP one of {' '.join(_OPERATORS)}")
+    column, op, value = m.group("column"), m.group("op") or "", m.group("value")
+    if not op:
+        raise bad("no operator")
+    stray = re.match(r"[=<>!]+", value)  # "age = >30": an operator in pieces, not a value ">30"
+    if op not in (*_OPERATORS, "==") or stray:
+        written = text[m.start("op"):m.start("value") + stray.end()] if stray else op
+        raise bad(f"unknown operator {written!r}")
+    values = [_value(v) for v in value.split(",")] if op == "in" else [_value(value)]
+    if any(v == "" for v in values):
+        raise bad(f"no value after {op!r}", "")
+    if op in _ORDERING and not isinstance(values[0], float):
+        raise bad(f"{op!r} needs a finite number, not {values[0]!r},", "")
+    return column, op, values
 
 
 def build_query(dataset: str, where: list[str], by: list[str], count: bool, sums: list[str], means: list[str],
@@ -27,12 +58,8 @@ def build_query(dataset: str, where: list[str], by: list[str], count: bool, sums
     """The query from the command-line options; a malformed option is a usage error."""
     q = Query(dataset)
     for w in where:
-        m = _WHERE.match(w)
-        if not m:
-            raise typer.BadParameter(f"expected COLUMN OP VALUE (OP one of = != < <= > >= in), got {w!r}",
-                                     param_hint="--where")
-        column, op, value = m.group(1), m.group(2).strip(), m.group(3)
-        q = q.where(column, op, [_value(v) for v in value.split(",")] if op == "in" else _value(value))
+        column, op, values = parse_where(w)
+        q = q.where(column, op, values if op == "in" else values[0])
     if by:
         q = q.group_by(*by)
     if count:
@@ -82,6 +109,16 @@ def print_estimate(est: t.QueryEstimate) -> None:
     out().print(f"remaining epsilon {dec(est.epsilon_remaining)}; nothing was charged")
 
 
+def warn_if_over_budget(est: t.QueryEstimate) -> None:
+    """A yellow line on stderr when running the estimated query would be refused for want of budget."""
+    over = [f"{name} {dec(cost)} but only {dec(left)} remains" for name, cost, left in
+            (("epsilon", est.epsilon_cost, est.epsilon_remaining), ("delta", est.delta_cost, est.delta_remaining))
+            if cost > left]
+    if over:
+        warn(f"warning: this query would charge {'; '.join(over)} on the grant: running it would be refused "
+             "(RESOURCE_EXHAUSTED)")
+
+
 @app.command()
 def query(
     ctx: typer.Context,
@@ -96,10 +133,12 @@ def query(
     histograms: list[str] = typer.Option([], "--histogram", help="COLUMN:E1,E2,... bin edges (repeatable)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Privacy loss to spend on this query."),
     delta: float = typer.Option(0.0, "--delta", help="> 0 for Gaussian noise, if the grant has a delta budget."),
-    key: Optional[str] = typer.Option(None, "--key", help="Idempotency key: a retry with it is charged once."),
+    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key",
+                                                  help="A retry with the same key is charged once."),
     estimate: bool = typer.Option(False, "--estimate", help="Only estimate cost and accuracy (free)."),
     half_width: Optional[float] = typer.Option(None, "--half-width", help="With --estimate: epsilon for this 95% "
                                                                             "half-width."),
+    as_json: AsJson = False,
 ) -> None:
     """Ask an aggregate question; prints the noisy answer with 95% intervals and the budget left."""
     q = build_query(dataset, where, by, count, sums, means, quantiles, histograms)
@@ -110,11 +149,17 @@ def query(
                                  param_hint="--epsilon / --half-width")
     with connect(ctx, ApplicantClient) as client:
         if estimate:
-            if half_width is not None:
-                print_estimate(client.estimate_query(grant, q, half_width=half_width, delta=delta))
+            est = (client.estimate_query(grant, q, half_width=half_width, delta=delta) if half_width is not None
+                   else client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
+            if as_json:
+                print_json(est)
             else:
-                assert epsilon is not None
-                print_estimate(client.estimate_query(grant, q, epsilon=epsilon, delta=delta))
+                print_estimate(est)
+            warn_if_over_budget(est)
             return
         assert epsilon is not None
-        print_result(client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=key))
+        res = client.run_query(grant, q, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key)
+    if as_json:
+        print_json(res)
+    else:
+        print_result(res)

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from clients.cli import app, connect, out
+from clients.cli_json import AsJson, print_json
 from clients.client import ApplicantClient
 
 
@@ -51,6 +52,7 @@ def score(
     features: Path = typer.Option(..., "--features", exists=True, dir_okay=False,
                                   help="CSV of your private features: a header naming them, one row per id."),
     output: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV to write."),
+    as_json: AsJson = False,
 ) -> None:
     """Score entities: your features are encrypted here, the sandbox adds its part blind, you decrypt here."""
     entity_ids = read_ids(ids)
@@ -73,6 +75,11 @@ def score(
                 row.append(f"{result.probabilities[i]:.6f}")
             w.writerow(row)
     s = result.seconds
+    if as_json:  # what was done; the scores themselves are in the file
+        print_json({"scored": len(entity_ids), "encrypted_features": names, "out": output,
+                    "probabilities": result.probabilities is not None, "noise_sd": result.noise_sd, "seconds": s,
+                    "bytes_sent": result.bytes_sent, "bytes_received": result.bytes_received})
+        return
     out().print(f"scored {len(entity_ids)} entities from {len(names)} encrypted features into {output}")
     out().print(f"each logit carries noise of sd {result.noise_sd:.4g} that the sandbox added (its release rule)")
     out().print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s.items())

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from clients import types as t
 from clients.cli import app, clean, connect, day, out, row, selection_text, table
+from clients.cli_json import AsJson, print_json
 from clients.client import AdminClient, StewardClient
 
 __all__ = ["plan_text"]
@@ -42,21 +43,28 @@ def stewardship(
     steward: list[str] = typer.Option([], help="A steward's principal id (repeatable; the steward role)."),
     policy: str = typer.Option("sensitive", help="When a grant needs a steward's co-signature: never, sensitive "
                                                  "(it names a sensitive column) or always."),
+    as_json: AsJson = False,
 ) -> None:
     """Administrators: name a dataset's department, its stewards and when they must co-sign a grant."""
     if policy.lower() not in POLICIES:
         raise typer.BadParameter(f"{policy!r} is not one of {', '.join(POLICIES)}", param_hint="--policy")
     with connect(ctx, AdminClient) as admin:
         held = admin.set_stewardship(dataset, owner=owner, stewards=steward, policy=policy.lower())
+    if as_json:
+        print_json(held)
+        return
     out().print(Text(clean(f"{dataset}: held by {held.owner}; stewards {', '.join(held.steward_ids) or 'none'}; "
                            f"co-signing {held.policy}"), style="green"))
 
 
 @app.command("steward-queue")
-def steward_queue(ctx: typer.Context) -> None:
+def steward_queue(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Stewards: the scenarios touching your datasets, and which grants wait for your co-signature."""
     with connect(ctx, StewardClient) as steward:
         scenarios = steward.steward_scenarios()
+    if as_json:
+        print_json(scenarios)
+        return
     if not scenarios:
         out().print("No scenario touches your datasets.")
         return
@@ -68,10 +76,14 @@ def steward_queue(ctx: typer.Context) -> None:
 
 
 @app.command()
-def cosign(ctx: typer.Context, grant_id: str = typer.Argument(..., help="The grant to co-sign.")) -> None:
+def cosign(ctx: typer.Context, grant_id: str = typer.Argument(..., help="The grant to co-sign."),
+           as_json: AsJson = False) -> None:
     """Stewards: co-sign a grant over your dataset with your own key (checked against the administrators' first)."""
     with connect(ctx, StewardClient) as steward:
         s = steward.cosign(grant_id)
+    if as_json:
+        print_json(s)
+        return
     g = s.grant
     assert g is not None
     state = "active" if not g.awaiting else f"still awaits {', '.join(g.awaiting)}"

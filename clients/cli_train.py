@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.cli import app, connect, dec, out, row, table
+from clients import types as t
+from clients.cli import app, connect, dec, fail, out, row, table
+from clients.cli_json import AsJson, print_json
 from clients.client import ResearcherClient
 
 
@@ -21,11 +27,15 @@ def plan_cmd(
     threshold: float = typer.Option(..., "--threshold", help="Label = 1 where the column is above this value."),
     model: str = typer.Option("logistic", "--model", help="logistic or mlp"),
     hidden_units: int = typer.Option(0, "--hidden-units"),
+    as_json: AsJson = False,
 ) -> None:
     """Register a training plan template; prints the hash an FL_TRAINING application names."""
     with connect(ctx, ResearcherClient) as client:
         h = client.register_plan(dataset=dataset, features=features, label=label, label_threshold=threshold,
                                  model=model, hidden_units=hidden_units)
+    if as_json:
+        print_json({"plan_hash": h})
+        return
     out().print(f"plan {h}")
 
 
@@ -47,31 +57,90 @@ def train(
     no_dp: bool = typer.Option(False, "--no-dp", help="Train without DP: charged the grant's whole remaining "
                                                       "budget (there is no finite epsilon)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the rounds with a progress bar."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --no-dp: do not ask before spending the whole "
+                                                       "remaining budget (needed without a terminal)."),
+    as_json: AsJson = False,
 ) -> None:
-    """Start a federated training job (its whole privacy cost is reserved first)."""
+    """Start a federated training job (its whole privacy cost is reserved first).
+
+    A grant whose application proposed its run settings pins them: give no setting and the job runs with them.
+    """
+    settings = ("rounds", "local_epochs", "learning_rate", "fraction", "strategy", "proximal_mu", "clipping_norm",
+                "noise_multiplier", "delta", "no_dp")
+    if not any(ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None) for n in settings):
+        with connect(ctx, ResearcherClient) as client:
+            pinned = next((s.grant.terms.training for s in client.scenarios()
+                           if s.grant is not None and s.grant.id == grant), None)
+            if pinned is not None:
+                job = client.start_training(grant, plan)
+                if not as_json:
+                    out().print(f"started job {job} with the settings the grant pins ({pinned.rounds} rounds); "
+                                f"reserved epsilon {dec(job.epsilon_reserved)}")
+                started = {"job_id": job, "epsilon_reserved": job.epsilon_reserved,
+                           "delta_reserved": job.delta_reserved, "dp": pinned.noise_multiplier > 0}
+                if watch:
+                    follow(client, job, started if as_json else None)
+                elif as_json:
+                    print_json(started)
+                return
     if no_dp == (noise_multiplier > 0):
         raise typer.BadParameter("give --noise-multiplier (client-level DP) or --no-dp (no DP guarantee: the job "
                                  "takes the grant's whole remaining budget), not both or neither",
                                  param_hint="--noise-multiplier / --no-dp")
+    if no_dp and not yes and not (sys.stdin is not None and sys.stdin.isatty()):  # None: started with no stdin
+        raise fail("not started: training with --no-dp spends the grant's whole remaining budget; "
+                   "there is no terminal to ask, so confirm with --yes")
     with connect(ctx, ResearcherClient) as client:
+        if no_dp and not yes and not confirm_whole_budget(client, grant):
+            raise fail("not started: nothing was charged")
         job = client.start_training(grant, plan, rounds=rounds, local_epochs=local_epochs,
                                     learning_rate=learning_rate, fraction_per_round=fraction, strategy=strategy,
                                     proximal_mu=proximal_mu, clipping_norm=clipping_norm if not no_dp else 0.0,
                                     noise_multiplier=noise_multiplier, delta=delta if not no_dp else 0.0)
-        out().print(f"started job {job}; reserved epsilon {dec(job.epsilon_reserved)}"
-                    + (f", delta {dec(job.delta_reserved)}" if job.delta_reserved else "")
-                    + (" (no DP: the grant's whole remaining budget)" if no_dp else ""))
+        started = {"job_id": job, "epsilon_reserved": job.epsilon_reserved, "delta_reserved": job.delta_reserved,
+                   "dp": not no_dp}
+        if not as_json:
+            out().print(f"started job {job}; reserved epsilon {dec(job.epsilon_reserved)}"
+                        + (f", delta {dec(job.delta_reserved)}" if job.delta_reserved else "")
+                        + (" (no DP: the grant's whole remaining budget)" if no_dp else ""))
         if watch:
-            follow(client, job)
+            follow(client, job, started if as_json else None)
+        elif as_json:
+            print_json(started)
 
 
-def follow(client: ResearcherClient, job: str) -> None:
-    """A progress bar over the job's rounds, then a summary table; exit 1 unless it completed."""
-    last = None
+def confirm_whole_budget(client: ResearcherClient, grant: str) -> bool:
+    """Ask on the terminal before a job without DP takes the grant's whole remaining budget."""
+    left = next((s.epsilon_cap - (s.usage.epsilon_spent if s.usage else 0) for s in client.scenarios()
+                 if s.grant is not None and s.grant.id == grant), None)
+    what = f"epsilon {dec(left)}" if left is not None else "all of it"
+    return typer.confirm(f"Training without DP charges the grant's whole remaining budget ({what}), whatever the "
+                         "job does. Start it?", default=False, err=True)
+
+
+def follow(client: ResearcherClient, job: str, as_json: dict[str, Any] | None = None) -> None:
+    """A progress bar over the job's rounds, then a summary table; exit 1 unless it completed.
+
+    With ``as_json`` (what the caller has to say already), no bar: one JSON document with every event.
+    """
+    events = iter(client.watch_training(job))
+    first = next(events, None)  # a refusal (an unknown job, another's job) surfaces here, before any bar is drawn
+    if first is None:
+        return
+    if as_json is not None:
+        history = [first, *events]
+        last = history[-1]
+        res = client.training_result(job) if last.state == "completed" else None
+        print_json({**as_json, "job_id": job, "state": last.state, "events": history,
+                    "result": None if res is None else result_summary(res)})
+        if last.state != "completed":
+            raise typer.Exit(1)
+        return
+    last = first
     with Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=out()) as bar:
         task = bar.add_task("train", total=None, info="")  # the events say how many rounds
-        for e in client.watch_training(job):
+        for e in itertools.chain([first], events):
             last = e
             bar.update(task, total=e.rounds or None)
             if e.state == "running":
@@ -81,8 +150,6 @@ def follow(client: ResearcherClient, job: str) -> None:
                 if e.dropped:
                     info += f" [dropped: {', '.join(e.dropped)}]"
                 bar.update(task, completed=e.round, info=info)
-    if last is None:
-        return
     summary = table("field", "value", title=f"job {job}: {last.state}")
     row(summary, "state", f"{last.state}: {last.message}")
     row(summary, "rounds", f"{last.round} of {last.rounds}")
@@ -99,18 +166,29 @@ def follow(client: ResearcherClient, job: str) -> None:
         raise typer.Exit(1)
 
 
+def result_summary(res: t.TrainingResult) -> dict[str, Any]:
+    """A completed job's result without its weights (their shapes only)."""
+    return {"job_id": res.job_id, "shapes": [list(w.shape) for w in res.weights], "metrics": res.metrics,
+            "epsilon_charged": res.epsilon_charged, "delta_charged": res.delta_charged}
+
+
 @app.command("watch")
-def watch_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id.")) -> None:
+def watch_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id."),
+              as_json: AsJson = False) -> None:
     """Follow a running (or finished) training job: rounds so far, then the summary."""
     with connect(ctx, ResearcherClient) as client:
-        follow(client, job)
+        follow(client, job, {} if as_json else None)
 
 
 @app.command("cancel")
-def cancel_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id.")) -> None:
+def cancel_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A training job id."),
+               as_json: AsJson = False) -> None:
     """Stop a training job before its next round (what it reserved stays charged)."""
     with connect(ctx, ResearcherClient) as client:
         state = client.cancel_training(job)
+    if as_json:
+        print_json({"job_id": job, "state": state})
+        return
     out().print(f"job {job}: {state}")
 
 
@@ -119,6 +197,7 @@ def result_cmd(
     ctx: typer.Context,
     job: str = typer.Argument(..., help="A completed training job id."),
     output: Path = typer.Option(Path("model.json"), "--out", "-o", help="JSON file to write the model to."),
+    as_json: AsJson = False,
 ) -> None:
     """Write a completed job's model (the aggregate weights) and its federated metrics to a JSON file."""
     if not output.parent.is_dir() or output.is_dir():
@@ -129,6 +208,9 @@ def result_cmd(
            "delta_charged": str(res.delta_charged),
            "weights": [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]}
     output.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    if as_json:  # what was written where; the weights are in the file
+        print_json({**result_summary(res), "out": output})
+        return
     out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}) "
                 f"to {output}")
 
@@ -141,8 +223,12 @@ def register_model(
     private: list[str] = typer.Option(..., "--private",
                                       help="A feature the scoring applicant supplies encrypted (repeatable)."),
     description: str = typer.Option("", "--description"),
+    as_json: AsJson = False,
 ) -> None:
     """Register a trained logistic model for HE scoring; prints the hash an HE_SCORING application names."""
     with connect(ctx, ResearcherClient) as client:
         h = client.register_trained_model(job, name=name, private_features=private, description=description)
+    if as_json:
+        print_json({"model_hash": h})
+        return
     out().print(f"model {h}")

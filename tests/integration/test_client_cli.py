@@ -296,11 +296,13 @@ def test_query_estimate_run_replay_and_exhaustion(run: Run, tmp_path: Path) -> N
     assert "nothing was charged" in est.output and "remaining epsilon 0.5" in est.output
     vague = run(*base, "--count", "--estimate", key=office)  # at what epsilon? it must be said
     assert vague.exit_code == 2 and "--half-width" in vague.output
-    q = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--key", "k1", key=office)
+    q = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--idempotency-key", "k1",
+            key=office)
     assert q.exit_code == 0, q.output
     assert "Female" in q.output and "Male" in q.output and "95% interval" in q.output
     assert "charged epsilon 0.25; remaining epsilon 0.25" in q.output
-    again = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--key", "k1", key=office)
+    again = run(*base, "--where", "age>=30", "--by", "sex", "--count", "--epsilon", "0.25", "--idempotency-key", "k1",
+                key=office)
     assert "stored answer" in again.output and "remaining epsilon 0.25" in again.output
     assert run(*base, "--mean", "hours_per_week", "--by", "education", "--epsilon", "0.25", key=office).exit_code == 0
     spent = run(*base, "--count", "--epsilon", "0.25", key=office)

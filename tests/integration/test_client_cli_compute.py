@@ -283,7 +283,7 @@ def test_train_watch_without_dp_shows_rounds_metrics_and_the_charge(run: Run, fl
     unasked = run("train", "--grant", grant, "--plan", plan, "--rounds", "3", key=lab)
     assert unasked.exit_code == 2 and "--no-dp" in unasked.output  # no silent whole-budget charge
     found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)
-    r = train(run, lab, grant, plan, "--no-dp")
+    r = train(run, lab, grant, plan, "--no-dp", "--yes")
     assert r.exit_code == 0, r.output
     job = found(r"started job (j-[0-9a-f]+); reserved epsilon 100, delta 0\.00001 \(no DP: the grant's whole "
                 r"remaining budget\)", r.output).group(1)
@@ -333,14 +333,14 @@ def test_bad_training_settings_are_refused_in_one_line(run: Run, fl_grant: tuple
         r = run("train", "--grant", grant, "--plan", plan, *bad, "--noise-multiplier", "1", "--watch", key=lab)
         one_line_refusal(r, "INVALID_ARGUMENT")
         assert "started job" not in r.output
-    r = run("train", "--grant", grant, "--plan", "ab" * 32, "--rounds", "2", "--no-dp", key=lab)
+    r = run("train", "--grant", grant, "--plan", "ab" * 32, "--rounds", "2", "--no-dp", "--yes", key=lab)
     one_line_refusal(r, "NOT_FOUND")
     found(r"FL_TRAINING\s+│\s+approved\s+│\s+0 / 100\s", run("status", key=lab).output)  # nothing was charged
 
 
 def test_register_model_after_a_completed_job(run: Run, sandbox: Sandbox, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
-    r = train(run, lab, grant, plan, "--no-dp")
+    r = train(run, lab, grant, plan, "--no-dp", "--yes")
     assert r.exit_code == 0, r.output
     job = found(r"started job (j-[0-9a-f]+)", r.output).group(1)
 
@@ -368,7 +368,7 @@ def test_register_model_after_a_completed_job(run: Run, sandbox: Sandbox, fl_gra
 
 def test_a_whole_number_charge_prints_as_a_plain_number(run: Run, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
-    r = train(run, lab, grant, plan, "--no-dp")
+    r = train(run, lab, grant, plan, "--no-dp", "--yes")
     assert r.exit_code == 0, r.output
     found(r"charged\s+│\s+epsilon 100\s", r.output)
 

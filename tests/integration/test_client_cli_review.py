@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clients import ResearcherClient
 from clients.signing import load_key, principal_id_for, public_key_of
-from tests.conftest import DATA, SCHEMAS, Sandbox
+from tests.conftest import DATA, ROOT, SCHEMAS, Sandbox
 from tests.integration.test_client_cli import Run, enrolled, found, import_census, run  # noqa: F401 (fixture)
 
 
@@ -93,3 +93,25 @@ def test_the_audit_listing_filters_and_shows_what_was_asked(run: Run, tmp_path: 
     found(r'"csv":\{"bytes":\d+\}', r.output.replace("\n", "").replace("│", "").replace(" ", ""))
     r = run("audit", "--status", "PERMISSION_DENIED")
     assert r.exit_code == 0 and "ListCatalogue" not in r.output
+
+
+def test_an_fl_application_file_proposes_settings_that_the_grant_pins(run: Run, tmp_path: Path) -> None:  # noqa: F811
+    assert run("import", SCHEMAS / "rand_hie.toml", DATA / "rand_hie.csv.gz").exit_code == 0
+    lab = enrolled(run, tmp_path, "Lab", role="researcher")
+    r = run("plan", "--dataset", "rand_hie", "--feature", "xage", "--feature", "female", "--feature", "educdec",
+            "--feature", "lfam", "--feature", "coins", "--feature", "linc", "--feature", "disea", "--feature", "physlm",
+            "--label", "meddol", "--threshold", "100", key=lab)
+    plan = found(r"\b([0-9a-f]{64})\b", r.output).group(1)
+    r = run("apply", "--file", ROOT / "examples" / "application-fl.toml", "--model-hash", plan, key=lab)
+    scenario = found(r"applied: (s-[0-9a-f]+)", r.output).group(1)
+    r = run("pending")
+    found(r"10 rounds x 2 local epoch\(s\)", r.output)
+    price = float(found(r"price: epsilon ([0-9.]+) per run", r.output).group(1))
+    grant = found(r"grant (g-[0-9a-f]{32})", run("approve", scenario).output).group(1)
+    r = run("train", "--grant", grant, "--plan", plan, "--rounds", "3", "--noise-multiplier", "3", key=lab)
+    assert r.exit_code == 1 and "pins the training settings" in r.output, r.output
+    r = run("train", "--grant", grant, "--plan", plan, key=lab)  # no setting given: the pinned ones
+    assert r.exit_code == 0, r.output
+    reserved = float(found(r"with the settings the grant pins \(10 rounds\); reserved epsilon ([0-9.]+)",
+                           r.output).group(1))
+    assert reserved == price
