@@ -334,8 +334,8 @@ def test_the_command_prints_the_address_serves_it_and_stops_on_ctrl_c(consoles: 
     """``sandbox-client console`` as a person runs it: a real process, its printed address, Ctrl-C."""
     sbx = consoles.sbx
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "--key", str(sbx.admin_key_path), "--ca", str(sbx.ca),
-         "--server", sbx.address, "console", "--no-browser", "--port", "0"],
+        [sys.executable, "-m", "clients.cli", "console", "--no-browser", "--port", "0",  # global options after it
+         "--key", str(sbx.admin_key_path), "--ca", str(sbx.ca), "--server", sbx.address],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
