@@ -30,7 +30,7 @@ from clients.errors import InvalidArgument, NotFound, PermissionDenied, Unavaila
 from clients.he import EncryptedScores, HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
-from clients.signing import load_key, missing_cosignatures, verify_terms_signature
+from clients.signing import grant_missing_cosignatures, load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from wire import transparency
@@ -174,7 +174,7 @@ class SandboxClient:
             raise PermissionDenied("grant signature does not verify", status="PERMISSION_DENIED",
                                    code="GRANT_SIGNATURE_INVALID")
         terms = serde.terms(grant.terms_bytes)
-        missing = missing_cosignatures(dataclasses.replace(grant, terms=terms))
+        missing = grant_missing_cosignatures(dataclasses.replace(grant, terms=terms))
         if missing:
             raise PermissionDenied(f"grant lacks a valid steward co-signature for {', '.join(missing)}",
                                    status="PERMISSION_DENIED", code="GRANT_COSIGNATURE_MISSING")

@@ -13,7 +13,7 @@ from wire.keys import public_key_path, write_private_key, write_public_key
 from wire.keys import read_private_key as load_key
 from clients import types as t
 from wire.signing import (
-    cosign_payload,
+    missing_cosignatures,
     MD_NONCE, MD_PRINCIPAL, MD_PUBLIC_KEY, MD_SIGNATURE, MD_STREAM_BYTES, MD_STREAM_SHA256, MD_TIMESTAMP, b64_encode,
     new_nonce, principal_id_for, sha256_hex, signing_payload, stream_body, stream_digest, verify_signature,
 )
@@ -75,14 +75,9 @@ def verify_terms_signature(terms: bytes, signature: bytes, admin_public_keys: li
     return any(verify_signature(raw, signature, terms) for raw in admin_public_keys)
 
 
-def missing_cosignatures(grant: t.Grant) -> list[str]:
+def grant_missing_cosignatures(grant: t.Grant) -> list[str]:
     """The datasets of a grant's terms that require a steward's co-signature and carry no valid one (each must be
     by a steward the signed terms name, with the key they name, over ``cosign_payload`` of the exact terms)."""
-    missing = []
-    for req in grant.terms.cosigners:
-        allowed = dict(zip(req.steward_ids, req.steward_keys))
-        if not any(c.dataset == req.dataset and allowed.get(c.steward_id) == c.public_key
-                   and verify_signature(c.public_key, c.signature, cosign_payload(grant.terms_bytes))
-                   for c in grant.cosignatures):
-            missing.append(req.dataset)
-    return missing
+    return missing_cosignatures(
+        grant.terms_bytes, ((r.dataset, r.steward_ids, r.steward_keys) for r in grant.terms.cosigners),
+        ((c.dataset, c.steward_id, c.public_key, c.signature) for c in grant.cosignatures))

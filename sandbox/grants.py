@@ -17,7 +17,7 @@ from sandbox.domain import (
 )
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
-from wire.signing import cosign_payload
+from wire.signing import cosign_payload, missing_cosignatures
 from sandbox.state import Conflict, Tx
 
 
@@ -70,14 +70,9 @@ def verify_grant(terms_bytes: bytes, signature: bytes, admin_public_keys: Iterab
 
 def unsigned(terms: GrantTerms, terms_bytes: bytes, cosignatures: Iterable[GrantCosignature]) -> list[str]:
     """The datasets of ``terms`` that require a co-signature and have no valid one among ``cosignatures``."""
-    have = list(cosignatures)
-    missing = []
-    for req in terms.cosigners:
-        allowed = dict(zip(req.steward_ids, req.steward_keys))
-        if not any(c.dataset == req.dataset and allowed.get(c.steward_id) == c.steward_key
-                   and _signed(c.steward_key, c.signature, cosign_payload(terms_bytes)) for c in have):
-            missing.append(req.dataset)
-    return missing
+    return missing_cosignatures(terms_bytes, ((r.dataset, r.steward_ids, r.steward_keys) for r in terms.cosigners),
+                                ((c.dataset, c.steward_id, c.steward_key, c.signature) for c in cosignatures),
+                                check=_signed)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,7 +15,7 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -87,6 +87,26 @@ COSIGN_DOMAIN = b"sandbox.v1-grant-cosignature\n"
 def cosign_payload(terms: bytes) -> bytes:
     """What a data steward signs to co-sign a grant: a fixed domain line, then the exact terms bytes."""
     return COSIGN_DOMAIN + terms
+
+
+def missing_cosignatures(
+    terms: bytes, required: Iterable[tuple[str, Sequence[str], Sequence[bytes]]],
+    cosignatures: Iterable[tuple[str, str, bytes, bytes]],
+    check: Callable[[bytes, bytes, bytes], bool] | None = None,
+) -> list[str]:
+    """The datasets of ``required`` (dataset, steward ids, their keys in id order: what the signed terms name)
+    with no valid co-signature among ``cosignatures`` (dataset, steward id, key, signature): one by a listed
+    steward, with the key the terms name for it, over ``cosign_payload(terms)``. ``check(key, signature,
+    payload)`` verifies (default ``verify_signature``; the server passes a cached one)."""
+    verify = check or verify_signature
+    have = list(cosignatures)
+    missing = []
+    for dataset, ids, keys in required:
+        allowed = dict(zip(ids, keys))
+        if not any(d == dataset and allowed.get(sid) == key and verify(key, sig, cosign_payload(terms))
+                   for d, sid, key, sig in have):
+            missing.append(dataset)
+    return missing
 
 
 def signing_payload(method: str, timestamp_ms: int, nonce: str, body_sha256: str) -> bytes:
