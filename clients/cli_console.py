@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import webbrowser
 from pathlib import Path
 from typing import Optional
@@ -38,9 +40,14 @@ def console(
         typer.echo(f"console: {handle.url}", err=False)
         if not no_browser:
             webbrowser.open(handle.url)
+        # Ctrl-C and SIGTERM set an event instead of raising KeyboardInterrupt wherever the main thread happens to
+        # be (an exception inside a lock wait can leave a thread join stuck); the loop then stops the server.
+        asked = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: asked.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            handle.wait()
-        except KeyboardInterrupt:
-            pass
+            while handle.running and not asked.wait(0.5):
+                pass
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             handle.stop()

@@ -38,6 +38,10 @@ class ConsoleHandle:
         self._server.should_exit = True
         self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def wait(self) -> None:
         """Until the server stops (Ctrl-C in the caller's thread interrupts the wait)."""
         while self._thread.is_alive():
