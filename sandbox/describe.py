@@ -49,10 +49,12 @@ def _keys(field: FieldDescriptor, values: Any) -> list[Any]:
     return [_scalar(field, v) for v in values]
 
 
-def _message(msg: Message) -> dict[str, Any]:
-    """Every set field by name; messages recursively; bytes as their length (keys as principal ids)."""
+def _message(msg: Message, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every set field by name (but ``skip``); messages recursively; bytes as their length (keys as principal ids)."""
     out: dict[str, Any] = {}
     for field, value in msg.ListFields():
+        if field.name in skip:
+            continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             out[field.name] = {str(k): (_message(v) if isinstance(v, Message) else v) for k, v in value.items()}
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -66,8 +68,8 @@ def _message(msg: Message) -> dict[str, Any]:
 
 
 def _score(msg: Message) -> dict[str, Any]:
-    doc = _message(msg)
-    ids = list(doc.pop("entity_ids", []))
+    doc = _message(msg, frozenset({"entity_ids"}))
+    ids = list(getattr(msg, "entity_ids"))
     doc["entities"] = len(ids)
     doc["entity_ids_sha256"] = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     return doc
