@@ -42,11 +42,6 @@ class ConsoleHandle:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def wait(self) -> None:
-        """Until the server stops (Ctrl-C in the caller's thread interrupts the wait)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)
-
 
 def serve(client: SandboxClient, host: str = LOOPBACK, port: int = 0, *, witness_state: Path | None = None,
           start_timeout: float = 30.0) -> ConsoleHandle:

@@ -19,7 +19,7 @@ from clients import ApplicantClient, Query, StewardClient, generate_key, public_
 from clients import types as t
 from clients.errors import AlreadyExists, FailedPrecondition, InternalServerError, InvalidArgument, NotFound
 from clients.errors import PermissionDenied
-from protos.sandbox.v1 import common_pb2
+from protos.sandbox.v1 import admin_pb2, common_pb2, he_pb2
 from tests.conftest import DATA, SCHEMAS, apply_dp, enrol_client
 from tests.sqlite_raw import raw
 
@@ -102,7 +102,6 @@ def test_a_forged_or_foreign_cosignature_is_refused(world, bureau) -> None:  # t
     with pytest.raises(NotFound):
         outsider.cosign(s.grant.id)
     forged = generate_key().sign(s.grant.terms_bytes)  # signed by a key that is not the steward's
-    from protos.sandbox.v1 import admin_pb2
     with pytest.raises(InvalidArgument) as refused:
         bureau.transport.call("/sandbox.v1.StewardService/CosignGrant",
                               admin_pb2.CosignGrantRequest(grant_id=s.grant.id, signature=forged),
@@ -128,6 +127,10 @@ def test_a_cosignature_written_behind_the_servers_back_activates_nothing(world, 
     try:
         raw(conn).execute("INSERT INTO grant_cosignatures VALUES (?, 'adult_census', ?, ?, ?, 0)",
                           (s.grant.id, bureau.principal_id, bureau.transport.public_key, os.urandom(64)))
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # nor can one be rewritten or removed
+            raw(conn).execute("UPDATE grant_cosignatures SET signature = x'00' WHERE grant_id = ?", (s.grant.id,))
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw(conn).execute("DELETE FROM grant_cosignatures WHERE grant_id = ?", (s.grant.id,))
     finally:
         conn.close()
     with pytest.raises(InternalServerError):
@@ -144,9 +147,9 @@ def test_only_an_active_steward_can_be_named(world) -> None:  # type: ignore[no-
         world.admin.set_stewardship("no_such_table", owner="x", stewards=[], policy="never")
     with pytest.raises(PermissionDenied):  # administrators set stewardship, nobody else
         world.bank.transport.call("/sandbox.v1.AdminService/SetStewardship",
-                                  __import__("protos.sandbox.v1.admin_pb2", fromlist=["x"]).SetStewardshipRequest(
+                                  admin_pb2.SetStewardshipRequest(
                                       dataset="adult_census", owner="me", policy=common_pb2.COSIGN_NEVER),
-                                  __import__("protos.sandbox.v1.admin_pb2", fromlist=["x"]).SetStewardshipResponse)
+                                  admin_pb2.SetStewardshipResponse)
 
 
 def test_training_plans_are_readable_by_reviewers_and_grantees_only(world, bureau) -> None:  # type: ignore[no-untyped-def]
@@ -207,12 +210,12 @@ def test_audit_descriptions_never_carry_an_entity_id_or_a_key(world) -> None:  #
     assert public_key_of(key).hex() not in enrolled.request and insurer.principal_id in list(
         x.request for x in world.admin.audit_entries(method="EnrolPrincipal"))[-1]
     ids = ["ID-000123", "ID-000456"]
-    with pytest.raises(Exception):  # no grant: refused, but described
+    with pytest.raises(NotFound):  # no such HE context: refused, but described
         insurer.transport.call("/sandbox.v1.HeScoringService/Score",
-                               __import__("protos.sandbox.v1.he_pb2", fromlist=["x"]).ScoreRequest(
+                               he_pb2.ScoreRequest(
                                    grant_id="g-none", context_id="c", model_hash="0" * 64, entity_ids=ids,
                                    encrypted_features=[b"\x01" * 100]),
-                               __import__("protos.sandbox.v1.he_pb2", fromlist=["x"]).ScoreResponse)
+                               he_pb2.ScoreResponse)
     scored = list(world.admin.audit_entries(method="Score", principal=insurer.principal_id))[-1]
     doc = json.loads(scored.request)
     assert doc["entities"] == 2 and len(doc["entity_ids_sha256"]) == 64
