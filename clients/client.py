@@ -32,7 +32,8 @@ from clients.query import Query
 from clients.schema_file import load_schema_file
 from clients.signing import grant_missing_cosignatures, load_key, verify_terms_signature
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2, verify_pb2
+from clients import verify as vf
 from wire import transparency
 from wire.signing import cosign_payload
 from wire.budget import ATTO, NANO, to_units
@@ -50,6 +51,7 @@ _MODELS = "/sandbox.v1.ModelService/"
 _HE = "/sandbox.v1.HeScoringService/"
 _FL = "/sandbox.v1.FlTrainingService/"
 _STEWARD = "/sandbox.v1.StewardService/"
+_VERIFY = "/sandbox.v1.VerificationService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -104,6 +106,7 @@ class SandboxClient:
         self._t = SignedTransport(default_server() if address is None else address, key=private_key, ca=ca, timeout=timeout, principal_id=principal_id,
                                   max_message_bytes=max_message_bytes, channel=channel)
         self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
+        self._private_sets: dict[tuple[str, str], frozenset[bytes]] = {}  # private mode: (grant, template) -> set
 
     @property
     def principal_id(self) -> str:
@@ -234,6 +237,33 @@ class SandboxClient:
                     raise
             time.sleep(0.2)
 
+    def check_certificate(
+        self, certificate: str | bytes | t.Certificate, *, audit_public_key: bytes | None = None,
+        entity_id: str | None = None, claim: Sequence[str] | str | None = None, consent_ref: str | None = None,
+    ) -> t.CertificateCheck:
+        """Online: the offline checks (``clients.verify.check_certificate``), then the audit entry the certificate
+        names, proved included in a tree head the audit key signed. ``audit_public_key`` is the sandbox's
+        published key; without it the key the server states is used."""
+        body, signature, stated = vf.read_certificate(certificate)
+        key = audit_public_key or stated
+        offline = vf.check_certificate(certificate, key, entity_id=entity_id, claim=claim, consent_ref=consent_ref)
+        if offline.problems:
+            return offline
+        resp = self._certificate_receipt(verify_pb2.Certificate(json=body, signature=signature))
+        problems, entry, head = vf.check_inclusion(resp, offline.document, key)
+        return t.CertificateCheck(tuple(problems), offline.document, entry, head)
+
+    def _certificate_receipt(self, cert: verify_pb2.Certificate, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._t.call(_VERIFY + "CheckCertificate", verify_pb2.CheckCertificateRequest(certificate=cert),
+                                    audit_pb2.GetReceiptResponse)
+            except Unavailable as exc:
+                if exc.code != "HEAD_NOT_READY" or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.2)
+
     def check_access(
         self, grant_id: str, *, kind: str, dataset: str, columns: Sequence[str], dataset_version: str = "",
         model_hash: str = "",
@@ -257,12 +287,17 @@ class ApplicantClient(SandboxClient):
         max_epsilon_per_call: float | str | Decimal = 0, valid_for: dt.timedelta = dt.timedelta(days=30),
         valid_from: dt.datetime | None = None, quota: int = 1000, model_hash: str = "",
         dataset_versions: Mapping[str, str] | None = None, training: Mapping[str, Any] | None = None,
+        verification: Mapping[str, Any] | None = None,
     ) -> t.Scenario:
         """Apply for one scenario. ``datasets`` maps dataset name to exact columns ("*" = open and internal).
 
         ``training`` (FL_TRAINING): the run settings proposed for review, as ``start_training``'s keywords
         (rounds, clipping_norm, noise_multiplier, ...); the server prices one run, the grant pins them and every
         start must use them.
+
+        ``verification`` (VERIFICATION): ``id_column``, ``templates`` ({name: expression}, e.g.
+        ``{"adult": "AGE >= 18", "repaid": "PAY_0 == ?"}``), and optionally ``per_entity_limit`` (default 3),
+        ``reveal_unknown``, ``allow_sensitive`` and ``private_mode``.
         """
         try:
             start = valid_from or dt.datetime.now(dt.timezone.utc)
@@ -279,6 +314,8 @@ class ApplicantClient(SandboxClient):
             )
             if training is not None:
                 app.training.CopyFrom(_settings(**training))
+            if verification is not None:
+                app.verification.CopyFrom(serde.verification_settings_to_pb(verification))
         except (TypeError, ValueError) as exc:
             raise serde.invalid(str(exc)) from None
         resp = self._t.call(_APPLICANT + "Apply", applicant_pb2.ApplyRequest(application=app),
@@ -376,6 +413,87 @@ class ApplicantClient(SandboxClient):
                            noise_sd=max((p.noise_sd for p in parts), default=0.0),
                            receipts=tuple(r for p in parts for r in p.receipts))
 
+
+    def verify(
+        self, grant_id: str, template: str, items: Sequence[vf.Item | Mapping[str, Any]], *,
+        certificates: bool = False, private: bool = False, timeout: float = 120.0,
+    ) -> t.VerifyResult:
+        """Check claims about entities through one of the grant's templates: one result per item, in order.
+
+        ``items`` are (entity id, claim, consent reference); the claim is one value per ``?`` of the template (a
+        single value may be given bare). ``certificates`` asks for one signed certificate per item. ``private``
+        (equality templates of a grant that allows it) keeps the ids and claims here: the sandbox sees only
+        blinded points and no certificate can be issued. Longer lists go in batches of ``MAX_BATCH``.
+        """
+        batch = vf.items_of(items)
+        if not batch:
+            raise serde.invalid("no items to check")
+        if private:
+            if certificates:
+                raise serde.invalid("private mode issues no certificates: the sandbox never learns the result")
+            return self._verify_private(grant_id, template, batch, timeout)
+        results: list[str] = []
+        certs: list[t.Certificate] = []
+        receipts = []
+        used = cap = 0
+        start = time.perf_counter()
+        for i in range(0, len(batch), vf.MAX_BATCH):
+            req = verify_pb2.VerifyRequest(grant_id=grant_id, template=template, items=batch[i:i + vf.MAX_BATCH],
+                                           certificates=certificates)
+            resp = self._t.call(_VERIFY + "Verify", req, verify_pb2.VerifyResponse, timeout=timeout)
+            found, issued = vf.results_of(resp)
+            results.extend(found)
+            certs.extend(issued)
+            used, cap = resp.quota_used, resp.quota_cap
+            if self._t.last_receipt is not None:
+                receipts.append(self._t.last_receipt)
+        return t.VerifyResult(tuple(results), tuple(certs), used, cap, False, tuple(receipts),
+                              {"total": vf.elapsed(start)})
+
+    def _verify_private(self, grant_id: str, template: str, batch: list[verify_pb2.VerifyItem],
+                        timeout: float) -> t.VerifyResult:
+        settings, dataset = self._verification_grant(grant_id)
+        chosen = settings.template(template)
+        if chosen is None:
+            raise serde.invalid(f"template {template!r} is not in the grant "
+                                f"({', '.join(x.name for x in settings.templates)})")
+        types = {c.name: c.type for d in self.catalogue() if d.name == dataset for c in d.columns}
+        claim_types = [types.get(a.column, "string") for a in vf.checks.parse(chosen.expression).parameters]
+        seconds = {"set": 0.0, "blind": 0.0, "server": 0.0, "unblind": 0.0}
+        start = time.perf_counter()
+        stored = self._private_sets.get((grant_id, template))
+        if stored is None:
+            resp = self._t.call(_VERIFY + "GetPrivateSet", verify_pb2.GetPrivateSetRequest(
+                grant_id=grant_id, template=template), verify_pb2.GetPrivateSetResponse, timeout=timeout)
+            stored = self._private_sets[(grant_id, template)] = vf.private_set(resp.points)
+        seconds["set"] = vf.elapsed(start)
+        results: list[str] = []
+        receipts = []
+        used = cap = 0
+        for i in range(0, len(batch), vf.MAX_BATCH):
+            start = time.perf_counter()
+            part = vf.PrivateItems(grant_id, chosen, types.get(settings.id_column, "string"), claim_types,
+                                   batch[i:i + vf.MAX_BATCH])
+            seconds["blind"] += vf.elapsed(start)
+            start = time.perf_counter()
+            req = verify_pb2.VerifyPrivateRequest(grant_id=grant_id, template=template, blinded=part.blinded,
+                                                  consent_refs=part.consents)
+            resp = self._t.call(_VERIFY + "VerifyPrivate", req, verify_pb2.VerifyPrivateResponse, timeout=timeout)
+            seconds["server"] += vf.elapsed(start)
+            if self._t.last_receipt is not None:
+                receipts.append(self._t.last_receipt)
+            start = time.perf_counter()
+            results.extend(part.results(list(resp.evaluated), stored))
+            seconds["unblind"] += vf.elapsed(start)
+            used, cap = resp.quota_used, resp.quota_cap
+        return t.VerifyResult(tuple(results), (), used, cap, True, tuple(receipts), seconds)
+
+    def _verification_grant(self, grant_id: str) -> tuple[t.VerificationSettings, str]:
+        """The settings and dataset of one of this applicant's verification grants, as its signed terms say."""
+        for s in self.scenarios():
+            if s.grant is not None and s.grant.id == grant_id and s.grant.terms.verification is not None:
+                return s.grant.terms.verification, s.grant.terms.datasets[0].name
+        raise NotFound("no verification grant of yours has this id", status="NOT_FOUND", code="NOT_GRANTEE")
 
 class ResearcherClient(ApplicantClient):
     """A researcher applies for federated-training scenarios and runs them; it receives only the model."""
@@ -572,9 +690,11 @@ class AdminClient(AuditorClient):
         self, scenario_id: str, *, columns: Mapping[str, Sequence[str]] | None = None,
         epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
         max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
-        valid_until: dt.datetime | None = None,
+        valid_until: dt.datetime | None = None, templates: Sequence[str] | None = None,
+        per_entity_limit: int | None = None,
     ) -> bytes:
-        """The serialised terms for approving a scenario as applied for, optionally narrowed."""
+        """The serialised terms for approving a scenario as applied for, optionally narrowed (a verification
+        scenario's ``templates`` to a subset of their names, its ``per_entity_limit`` lower)."""
         resp = self._t.call(_APPLICANT + "GetScenario", applicant_pb2.GetScenarioRequest(scenario_id=scenario_id),
                             applicant_pb2.GetScenarioResponse)
         s, app = resp.scenario, resp.scenario.application
@@ -601,6 +721,16 @@ class AdminClient(AuditorClient):
             )
             if app.HasField("training"):
                 terms.training.CopyFrom(app.training)  # pinned exactly as proposed and priced
+            if app.HasField("verification"):
+                terms.verification.CopyFrom(app.verification)  # pinned as reviewed; narrowing only
+                if templates is not None:
+                    unknown = sorted(set(templates) - {x.name for x in app.verification.templates})
+                    if unknown:
+                        raise ValueError(f"no template named {', '.join(unknown)} was applied for")
+                    del terms.verification.templates[:]
+                    terms.verification.templates.extend(x for x in app.verification.templates if x.name in templates)
+                if per_entity_limit is not None:
+                    terms.verification.per_entity_limit = per_entity_limit
         except ValueError as exc:
             raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)
@@ -631,14 +761,16 @@ class AdminClient(AuditorClient):
         self, scenario_id: str, *, columns: Mapping[str, Sequence[str]] | None = None,
         epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
         max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
-        valid_until: dt.datetime | None = None,
+        valid_until: dt.datetime | None = None, templates: Sequence[str] | None = None,
+        per_entity_limit: int | None = None,
     ) -> t.Scenario:
         """Approve by signing the grant terms with this administrator's own key (the key never leaves).
 
         Every keyword narrows what was applied for; the server refuses terms that widen it.
         """
         terms = self.grant_terms(scenario_id, columns=columns, epsilon=epsilon, delta=delta,
-                                 max_epsilon_per_call=max_epsilon_per_call, quota=quota, valid_until=valid_until)
+                                 max_epsilon_per_call=max_epsilon_per_call, quota=quota, valid_until=valid_until,
+                                 templates=templates, per_entity_limit=per_entity_limit)
         return self.approve_terms(scenario_id, terms, self._t.key.sign(terms))
 
     def approve_terms(self, scenario_id: str, terms: bytes, signature: bytes) -> t.Scenario:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import Any
 
 from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
 from clients import types as t
@@ -38,7 +39,7 @@ def kind_to_pb(kind: str) -> common_pb2.ComputationKind.ValueType:
     try:
         return common_pb2.ComputationKind.Value(kind.upper())
     except ValueError:
-        raise invalid(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING)") from None
+        raise invalid(f"unknown kind {kind!r} (DP_QUERY, HE_SCORING, FL_TRAINING, VERIFICATION)") from None
 
 
 def ms(value: dt.datetime) -> int:
@@ -104,6 +105,7 @@ def terms(raw: bytes) -> t.GrantTerms:
         g.quota, g.approver_id, g.approver_public_key, when(g.issued_at_unix_ms),
         tuple(t.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys)) for c in g.cosigners),
         training_settings(g.training) if g.HasField("training") else None,
+        verification_settings(g.verification) if g.HasField("verification") else None,
     )
 
 
@@ -127,6 +129,7 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
         _name(common_pb2.ScenarioStatus, s.status, "SCENARIO_"), s.decision_reason, when(s.created_at_unix_ms),
         grant, usage, training_settings(a.training) if a.HasField("training") else None,
         from_units(a.training_epsilon_nano, NANO),
+        verification_settings(a.verification) if a.HasField("verification") else None,
     )
 
 
@@ -146,6 +149,31 @@ def training_plan(r: fl_pb2.GetTrainingPlanResponse) -> t.TrainingPlan:
     p = r.template
     return t.TrainingPlan(r.plan_hash, p.dataset, p.model, tuple(p.features), p.label, p.label_threshold,
                           p.hidden_units, r.submitted_by)
+
+
+def verification_settings(v: common_pb2.VerificationSettings) -> t.VerificationSettings:
+    return t.VerificationSettings(v.id_column, tuple(t.CheckTemplate(x.name, x.expression) for x in v.templates),
+                                  v.per_entity_limit, v.reveal_unknown, v.allow_sensitive, v.private_mode)
+
+
+def verification_settings_to_pb(settings: Mapping[str, Any]) -> common_pb2.VerificationSettings:
+    """An application's ``verification=`` mapping: id_column, templates ({name: expression} or pairs),
+    per_entity_limit, reveal_unknown, allow_sensitive, private_mode."""
+    known = {"id_column", "templates", "per_entity_limit", "reveal_unknown", "allow_sensitive", "private_mode"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise invalid(f"unknown verification setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    templates = settings.get("templates") or {}
+    pairs = list(templates.items()) if isinstance(templates, Mapping) else [tuple(x) for x in templates]
+    if any(len(x) != 2 for x in pairs):
+        raise invalid("templates are {name: expression} or (name, expression) pairs")
+    return common_pb2.VerificationSettings(
+        id_column=str(settings.get("id_column", "")),
+        templates=[common_pb2.CheckTemplate(name=str(n), expression=str(e)) for n, e in pairs],
+        per_entity_limit=int(settings.get("per_entity_limit", 0)),
+        reveal_unknown=bool(settings.get("reveal_unknown", False)),
+        allow_sensitive=bool(settings.get("allow_sensitive", False)),
+        private_mode=bool(settings.get("private_mode", False)))
 
 
 def training_settings(s: common_pb2.TrainingSettings) -> t.TrainingSettings:

@@ -7,10 +7,12 @@ Enumerations are plain strings (``"DP_QUERY"``, ``"open"``, ``"approved"``), bud
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from wire.verification import certificate_file
 from wire.transparency import TreeHead  # a signed tree head (size, root, time, signature), as the wire defines it
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ __all__ = [
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Receipt", "VerifiedReceipt", "TreeHead", "Statistic",
     "QueryResult", "StatisticEstimate",
     "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec", "ModelReview", "TermShare",
-    "HeProfile",
+    "HeProfile", "CheckTemplate", "VerificationSettings", "Certificate", "VerifyResult", "CertificateCheck",
 ]
 
 
@@ -113,6 +115,27 @@ class DatasetSelection:
 
 
 @dataclass(frozen=True)
+class CheckTemplate:
+    name: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """What a VERIFICATION scenario asks for (and its grant pins): templates over one dataset and the limits."""
+
+    id_column: str
+    templates: tuple[CheckTemplate, ...]
+    per_entity_limit: int
+    reveal_unknown: bool
+    allow_sensitive: bool
+    private_mode: bool
+
+    def template(self, name: str) -> CheckTemplate | None:
+        return next((x for x in self.templates if x.name == name), None)
+
+
+@dataclass(frozen=True)
 class GrantTerms:
     scenario_id: str
     grantee_id: str
@@ -130,6 +153,7 @@ class GrantTerms:
     issued_at: dt.datetime
     cosigners: tuple[CosignRequirement, ...] = ()
     training: TrainingSettings | None = None  # FL_TRAINING: every run must use these
+    verification: VerificationSettings | None = None  # VERIFICATION: every check keeps to these
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,7 @@ class Scenario:
     usage: Usage | None
     training: TrainingSettings | None = None  # FL_TRAINING: the run settings proposed (the grant pins them)
     training_epsilon: Decimal = Decimal(0)  # what one run with them costs; 0 without DP or without a proposal
+    verification: VerificationSettings | None = None  # VERIFICATION: the templates and limits asked for
 
     @property
     def epsilon_cap(self) -> Decimal:
@@ -422,3 +447,59 @@ class TrainingResult:
     epsilon_charged: Decimal
     delta_charged: Decimal
     receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A verification result the sandbox signed, to hand to a third party (``to_file``; ``sandbox-client
+    verify-certificate`` checks it)."""
+
+    json: bytes  # canonical JSON: grant, template, salted digests of the id, claim and consent, result, time, entry
+    signature: bytes
+    audit_public_key: bytes  # the key the server stated; a third party checks against the sandbox's published one
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return dict(json.loads(self.json))
+
+    @property
+    def result(self) -> str:
+        return str(self.document["result"])
+
+    @property
+    def audit_seq(self) -> int:
+        return int(self.document["audit_seq"])
+
+    def to_file(self) -> str:
+        return certificate_file(self.json, self.signature, self.audit_public_key)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """One result per item, in order: MATCH, NO_MATCH or (where the grant allows) UNKNOWN_ENTITY."""
+
+    results: tuple[str, ...]
+    certificates: tuple[Certificate, ...]
+    quota_used: int
+    quota_cap: int
+    private: bool = False
+    receipts: tuple[Receipt, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def matches(self) -> int:
+        return sum(1 for r in self.results if r == "MATCH")
+
+
+@dataclass(frozen=True)
+class CertificateCheck:
+    """What checking a certificate found: ``problems`` is empty when it holds."""
+
+    problems: tuple[str, ...]
+    document: dict[str, Any]
+    entry: AuditEntry | None = None  # online: the audit entry it names, proved included in a signed head
+    head: TreeHead | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems

@@ -38,6 +38,7 @@ from sandbox.errors import ErrorCode, SandboxError
 from sandbox.identity import verify_signature
 from sandbox.state import State, StateError, Tx
 from wire import transparency as tl
+from wire.verification import certificate_payload
 from wire.transparency import GENESIS_HASH, TreeHead, entry_payload
 
 __all__ = ["GENESIS_HASH", "AuditLog", "TreeHead", "VerifyReport", "compute_entry_hash", "verify", "verify_log"]
@@ -190,6 +191,11 @@ class AuditLog:
         self._due.set()
         if self._signer is not None:
             self._signer.join(timeout=30)
+
+    def sign_certificate(self, certificate_json: bytes) -> bytes:
+        """A verification certificate's signature by the sandbox's published key, under the certificates' own
+        domain (``wire.verification.certificate_payload``), so it can never pass for an entry's or a head's."""
+        return self._key.sign(certificate_payload(certificate_json))
 
     def sign_head(self, tx: Tx | None = None) -> TreeHead | None:
         """Sign a head over every committed entry (written in ``tx``, or in a transaction of its own).

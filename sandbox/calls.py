@@ -31,6 +31,8 @@ class Call:
     request: str = ""
     charge_epsilon_nano: int = 0
     charge_delta_atto: int = 0
+    #: A Deferred call's reservation entry (set by the boundary once it is appended, before ``compute`` runs).
+    reserved_seq: int = 0
 
     def annotate(self, *, scenario_id: str = "", grant_id: str = "") -> None:
         self.scenario_id = scenario_id or self.scenario_id

@@ -155,3 +155,50 @@ class RegisterTrainedModel:
 class RegisteredModel:
     model_hash: str
     canonical: bytes
+
+
+# -- verification ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifyItem:
+    entity_id: str
+    claim: tuple[str, ...]
+    consent_ref: str
+
+
+@dataclass(frozen=True)
+class VerifyBatch:
+    grant_id: str
+    template: str
+    items: tuple[VerifyItem, ...]
+    certificates: bool = False
+
+
+@dataclass(frozen=True)
+class Certificate:
+    json: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    results: tuple[str, ...]  # MATCH / NO_MATCH / UNKNOWN_ENTITY, in the order of the items
+    certificates: tuple[Certificate, ...]
+    quota_used: int
+    quota_cap: int
+    audit_public_key: bytes
+
+
+@dataclass(frozen=True)
+class PrivateBatch:
+    grant_id: str
+    template: str
+    blinded: tuple[bytes, ...]
+    consent_refs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PrivateOutcome:
+    evaluated: tuple[bytes, ...]
+    quota_used: int
+    quota_cap: int

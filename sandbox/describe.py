@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from protos.sandbox.v1 import common_pb2
 from wire.signing import principal_id_for
+from wire.verification import batch_digest
 
 __all__ = ["MAX_CHARS", "describe", "describe_stream"]
 
@@ -87,10 +88,44 @@ def _approve(msg: Message) -> dict[str, Any]:
     return doc
 
 
+def _verify(msg: Message) -> dict[str, Any]:
+    """A batch of checks: its size, how many consent references it carried and the digest a certificate names
+    (``wire.verification.batch_digest``), never an id, a claim or a consent reference."""
+    doc = _message(msg, frozenset({"items"}))
+    items = list(getattr(msg, "items"))
+    doc["items"] = len(items)
+    doc["consents"] = sum(1 for i in items if i.consent_ref)
+    doc["items_sha256"] = batch_digest((i.entity_id, list(i.claim), i.consent_ref) for i in items)
+    return doc
+
+
+def _verify_private(msg: Message) -> dict[str, Any]:
+    """A private batch: how many blinded points and consent references (the points say nothing and are not kept)."""
+    doc = _message(msg, frozenset({"blinded", "consent_refs"}))
+    refs = list(getattr(msg, "consent_refs"))
+    doc["points"] = len(getattr(msg, "blinded"))
+    doc["consents"] = sum(1 for r in refs if r)
+    doc["consents_sha256"] = hashlib.sha256("\n".join(refs).encode()).hexdigest()
+    return doc
+
+
+def _certificate(msg: Message) -> dict[str, Any]:
+    """A certificate shown to be checked: which grant and entry it names (its digests stay with its holder)."""
+    cert = getattr(msg, "certificate")
+    try:
+        doc = json.loads(cert.json)
+        return {"certificate": {k: doc[k] for k in ("grant_id", "audit_seq", "template", "result") if k in doc}}
+    except (ValueError, TypeError):
+        return {"certificate": {"bytes": len(cert.json), "malformed": True}}
+
+
 #: Methods whose description is not simply their message's fields.
 _SPECIAL: dict[str, Callable[[Message], dict[str, Any]]] = {
     "/sandbox.v1.HeScoringService/Score": _score,
     "/sandbox.v1.AdminService/ApproveScenario": _approve,
+    "/sandbox.v1.VerificationService/Verify": _verify,
+    "/sandbox.v1.VerificationService/VerifyPrivate": _verify_private,
+    "/sandbox.v1.VerificationService/CheckCertificate": _certificate,
 }
 
 

@@ -32,6 +32,7 @@ class Kind(str, enum.Enum):
     DP_QUERY = "DP_QUERY"
     HE_SCORING = "HE_SCORING"
     FL_TRAINING = "FL_TRAINING"
+    VERIFICATION = "VERIFICATION"
 
 
 class Level(str, enum.Enum):
@@ -180,6 +181,27 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class CheckTemplate:
+    name: str
+    expression: str  # canonical once the server has parsed it (``wire.checks``)
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """What a VERIFICATION grant allows: the check templates over one dataset and the limits on asking."""
+
+    id_column: str
+    templates: tuple[CheckTemplate, ...]
+    per_entity_limit: int = 0  # 0: the default (``sandbox.verification.DEFAULT_PER_ENTITY``)
+    reveal_unknown: bool = False
+    allow_sensitive: bool = False
+    private_mode: bool = False
+
+    def template(self, name: str) -> CheckTemplate | None:
+        return next((t for t in self.templates if t.name == name), None)
+
+
+@dataclass(frozen=True)
 class Application:
     title: str
     purpose: str
@@ -195,6 +217,7 @@ class Application:
     #: FL_TRAINING: the run settings proposed for review (the grant pins them), and what one run costs.
     training: TrainingSettings | None = None
     training_epsilon_nano: int = 0
+    verification: VerificationSettings | None = None  # VERIFICATION: the templates and limits asked for
 
 
 @dataclass(frozen=True)
@@ -215,6 +238,7 @@ class GrantTerms:
     issued_at_ms: int
     cosigners: tuple[CosignRequirement, ...] = ()
     training: TrainingSettings | None = None  # FL_TRAINING: every run must use these (None: chosen at each start)
+    verification: VerificationSettings | None = None  # VERIFICATION: every check keeps to these
 
     def dataset(self, name: str) -> DatasetSelection | None:
         for ds in self.datasets:

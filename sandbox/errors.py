@@ -49,6 +49,8 @@ class ErrorCode(str, enum.Enum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     ENTITY_LIMIT = "ENTITY_LIMIT"
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"
+    CERTIFICATE_INVALID = "CERTIFICATE_INVALID"
     REGISTRATION_LIMIT = "REGISTRATION_LIMIT"
     RELEASE_LOST = "RELEASE_LOST"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
@@ -105,8 +107,11 @@ CATALOGUE: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.INVALID_TERMS: ("INVALID_ARGUMENT", "grant terms do not match the application"),
     ErrorCode.BUDGET_EXHAUSTED: ("RESOURCE_EXHAUSTED", "privacy budget exhausted"),
     ErrorCode.QUOTA_EXHAUSTED: ("RESOURCE_EXHAUSTED", "quota exhausted"),
-    ErrorCode.ENTITY_LIMIT: ("RESOURCE_EXHAUSTED", "an entity in this batch was already scored as often as the "
-                             "grant allows; nothing was charged"),
+    ErrorCode.ENTITY_LIMIT: ("RESOURCE_EXHAUSTED", "an entity in this batch was already scored or checked as often "
+                             "as the grant allows; nothing was charged"),
+    ErrorCode.CONSENT_REQUIRED: ("INVALID_ARGUMENT", "every check of a person needs the person's consent reference "
+                                 "(their authorisation number); nothing was charged"),
+    ErrorCode.CERTIFICATE_INVALID: ("INVALID_ARGUMENT", "this is not a certificate the sandbox signed"),
     ErrorCode.MESSAGE_TOO_LARGE: ("RESOURCE_EXHAUSTED", "message too large"),
     ErrorCode.REGISTRATION_LIMIT: ("RESOURCE_EXHAUSTED", "registration limit reached"),
     ErrorCode.RELEASE_LOST: ("FAILED_PRECONDITION", "the answer for this idempotency key was lost in a server "

@@ -11,7 +11,7 @@ import functools
 import hashlib
 from collections.abc import Iterable
 
-from sandbox import ledger, principals, serde, stewards
+from sandbox import ledger, principals, serde, stewards, verification
 from sandbox.domain import (
     Application, Grant, GrantCosignature, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus,
 )
@@ -116,6 +116,10 @@ def check_terms_narrow(terms: GrantTerms, scenario: Scenario, app: Application, 
         raise bad("model differs")
     if terms.training != app.training:
         raise bad("training settings differ from those proposed (a grant pins them exactly)")
+    why = verification.narrows(app.verification, terms.verification, terms.quota,
+                              terms.datasets[0].columns if terms.datasets else ())
+    if why:
+        raise bad(why)
     if len(terms.datasets) != len({d.name for d in terms.datasets}) or not terms.datasets:
         raise bad("datasets must be listed once each")
     for sel in terms.datasets:

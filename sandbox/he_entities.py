@@ -75,6 +75,10 @@ class EntityIndex:
                 self._index[key] = built
         return built
 
+    def entities(self, info: DatasetInfo, id_column: str) -> dict[str, int]:
+        """Every identifier value (as ``rows`` takes it) and its row."""
+        return self._built(info, id_column)[0]
+
     def rows(self, info: DatasetInfo, id_column: str, entity_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The row of every id, a known entity's stand-in row for an unknown id; and which ids are known."""
         index, ring, ring_rows = self._built(info, id_column)
@@ -93,27 +97,33 @@ class EntityIndex:
 
 
 class EntityCounts:
-    """How often each grant scored each entity id: durable rows of pseudonyms, counted in memory (module doc)."""
+    """How often each grant scored (or checked) each entity id: durable rows of pseudonyms, counted in memory
+    (module doc). ``person`` separates the pseudonyms of one use from another's."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, person: bytes = b"he-scored") -> None:
         self._secret = secret
+        self._person = person
         self._lock = threading.Lock()
         self._grants: OrderedDict[str, dict[int, int]] = OrderedDict()  # pseudonym -> scores, per grant
         self._last: dict[str, int] = {}  # the batch key this process last wrote for each grant
         self._batches: dict[str, int] = {}  # how many batches the grant had when its counts were last right
 
-    def count(self, tx: Tx, grant_id: str, entity_ids: list[str], limit: int) -> None:
-        """Count one more score of each id under the grant in the open transaction, or raise ENTITY_LIMIT.
+    def count(self, tx: Tx, grant_id: str, entity_ids: list[str], limit: int, *, what: str = "scored") -> None:
+        """Count one more use of each id (an id twice in the batch counts twice) under the grant in the open
+        transaction, or raise ENTITY_LIMIT.
 
         Refused: nothing is written (and the call's savepoint rolls back whatever else it did).
         """
-        batch = pseudonyms(self._secret, b"he-scored", grant_id.encode() + b"\0", entity_ids)
+        batch = pseudonyms(self._secret, self._person, grant_id.encode() + b"\0", entity_ids)
         with self._lock:
             counts = self._current(tx, grant_id)
-            spent = sum(1 for p in batch.tolist() if counts.get(p, 0) >= limit)
+            here: dict[int, int] = {}
+            for p in batch.tolist():
+                here[p] = here.get(p, 0) + 1
+            spent = sum(1 for p, m in here.items() if counts.get(p, 0) + m > limit)
             if spent:
-                raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(entity_ids)} ids were scored "
-                                                           f"{limit} time(s) under this grant already")
+                raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(here)} ids would be {what} more "
+                                                           f"than {limit} time(s) under this grant")
             key = secrets.randbits(63)
             tx.he_batch_insert(key, grant_id, batch.tobytes())
             self._last[grant_id] = key

@@ -255,6 +255,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                     # Reserve: the charge and its audit entry commit together, before any computation.
                     entry = self._audit.append(tx, self._record(call, method, "RESERVED", request_sha, "",
                                                                   charged=True))
+                    call.reserved_seq = entry.seq
                 else:
                     body: bytes = handler.response_serializer(response)
                     entry = self._audit.append(tx, self._record(call, method, "OK", request_sha, sha256_hex(body)))

@@ -25,6 +25,8 @@ ALLOWED_LEVELS: dict[Kind, frozenset[Level]] = {
     # FL releases only an aggregate model; sensitive columns (a health outcome, say) must be named explicitly,
     # and the administrator decides through the budget whether client-level DP is required.
     Kind.FL_TRAINING: VALUE_LEVELS,
+    # Exact answers about one entity: the identifier is the lookup key; templates read value columns.
+    Kind.VERIFICATION: VALUE_LEVELS | {Level.IDENTIFIER},
 }
 #: What "*" in an application expands to: never sensitive, identifier or core columns.
 WILDCARD_LEVELS = frozenset({Level.OPEN, Level.INTERNAL})
@@ -179,6 +181,6 @@ def require_budget(tx: Tx, grant: Grant) -> ledger.BudgetState:
     state = ledger.budget_state(tx, grant.id)
     if state.quota_remaining <= 0:
         raise SandboxError(ErrorCode.QUOTA_EXHAUSTED, f"0 of {state.quota_cap} remain")
-    if terms.kind is not Kind.HE_SCORING and state.remaining.epsilon_nano <= 0:
+    if terms.kind not in (Kind.HE_SCORING, Kind.VERIFICATION) and state.remaining.epsilon_nano <= 0:
         raise SandboxError(ErrorCode.BUDGET_EXHAUSTED, "remaining epsilon 0")
     return state

@@ -6,7 +6,7 @@ import math
 import re
 import secrets
 
-from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde, stewards
+from sandbox import catalogue, fl_plans, grants, he_models, ledger, policy, serde, stewards, verification
 from sandbox.domain import (
     Application, DatasetSelection, Kind, Principal, Role, Scenario, ScenarioStatus, TrainingSettings,
 )
@@ -18,7 +18,8 @@ MAX_TEXT = 4000
 MAX_VALIDITY_MS = 366 * 24 * 3600 * 1000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Which role may apply for which kind.
-KIND_ROLE = {Kind.DP_QUERY: Role.APPLICANT, Kind.HE_SCORING: Role.APPLICANT, Kind.FL_TRAINING: Role.RESEARCHER}
+KIND_ROLE = {Kind.DP_QUERY: Role.APPLICANT, Kind.HE_SCORING: Role.APPLICANT, Kind.FL_TRAINING: Role.RESEARCHER,
+             Kind.VERIFICATION: Role.APPLICANT}
 
 
 def _text(value: str, what: str) -> str:
@@ -63,6 +64,18 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
             training_epsilon_nano = price_training(tx, app.model_hash, app.training)
     elif app.training is not None:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings belong to an FL_TRAINING application")
+    checks = None
+    if app.kind is Kind.VERIFICATION:
+        if len(resolved) != 1:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "a VERIFICATION scenario names exactly one dataset")
+        if app.budget.epsilon_nano or app.budget.delta_atto or app.max_epsilon_per_call_nano:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "a VERIFICATION scenario spends no privacy budget: its "
+                                                           "answers are exact and its limits are the quota, the "
+                                                           "templates and the per-entity limit")
+        checks = verification.check_settings(catalogue.get_dataset(tx, resolved[0].name, resolved[0].version),
+                                             resolved[0], app.verification, app.quota)
+    elif app.verification is not None:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "verification settings belong to a VERIFICATION application")
     if app.budget.epsilon_nano > ledger.MAX_EPSILON_NANO or app.budget.delta_atto >= ledger.ATTO:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "budget out of range (epsilon at most 1e6, delta below 1)")
     if app.kind in (Kind.DP_QUERY, Kind.FL_TRAINING) and app.budget.epsilon_nano == 0:
@@ -76,7 +89,7 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "validity must end in the future and last at most 366 days")
     stored = Application(title, purpose, basis, app.kind, tuple(resolved), app.model_hash, app.budget,
                          app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota, app.training,
-                         training_epsilon_nano)
+                         training_epsilon_nano, checks)
     sid = "s-" + secrets.token_hex(12)
     tx.scenario_insert(sid, applicant.id, serde.application_to_bytes(stored), now_ms)
     return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)

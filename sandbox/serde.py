@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 
 import dp_engine.spec as dq
 from dp_engine import AggKind
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2, verify_pb2
 from sandbox import compute_io as io
 from sandbox import domain as d
 from sandbox.errors import ErrorCode, SandboxError
@@ -39,6 +39,7 @@ KIND_TO_PB = {
     d.Kind.DP_QUERY: common_pb2.DP_QUERY,
     d.Kind.HE_SCORING: common_pb2.HE_SCORING,
     d.Kind.FL_TRAINING: common_pb2.FL_TRAINING,
+    d.Kind.VERIFICATION: common_pb2.VERIFICATION,
 }
 KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
 LEVEL_TO_PB = {
@@ -186,7 +187,23 @@ def application_from_pb(a: common_pb2.Application) -> d.Application:
         valid_from_ms=a.valid_from_unix_ms, valid_until_ms=a.valid_until_unix_ms, quota=a.quota,
         training=training_settings_from_pb(a.training) if a.HasField("training") else None,
         training_epsilon_nano=a.training_epsilon_nano,
+        verification=verification_settings_from_pb(a.verification) if a.HasField("verification") else None,
     )
+
+
+def verification_settings_from_pb(v: common_pb2.VerificationSettings) -> d.VerificationSettings:
+    return d.VerificationSettings(
+        id_column=v.id_column, templates=tuple(d.CheckTemplate(t.name, t.expression) for t in v.templates),
+        per_entity_limit=v.per_entity_limit, reveal_unknown=v.reveal_unknown, allow_sensitive=v.allow_sensitive,
+        private_mode=v.private_mode)
+
+
+def verification_settings_to_pb(v: d.VerificationSettings) -> common_pb2.VerificationSettings:
+    return common_pb2.VerificationSettings(
+        id_column=v.id_column, templates=[common_pb2.CheckTemplate(name=t.name, expression=t.expression)
+                                          for t in v.templates],
+        per_entity_limit=v.per_entity_limit, reveal_unknown=v.reveal_unknown, allow_sensitive=v.allow_sensitive,
+        private_mode=v.private_mode)
 
 
 def application_to_pb(a: d.Application) -> common_pb2.Application:
@@ -197,6 +214,7 @@ def application_to_pb(a: d.Application) -> common_pb2.Application:
         valid_from_unix_ms=a.valid_from_ms, valid_until_unix_ms=a.valid_until_ms, quota=a.quota,
         training=training_settings_to_pb(a.training) if a.training is not None else None,
         training_epsilon_nano=a.training_epsilon_nano,
+        verification=verification_settings_to_pb(a.verification) if a.verification is not None else None,
     )
 
 
@@ -224,6 +242,7 @@ def terms_from_bytes(raw: bytes) -> d.GrantTerms:
         cosigners=tuple(d.CosignRequirement(c.dataset, tuple(c.steward_ids), tuple(c.steward_keys))
                         for c in t.cosigners),
         training=training_settings_from_pb(t.training) if t.HasField("training") else None,
+        verification=verification_settings_from_pb(t.verification) if t.HasField("verification") else None,
     )
 
 
@@ -490,3 +509,32 @@ def register_trained_model_from_pb(req: fl_pb2.RegisterTrainedModelRequest) -> i
 
 def registered_model_to_pb(m: io.RegisteredModel) -> fl_pb2.RegisterTrainedModelResponse:
     return fl_pb2.RegisterTrainedModelResponse(model_hash=m.model_hash, canonical=m.canonical)
+
+
+# -- verification ---------------------------------------------------------------------------------------------------
+
+_RESULT_TO_PB = {"MATCH": verify_pb2.MATCH, "NO_MATCH": verify_pb2.NO_MATCH,
+                 "UNKNOWN_ENTITY": verify_pb2.UNKNOWN_ENTITY}
+
+
+def verify_batch_from_pb(req: verify_pb2.VerifyRequest) -> io.VerifyBatch:
+    return io.VerifyBatch(
+        grant_id=req.grant_id, template=req.template, certificates=req.certificates,
+        items=tuple(io.VerifyItem(i.entity_id, tuple(i.claim), i.consent_ref) for i in req.items))
+
+
+def verify_outcome_to_pb(o: io.VerifyOutcome) -> verify_pb2.VerifyResponse:
+    return verify_pb2.VerifyResponse(
+        results=[_RESULT_TO_PB[r] for r in o.results],
+        certificates=[verify_pb2.Certificate(json=c.json, signature=c.signature) for c in o.certificates],
+        quota_used=o.quota_used, quota_cap=o.quota_cap, audit_public_key=o.audit_public_key)
+
+
+def private_batch_from_pb(req: verify_pb2.VerifyPrivateRequest) -> io.PrivateBatch:
+    return io.PrivateBatch(grant_id=req.grant_id, template=req.template, blinded=tuple(req.blinded),
+                                     consent_refs=tuple(req.consent_refs))
+
+
+def private_outcome_to_pb(o: io.PrivateOutcome) -> verify_pb2.VerifyPrivateResponse:
+    return verify_pb2.VerifyPrivateResponse(evaluated=list(o.evaluated), quota_used=o.quota_used,
+                                            quota_cap=o.quota_cap)

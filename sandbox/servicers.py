@@ -16,11 +16,11 @@ import grpc
 
 from protos.sandbox.v1 import (
     admin_pb2, admin_pb2_grpc, applicant_pb2, applicant_pb2_grpc, audit_pb2, audit_pb2_grpc, dp_pb2_grpc, fl_pb2,
-    fl_pb2_grpc, he_pb2, he_pb2_grpc,
+    fl_pb2_grpc, he_pb2, he_pb2_grpc, verify_pb2, verify_pb2_grpc,
 )
 from sandbox import (
     audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
-    serde, stewards,
+    serde, stewards, verification,
 )
 from sandbox.audit import AuditLog
 from sandbox.calls import Deferred, current_call
@@ -64,6 +64,9 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
         "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining",
         "RegisterTrainedModel", "ListTrainingJobs")},
     "/sandbox.v1.FlTrainingService/GetTrainingPlan": None,  # reviewers and grantees (scenarios.training_plan_for)
+    **{f"/sandbox.v1.VerificationService/{m}": frozenset({Role.APPLICANT}) for m in (
+        "Verify", "GetPrivateSet", "VerifyPrivate")},
+    "/sandbox.v1.VerificationService/CheckCertificate": None,  # anyone holding a certificate the sandbox signed
 }
 
 
@@ -271,14 +274,19 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         auditor = bool(call.principal.roles & AUDITORS)  # auditors may prove any entry's inclusion
         if entry is None or not auditor and entry.record.principal_id != call.principal.id:
             raise SandboxError(ErrorCode.NOT_FOUND, "no entry of yours with this number")  # another's looks like none
-        head = self._log.head_on_request(call.tx, covering=entry.seq)
-        assert head is not None and head.size >= entry.seq
-        rule, path = self._log.inclusion(entry.seq, head.size)
-        signature = audit.entry_signature(call.tx, entry.seq)
-        return audit_pb2.GetReceiptResponse(
-            entry=serde.audit_entry_to_pb(entry), entry_signature=bytes(signature or b""),
-            head=serde.tree_head_to_pb(head), inclusion=audit_pb2.MerkleProof(rule=rule, path=path),
-            audit_public_key=self._log.public_key)
+        return receipt_response(call.tx, self._log, entry)
+
+
+def receipt_response(tx: Any, log: AuditLog, entry: Any) -> audit_pb2.GetReceiptResponse:
+    """An audit entry with its signature and its inclusion proof against a signed head that covers it."""
+    head = log.head_on_request(tx, covering=entry.seq)
+    assert head is not None and head.size >= entry.seq
+    rule, path = log.inclusion(entry.seq, head.size)
+    signature = audit.entry_signature(tx, entry.seq)
+    return audit_pb2.GetReceiptResponse(
+        entry=serde.audit_entry_to_pb(entry), entry_signature=bytes(signature or b""),
+        head=serde.tree_head_to_pb(head), inclusion=audit_pb2.MerkleProof(rule=rule, path=path),
+        audit_public_key=log.public_key)
 
 
 class DpQueryServicer(dp_pb2_grpc.DpQueryServiceServicer):
@@ -408,6 +416,40 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
         return fl_pb2.ListTrainingJobsResponse(jobs=[serde.job_summary_to_pb(j) for j in jobs])
 
 
+class VerificationServicer(verify_pb2_grpc.VerificationServiceServicer):
+    def __init__(self, cache: ArrayCache, index: he_scoring.EntityIndex, secret: bytes, log: AuditLog) -> None:
+        self._cache = cache
+        self._index = index
+        self._secret = secret
+        self._log = log
+        self._counts = he_scoring.EntityCounts(secret, person=b"verify-checked")
+        self._sets = verification.PrivateSets(cache, index, secret)
+
+    def Verify(self, request, context):  # type: ignore[no-untyped-def]
+        result = verification.verify(current_call(), serde.verify_batch_from_pb(request), self._cache, self._index,
+                                     self._counts, self._log)
+        return _respond(result, serde.verify_outcome_to_pb)
+
+    # Building a private set takes seconds: it happens before the write lock is taken (SigningInterceptor._warm).
+    def warm_GetPrivateSet(self, principal, request, tx):  # type: ignore[no-untyped-def]
+        verification.warm_private_set(tx, principal, request.grant_id, request.template, self._sets)
+
+    def GetPrivateSet(self, request, context):  # type: ignore[no-untyped-def]
+        points = verification.private_set(current_call(), request.grant_id, request.template, self._sets)
+        return verify_pb2.GetPrivateSetResponse(points=points, size=len(points) // 32)
+
+    def VerifyPrivate(self, request, context):  # type: ignore[no-untyped-def]
+        result = verification.verify_private(current_call(), serde.private_batch_from_pb(request), self._secret)
+        return _respond(result, serde.private_outcome_to_pb)
+
+    def CheckCertificate(self, request, context):  # type: ignore[no-untyped-def]
+        call = current_call()
+        seq = verification.certificate_entry(call.tx, request.certificate.json, request.certificate.signature,
+                                             self._log.public_key)
+        entry = audit.get_entry(call.tx, seq)
+        return receipt_response(call.tx, self._log, entry)
+
+
 def add_servicers(
     server: grpc.Server, config: ServerConfig, log: AuditLog, db: State, catalogue_key: bytes,
 ) -> list[Callable[[], None]]:
@@ -416,6 +458,8 @@ def add_servicers(
     fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
         FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config)), config), server)
     he = HeScoringServicer(config, dp.cache, catalogue_key)  # the server's secret keys the HE pseudonyms too
+    verify_pb2_grpc.add_VerificationServiceServicer_to_server(
+        VerificationServicer(dp.cache, he._index, catalogue_key, log), server)
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)
     he_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(config), server)

@@ -77,6 +77,8 @@ class _ComputationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Compu
     DP_QUERY: _ComputationKind.ValueType  # 1
     HE_SCORING: _ComputationKind.ValueType  # 2
     FL_TRAINING: _ComputationKind.ValueType  # 3
+    VERIFICATION: _ComputationKind.ValueType  # 4
+    """exact yes/no answers to claims about one entity, through pinned check templates (核验)"""
 
 class ComputationKind(_ComputationKind, metaclass=_ComputationKindEnumTypeWrapper): ...
 
@@ -84,6 +86,8 @@ KIND_UNSPECIFIED: ComputationKind.ValueType  # 0
 DP_QUERY: ComputationKind.ValueType  # 1
 HE_SCORING: ComputationKind.ValueType  # 2
 FL_TRAINING: ComputationKind.ValueType  # 3
+VERIFICATION: ComputationKind.ValueType  # 4
+"""exact yes/no answers to claims about one entity, through pinned check templates (核验)"""
 Global___ComputationKind: _TypeAlias = ComputationKind  # noqa: Y015
 
 class _ColumnLevel:
@@ -435,6 +439,75 @@ class DatasetSelection(_message.Message):
 Global___DatasetSelection: _TypeAlias = DatasetSelection  # noqa: Y015
 
 @_typing.final
+class CheckTemplate(_message.Message):
+    """One check a verification grant allows: a predicate over the dataset's columns whose '?' are the claim's
+    values, in order. Atoms: `COL == ?`, `COL <op> NUMBER` (op one of == != < <= > >=, a fixed threshold),
+    `|COL - ?| <= NUMBER` or `<= NUMBER%` (a claimed number within a tolerance); joined with `and`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """[a-z][a-z0-9_]{0,31}, unique in the settings"""
+    expression: _builtins.str
+    """canonical form once the server has parsed it"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        expression: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckTemplate: _TypeAlias = CheckTemplate  # noqa: Y015
+
+@_typing.final
+class VerificationSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_COLUMN_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    PER_ENTITY_LIMIT_FIELD_NUMBER: _builtins.int
+    REVEAL_UNKNOWN_FIELD_NUMBER: _builtins.int
+    ALLOW_SENSITIVE_FIELD_NUMBER: _builtins.int
+    PRIVATE_MODE_FIELD_NUMBER: _builtins.int
+    id_column: _builtins.str
+    """the dataset's identifier column the entity ids are looked up in"""
+    per_entity_limit: _builtins.int
+    """checks of one entity per grant, whatever the template (0: the default, 3)"""
+    reveal_unknown: _builtins.bool
+    """an unknown id answers UNKNOWN_ENTITY instead of NO_MATCH (a membership answer)"""
+    allow_sensitive: _builtins.bool
+    """templates may read sensitive columns (which the selection must name)"""
+    private_mode: _builtins.bool
+    """equality templates may be checked blind (ECDH); the quota is capped for it"""
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckTemplate]: ...
+    def __init__(
+        self,
+        *,
+        id_column: _builtins.str = ...,
+        templates: _abc.Iterable[Global___CheckTemplate] | None = ...,
+        per_entity_limit: _builtins.int = ...,
+        reveal_unknown: _builtins.bool = ...,
+        allow_sensitive: _builtins.bool = ...,
+        private_mode: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_sensitive", b"allow_sensitive", "id_column", b"id_column", "per_entity_limit", b"per_entity_limit", "private_mode", b"private_mode", "reveal_unknown", b"reveal_unknown", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerificationSettings: _TypeAlias = VerificationSettings  # noqa: Y015
+
+@_typing.final
 class TrainingSettings(_message.Message):
     """A federated training run's settings (fl.proto's StartTraining takes them)."""
 
@@ -499,6 +572,7 @@ class Application(_message.Message):
     QUOTA_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     TRAINING_EPSILON_NANO_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     purpose: _builtins.str
     legal_basis: _builtins.str
@@ -523,6 +597,10 @@ class Application(_message.Message):
     def training(self) -> Global___TrainingSettings:
         """FL_TRAINING: the run settings proposed for review; the grant pins them and StartTraining must use them."""
 
+    @_builtins.property
+    def verification(self) -> Global___VerificationSettings:
+        """VERIFICATION: the check templates and limits asked for"""
+
     def __init__(
         self,
         *,
@@ -539,10 +617,11 @@ class Application(_message.Message):
         quota: _builtins.int = ...,
         training: Global___TrainingSettings | None = ...,
         training_epsilon_nano: _builtins.int = ...,
+        verification: Global___VerificationSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "training", b"training", "training_epsilon_nano", b"training_epsilon_nano", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "training", b"training", "training_epsilon_nano", b"training_epsilon_nano", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -572,6 +651,7 @@ class GrantTerms(_message.Message):
     ISSUED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     COSIGNERS_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     grantee_id: _builtins.str
     grantee_public_key: _builtins.bytes
@@ -598,6 +678,10 @@ class GrantTerms(_message.Message):
     def training(self) -> Global___TrainingSettings:
         """FL_TRAINING: the settings every run must use (absent: chosen at each start)"""
 
+    @_builtins.property
+    def verification(self) -> Global___VerificationSettings:
+        """VERIFICATION: the templates and limits every check must keep to"""
+
     def __init__(
         self,
         *,
@@ -617,10 +701,11 @@ class GrantTerms(_message.Message):
         issued_at_unix_ms: _builtins.int = ...,
         cosigners: _abc.Iterable[Global___CosignRequirement] | None = ...,
         training: Global___TrainingSettings | None = ...,
+        verification: Global___VerificationSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "cosigners", b"cosigners", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_id", b"approver_id", "approver_public_key", b"approver_public_key", "budget", b"budget", "cosigners", b"cosigners", "datasets", b"datasets", "grantee_id", b"grantee_id", "grantee_public_key", b"grantee_public_key", "issued_at_unix_ms", b"issued_at_unix_ms", "kind", b"kind", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "not_after_unix_ms", b"not_after_unix_ms", "not_before_unix_ms", b"not_before_unix_ms", "quota", b"quota", "scenario_id", b"scenario_id", "training", b"training", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
