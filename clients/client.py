@@ -78,6 +78,30 @@ class _HeCalls:
                                self._t.last_receipt)
 
 
+def _certificate_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str, Any], audit_public_key: bytes
+                    ) -> tuple[list[str], t.AuditEntry, t.TreeHead]:
+    """The entry a certificate names is the Verify call of its grant and batch, signed, and in a signed head."""
+    e = resp.entry
+    fields = {k: getattr(e, k) for k in (*transparency.RECORD_FIELDS, *transparency.OPTIONAL_FIELDS)}
+    head = serde.tree_head(resp.head)
+    problems = []
+    if e.seq != doc.get("audit_seq") or e.grant_id != doc.get("grant_id") or not e.method.endswith("/Verify"):
+        problems.append("the log's entry is not the check the certificate names")
+    elif f'"items_sha256":"{doc.get("batch_sha256")}"' not in e.request:
+        problems.append("the log's entry records another batch")
+    if transparency.entry_hash(e.seq, e.time_unix_ms, e.prev_hash, fields) != e.entry_hash:
+        problems.append("the entry's hash does not match its fields")
+    if not transparency.verify_signature(audit_public_key, resp.entry_signature,
+                                         transparency.entry_payload(e.seq, e.entry_hash)):
+        problems.append("the entry is not signed by the audit key")
+    if not transparency.verify_tree_head(head, audit_public_key):
+        problems.append("the tree head is not signed by the audit key")
+    proof = transparency.inclusion_proof(e.seq, head.size, resp.inclusion.rule, resp.inclusion.path)
+    if not transparency.check_inclusion(e.entry_hash, e.seq, head, proof):
+        problems.append("the inclusion proof does not lead to the signed head")
+    return problems, serde.audit_entry(e), head
+
+
 def _settings(*, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1, fraction_per_round: float = 1.0,
               strategy: str = "fedavg", proximal_mu: float = 0.0, clipping_norm: float = 0.0,
               noise_multiplier: float = 0.0, delta: float = 0.0) -> common_pb2.TrainingSettings:
@@ -250,7 +274,7 @@ class SandboxClient:
         if offline.problems:
             return offline
         resp = self._certificate_receipt(verify_pb2.Certificate(json=body, signature=signature))
-        problems, entry, head = vf.check_inclusion(resp, offline.document, key)
+        problems, entry, head = _certificate_inclusion(resp, offline.document, key)
         return t.CertificateCheck(tuple(problems), offline.document, entry, head)
 
     def _certificate_receipt(self, cert: verify_pb2.Certificate, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
@@ -438,10 +462,10 @@ class ApplicantClient(SandboxClient):
         used = cap = 0
         start = time.perf_counter()
         for i in range(0, len(batch), vf.MAX_BATCH):
-            req = verify_pb2.VerifyRequest(grant_id=grant_id, template=template, items=batch[i:i + vf.MAX_BATCH],
-                                           certificates=certificates)
+            req = verify_pb2.VerifyRequest(grant_id=grant_id, template=template, certificates=certificates, items=[
+                verify_pb2.VerifyItem(entity_id=e, claim=c, consent_ref=r) for e, c, r in batch[i:i + vf.MAX_BATCH]])
             resp = self._t.call(_VERIFY + "Verify", req, verify_pb2.VerifyResponse, timeout=timeout)
-            found, issued = vf.results_of(resp)
+            found, issued = serde.verify_results(resp)
             results.extend(found)
             certs.extend(issued)
             used, cap = resp.quota_used, resp.quota_cap
@@ -450,7 +474,7 @@ class ApplicantClient(SandboxClient):
         return t.VerifyResult(tuple(results), tuple(certs), used, cap, False, tuple(receipts),
                               {"total": vf.elapsed(start)})
 
-    def _verify_private(self, grant_id: str, template: str, batch: list[verify_pb2.VerifyItem],
+    def _verify_private(self, grant_id: str, template: str, batch: list[vf.Checked],
                         timeout: float) -> t.VerifyResult:
         settings, dataset = self._verification_grant(grant_id)
         chosen = settings.template(template)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2, verify_pb2
 from clients import types as t
 from clients.errors import InvalidArgument
 from clients.query import Query
@@ -277,3 +277,12 @@ def score_request(grant_id: str, context_id: str, model_hash: str, entity_ids: S
                   encrypted_features: Sequence[bytes]) -> he_pb2.ScoreRequest:
     return he_pb2.ScoreRequest(grant_id=grant_id, context_id=context_id, model_hash=model_hash,
                                entity_ids=list(entity_ids), encrypted_features=list(encrypted_features))
+
+
+_CHECK_RESULTS = {verify_pb2.MATCH: "MATCH", verify_pb2.NO_MATCH: "NO_MATCH",
+                  verify_pb2.UNKNOWN_ENTITY: "UNKNOWN_ENTITY"}
+
+
+def verify_results(resp: verify_pb2.VerifyResponse) -> tuple[tuple[str, ...], tuple[t.Certificate, ...]]:
+    return (tuple(_CHECK_RESULTS.get(r, "UNSPECIFIED") for r in resp.results),
+            tuple(t.Certificate(c.json, c.signature, resp.audit_public_key) for c in resp.certificates))

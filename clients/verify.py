@@ -14,21 +14,21 @@ from typing import Any
 
 from clients import serde
 from clients import types as t
-from protos.sandbox.v1 import audit_pb2, verify_pb2
-from wire import checks, transparency
+from wire import checks
 from wire import verification as wv
 
 __all__ = ["MAX_BATCH", "Item", "items_of", "check_certificate", "read_certificate"]
 
 #: The most items one Verify call carries (the server's limit); longer lists are sent in several calls.
 MAX_BATCH = 10_000
-_RESULTS = {verify_pb2.MATCH: "MATCH", verify_pb2.NO_MATCH: "NO_MATCH", verify_pb2.UNKNOWN_ENTITY: "UNKNOWN_ENTITY"}
 
 #: One check: (entity id, claimed values, consent reference); a single claimed value may be given bare.
 Item = tuple[str, Sequence[str] | str | int | float, str]
+#: An item as sent: entity id, claimed values as text, consent reference.
+Checked = tuple[str, list[str], str]
 
 
-def items_of(items: Iterable[Item | Mapping[str, Any]]) -> list[verify_pb2.VerifyItem]:
+def items_of(items: Iterable[Item | Mapping[str, Any]]) -> list[Checked]:
     out = []
     for it in items:
         if isinstance(it, Mapping):
@@ -38,8 +38,7 @@ def items_of(items: Iterable[Item | Mapping[str, Any]]) -> list[verify_pb2.Verif
                 raise serde.invalid("an item is (entity id, claim, consent reference)")
             entity, claim, consent = it
         values = [claim] if isinstance(claim, (str, int, float)) else list(claim)
-        out.append(verify_pb2.VerifyItem(entity_id=str(entity), claim=[_text(v) for v in values],
-                                         consent_ref=str(consent)))
+        out.append((str(entity), [_text(v) for v in values], str(consent)))
     return out
 
 
@@ -49,33 +48,28 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def results_of(resp: verify_pb2.VerifyResponse) -> tuple[tuple[str, ...], tuple[t.Certificate, ...]]:
-    return (tuple(_RESULTS.get(r, "UNSPECIFIED") for r in resp.results),
-            tuple(t.Certificate(c.json, c.signature, resp.audit_public_key) for c in resp.certificates))
-
-
 class PrivateItems:
     """A private batch: the items' points blinded with a fresh secret, and how to read the sandbox's answer."""
 
     def __init__(self, grant_id: str, template: t.CheckTemplate, id_type: str, claim_types: Sequence[str],
-                 items: Sequence[verify_pb2.VerifyItem]) -> None:
+                 items: Sequence[Checked]) -> None:
         parsed = checks.parse(template.expression)
         if not parsed.equality_only:
             raise serde.invalid(f"template '{template.name}' is not an equality template: private mode cannot check it")
         scope = f"{grant_id}/{template.name}"
         self._secret = wv.random_scalar()
         points = []
-        for it in items:
-            if len(it.claim) != len(claim_types):
+        for entity_id, claim, _ in items:
+            if len(claim) != len(claim_types):
                 raise serde.invalid(f"template '{template.name}' takes {len(claim_types)} claimed value(s) per item")
             try:
-                entity = wv.canonical_claim("integer", it.entity_id) if id_type == "integer" else it.entity_id
-                values = [wv.canonical_claim(ct, v) for ct, v in zip(claim_types, it.claim)]
+                entity = wv.canonical_claim("integer", entity_id) if id_type == "integer" else entity_id
+                values = [wv.canonical_claim(ct, v) for ct, v in zip(claim_types, claim)]
             except ValueError as exc:
-                raise serde.invalid(f"item {it.entity_id[:32]!r}: {exc}") from None
+                raise serde.invalid(f"item {entity_id[:32]!r}: {exc}") from None
             points.append(wv.to_point(wv.item_hash(scope, entity, values)))
         self.blinded = wv.raise_to(self._secret, points)
-        self.consents = [it.consent_ref for it in items]
+        self.consents = [consent for _, _, consent in items]
 
     def results(self, evaluated: Sequence[bytes], stored: frozenset[bytes]) -> tuple[str, ...]:
         if len(evaluated) != len(self.blinded) or not all(wv.valid_point(p) for p in evaluated):
@@ -114,30 +108,6 @@ def check_certificate(source: str | bytes | t.Certificate, audit_public_key: byt
     except (ValueError, TypeError):
         doc = {}
     return t.CertificateCheck(tuple(problems), doc)
-
-
-def check_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str, Any], audit_public_key: bytes
-                    ) -> tuple[list[str], t.AuditEntry, t.TreeHead]:
-    """The entry a certificate names is the Verify call of its grant and batch, signed, and in a signed head."""
-    e = resp.entry
-    fields = {k: getattr(e, k) for k in (*transparency.RECORD_FIELDS, *transparency.OPTIONAL_FIELDS)}
-    head = serde.tree_head(resp.head)
-    problems = []
-    if e.seq != doc.get("audit_seq") or e.grant_id != doc.get("grant_id") or not e.method.endswith("/Verify"):
-        problems.append("the log's entry is not the check the certificate names")
-    elif f'"items_sha256":"{doc.get("batch_sha256")}"' not in e.request:
-        problems.append("the log's entry records another batch")
-    if transparency.entry_hash(e.seq, e.time_unix_ms, e.prev_hash, fields) != e.entry_hash:
-        problems.append("the entry's hash does not match its fields")
-    if not transparency.verify_signature(audit_public_key, resp.entry_signature,
-                                         transparency.entry_payload(e.seq, e.entry_hash)):
-        problems.append("the entry is not signed by the audit key")
-    if not transparency.verify_tree_head(head, audit_public_key):
-        problems.append("the tree head is not signed by the audit key")
-    proof = transparency.inclusion_proof(e.seq, head.size, resp.inclusion.rule, resp.inclusion.path)
-    if not transparency.check_inclusion(e.entry_hash, e.seq, head, proof):
-        problems.append("the inclusion proof does not lead to the signed head")
-    return problems, serde.audit_entry(e), head
 
 
 def elapsed(start: float) -> float:
