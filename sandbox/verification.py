@@ -28,6 +28,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -237,11 +238,12 @@ def _claim_values(col: ColumnSchema, atom: checks.Atom, values: list[str], templ
     outside = (numbers < lo) | (numbers > hi)
     if outside.any():
         raise _bad(f"template '{template}': a claimed {col.name} lies outside its declared bounds "
-                   f"[{col.lower:g}, {col.upper:g}]")
+                   f"[{'-inf' if col.lower is None else f'{col.lower:g}'}, "
+                   f"{'inf' if col.upper is None else f'{col.upper:g}'}]")
     return numbers
 
 
-def _compare(stored: np.ndarray, op: str, value: object) -> np.ndarray:
+def _compare(stored: np.ndarray, op: str, value: Any) -> np.ndarray:
     return {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
             ">=": np.greater_equal}[op](stored, value)
 

@@ -160,7 +160,7 @@ def _group() -> Any:
     once loaded, the file is removed so that no process leaves it behind."""
     global _RBCL
     if _RBCL is None:
-        import rbcl  # noqa: PLC0415 - only private mode needs it
+        import rbcl  # type: ignore[import-untyped]  # noqa: PLC0415 - only private mode needs it
 
         loaded = sys.modules.get("rbcl._sodium")
         path = getattr(loaded, "lib_path", None)
