@@ -63,7 +63,7 @@ class PrivateItems:
             if len(claim) != len(claim_types):
                 raise serde.invalid(f"template '{template.name}' takes {len(claim_types)} claimed value(s) per item")
             try:
-                entity = wv.canonical_claim("integer", entity_id) if id_type == "integer" else entity_id
+                entity = wv.canonical_id(id_type, entity_id)
                 values = [wv.canonical_claim(ct, v) for ct, v in zip(claim_types, claim)]
             except ValueError as exc:
                 raise serde.invalid(f"item {entity_id[:32]!r}: {exc}") from None
