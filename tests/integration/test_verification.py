@@ -550,3 +550,33 @@ def test_the_private_set_hides_the_row_count_and_is_the_same_each_time(env: Env)
     points = [first.points[i:i + 32] for i in range(0, len(first.points), 32)]
     assert points == sorted(points) and len(set(points)) == len(points) and all(wv.valid_point(p) for p in points)
     assert _quota_used(env, g) == 0  # the set is free: it is the same for every call
+
+
+def test_arbitrary_items_get_an_answer_or_a_clear_refusal_never_internal(env: Env) -> None:
+    """Random ids, claims and consent references (hypothesis) against a real grant of each column type."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from clients.errors import InternalServerError
+
+    g = env.grant("licences", ["person_id", "status", "income", "licence_no"],
+                  {"status": "status == ?", "both": "licence_no == ? and |income - ?| <= 1%"}, quota=100_000,
+                  per_entity_limit=20)
+    text = st.text(max_size=80)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.sampled_from(["status", "both", "nope", ""]),
+           st.lists(st.tuples(text, st.lists(text, max_size=3), text), max_size=5))
+    def run(template: str, items: list[tuple[str, list[str], str]]) -> None:
+        req = verify_pb2.VerifyRequest(grant_id=g, template=template, items=[
+            verify_pb2.VerifyItem(entity_id=e, claim=c, consent_ref=r) for e, c, r in items])
+        try:
+            env.bank.transport.call(VERIFY + "Verify", req, verify_pb2.VerifyResponse)
+        except InternalServerError:
+            raise
+        except SandboxClientError as exc:
+            assert exc.status in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"), exc
+
+    run()
+    assert env.bank.whoami().id == env.bank.principal_id
