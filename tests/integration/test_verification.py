@@ -580,3 +580,28 @@ def test_arbitrary_items_get_an_answer_or_a_clear_refusal_never_internal(env: En
 
     run()
     assert env.bank.whoami().id == env.bank.principal_id
+
+
+def test_a_wrong_inclusion_proof_or_another_batchs_entry_is_caught_by_the_holder(env: Env) -> None:
+    from clients.client import _certificate_inclusion
+    from protos.sandbox.v1 import audit_pb2
+
+    g = env.grant("credit_default", ["ID", "AGE"], {"age": "AGE == ?"})
+    r = env.credit[30]
+    cert = env.bank.verify(g, "age", [(r["ID"], r["AGE"], _consent(30))], certificates=True).certificates[0]
+    key = _published_key(env)
+    assert env.bank.check_certificate(cert, audit_public_key=key).valid  # waits for a head that covers the entry
+    resp = env.bank.transport.call(VERIFY + "CheckCertificate", verify_pb2.CheckCertificateRequest(
+        certificate=verify_pb2.Certificate(json=cert.json, signature=cert.signature)), audit_pb2.GetReceiptResponse)
+    assert _certificate_inclusion(resp, cert.document, key)[0] == []
+    bent = audit_pb2.GetReceiptResponse.FromString(resp.SerializeToString())
+    if bent.inclusion.path:
+        bent.inclusion.path[0] = bytes(32)
+    else:  # a one-entry tree has no path: claim a sibling that is not there
+        bent.inclusion.path.append(bytes(32))
+    assert "the inclusion proof does not lead to the signed head" in _certificate_inclusion(bent, cert.document, key)[0]
+    other = dict(cert.document, batch_sha256="00" * 32)
+    assert _certificate_inclusion(resp, other, key)[0] == ["the log's entry records another batch"]
+    moved = audit_pb2.GetReceiptResponse.FromString(resp.SerializeToString())
+    moved.entry.request = moved.entry.request.replace('"items":1', '"items":2')
+    assert "the entry's hash does not match its fields" in _certificate_inclusion(moved, cert.document, key)[0]
