@@ -605,3 +605,22 @@ def test_a_wrong_inclusion_proof_or_another_batchs_entry_is_caught_by_the_holder
     moved = audit_pb2.GetReceiptResponse.FromString(resp.SerializeToString())
     moved.entry.request = moved.entry.request.replace('"items":1', '"items":2')
     assert "the entry's hash does not match its fields" in _certificate_inclusion(moved, cert.document, key)[0]
+
+
+def test_granted_settings_must_stand_on_their_own(env: Env) -> None:
+    """Terms that keep a sensitive template but drop the setting that allows it, or drop a template's column."""
+    from protos.sandbox.v1 import common_pb2
+
+    s = env.bank.apply(title="Checks", purpose="Verify", legal_basis="PIPL", kind="VERIFICATION",
+                       datasets={"licences": ["person_id", "points", "status"]}, quota=50,
+                       verification={"id_column": "person_id", "allow_sensitive": True,
+                                     "templates": {"points": "points == ?", "status": "status == ?"}})
+    for edit, why in ((lambda v, d: setattr(v, "allow_sensitive", False), "sensitive column"),
+                      (lambda v, d: d.columns.remove("status"), "must keep what the templates read")):
+        terms = common_pb2.GrantTerms.FromString(env.admin.grant_terms(s.id))
+        edit(terms.verification, terms.datasets[0])
+        raw = terms.SerializeToString(deterministic=True)
+        with pytest.raises(InvalidArgument, match=why) as refused:
+            env.admin.approve_terms(s.id, raw, env.admin.transport.key.sign(raw))
+        assert refused.value.code == "INVALID_TERMS"
+    assert env.admin.approve(s.id, templates=["status"]).grant is not None  # dropping the template itself is fine
