@@ -204,7 +204,7 @@ def _granted(call: Call, grant_id: str, template: str, *, private: bool = False
     return auth, settings, chosen, parsed
 
 
-def canonical_id(col: ColumnSchema, entity_id: str) -> str:
+def lookup_id(col: ColumnSchema, entity_id: str) -> str:
     """An entity id as the index holds it, or INVALID_ARGUMENT if it cannot be one of this column's ids."""
     if col.type is ColumnType.INTEGER:
         try:
@@ -303,7 +303,7 @@ def verify(call: Call, req: VerifyBatch, cache: ArrayCache, index: EntityIndex, 
     if not 1 <= n <= MAX_BATCH:
         raise _bad(f"send 1 to {MAX_BATCH} items per batch")
     id_col = _column(info, settings.id_column)
-    ids = [canonical_id(id_col, it.entity_id) for it in req.items]
+    ids = [lookup_id(id_col, it.entity_id) for it in req.items]
     params = parsed.parameters
     if any(len(it.claim) != len(params) for it in req.items):
         raise _bad(f"template '{chosen.name}' ({chosen.expression}) takes {len(params)} claimed value(s) per item")
