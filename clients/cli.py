@@ -176,6 +176,20 @@ def parse_selections(items: list[str], option: str) -> dict[str, list[str]]:
     return result
 
 
+def public_key_given(hex_key: Optional[str], key_file: Optional[Path]) -> bytes:
+    """An Ed25519 public key from exactly one of ``--public-key HEX`` and ``--public-key-file PATH`` (a .pub)."""
+    if (hex_key is None) == (key_file is None):
+        raise typer.BadParameter("give exactly one of --public-key and --public-key-file", param_hint="--public-key")
+    try:
+        text = hex_key if hex_key is not None else key_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+        raw = bytes.fromhex(text.strip())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"not a hex public key: {exc}", param_hint="--public-key") from None
+    if len(raw) != 32:
+        raise typer.BadParameter(f"an Ed25519 public key has 32 bytes, not {len(raw)}", param_hint="--public-key")
+    return raw
+
+
 def check_roles(roles: list[str]) -> list[str]:
     bad = [r for r in roles if r.lower() not in ROLES]
     if bad:

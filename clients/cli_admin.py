@@ -11,9 +11,8 @@ import typer
 from rich.text import Text
 
 from clients.cli import (
-    app, check_roles, clean, connect, day, dec, fail, model_text, out, parse_selections, row, scenario_details,
-    selection_text,
-    table,
+    app, check_roles, clean, connect, day, dec, fail, model_text, out, parse_selections, public_key_given, row,
+    scenario_details, selection_text, table,
 )
 from clients import types as t
 from clients.cli_steward import plan_text
@@ -24,19 +23,6 @@ from clients.witness import WitnessError
 from clients.witness import witness as run_witness
 
 __all__: list[str] = []
-
-
-def _public_key(hex_key: Optional[str], key_file: Optional[Path]) -> bytes:
-    if (hex_key is None) == (key_file is None):
-        raise typer.BadParameter("give exactly one of --public-key and --public-key-file", param_hint="--public-key")
-    try:
-        text = hex_key if hex_key is not None else key_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
-        raw = bytes.fromhex(text.strip())
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"not a hex public key: {exc}", param_hint="--public-key") from None
-    if len(raw) != 32:
-        raise typer.BadParameter(f"an Ed25519 public key has 32 bytes, not {len(raw)}", param_hint="--public-key")
-    return raw
 
 
 @app.command()
@@ -50,7 +36,7 @@ def enrol(
     as_json: AsJson = False,
 ) -> None:
     """Enrol a principal by public key; it is active at once."""
-    raw, roles = _public_key(public_key, public_key_file), check_roles(role)
+    raw, roles = public_key_given(public_key, public_key_file), check_roles(role)
     with connect(ctx, AdminClient) as admin:
         p = admin.enrol(name=name, organisation=organisation, roles=roles, public_key=raw)
     if as_json:
@@ -319,7 +305,7 @@ def witness(
     (cosigned); 1 it does not (truncated, rewritten or re-signed: the stored head is kept); 2 usage; 3 the
     server did not answer.
     """
-    given = _public_key(public_key, public_key_file) if (public_key or public_key_file) else None
+    given = public_key_given(public_key, public_key_file) if (public_key or public_key_file) else None
     con = out()
     try:
         with connect(ctx, AuditorClient) as auditor:
