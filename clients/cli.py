@@ -32,12 +32,13 @@ from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import ApplicantClient, SandboxClient
 from clients.errors import NotFound, PermissionDenied, SandboxClientError
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
+from wire import checks
 
 __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
 DISTRIBUTION = "dataspace-sandbox"
-KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
+KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING", "VERIFICATION")
 ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 # Statuses where the server understood the call and said no; anything else "failed".
 _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
@@ -340,10 +341,14 @@ def catalogue(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 
 _APPLICATION_KEYS = {"title", "purpose", "legal_basis", "kind", "datasets", "epsilon", "delta",
-                     "max_epsilon_per_call", "days", "quota", "model_hash", "training"}
+                     "max_epsilon_per_call", "days", "quota", "model_hash", "training", "verification"}
 #: The run settings a ``[training]`` table may propose (FL_TRAINING): ``start_training``'s keywords.
 _TRAINING_KEYS = {"rounds", "local_epochs", "learning_rate", "fraction_per_round", "strategy", "proximal_mu",
                   "clipping_norm", "noise_multiplier", "delta"}
+#: What a ``[verification]`` table (VERIFICATION) holds, and the type of each: ``apply(verification=...)``'s keys.
+_VERIFICATION_KEYS: dict[str, type] = {"id_column": str, "templates": dict, "per_entity_limit": int,
+                                       "reveal_unknown": bool, "allow_sensitive": bool, "private_mode": bool}
+_TOML_TYPES = {str: "a string", dict: "a table", int: "an integer", bool: "true or false"}
 
 
 def read_application(path: Path) -> dict[str, Any]:
@@ -362,7 +367,22 @@ def read_application(path: Path) -> dict[str, Any]:
     training = data.get("training", {})
     if not isinstance(training, dict) or set(training) - _TRAINING_KEYS:
         raise typer.BadParameter(f"[training] takes only {', '.join(sorted(_TRAINING_KEYS))}", param_hint="--file")
+    check_verification(data.get("verification", {}))
     return data
+
+
+def check_verification(table: object) -> None:
+    """A ``[verification]`` table's keys and types (a string "false" must not become True on the way)."""
+    if not isinstance(table, dict) or set(table) - set(_VERIFICATION_KEYS):
+        raise typer.BadParameter(f"[verification] takes only {', '.join(_VERIFICATION_KEYS)}", param_hint="--file")
+    for k, v in table.items():
+        kind = _VERIFICATION_KEYS[k]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise typer.BadParameter(f"[verification] {k} must be {_TOML_TYPES[kind]}", param_hint="--file")
+    templates = table.get("templates", {})
+    if not all(isinstance(e, str) for e in templates.values()):
+        raise typer.BadParameter("[verification.templates] maps each template's name to its expression (a string), "
+                                 'e.g. age = "AGE == ?"', param_hint="--file")
 
 
 @app.command()
@@ -373,7 +393,8 @@ def apply(
     title: Optional[str] = typer.Option(None),
     purpose: Optional[str] = typer.Option(None),
     legal_basis: Optional[str] = typer.Option(None, help="The law or contract that allows the use."),
-    kind: Optional[str] = typer.Option(None, help="DP_QUERY, HE_SCORING or FL_TRAINING (default DP_QUERY)."),
+    kind: Optional[str] = typer.Option(None, help="DP_QUERY, HE_SCORING, FL_TRAINING or VERIFICATION (default "
+                                                  "DP_QUERY; VERIFICATION needs --file with [verification])."),
     dataset: list[str] = typer.Option([], help="NAME=col1,col2 (repeatable; quote NAME='*' for all allowed)."),
     epsilon: Optional[str] = typer.Option(None, help="Total privacy budget epsilon."),
     delta: Optional[str] = typer.Option(None, help="Total privacy budget delta."),
@@ -385,18 +406,19 @@ def apply(
 ) -> None:
     r"""Apply for one computation scenario; an administrator reviews it.
 
-    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml and
-    -fl.toml); options given too override the file's fields. Its keys (any other key is refused):
+    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml, -fl.toml
+    and -verify.toml); options given too override the file's fields. Its keys (any other key is refused):
 
       title                 string            required  the scenario's name
       purpose               string            required  what the results are for
       legal_basis           string            required  the law or contract that allows the use
-      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING or FL_TRAINING
+      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING, FL_TRAINING or VERIFICATION
       epsilon               number or string  0         total privacy budget (DP queries, DP training)
       delta                 number or string  0         total delta (Gaussian noise; training under DP)
       max_epsilon_per_call  number or string  0         cap on one computation's epsilon (0: none)
       days                  integer           30        valid for this many days from now
-      quota                 integer           1000      computations allowed (HE scoring: entities scored)
+      quota                 integer           1000      computations allowed (HE scoring: entities scored;
+                                                        verification: claims checked)
       model_hash            string            ""        hash of the registered model (HE_SCORING) or
                                                         training plan (FL_TRAINING); required for those
       \[datasets]            table             required  dataset name = list of column names
@@ -406,8 +428,16 @@ def apply(
                                                         strategy, proximal_mu, clipping_norm,
                                                         noise_multiplier, delta); the review shows their
                                                         price per run, the grant pins them
+      \[verification]        table             none      VERIFICATION (required for it): id_column (the
+                                                        dataset's identifier column), per_entity_limit
+                                                        (checks of one entity per grant, default 3),
+                                                        reveal_unknown, allow_sensitive, private_mode
+                                                        (booleans, default false); and
+      \[verification.templates]  table         required  name = "expression": the checks the grant will
+                                                        pin, e.g. age = "AGE == ?", over_25 = "AGE >= 25",
+                                                        limit = "|LIMIT_BAL - ?| <= 10%"
 
-    A budget given as a string ("1e-5") is read exactly.
+    A budget given as a string ("1e-5") is read exactly. A VERIFICATION application's epsilon stays 0.
     """
     fields = read_application(file) if file else {}
     given = dict(title=title, purpose=purpose, legal_basis=legal_basis, kind=kind, epsilon=epsilon, delta=delta,
@@ -425,13 +455,17 @@ def apply(
         valid_for, limit = dt.timedelta(days=int(fields.get("days", 30))), int(fields.get("quota", 1000))
     except (TypeError, ValueError, OverflowError):
         raise typer.BadParameter("days and quota must be whole numbers", param_hint="--file") from None
+    verification = fields.get("verification")
+    if (kind_name == "VERIFICATION") != (verification is not None):
+        raise typer.BadParameter("a VERIFICATION application needs a [verification] table, and only it takes one",
+                                 param_hint="--file")
     with connect(ctx, ApplicantClient) as client:
         s = client.apply(
             title=fields["title"], purpose=fields["purpose"], legal_basis=fields["legal_basis"], kind=kind_name,
             datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
             max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
             valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")),
-            training=fields.get("training") or None)
+            training=fields.get("training") or None, verification=verification)
     if as_json:
         print_json(s)
         return
@@ -465,6 +499,40 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "quota", s.quota)
     if s.training is not None:
         row(tbl, "training settings (pinned)", training_text(s))
+    if s.verification is not None:
+        row(tbl, "checks asked for", verification_text(s.verification))
+
+
+def verification_text(v: t.VerificationSettings) -> Text:
+    """A VERIFICATION application's (or grant's) templates and limits in full, for a reviewer: what will run."""
+    lines = [f"entities by {v.id_column}; at most {v.per_entity_limit} check(s) of one entity per grant, "
+             "whatever the template"]
+    for x in v.templates:
+        lines.append(f"  {x.name}: {x.expression}  ({template_meaning(x.expression)})")
+    lines.append("unknown ids: " + ("told apart (UNKNOWN_ENTITY)" if v.reveal_unknown else
+                                    "answered NO_MATCH, like a false claim"))
+    lines.append("sensitive columns: " + ("allowed" if v.allow_sensitive else "not allowed"))
+    lines.append("private mode: " + ("allowed (equality templates; the sandbox sees blinded points only, cannot "
+                                     "enforce the per-entity limit, issues no certificates; quota at most 20,000)"
+                                     if v.private_mode else "no"))
+    return Text("\n".join(clean(line) for line in lines))
+
+
+def template_meaning(expression: str) -> str:
+    """What a check template answers, in words: how many claimed values it takes and what each is compared to."""
+    try:
+        atoms = checks.parse(expression).atoms
+    except checks.TemplateError:
+        return "not a valid template"
+    said = []
+    for a in atoms:
+        if a.kind == "claim":
+            said.append(f"{a.column} equals the claimed value")
+        elif a.kind == "tolerance":
+            said.append(f"{a.column} within {a.value:g}{'%' if a.percent else ''} of the claimed value")
+        else:
+            said.append(f"fixed: {a.column} {a.op} {a.value if isinstance(a.value, str) else format(a.value, 'g')}")
+    return "; ".join(said)
 
 
 def training_text(s: t.Scenario) -> str:
@@ -565,6 +633,8 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
         row(tbl, "granted terms", f"epsilon {dec(g.terms.epsilon)}, delta {dec(g.terms.delta)}, quota "
                                   f"{g.terms.quota}, until {day(g.terms.not_after)}; "
                                   f"{selection_text(g.terms.datasets)}")
+        if g.terms.verification is not None:
+            row(tbl, "granted checks (pinned)", verification_text(g.terms.verification))
         row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
         if verified:
             signature = Text("verified against the administrators' keys" + (

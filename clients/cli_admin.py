@@ -175,6 +175,10 @@ def approve(
     max_epsilon_per_call: Optional[str] = typer.Option(None, help="Narrow epsilon per computation."),
     quota: Optional[int] = typer.Option(None, min=0, help="Narrow the number of computations."),
     days: Optional[int] = typer.Option(None, min=1, help="Valid for this many days from now."),
+    template: list[str] = typer.Option([], "--template", help="VERIFICATION: grant only these check templates, by "
+                                                              "name (repeatable; of those applied for)."),
+    per_entity_limit: Optional[int] = typer.Option(None, min=1, help="VERIFICATION: lower the checks of one entity "
+                                                                     "per grant."),
     as_json: AsJson = False,
 ) -> None:
     """Approve an application as applied for or narrowed, signing the grant terms with your own key."""
@@ -183,6 +187,10 @@ def approve(
     narrowing = {k: v for k, v in narrowing.items() if v is not None}
     if columns:
         narrowing["columns"] = parse_selections(columns, "--columns")
+    if template:
+        narrowing["templates"] = template
+    if per_entity_limit is not None:
+        narrowing["per_entity_limit"] = per_entity_limit
     if days is not None:
         narrowing["valid_until"] = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
     with connect(ctx, AdminClient) as admin:
@@ -196,6 +204,10 @@ def approve(
         g = s.grant.terms
         con.print(Text(clean(f"grant {s.grant.id}: {g.kind}, epsilon {dec(g.epsilon)}, delta {dec(g.delta)}, "
                              f"quota {g.quota}, until {day(g.not_after)}; {selection_text(g.datasets)}")))
+        if g.verification is not None:
+            v = g.verification
+            con.print(Text(clean(f"checks: {', '.join(f'{x.name} ({x.expression})' for x in v.templates)}; at most "
+                                 f"{v.per_entity_limit} check(s) of one entity")))
 
 
 @app.command()
