@@ -656,6 +656,7 @@ import clients.cli_admin  # noqa: E402,F401  (registers the administrators' comm
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 import clients.cli_score  # noqa: E402,F401  (registers ``score``)
 import clients.cli_train  # noqa: E402,F401  (registers ``plan`` and ``train``)
+import clients.cli_verify  # noqa: E402,F401  (registers ``verify`` and ``verify-certificate``)
 import clients.cli_steward  # noqa: E402,F401  (registers ``stewardship``, ``steward-queue`` and ``cosign``)
 import clients.cli_console  # noqa: E402,F401  (registers ``console``)
 

@@ -73,5 +73,6 @@ def test_public_api_is_declared() -> None:
         assert hasattr(clients, name), name
     public = {n for n in dir(clients) if not n.startswith("_")} - {
         "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query",
-        "cli_score", "cli_train", "cli_steward", "cli_env", "cli_json", "cli_console", "console", "query", "he", "witness"}
+        "cli_score", "cli_train", "cli_steward", "cli_verify", "cli_env", "cli_json", "cli_console", "console", "query",
+        "he", "witness", "verify"}
     assert public <= set(clients.__all__), public - set(clients.__all__)
