@@ -32,7 +32,6 @@ from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import ApplicantClient, SandboxClient
 from clients.errors import NotFound, PermissionDenied, SandboxClientError
 from clients.signing import generate_key, load_key, principal_id_for, public_key_of, save_key
-from wire import checks
 
 __all__ = ["app", "main"]
 
@@ -500,39 +499,9 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     if s.training is not None:
         row(tbl, "training settings (pinned)", training_text(s))
     if s.verification is not None:
+        from clients.cli_verify import verification_text  # registered after this module; imports it
+
         row(tbl, "checks asked for", verification_text(s.verification))
-
-
-def verification_text(v: t.VerificationSettings) -> Text:
-    """A VERIFICATION application's (or grant's) templates and limits in full, for a reviewer: what will run."""
-    lines = [f"entities by {v.id_column}; at most {v.per_entity_limit} check(s) of one entity per grant, "
-             "whatever the template"]
-    for x in v.templates:
-        lines.append(f"  {x.name}: {x.expression}  ({template_meaning(x.expression)})")
-    lines.append("unknown ids: " + ("told apart (UNKNOWN_ENTITY)" if v.reveal_unknown else
-                                    "answered NO_MATCH, like a false claim"))
-    lines.append("sensitive columns: " + ("allowed" if v.allow_sensitive else "not allowed"))
-    lines.append("private mode: " + ("allowed (equality templates; the sandbox sees blinded points only, cannot "
-                                     "enforce the per-entity limit, issues no certificates; quota at most 20,000)"
-                                     if v.private_mode else "no"))
-    return Text("\n".join(clean(line) for line in lines))
-
-
-def template_meaning(expression: str) -> str:
-    """What a check template answers, in words: how many claimed values it takes and what each is compared to."""
-    try:
-        atoms = checks.parse(expression).atoms
-    except checks.TemplateError:
-        return "not a valid template"
-    said = []
-    for a in atoms:
-        if a.kind == "claim":
-            said.append(f"{a.column} equals the claimed value")
-        elif a.kind == "tolerance":
-            said.append(f"{a.column} within {a.value:g}{'%' if a.percent else ''} of the claimed value")
-        else:
-            said.append(f"fixed: {a.column} {a.op} {a.value if isinstance(a.value, str) else format(a.value, 'g')}")
-    return "; ".join(said)
 
 
 def training_text(s: t.Scenario) -> str:
@@ -634,6 +603,8 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
                                   f"{g.terms.quota}, until {day(g.terms.not_after)}; "
                                   f"{selection_text(g.terms.datasets)}")
         if g.terms.verification is not None:
+            from clients.cli_verify import verification_text
+
             row(tbl, "granted checks (pinned)", verification_text(g.terms.verification))
         row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
         if verified:

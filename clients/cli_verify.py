@@ -25,7 +25,7 @@ from clients.client import ApplicantClient, SandboxClient
 from clients.errors import SandboxClientError
 from wire import checks
 
-__all__ = ["ClaimRow", "claim_columns", "read_claims"]
+__all__ = ["ClaimRow", "claim_columns", "read_claims", "template_meaning", "verification_text"]
 
 ENTITY, CONSENT = "entity_id", "consent_ref"
 RESULTS = ("MATCH", "NO_MATCH", "UNKNOWN_ENTITY")
@@ -78,6 +78,38 @@ def read_claims(path: Path, template: t.CheckTemplate) -> list[ClaimRow]:
     if not claims:
         raise typer.BadParameter(f"{path} holds no claims", param_hint="--claims")
     return claims
+
+
+def verification_text(v: t.VerificationSettings) -> Text:
+    """A VERIFICATION application's (or grant's) templates and limits in full, for a reviewer: what will run."""
+    lines = [f"entities by {v.id_column}; at most {v.per_entity_limit} check(s) of one entity per grant, "
+             "whatever the template"]
+    for x in v.templates:
+        lines.append(f"  {x.name}: {x.expression}  ({template_meaning(x.expression)})")
+    lines.append("unknown ids: " + ("told apart (UNKNOWN_ENTITY)" if v.reveal_unknown else
+                                    "answered NO_MATCH, like a false claim"))
+    lines.append("sensitive columns: " + ("allowed" if v.allow_sensitive else "not allowed"))
+    lines.append("private mode: " + ("allowed (equality templates; the sandbox sees blinded points only, cannot "
+                                     "enforce the per-entity limit, issues no certificates; quota at most 20,000)"
+                                     if v.private_mode else "no"))
+    return Text("\n".join(clean(line) for line in lines))
+
+
+def template_meaning(expression: str) -> str:
+    """What a check template answers, in words: how many claimed values it takes and what each is compared to."""
+    try:
+        atoms = checks.parse(expression).atoms
+    except checks.TemplateError:
+        return "not a valid template"
+    said = []
+    for a in atoms:
+        if a.kind == "claim":
+            said.append(f"{a.column} equals the claimed value")
+        elif a.kind == "tolerance":
+            said.append(f"{a.column} within {a.value:g}{'%' if a.percent else ''} of the claimed value")
+        else:
+            said.append(f"fixed: {a.column} {a.op} {a.value if isinstance(a.value, str) else format(a.value, 'g')}")
+    return "; ".join(said)
 
 
 def granted_template(client: ApplicantClient, grant_id: str, name: str) -> t.CheckTemplate:
