@@ -161,7 +161,8 @@ def verify(
     template: str = typer.Option(..., "--template", help="The name of one of the grant's check templates."),
     claims: Path = typer.Option(..., "--claims", exists=True, dir_okay=False,
                                 help="CSV: entity_id, consent_ref and the claim column(s); see above."),
-    output: Path = typer.Option(Path("results.csv"), "--out", "-o", help="CSV to write: entity_id,result[,certificate]."),
+    output: Path = typer.Option(Path("results.csv"), "--out", "-o",
+                                help="CSV to write: entity_id,result[,certificate]."),
     certificates: Optional[Path] = typer.Option(
         None, "--certificates", file_okay=False,
         help="Also ask for a signed certificate per check and write each here (created if missing)."),
@@ -236,7 +237,8 @@ def verify(
                              + (f"; {len(names)} certificate(s) in {certificates}" if certificates else "")
                              + ("; private mode: the sandbox saw blinded points only" if private else ""))))
     if stopped is not None:
-        raise fail(f"{error_text(stopped, ctx.find_root().obj)}; the first {len(results)} of {len(rows)} results were written")
+        raise fail(f"{error_text(stopped, ctx.find_root().obj)}; the first {len(results)} of {len(rows)} results "
+                   "were written")
 
 
 def write_results(output: Path, rows: list[ClaimRow], results: list[str], issued: list[t.Certificate],

@@ -216,11 +216,12 @@ def bank_verification(admin: AdminClient, bank: ApplicantClient, tmp: Path, audi
     with gzip.open(DATA / "credit_default.csv.gz", "rt") as fh:
         everyone = list(csv.DictReader(fh))  # the narrator's copy of the records
     rows = everyone[5000:5200]  # 200 applicants
-    # What the applicants declare: every 10th age is 3 years off; every 20th claims "paid duly" (-1) wrongly.
+    # What the applicants declare: every 10th age is 3 years off; every 20th status is false ("paid duly", -1,
+    # where the record says otherwise, 0 where it says -1).
     ages = [(r["ID"], int(r["AGE"]) + (3 if i % 10 == 9 else 0), f"AUTH-2026-{5000 + i:06d}")
             for i, r in enumerate(rows)]
-    paid = [(r["ID"], (-1 if r["PAY_0"] != "-1" else 0) if i % 20 == 19 else int(r["PAY_0"]), f"AUTH-2026-{5000 + i:06d}")
-            for i, r in enumerate(rows)]
+    paid = [(r["ID"], (-1 if r["PAY_0"] != "-1" else 0) if i % 20 == 19 else int(r["PAY_0"]),
+             f"AUTH-2026-{5000 + i:06d}") for i, r in enumerate(rows)]
     table = Table("template", "claims checked", "MATCH", "NO_MATCH", "false claims planted", "quota used",
                   title="200 applicants, each check with its consent reference", title_justify="left")
     by_age = bank.verify(grant.id, "age", ages, certificates=True)

@@ -167,9 +167,9 @@ def test_verify_writes_one_result_per_claim_in_order_with_a_certificate_each(
         assert not {entity, consent, claim} & {v for v in doc.values() if isinstance(v, str)}  # salted digests only
     assert "AUTH-2026" not in "".join(p.read_text() for p in certs.iterdir())
 
-    again = run("verify", "--grant", granted.grant, "--template", "repaid", "--claims",
-                write_claims(tmp_path / "pay.csv", ["entity_id", "consent_ref", "claim"], [[rows[0][0], "AUTH-1", "9"]]),
-                "-o", tmp_path / "pay.csv.out", "--json", key=granted.bank)
+    pay = write_claims(tmp_path / "pay.csv", ["entity_id", "consent_ref", "claim"], [[rows[0][0], "AUTH-1", "9"]])
+    again = run("verify", "--grant", granted.grant, "--template", "repaid", "--claims", pay, "-o",
+                tmp_path / "pay.csv.out", "--json", key=granted.bank)
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output)
     assert summary["checked"] == 1 and summary["quota_used"] == 22 and summary["private"] is False
