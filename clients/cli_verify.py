@@ -304,7 +304,7 @@ def verify_certificate(
                     raise typer.Exit(3) from None
                 checked = t.CertificateCheck((f"the sandbox did not sign it ({exc.message})",), {})
         else:
-            checked = vf.check_certificate(text, key, **given)
+            checked = vf.certificate_check(text, key, **given)
     except SandboxClientError as exc:  # not a certificate file at all
         checked = t.CertificateCheck((exc.message,), {})
     if as_json:

@@ -24,7 +24,7 @@ from clients import (
     AdminClient, ApplicantClient, AuditorClient, FailedPrecondition, PermissionDenied, Query, ResearcherClient,
     ResourceExhausted, StewardClient, generate_key, public_key_of,
 )
-from clients.verify import check_certificate
+from clients.verify import certificate_check
 from clients.witness import witness
 from clients.he import sigmoid
 
@@ -257,10 +257,10 @@ def bank_verification(admin: AdminClient, bank: ApplicantClient, tmp: Path, audi
     path = tmp / "applicant-0-age.cert.json"
     path.write_text(cert.to_file(), encoding="utf-8")  # the bank hands it to a third party (say, a guarantor)
     entity, claim, consent = ages[0]
-    ok = check_certificate(path.read_text(encoding="utf-8"), audit_public_key, entity_id=entity, claim=str(claim),
+    ok = certificate_check(path.read_text(encoding="utf-8"), audit_public_key, entity_id=entity, claim=str(claim),
                            consent_ref=consent)
     edited = path.read_text(encoding="utf-8").replace('"result": "MATCH"', '"result": "NO_MATCH"')
-    bad = check_certificate(edited, audit_public_key, entity_id=entity, claim=str(claim), consent_ref=consent)
+    bad = certificate_check(edited, audit_public_key, entity_id=entity, claim=str(claim), consent_ref=consent)
     assert ok.valid and cert.result == "MATCH" and not bad.valid
     console.print(f"The bank asked for a certificate per age check. A guarantor given the first applicant's, with the "
                   f"id, claim and consent reference it is about, checked it offline against the sandbox's published "

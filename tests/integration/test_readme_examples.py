@@ -131,7 +131,7 @@ CHECKS: dict[str, Check] = {
     ".score(": he_scores,
     ".start_training(": fl_model,
     ".verify_grant(": verified_grant,
-    "check_certificate(": verification,
+    "certificate_check(": verification,
 }
 
 
