@@ -37,7 +37,7 @@ __all__ = ["app", "main"]
 
 C = TypeVar("C", bound=SandboxClient)
 DISTRIBUTION = "dataspace-sandbox"
-KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING")
+KINDS = ("DP_QUERY", "HE_SCORING", "FL_TRAINING", "VERIFICATION")
 ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 # Statuses where the server understood the call and said no; anything else "failed".
 _REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
@@ -174,6 +174,20 @@ def parse_selections(items: list[str], option: str) -> dict[str, list[str]]:
             raise typer.BadParameter(f"expected NAME=col1,col2 (or NAME='*'), got {item!r}", param_hint=option)
         result.setdefault(name.strip(), []).extend(columns)
     return result
+
+
+def public_key_given(hex_key: Optional[str], key_file: Optional[Path]) -> bytes:
+    """An Ed25519 public key from exactly one of ``--public-key HEX`` and ``--public-key-file PATH`` (a .pub)."""
+    if (hex_key is None) == (key_file is None):
+        raise typer.BadParameter("give exactly one of --public-key and --public-key-file", param_hint="--public-key")
+    try:
+        text = hex_key if hex_key is not None else key_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+        raw = bytes.fromhex(text.strip())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"not a hex public key: {exc}", param_hint="--public-key") from None
+    if len(raw) != 32:
+        raise typer.BadParameter(f"an Ed25519 public key has 32 bytes, not {len(raw)}", param_hint="--public-key")
+    return raw
 
 
 def check_roles(roles: list[str]) -> list[str]:
@@ -326,10 +340,14 @@ def catalogue(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 
 _APPLICATION_KEYS = {"title", "purpose", "legal_basis", "kind", "datasets", "epsilon", "delta",
-                     "max_epsilon_per_call", "days", "quota", "model_hash", "training"}
+                     "max_epsilon_per_call", "days", "quota", "model_hash", "training", "verification"}
 #: The run settings a ``[training]`` table may propose (FL_TRAINING): ``start_training``'s keywords.
 _TRAINING_KEYS = {"rounds", "local_epochs", "learning_rate", "fraction_per_round", "strategy", "proximal_mu",
                   "clipping_norm", "noise_multiplier", "delta"}
+#: What a ``[verification]`` table (VERIFICATION) holds, and the type of each: ``apply(verification=...)``'s keys.
+_VERIFICATION_KEYS: dict[str, type] = {"id_column": str, "templates": dict, "per_entity_limit": int,
+                                       "reveal_unknown": bool, "allow_sensitive": bool, "private_mode": bool}
+_TOML_TYPES = {str: "a string", dict: "a table", int: "an integer", bool: "true or false"}
 
 
 def read_application(path: Path) -> dict[str, Any]:
@@ -348,7 +366,22 @@ def read_application(path: Path) -> dict[str, Any]:
     training = data.get("training", {})
     if not isinstance(training, dict) or set(training) - _TRAINING_KEYS:
         raise typer.BadParameter(f"[training] takes only {', '.join(sorted(_TRAINING_KEYS))}", param_hint="--file")
+    check_verification(data.get("verification", {}))
     return data
+
+
+def check_verification(table: object) -> None:
+    """A ``[verification]`` table's keys and types (a string "false" must not become True on the way)."""
+    if not isinstance(table, dict) or set(table) - set(_VERIFICATION_KEYS):
+        raise typer.BadParameter(f"[verification] takes only {', '.join(_VERIFICATION_KEYS)}", param_hint="--file")
+    for k, v in table.items():
+        kind = _VERIFICATION_KEYS[k]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise typer.BadParameter(f"[verification] {k} must be {_TOML_TYPES[kind]}", param_hint="--file")
+    templates = table.get("templates", {})
+    if not all(isinstance(e, str) for e in templates.values()):
+        raise typer.BadParameter("[verification.templates] maps each template's name to its expression (a string), "
+                                 'e.g. age = "AGE == ?"', param_hint="--file")
 
 
 @app.command()
@@ -359,7 +392,8 @@ def apply(
     title: Optional[str] = typer.Option(None),
     purpose: Optional[str] = typer.Option(None),
     legal_basis: Optional[str] = typer.Option(None, help="The law or contract that allows the use."),
-    kind: Optional[str] = typer.Option(None, help="DP_QUERY, HE_SCORING or FL_TRAINING (default DP_QUERY)."),
+    kind: Optional[str] = typer.Option(None, help="DP_QUERY, HE_SCORING, FL_TRAINING or VERIFICATION (default "
+                                                  "DP_QUERY; VERIFICATION needs --file with [verification])."),
     dataset: list[str] = typer.Option([], help="NAME=col1,col2 (repeatable; quote NAME='*' for all allowed)."),
     epsilon: Optional[str] = typer.Option(None, help="Total privacy budget epsilon."),
     delta: Optional[str] = typer.Option(None, help="Total privacy budget delta."),
@@ -371,18 +405,19 @@ def apply(
 ) -> None:
     r"""Apply for one computation scenario; an administrator reviews it.
 
-    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml and
-    -fl.toml); options given too override the file's fields. Its keys (any other key is refused):
+    The application can come from a TOML file (--file; see examples/application-dp.toml, -he.toml, -fl.toml
+    and -verify.toml); options given too override the file's fields. Its keys (any other key is refused):
 
       title                 string            required  the scenario's name
       purpose               string            required  what the results are for
       legal_basis           string            required  the law or contract that allows the use
-      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING or FL_TRAINING
+      kind                  string            DP_QUERY  DP_QUERY, HE_SCORING, FL_TRAINING or VERIFICATION
       epsilon               number or string  0         total privacy budget (DP queries, DP training)
       delta                 number or string  0         total delta (Gaussian noise; training under DP)
       max_epsilon_per_call  number or string  0         cap on one computation's epsilon (0: none)
       days                  integer           30        valid for this many days from now
-      quota                 integer           1000      computations allowed (HE scoring: entities scored)
+      quota                 integer           1000      computations allowed (HE scoring: entities scored;
+                                                        verification: claims checked)
       model_hash            string            ""        hash of the registered model (HE_SCORING) or
                                                         training plan (FL_TRAINING); required for those
       \[datasets]            table             required  dataset name = list of column names
@@ -392,8 +427,16 @@ def apply(
                                                         strategy, proximal_mu, clipping_norm,
                                                         noise_multiplier, delta); the review shows their
                                                         price per run, the grant pins them
+      \[verification]        table             none      VERIFICATION (required for it): id_column (the
+                                                        dataset's identifier column), per_entity_limit
+                                                        (checks of one entity per grant, default 3),
+                                                        reveal_unknown, allow_sensitive, private_mode
+                                                        (booleans, default false); and
+      \[verification.templates]  table         required  name = "expression": the checks the grant will
+                                                        pin, e.g. age = "AGE == ?", over_25 = "AGE >= 25",
+                                                        limit = "|LIMIT_BAL - ?| <= 10%"
 
-    A budget given as a string ("1e-5") is read exactly.
+    A budget given as a string ("1e-5") is read exactly. A VERIFICATION application's epsilon stays 0.
     """
     fields = read_application(file) if file else {}
     given = dict(title=title, purpose=purpose, legal_basis=legal_basis, kind=kind, epsilon=epsilon, delta=delta,
@@ -411,13 +454,17 @@ def apply(
         valid_for, limit = dt.timedelta(days=int(fields.get("days", 30))), int(fields.get("quota", 1000))
     except (TypeError, ValueError, OverflowError):
         raise typer.BadParameter("days and quota must be whole numbers", param_hint="--file") from None
+    verification = fields.get("verification")
+    if (kind_name == "VERIFICATION") != (verification is not None):
+        raise typer.BadParameter("a VERIFICATION application needs a [verification] table, and only it takes one",
+                                 param_hint="--file")
     with connect(ctx, ApplicantClient) as client:
         s = client.apply(
             title=fields["title"], purpose=fields["purpose"], legal_basis=fields["legal_basis"], kind=kind_name,
             datasets=fields["datasets"], epsilon=str(fields.get("epsilon", 0)), delta=str(fields.get("delta", 0)),
             max_epsilon_per_call=str(fields.get("max_epsilon_per_call", 0)),
             valid_for=valid_for, quota=limit, model_hash=str(fields.get("model_hash", "")),
-            training=fields.get("training") or None)
+            training=fields.get("training") or None, verification=verification)
     if as_json:
         print_json(s)
         return
@@ -451,6 +498,10 @@ def scenario_details(s: t.Scenario, tbl: Table) -> None:
     row(tbl, "quota", s.quota)
     if s.training is not None:
         row(tbl, "training settings (pinned)", training_text(s))
+    if s.verification is not None:
+        from clients.cli_verify import verification_text  # registered after this module; imports it
+
+        row(tbl, "checks asked for", verification_text(s.verification))
 
 
 def training_text(s: t.Scenario) -> str:
@@ -551,6 +602,10 @@ def status(ctx: typer.Context, scenario_id: Optional[str] = typer.Argument(None,
         row(tbl, "granted terms", f"epsilon {dec(g.terms.epsilon)}, delta {dec(g.terms.delta)}, quota "
                                   f"{g.terms.quota}, until {day(g.terms.not_after)}; "
                                   f"{selection_text(g.terms.datasets)}")
+        if g.terms.verification is not None:
+            from clients.cli_verify import verification_text
+
+            row(tbl, "granted checks (pinned)", verification_text(g.terms.verification))
         row(tbl, "approved by", f"{g.terms.approver_id} at {day(g.terms.issued_at)}")
         if verified:
             signature = Text("verified against the administrators' keys" + (
@@ -572,6 +627,7 @@ import clients.cli_admin  # noqa: E402,F401  (registers the administrators' comm
 import clients.cli_query  # noqa: E402,F401  (registers ``query``)
 import clients.cli_score  # noqa: E402,F401  (registers ``score``)
 import clients.cli_train  # noqa: E402,F401  (registers ``plan`` and ``train``)
+import clients.cli_verify  # noqa: E402,F401  (registers ``verify`` and ``verify-certificate``)
 import clients.cli_steward  # noqa: E402,F401  (registers ``stewardship``, ``steward-queue`` and ``cosign``)
 import clients.cli_console  # noqa: E402,F401  (registers ``console``)
 

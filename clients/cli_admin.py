@@ -11,9 +11,8 @@ import typer
 from rich.text import Text
 
 from clients.cli import (
-    app, check_roles, clean, connect, day, dec, fail, model_text, out, parse_selections, row, scenario_details,
-    selection_text,
-    table,
+    app, check_roles, clean, connect, day, dec, fail, model_text, out, parse_selections, public_key_given, row,
+    scenario_details, selection_text, table,
 )
 from clients import types as t
 from clients.cli_steward import plan_text
@@ -24,19 +23,6 @@ from clients.witness import WitnessError
 from clients.witness import witness as run_witness
 
 __all__: list[str] = []
-
-
-def _public_key(hex_key: Optional[str], key_file: Optional[Path]) -> bytes:
-    if (hex_key is None) == (key_file is None):
-        raise typer.BadParameter("give exactly one of --public-key and --public-key-file", param_hint="--public-key")
-    try:
-        text = hex_key if hex_key is not None else key_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
-        raw = bytes.fromhex(text.strip())
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"not a hex public key: {exc}", param_hint="--public-key") from None
-    if len(raw) != 32:
-        raise typer.BadParameter(f"an Ed25519 public key has 32 bytes, not {len(raw)}", param_hint="--public-key")
-    return raw
 
 
 @app.command()
@@ -50,7 +36,7 @@ def enrol(
     as_json: AsJson = False,
 ) -> None:
     """Enrol a principal by public key; it is active at once."""
-    raw, roles = _public_key(public_key, public_key_file), check_roles(role)
+    raw, roles = public_key_given(public_key, public_key_file), check_roles(role)
     with connect(ctx, AdminClient) as admin:
         p = admin.enrol(name=name, organisation=organisation, roles=roles, public_key=raw)
     if as_json:
@@ -189,6 +175,10 @@ def approve(
     max_epsilon_per_call: Optional[str] = typer.Option(None, help="Narrow epsilon per computation."),
     quota: Optional[int] = typer.Option(None, min=0, help="Narrow the number of computations."),
     days: Optional[int] = typer.Option(None, min=1, help="Valid for this many days from now."),
+    template: list[str] = typer.Option([], "--template", help="VERIFICATION: grant only these check templates, by "
+                                                              "name (repeatable; of those applied for)."),
+    per_entity_limit: Optional[int] = typer.Option(None, min=1, help="VERIFICATION: lower the checks of one entity "
+                                                                     "per grant."),
     as_json: AsJson = False,
 ) -> None:
     """Approve an application as applied for or narrowed, signing the grant terms with your own key."""
@@ -197,6 +187,10 @@ def approve(
     narrowing = {k: v for k, v in narrowing.items() if v is not None}
     if columns:
         narrowing["columns"] = parse_selections(columns, "--columns")
+    if template:
+        narrowing["templates"] = template
+    if per_entity_limit is not None:
+        narrowing["per_entity_limit"] = per_entity_limit
     if days is not None:
         narrowing["valid_until"] = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
     with connect(ctx, AdminClient) as admin:
@@ -210,6 +204,10 @@ def approve(
         g = s.grant.terms
         con.print(Text(clean(f"grant {s.grant.id}: {g.kind}, epsilon {dec(g.epsilon)}, delta {dec(g.delta)}, "
                              f"quota {g.quota}, until {day(g.not_after)}; {selection_text(g.datasets)}")))
+        if g.verification is not None:
+            v = g.verification
+            con.print(Text(clean(f"checks: {', '.join(f'{x.name} ({x.expression})' for x in v.templates)}; at most "
+                                 f"{v.per_entity_limit} check(s) of one entity")))
 
 
 @app.command()
@@ -319,7 +317,7 @@ def witness(
     (cosigned); 1 it does not (truncated, rewritten or re-signed: the stored head is kept); 2 usage; 3 the
     server did not answer.
     """
-    given = _public_key(public_key, public_key_file) if (public_key or public_key_file) else None
+    given = public_key_given(public_key, public_key_file) if (public_key or public_key_file) else None
     con = out()
     try:
         with connect(ctx, AuditorClient) as auditor:

@@ -24,6 +24,7 @@ from clients import (
     AdminClient, ApplicantClient, AuditorClient, FailedPrecondition, PermissionDenied, Query, ResearcherClient,
     ResourceExhausted, StewardClient, generate_key, public_key_of,
 )
+from clients.verify import certificate_check
 from clients.witness import witness
 from clients.he import sigmoid
 
@@ -73,7 +74,7 @@ def run(tmp: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
-    chapter(12, "A regulator verifies the audit trail offline")
+    chapter(13, "A regulator verifies the audit trail offline")
     out = sandbox_cmd("audit", "verify", str(data_dir))
     console.print(f"The server stopped gracefully (SIGTERM). `sandbox audit verify`: {out.stdout.strip()}")
     console.print("\n[bold green]Done.[/] Every row stayed inside; what left was a catalogue, a signed grant, "
@@ -199,13 +200,82 @@ def bank_scoring(admin: AdminClient, bank: ApplicantClient, address: str, ca: Pa
                   "or the scores; the bank never saw the sandbox's rows.")
 
 
+def bank_verification(admin: AdminClient, bank: ApplicantClient, tmp: Path, audit_public_key: bytes) -> None:
+    chapter(9, "The bank verifies 200 loan applicants' declared age and repayment status (核验)")
+    s = bank.apply(title="Loan applicants' declarations", purpose="Verify the age and repayment status applicants "
+                   "declare", legal_basis="Applicants' consent (PIPL art. 13(1)); Credit Reporting Regulation art. 15",
+                   kind="VERIFICATION", datasets={"credit_default": ["ID", "AGE", "PAY_0"]}, quota=1000,
+                   verification={"id_column": "ID", "templates": {"age": "AGE == ?", "repaid": "PAY_0 == ?"}})
+    grant = admin.approve(s.id).grant
+    assert grant is not None and grant.terms.verification is not None
+    limit = grant.terms.verification.per_entity_limit
+    console.print(f"A score is not always what is needed: the bank wants exact yes/no answers to what applicants "
+                  f"declare. It applied for two check templates, age (AGE == ?) and repaid (PAY_0 == ?); the "
+                  f"reviewer saw them and signed grant {grant.id}: those checks only, at most {limit} checks of one "
+                  "person, and each check must name the person's consent reference.")
+    with gzip.open(DATA / "credit_default.csv.gz", "rt") as fh:
+        everyone = list(csv.DictReader(fh))  # the narrator's copy of the records
+    rows = everyone[5000:5200]  # 200 applicants
+    # What the applicants declare: every 10th age is 3 years off; every 20th status is false ("paid duly", -1,
+    # where the record says otherwise, 0 where it says -1).
+    ages = [(r["ID"], int(r["AGE"]) + (3 if i % 10 == 9 else 0), f"AUTH-2026-{5000 + i:06d}")
+            for i, r in enumerate(rows)]
+    paid = [(r["ID"], (-1 if r["PAY_0"] != "-1" else 0) if i % 20 == 19 else int(r["PAY_0"]),
+             f"AUTH-2026-{5000 + i:06d}") for i, r in enumerate(rows)]
+    table = Table("template", "claims checked", "MATCH", "NO_MATCH", "false claims planted", "quota used",
+                  title="200 applicants, each check with its consent reference", title_justify="left")
+    by_age = bank.verify(grant.id, "age", ages, certificates=True)
+    by_pay = bank.verify(grant.id, "repaid", paid)
+    for name, expr, res, planted in (("age", "AGE == ?", by_age, 20), ("repaid", "PAY_0 == ?", by_pay, 10)):
+        table.add_row(f"{name} ({expr})", str(len(res.results)), str(res.matches),
+                      str(len(res.results) - res.matches), str(planted), f"{res.quota_used} / {res.quota_cap}")
+    console.print(table)
+    assert [r == "NO_MATCH" for r in by_age.results] == [i % 10 == 9 for i in range(200)]
+    assert [r == "NO_MATCH" for r in by_pay.results] == [i % 20 == 19 for i in range(200)]
+    [entry] = [e for e in admin.audit_entries(method="Verify", grant_id=grant.id, status="OK")
+               if '"template":"age"' in e.request]
+    console.print(f"Every false claim was caught and no true one refused. The audit entry of the age batch records "
+                  f"what was asked, never an id, a claim or a consent reference: {entry.request}")
+    try:
+        bank.verify(grant.id, "limit", [(rows[0]["ID"], "200000", "AUTH-2026-005000")])
+    except PermissionDenied as exc:
+        console.print(f"A check the grant does not pin (a credit-limit template, 'limit'): [red]{exc}[/]")
+    guesses = ("-2", "-1", "0", "1")
+    # A fresh applicant (the 200 have had two checks each), whose status is none of the first three guesses.
+    target = next(r for r in everyone[6000:] if r["PAY_0"] not in guesses[:3])
+    answers = []
+    for guess in guesses:
+        try:
+            res = bank.verify(grant.id, "repaid", [(target["ID"], guess, "AUTH-2026-006001")])
+            answers.append(f"{guess}: {res.results[0]}")
+        except ResourceExhausted as exc:
+            answers.append(f"{guess}: [red]{exc}[/]")
+    console.print(f"Someone at the bank tries to learn one applicant's repayment status by guessing it value by "
+                  f"value; the per-entity limit ({limit} checks of one person per grant, whatever the template) "
+                  "stops the search: " + "; ".join(answers))
+    cert = by_age.certificates[0]
+    path = tmp / "applicant-0-age.cert.json"
+    path.write_text(cert.to_file(), encoding="utf-8")  # the bank hands it to a third party (say, a guarantor)
+    entity, claim, consent = ages[0]
+    ok = certificate_check(path.read_text(encoding="utf-8"), audit_public_key, entity_id=entity, claim=str(claim),
+                           consent_ref=consent)
+    edited = path.read_text(encoding="utf-8").replace('"result": "MATCH"', '"result": "NO_MATCH"')
+    bad = certificate_check(edited, audit_public_key, entity_id=entity, claim=str(claim), consent_ref=consent)
+    assert ok.valid and cert.result == "MATCH" and not bad.valid
+    console.print(f"The bank asked for a certificate per age check. A guarantor given the first applicant's, with the "
+                  f"id, claim and consent reference it is about, checked it offline against the sandbox's published "
+                  f"audit key: [green]valid[/] ({ok.document['result']}, template {ok.document['template']}, audit "
+                  f"entry {ok.document['audit_seq']}; the certificate itself holds only salted digests of them). An "
+                  f"edited copy saying NO_MATCH: [red]{'; '.join(bad.problems)}[/].")
+
+
 FL_FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "physlm"]
 FL_THRESHOLD = 35.0  # dollars a year: the label is "medical spending above this public threshold"
 
 
 def federated_training(admin: AdminClient, lab: ResearcherClient, steward: StewardClient) -> str:
-    """Chapter 9; returns the job id of the DP-trained model."""
-    chapter(9, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
+    """Chapter 10; returns the job id of the DP-trained model."""
+    chapter(10, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
     plan = lab.register_plan(dataset="rand_hie", features=FL_FEATURES, label="meddol", label_threshold=FL_THRESHOLD)
     s = lab.apply(title="Medical spending model", purpose="Predict above-threshold medical spending",
                   legal_basis="Research exemption, Health Data Act art. 9", kind="FL_TRAINING",
@@ -277,7 +347,7 @@ FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insu
 
 def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardClient, dp_job: str, address: str,
                     ca: Path) -> None:
-    chapter(10, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
+    chapter(11, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
     private = list(FL_PRIVATE)
     model = lab.register_trained_model(dp_job, name="medical-spending-dp", private_features=private,
                                        description="Pilot: expected-cost bands for a supplementary plan.")
@@ -412,11 +482,12 @@ def story(tmp: Path, data_dir: Path, address: str, ca: Path) -> None:
     audit_public_key = bytes.fromhex((data_dir / "keys" / "audit_signing.pub").read_text())  # the published key
     statistics_office(admin, address, ca, audit_public_key)
     bank_scoring(admin, bank, address, ca)
+    bank_verification(admin, bank, tmp, audit_public_key)
 
     dp_job = federated_training(admin, lab, steward)
     insurer_scoring(admin, lab, steward, dp_job, address, ca)
 
-    chapter(11, "The bureau revokes, and everything is on the record")
+    chapter(12, "The bureau revokes, and everything is on the record")
     admin.revoke(grant.id, "bank's contract ended")
     try:
         bank.check_access(grant.id, kind="DP_QUERY", dataset="credit_default", columns=["AGE"])

@@ -212,7 +212,8 @@ def test_the_example_application_files_apply_as_written(run: Run, sandbox: Sandb
     imported(run, "credit_default")
     office = enrolled(run, tmp_path, "Office")
     examples = sorted(EXAMPLES.glob("application-*.toml"))
-    assert [p.name for p in examples] == ["application-dp.toml", "application-fl.toml", "application-he.toml"]
+    assert [p.name for p in examples] == ["application-dp.toml", "application-fl.toml", "application-he.toml",
+                                          "application-verify.toml"]
     with ApplicantClient(sandbox.address, key=load_key(office), ca=sandbox.ca) as bank:
         model = bank.submit_model(name="default-risk", dataset="credit_default", public_features=PUBLIC,
                                   private_features=PRIVATE, bias=BIAS)
@@ -241,6 +242,12 @@ def test_the_example_application_files_apply_as_written(run: Run, sandbox: Sandb
         assert s["quota"] == doc["quota"] and s["model_hash"] == hashes.get(kind, ""), path.name
         days = (utc(s["valid_until"]) - utc(s["created_at"])).total_seconds() / 86400
         assert abs(days - doc["days"]) < 0.01, path.name
+        if kind == "VERIFICATION":  # the [verification] table as written, its templates in the file's order
+            asked = s["verification"]
+            assert [(x["name"], x["expression"]) for x in asked["templates"]] == list(
+                doc["verification"]["templates"].items()), path.name
+            assert {k: asked[k] for k in doc["verification"] if k != "templates"} == {
+                k: v for k, v in doc["verification"].items() if k != "templates"}, path.name
 
 
 # --- 6. suspend -----------------------------------------------------------------------------------------------------

@@ -45,6 +45,17 @@ def test_demo_runs_end_to_end() -> None:
     stated, measured = float(fl_he.group(1)), float(fl_he.group(2))
     # Against the registered model in plaintext the difference is the noise alone: 500 draws, 3.2% standard error.
     assert 0.85 * stated < measured < 1.15 * stated, (stated, measured)
+    # Verification: every planted false claim caught, no true one refused, and the limits hold.
+    assert re.search(r"age \(AGE == \?\)\s*│\s*200\s*│\s*180\s*│\s*20\s*│\s*20\s*│\s*200 / 1000", text)
+    assert re.search(r"repaid \(PAY_0 == \?\)\s*│\s*200\s*│\s*190\s*│\s*10\s*│\s*10\s*│\s*400 / 1000", text)
+    assert re.search(r'never an id, a claim or a consent reference: \{"certificates":true,"consents":200,'
+                     r'.*"items":200,', text)
+    assert "AUTH-2026" not in text  # no consent reference is printed, nor in that audit entry
+    assert re.search(r"'limit'\): PERMISSION_DENIED: .*template 'limit' is not in the grant.*\[OUTSIDE_GRANT\]", text)
+    assert re.search(r"stops the search: -2: NO_MATCH; -1: NO_MATCH; 0: NO_MATCH; 1: RESOURCE_EXHAUSTED: .*"
+                     r"\[ENTITY_LIMIT\]", text)
+    assert re.search(r"published audit key: valid \(MATCH, template age, audit entry \d+;", text)
+    assert "An edited copy saying NO_MATCH: the signature does not verify with the sandbox's key." in text
     assert "Its receipt: audit entry" in text and "signed by the sandbox's published audit key" in text
     assert re.search(r"the head of \d+ entries extended it \(consistency proof checked\)", text)
     assert re.search(r"audit log OK: \d+ entries \(\d+ signed\), \d+ signed tree heads \([1-9]\d* cosigned", text)

@@ -118,11 +118,20 @@ def verified_grant(ns: dict[str, Any], out: str) -> None:
     assert "adult_census" in out.splitlines()[0]
 
 
+def verification(ns: dict[str, Any], out: str) -> None:
+    """One bit per claim (ID 1 is 24, ID 2 is not 30), the template the grant does not pin refused, and the
+    certificate valid offline against the published key while an edited copy is not."""
+    assert ns["checked"].results == ("MATCH", "NO_MATCH") and len(ns["checked"].certificates) == 2
+    assert out.splitlines() == ["('MATCH', 'NO_MATCH') 2", "OUTSIDE_GRANT", "True",
+                                "(\"the signature does not verify with the sandbox's key\",)"], out
+
+
 CHECKS: dict[str, Check] = {
     ".run_query(": dp_answer,
     ".score(": he_scores,
     ".start_training(": fl_model,
     ".verify_grant(": verified_grant,
+    "certificate_check(": verification,
 }
 
 
