@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2
 
 from clients import serde
 from clients import types as t
-from clients.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from clients.errors import InvalidArgument, NotFound, PermissionDenied, SandboxClientError, Unavailable
 from clients.he import EncryptedScores, HeSession, ScoreResult, choose_profile, sigmoid
 from clients.query import Query
 from clients.schema_file import load_schema_file
@@ -447,7 +447,8 @@ class ApplicantClient(SandboxClient):
         ``items`` are (entity id, claim, consent reference); the claim is one value per ``?`` of the template (a
         single value may be given bare). ``certificates`` asks for one signed certificate per item. ``private``
         (equality templates of a grant that allows it) keeps the ids and claims here: the sandbox sees only
-        blinded points and no certificate can be issued. Longer lists go in batches of ``MAX_BATCH``.
+        blinded points and no certificate can be issued. Longer lists go in batches of ``MAX_BATCH``; if a later
+        batch is refused, the exception's ``partial`` holds the answers of the batches before it (they were charged).
         """
         batch = vf.items_of(items)
         if not batch:
@@ -464,7 +465,13 @@ class ApplicantClient(SandboxClient):
         for i in range(0, len(batch), vf.MAX_BATCH):
             req = verify_pb2.VerifyRequest(grant_id=grant_id, template=template, certificates=certificates, items=[
                 verify_pb2.VerifyItem(entity_id=e, claim=c, consent_ref=r) for e, c, r in batch[i:i + vf.MAX_BATCH]])
-            resp = self._t.call(_VERIFY + "Verify", req, verify_pb2.VerifyResponse, timeout=timeout)
+            try:
+                resp = self._t.call(_VERIFY + "Verify", req, verify_pb2.VerifyResponse, timeout=timeout)
+            except SandboxClientError as exc:  # the batches already answered were charged: keep their answers
+                if results:
+                    exc.partial = t.VerifyResult(tuple(results), tuple(certs), used, cap, False, tuple(receipts),
+                                                 {"total": vf.elapsed(start)})
+                raise
             found, issued = serde.verify_results(resp)
             results.extend(found)
             certs.extend(issued)
@@ -502,7 +509,13 @@ class ApplicantClient(SandboxClient):
             start = time.perf_counter()
             req = verify_pb2.VerifyPrivateRequest(grant_id=grant_id, template=template, blinded=part.blinded,
                                                   consent_refs=part.consents)
-            resp = self._t.call(_VERIFY + "VerifyPrivate", req, verify_pb2.VerifyPrivateResponse, timeout=timeout)
+            try:
+                resp = self._t.call(_VERIFY + "VerifyPrivate", req, verify_pb2.VerifyPrivateResponse,
+                                    timeout=timeout)
+            except SandboxClientError as exc:
+                if results:
+                    exc.partial = t.VerifyResult(tuple(results), (), used, cap, True, tuple(receipts), seconds)
+                raise
             seconds["server"] += vf.elapsed(start)
             if self._t.last_receipt is not None:
                 receipts.append(self._t.last_receipt)
@@ -715,7 +728,8 @@ class AdminClient(AuditorClient):
         epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
         max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
         valid_until: dt.datetime | None = None, templates: Sequence[str] | None = None,
-        per_entity_limit: int | None = None,
+        per_entity_limit: int | None = None, reveal_unknown: bool | None = None, allow_sensitive: bool | None = None,
+        private_mode: bool | None = None,
     ) -> bytes:
         """The serialised terms for approving a scenario as applied for, optionally narrowed (a verification
         scenario's ``templates`` to a subset of their names, its ``per_entity_limit`` lower)."""
@@ -755,6 +769,10 @@ class AdminClient(AuditorClient):
                     terms.verification.templates.extend(x for x in app.verification.templates if x.name in templates)
                 if per_entity_limit is not None:
                     terms.verification.per_entity_limit = per_entity_limit
+                for flag, value in (("reveal_unknown", reveal_unknown), ("allow_sensitive", allow_sensitive),
+                                    ("private_mode", private_mode)):
+                    if value is not None:  # False switches a setting off; True where not applied for is refused
+                        setattr(terms.verification, flag, value)
         except ValueError as exc:
             raise serde.invalid(str(exc)) from None
         return terms.SerializeToString(deterministic=True)
@@ -786,7 +804,8 @@ class AdminClient(AuditorClient):
         epsilon: float | str | Decimal | None = None, delta: float | str | Decimal | None = None,
         max_epsilon_per_call: float | str | Decimal | None = None, quota: int | None = None,
         valid_until: dt.datetime | None = None, templates: Sequence[str] | None = None,
-        per_entity_limit: int | None = None,
+        per_entity_limit: int | None = None, reveal_unknown: bool | None = None, allow_sensitive: bool | None = None,
+        private_mode: bool | None = None,
     ) -> t.Scenario:
         """Approve by signing the grant terms with this administrator's own key (the key never leaves).
 
@@ -794,7 +813,9 @@ class AdminClient(AuditorClient):
         """
         terms = self.grant_terms(scenario_id, columns=columns, epsilon=epsilon, delta=delta,
                                  max_epsilon_per_call=max_epsilon_per_call, quota=quota, valid_until=valid_until,
-                                 templates=templates, per_entity_limit=per_entity_limit)
+                                 templates=templates, per_entity_limit=per_entity_limit,
+                                 reveal_unknown=reveal_unknown, allow_sensitive=allow_sensitive,
+                                 private_mode=private_mode)
         return self.approve_terms(scenario_id, terms, self._t.key.sign(terms))
 
     def approve_terms(self, scenario_id: str, terms: bytes, signature: bytes) -> t.Scenario:

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 __all__ = [
@@ -37,6 +39,9 @@ class SandboxClientError(Exception):
         self.code = code
         #: The audit entry that records this refusal (check it with ``verify_receipt``), if the server wrote one.
         self.receipt = receipt
+        #: ``ApplicantClient.verify`` over several batches: the answers of the batches before the refused one (they
+        #: were charged), as a ``VerifyResult``; None otherwise.
+        self.partial: Any = None
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}" + (f" [{self.code}]" if self.code else "")

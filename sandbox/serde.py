@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -527,7 +528,8 @@ def verify_outcome_to_pb(o: io.VerifyOutcome) -> verify_pb2.VerifyResponse:
     return verify_pb2.VerifyResponse(
         results=[_RESULT_TO_PB[r] for r in o.results],
         certificates=[verify_pb2.Certificate(json=c.json, signature=c.signature) for c in o.certificates],
-        quota_used=o.quota_used, quota_cap=o.quota_cap, audit_public_key=o.audit_public_key)
+        quota_used=o.quota_used, quota_cap=o.quota_cap, audit_public_key=o.audit_public_key,
+        nonce=secrets.token_bytes(16))
 
 
 def private_batch_from_pb(req: verify_pb2.VerifyPrivateRequest) -> io.PrivateBatch:
@@ -537,4 +539,4 @@ def private_batch_from_pb(req: verify_pb2.VerifyPrivateRequest) -> io.PrivateBat
 
 def private_outcome_to_pb(o: io.PrivateOutcome) -> verify_pb2.VerifyPrivateResponse:
     return verify_pb2.VerifyPrivateResponse(evaluated=list(o.evaluated), quota_used=o.quota_used,
-                                            quota_cap=o.quota_cap)
+                                            quota_cap=o.quota_cap, nonce=secrets.token_bytes(16))

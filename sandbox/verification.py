@@ -323,19 +323,22 @@ def verify(call: Call, req: VerifyBatch, cache: ArrayCache, index: EntityIndex, 
         certificates: tuple[Certificate, ...] = ()
         if req.certificates:
             certificates = tuple(_certificate(signer, call, terms.scenario_id, auth.grant.id, info, chosen, item,
-                                              result, batch) for item, result in zip(req.items, results))
+                                              entity, result, batch)
+                                 for item, entity, result in zip(req.items, ids, results))
         return VerifyOutcome(results, certificates, state.usage.quota_used, state.quota_cap, signer.public_key)
 
     return Deferred(compute)
 
 
 def _certificate(signer: audit.AuditLog, call: Call, scenario_id: str, grant_id: str, info: DatasetInfo,
-                 template: CheckTemplate, item: VerifyItem, result: str, batch: str) -> Certificate:
+                 template: CheckTemplate, item: VerifyItem, entity: str, result: str, batch: str) -> Certificate:
+    """One result, signed; the entity digest covers the id as the dataset holds it (an integer id without leading
+    zeros), so "007" and "7" name the same person."""
     salt = wv.new_salt()
     doc = {
         "version": wv.CERTIFICATE_VERSION, "grant_id": grant_id, "scenario_id": scenario_id,
         "dataset": info.schema.name, "dataset_version": info.version, "template": template.name,
-        "expression": template.expression, "salt": salt, "entity_sha256": wv.entity_digest(salt, item.entity_id),
+        "expression": template.expression, "salt": salt, "entity_sha256": wv.entity_digest(salt, entity),
         "claim_sha256": wv.claim_digest(salt, item.claim), "consent_sha256": wv.consent_digest(salt, item.consent_ref),
         "result": result, "issued_at_ms": call.now_ms, "audit_seq": call.reserved_seq, "batch_sha256": batch,
     }

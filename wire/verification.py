@@ -3,13 +3,15 @@
 **Certificates.** A certificate is canonical JSON (sorted keys, no spaces, ASCII) signed with the sandbox's
 published audit key over ``certificate_payload(json)``, a domain no other signature of that key uses. It names
 the grant, the template, salted SHA-256 digests of the entity id, the claim and the consent reference (the
-holder, who knows them, can check them; no one else learns them), the result, the time and the index of the audit
+holder, who knows them, can check them; the salt keeps two certificates from being linked, but a value that can be
+guessed, such as an integer id, an age or a numbered consent reference, can be confirmed by trying candidates), the result, the time and the index of the audit
 entry that recorded the check, whose inclusion in the transparency log can be proved.
 
 **Private mode.** An item (entity id and claimed values) is hashed to a Ristretto255 point; the applicant raises
 it to a secret scalar ``a`` (blinding), the sandbox raises what it receives to the grant's key ``k``, the
 applicant removes ``a`` and compares ``H(item)^k`` with the sandbox's set of ``H(stored item)^k``. The sandbox
-sees only uniformly random points; the applicant learns whether its items are in the set. The group operations
+sees only uniformly random points (and the consent references, which go with them in clear); the applicant learns
+whether its items are in the set. The group operations
 are libsodium's (through ``rbcl``), never written here.
 """
 
@@ -137,7 +139,10 @@ def check_certificate(certificate_json: bytes, signature: bytes, audit_public_ke
     if not verify_signature(audit_public_key, signature, certificate_payload(certificate_json)):
         problems.append("the signature does not verify with the sandbox's key")
     salt = str(doc["salt"])
-    if entity_id is not None and entity_digest(salt, entity_id) != doc["entity_sha256"]:
+    forms = {entity_id} if entity_id is not None else set()
+    if entity_id is not None and re.fullmatch(r"[0-9]{1,18}", entity_id):
+        forms.add(canonical_id("integer", entity_id))  # an integer identifier is digested without leading zeros
+    if entity_id is not None and doc["entity_sha256"] not in {entity_digest(salt, f) for f in forms}:
         problems.append("the certificate is about another entity")
     if claim is not None and claim_digest(salt, claim) != doc["claim_sha256"]:
         problems.append("the certificate is about another claim")

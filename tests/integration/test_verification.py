@@ -624,3 +624,45 @@ def test_granted_settings_must_stand_on_their_own(env: Env) -> None:
             env.admin.approve_terms(s.id, raw, env.admin.transport.key.sign(raw))
         assert refused.value.code == "INVALID_TERMS"
     assert env.admin.approve(s.id, templates=["status"]).grant is not None  # dropping the template itself is fine
+
+
+def test_a_refused_later_batch_keeps_the_charged_answers_and_flags_can_be_switched_off(env: Env) -> None:
+    s = env.bank.apply(title="Checks", purpose="Verify", legal_basis="PIPL", kind="VERIFICATION",
+                       datasets={"credit_default": ["ID", "AGE"]}, quota=10_005,
+                       verification={"id_column": "ID", "templates": {"age": "AGE == ?"}, "reveal_unknown": True})
+    approved = env.admin.approve(s.id, reveal_unknown=False)
+    assert approved.grant is not None and approved.grant.terms.verification is not None
+    assert approved.grant.terms.verification.reveal_unknown is False
+    g = approved.grant.id
+    assert env.bank.verify(g, "age", [("99999901", 30, _consent(1))]).results == ("NO_MATCH",)  # switched off
+    items = [(str(i + 1), 30, _consent(i)) for i in range(10_010)]  # the second batch passes the quota
+    with pytest.raises(ResourceExhausted) as refused:
+        env.bank.verify(g, "age", items)
+    partial = refused.value.partial
+    assert partial is not None and len(partial.results) == 10_000 and partial.quota_used == 10_001
+    assert _quota_used(env, g) == 10_001
+
+
+def test_the_response_hash_on_the_record_cannot_be_matched_against_guessed_results(env: Env) -> None:
+    """A reader of the log sees each answer's SHA-256: a one-item batch must not be decidable by hashing the two
+    possible answers."""
+    g = env.grant("credit_default", ["ID", "AGE"], {"age": "AGE == ?"})
+    r = env.credit[40]
+    env.bank.verify(g, "age", [(r["ID"], r["AGE"], _consent(40))])
+    entry = [e for e in env.admin.audit_entries(method="Verify", grant_id=g) if e.status == "OK"][-1]
+    import hashlib
+    for result in (verify_pb2.MATCH, verify_pb2.NO_MATCH):
+        for used in range(0, 3):
+            guess = verify_pb2.VerifyResponse(results=[result], quota_used=used, quota_cap=1000,
+                                              audit_public_key=_published_key(env))
+            assert hashlib.sha256(guess.SerializeToString()).hexdigest() != entry.response_sha256
+
+
+def test_a_certificate_names_the_person_however_the_integer_id_was_written(env: Env) -> None:
+    g = env.grant("credit_default", ["ID", "AGE"], {"age": "AGE == ?"})
+    r = env.credit[41]
+    cert = env.bank.verify(g, "age", [("00" + r["ID"], r["AGE"], _consent(41))], certificates=True).certificates[0]
+    key = _published_key(env)
+    assert vf.certificate_check(cert, key, entity_id=r["ID"]).valid
+    assert vf.certificate_check(cert, key, entity_id="0" + r["ID"]).valid
+    assert not vf.certificate_check(cert, key, entity_id=env.credit[42]["ID"]).valid

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos.sandbox.v1 import audit_pb2 as protos_dot_sandbox_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sandbox/v1/verify.proto\x12\nsandbox.v1\x1a\x1dprotos/sandbox/v1/audit.proto\"C\n\nVerifyItem\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x03(\t\x12\x13\n\x0b\x63onsent_ref\x18\x03 \x01(\t\"p\n\rVerifyRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12%\n\x05items\x18\x03 \x03(\x0b\x32\x16.sandbox.v1.VerifyItem\x12\x14\n\x0c\x63\x65rtificates\x18\x04 \x01(\x08\".\n\x0b\x43\x65rtificate\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xaa\x01\n\x0eVerifyResponse\x12(\n\x07results\x18\x01 \x03(\x0e\x32\x17.sandbox.v1.CheckResult\x12-\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x17.sandbox.v1.Certificate\x12\x12\n\nquota_used\x18\x03 \x01(\x04\x12\x11\n\tquota_cap\x18\x04 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\x0c\":\n\x14GetPrivateSetRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\"5\n\x15GetPrivateSetResponse\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"a\n\x14VerifyPrivateRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0f\n\x07\x62linded\x18\x03 \x03(\x0c\x12\x14\n\x0c\x63onsent_refs\x18\x04 \x03(\t\"Q\n\x15VerifyPrivateResponse\x12\x11\n\tevaluated\x18\x01 \x03(\x0c\x12\x12\n\nquota_used\x18\x02 \x01(\x04\x12\x11\n\tquota_cap\x18\x03 \x01(\x04\"G\n\x17\x43heckCertificateRequest\x12,\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x17.sandbox.v1.Certificate*X\n\x0b\x43heckResult\x12\x1c\n\x18\x43HECK_RESULT_UNSPECIFIED\x10\x00\x12\t\n\x05MATCH\x10\x01\x12\x0c\n\x08NO_MATCH\x10\x02\x12\x12\n\x0eUNKNOWN_ENTITY\x10\x03\x32\xdb\x02\n\x13VerificationService\x12?\n\x06Verify\x12\x19.sandbox.v1.VerifyRequest\x1a\x1a.sandbox.v1.VerifyResponse\x12T\n\rGetPrivateSet\x12 .sandbox.v1.GetPrivateSetRequest\x1a!.sandbox.v1.GetPrivateSetResponse\x12T\n\rVerifyPrivate\x12 .sandbox.v1.VerifyPrivateRequest\x1a!.sandbox.v1.VerifyPrivateResponse\x12W\n\x10\x43heckCertificate\x12#.sandbox.v1.CheckCertificateRequest\x1a\x1e.sandbox.v1.GetReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sandbox/v1/verify.proto\x12\nsandbox.v1\x1a\x1dprotos/sandbox/v1/audit.proto\"C\n\nVerifyItem\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x03(\t\x12\x13\n\x0b\x63onsent_ref\x18\x03 \x01(\t\"p\n\rVerifyRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12%\n\x05items\x18\x03 \x03(\x0b\x32\x16.sandbox.v1.VerifyItem\x12\x14\n\x0c\x63\x65rtificates\x18\x04 \x01(\x08\".\n\x0b\x43\x65rtificate\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb9\x01\n\x0eVerifyResponse\x12(\n\x07results\x18\x01 \x03(\x0e\x32\x17.sandbox.v1.CheckResult\x12-\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x17.sandbox.v1.Certificate\x12\x12\n\nquota_used\x18\x03 \x01(\x04\x12\x11\n\tquota_cap\x18\x04 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\":\n\x14GetPrivateSetRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\"5\n\x15GetPrivateSetResponse\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"a\n\x14VerifyPrivateRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0f\n\x07\x62linded\x18\x03 \x03(\x0c\x12\x14\n\x0c\x63onsent_refs\x18\x04 \x03(\t\"`\n\x15VerifyPrivateResponse\x12\x11\n\tevaluated\x18\x01 \x03(\x0c\x12\x12\n\nquota_used\x18\x02 \x01(\x04\x12\x11\n\tquota_cap\x18\x03 \x01(\x04\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"G\n\x17\x43heckCertificateRequest\x12,\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x17.sandbox.v1.Certificate*X\n\x0b\x43heckResult\x12\x1c\n\x18\x43HECK_RESULT_UNSPECIFIED\x10\x00\x12\t\n\x05MATCH\x10\x01\x12\x0c\n\x08NO_MATCH\x10\x02\x12\x12\n\x0eUNKNOWN_ENTITY\x10\x03\x32\xdb\x02\n\x13VerificationService\x12?\n\x06Verify\x12\x19.sandbox.v1.VerifyRequest\x1a\x1a.sandbox.v1.VerifyResponse\x12T\n\rGetPrivateSet\x12 .sandbox.v1.GetPrivateSetRequest\x1a!.sandbox.v1.GetPrivateSetResponse\x12T\n\rVerifyPrivate\x12 .sandbox.v1.VerifyPrivateRequest\x1a!.sandbox.v1.VerifyPrivateResponse\x12W\n\x10\x43heckCertificate\x12#.sandbox.v1.CheckCertificateRequest\x1a\x1e.sandbox.v1.GetReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sandbox.v1.verify_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKRESULT']._serialized_start=851
-  _globals['_CHECKRESULT']._serialized_end=939
+  _globals['_CHECKRESULT']._serialized_start=881
+  _globals['_CHECKRESULT']._serialized_end=969
   _globals['_VERIFYITEM']._serialized_start=77
   _globals['_VERIFYITEM']._serialized_end=144
   _globals['_VERIFYREQUEST']._serialized_start=146
@@ -41,17 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CERTIFICATE']._serialized_start=260
   _globals['_CERTIFICATE']._serialized_end=306
   _globals['_VERIFYRESPONSE']._serialized_start=309
-  _globals['_VERIFYRESPONSE']._serialized_end=479
-  _globals['_GETPRIVATESETREQUEST']._serialized_start=481
-  _globals['_GETPRIVATESETREQUEST']._serialized_end=539
-  _globals['_GETPRIVATESETRESPONSE']._serialized_start=541
-  _globals['_GETPRIVATESETRESPONSE']._serialized_end=594
-  _globals['_VERIFYPRIVATEREQUEST']._serialized_start=596
-  _globals['_VERIFYPRIVATEREQUEST']._serialized_end=693
-  _globals['_VERIFYPRIVATERESPONSE']._serialized_start=695
-  _globals['_VERIFYPRIVATERESPONSE']._serialized_end=776
-  _globals['_CHECKCERTIFICATEREQUEST']._serialized_start=778
-  _globals['_CHECKCERTIFICATEREQUEST']._serialized_end=849
-  _globals['_VERIFICATIONSERVICE']._serialized_start=942
-  _globals['_VERIFICATIONSERVICE']._serialized_end=1289
+  _globals['_VERIFYRESPONSE']._serialized_end=494
+  _globals['_GETPRIVATESETREQUEST']._serialized_start=496
+  _globals['_GETPRIVATESETREQUEST']._serialized_end=554
+  _globals['_GETPRIVATESETRESPONSE']._serialized_start=556
+  _globals['_GETPRIVATESETRESPONSE']._serialized_end=609
+  _globals['_VERIFYPRIVATEREQUEST']._serialized_start=611
+  _globals['_VERIFYPRIVATEREQUEST']._serialized_end=708
+  _globals['_VERIFYPRIVATERESPONSE']._serialized_start=710
+  _globals['_VERIFYPRIVATERESPONSE']._serialized_end=806
+  _globals['_CHECKCERTIFICATEREQUEST']._serialized_start=808
+  _globals['_CHECKCERTIFICATEREQUEST']._serialized_end=879
+  _globals['_VERIFICATIONSERVICE']._serialized_start=972
+  _globals['_VERIFICATIONSERVICE']._serialized_end=1319
 # @@protoc_insertion_point(module_scope)

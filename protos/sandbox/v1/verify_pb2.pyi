@@ -137,10 +137,15 @@ class VerifyResponse(_message.Message):
     QUOTA_USED_FIELD_NUMBER: _builtins.int
     QUOTA_CAP_FIELD_NUMBER: _builtins.int
     AUDIT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
     quota_used: _builtins.int
     quota_cap: _builtins.int
     audit_public_key: _builtins.bytes
     """the key the certificates are signed with, as the server states it"""
+    nonce: _builtins.bytes
+    """16 random bytes: the audit entry keeps the response's SHA-256, which must not let a reader of the log try
+    every combination of results of a small batch until one matches.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedScalarFieldContainer[Global___CheckResult.ValueType]:
         """in the order of the items"""
@@ -157,10 +162,11 @@ class VerifyResponse(_message.Message):
         quota_used: _builtins.int = ...,
         quota_cap: _builtins.int = ...,
         audit_public_key: _builtins.bytes = ...,
+        nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_public_key", b"audit_public_key", "certificates", b"certificates", "quota_cap", b"quota_cap", "quota_used", b"quota_used", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_public_key", b"audit_public_key", "certificates", b"certificates", "nonce", b"nonce", "quota_cap", b"quota_cap", "quota_used", b"quota_used", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,8 +259,11 @@ class VerifyPrivateResponse(_message.Message):
     EVALUATED_FIELD_NUMBER: _builtins.int
     QUOTA_USED_FIELD_NUMBER: _builtins.int
     QUOTA_CAP_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
     quota_used: _builtins.int
     quota_cap: _builtins.int
+    nonce: _builtins.bytes
+    """as VerifyResponse.nonce"""
     @_builtins.property
     def evaluated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """each point raised to the grant's key, in order"""
@@ -265,10 +274,11 @@ class VerifyPrivateResponse(_message.Message):
         evaluated: _abc.Iterable[_builtins.bytes] | None = ...,
         quota_used: _builtins.int = ...,
         quota_cap: _builtins.int = ...,
+        nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluated", b"evaluated", "quota_cap", b"quota_cap", "quota_used", b"quota_used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluated", b"evaluated", "nonce", b"nonce", "quota_cap", b"quota_cap", "quota_used", b"quota_used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
