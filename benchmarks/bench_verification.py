@@ -1,7 +1,7 @@
 """What does verification (核验) cost? ``Verify`` through the SDK against the same predicate in numpy, and private mode against plain mode.
 
-    .venv/bin/python benchmarks/bench_verification.py            # full run (about 1 minute 30 s on 2 cores)
-    .venv/bin/python benchmarks/bench_verification.py --quick    # smoke run: 1,000-check batches, 2 repetitions
+    .venv/bin/python benchmarks/bench_verification.py            # full run (about 60-75 s on 2 cores)
+    .venv/bin/python benchmarks/bench_verification.py --quick    # smoke run: 1,000-check batches, 2 repetitions (about 11 s)
 
 Starts a real TLS sandbox server in a process of its own (so that it does not share this process's GIL with
 the client and the numpy baseline) on a free port, in a fresh data directory, imports the bundled credit
