@@ -34,7 +34,7 @@ from clients.signing import grant_missing_cosignatures, load_key, verify_terms_s
 from clients.transport import DEFAULT_MAX_MESSAGE, SignedTransport
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, common_pb2, dp_pb2, fl_pb2, he_pb2, verify_pb2
 from clients import verify as vf
-from wire import transparency
+from wire import checks, transparency
 from wire.signing import cosign_payload
 from wire.budget import ATTO, NANO, to_units
 
@@ -265,12 +265,12 @@ class SandboxClient:
         self, certificate: str | bytes | t.Certificate, *, audit_public_key: bytes | None = None,
         entity_id: str | None = None, claim: Sequence[str] | str | None = None, consent_ref: str | None = None,
     ) -> t.CertificateCheck:
-        """Online: the offline checks (``clients.verify.check_certificate``), then the audit entry the certificate
+        """Online: the offline checks (``clients.verify.certificate_check``), then the audit entry the certificate
         names, proved included in a tree head the audit key signed. ``audit_public_key`` is the sandbox's
         published key; without it the key the server states is used."""
         body, signature, stated = vf.read_certificate(certificate)
         key = audit_public_key or stated
-        offline = vf.check_certificate(certificate, key, entity_id=entity_id, claim=claim, consent_ref=consent_ref)
+        offline = vf.certificate_check(certificate, key, entity_id=entity_id, claim=claim, consent_ref=consent_ref)
         if offline.problems:
             return offline
         resp = self._certificate_receipt(verify_pb2.Certificate(json=body, signature=signature))
@@ -482,14 +482,14 @@ class ApplicantClient(SandboxClient):
             raise serde.invalid(f"template {template!r} is not in the grant "
                                 f"({', '.join(x.name for x in settings.templates)})")
         types = {c.name: c.type for d in self.catalogue() if d.name == dataset for c in d.columns}
-        claim_types = [types.get(a.column, "string") for a in vf.checks.parse(chosen.expression).parameters]
+        claim_types = [types.get(a.column, "string") for a in checks.parse(chosen.expression).parameters]
         seconds = {"set": 0.0, "blind": 0.0, "server": 0.0, "unblind": 0.0}
         start = time.perf_counter()
         stored = self._private_sets.get((grant_id, template))
         if stored is None:
-            resp = self._t.call(_VERIFY + "GetPrivateSet", verify_pb2.GetPrivateSetRequest(
+            found = self._t.call(_VERIFY + "GetPrivateSet", verify_pb2.GetPrivateSetRequest(
                 grant_id=grant_id, template=template), verify_pb2.GetPrivateSetResponse, timeout=timeout)
-            stored = self._private_sets[(grant_id, template)] = vf.private_set(resp.points)
+            stored = self._private_sets[(grant_id, template)] = vf.private_set(found.points)
         seconds["set"] = vf.elapsed(start)
         results: list[str] = []
         receipts = []

@@ -17,7 +17,7 @@ from clients import types as t
 from wire import checks
 from wire import verification as wv
 
-__all__ = ["MAX_BATCH", "Item", "items_of", "check_certificate", "read_certificate"]
+__all__ = ["MAX_BATCH", "Item", "items_of", "certificate_check", "read_certificate"]
 
 #: The most items one Verify call carries (the server's limit); longer lists are sent in several calls.
 MAX_BATCH = 10_000
@@ -63,7 +63,7 @@ class PrivateItems:
             if len(claim) != len(claim_types):
                 raise serde.invalid(f"template '{template.name}' takes {len(claim_types)} claimed value(s) per item")
             try:
-                entity = wv.canonical_claim("integer", entity_id) if id_type == "integer" else entity_id
+                entity = wv.canonical_id(id_type, entity_id)
                 values = [wv.canonical_claim(ct, v) for ct, v in zip(claim_types, claim)]
             except ValueError as exc:
                 raise serde.invalid(f"item {entity_id[:32]!r}: {exc}") from None
@@ -94,7 +94,7 @@ def read_certificate(source: str | bytes | t.Certificate) -> tuple[bytes, bytes,
         raise serde.invalid(f"not a certificate file: {exc}") from None
 
 
-def check_certificate(source: str | bytes | t.Certificate, audit_public_key: bytes, *,
+def certificate_check(source: str | bytes | t.Certificate, audit_public_key: bytes, *,
                       entity_id: str | None = None, claim: Sequence[str] | str | None = None,
                       consent_ref: str | None = None) -> t.CertificateCheck:
     """Offline: does the certificate verify with the sandbox's published key (and, given them, is it about this

@@ -11,7 +11,7 @@ import functools
 import hashlib
 from collections.abc import Iterable
 
-from sandbox import ledger, principals, serde, stewards, verification
+from sandbox import catalogue, ledger, principals, serde, stewards, verification
 from sandbox.domain import (
     Application, Grant, GrantCosignature, GrantTerms, Principal, PrincipalStatus, Role, Scenario, ScenarioStatus,
 )
@@ -161,6 +161,15 @@ def approve(
     if applicant.status is not PrincipalStatus.ACTIVE:
         raise SandboxError(ErrorCode.PRINCIPAL_INACTIVE, "applicant is not active")
     check_terms_narrow(terms, scenario, scenario.application, approver, applicant, now_ms, skew_ms)
+    if terms.verification is not None:  # the granted templates must stand on their own against the granted columns
+        sel = terms.datasets[0]
+        try:
+            again = verification.check_settings(catalogue.get_dataset(tx, sel.name, sel.version), sel,
+                                                terms.verification, terms.quota)
+        except SandboxError as exc:
+            raise SandboxError(ErrorCode.INVALID_TERMS, exc.public_detail) from exc
+        if again != terms.verification:
+            raise SandboxError(ErrorCode.INVALID_TERMS, "verification settings must be in canonical form")
     stewards.check_terms(tx, terms)
     grant = Grant(grant_id_for(terms_bytes), terms_bytes, signature, terms)
     try:

@@ -28,6 +28,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,6 @@ PRIVATE_PAD = 4096
 MAX_ID = 64
 MAX_CLAIM = 256
 _CONSENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
-_INTEGER_ID = re.compile(r"^[0-9]{1,18}$")
 
 
 def _bad(detail: str) -> SandboxError:
@@ -207,9 +207,10 @@ def _granted(call: Call, grant_id: str, template: str, *, private: bool = False
 def canonical_id(col: ColumnSchema, entity_id: str) -> str:
     """An entity id as the index holds it, or INVALID_ARGUMENT if it cannot be one of this column's ids."""
     if col.type is ColumnType.INTEGER:
-        if not _INTEGER_ID.match(entity_id):
-            raise _bad(f"entity ids of '{col.name}' are whole numbers of 1 to 18 digits")
-        return str(int(entity_id))
+        try:
+            return wv.canonical_id(col.type.value, entity_id)
+        except ValueError:
+            raise _bad(f"entity ids of '{col.name}' are whole numbers of 1 to 18 digits") from None
     if not 1 <= len(entity_id) <= MAX_ID or not entity_id.isprintable():
         raise _bad(f"entity ids are 1 to {MAX_ID} printable characters")
     return entity_id
@@ -237,11 +238,12 @@ def _claim_values(col: ColumnSchema, atom: checks.Atom, values: list[str], templ
     outside = (numbers < lo) | (numbers > hi)
     if outside.any():
         raise _bad(f"template '{template}': a claimed {col.name} lies outside its declared bounds "
-                   f"[{col.lower:g}, {col.upper:g}]")
+                   f"[{'-inf' if col.lower is None else f'{col.lower:g}'}, "
+                   f"{'inf' if col.upper is None else f'{col.upper:g}'}]")
     return numbers
 
 
-def _compare(stored: np.ndarray, op: str, value: object) -> np.ndarray:
+def _compare(stored: np.ndarray, op: str, value: Any) -> np.ndarray:
     return {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
             ">=": np.greater_equal}[op](stored, value)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from wire.signing import verify_signature
 
 __all__ = [
-    "CERTIFICATE_VERSION", "POINT_BYTES", "batch_digest", "canonical_claim", "certificate_payload",
+    "CERTIFICATE_VERSION", "POINT_BYTES", "batch_digest", "canonical_claim", "canonical_id", "certificate_payload",
     "check_certificate", "claim_digest", "consent_digest", "entity_digest", "item_hash", "load_certificate",
 ]
 
@@ -48,6 +49,8 @@ def canonical_claim(column_type: str, value: str) -> str:
     the shortest round-trip decimal, categories and strings as given. ValueError if it is not of the type."""
     text = value.strip()
     if column_type == "integer":
+        if re.fullmatch(r"[-+]?[0-9]{1,18}", text):  # exactly, without passing through a float
+            return str(int(text))
         number = float(text)
         if not math.isfinite(number) or not number.is_integer():
             raise ValueError(f"{text[:32]!r} is not an integer")
@@ -58,6 +61,16 @@ def canonical_claim(column_type: str, value: str) -> str:
             raise ValueError(f"{text[:32]!r} is not a finite number")
         return repr(number + 0.0)
     return value
+
+
+def canonical_id(column_type: str, entity_id: str) -> str:
+    """An entity id as both sides write it: an integer identifier's digits without leading zeros (ValueError if
+    it is not 1 to 18 digits), any other identifier as given."""
+    if column_type == "integer":
+        if not re.fullmatch(r"[0-9]{1,18}", entity_id):
+            raise ValueError("entity ids of an integer identifier are whole numbers of 1 to 18 digits")
+        return str(int(entity_id))
+    return entity_id
 
 
 def _json(doc: Mapping[str, Any]) -> bytes:
@@ -160,7 +173,7 @@ def _group() -> Any:
     once loaded, the file is removed so that no process leaves it behind."""
     global _RBCL
     if _RBCL is None:
-        import rbcl  # noqa: PLC0415 - only private mode needs it
+        import rbcl  # type: ignore[import-untyped]  # noqa: PLC0415 - only private mode needs it
 
         loaded = sys.modules.get("rbcl._sodium")
         path = getattr(loaded, "lib_path", None)

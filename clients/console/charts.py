@@ -34,7 +34,8 @@ def _entities(request: str) -> int | None:
         doc = json.loads(request) if request else None
     except ValueError:
         return None
-    value = doc.get("entities") if isinstance(doc, dict) else None
+    # HE Score: "entities"; verification: "items" (Verify) or "points" (VerifyPrivate), as sandbox/describe.py writes
+    value = next((doc[k] for k in ("entities", "items", "points") if k in doc), None) if isinstance(doc, dict) else None
     if isinstance(value, list):
         return len(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -48,7 +49,7 @@ def usage_series(entries: Iterable[t.AuditEntry], *, kind: str) -> list[UsagePoi
         if e.status != CHARGED:
             continue
         epsilon += e.epsilon
-        counted = _entities(e.request) if kind == "HE_SCORING" else None
+        counted = _entities(e.request) if kind in ("HE_SCORING", "VERIFICATION") else None
         quota += 1 if counted is None else counted
         points.append(UsagePoint(e.time, epsilon, quota))
     return points

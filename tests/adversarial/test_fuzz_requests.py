@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clients import AdminClient, InternalServerError, SandboxClientError, generate_key, public_key_of
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2, verify_pb2
 from tests.conftest import DATA, SCHEMAS, start_sandbox
 
 F = d.FieldDescriptor
@@ -92,7 +92,8 @@ def message_strategy(desc: d.Descriptor, depth: int = 0) -> st.SearchStrategy:  
 
 SERVICES = [(f, name) for f, names in (
     (admin_pb2, ("AdminService", "StewardService")), (applicant_pb2, ("ApplicantService",)),
-    (audit_pb2, ("AuditService",)), (dp_pb2, ("DpQueryService",)), (he_pb2, ("ModelService", "HeScoringService")), (fl_pb2, ("FlTrainingService",)))
+    (audit_pb2, ("AuditService",)), (dp_pb2, ("DpQueryService",)), (he_pb2, ("ModelService", "HeScoringService")), (fl_pb2, ("FlTrainingService",)),
+    (verify_pb2, ("VerificationService",)))
     for name in names]
 METHODS = [m for f, name in SERVICES for m in f.DESCRIPTOR.services_by_name[name].methods]
 

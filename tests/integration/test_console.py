@@ -502,3 +502,34 @@ def test_a_suspended_principals_console_says_so_and_shows_nothing_else(consoles:
                 assert "The sandbox said no" in answer.body and "<table" not in answer.body
         finally:
             h.stop()
+
+
+def test_a_verification_application_shows_its_templates_and_limits_and_is_approved(tmp_path: Path) -> None:
+    sbx = start_sandbox(tmp_path)
+    admin = sbx.admin()
+    admin.import_dataset(SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz")
+    key = generate_key()
+    admin.enrol(name="Bank", organisation="Bank", roles=["applicant"], public_key=public_key_of(key))
+    bank = ApplicantClient(sbx.address, key=key, ca=sbx.ca)
+    s = bank.apply(title="Loan checks", purpose="Verify declared age", legal_basis="Applicants' consent",
+                   kind="VERIFICATION", datasets={"credit_default": ["ID", "AGE", "PAY_0"]}, quota=300,
+                   verification={"id_column": "ID", "templates": {"age": "AGE==?", "repaid": "PAY_0 <= 0"},
+                                 "reveal_unknown": True})
+    admin_console = serve(admin, port=0)
+    try:
+        cookie = open_session(admin_console)
+        review = request(admin_console, "GET", f"/admin/review/{s.id}", cookie=cookie).body
+        assert [r[:2] for r in _table_rows(review, "check-templates")] == [["age", "AGE == ?"],
+                                                                         ["repaid", "PAY_0 &lt;= 0"]]
+        assert "300 checks" in review and "at most <strong>3</strong> check(s) of one entity" in review
+        assert "answered UNKNOWN_ENTITY" in review
+        answer = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve",
+                       [("quota", "200"), *(("columns.credit_default", c) for c in ["ID", "AGE", "PAY_0"])])
+        assert answer.status == 303
+        g = bank.scenario(s.id).grant
+        assert g is not None and g.terms.quota == 200 and g.terms.verification == bank.scenario(s.id).verification
+    finally:
+        admin_console.stop()
+        admin.close()
+        bank.close()
+        sbx.stop()

@@ -143,3 +143,33 @@ def test_two_servers_share_budgets_nonces_revocations_and_one_audit_log(pair: Pa
     assert report.ok, report.findings
     assert report.entries > CALLS * 2 and report.entries == report.signed_entries
     assert charged[0] == pytest.approx(FIT * EPSILON * 1e9, abs=FIT * 10) and charged[1] == 0
+
+
+def test_verification_limits_and_certificates_hold_across_two_servers(pair: Pair) -> None:
+    """One entity checked on both servers counts once per check; a certificate one server issued, the other proves;
+    both servers derive the same private-mode key, so a private batch may go to either."""
+    admin_a, admin_b = pair.admin(0), pair.admin(1)
+    admin_a.import_dataset(SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz")
+    key = generate_key()
+    admin_b.enrol(name="Bank", organisation="Bank", roles=["applicant"], public_key=public_key_of(key))
+    bank = [pair.client(0, key), pair.client(1, key)]
+    s = bank[0].apply(title="Loan checks", purpose="Verify declared ages", legal_basis="Applicants' consent",
+                      kind="VERIFICATION", datasets={"credit_default": ["ID", "AGE"]}, quota=100,
+                      verification={"id_column": "ID", "templates": {"age": "AGE == ?"}, "private_mode": True})
+    grant = admin_b.approve(s.id).grant
+    assert grant is not None
+    for i in range(3):  # ID 1 is 24 years old in the bundled data
+        assert bank[i % 2].verify(grant.id, "age", [("1", 24 + i, f"AUTH-{i}")]).results[0] == (
+            "MATCH" if i == 0 else "NO_MATCH")
+    for b in bank:
+        with pytest.raises(ResourceExhausted) as limited:
+            b.verify(grant.id, "age", [("1", 30, "AUTH-9")])
+        assert limited.value.code == "ENTITY_LIMIT"
+    cert = bank[0].verify(grant.id, "age", [("2", 26, "AUTH-10")], certificates=True).certificates[0]
+    public = bytes.fromhex((pair.dirs[0] / "keys" / "audit_signing.pub").read_text().strip())
+    assert bank[1].check_certificate(cert, audit_public_key=public).valid
+    items = [(str(i), 20 + i % 40, f"AUTH-{i}") for i in range(3, 23)]
+    assert bank[0].verify(grant.id, "age", items, private=True).results == bank[1].verify(
+        grant.id, "age", items, private=True).results == bank[0].verify(grant.id, "age", items).results
+    for c in (*bank, admin_a, admin_b):
+        c.close()

@@ -60,3 +60,10 @@ def test_a_total_over_the_cap_stretches_the_scale_and_nothing_spent_draws_no_lin
     assert over.top < over.cap_y < over.bottom
     empty = step_chart("quota used", [], 10.0, start=T0, end=end)
     assert empty.points == "" and empty.last == "0"
+
+
+def test_verification_counts_the_checks_of_each_batch_plain_or_private() -> None:
+    entries = [entry(1, "RESERVED", request=json.dumps({"items": 200, "items_sha256": "ab", "consents": 200})),
+               entry(2, "RESERVED", request=json.dumps({"points": 50, "consents": 50})),
+               entry(3, "OK", request=json.dumps({"items": 200}))]  # the release entry charges nothing
+    assert [p.quota for p in usage_series(entries, kind="VERIFICATION")] == [200, 250]

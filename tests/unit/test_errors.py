@@ -7,7 +7,7 @@ import pytest
 
 import clients
 from clients import errors as client_errors
-from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
+from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2  # noqa: F401
 from sandbox.errors import CATALOGUE, ErrorCode, SandboxError
 from sandbox.servicers import METHOD_ROLES
 
@@ -57,10 +57,20 @@ def test_unknown_status_still_typed() -> None:
     assert type(e) is client_errors.SandboxClientError and not isinstance(e, grpc.RpcError)
 
 
+def _all_pb2() -> list[object]:
+    import importlib
+    import pkgutil
+
+    import protos.sandbox.v1 as v1
+
+    return [importlib.import_module(f"protos.sandbox.v1.{m.name}") for m in pkgutil.iter_modules(v1.__path__)
+            if m.name.endswith("_pb2")]
+
+
 def test_every_rpc_has_a_role_rule() -> None:
     methods = {
         f"/{service.full_name}/{m.name}"
-        for module in (admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2)
+        for module in _all_pb2()  # every generated module, so a new service cannot be missed
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     }
@@ -73,5 +83,5 @@ def test_public_api_is_declared() -> None:
         assert hasattr(clients, name), name
     public = {n for n in dir(clients) if not n.startswith("_")} - {
         "client", "errors", "serde", "signing", "transport", "types", "schema_file", "cli", "cli_admin", "cli_query",
-        "cli_score", "cli_train", "cli_steward", "cli_env", "cli_json", "cli_console", "console", "query", "he", "witness"}
+        "cli_score", "cli_train", "cli_steward", "cli_env", "cli_json", "cli_console", "cli_verify", "console", "query", "he", "witness", "verify"}
     assert public <= set(clients.__all__), public - set(clients.__all__)
