@@ -347,7 +347,7 @@ def verify_plain(bank: ApplicantClient, wire: Wire, server: ServerProcess, grant
             j = len(batch.items) // 2
             e, c, r = batch.items[j]
             cert = result.certificates[j]
-            check = vf.check_certificate(cert, cert.audit_public_key, entity_id=e, claim=c, consent_ref=r)
+            check = vf.certificate_check(cert, cert.audit_public_key, entity_id=e, claim=c, consent_ref=r)
             way.certificates_checked += 1
             if check.problems or check.document.get("result") != result.results[j]:
                 way.certificate_problems.append("; ".join(check.problems) or "the certificate names another result")
