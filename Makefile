@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dp_query.py
 	$(PY) benchmarks/bench_dp_timing.py
 	$(PY) benchmarks/bench_he_scoring.py
+	$(PY) benchmarks/bench_verification.py
 	$(PY) benchmarks/bench_fl_training.py
 	$(PY) benchmarks/bench_state.py
 

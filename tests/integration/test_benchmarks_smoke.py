@@ -151,3 +151,26 @@ def test_state_benchmark_quick_run_prints_tables_and_ratios() -> None:
     assert sorted(two_one) == [("in-process", 16), ("in-process", 64), ("processes", 16), ("processes", 64)], last
     for v in [*(x for xs in pg_sqlite.values() for x in xs), *queries.values(), *two_one.values()]:
         assert math.isfinite(v) and v > 0, last
+
+
+VERIFY_BENCH = ROOT / "benchmarks" / "bench_verification.py"
+VERIFY_PLAIN = re.compile(r"(\w+) server/numpy=(\S+) checks_per_s=(\S+)")
+VERIFY_PRIVATE = re.compile(r"private/plain=(\S+) first/plain=(\S+) checks_per_s=(\S+)")
+
+
+def test_verification_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    out = quick_run(VERIFY_BENCH, timeout=120, shows=(
+                    "Plain mode: batches of 1,000 checks", "numpy in-process (baseline)", "ratio server/numpy",
+                    "checks/s", "Where a plain verify()'s time goes", "Verify RPC (client-observed)",
+                    "The Verify path's steps", "Private mode vs plain mode on the same items", "set download",
+                    "blind", "unblind", "plain verify() on the same items", "Bytes per batch", "VerifyPrivateRequest",
+                    "GetPrivateSetResponse", "The pieces alone", "to_point", "PrivateSets",
+                    "every server result equals numpy's, and private mode's equal plain mode's"))
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS verification: "), last
+    plain = {m[0]: [float(x) for x in m[1:]] for m in VERIFY_PLAIN.findall(last)}
+    assert sorted(plain) == ["age", "age_certs", "limit", "limit_certs"], last
+    private = VERIFY_PRIVATE.search(last)
+    assert private is not None, last
+    for v in [*(x for xs in plain.values() for x in xs), *(float(x) for x in private.groups())]:
+        assert math.isfinite(v) and v > 0, last
