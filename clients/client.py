@@ -131,6 +131,7 @@ class SandboxClient:
                                   max_message_bytes=max_message_bytes, channel=channel)
         self._models: dict[str, t.ModelSpec] = {}  # scoring models read so far, by hash
         self._private_sets: dict[tuple[str, str], frozenset[bytes]] = {}  # private mode: (grant, template) -> set
+        self._verification_grants: dict[str, tuple[t.VerificationSettings, str]] = {}  # grant -> settings, dataset
 
     @property
     def principal_id(self) -> str:
@@ -526,10 +527,15 @@ class ApplicantClient(SandboxClient):
         return t.VerifyResult(tuple(results), (), used, cap, True, tuple(receipts), seconds)
 
     def _verification_grant(self, grant_id: str) -> tuple[t.VerificationSettings, str]:
-        """The settings and dataset of one of this applicant's verification grants, as its signed terms say."""
+        """The settings and dataset of one of this applicant's verification grants, as its signed terms say (asked
+        once per grant: signed terms never change)."""
+        if grant_id in self._verification_grants:
+            return self._verification_grants[grant_id]
         for s in self.scenarios():
             if s.grant is not None and s.grant.id == grant_id and s.grant.terms.verification is not None:
-                return s.grant.terms.verification, s.grant.terms.datasets[0].name
+                found = s.grant.terms.verification, s.grant.terms.datasets[0].name
+                self._verification_grants[grant_id] = found
+                return found
         raise NotFound("no verification grant of yours has this id", status="NOT_FOUND", code="NOT_GRANTEE")
 
 class ResearcherClient(ApplicantClient):

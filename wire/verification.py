@@ -44,6 +44,8 @@ CERTIFICATE_FIELDS = frozenset({
     "entity_sha256", "claim_sha256", "consent_sha256", "result", "issued_at_ms", "audit_seq", "batch_sha256",
 })
 RESULTS = ("MATCH", "NO_MATCH", "UNKNOWN_ENTITY")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_INTEGER = re.compile(r"[-+]?[0-9]{1,18}")
 
 
 def canonical_claim(column_type: str, value: str) -> str:
@@ -51,7 +53,7 @@ def canonical_claim(column_type: str, value: str) -> str:
     the shortest round-trip decimal, categories and strings as given. ValueError if it is not of the type."""
     text = value.strip()
     if column_type == "integer":
-        if re.fullmatch(r"[-+]?[0-9]{1,18}", text):  # exactly, without passing through a float
+        if _INTEGER.fullmatch(text):  # exactly, without passing through a float
             return str(int(text))
         number = float(text)
         if not math.isfinite(number) or not number.is_integer():
@@ -69,7 +71,7 @@ def canonical_id(column_type: str, entity_id: str) -> str:
     """An entity id as both sides write it: an integer identifier's digits without leading zeros (ValueError if
     it is not 1 to 18 digits), any other identifier as given."""
     if column_type == "integer":
-        if not re.fullmatch(r"[0-9]{1,18}", entity_id):
+        if not _DIGITS.fullmatch(entity_id):
             raise ValueError("entity ids of an integer identifier are whole numbers of 1 to 18 digits")
         return str(int(entity_id))
     return entity_id
@@ -140,7 +142,7 @@ def check_certificate(certificate_json: bytes, signature: bytes, audit_public_ke
         problems.append("the signature does not verify with the sandbox's key")
     salt = str(doc["salt"])
     forms = {entity_id} if entity_id is not None else set()
-    if entity_id is not None and re.fullmatch(r"[0-9]{1,18}", entity_id):
+    if entity_id is not None and _DIGITS.fullmatch(entity_id):
         forms.add(canonical_id("integer", entity_id))  # an integer identifier is digested without leading zeros
     if entity_id is not None and doc["entity_sha256"] not in {entity_digest(salt, f) for f in forms}:
         problems.append("the certificate is about another entity")
