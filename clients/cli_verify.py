@@ -24,11 +24,11 @@ from clients.cli_json import AsJson, jsonable, print_json
 from clients.client import ApplicantClient, SandboxClient
 from clients.errors import SandboxClientError
 from wire import checks
+from wire.verification import RESULTS
 
 __all__ = ["ClaimRow", "claim_columns", "read_claims", "template_meaning", "verification_text"]
 
 ENTITY, CONSENT = "entity_id", "consent_ref"
-RESULTS = ("MATCH", "NO_MATCH", "UNKNOWN_ENTITY")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -460,7 +460,7 @@ class ApplicantClient(SandboxClient):
             return self._verify_private(grant_id, template, batch, timeout)
         results: list[str] = []
         certs: list[t.Certificate] = []
-        receipts = []
+        receipts: list[t.Receipt] = []
         used = cap = 0
         start = time.perf_counter()
         for i in range(0, len(batch), vf.MAX_BATCH):
@@ -500,7 +500,7 @@ class ApplicantClient(SandboxClient):
             stored = self._private_sets[(grant_id, template)] = vf.private_set(found.points)
         seconds["set"] = vf.elapsed(start)
         results: list[str] = []
-        receipts = []
+        receipts: list[t.Receipt] = []
         used = cap = 0
         for i in range(0, len(batch), vf.MAX_BATCH):
             start = time.perf_counter()
