@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -78,17 +79,13 @@ class _HeCalls:
                                self._t.last_receipt)
 
 
-def _certificate_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str, Any], audit_public_key: bytes
-                    ) -> tuple[list[str], t.AuditEntry, t.TreeHead]:
-    """The entry a certificate names is the Verify call of its grant and batch, signed, and in a signed head."""
+def _logged(resp: audit_pb2.GetReceiptResponse, audit_public_key: bytes) -> list[str]:
+    """What is wrong with an entry as GetReceipt (or CheckCertificate) returns it: its hash, the audit key's
+    signatures on it and on the head, and its inclusion proof."""
     e = resp.entry
     fields = {k: getattr(e, k) for k in (*transparency.RECORD_FIELDS, *transparency.OPTIONAL_FIELDS)}
     head = serde.tree_head(resp.head)
     problems = []
-    if e.seq != doc.get("audit_seq") or e.grant_id != doc.get("grant_id") or not e.method.endswith("/Verify"):
-        problems.append("the log's entry is not the check the certificate names")
-    elif f'"items_sha256":"{doc.get("batch_sha256")}"' not in e.request:
-        problems.append("the log's entry records another batch")
     if transparency.entry_hash(e.seq, e.time_unix_ms, e.prev_hash, fields) != e.entry_hash:
         problems.append("the entry's hash does not match its fields")
     if not transparency.verify_signature(audit_public_key, resp.entry_signature,
@@ -99,7 +96,23 @@ def _certificate_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str,
     proof = transparency.inclusion_proof(e.seq, head.size, resp.inclusion.rule, resp.inclusion.path)
     if not transparency.check_inclusion(e.entry_hash, e.seq, head, proof):
         problems.append("the inclusion proof does not lead to the signed head")
-    return problems, serde.audit_entry(e), head
+    return problems
+
+
+def _certificate_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str, Any], audit_public_key: bytes
+                           ) -> tuple[list[str], t.AuditEntry, t.TreeHead]:
+    """The entry a certificate names is the Verify call of its grant and batch, signed, and in a signed head."""
+    e = resp.entry
+    try:
+        recorded = json.loads(e.request) if e.request else {}
+    except ValueError:
+        recorded = {}
+    problems = []
+    if e.seq != doc.get("audit_seq") or e.grant_id != doc.get("grant_id") or not e.method.endswith("/Verify"):
+        problems.append("the log's entry is not the check the certificate names")
+    elif not isinstance(recorded, dict) or recorded.get("items_sha256") != doc.get("batch_sha256"):
+        problems.append("the log's entry records another batch")
+    return problems + _logged(resp, audit_public_key), serde.audit_entry(e), serde.tree_head(resp.head)
 
 
 def _settings(*, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1, fraction_per_round: float = 1.0,
@@ -227,23 +240,13 @@ class SandboxClient:
         seq = receipt if isinstance(receipt, int) else receipt.seq
         resp = self._receipt(seq)
         e, key = resp.entry, audit_public_key or resp.audit_public_key
-        fields = {k: getattr(e, k) for k in (*transparency.RECORD_FIELDS, *transparency.OPTIONAL_FIELDS)}
         head = serde.tree_head(resp.head)
         problems = []
         if e.seq != seq or e.principal_id != self.principal_id:
             problems.append("the entry is not this principal's")
         if isinstance(receipt, t.Receipt) and receipt.response_sha256 and receipt.response_sha256 != e.response_sha256:
             problems.append("the entry records another answer than the one received")
-        if transparency.entry_hash(e.seq, e.time_unix_ms, e.prev_hash, fields) != e.entry_hash:
-            problems.append("the entry's hash does not match its fields")
-        if not transparency.verify_signature(key, resp.entry_signature,
-                                             transparency.entry_payload(e.seq, e.entry_hash)):
-            problems.append("the entry is not signed by the audit key")
-        if not transparency.verify_tree_head(head, key):
-            problems.append("the tree head is not signed by the audit key")
-        proof = transparency.inclusion_proof(e.seq, head.size, resp.inclusion.rule, resp.inclusion.path)
-        if not transparency.check_inclusion(e.entry_hash, e.seq, head, proof):
-            problems.append("the inclusion proof does not lead to the signed head")
+        problems += _logged(resp, key)
         if problems:
             raise PermissionDenied("receipt does not verify: " + "; ".join(problems), status="PERMISSION_DENIED",
                                    code="RECEIPT_INVALID")
