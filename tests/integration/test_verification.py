@@ -666,3 +666,26 @@ def test_a_certificate_names_the_person_however_the_integer_id_was_written(env: 
     assert vf.certificate_check(cert, key, entity_id=r["ID"]).valid
     assert vf.certificate_check(cert, key, entity_id="0" + r["ID"]).valid
     assert not vf.certificate_check(cert, key, entity_id=env.credit[42]["ID"]).valid
+
+
+def test_a_batch_is_read_once_before_the_write_lock(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The items are read in the warm-up (outside the write lock) and the handler takes that reading; a bad batch
+    is still refused by the handler with its reason."""
+    from sandbox import verification
+
+    g = env.grant("credit_default", ["ID", "AGE"], {"age": "AGE == ?"})
+    reads: list[int] = []
+    real = verification._read_items
+
+    def counted(*args, **kw):  # type: ignore[no-untyped-def]
+        reads.append(len(args[-1].items))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(verification, "_read_items", counted)
+    rows = env.credit[50:60]
+    result = env.bank.verify(g, "age", [(r["ID"], r["AGE"], _consent(i)) for i, r in enumerate(rows)])
+    assert result.results == ("MATCH",) * 10 and reads == [10]
+    with pytest.raises(InvalidArgument, match="outside its declared bounds"):
+        env.bank.verify(g, "age", [(rows[0]["ID"], 150, _consent(1))])
+    assert reads == [10, 1, 1]  # the warm-up gave up; the handler read it again and said why
+    assert _quota_used(env, g) == 10
