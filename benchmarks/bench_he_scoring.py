@@ -71,6 +71,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import he_engine  # noqa: E402
+from benchmarks.micro import Micro  # noqa: E402
+from benchmarks.micro import timeit as _timeit  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from he_engine import worker as he_worker  # noqa: E402
 from protos.sandbox.v1 import he_pb2  # noqa: E402
@@ -223,26 +225,6 @@ class Batches:
     def fail(self, exc: BaseException) -> None:
         self.errors += 1
         self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class Micro:
-    name: str
-    iterations: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def ms(self) -> float:
-        return self.seconds / self.iterations * 1000.0
-
-
-def _timeit(name: str, n: int, fn: Callable[[], object], note: str = "") -> Micro:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return Micro(name, n, time.perf_counter() - t0, note)
 
 
 def run_batches(bank: ApplicantClient, grant: str, model: str, session: Any, rows: Rows, local: InProcess,

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.micro import Micro, timeit  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from clients.signing import sign_request  # noqa: E402
 from sandbox.config import ServerConfig, load_config  # noqa: E402
@@ -147,24 +148,8 @@ def run_config(make_client: Callable[[], ApplicantClient], kind: str, clients: i
                   sum(w.errors for w in workers), next((w.first_error for w in workers if w.first_error), ""))
 
 
-@dataclass
-class Micro:
-    name: str
-    iterations: int
-    seconds: float
-
-    @property
-    def us(self) -> float:
-        return self.seconds / self.iterations * 1e6
-
-
 def _timeit(name: str, n: int, fn: Callable[[], object]) -> Micro:
-    for _ in range(min(n, 50)):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return Micro(name, n, time.perf_counter() - t0)
+    return timeit(name, n, fn, warmup=min(n, 50))
 
 
 def micro_benchmarks(scratch: Path, n_crypto: int, n_commit: int) -> list[Micro]:

@@ -67,6 +67,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.micro import Micro  # noqa: E402
+from benchmarks.micro import timeit as _timeit  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from clients import verify as vf  # noqa: E402
 from protos.sandbox.v1 import verify_pb2  # noqa: E402
@@ -451,26 +453,6 @@ def run_private(bank: ApplicantClient, admin: AdminClient, wire: Wire, server: S
             fn()
         console.print(f"    private batch {i + 1}/{batches} done", highlight=False)
     out.n = n
-
-
-@dataclass
-class Micro:
-    name: str
-    iterations: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def ms(self) -> float:
-        return self.seconds / self.iterations * 1000.0
-
-
-def _timeit(name: str, n: int, fn: Callable[[], object], note: str = "") -> Micro:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return Micro(name, n, time.perf_counter() - t0, note)
 
 
 def handler_pieces(credit: Credit, info: DatasetInfo, cache: ArrayCache, index: EntityIndex, batch: Batch,
