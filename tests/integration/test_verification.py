@@ -666,6 +666,10 @@ def test_a_certificate_names_the_person_however_the_integer_id_was_written(env: 
     assert vf.certificate_check(cert, key, entity_id=r["ID"]).valid
     assert vf.certificate_check(cert, key, entity_id="0" + r["ID"]).valid
     assert not vf.certificate_check(cert, key, entity_id=env.credit[42]["ID"]).valid
+    again = env.bank.verify(g, "age", [(r["ID"], r["AGE"], _consent(41))], certificates=True).certificates[0]
+    assert vf.certificate_check(again, key, entity_id=r["ID"], claim=r["AGE"], consent_ref=_consent(41)).valid
+    for field in ("entity_sha256", "claim_sha256", "consent_sha256"):  # salted: two certificates do not link
+        assert again.document[field] != cert.document[field]
 
 
 def test_a_batch_is_read_once_before_the_write_lock(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
