@@ -22,6 +22,27 @@ __all__ = ["routes", "review_context"]
 ROLES = ("admin", "applicant", "researcher", "auditor", "steward")
 
 
+def _verification_narrowing(request: Request, v: t.VerificationSettings) -> dict[str, Any]:
+    """The approve form's narrowing of a verification application: templates kept, the per-entity limit, and the
+    settings switched off (an unticked box); only what differs from the application."""
+    out: dict[str, Any] = {}
+    kept = [x.name for x in v.templates if x.name in set(form_values(request, "templates"))]
+    if not kept:
+        raise _invalid("keep at least one check template")
+    if len(kept) != len(v.templates):
+        out["templates"] = kept
+    limit = form_value(request, "per_entity_limit")
+    if limit and limit != str(v.per_entity_limit):
+        try:
+            out["per_entity_limit"] = int(limit)
+        except ValueError:
+            raise _invalid("the per-entity limit is a whole number") from None
+    for flag in ("reveal_unknown", "allow_sensitive", "private_mode"):
+        if getattr(v, flag) and not form_value(request, flag):
+            out[flag] = False
+    return out
+
+
 def _invalid(message: str) -> InvalidArgument:
     return InvalidArgument(message, status="INVALID_ARGUMENT", code="INVALID_ARGUMENT")
 
@@ -92,6 +113,8 @@ def routes(console: Console) -> list[Route]:
                 columns[sel.name] = [c for c in sel.columns if c in chosen]  # only what was asked for
         if columns:
             narrowing["columns"] = columns
+        if s.verification is not None:
+            narrowing.update(_verification_narrowing(request, s.verification))
         approved = admin.approve(s.id, **narrowing)
         if approved.grant is None:
             return console.done(request, f"{approved.id} is {approved.status}", f"/admin/review/{s.id}")

@@ -523,11 +523,16 @@ def test_a_verification_application_shows_its_templates_and_limits_and_is_approv
                                                                          ["repaid", "PAY_0 &lt;= 0"]]
         assert "300 checks" in review and "at most <strong>3</strong> check(s) of one entity" in review
         assert "answered UNKNOWN_ENTITY" in review
+        cols = [("columns.credit_default", c) for c in ["ID", "AGE", "PAY_0"]]
+        none = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve", cols)
+        assert none.status == 400 and "keep at least one check template" in none.body
         answer = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve",
-                       [("quota", "200"), *(("columns.credit_default", c) for c in ["ID", "AGE", "PAY_0"])])
-        assert answer.status == 303
+                       [("quota", "200"), *cols, ("templates", "age"), ("per_entity_limit", "2")])
+        assert answer.status == 303  # reveal_unknown's box left unticked: switched off
         g = bank.scenario(s.id).grant
-        assert g is not None and g.terms.quota == 200 and g.terms.verification == bank.scenario(s.id).verification
+        assert g is not None and g.terms.quota == 200 and g.terms.verification is not None
+        assert [x.name for x in g.terms.verification.templates] == ["age"]
+        assert (g.terms.verification.per_entity_limit, g.terms.verification.reveal_unknown) == (2, False)
     finally:
         admin_console.stop()
         admin.close()
