@@ -252,14 +252,17 @@ class SandboxClient:
                                    code="RECEIPT_INVALID")
         return t.VerifiedReceipt(serde.audit_entry(e), head)
 
-    def _receipt(self, seq: int, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
-        """GetReceipt; while no signed head covers the entry yet (HEAD_NOT_READY: the server signs heads on
-        request at most once a second), ask again, for up to ``wait_s`` seconds."""
+    def _receipt(self, seq: int) -> audit_pb2.GetReceiptResponse:
+        return self._until_head(_AUDIT + "GetReceipt", audit_pb2.GetReceiptRequest(seq=seq))
+
+    def _until_head(self, method: str, request: Any, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
+        """A receipt-shaped answer (GetReceipt, CheckCertificate); while no signed head covers the entry yet
+        (HEAD_NOT_READY: the server signs heads on request at most once a second), ask again, for up to ``wait_s``
+        seconds."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return self._t.call(_AUDIT + "GetReceipt", audit_pb2.GetReceiptRequest(seq=seq),
-                                    audit_pb2.GetReceiptResponse)
+                return self._t.call(method, request, audit_pb2.GetReceiptResponse)
             except Unavailable as exc:
                 if exc.code != "HEAD_NOT_READY" or time.monotonic() >= deadline:
                     raise
@@ -277,20 +280,10 @@ class SandboxClient:
         offline = vf.certificate_check(certificate, key, entity_id=entity_id, claim=claim, consent_ref=consent_ref)
         if offline.problems:
             return offline
-        resp = self._certificate_receipt(verify_pb2.Certificate(json=body, signature=signature))
+        resp = self._until_head(_VERIFY + "CheckCertificate", verify_pb2.CheckCertificateRequest(
+            certificate=verify_pb2.Certificate(json=body, signature=signature)))
         problems, entry, head = _certificate_inclusion(resp, offline.document, key)
         return t.CertificateCheck(tuple(problems), offline.document, entry, head)
-
-    def _certificate_receipt(self, cert: verify_pb2.Certificate, *, wait_s: float = 15.0) -> audit_pb2.GetReceiptResponse:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return self._t.call(_VERIFY + "CheckCertificate", verify_pb2.CheckCertificateRequest(certificate=cert),
-                                    audit_pb2.GetReceiptResponse)
-            except Unavailable as exc:
-                if exc.code != "HEAD_NOT_READY" or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.2)
 
     def check_access(
         self, grant_id: str, *, kind: str, dataset: str, columns: Sequence[str], dataset_version: str = "",
