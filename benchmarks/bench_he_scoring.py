@@ -71,7 +71,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import he_engine  # noqa: E402
-from benchmarks.micro import Micro  # noqa: E402
+from benchmarks.micro import Micro, ratio  # noqa: E402
+from benchmarks.micro import ms_text as _ms  # noqa: E402
+from benchmarks.micro import rate_text as _rate  # noqa: E402
 from benchmarks.micro import timeit as _timeit  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from he_engine import worker as he_worker  # noqa: E402
@@ -105,18 +107,6 @@ def pct(xs: list[float], p: float) -> float:
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def _ms(seconds: float) -> str:
-    return "nan" if math.isnan(seconds) else f"{seconds * 1000:,.2f}"
-
-
-def _rate(entities: int, seconds: float) -> str:
-    return "nan" if not seconds or math.isnan(seconds) else f"{entities / seconds:,.0f}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

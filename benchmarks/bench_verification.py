@@ -67,7 +67,9 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.micro import Micro  # noqa: E402
+from benchmarks.micro import Micro, ratio  # noqa: E402
+from benchmarks.micro import ms_text as _ms  # noqa: E402
+from benchmarks.micro import rate_text as _rate  # noqa: E402
 from benchmarks.micro import timeit as _timeit  # noqa: E402
 from clients import AdminClient, ApplicantClient, generate_key, public_key_of  # noqa: E402
 from clients import verify as vf  # noqa: E402
@@ -102,18 +104,6 @@ INNER = 5  # numpy repetitions per batch (they take milliseconds)
 
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(b) else float("nan")
-
-
-def _ms(seconds: float) -> str:
-    return "nan" if math.isnan(seconds) else f"{seconds * 1000:,.2f}"
-
-
-def _rate(checks: int, seconds: float) -> str:
-    return "nan" if not seconds or math.isnan(seconds) else f"{checks / seconds:,.0f}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
