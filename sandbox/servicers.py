@@ -340,11 +340,11 @@ class ModelServicer(he_pb2_grpc.ModelServiceServicer):
 
 
 class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
-    def __init__(self, config: ServerConfig, cache: ArrayCache, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, cache: ArrayCache, index: he_scoring.EntityIndex, secret: bytes) -> None:
         self._config = config
         self._store = he_scoring.ContextStore(config.he_context_ttl_seconds * 1000)
         self._cache = cache
-        self._index = he_scoring.EntityIndex(cache, secret)
+        self._index = index
         self._counts = he_scoring.EntityCounts(secret)
         self._pool: he_scoring.he_engine.ScoringPool | None = None
         self._lock = threading.Lock()
@@ -476,9 +476,11 @@ def add_servicers(
     dp = DpQueryServicer(config)
     fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
         FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config)), config), server)
-    he = HeScoringServicer(config, dp.cache, catalogue_key)  # the server's secret keys the HE pseudonyms too
+    # One index of entity ids for HE scoring and verification; the server's secret keys their pseudonyms too.
+    index = he_scoring.EntityIndex(dp.cache, catalogue_key)
+    he = HeScoringServicer(config, dp.cache, index, catalogue_key)
     verify_pb2_grpc.add_VerificationServiceServicer_to_server(
-        VerificationServicer(dp.cache, he._index, catalogue_key, log), server)
+        VerificationServicer(dp.cache, index, catalogue_key, log), server)
     dp_pb2_grpc.add_DpQueryServiceServicer_to_server(dp, server)
     he_pb2_grpc.add_HeScoringServiceServicer_to_server(he, server)
     he_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(config), server)

@@ -325,19 +325,31 @@ def _read_items(info: DatasetInfo, settings: VerificationSettings, chosen: Check
     return ids, claims
 
 
+def _warm_grant(tx: Tx, caller: Principal, grant_id: str, template: str
+                ) -> tuple[str, VerificationSettings, CheckTemplate, checks.Template, DatasetInfo] | None:
+    """For a warm-up before the write lock: the grant's id, settings, template (parsed) and dataset version, if the
+    caller holds a live grant with that template; None otherwise (the handler then checks everything and says what).
+    """
+    grant = policy.grant_if_grantee(tx, caller, grant_id)
+    settings = grant.terms.verification if grant is not None else None
+    chosen = settings.template(template) if settings is not None else None
+    if grant is None or settings is None or chosen is None or grant.revoked:
+        return None
+    sel = grant.terms.datasets[0]
+    return grant.id, settings, chosen, checks.parse(chosen.expression), catalogue.get_dataset(tx, sel.name,
+                                                                                            sel.version)
+
+
 def prepare(tx: Tx, caller: Principal, req: VerifyBatch) -> Prepared | None:
     """Read a batch's items before the write lock is taken (``SigningInterceptor._warm``): for 10,000 items this is
     most of a Verify's work. None if anything is amiss; the handler then checks everything again and says what."""
     try:
-        grant = policy.grant_if_grantee(tx, caller, req.grant_id)
-        settings = grant.terms.verification if grant is not None else None
-        chosen = settings.template(req.template) if settings is not None else None
-        if grant is None or settings is None or chosen is None:
+        found = _warm_grant(tx, caller, req.grant_id, req.template)
+        if found is None:
             return None
-        sel = grant.terms.datasets[0]
-        info = catalogue.get_dataset(tx, sel.name, sel.version)
-        ids, claims = _read_items(info, settings, chosen, checks.parse(chosen.expression), req)
-        return Prepared(grant.id, chosen.expression, info.version, ids, claims)
+        grant_id, settings, chosen, parsed, info = found
+        ids, claims = _read_items(info, settings, chosen, parsed, req)
+        return Prepared(grant_id, chosen.expression, info.version, ids, claims)
     except (SandboxError, checks.TemplateError):
         return None
 
@@ -356,7 +368,7 @@ def verify(call: Call, req: VerifyBatch, cache: ArrayCache, index: EntityIndex, 
         ids, claims = _read_items(info, settings, chosen, parsed, req)
     n = len(ids)
     state = policy.charge(call, auth, Budget(0, 0), quota=n)
-    counts.count(call.tx, auth.grant.id, ids, settings.per_entity_limit or DEFAULT_PER_ENTITY, what="checked")
+    counts.count(call.tx, auth.grant.id, ids, settings.per_entity_limit, what="checked")
     batch = _recorded_digest(call) or wv.batch_digest((it.entity_id, it.claim, it.consent_ref) for it in req.items)
     terms = auth.grant.terms
 
@@ -483,17 +495,11 @@ def private_set(call: Call, grant_id: str, template: str, sets: PrivateSets) -> 
     return sets.get(auth.grant.id, chosen, auth.dataset, settings)
 
 
-def warm_private_set(tx: Tx, caller: object, grant_id: str, template: str, sets: PrivateSets) -> None:
+def warm_private_set(tx: Tx, caller: Principal, grant_id: str, template: str, sets: PrivateSets) -> None:
     """Build the set before the write lock is taken, for a caller the grant names (the handler checks again)."""
-    grant = policy.grant_if_grantee(tx, caller, grant_id)  # type: ignore[arg-type]
-    settings = grant.terms.verification if grant is not None else None
-    chosen = settings.template(template) if settings is not None else None
-    if grant is None or settings is None or chosen is None or not settings.private_mode or grant.revoked:
-        return
-    if not checks.parse(chosen.expression).equality_only:
-        return
-    sel = grant.terms.datasets[0]
-    sets.get(grant.id, chosen, catalogue.get_dataset(tx, sel.name, sel.version), settings)
+    found = _warm_grant(tx, caller, grant_id, template)
+    if found is not None and found[1].private_mode and found[3].equality_only:
+        sets.get(found[0], found[2], found[4], found[1])
 
 
 def verify_private(call: Call, req: PrivateBatch, secret: bytes) -> Deferred:
