@@ -499,6 +499,7 @@ def test_private_mode_answers_as_plain_mode_and_the_server_keeps_no_id_or_claim(
     leaked = [s for s in [*fresh, *(f"LIC-HIDDEN{i}" for i in range(len(fresh)))]
               if any(s in rec.getMessage() for rec in caplog.records)]
     assert leaked == []
+    assert any("VerifyPrivate" in rec.getMessage() for rec in caplog.records)  # the server's log was captured
     for entry in env.admin.audit_entries(method="VerifyPrivate", grant_id=g):
         assert all(s not in entry.request for s in fresh) and "LIC-HIDDEN" not in entry.request
         assert json.loads(entry.request).get("points") in (len(items), 20, len(fresh))

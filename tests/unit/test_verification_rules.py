@@ -112,3 +112,13 @@ def test_blinding_commutes_and_removing_the_blind_gives_the_sandboxs_encoding() 
 @pytest.mark.parametrize("point", [b"", b"\x00" * 32, b"\xff" * 32, b"\x01" * 31, b"\x01" * 33])
 def test_invalid_points_are_recognised(point: bytes) -> None:
     assert not wv.valid_point(point)
+
+
+def test_loading_the_group_library_leaves_no_file_behind() -> None:
+    """rbcl writes its bundled libsodium to a temporary file to load it; the wire module removes it once loaded."""
+    import os
+    import sys
+
+    wv._group()
+    path = getattr(sys.modules.get("rbcl._sodium"), "lib_path", None)
+    assert isinstance(path, str) and path.endswith(".so") and not os.path.exists(path)
