@@ -199,33 +199,25 @@ def verify(
     writable_file(output, "--out", not_same_as=claims)
     if certificates is not None:
         writable_dir(certificates)
-    results: list[str] = []
-    issued: list[t.Certificate] = []
-    parts: list[t.VerifyResult] = []
     stopped: SandboxClientError | None = None
     with connect(ctx, ApplicantClient) as client:
         chosen = granted_template(client, grant, template)
         rows = read_claims(claims, chosen)
-        for i in range(0, len(rows), vf.MAX_BATCH):  # one call per batch: a later refusal keeps earlier answers
-            batch = [(r.entity_id, list(r.claim), r.consent_ref) for r in rows[i:i + vf.MAX_BATCH]]
-            try:
-                part = client.verify(grant, template, batch, certificates=certificates is not None, private=private)
-            except SandboxClientError as exc:
-                if not parts:
-                    raise
-                stopped = exc
-                break
-            parts.append(part)
-            results.extend(part.results)
-            issued.extend(part.certificates)
+        batch = [(r.entity_id, list(r.claim), r.consent_ref) for r in rows]
+        try:
+            last = client.verify(grant, template, batch, certificates=certificates is not None, private=private)
+        except SandboxClientError as exc:  # a later batch refused: the earlier ones were charged, keep their answers
+            if exc.partial is None:
+                raise
+            stopped, last = exc, exc.partial
+    results, issued = list(last.results), list(last.certificates)
     names = write_results(output, rows, results, issued, certificates)
-    last = parts[-1]
     counts = {r: results.count(r) for r in RESULTS}
     if as_json:  # what was done; the results themselves are in the file
         print_json({"grant": grant, "template": chosen.name, "expression": chosen.expression,
                     "checked": len(results), "of": len(rows), "results": counts, "quota_used": last.quota_used,
                     "quota_cap": last.quota_cap, "private": private, "out": output, "certificates_dir": certificates,
-                    "certificates": names, "receipts": [r.seq for p in parts for r in p.receipts],
+                    "certificates": names, "receipts": [r.seq for r in last.receipts],
                     "stopped": None if stopped is None else str(stopped)})
     else:
         con = out()
