@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import secrets
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -117,9 +117,7 @@ class EntityCounts:
         batch = pseudonyms(self._secret, self._person, grant_id.encode() + b"\0", entity_ids)
         with self._lock:
             counts = self._current(tx, grant_id)
-            here: dict[int, int] = {}
-            for p in batch.tolist():
-                here[p] = here.get(p, 0) + 1
+            here = Counter(batch.tolist())
             spent = sum(1 for p, m in here.items() if counts.get(p, 0) + m > limit)
             if spent:
                 raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(here)} ids would be {what} more "
