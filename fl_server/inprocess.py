@@ -28,6 +28,7 @@ from fl_server.data import Partition
 from fl_server.plan import TrainingPlan
 from fl_server.report import TrainingResult
 from fl_server.rounds import OnRound, ShouldStop, Timing, drive
+from fl_server.secagg import DEFAULT_MAX_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class LocalGrid(Grid):
         return self.pull_messages(list(self.push_messages(messages)))
 
 
+def largest(partitions: Iterable[Partition | object]) -> int:
+    """The most training rows of any of these partitions (the secure aggregation's weight cap)."""
+    return max((p.x.shape[0] for p in partitions if isinstance(p, Partition)), default=DEFAULT_MAX_WEIGHT)
+
+
 def _ensure_task_identity() -> None:
     """Flower's Message() reads a process-wide task identity; give this process the server's if it has none."""
     for name, value in (("_run_id", 0), ("_node_id", _SUPERLINK_NODE), ("_task_id", 0)):
@@ -125,13 +131,15 @@ class InProcessBackend:
 
         client_app = make_client_app(load)
         grid = LocalGrid(client_app, [{HOLDER_ID: h} for h in holders])
+        # read once, and only when used: a holder's rows may fail (or change) between reads
+        weight_cap = largest(partitions.values()) if plan.secure_aggregation else DEFAULT_MAX_WEIGHT
         server_app = ServerApp()
         outcome: list[TrainingResult] = []
 
         @server_app.main()
         def main(grid: Grid, context: Context) -> None:
             outcome.append(drive(grid, plan, holders, on_round=on_round, should_stop=should_stop,
-                                 timing=self.timing))
+                                 timing=self.timing, max_weight=weight_cap))
 
         _ensure_task_identity()
         server_app(grid, Context(run_id=0, node_id=_SUPERLINK_NODE, node_config={}, state=RecordDict(),

@@ -93,6 +93,8 @@ class TrainingPlan:
     eval_fraction: float = 0.2  # each holder's local held-out share
     #: Under DP the per-round federated metrics are exact aggregates the epsilon does not cover: opt in to get them.
     release_metrics_under_dp: bool = False
+    #: Flower's SecAgg+: the server receives only masked updates and their sum (``fl_server.secagg``).
+    secure_aggregation: bool = False
     seed: int = 0
 
     @property
@@ -209,4 +211,9 @@ def _check_plan(p: TrainingPlan, lim: Limits) -> None:  # noqa: C901 - one flat 
     need(_finite(p.eval_fraction) and 0.0 <= p.eval_fraction <= lim.max_eval_fraction,
          f"eval_fraction is 0 to {lim.max_eval_fraction:g}")
     need(isinstance(p.release_metrics_under_dp, bool), "release_metrics_under_dp is true or false")
+    need(isinstance(p.secure_aggregation, bool), "secure_aggregation is true or false")
+    if p.secure_aggregation:
+        need(p.min_holders >= 3 and (not _int(cpr) or cpr >= 3),
+             "secure aggregation needs at least 3 holders a round (min_holders, clients_per_round): with 2, each "
+             "one's update is the sum minus the other's")
     need(_int(p.seed) and 0 <= p.seed < 2**63, "seed is a non-negative integer")

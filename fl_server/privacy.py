@@ -22,9 +22,10 @@ clipped updates has sensitivity C only if no holder counts more than once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import opendp.prelude as dp
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
@@ -67,13 +68,20 @@ class OpenDpFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         keys = list(aggregated_arrays.keys())
         mean = aggregated_arrays.to_numpy_ndarrays()
         start = self.current_arrays.to_numpy_ndarrays()
-        count = self.num_sampled_clients
-        total = np.concatenate([((m - s) * count).ravel() for m, s in zip(mean, start, strict=True)])
-        noisy = np.asarray(self._measurement(total.tolist()), dtype=np.float64)
-        out, offset = {}, 0
-        for key, m, s in zip(keys, mean, start, strict=True):
-            part = noisy[offset:offset + m.size].reshape(m.shape)
-            offset += m.size
-            out[key] = Array(np.asarray(s + part / count, dtype=m.dtype))
+        updates = [m - s for m, s in zip(mean, start, strict=True)]
+        noisy = noisy_mean_update(self._measurement, updates, self.num_sampled_clients)
         self.releases += 1
-        return ArrayRecord(out)
+        return ArrayRecord({key: Array(np.asarray(s + u, dtype=m.dtype))
+                            for key, m, s, u in zip(keys, mean, start, noisy, strict=True)})
+
+
+def noisy_mean_update(measurement: dp.Measurement, mean: Sequence[np.ndarray], count: int) -> list[np.ndarray]:
+    """The mean of ``count`` clipped updates released as the accountant prices it: the sum, ``mean * count``,
+    through the round's opendp measurement, divided by ``count`` again."""
+    total = np.concatenate([(np.asarray(m, dtype=np.float64) * count).ravel() for m in mean])
+    noisy = np.asarray(measurement(total.tolist()), dtype=np.float64)
+    out, offset = [], 0
+    for m in mean:
+        out.append(noisy[offset:offset + np.size(m)].reshape(np.shape(m)) / count)
+        offset += np.size(m)
+    return out

@@ -31,6 +31,8 @@ class RoundReport:
     epsilon: float | None
     delta: float | None
     seconds: float
+    #: Why the round changed nothing, or what went wrong in it, in words (empty if nothing did).
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

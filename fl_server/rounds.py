@@ -18,21 +18,25 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.run import Run
 
-from fl_server.accounting import epsilon_after_rounds
+from fl_server.accounting import epsilon_after_rounds, round_measurement
 from fl_server.client import NUM_EXAMPLES, PLAN_KEY, ROLL_CALL
 from fl_server.errors import TrainingCancelled, TrainingError
 from fl_server.model import check_params, from_array_record, init_params, to_array_record
 from fl_server.plan import TrainingPlan
+from fl_server.privacy import noisy_mean_update
 from fl_server.report import RoundReport, TrainingResult
+from fl_server.secagg import DEFAULT_MAX_WEIGHT, secure_round
 from fl_server.strategy import EVAL_METRICS, TRAIN_METRICS, build_strategy, set_sampling
 
 log = logging.getLogger(__name__)
@@ -165,7 +169,7 @@ def _metrics_ok(metrics: MetricRecord, keys: Sequence[str]) -> bool:
 
 def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: OnRound,
           should_stop: ShouldStop, timing: Timing = Timing(), wait_for: Sequence[str] | None = None,
-          extra_config: dict[str, str] | None = None) -> TrainingResult:
+          extra_config: dict[str, str] | None = None, max_weight: int = DEFAULT_MAX_WEIGHT) -> TrainingResult:
     """Run ``plan.rounds`` rounds over ``grid`` for the expected ``holders``; raise TrainingError without a model.
 
     Before round 1 it waits up to ``timing.connect_timeout`` for the holders in ``wait_for`` (default: all;
@@ -203,10 +207,16 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         failed = {h for h in holders if h not in live.values()}
         new_arrays, train_metrics, eval_metrics = None, None, None
         participants: list[str] = []
-        if len(live) >= plan.min_holders:
+        note = ""
+        if len(live) >= plan.min_holders and plan.secure_aggregation:
+            new_arrays, train_metrics, participants, note = _secure_train(
+                plan, rnd, arrays, config, grid, live, failed, timing, max_weight)
+        elif len(live) >= plan.min_holders:
             set_sampling(inner, len(live), train=min(plan.sample_size(len(live)), len(live)))
             new_arrays, train_metrics, participants = _train(strategy, plan, rnd, arrays, config, grid, live,
                                                              failed, timing)
+        else:
+            note = f"{len(live)} of {len(holders)} holders connected; a round needs {plan.min_holders}"
         if new_arrays is not None:
             arrays = new_arrays
             releases += 1
@@ -222,10 +232,12 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
             loss=_get(eval_metrics, "loss"), accuracy=_get(eval_metrics, "accuracy"),
             train_loss=_get(train_metrics, "train-loss") if plan.releases_metrics else None,
             epsilon=epsilon_after_rounds(plan, releases) if plan.dp else None,
-            delta=plan.delta if plan.dp else None, seconds=time.monotonic() - started)
+            delta=plan.delta if plan.dp else None, seconds=time.monotonic() - started, note=note)
         history.append(report)
         if failed:
             log.warning("round %d: holders %s gave no usable reply", rnd, ", ".join(sorted(failed)))
+        if note:
+            log.warning("round %d: %s", rnd, note)
         on_round(report)
     if releases == 0:
         raise TrainingError(f"no round had usable updates from at least {plan.min_holders} holders: no model")
@@ -253,6 +265,36 @@ def _train(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord
         return None, None, []
     new_arrays, metrics = strategy.aggregate_train(rnd, usable)
     return new_arrays, metrics, participants if new_arrays is not None else []
+
+
+def _secure_train(plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dict[str, ConfigRecordValues],
+                  grid: Grid, live: dict[int, str], failed: set[str], timing: Timing,
+                  max_weight: int) -> tuple[ArrayRecord | None, MetricRecord | None, list[str], str]:
+    """One training step under SecAgg+: as ``_train``, plus why a round made no model (its report's note).
+
+    The ServerApp gets the mean of the contributors' updates and losses and nothing per holder; under DP the
+    sum of their (site-clipped) updates is released through the round's measurement as without secure
+    aggregation, so the price is the same.
+    """
+    asked = random.sample(sorted(live), min(plan.sample_size(len(live)), len(live)))
+    if len(asked) < 3:
+        failed.update(live[n] for n in asked)
+        return None, None, [], f"secure aggregation needs at least 3 holders a round; {len(asked)} were available"
+    start = from_array_record(arrays)
+    outcome = secure_round(grid, plan, rnd, start, config, asked, timeout=timing.round_timeout,
+                           poll=timing.poll_interval, max_weight=max_weight)
+    contributors = set(outcome.contributors)
+    failed.update(live[n] for n in asked if n not in contributors)  # after a halt: those that stopped answering
+    if outcome.update is None or len(contributors) < plan.min_holders:
+        return None, None, [], outcome.halted or f"only {len(contributors)} holders' updates were summed"
+    if not all(np.all(np.isfinite(u)) for u in outcome.update):
+        return None, None, [], "the secure aggregate was not finite"
+    update = outcome.update
+    if plan.dp:
+        update = noisy_mean_update(round_measurement(plan), update, len(contributors))
+    new = ArrayRecord([np.asarray(s + u, dtype=np.float64) for s, u in zip(start, update, strict=True)])
+    metrics = MetricRecord({"train-loss": outcome.train_loss}) if outcome.train_loss is not None else None
+    return new, metrics, sorted(live[n] for n in contributors), ""
 
 
 def _evaluate(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord,
