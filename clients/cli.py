@@ -343,7 +343,7 @@ _APPLICATION_KEYS = {"title", "purpose", "legal_basis", "kind", "datasets", "eps
                      "max_epsilon_per_call", "days", "quota", "model_hash", "training", "verification"}
 #: The run settings a ``[training]`` table may propose (FL_TRAINING): ``start_training``'s keywords.
 _TRAINING_KEYS = {"rounds", "local_epochs", "learning_rate", "fraction_per_round", "strategy", "proximal_mu",
-                  "clipping_norm", "noise_multiplier", "delta"}
+                  "clipping_norm", "noise_multiplier", "delta", "secure_aggregation"}
 #: What a ``[verification]`` table (VERIFICATION) holds, and the type of each: ``apply(verification=...)``'s keys.
 _VERIFICATION_KEYS: dict[str, type] = {"id_column": str, "templates": dict, "per_entity_limit": int,
                                        "reveal_unknown": bool, "allow_sensitive": bool, "private_mode": bool}
@@ -512,6 +512,10 @@ def training_text(s: t.Scenario) -> str:
           f"delta {x.delta:g}" if x.noise_multiplier > 0 else "no DP")
     text = (f"{x.rounds} rounds x {x.local_epochs} local epoch(s), learning rate {x.learning_rate:g}, "
             f"{x.fraction_per_round:g} of holders per round, {x.strategy}; {dp}\n")
+    if (sa := s.training_secure_aggregation) is not None:
+        text += (f"secure aggregation (SecAgg+): {sa.sampled} of {sa.holders} holders a round, shares {sa.shares}, "
+                 f"threshold {sa.threshold} (up to {sa.sampled - sa.threshold} may drop out)\n" if sa.on else
+                 f"secure aggregation: off ({sa.holders} holders): the sandbox sees each holder's update\n")
     if s.training_epsilon > 0:
         runs = int(s.epsilon // s.training_epsilon)
         return text + f"price: epsilon {dec(s.training_epsilon)} per run (the budget asked for covers {runs} run(s))"

@@ -54,6 +54,9 @@ def train(
     noise_multiplier: float = typer.Option(0.0, "--noise-multiplier",
                                            help="Client-level DP noise (Gaussian, times the clipping norm)."),
     delta: float = typer.Option(1e-6, "--delta", help="Client-level DP: the delta of the reported epsilon."),
+    secure_aggregation: str = typer.Option("", "--secure-aggregation",
+                                           help="on or off (default: on with at least 3 data holders): the "
+                                                "sandbox sees only the sum of the holders' masked updates."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train without DP: charged the grant's whole remaining "
                                                       "budget (there is no finite epsilon)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the rounds with a progress bar."),
@@ -66,7 +69,7 @@ def train(
     A grant whose application proposed its run settings pins them: give no setting and the job runs with them.
     """
     settings = ("rounds", "local_epochs", "learning_rate", "fraction", "strategy", "proximal_mu", "clipping_norm",
-                "noise_multiplier", "delta", "no_dp")
+                "noise_multiplier", "delta", "no_dp", "secure_aggregation")
     if not any(ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None) for n in settings):
         with connect(ctx, ResearcherClient) as client:
             pinned = next((s.grant.terms.training for s in client.scenarios()
@@ -96,7 +99,8 @@ def train(
         job = client.start_training(grant, plan, rounds=rounds, local_epochs=local_epochs,
                                     learning_rate=learning_rate, fraction_per_round=fraction, strategy=strategy,
                                     proximal_mu=proximal_mu, clipping_norm=clipping_norm if not no_dp else 0.0,
-                                    noise_multiplier=noise_multiplier, delta=delta if not no_dp else 0.0)
+                                    noise_multiplier=noise_multiplier, delta=delta if not no_dp else 0.0,
+                                    secure_aggregation=secure_aggregation)
         started = {"job_id": job, "epsilon_reserved": job.epsilon_reserved, "delta_reserved": job.delta_reserved,
                    "dp": not no_dp}
         if not as_json:

@@ -117,12 +117,13 @@ def _certificate_inclusion(resp: audit_pb2.GetReceiptResponse, doc: Mapping[str,
 
 def _settings(*, rounds: int = 10, local_epochs: int = 1, learning_rate: float = 0.1, fraction_per_round: float = 1.0,
               strategy: str = "fedavg", proximal_mu: float = 0.0, clipping_norm: float = 0.0,
-              noise_multiplier: float = 0.0, delta: float = 0.0) -> common_pb2.TrainingSettings:
+              noise_multiplier: float = 0.0, delta: float = 0.0,
+              secure_aggregation: str = "") -> common_pb2.TrainingSettings:
     """Training settings with the SDK's defaults for what is not given (TypeError on an unknown setting)."""
     return common_pb2.TrainingSettings(
         rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate, fraction_per_round=fraction_per_round,
         strategy=strategy, proximal_mu=proximal_mu, clipping_norm=clipping_norm, noise_multiplier=noise_multiplier,
-        delta=delta)
+        delta=delta, secure_aggregation=secure_aggregation)
 
 
 class SandboxClient:
@@ -551,19 +552,22 @@ class ResearcherClient(ApplicantClient):
         self, grant_id: str, plan_hash: str, *, rounds: int | None = None, local_epochs: int | None = None,
         learning_rate: float | None = None, fraction_per_round: float | None = None, strategy: str | None = None,
         proximal_mu: float | None = None, clipping_norm: float | None = None, noise_multiplier: float | None = None,
-        delta: float | None = None,
+        delta: float | None = None, secure_aggregation: str | None = None,
     ) -> t.TrainingJob:
         """Reserve the plan's privacy cost and start; returns the job id (with what was reserved).
 
         A grant that pins the training settings (the application proposed them) runs with those: give none, or
         exactly those. Otherwise each setting left out takes its default (10 rounds, 1 local epoch, learning rate
         0.1, every holder each round, fedavg, no DP). noise_multiplier 0 means no DP: such a job has no finite
-        epsilon and is charged the grant's whole remaining budget.
+        epsilon and is charged the grant's whole remaining budget. ``secure_aggregation`` "on" or "off" (default:
+        on when the dataset has at least 3 data holders): the sandbox then sees only the sum of the holders'
+        masked updates (Flower's SecAgg+), at the same price.
         """
         given: dict[str, Any] = {k: v for k, v in dict(rounds=rounds, local_epochs=local_epochs, learning_rate=learning_rate,
                                                        fraction_per_round=fraction_per_round, strategy=strategy,
                                                        proximal_mu=proximal_mu, clipping_norm=clipping_norm,
-                                                       noise_multiplier=noise_multiplier, delta=delta).items()
+                                                       noise_multiplier=noise_multiplier, delta=delta,
+                                                       secure_aggregation=secure_aggregation).items()
                                  if v is not None}
         req = fl_pb2.StartTrainingRequest(grant_id=grant_id, plan_hash=plan_hash)
         if given:

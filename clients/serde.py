@@ -130,6 +130,9 @@ def scenario(s: common_pb2.Scenario) -> t.Scenario:
         grant, usage, training_settings(a.training) if a.HasField("training") else None,
         from_units(a.training_epsilon_nano, NANO),
         verification_settings(a.verification) if a.HasField("verification") else None,
+        (t.SecureAggregationTerms(a.training_secure_aggregation.holders, a.training_secure_aggregation.sampled,
+                                  a.training_secure_aggregation.shares, a.training_secure_aggregation.threshold)
+         if a.HasField("training_secure_aggregation") else None),
     )
 
 
@@ -178,7 +181,7 @@ def verification_settings_to_pb(settings: Mapping[str, Any]) -> common_pb2.Verif
 
 def training_settings(s: common_pb2.TrainingSettings) -> t.TrainingSettings:
     return t.TrainingSettings(s.rounds, s.local_epochs, s.learning_rate, s.fraction_per_round, s.strategy,
-                              s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta)
+                              s.proximal_mu, s.clipping_norm, s.noise_multiplier, s.delta, s.secure_aggregation)
 
 
 def job_summary(j: fl_pb2.TrainingJobSummary) -> t.TrainingJobSummary:

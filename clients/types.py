@@ -199,6 +199,7 @@ class Scenario:
     training: TrainingSettings | None = None  # FL_TRAINING: the run settings proposed (the grant pins them)
     training_epsilon: Decimal = Decimal(0)  # what one run with them costs; 0 without DP or without a proposal
     verification: VerificationSettings | None = None  # VERIFICATION: the templates and limits asked for
+    training_secure_aggregation: SecureAggregationTerms | None = None  # FL_TRAINING proposal: set by the server
 
     @property
     def epsilon_cap(self) -> Decimal:
@@ -421,6 +422,25 @@ class TrainingSettings:
     clipping_norm: float  # 0: no DP
     noise_multiplier: float
     delta: float
+    secure_aggregation: str = ""  # "on", "off", or "": on when the dataset has at least 3 data holders
+
+
+@dataclass(frozen=True)
+class SecureAggregationTerms:
+    """How secure aggregation runs for an FL proposal's dataset, as the server worked it out (``shares`` 0: off).
+
+    Each round's ``sampled`` holders share their key seeds with all the others (``shares``); ``threshold`` of
+    them recover a holder that drops out after sharing its keys, so ``sampled - threshold`` may drop.
+    """
+
+    holders: int
+    sampled: int
+    shares: int
+    threshold: int
+
+    @property
+    def on(self) -> bool:
+        return self.shares > 0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from fl_server.plan import DEFAULT_LIMITS, Feature, Label, Limits, TrainingPlan
 from fl_server.report import RoundReport, TrainingResult
 from fl_server.rounds import Timing
 from fl_server.runner import Backend, DeploymentBackend, InProcessBackend
+from fl_server.secagg import MIN_HOLDERS as SECURE_MIN_HOLDERS
+from fl_server.secagg import Protocol as SecureProtocol
+from fl_server.secagg import parameters_for as secure_protocol
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -26,6 +29,8 @@ __all__ = [
     "Partition",
     "PlanError",
     "RoundReport",
+    "SECURE_MIN_HOLDERS",
+    "SecureProtocol",
     "Timing",
     "TrainingCancelled",
     "TrainingError",
@@ -44,4 +49,5 @@ __all__ = [
     "prepare_partition",
     "round_measurement",
     "save_partition",
+    "secure_protocol",
 ]

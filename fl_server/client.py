@@ -79,7 +79,7 @@ def secure_mod(message: Message, context: Context, call_next: ClientAppCallable)
         return call_next(message, context)
     configs = message.content.config_records[RECORD_KEY_CONFIGS]
     if configs.get(Key.STAGE) == Stage.SETUP:
-        sample, shares, threshold = (int(configs.get(k, 0)) for k in  # type: ignore[call-overload]
+        sample, shares, threshold = (int(configs.get(k, 0)) for k in  # type: ignore[arg-type]
                                      (Key.SAMPLE_NUMBER, Key.SHARE_NUMBER, Key.THRESHOLD))
         if sample < MIN_HOLDERS or shares != sample or not sample // 2 < threshold <= shares:
             raise ValueError("refused a secure aggregation round with weaker parameters than the plan's")

@@ -116,6 +116,7 @@ from fl_server.fleet_proxy import FleetProxy
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport, TrainingResult
 from fl_server.rounds import OnRound, ShouldStop, Timing
+from fl_server.secagg import DEFAULT_MAX_WEIGHT, largest
 from fl_server.runtime import (
     TlsFiles, _accepts, _EventReader, _port_free, _private_file, _Processes, certificate_names, free_port, loopback_tls,
     node_key_pair,
@@ -187,6 +188,7 @@ class DeploymentBackend:
             if not certificate_names(self.tls.cert, host):
                 raise ValueError(f"the TLS certificate {self.tls.cert} does not name the SuperLink host {host}")
         self._external_lock = threading.Lock()
+        self._weight_cap = DEFAULT_MAX_WEIGHT  # the run's (set by ``run``)
         #: Seconds from start until the ServerApp ran, of the last run (for benchmarks).
         self.last_startup_seconds: float | None = None
         #: host:port the nodes connect to while a run is in progress, else None (for tests and monitoring): the
@@ -243,6 +245,7 @@ class DeploymentBackend:
         """
         plan.validate()
         holders = list(partitions)
+        self._weight_cap = largest(partitions.values()) if plan.secure_aggregation else DEFAULT_MAX_WEIGHT
         if not all(isinstance(h, str) and _HOLDER_RE.match(h) for h in holders):
             raise TypeError("holder ids are 1 to 64 letters, digits, '.', '_' or '-'")
         if not self.external:
@@ -327,7 +330,8 @@ class DeploymentBackend:
                         person_key: str) -> None:
         timing = {"round_timeout": self.timing.round_timeout, "connect_timeout": self.timing.connect_timeout,
                   "poll_interval": self.timing.poll_interval}
-        spec: dict[str, Any] = {"plan": plan.to_dict(), "holders": holders, "timing": timing}
+        spec: dict[str, Any] = {"plan": plan.to_dict(), "holders": holders, "timing": timing,
+                                "max_weight": self._weight_cap}
         if person_key:
             spec["person_key"] = person_key
         if nodes:

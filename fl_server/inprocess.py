@@ -28,7 +28,7 @@ from fl_server.data import Partition
 from fl_server.plan import TrainingPlan
 from fl_server.report import TrainingResult
 from fl_server.rounds import OnRound, ShouldStop, Timing, drive
-from fl_server.secagg import DEFAULT_MAX_WEIGHT
+from fl_server.secagg import DEFAULT_MAX_WEIGHT, largest
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,6 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(list(self.push_messages(messages)))
-
-
-def largest(partitions: Iterable[Partition | object]) -> int:
-    """The most training rows of any of these partitions (the secure aggregation's weight cap)."""
-    return max((p.x.shape[0] for p in partitions if isinstance(p, Partition)), default=DEFAULT_MAX_WEIGHT)
 
 
 def _ensure_task_identity() -> None:

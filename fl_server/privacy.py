@@ -22,10 +22,9 @@ clipped updates has sensitivity C only if no holder counts more than once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-import opendp.prelude as dp
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
@@ -75,11 +74,11 @@ class OpenDpFixedClipping(DifferentialPrivacyServerSideFixedClipping):
                             for key, m, s, u in zip(keys, mean, start, noisy, strict=True)})
 
 
-def noisy_mean_update(measurement: dp.Measurement, mean: Sequence[np.ndarray], count: int) -> list[np.ndarray]:
+def noisy_mean_update(measurement: Callable[[list[float]], object], mean: Sequence[np.ndarray], count: int) -> list[np.ndarray]:
     """The mean of ``count`` clipped updates released as the accountant prices it: the sum, ``mean * count``,
     through the round's opendp measurement, divided by ``count`` again."""
     total = np.concatenate([(np.asarray(m, dtype=np.float64) * count).ravel() for m in mean])
-    noisy = np.asarray(measurement(total.tolist()), dtype=np.float64)
+    noisy = np.asarray(measurement(total.tolist()), dtype=np.float64)  # round_measurement(plan)
     out, offset = [], 0
     for m in mean:
         out.append(noisy[offset:offset + np.size(m)].reshape(np.shape(m)) / count)

@@ -41,6 +41,7 @@ plan implies checked first.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
+from fl_server.data import Partition, load_partition
 from fl_server.model import param_shapes
 from fl_server.plan import TrainingPlan
 
@@ -105,6 +107,14 @@ def parameters_for(sampled: int) -> Protocol:
     if sampled < MIN_HOLDERS:
         raise ValueError(f"secure aggregation needs at least {MIN_HOLDERS} holders in a round")
     return Protocol(sampled=sampled, shares=sampled, threshold=sampled // 2 + 1)
+
+
+def largest(partitions: Iterable[object]) -> int:
+    """The most training rows of any of these partitions (in memory, or files ``save_partition`` wrote): the
+    weight cap that makes the quantisation finest; ``DEFAULT_MAX_WEIGHT`` where none is known here."""
+    rows = [(p if isinstance(p, Partition) else load_partition(p)).x.shape[0]  # type: ignore[arg-type]
+            for p in partitions if isinstance(p, (Partition, str, os.PathLike))]
+    return max(rows, default=DEFAULT_MAX_WEIGHT)
 
 
 def quantisation_range(plan: TrainingPlan) -> float:

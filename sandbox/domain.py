@@ -178,6 +178,17 @@ class TrainingSettings:
     clipping_norm: float = 0.0
     noise_multiplier: float = 0.0
     delta: float = 0.0
+    secure_aggregation: str = ""  # "on", "off", or "": on with at least 3 data holders
+
+
+@dataclass(frozen=True)
+class SecureAggregationTerms:
+    """How secure aggregation runs for a proposal's dataset (set by the server; ``shares`` 0: it does not)."""
+
+    holders: int
+    sampled: int
+    shares: int
+    threshold: int
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,7 @@ class Application:
     training: TrainingSettings | None = None
     training_epsilon_nano: int = 0
     verification: VerificationSettings | None = None  # VERIFICATION: the templates and limits asked for
+    training_secure_aggregation: SecureAggregationTerms | None = None  # FL_TRAINING proposal: set by the server
 
 
 @dataclass(frozen=True)

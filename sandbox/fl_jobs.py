@@ -72,6 +72,14 @@ class Job:
             self.changed.notify_all()
 
 
+def round_message(r: fl_server.RoundReport) -> str:
+    """A round's report in words: who dropped out, and why the round changed nothing if it did not."""
+    parts = [f"{len(r.failed)} data holder(s) dropped out"] if r.failed else []
+    if r.note:
+        parts.append(r.note)
+    return "; ".join(parts)
+
+
 def backend_for(config: ServerConfig) -> fl_server.Backend:
     """The training backend the config chose: in-process nodes, or Flower's SuperLink/SuperNode runtime.
 
@@ -268,7 +276,7 @@ class JobManager:
             job.publish(TrainingEvent(
                 job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss, accuracy=r.accuracy,
                 epsilon_spent=r.epsilon or 0.0, participants=tuple(r.participants), dropped=tuple(r.failed),
-                state="running", message="" if not r.failed else f"{len(r.failed)} data holder(s) dropped out"),
+                state="running", message=round_message(r)),
                 state="running")
 
         revoked = threading.Event()

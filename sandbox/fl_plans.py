@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import fl_server
 from sandbox import catalogue, registry
-from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo, Grant, TrainingSettings
+from sandbox.domain import VALUE_LEVELS, ColumnType, DatasetInfo, Grant, SecureAggregationTerms, TrainingSettings
 from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.state import Tx
 
@@ -92,8 +92,39 @@ def get(tx: Tx, plan_hash: str) -> PlanTemplate:
     return from_canonical(found[0])
 
 
+def holders(info: DatasetInfo) -> int:
+    """How many data holders the dataset has (the categories of its partition column)."""
+    col = info.schema.column(info.schema.partition_column) if info.schema.partition_column else None
+    return len(col.categories) if col is not None and col.categories else 0
+
+
+def secure_terms(template: PlanTemplate, s: TrainingSettings, info: DatasetInfo) -> SecureAggregationTerms:
+    """How secure aggregation runs for these settings: on by default with at least 3 holders a round, refused
+    (INVALID_ARGUMENT) when asked for with fewer; ``shares`` 0 when off."""
+    if s.secure_aggregation not in ("", "on", "off"):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "secure_aggregation is on, off, or empty for the default")
+    n = holders(info)
+    sampled = min(n, _plan(template, s, info, secure=False).sample_size(n))
+    on = s.secure_aggregation == "on" or (s.secure_aggregation == "" and n >= fl_server.SECURE_MIN_HOLDERS)
+    if not on:
+        return SecureAggregationTerms(n, sampled, 0, 0)
+    sampled = min(n, max(sampled, fl_server.SECURE_MIN_HOLDERS))
+    if sampled < fl_server.SECURE_MIN_HOLDERS:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT,
+                           f"secure aggregation needs at least {fl_server.SECURE_MIN_HOLDERS} data holders a round; "
+                           f"dataset '{info.schema.name}' has {n}: with 2, each one's update is the sum minus the "
+                           "other's")
+    protocol = fl_server.secure_protocol(sampled)
+    return SecureAggregationTerms(n, sampled, protocol.shares, protocol.threshold)
+
+
 def build_plan(template: PlanTemplate, s: TrainingSettings, info: DatasetInfo) -> fl_server.TrainingPlan:
-    """The engine's plan: features scaled by their public bounds (one-hot for declared categories)."""
+    """The engine's plan: features scaled by their public bounds (one-hot for declared categories), with secure
+    aggregation as ``secure_terms`` decides."""
+    return _plan(template, s, info, secure=secure_terms(template, s, info).shares > 0)
+
+
+def _plan(template: PlanTemplate, s: TrainingSettings, info: DatasetInfo, *, secure: bool) -> fl_server.TrainingPlan:
     features = []
     for name in template.features:
         col = info.schema.column(name)
@@ -111,6 +142,7 @@ def build_plan(template: PlanTemplate, s: TrainingSettings, info: DatasetInfo) -
             clients_per_round=s.fraction_per_round or 1.0, strategy=s.strategy or "fedavg",
             proximal_mu=s.proximal_mu, clipping_norm=s.clipping_norm or 1.0, noise_multiplier=s.noise_multiplier,
             delta=s.delta or 1e-6, seed=secrets.randbelow(2**31),
+            secure_aggregation=secure, min_holders=fl_server.SECURE_MIN_HOLDERS if secure else 2,
         )
         return plan.validate()
 

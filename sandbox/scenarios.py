@@ -58,10 +58,13 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
     if app.kind is Kind.HE_SCORING:
         check_scoring_model(tx, app.model_hash, resolved)
     training_epsilon_nano = 0
+    secure = None
     if app.kind is Kind.FL_TRAINING:
         check_training_plan(tx, app.model_hash, resolved)
         if app.training is not None:
             training_epsilon_nano = price_training(tx, app.model_hash, app.training)
+            template = fl_plans.get(tx, app.model_hash)
+            secure = fl_plans.secure_terms(template, app.training, catalogue.get_dataset(tx, template.dataset))
     elif app.training is not None:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings belong to an FL_TRAINING application")
     checks = None
@@ -89,7 +92,7 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "validity must end in the future and last at most 366 days")
     stored = Application(title, purpose, basis, app.kind, tuple(resolved), app.model_hash, app.budget,
                          app.max_epsilon_per_call_nano, valid_from, app.valid_until_ms, app.quota, app.training,
-                         training_epsilon_nano, checks)
+                         training_epsilon_nano, checks, secure)
     sid = "s-" + secrets.token_hex(12)
     tx.scenario_insert(sid, applicant.id, serde.application_to_bytes(stored), now_ms)
     return Scenario(sid, applicant.id, stored, ScenarioStatus.PENDING, "", now_ms)

@@ -189,6 +189,10 @@ def application_from_pb(a: common_pb2.Application) -> d.Application:
         training=training_settings_from_pb(a.training) if a.HasField("training") else None,
         training_epsilon_nano=a.training_epsilon_nano,
         verification=verification_settings_from_pb(a.verification) if a.HasField("verification") else None,
+        training_secure_aggregation=(d.SecureAggregationTerms(
+            a.training_secure_aggregation.holders, a.training_secure_aggregation.sampled,
+            a.training_secure_aggregation.shares, a.training_secure_aggregation.threshold)
+            if a.HasField("training_secure_aggregation") else None),
     )
 
 
@@ -216,6 +220,10 @@ def application_to_pb(a: d.Application) -> common_pb2.Application:
         training=training_settings_to_pb(a.training) if a.training is not None else None,
         training_epsilon_nano=a.training_epsilon_nano,
         verification=verification_settings_to_pb(a.verification) if a.verification is not None else None,
+        training_secure_aggregation=(common_pb2.SecureAggregationTerms(
+            holders=a.training_secure_aggregation.holders, sampled=a.training_secure_aggregation.sampled,
+            shares=a.training_secure_aggregation.shares, threshold=a.training_secure_aggregation.threshold)
+            if a.training_secure_aggregation is not None else None),
     )
 
 
@@ -462,7 +470,8 @@ def training_settings_from_pb(s: common_pb2.TrainingSettings) -> io.TrainingSett
     return io.TrainingSettings(
         rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
         fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
-        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta)
+        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta,
+        secure_aggregation=s.secure_aggregation)
 
 
 def start_training_from_pb(req: fl_pb2.StartTrainingRequest) -> io.StartTraining:
@@ -478,7 +487,8 @@ def training_settings_to_pb(s: io.TrainingSettings) -> common_pb2.TrainingSettin
     return common_pb2.TrainingSettings(
         rounds=s.rounds, local_epochs=s.local_epochs, learning_rate=s.learning_rate,
         fraction_per_round=s.fraction_per_round, strategy=s.strategy, proximal_mu=s.proximal_mu,
-        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta)
+        clipping_norm=s.clipping_norm, noise_multiplier=s.noise_multiplier, delta=s.delta,
+        secure_aggregation=s.secure_aggregation)
 
 
 def job_summary_to_pb(j: io.JobSummary) -> fl_pb2.TrainingJobSummary:

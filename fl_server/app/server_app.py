@@ -3,7 +3,7 @@
 It talks to the DeploymentBackend through files in the run's work directory
 (``work-dir`` in the run config): it reads ``run.json`` (plan, holders,
 timing, the dataset's person key if it has one, sent to the nodes with the
-plan, and, with node authentication, the node id registered for each holder:
+plan, the secure aggregation's weight cap, and, with node authentication, the node id registered for each holder:
 no other node is sent anything, and a holder without one is not waited for but
 reported as failed each round), appends one JSON event per line to
 ``progress.jsonl`` (``round``, then ``done``, ``error`` or ``cancelled``),
@@ -32,6 +32,7 @@ from fl_server.errors import FlServerError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
 from fl_server.rounds import NodeView, Timing, drive
+from fl_server.secagg import DEFAULT_MAX_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def main(grid: Grid, context: Context) -> None:
 
         result = drive(grid, plan, spec["holders"], on_round=on_round,
                        should_stop=lambda: (work / STOP_FILE).exists(), timing=Timing(**spec["timing"]),
-                       wait_for=wait_for, extra_config=extra)
+                       wait_for=wait_for, extra_config=extra, max_weight=int(spec.get("max_weight", DEFAULT_MAX_WEIGHT)))
         tmp = work / (RESULT_FILE + ".tmp")
         with tmp.open("wb") as fh:
             np.savez(fh, *result.params)

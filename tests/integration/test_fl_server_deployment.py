@@ -38,7 +38,8 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.exit import ExitCode
 
 from fl_server import (
-    DeploymentBackend, Partition, RoundReport, Timing, TrainingCancelled, TrainingPlan, save_partition,
+    DeploymentBackend,
+    InProcessBackend, Partition, RoundReport, Timing, TrainingCancelled, TrainingPlan, save_partition,
 )
 from fl_server.app import server_app
 from fl_server.client import make_client_app
@@ -188,6 +189,27 @@ def test_two_supernodes_train_a_sensible_model_and_no_intruder_joins(
     assert result.final.accuracy == pytest.approx(final.accuracy, abs=1e-12)
     assert final.accuracy > 0.58
     assert result.plan_digest == plan.digest and result.dropped == ()
+    assert live_descendants() == [], "a runtime process outlived the run"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_secure_aggregation_runs_on_the_deployment_runtime_and_matches_in_process(
+        hie: dict[str, np.ndarray], tls: TlsFiles) -> None:
+    """Flower's SecAgg+ between three SuperNode processes over TLS: every round sums the three masked updates,
+    and the model equals the in-process run's (training is seeded per holder) to the quantisation's error."""
+    plan = dataclasses.replace(PLAN, rounds=2, secure_aggregation=True, min_holders=3)
+    parts = site_partitions(plan, hie, ("1", "2", "5"))
+    reports: list[RoundReport] = []
+    backend = DeploymentBackend(tls=tls, timing=Timing(round_timeout=120.0, connect_timeout=240.0, poll_interval=0.1),
+                                startup_timeout=240.0)
+    result = backend.run(plan, parts, on_round=reports.append, should_stop=lambda: False)
+    print(f"\ndeployment, secure aggregation: rounds {', '.join(f'{r.seconds:.1f}' for r in reports)} s")
+    assert all(r.participants == ("1", "2", "5") and r.failed == () and r.aggregated and r.note == ""
+               for r in reports)
+    local = InProcessBackend().run(plan, parts, on_round=lambda r: None, should_stop=lambda: False)
+    assert all(np.allclose(a, b, atol=1e-3) for a, b in zip(result.params, local.params, strict=True))
+    assert result.final.accuracy == pytest.approx(local.final.accuracy, abs=0.01)
     assert live_descendants() == [], "a runtime process outlived the run"
 
 

@@ -522,6 +522,7 @@ class TrainingSettings(_message.Message):
     CLIPPING_NORM_FIELD_NUMBER: _builtins.int
     NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     rounds: _builtins.int
     local_epochs: _builtins.int
     learning_rate: _builtins.float
@@ -534,6 +535,10 @@ class TrainingSettings(_message.Message):
     """client-level DP: 0 = no DP"""
     noise_multiplier: _builtins.float
     delta: _builtins.float
+    secure_aggregation: _builtins.str
+    """Flower's SecAgg+ (the sandbox sees only the sum of the holders' masked updates): "on", "off", or "" for the
+    default, on when the dataset has at least 3 data holders.
+    """
     def __init__(
         self,
         *,
@@ -546,14 +551,49 @@ class TrainingSettings(_message.Message):
         clipping_norm: _builtins.float = ...,
         noise_multiplier: _builtins.float = ...,
         delta: _builtins.float = ...,
+        secure_aggregation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "fraction_per_round", b"fraction_per_round", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "noise_multiplier", b"noise_multiplier", "proximal_mu", b"proximal_mu", "rounds", b"rounds", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "fraction_per_round", b"fraction_per_round", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "noise_multiplier", b"noise_multiplier", "proximal_mu", b"proximal_mu", "rounds", b"rounds", "secure_aggregation", b"secure_aggregation", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingSettings: _TypeAlias = TrainingSettings  # noqa: Y015
+
+@_typing.final
+class SecureAggregationTerms(_message.Message):
+    """Set by the server for an FL_TRAINING proposal: how secure aggregation runs for its dataset (shares 0: off)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    SAMPLED_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    holders: _builtins.int
+    """the dataset's data holders"""
+    sampled: _builtins.int
+    """holders asked each round"""
+    shares: _builtins.int
+    """each holder's key seeds are shared among this many (every holder of the round)"""
+    threshold: _builtins.int
+    """shares that recover a dropped holder's masks (a majority)"""
+    def __init__(
+        self,
+        *,
+        holders: _builtins.int = ...,
+        sampled: _builtins.int = ...,
+        shares: _builtins.int = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders", "sampled", b"sampled", "shares", b"shares", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecureAggregationTerms: _TypeAlias = SecureAggregationTerms  # noqa: Y015
 
 @_typing.final
 class Application(_message.Message):
@@ -573,6 +613,7 @@ class Application(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     TRAINING_EPSILON_NANO_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
+    TRAINING_SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     purpose: _builtins.str
     legal_basis: _builtins.str
@@ -601,6 +642,10 @@ class Application(_message.Message):
     def verification(self) -> Global___VerificationSettings:
         """VERIFICATION: the check templates and limits asked for"""
 
+    @_builtins.property
+    def training_secure_aggregation(self) -> Global___SecureAggregationTerms:
+        """set by the server for a proposal (FL_TRAINING)"""
+
     def __init__(
         self,
         *,
@@ -618,10 +663,11 @@ class Application(_message.Message):
         training: Global___TrainingSettings | None = ...,
         training_epsilon_nano: _builtins.int = ...,
         verification: Global___VerificationSettings | None = ...,
+        training_secure_aggregation: Global___SecureAggregationTerms | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "training", b"training", "training_secure_aggregation", b"training_secure_aggregation", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "training", b"training", "training_epsilon_nano", b"training_epsilon_nano", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "datasets", b"datasets", "kind", b"kind", "legal_basis", b"legal_basis", "max_epsilon_per_call_nano", b"max_epsilon_per_call_nano", "model_hash", b"model_hash", "purpose", b"purpose", "quota", b"quota", "title", b"title", "training", b"training", "training_epsilon_nano", b"training_epsilon_nano", "training_secure_aggregation", b"training_secure_aggregation", "valid_from_unix_ms", b"valid_from_unix_ms", "valid_until_unix_ms", b"valid_until_unix_ms", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
