@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fl_server
+from clients.types import SecureAggregationTerms
 from clients import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
 from sandbox import catalogue, fl_jobs, fl_plans, ledger
 from sandbox.state.sqlite import SqliteState as Database
@@ -247,3 +248,33 @@ def test_no_rpc_returns_a_holders_update_or_rows() -> None:
             assert f.name in {"job_id", "round", "rounds", "loss", "accuracy", "epsilon_spent", "participants",
                               "dropped", "state", "message", "weights", "metrics", "history", "charged"}, f.name
     assert [f.name for f in fl_pb2.Tensor.DESCRIPTOR.fields] == ["shape", "values"]
+
+
+def test_secure_aggregation_is_on_by_default_shown_in_review_and_priced_the_same(fl_env) -> None:  # type: ignore[no-untyped-def]
+    """rand_hie has six data holders: a proposal gets SecAgg+ unless it says off; the review shows how it runs;
+    the price is the same either way; a job under it trains and reports every holder as a participant."""
+    _, admin, lab, plan, _ = fl_env
+    proposal = dict(rounds=2, local_epochs=1, learning_rate=0.5, clipping_norm=1.0, noise_multiplier=1.5, delta=1e-6)
+
+    def propose(**extra: object):  # type: ignore[no-untyped-def]
+        return lab.apply(title="Secure model", purpose="Predict above-threshold medical spending",
+                         legal_basis="Research exemption", kind="FL_TRAINING",
+                         datasets={"rand_hie": [*FEATURES, LABEL]}, model_hash=plan, epsilon=50, delta="1e-5",
+                         quota=5, training={**proposal, **extra})
+
+    default, off, few = propose(), propose(secure_aggregation="off"), propose(fraction_per_round=0.3)
+    assert default.training_secure_aggregation == SecureAggregationTerms(6, 6, 6, 4)
+    assert off.training_secure_aggregation == SecureAggregationTerms(6, 6, 0, 0)
+    assert few.training_secure_aggregation == SecureAggregationTerms(6, 3, 3, 2)  # at least 3 a round under SecAgg
+    assert default.training_epsilon == off.training_epsilon == few.training_epsilon > 0
+    pending = next(p for p in admin.pending() if p.id == default.id)
+    assert pending.training_secure_aggregation == default.training_secure_aggregation
+    with pytest.raises(InvalidArgument, match="on, off"):
+        propose(secure_aggregation="maybe")
+    g = admin.approve(default.id).grant
+    assert g is not None
+    job = lab.start_training(g.id, plan)
+    events = list(lab.watch_training(job, timeout=600))
+    assert events[-1].state == "completed", events[-1].message
+    rounds = [e for e in events if e.state == "running"]
+    assert [len(e.participants) for e in rounds] == [6, 6] and all(e.dropped == () for e in rounds)
