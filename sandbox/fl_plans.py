@@ -19,6 +19,10 @@ from sandbox.errors import ErrorCode, SandboxError, engine_errors
 from sandbox.state import Tx
 
 MODELS = ("logistic", "mlp")
+#: The run settings the SDK starts a job with when given none (``clients.client._settings``): what an application
+#: that proposes none is reviewed with.
+SDK_DEFAULTS = TrainingSettings(rounds=10, local_epochs=1, learning_rate=0.1, fraction_per_round=1.0,
+                                strategy="fedavg")
 MAX_FEATURES = 64
 
 

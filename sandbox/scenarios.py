@@ -63,8 +63,9 @@ def apply(tx: Tx, applicant: Principal, app: Application, *, now_ms: int) -> Sce
         check_training_plan(tx, app.model_hash, resolved)
         if app.training is not None:
             training_epsilon_nano = price_training(tx, app.model_hash, app.training)
-            template = fl_plans.get(tx, app.model_hash)
-            secure = fl_plans.secure_terms(template, app.training, catalogue.get_dataset(tx, template.dataset))
+        template = fl_plans.get(tx, app.model_hash)  # with the proposal's settings, or the defaults a run takes
+        secure = fl_plans.secure_terms(template, app.training or fl_plans.SDK_DEFAULTS,
+                                       catalogue.get_dataset(tx, template.dataset))
     elif app.training is not None:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "training settings belong to an FL_TRAINING application")
     checks = None

@@ -36,6 +36,9 @@ def test_demo_runs_end_to_end() -> None:
     assert noise is not None and abs(float(noise.group(1))) < 0.15
     assert float(noise.group(2)) == pytest.approx(float(rule.group(1)), rel=0.15)  # 1,000 draws: 7 standard errors
     assert "federated without DP" in text and "centralised (all rows pooled, same model)" in text
+    assert "(shares 6, threshold 4: up to 2 sites may drop out of a round)" in text
+    assert re.search(r"Secure aggregation cost no accuracy worth the name: 0\.\d+ with it, 0\.\d+ without "
+                     r"\(\d+\.\d points apart; each DP run draws fresh noise\), at the same price", text)
     assert "charged epsilon" in text and "withheld" in text
     assert "[GRANT_AWAITING_COSIGNATURE]" in text and "co-signed with its own key" in text
     assert "features xage, female" in text  # the reviewer read the training plan in full

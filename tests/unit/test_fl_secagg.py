@@ -218,7 +218,8 @@ def test_too_many_holders_failing_ends_the_run_with_a_clear_report(partitions: d
 
 def test_accuracy_and_price_with_and_without_secure_aggregation(partitions: dict[str, Partition]) -> None:
     _, _, x_eval, y_eval = pooled(partitions)
-    for plain in (PLAN, dataclasses.replace(PLAN, noise_multiplier=1.0, clipping_norm=0.5)):
+    # little noise, so that two runs' fresh draws move the accuracy less than the 2 points compared
+    for plain in (PLAN, dataclasses.replace(PLAN, noise_multiplier=0.3, clipping_norm=0.5)):
         secure = dataclasses.replace(plain, secure_aggregation=True, min_holders=3)
         assert plan_cost(secure) == plan_cost(plain)  # the same measurement, released the same number of times
         a = InProcessBackend().run(plain, partitions, on_round=lambda r: None, should_stop=lambda: False)
