@@ -14,7 +14,9 @@ then answers with its update (new minus global model; under DP clipped here, to
 a norm that stays within C after quantisation, as the server can no longer clip
 it) and its training loss, which the mod quantises and masks; the row count it
 weights by is not sent in clear. A plain train message for such a plan is
-refused, so a sandbox that skipped the protocol would get no update at all.
+refused, so a sandbox that skipped the protocol would get no update at all;
+a node whose node config sets ``secure-aggregation = "required"`` refuses
+plain train messages for any plan.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from fl_server.secagg import MIN_HOLDERS, WEIGHT_CAP_KEY, masked_input, site_cli
 
 #: node_config key naming the holder a node serves.
 HOLDER_ID = "holder-id"
+#: node_config key: "required" makes the node refuse to send an update outside secure aggregation, whatever the
+#: plan says (a department's own node need not trust the sandbox's plan for that).
+SECURE_AGGREGATION = "secure-aggregation"
 PLAN_KEY = "plan"
 #: message config key: the dataset's person key, for a node that prepares its own rows (held-out split by person).
 PERSON_KEY = "person-key"
@@ -153,8 +158,8 @@ def make_client_app(load: PartitionLoader | PlanPartitionLoader, *, with_plan: b
         if _FITINS_PARAMETERS in message.content.array_records:
             return secure_train(message, context)
         plan, part, start = inputs(message, context)
-        if plan.secure_aggregation:
-            raise ValueError("this plan trains under secure aggregation: no update leaves in the clear")
+        if plan.secure_aggregation or context.node_config.get(SECURE_AGGREGATION) == "required":
+            raise ValueError("this node sends its update only under secure aggregation")
         server_round = int(message.content["config"]["server-round"])  # type: ignore[arg-type]
         new, loss = local_update(plan, part, start, server_round, context, plan.clipping_norm)
         metrics = MetricRecord({NUM_EXAMPLES: int(part.x.shape[0]), UNIT_WEIGHT: 1, "train-loss": loss})

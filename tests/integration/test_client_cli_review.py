@@ -106,6 +106,8 @@ def test_an_fl_application_file_proposes_settings_that_the_grant_pins(run: Run, 
     scenario = found(r"applied: (s-[0-9a-f]+)", r.output).group(1)
     r = run("pending")
     found(r"10 rounds x 2 local epoch\(s\)", r.output)
+    found(r"secure aggregation \(SecAgg\+\): 6 of 6 holders a round, shares 6, threshold 4", r.output)
+    found(r"up to 2 may drop out", r.output)
     price = float(found(r"price: epsilon ([0-9.]+) per run", r.output).group(1))
     grant = found(r"grant (g-[0-9a-f]{32})", run("approve", scenario).output).group(1)
     r = run("train", "--grant", grant, "--plan", plan, "--rounds", "3", "--noise-multiplier", "3", key=lab)

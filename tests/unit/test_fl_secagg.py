@@ -21,7 +21,7 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from fl_server import InProcessBackend, Partition, RoundReport, TrainingError, TrainingPlan, plan_cost
-from fl_server.client import HOLDER_ID, clip_update, make_client_app
+from fl_server.client import HOLDER_ID, SECURE_AGGREGATION, clip_update, make_client_app
 from fl_server.inprocess import LocalGrid, _ensure_task_identity
 from fl_server.model import evaluate, init_params, param_shapes, to_array_record, train_local
 from fl_server.secagg import (
@@ -260,6 +260,10 @@ def test_a_node_refuses_a_plain_update_or_a_weak_protocol_for_a_secure_plan(part
     node = list(grid.get_node_ids())[0]
     assert list(grid.send_and_receive([_train_message(SECURE, node)]))[0].has_error()
     assert not list(grid.send_and_receive([_train_message(PLAN, node)]))[0].has_error()
+    # a department's node that requires secure aggregation refuses a plain round whatever the plan says
+    strict = LocalGrid(make_client_app(lambda ctx: partitions["1"]), [{HOLDER_ID: "1", SECURE_AGGREGATION: "required"}])
+    strict_node = list(strict.get_node_ids())[0]
+    assert list(strict.send_and_receive([_train_message(PLAN, strict_node)]))[0].has_error()
     for sample, shares, threshold in ((2, 2, 2), (5, 5, 2), (5, 3, 2), (5, 5, 6)):
         setup = ConfigRecord({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: sample, Key.SHARE_NUMBER: shares,
                               Key.THRESHOLD: threshold, Key.CLIPPING_RANGE: 1.0, Key.TARGET_RANGE: 2**22,
