@@ -40,9 +40,10 @@ plan implies checked first.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,8 @@ from flwr.serverapp import Grid
 from fl_server.data import Partition, load_partition
 from fl_server.model import param_shapes
 from fl_server.plan import TrainingPlan
+
+log = logging.getLogger(__name__)
 
 #: Fewer holders than this in a round and secure aggregation is refused: with two, each one's update is the
 #: aggregate minus the other's.
@@ -216,28 +219,42 @@ class SecureRound(SecAggPlusWorkflow):
                        f"{self.protocol.threshold}")
         return False
 
+    def _stage(self, name: str, step: Callable[[], bool], state: WorkflowState) -> bool:
+        """Run one of Flower's stages; a reply it cannot use (a key, share or vector of the wrong form or shape)
+        halts the round like a dropout below the threshold, never the run."""
+        try:
+            ok = step()
+        except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError) as exc:
+            log.warning("secure aggregation, %s: %s from a holder's reply", name, type(exc).__name__)
+            self.halted = f"secure aggregation stopped at {name}: a holder's reply could not be used"
+            self.answered = set(state.active_node_ids)
+            return False
+        return ok or self._halt(name, state)
+
     def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:  # type: ignore[override]
-        ok = super().setup_stage(grid, context, state)
-        state.sampled_node_ids = set(state.active_node_ids)  # nobody holds a share of a node that never set up
-        return ok or self._halt("key setup", state)
+        def step() -> bool:
+            ok = super(SecureRound, self).setup_stage(grid, context, state)
+            state.sampled_node_ids = set(state.active_node_ids)  # nobody holds a share of a node that never set up
+            return ok
+
+        return self._stage("key setup", step, state)
 
     def share_keys_stage(self, grid: Grid, context: LegacyContext,  # type: ignore[override]
                          state: WorkflowState) -> bool:
-        ok = super().share_keys_stage(grid, context, state)
-        state.sampled_node_ids = set(state.active_node_ids)  # nor of one whose shares never went out
-        return ok and self._check_threshold(state) or self._halt("key sharing", state)
+        def step() -> bool:
+            ok = super(SecureRound, self).share_keys_stage(grid, context, state)
+            state.sampled_node_ids = set(state.active_node_ids)  # nor of one whose shares never went out
+            return ok and self._check_threshold(state)
+
+        return self._stage("key sharing", step, state)
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,  # type: ignore[override]
                                      state: WorkflowState) -> bool:
-        return (super().collect_masked_vectors_stage(grid, context, state)
-                or self._halt("collecting the masked updates", state))
+        return self._stage("collecting the masked updates",
+                           lambda: super(SecureRound, self).collect_masked_vectors_stage(grid, context, state), state)
 
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:  # type: ignore[override]
-        try:
-            ok = super().unmask_stage(grid, context, state)
-        except (ValueError, KeyError, ZeroDivisionError):  # a share that does not combine: no aggregate
-            ok = False
-        return ok or self._halt("unmasking", state)
+        return self._stage("unmasking", lambda: super(SecureRound, self).unmask_stage(grid, context, state), state)
 
 
 @dataclass(frozen=True)

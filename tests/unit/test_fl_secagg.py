@@ -190,6 +190,29 @@ def test_too_many_dropouts_fail_the_round_with_a_reason(partitions: dict[str, Pa
     assert "1 of 3 holders answered, the reconstruction threshold is 2" in outcome.halted
 
 
+class Tampering(Recording):
+    """A Recording grid where one node's masked vector arrives cut short (a buggy or hostile node)."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(super().pull_messages(message_ids))
+        for reply in replies:
+            configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and Key.MASKED_PARAMETERS in configs and reply.metadata.src_node_id == self.node["2"]:
+                configs[Key.MASKED_PARAMETERS] = list(configs[Key.MASKED_PARAMETERS])[:1]  # type: ignore[arg-type]
+        return replies
+
+
+def test_a_malformed_masked_vector_stops_the_round_not_the_run(partitions: dict[str, Partition]) -> None:
+    _ensure_task_identity()
+    parts = {h: partitions[h] for h in ("1", "2", "3")}
+    grid = Tampering(parts)
+    outcome = secure_round(grid, SECURE, 1, init_params(SECURE), {"plan": SECURE.canonical().decode()},
+                           list(grid.get_node_ids()), timeout=60.0, poll=0.01)
+    assert outcome.update is None
+    assert outcome.halted == "secure aggregation stopped at collecting the masked updates: a holder's reply could " \
+                             "not be used"
+
+
 def test_training_completes_when_one_holder_drops_mid_run(partitions: dict[str, Partition]) -> None:
     plan = dataclasses.replace(SECURE, rounds=4)
     reports: list[RoundReport] = []
