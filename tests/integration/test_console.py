@@ -461,6 +461,7 @@ def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(
         assert "2 rounds x 1 local epoch(s)" in settings and "noise multiplier 1, delta 0.000001" in settings
         price = lab.scenario(s.id).training_epsilon
         assert price > 0 and f"epsilon {price.normalize():f} per run" in settings
+        assert "SecAgg+: 6 of 6 holders a round, shares 6, threshold 4 (up to 2 may drop out)" in settings
         answer = _post(admin_console, cookie, f"/admin/review/{s.id}", f"/admin/review/{s.id}/approve",
                        [("epsilon", "20"), *(("columns.rand_hie", c) for c in [*features, "meddol"])])
         assert answer.status == 303
