@@ -496,7 +496,7 @@ def run_plain(backend_name: str, plan: fl_server.TrainingPlan, parts: dict[str, 
 
 
 def secure_vs_plain(backend_name: str, plan: fl_server.TrainingPlan, parts: dict[str, object], cfg: ServerConfig,
-                    rounds: int, reps: int) -> dict[bool, list[Run]]:
+                    rounds: int, reps: int, console: Console) -> dict[bool, list[Run]]:
     """``plan`` with secure aggregation off and on, ``reps`` times each, interleaved (after one warm-up each
     in-process)."""
     plans = {on: dataclasses.replace(plan, rounds=rounds, secure_aggregation=on, min_holders=3 if on else 2)
@@ -506,6 +506,9 @@ def secure_vs_plain(backend_name: str, plan: fl_server.TrainingPlan, parts: dict
     for rep in range(warmup + reps):
         for on in (False, True):
             run = run_plain(backend_name, plans[on], parts, "on" if plan.dp else "off", cfg)
+            console.print(f"  {backend_name:<10} secure aggregation {'on ' if on else 'off'} {rounds:>2} rounds "
+                          f"{'warm-up' if rep < warmup else f'rep {rep - warmup + 1}/{reps}':<9} "
+                          f"{run.total:8.3f} s, steady round {run.steady:.3f} s", highlight=False)
             if rep >= warmup:
                 runs[on].append(run)
     return runs
@@ -643,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 if secure_plan is not None:
                     secure_parts, _ = plain_partitions(env, cache, secure_plan)
                     secure["in-process"] = secure_vs_plain("in-process", secure_plan, secure_parts, env.cfg, rounds,
-                                                           reps)
+                                                           reps, console)
             finally:
                 env.close()
             rss_after_inproc = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -660,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                     if secure_plan is not None:
                         secure_parts, _ = plain_partitions(env, ArrayCache(env.cfg.datasets_dir), secure_plan)
                         secure["deployment"] = secure_vs_plain("deployment", secure_plan, secure_parts, env.cfg,
-                                                               deploy_rounds, args.deploy_reps)
+                                                               deploy_rounds, args.deploy_reps, console)
                 finally:
                     env.close()
     except Exception as exc:  # noqa: BLE001 -- report and exit 1
