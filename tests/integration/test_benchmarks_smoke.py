@@ -117,13 +117,16 @@ def test_fl_training_benchmark_quick_run_prints_tables_and_ratios() -> None:
                     "In-process backend: 6 holders x 3 rounds through the sandbox vs plain Flower",
                     "plain Flower (backend.run directly)", "sandbox (SDK: StartTraining + WatchTraining)",
                     "ratio sandbox/plain", "steady s/round", "Where the sandbox's time goes", "SuperLink backend",
-                    "Peak memory (RSS)", "this process after the in-process part"))
-    last = out.strip().splitlines()[-1]
+                    "Peak memory (RSS)", "this process after the in-process part",
+                    "Secure aggregation (Flower's SecAgg+) on vs off", "on/off per round"))
+    *_, last, secure = out.strip().splitlines()
     assert last.startswith("RATIOS sandbox/plain: "), last
     ratios = {(m[0], m[1]): [float(x) for x in m[2:]] for m in FL_RATIO.findall(last)}
     assert sorted(ratios) == [("inprocess", "off"), ("inprocess", "on")], last
     for values in ratios.values():
         assert all(math.isfinite(v) and v > 0 for v in values), last
+    on_off = re.fullmatch(r"RATIOS secure aggregation on/off per round: in-process (\S+)", secure)
+    assert on_off is not None and math.isfinite(float(on_off.group(1))) and float(on_off.group(1)) > 0, secure
 
 
 STATE_BENCH = ROOT / "benchmarks" / "bench_state.py"
