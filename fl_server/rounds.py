@@ -36,7 +36,7 @@ from fl_server.model import check_params, from_array_record, init_params, to_arr
 from fl_server.plan import TrainingPlan
 from fl_server.privacy import noisy_mean_update
 from fl_server.report import RoundReport, TrainingResult
-from fl_server.secagg import DEFAULT_MAX_WEIGHT, secure_round
+from fl_server.secagg import DEFAULT_MAX_WEIGHT, MIN_HOLDERS, secure_round
 from fl_server.strategy import EVAL_METRICS, TRAIN_METRICS, build_strategy, set_sampling
 
 log = logging.getLogger(__name__)
@@ -277,15 +277,17 @@ def _secure_train(plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dic
     aggregation, so the price is the same.
     """
     asked = random.sample(sorted(live), min(plan.sample_size(len(live)), len(live)))
-    if len(asked) < 3:
-        failed.update(live[n] for n in asked)
-        return None, None, [], f"secure aggregation needs at least 3 holders a round; {len(asked)} were available"
+    if len(asked) < MIN_HOLDERS:  # a plan's min_holders keeps this from happening; never sum fewer
+        return None, None, [], (f"secure aggregation needs at least {MIN_HOLDERS} holders a round; "
+                                f"{len(asked)} were asked")
     start = from_array_record(arrays)
     outcome = secure_round(grid, plan, rnd, start, config, asked, timeout=timing.round_timeout,
                            poll=timing.poll_interval, max_weight=max_weight)
     contributors = set(outcome.contributors)
     failed.update(live[n] for n in asked if n not in contributors)  # after a halt: those that stopped answering
-    if outcome.update is None or len(contributors) < plan.min_holders:
+    # a round starts with min_holders (at least 3) and may end with fewer, down to the threshold, as SecAgg+
+    # recovers the dropouts: what the server learns is still a sum, of at least two (never one holder's update)
+    if outcome.update is None or len(contributors) < 2:
         return None, None, [], outcome.halted or f"only {len(contributors)} holders' updates were summed"
     if not all(np.all(np.isfinite(u)) for u in outcome.update):
         return None, None, [], "the secure aggregate was not finite"

@@ -223,6 +223,12 @@ def test_training_completes_when_one_holder_drops_mid_run(partitions: dict[str, 
     assert [r.failed for r in reports] == [(), ("3",), ("3",), ("3",)]
     assert all(r.aggregated for r in reports) and result.final.accuracy is not None
     assert reports[1].participants == ("1", "2", "4", "5", "6")
+    # with three holders one may drop too (threshold 2): the sum of the other two's updates is released
+    three = {h: partitions[h] for h in ("1", "2", "3")}
+    small: list[RoundReport] = []
+    InProcessBackend().run(dataclasses.replace(plan, rounds=2), FailingFrom(three, "3", after=1),
+                           on_round=small.append, should_stop=lambda: False)
+    assert [(r.participants, r.failed, r.aggregated) for r in small] == [(("1", "2"), ("3",), True)] * 2
 
 
 def test_too_many_holders_failing_ends_the_run_with_a_clear_report(partitions: dict[str, Partition]) -> None:
