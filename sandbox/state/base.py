@@ -289,8 +289,8 @@ class Tx(abc.ABC):
         """Refresh the heartbeat of every open job of ``server_id``; returns how many."""
 
     @abc.abstractmethod
-    def training_job_stale(self, server_id: str, before_ms: int) -> list[str]:
-        """Ids of the open jobs of servers other than ``server_id`` whose heartbeat is older than ``before_ms``."""
+    def training_job_stale(self, before_ms: int) -> list[str]:
+        """Ids of the open jobs whose heartbeat is older than ``before_ms``, by id."""
 
     @abc.abstractmethod
     def training_event_append(self, job_id: str, event: str) -> None:

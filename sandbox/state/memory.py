@@ -391,9 +391,9 @@ class MemoryTx(Tx):
             j["heartbeat_at_ms"] = now_ms
         return len(mine)
 
-    def training_job_stale(self, server_id: str, before_ms: int) -> list[str]:
-        return sorted(j["id"] for j in self._t.jobs.values() if j["state"] in _OPEN_JOB
-                      and j["server_id"] != server_id and j["heartbeat_at_ms"] < before_ms)
+    def training_job_stale(self, before_ms: int) -> list[str]:
+        return sorted(j["id"] for j in self._t.jobs.values()
+                      if j["state"] in _OPEN_JOB and j["heartbeat_at_ms"] < before_ms)
 
     def training_event_append(self, job_id: str, event: str) -> None:
         t = self._w()

@@ -392,10 +392,9 @@ class SqlTx(Tx):
         return int(self._run(f"UPDATE training_jobs SET heartbeat_at_ms = ? WHERE server_id = ? AND {_OPEN_JOB}",
                              (now_ms, server_id)).rowcount)
 
-    def training_job_stale(self, server_id: str, before_ms: int) -> list[str]:
+    def training_job_stale(self, before_ms: int) -> list[str]:
         return [str(r[0]) for r in self._all(
-            f"SELECT id FROM training_jobs WHERE {_OPEN_JOB} AND server_id <> ? AND heartbeat_at_ms < ? ORDER BY id",
-            (server_id, before_ms))]
+            f"SELECT id FROM training_jobs WHERE {_OPEN_JOB} AND heartbeat_at_ms < ? ORDER BY id", (before_ms,))]
 
     def training_event_append(self, job_id: str, event: str) -> None:
         self._run("INSERT INTO training_events (job_id, seq, event) "

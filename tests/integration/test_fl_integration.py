@@ -245,5 +245,10 @@ def test_no_rpc_returns_a_holders_update_or_rows() -> None:
     for message in (fl_pb2.TrainingEvent, fl_pb2.GetTrainingResultResponse):
         for f in message.DESCRIPTOR.fields:
             assert f.name in {"job_id", "round", "rounds", "loss", "accuracy", "epsilon_spent", "participants",
-                              "dropped", "state", "message", "weights", "metrics", "history", "charged"}, f.name
+                              "dropped", "state", "message", "weights", "metrics", "history", "charged",
+                              "named"}, f.name
     assert [f.name for f in fl_pb2.Tensor.DESCRIPTOR.fields] == ["shape", "values"]
+    # the named model is the aggregate model's weights with public names and public scaling, nothing else
+    assert {f.name for f in fl_pb2.NamedModel.DESCRIPTOR.fields} == {
+        "model", "inputs", "coefficients", "intercept", "raw_units", "scaling", "label", "label_threshold", "note"}
+    assert {f.name for f in fl_pb2.FeatureScaling.DESCRIPTOR.fields} == {"column", "lower", "upper", "categories"}

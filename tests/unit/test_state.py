@@ -249,8 +249,8 @@ class TestState:
             assert tx.training_events("j-0") == ['{"round": 1}', '{"round": 2}']
             assert tx.training_job_get("j-0")[6:10] == ("completed", 2, 5, 0.5)  # type: ignore[index]
             assert tx.training_job_plan("j-0") == ("{plan}", '{"params": []}')
-            assert tx.training_job_stale("srv-2", 51) == ["j-1", "j-2"]  # open, another server's, silent
-            assert tx.training_job_stale("srv-2", 50) == [] and tx.training_job_stale("srv-1", 99) == []
+            assert tx.training_job_stale(51) == ["j-1", "j-2"]  # open and silent since 50
+            assert tx.training_job_stale(50) == []
         if state.kind != "memory":
             _refused(state, "UPDATE training_jobs SET message = 'x' WHERE id = 'j-0'")
             _refused(state, "DELETE FROM training_events")
