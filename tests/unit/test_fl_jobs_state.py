@@ -91,12 +91,7 @@ def test_a_job_is_failed_on_reading_once_its_server_goes_silent_and_never_while_
     assert mine.state == "failed" and mine.events[-1].message == fl_records.STOPPED
 
 
-def test_an_ended_job_keeps_how_it_ended() -> None:
-    db = open_state("memory:")
-    with db.write() as tx:
-        tx.principal_insert("p-lab", "Lab", "Uni", "researcher", b"\x01" * 32, "active", 0, None)
-        tx.scenario_insert("s-1", "p-lab", b"app", 1)
-        tx.grant_insert("g-1", "s-1", b"terms", b"sig", "p-lab", 2)
+def test_an_ended_job_keeps_how_it_ended(db: State) -> None:
     _job(db, "j-1", "srv", 5)
     with db.write() as tx:
         assert fl_records.publish(tx, fl_records.end_event("j-1", None, 5, "cancelled", "by the researcher"), now_ms=6)
