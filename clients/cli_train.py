@@ -1,4 +1,5 @@
-"""``sandbox-client plan`` and ``train``: federated training with a live progress bar and a final summary."""
+"""``sandbox-client plan``, ``train``, ``jobs`` and ``result``: federated training with a live progress bar, the
+jobs a principal may see, and a completed job's model with its weights named."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients import types as t
-from clients.cli import app, connect, dec, fail, out, row, table
-from clients.cli_json import AsJson, print_json
-from clients.client import ResearcherClient
+from clients.cli import app, connect, day, dec, fail, out, row, table
+from clients.cli_json import AsJson, jsonable, print_json
+from clients.client import ResearcherClient, SandboxClient
 
 
 @app.command("plan")
@@ -171,9 +172,11 @@ def follow(client: ResearcherClient, job: str, as_json: dict[str, Any] | None = 
 
 
 def result_summary(res: t.TrainingResult) -> dict[str, Any]:
-    """A completed job's result without its weights (their shapes only)."""
+    """A completed job's result without its weights (their shapes, and the model's inputs, only)."""
     return {"job_id": res.job_id, "shapes": [list(w.shape) for w in res.weights], "metrics": res.metrics,
-            "epsilon_charged": res.epsilon_charged, "delta_charged": res.delta_charged}
+            "epsilon_charged": res.epsilon_charged, "delta_charged": res.delta_charged,
+            "model": None if res.named is None else res.named.model,
+            "inputs": [] if res.named is None else list(res.named.inputs)}
 
 
 @app.command("watch")
@@ -196,6 +199,53 @@ def cancel_cmd(ctx: typer.Context, job: str = typer.Argument(..., help="A traini
     out().print(f"job {job}: {state}")
 
 
+@app.command("jobs")
+def jobs_cmd(ctx: typer.Context,
+             limit: int = typer.Option(0, "--limit", min=0, help="At most this many, newest first (0: the server's "
+                                                                 "default, 100; at most 1000)."),
+             as_json: AsJson = False) -> None:
+    """Training jobs, newest first: your own, or every job with its owner for an administrator or auditor."""
+    with connect(ctx, SandboxClient) as client:
+        jobs = client.training_jobs(limit=limit)
+        me = client.principal_id
+    if as_json:
+        print_json({"jobs": list(jobs), "more": jobs.more})
+        return
+    if not jobs:
+        out().print("No training jobs.")
+        return
+    others = any(j.owner_id != me for j in jobs)
+    tbl = table("job", "grant", "state", "round", "epsilon spent", "started", *(["owner"] if others else []), "note")
+    for j in jobs:
+        row(tbl, j.job_id, j.grant_id, j.state, f"{j.round}/{j.rounds}",
+            f"{j.epsilon_spent:.4g}" if j.epsilon_spent > 0 else "-", day(j.started_at),
+            *([j.owner_id] if others else []), j.message)
+    out().print(tbl)
+    if jobs.more:
+        out().print(f"(the newest {len(jobs)} shown; older ones with --limit)")
+
+
+SCALED_UNITS = ("the plan's scaled units: each numeric input (clip(value, lower, upper) - lower) / (upper - lower), "
+                "each categorical one one-hot over its categories (see model.scaling)")
+
+
+def model_document(res: t.TrainingResult) -> dict[str, Any]:
+    """What ``result -o`` writes: the named model, the per-round history and metrics, and the raw tensors."""
+    named = res.named
+    doc: dict[str, Any] = {"job_id": res.job_id, "metrics": res.metrics, "epsilon_charged": str(res.epsilon_charged),
+                           "delta_charged": str(res.delta_charged)}
+    if named is not None:
+        doc["model"] = {
+            "kind": named.model, "units": "raw column values" if named.raw_units else "scaled (see weights)",
+            "label": {"column": named.label, "above": named.label_threshold}, "inputs": list(named.inputs),
+            **({"intercept": named.intercept, "coefficients": named.coefficients} if named.raw_units else {}),
+            "scaling": jsonable(named.scaling), "how_to_apply": named.note}
+    doc["history"] = jsonable(res.history)
+    doc["weights_units"] = SCALED_UNITS
+    doc["weights"] = [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]
+    return doc
+
+
 @app.command("result")
 def result_cmd(
     ctx: typer.Context,
@@ -203,20 +253,27 @@ def result_cmd(
     output: Path = typer.Option(Path("model.json"), "--out", "-o", help="JSON file to write the model to."),
     as_json: AsJson = False,
 ) -> None:
-    """Write a completed job's model (the aggregate weights) and its federated metrics to a JSON file."""
+    """Write a completed job's model to a JSON file: its weights named (raw column units for a logistic model),
+    each round's report, the federated metrics, and the raw tensors (in training's scaled units)."""
     if not output.parent.is_dir() or output.is_dir():
         raise typer.BadParameter(f"cannot write {output}: no such directory, or it is a directory", param_hint="--out")
     with connect(ctx, ResearcherClient) as client:
         res = client.training_result(job)
-    doc = {"job_id": res.job_id, "metrics": res.metrics, "epsilon_charged": str(res.epsilon_charged),
-           "delta_charged": str(res.delta_charged),
-           "weights": [{"shape": list(w.shape), "values": w.ravel().tolist()} for w in res.weights]}
-    output.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    output.write_text(json.dumps(model_document(res), indent=1) + "\n", encoding="utf-8")
     if as_json:  # what was written where; the weights are in the file
         print_json({**result_summary(res), "out": output})
         return
-    out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}) "
-                f"to {output}")
+    named = res.named
+    if named is not None and named.raw_units:
+        tbl = table("input", "coefficient (raw units)", title=f"job {job}: logistic model on {named.label} > "
+                                                              f"{named.label_threshold:g}")
+        for name, value in named.coefficients.items():
+            row(tbl, name, f"{value:.6g}")
+        row(tbl, "(intercept)", f"{named.intercept:.6g}")
+        out().print(tbl)
+    out().print(f"wrote the model of job {job} ({', '.join(str(tuple(w.shape)) for w in res.weights)}"
+                + (", named in raw column units" if named is not None and named.raw_units
+                   else ", in the plan's scaled units") + f") and {len(res.history)} round reports to {output}")
 
 
 @app.command("register-model")

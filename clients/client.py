@@ -222,6 +222,13 @@ class SandboxClient:
                                    status="PERMISSION_DENIED", code="GRANT_COSIGNATURE_MISSING")
         return terms
 
+    def training_jobs(self, *, limit: int = 0) -> t.TrainingJobList:
+        """Training jobs, newest first: a researcher's own, or every job (with its owner) for an administrator or
+        auditor. At most ``limit`` (0: the server's default, 100; never more than 1000); ``.more`` says older ones
+        were left out. Jobs are kept by the server, so they are listed after a restart too."""
+        return serde.job_list(self._t.call(_FL + "ListTrainingJobs", fl_pb2.ListTrainingJobsRequest(limit=limit),
+                                           fl_pb2.ListTrainingJobsResponse))
+
     def training_plan(self, plan_hash: str) -> t.TrainingPlan:
         """A registered training plan (to administrators, auditors, stewards, its submitter and its grantees)."""
         return serde.training_plan(self._t.call(_FL + "GetTrainingPlan", fl_pb2.GetTrainingPlanRequest(
@@ -591,11 +598,6 @@ class ResearcherClient(ApplicantClient):
     def cancel_training(self, job_id: str) -> str:
         return self._t.call(_FL + "CancelTraining", fl_pb2.CancelTrainingRequest(job_id=job_id),
                             fl_pb2.CancelTrainingResponse).state
-
-    def training_jobs(self) -> list[t.TrainingJobSummary]:
-        """This researcher's training jobs on this server, newest first."""
-        resp = self._t.call(_FL + "ListTrainingJobs", fl_pb2.ListTrainingJobsRequest(), fl_pb2.ListTrainingJobsResponse)
-        return [serde.job_summary(j) for j in resp.jobs]
 
     def register_trained_model(self, job_id: str, *, name: str, private_features: Sequence[str],
                                description: str = "") -> str:

@@ -186,7 +186,20 @@ def training_settings(s: common_pb2.TrainingSettings) -> t.TrainingSettings:
 
 def job_summary(j: fl_pb2.TrainingJobSummary) -> t.TrainingJobSummary:
     return t.TrainingJobSummary(j.job_id, j.grant_id, j.plan_hash, j.state, j.round, j.rounds, j.epsilon_spent,
-                                when(j.started_at_unix_ms), training_settings(j.settings))
+                                when(j.started_at_unix_ms), training_settings(j.settings), owner_id=j.owner_id,
+                                dataset=j.dataset, message=j.message)
+
+
+def job_list(r: fl_pb2.ListTrainingJobsResponse) -> t.TrainingJobList:
+    jobs = t.TrainingJobList(job_summary(j) for j in r.jobs)
+    jobs.more = r.more
+    return jobs
+
+
+def named_model(m: fl_pb2.NamedModel) -> t.NamedModel:
+    return t.NamedModel(m.model, tuple(m.inputs), {w.name: w.value for w in m.coefficients}, m.intercept, m.raw_units,
+                        tuple(t.FeatureScaling(f.column, f.lower, f.upper, tuple(f.categories)) for f in m.scaling),
+                        m.label, m.label_threshold, m.note)
 
 
 def tree_head(h: audit_pb2.TreeHead) -> t.TreeHead:
@@ -244,7 +257,8 @@ def training_result(r: fl_pb2.GetTrainingResultResponse) -> t.TrainingResult:
 
     weights = tuple(np.array(w.values, dtype=float).reshape(tuple(w.shape)) for w in r.weights)
     return t.TrainingResult(r.job_id, weights, {m.name: m.value for m in r.metrics},
-                            tuple(training_event(e) for e in r.history), *budget(r.charged))
+                            tuple(training_event(e) for e in r.history), *budget(r.charged),
+                            named=named_model(r.named) if r.HasField("named") else None)
 
 
 def training_job(r: fl_pb2.StartTrainingResponse) -> t.TrainingJob:

@@ -22,7 +22,8 @@ __all__ = [
     "Principal", "Column", "DatasetSchema", "Dataset", "DatasetSelection", "GrantTerms", "Grant", "Usage", "Scenario",
     "ImportResult", "Rejection", "AuditEntry", "AuditHead", "Receipt", "VerifiedReceipt", "TreeHead", "Statistic",
     "QueryResult", "StatisticEstimate",
-    "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingResult", "ModelSpec", "ModelReview", "TermShare",
+    "QueryEstimate", "TrainingEvent", "TrainingJob", "TrainingJobSummary", "TrainingJobList", "TrainingResult",
+    "NamedModel", "FeatureScaling", "ModelSpec", "ModelReview", "TermShare",
     "HeProfile", "CheckTemplate", "VerificationSettings", "Certificate", "VerifyResult", "CertificateCheck",
 ]
 
@@ -445,7 +446,7 @@ class SecureAggregationTerms:
 
 @dataclass(frozen=True)
 class TrainingJobSummary:
-    """One of the caller's training jobs on this server, as listed: where it stands."""
+    """A training job as listed: where it stands (a researcher lists its own; administrators and auditors all)."""
 
     job_id: str
     grant_id: str
@@ -456,17 +457,71 @@ class TrainingJobSummary:
     epsilon_spent: float
     started_at: dt.datetime
     settings: TrainingSettings
+    owner_id: str = ""  # the researcher who started it
+    dataset: str = ""
+    message: str = ""  # how it ended, or a note on its last round
+
+
+class TrainingJobList(list[TrainingJobSummary]):
+    """Jobs, newest first; ``more`` says older ones were left out (ask with a higher ``limit``)."""
+
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureScaling:
+    """A feature's public scaling in training: a numeric column clipped to [lower, upper] and mapped to
+    (value - lower) / (upper - lower); a categorical one one-hot over ``categories``."""
+
+    column: str
+    lower: float
+    upper: float
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A trained model with its inputs named.
+
+    Logistic (``raw_units``): ``logit = intercept + sum(coefficient * input)``, a numeric input being the raw column
+    value clipped to its feature's [lower, upper], a ``column=category`` input 1 where the column has that category.
+    MLP: not linear in its columns; ``inputs`` names the rows of its first layer, whose weights (the result's
+    ``weights``) are in the plan's scaled units (``scaling``).
+    """
+
+    model: str  # logistic or mlp
+    inputs: tuple[str, ...]
+    coefficients: dict[str, float]  # logistic: one per input, raw units; mlp: empty
+    intercept: float
+    raw_units: bool
+    scaling: tuple[FeatureScaling, ...]
+    label: str  # label = 1 where this column is above label_threshold
+    label_threshold: float
+    note: str  # how to apply the weights
+
+    def logit(self, row: dict[str, Any]) -> float:
+        """A logistic model's logit for one row of raw column values (a categorical value as its category name)."""
+        if not self.raw_units:
+            raise ValueError("an mlp is not linear in its columns: apply its weights to scaled inputs")
+        total = self.intercept
+        for f in self.scaling:
+            if f.categories:
+                total += self.coefficients.get(f"{f.column}={row[f.column]}", 0.0)
+            else:
+                total += self.coefficients[f.column] * min(max(float(row[f.column]), f.lower), f.upper)
+        return total
 
 
 @dataclass(frozen=True)
 class TrainingResult:
     job_id: str
-    weights: tuple[np.ndarray, ...]  # the aggregate model's parameters
+    weights: tuple[np.ndarray, ...]  # the aggregate model's parameters, in the plan's scaled units
     metrics: dict[str, float]
     history: tuple[TrainingEvent, ...]
     epsilon_charged: Decimal
     delta_charged: Decimal
     receipt: Receipt | None = None
+    named: NamedModel | None = None  # the same model with its inputs named (raw units for a logistic model)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ class StartTraining:
 
 @dataclass(frozen=True)
 class JobSummary:
-    """One training job as its owner lists it: where it stands, never what it trained on."""
+    """One training job as its owner (or an administrator or auditor) lists it: where it stands, never what it
+    trained on."""
 
     job_id: str
     grant_id: str
@@ -106,6 +107,15 @@ class JobSummary:
     epsilon_spent: float
     started_at_ms: int
     settings: TrainingSettings
+    owner_id: str = ""
+    dataset: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class JobList:
+    jobs: tuple[JobSummary, ...]
+    more: bool  # more jobs than the limit: the oldest were left out
 
 
 @dataclass(frozen=True)
@@ -135,12 +145,40 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class FeatureScaling:
+    """A plan feature's public scaling: numeric values clipped to [lower, upper] and mapped to [0, 1], or one-hot
+    over the declared categories."""
+
+    column: str
+    lower: float
+    upper: float
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A trained model with its inputs named: in raw column units for a logistic model (``raw_units``), or, for an
+    MLP (not linear in its columns), the names of its first layer's inputs and the scaling its weights assume."""
+
+    model: str
+    inputs: tuple[str, ...]  # the model's inputs in order: a column, or ``column=category`` for a one-hot input
+    coefficients: tuple[tuple[str, float], ...]  # logistic: one per input, raw units; mlp: none
+    intercept: float
+    raw_units: bool
+    scaling: tuple[FeatureScaling, ...]
+    label: str
+    label_threshold: float
+    note: str  # how to apply the weights, in a sentence
+
+
+@dataclass(frozen=True)
 class TrainingOutcome:
     job_id: str
     metrics: tuple[tuple[str, float], ...]
     charged: Budget
-    weights: tuple[Tensor, ...]
+    weights: tuple[Tensor, ...]  # the raw parameters, in the plan's scaled units
     history: tuple[TrainingEvent, ...]
+    named: NamedModel | None = None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class ErrorCode(str, enum.Enum):
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     IN_PROGRESS = "IN_PROGRESS"
     JOB_NOT_COMPLETE = "JOB_NOT_COMPLETE"
+    JOB_ELSEWHERE = "JOB_ELSEWHERE"
     MODEL_OUTSIDE_RULE = "MODEL_OUTSIDE_RULE"
     GRANT_ALREADY_REVOKED = "GRANT_ALREADY_REVOKED"
     INVALID_QUERY = "INVALID_QUERY"
@@ -127,6 +128,7 @@ CATALOGUE: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.IN_PROGRESS: ("ABORTED", "a request with this idempotency key is still running or failed; "
                             "retry later or use a new key"),
     ErrorCode.JOB_NOT_COMPLETE: ("FAILED_PRECONDITION", "training job has not completed"),
+    ErrorCode.JOB_ELSEWHERE: ("FAILED_PRECONDITION", "the training job is running in another sandbox server"),
     ErrorCode.MODEL_OUTSIDE_RULE: ("FAILED_PRECONDITION", "the model no longer meets the release rule of this "
                                    "sandbox (stricter settings or another dataset version); submit a new one"),
     ErrorCode.GRANT_ALREADY_REVOKED: ("FAILED_PRECONDITION", "grant is already revoked"),

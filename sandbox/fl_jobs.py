@@ -12,6 +12,11 @@ Data holders are the values of the dataset's declared partition column, named
 this process fed only its own rows; with the deployment backend, a SuperNode
 process per holder that the sandbox starts, or (``fl_nodes = "external"``) the
 holders' own SuperNodes, each preparing its own rows with the plan.
+
+Every job is kept in the state (``sandbox.fl_records``): its summary, each round's report as it is published, and
+the completed model with its plan, so that any server sharing the state lists a job and returns its result after a
+restart. A running job is watched and cancelled through the server process that runs it; a job whose server
+stopped is marked failed (its charge stands).
 """
 
 from __future__ import annotations
@@ -21,46 +26,43 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import fl_server
 from fl_server.deployment import TlsFiles
-from sandbox import catalogue, fl_plans, grants, he_models, he_release, ledger, policy
+from sandbox import catalogue, fl_named, fl_plans, fl_records, grants, he_models, he_release, ledger, policy
 from sandbox.calls import Call, Deferred
 from sandbox.columns import ArrayCache
 from sandbox.compute_io import (
-    JobSummary, RegisteredModel, RegisterTrainedModel, StartedJob, StartTraining, Tensor, TrainingEvent, TrainingOutcome,
-    TrainingSettings,
+    JobList, RegisteredModel, RegisterTrainedModel, StartedJob, StartTraining, Tensor, TrainingEvent, TrainingOutcome,
 )
 from sandbox.config import ServerConfig
-from sandbox.domain import Budget, ColumnType, DatasetInfo, Kind
+from sandbox.domain import DatasetInfo, Kind, Role
 from sandbox.errors import ErrorCode, SandboxError, engine_errors
+from sandbox.fl_records import TERMINAL
 from sandbox.he_release import ReleaseRule
-from sandbox.state import State
-
-TERMINAL = ("completed", "failed", "cancelled", "revoked")
+from sandbox.state import State, Tx
 
 log = logging.getLogger("sandbox.fl")
+
+#: ListTrainingJobs returns at most this many jobs (newest first), and this many when the request gives no limit.
+MAX_LISTED = 1000
+DEFAULT_LISTED = 100
 
 
 @dataclass
 class Job:
+    """A job running in this server process: its plan, its events so far (for watchers) and its stop signal."""
+
     id: str
     owner: str
     grant_id: str
     plan: fl_server.TrainingPlan
-    charged: Budget
-    dataset: str = ""
-    plan_hash: str = ""
-    settings: TrainingSettings = field(default_factory=TrainingSettings)
-    started_at_ms: int = 0
     state: str = "starting"
-    message: str = ""
     events: list[TrainingEvent] = field(default_factory=list)
-    result: fl_server.TrainingResult | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -98,20 +100,40 @@ def backend_for(config: ServerConfig) -> fl_server.Backend:
     raise ValueError(f"setting fl_backend: expected in-process or deployment, got {config.fl_backend!r}")
 
 
-class JobManager:
-    """Training jobs of this server process, each run in a thread of its own."""
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
-    def __init__(self, db: State, cache: ArrayCache, backend: fl_server.Backend | None = None) -> None:
+
+class JobManager:
+    """Training jobs: each runs in a thread of the server process that started it; every job is kept in the state.
+
+    This process refreshes the heartbeat of its running jobs every ``heartbeat_s``; an open job whose heartbeat
+    is older than ``stale_s`` (its server stopped or crashed) is marked failed when a server starts or reads it.
+    Stopping this manager (``close``, at server shutdown) marks its own running jobs failed at once.
+    """
+
+    def __init__(self, db: State, cache: ArrayCache, backend: fl_server.Backend | None = None, *,
+                 heartbeat_s: float = 10.0, stale_s: float = 60.0) -> None:
+        if not 0 < heartbeat_s < stale_s:
+            raise ValueError("the heartbeat must be shorter than the staleness window")
         self._db = db
         self._cache = cache
         self._backend = backend or fl_server.InProcessBackend()
-        self._jobs: dict[str, Job] = {}
+        self.server_id = "srv-" + secrets.token_hex(8)
+        self._heartbeat_s = heartbeat_s
+        self._stale_ms = int(stale_s * 1000)
+        self._live: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._beating: threading.Thread | None = None
+        with db.write() as tx:
+            self._settle(tx, _now_ms())
 
     # -- RPC entry points (called inside the boundary's transaction) --------------------------------------------
 
     def start(self, call: Call, req: StartTraining) -> Deferred:
-        """Check, price and reserve now; the Deferred's ``compute`` starts the job and returns a ``StartedJob``."""
+        """Check, price and reserve now, with the job's record; the Deferred's ``compute`` starts the job and
+        returns a ``StartedJob``."""
         call.annotate(grant_id=req.grant_id)
         template = fl_plans.get(call.tx, req.plan_hash)
         auth = policy.authorise(call, req.grant_id, Kind.FL_TRAINING, template.dataset, template.columns,
@@ -131,41 +153,52 @@ class JobManager:
                 raise SandboxError(ErrorCode.INVALID_ARGUMENT, "this grant has no delta budget for DP training")
             cost = ledger.cost_units(epsilon, delta)
         policy.charge(call, auth, cost, quota=1)
-        job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan, cost,
-                  dataset=template.dataset, plan_hash=req.plan_hash, settings=settings, started_at_ms=call.now_ms)
+        job = Job("j-" + secrets.token_hex(10), call.principal.id, auth.grant.id, plan)
+        fl_records.insert(call.tx, job_id=job.id, owner_id=job.owner, grant_id=job.grant_id, plan_hash=req.plan_hash,
+                          dataset=template.dataset, settings=settings, plan=plan, charged=cost,
+                          started_at_ms=call.now_ms, server_id=self.server_id)
 
         def launch() -> StartedJob:
             with self._lock:
-                self._jobs[job.id] = job
+                self._live[job.id] = job
+            self._keep_beating()
             threading.Thread(target=self._run, args=(job, info, part_col), name=job.id, daemon=True).start()
             return StartedJob(job_id=job.id, reserved=cost)
 
         return Deferred(launch)
 
-    def jobs_of(self, call: Call) -> list[JobSummary]:
-        """The caller's jobs on this server, newest first (jobs live in the server that started them)."""
-        with self._lock:
-            mine = [j for j in self._jobs.values() if j.owner == call.principal.id]
-        found = []
-        for job in sorted(mine, key=lambda j: (-j.started_at_ms, j.id)):
-            with job.changed:
-                last = job.events[-1] if job.events else None
-                state = job.state
-            found.append(JobSummary(job.id, job.grant_id, job.plan_hash, state, last.round if last else 0,
-                                    last.rounds if last else job.plan.rounds, last.epsilon_spent if last else 0.0,
-                                    job.started_at_ms, job.settings))
-        return found
+    def jobs_for(self, call: Call, limit: int = 0) -> JobList:
+        """The caller's jobs, or every job for an administrator or auditor; newest first, at most ``limit``
+        (0: ``DEFAULT_LISTED``; never more than ``MAX_LISTED``)."""
+        self._settle(call.tx, call.now_ms)
+        everyone = bool(call.principal.roles & {Role.ADMIN, Role.AUDITOR})
+        found, more = fl_records.listed(call.tx, min(limit or DEFAULT_LISTED, MAX_LISTED),
+                                        None if everyone else call.principal.id)
+        return JobList(tuple(j.summary for j in found), more)
 
-    def job_of(self, call: Call, job_id: str) -> Job:
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None or job.owner != call.principal.id:
+    def _own(self, call: Call, job_id: str) -> fl_records.StoredJob:
+        """The caller's job as stored (an open job whose server stopped is marked failed first)."""
+        job = fl_records.get(call.tx, job_id)
+        if job is None or job.summary.owner_id != call.principal.id:
             raise SandboxError(ErrorCode.NOT_FOUND, "no such training job")
-        call.annotate(grant_id=job.grant_id)
+        call.annotate(grant_id=job.summary.grant_id)
+        if job.open and self._settle(call.tx, call.now_ms, [job_id]):
+            job = fl_records.get(call.tx, job_id) or job
         return job
 
+    def _live_job(self, job: fl_records.StoredJob) -> Job | None:
+        """The running job in this process, None if it has ended; an error if it runs in another server."""
+        with self._lock:
+            live = self._live.get(job.id)
+        if live is None and job.open:
+            raise SandboxError(ErrorCode.JOB_ELSEWHERE, "watch or cancel it through the server that started it")
+        return live
+
     def watch(self, call: Call, job_id: str) -> Iterator[TrainingEvent]:
-        job = self.job_of(call, job_id)
+        live = self._live_job(self._own(call, job_id))
+        if live is None:
+            return iter(fl_records.events(call.tx, job_id))
+        job = live
 
         def events() -> Iterator[TrainingEvent]:
             sent = 0
@@ -182,26 +215,24 @@ class JobManager:
 
         return events()
 
-    def _completed(self, call: Call, job_id: str) -> tuple[Job, fl_server.TrainingResult]:
-        """The caller's finished job and its model; a revoked grant withholds the model."""
-        job = self.job_of(call, job_id)
-        grant = grants.get(call.tx, job.grant_id)
+    def _completed(self, call: Call, job_id: str) -> tuple[fl_records.StoredJob, fl_server.TrainingPlan,
+                                                           fl_records.FinalModel]:
+        """The caller's finished job, its plan and its model; a revoked grant withholds the model."""
+        job = self._own(call, job_id)
+        grant = grants.get(call.tx, job.summary.grant_id)
         if grant is None or grant.revoked:
             raise SandboxError(ErrorCode.GRANT_REVOKED, "the model is withheld")
-        if job.state != "completed" or job.result is None:
-            raise SandboxError(ErrorCode.JOB_NOT_COMPLETE, f"job is {job.state}")
-        return job, job.result
+        plan, model = fl_records.plan_and_model(call.tx, job_id)
+        if job.summary.state != "completed" or model is None:
+            raise SandboxError(ErrorCode.JOB_NOT_COMPLETE, f"job is {job.summary.state}")
+        return job, plan, model
 
     def result(self, call: Call, job_id: str) -> TrainingOutcome:
-        job, res = self._completed(call, job_id)
-        final = res.final
-        metrics = tuple((k, float(v)) for k, v in (
-            ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", res.epsilon)) if v is not None)
+        job, plan, model = self._completed(call, job_id)
         return TrainingOutcome(
-            job_id=job.id, metrics=metrics, charged=job.charged,
-            weights=tuple(Tensor(shape=tuple(p.shape), values=tuple(np.asarray(p, dtype=float).ravel().tolist()))
-                          for p in res.params),
-            history=tuple(job.events))
+            job_id=job.id, metrics=model.metrics, charged=job.charged,
+            weights=tuple(Tensor(shape=tuple(p.shape), values=tuple(p.ravel().tolist())) for p in model.params),
+            history=tuple(fl_records.events(call.tx, job_id)), named=fl_named.named_model(plan, model.params))
 
     def register_model(self, call: Call, req: RegisterTrainedModel, *, rule: ReleaseRule) -> RegisteredModel:
         """A finished job's logistic model as a registry model for HE scoring, in raw column units.
@@ -212,9 +243,9 @@ class JobManager:
         as too small are dropped (``he_release.fold_small_terms``); the registry's own rules then apply (the release
         rule's: enough sandbox columns, balanced contributions, magnitudes; levels, bounds).
         """
-        job, res = self._completed(call, req.job_id)
+        job, plan, model = self._completed(call, req.job_id)
         with engine_errors():
-            pairs, bias = fl_server.as_linear(job.plan, res.params)
+            pairs, bias = fl_server.as_linear(plan, list(model.params))
         private = list(req.private_features)
         columns = [c for c, _ in pairs]
         unknown = [p for p in private if p not in columns]
@@ -222,12 +253,14 @@ class JobManager:
             raise SandboxError(ErrorCode.INVALID_ARGUMENT, "private features must be distinct features of the "
                                f"trained plan, at least one ({', '.join(columns)})")
         weight = dict(pairs)
-        bounds = {f.column: (f.lower, f.upper) for f in job.plan.features}
+        bounds = {f.column: (f.lower, f.upper) for f in plan.features}
         public = tuple((c, w) for c, w in pairs if c not in private)
-        schema = catalogue.get_dataset(call.tx, job.dataset).schema
+        dataset = job.summary.dataset
+        schema = catalogue.get_dataset(call.tx, dataset).schema
         public, bias, dropped = he_release.fold_small_terms(public, bias, schema, rule)
-        provenance = (f"Trained by federated job {job.id} under grant {job.grant_id} (plan {job.plan_hash[:16]}, "
-                      f"{len(res.history)} rounds, epsilon {'none' if res.epsilon is None else f'{res.epsilon:.3g}'}). "
+        provenance = (f"Trained by federated job {job.id} under grant {job.summary.grant_id} "
+                      f"(plan {job.summary.plan_hash[:16]}, {model.rounds_trained} rounds, epsilon "
+                      f"{'none' if model.epsilon is None else f'{model.epsilon:.3g}'}). "
                       "Private features in raw units, clipped by the applicant to: "
                       + "; ".join(f"{p} [{bounds[p][0]:g}, {bounds[p][1]:g}]" for p in private) + ".")
         if dropped:
@@ -235,7 +268,7 @@ class JobManager:
                            "largest term, which the release rule refuses (their mid-range value folded into the bias): "
                            + ", ".join(f"{c} (contribution {x:.3g})" for c, x in dropped) + ".")
         spec = he_models.ModelSpec(
-            name=req.name, kind="logistic", dataset=job.dataset, public_features=public,
+            name=req.name, kind="logistic", dataset=dataset, public_features=public,
             private_features=tuple((p, weight[p]) for p in private), bias=bias,
             description=(provenance + (" " + req.description if req.description else "")))
         model_hash = he_models.submit(call.tx, spec, submitted_by=call.principal.id, now_ms=call.now_ms, rule=rule)
@@ -243,9 +276,63 @@ class JobManager:
 
     def cancel(self, call: Call, job_id: str) -> str:
         """The job's state after the request: "cancelling" until it stops."""
-        job = self.job_of(call, job_id)
+        stored = self._own(call, job_id)
+        job = self._live_job(stored)
+        if job is None:
+            return stored.summary.state
         job.cancel.set()
         return "cancelling" if job.state not in TERMINAL else job.state
+
+    # -- which jobs are alive ------------------------------------------------------------------------------------
+
+    def _settle(self, tx: Tx, now_ms: int, job_ids: Sequence[str] | None = None) -> list[str]:
+        """Mark failed the open jobs (of ``job_ids``, or all) whose server stopped: silent past the staleness
+        window and not running here. Returns those marked."""
+        stale = set(tx.training_job_stale(now_ms - self._stale_ms))
+        with self._lock:
+            stale -= set(self._live)
+        if job_ids is not None:
+            stale &= set(job_ids)
+        marked = fl_records.abandon(tx, sorted(stale), now_ms=now_ms)
+        if marked:
+            log.warning("marked %d training job(s) failed: their server stopped while they ran", len(marked))
+        return marked
+
+    def _keep_beating(self) -> None:
+        """Start the heartbeat of this process's running jobs, once."""
+        with self._lock:
+            if self._beating is None and not self._closed.is_set():
+                self._beating = threading.Thread(target=self._beat, name="fl-heartbeat", daemon=True)
+                self._beating.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self._heartbeat_s):
+            with self._lock:
+                if not self._live:
+                    continue
+            try:
+                with self._db.write() as tx:
+                    tx.training_job_beat(self.server_id, _now_ms())
+            except Exception:  # noqa: BLE001 - a missed beat is retried; staleness allows several
+                log.warning("training jobs' heartbeat not written", exc_info=True)
+
+    def close(self) -> None:
+        """At server shutdown: stop this process's jobs and record them failed (their charge stands)."""
+        self._closed.set()
+        with self._lock:
+            live = list(self._live.values())
+            self._live.clear()
+        for job in live:
+            job.cancel.set()
+        if not live:
+            return
+        now = _now_ms()
+        try:
+            with self._db.write() as tx:
+                for job in live:
+                    self._end_in(tx, job, "failed", fl_records.STOPPED, now)
+        except Exception:  # noqa: BLE001 - the next server to read them marks them failed once they are stale
+            log.exception("could not record the stopped training jobs")
 
     # -- the background run ----------------------------------------------------------------------------------------
 
@@ -269,15 +356,27 @@ class JobManager:
             grant = grants.get(tx, grant_id)
         return grant is None or grant.revoked or grant.terms.not_after_ms <= int(time.time() * 1000)
 
+    def _record(self, job: Job, event: TrainingEvent, model: fl_records.FinalModel | None = None) -> None:
+        """Store the event (and a completed job's model), then show it to this process's watchers; a job that
+        already ended in the state (its server was stopped) stops instead."""
+        if self._closed.is_set():
+            job.cancel.set()
+            return
+        with self._db.write() as tx:
+            kept = fl_records.publish(tx, event, now_ms=_now_ms(), model=model)
+        if kept:
+            job.publish(event, state=event.state)
+        else:
+            job.cancel.set()
+
     def _run(self, job: Job, info: DatasetInfo, part_col: str) -> None:
         plan = job.plan
 
         def on_round(r: fl_server.RoundReport) -> None:
-            job.publish(TrainingEvent(
+            self._record(job, TrainingEvent(
                 job_id=job.id, round=r.round, rounds=r.rounds, loss=r.loss, accuracy=r.accuracy,
                 epsilon_spent=r.epsilon or 0.0, participants=tuple(r.participants), dropped=tuple(r.failed),
-                state="running", message=round_message(r)),
-                state="running")
+                state="running", message=round_message(r)))
 
         revoked = threading.Event()
 
@@ -287,37 +386,50 @@ class JobManager:
             return job.cancel.is_set() or revoked.is_set()
 
         try:
-            backend = self._backend
-            parts: Mapping[str, fl_server.Partition | None]
-            if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
-                holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
-                parts = dict.fromkeys(f"{part_col}-{h}" for h in holders)
-            else:
-                parts = self._partitions(plan, info, part_col)
-            job.result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,
+            try:
+                backend = self._backend
+                parts: Mapping[str, fl_server.Partition | None]
+                if backend.external:  # each holder's own node prepares its rows: nothing is prepared here
+                    holders = info.schema.column(part_col).categories  # type: ignore[union-attr]
+                    parts = dict.fromkeys(f"{part_col}-{h}" for h in holders)
+                else:
+                    parts = self._partitions(plan, info, part_col)
+                result = backend.run(plan, parts, on_round=on_round, should_stop=should_stop,
                                      person_key=info.schema.person_key or "")
-            if self._revoked(job.grant_id):
-                job.result = None
-                self._end(job, "revoked", "the grant was revoked; the model is withheld")
-            else:
-                self._end(job, "completed", "training finished")
-        except fl_server.TrainingCancelled:
-            if revoked.is_set():
-                self._end(job, "revoked", "the grant was revoked; training stopped and the model is withheld")
-            else:
-                self._end(job, "cancelled", "cancelled by the researcher; the charge stands")
-        except fl_server.TrainingError as exc:
-            self._end(job, "failed", f"training produced no model: {exc}")
-        except Exception:  # noqa: BLE001 - a job must end with a state, never hang its watchers
-            log.exception("job %s failed", job.id)
-            self._end(job, "failed", "training failed")
+                if self._revoked(job.grant_id):
+                    self._end(job, "revoked", "the grant was revoked; the model is withheld")
+                else:
+                    final = result.final
+                    metrics = tuple((k, float(v)) for k, v in (
+                        ("loss", final.loss), ("accuracy", final.accuracy), ("epsilon", result.epsilon))
+                        if v is not None)
+                    self._end(job, "completed", "training finished", fl_records.FinalModel(
+                        tuple(np.asarray(p, dtype=np.float64) for p in result.params), metrics, result.epsilon,
+                        len(result.history)))
+            except fl_server.TrainingCancelled:
+                if revoked.is_set():
+                    self._end(job, "revoked", "the grant was revoked; training stopped and the model is withheld")
+                else:
+                    self._end(job, "cancelled", "cancelled by the researcher; the charge stands")
+            except fl_server.TrainingError as exc:
+                self._end(job, "failed", f"training produced no model: {exc}")
+            except Exception:  # noqa: BLE001 - a job must end with a state, never hang its watchers
+                log.exception("job %s failed", job.id)
+                self._end(job, "failed", "training failed")
+        except Exception:  # noqa: BLE001 - the end could not be stored: once stale, the job is marked failed
+            log.exception("job %s: its end was not recorded", job.id)
+            job.publish(fl_records.end_event(job.id, None, job.plan.rounds, "failed", "training failed"), "failed")
+        finally:
+            with self._lock:
+                self._live.pop(job.id, None)
+
+    def _end(self, job: Job, state: str, message: str, model: fl_records.FinalModel | None = None) -> None:
+        self._record(job, fl_records.end_event(job.id, job.events[-1] if job.events else None, job.plan.rounds,
+                                               state, message), model)
 
     @staticmethod
-    def _end(job: Job, state: str, message: str) -> None:
-        last = job.events[-1] if job.events else None
-        loss = accuracy = None
-        if last is not None and last.loss is not None:  # the last evaluation, if one was released
-            loss, accuracy = last.loss, (last.accuracy if last.accuracy is not None else 0.0)
-        job.publish(TrainingEvent(job_id=job.id, round=last.round if last else 0, rounds=job.plan.rounds,
-                                  epsilon_spent=last.epsilon_spent if last else 0.0, state=state, message=message,
-                                  loss=loss, accuracy=accuracy), state=state)
+    def _end_in(tx: Tx, job: Job, state: str, message: str, now_ms: int) -> None:
+        """End ``job`` in transaction ``tx`` (at shutdown) and tell its watchers."""
+        event = fl_records.end_event(job.id, job.events[-1] if job.events else None, job.plan.rounds, state, message)
+        if fl_records.publish(tx, event, now_ms=now_ms):
+            job.publish(event, state=state)

@@ -494,7 +494,20 @@ def training_settings_to_pb(s: io.TrainingSettings) -> common_pb2.TrainingSettin
 def job_summary_to_pb(j: io.JobSummary) -> fl_pb2.TrainingJobSummary:
     return fl_pb2.TrainingJobSummary(
         job_id=j.job_id, grant_id=j.grant_id, plan_hash=j.plan_hash, state=j.state, round=j.round, rounds=j.rounds,
-        epsilon_spent=j.epsilon_spent, started_at_unix_ms=j.started_at_ms, settings=training_settings_to_pb(j.settings))
+        epsilon_spent=j.epsilon_spent, started_at_unix_ms=j.started_at_ms, settings=training_settings_to_pb(j.settings),
+        owner_id=j.owner_id, dataset=j.dataset, message=j.message)
+
+
+def job_list_to_pb(jobs: io.JobList) -> fl_pb2.ListTrainingJobsResponse:
+    return fl_pb2.ListTrainingJobsResponse(jobs=[job_summary_to_pb(j) for j in jobs.jobs], more=jobs.more)
+
+
+def named_model_to_pb(m: io.NamedModel) -> fl_pb2.NamedModel:
+    return fl_pb2.NamedModel(
+        model=m.model, inputs=list(m.inputs), coefficients=[fl_pb2.NamedWeight(name=k, value=v) for k, v in m.coefficients],
+        intercept=m.intercept, raw_units=m.raw_units, label=m.label, label_threshold=m.label_threshold, note=m.note,
+        scaling=[fl_pb2.FeatureScaling(column=f.column, lower=f.lower, upper=f.upper, categories=list(f.categories))
+                 for f in m.scaling])
 
 
 def training_event_to_pb(e: io.TrainingEvent) -> fl_pb2.TrainingEvent:
@@ -510,7 +523,8 @@ def training_outcome_to_pb(o: io.TrainingOutcome) -> fl_pb2.GetTrainingResultRes
         job_id=o.job_id, metrics=[fl_pb2.Metric(name=k, value=v) for k, v in o.metrics],
         charged=budget_to_pb(o.charged),
         weights=[fl_pb2.Tensor(shape=list(t.shape), values=list(t.values)) for t in o.weights],
-        history=[training_event_to_pb(e) for e in o.history])
+        history=[training_event_to_pb(e) for e in o.history],
+        named=named_model_to_pb(o.named) if o.named is not None else None)
 
 
 def register_trained_model_from_pb(req: fl_pb2.RegisterTrainedModelRequest) -> io.RegisterTrainedModel:

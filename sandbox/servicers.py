@@ -63,7 +63,9 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     **{f"/sandbox.v1.HeScoringService/{m}": frozenset({Role.APPLICANT}) for m in ("RegisterContext", "Score")},
     **{f"/sandbox.v1.FlTrainingService/{m}": frozenset({Role.RESEARCHER}) for m in (
         "RegisterPlan", "StartTraining", "WatchTraining", "GetTrainingResult", "CancelTraining",
-        "RegisterTrainedModel", "ListTrainingJobs")},
+        "RegisterTrainedModel")},
+    # a researcher's own jobs; every job to administrators and auditors (fl_jobs.JobManager.jobs_for)
+    "/sandbox.v1.FlTrainingService/ListTrainingJobs": frozenset({Role.RESEARCHER, Role.ADMIN, Role.AUDITOR}),
     "/sandbox.v1.FlTrainingService/GetTrainingPlan": None,  # reviewers and grantees (scenarios.training_plan_for)
     **{f"/sandbox.v1.VerificationService/{m}": frozenset({Role.APPLICANT}) for m in (
         "Verify", "GetPrivateSet", "VerifyPrivate")},
@@ -413,8 +415,7 @@ class FlTrainingServicer(fl_pb2_grpc.FlTrainingServiceServicer):
                                               submitted_by=submitted_by, canonical=template.canonical())
 
     def ListTrainingJobs(self, request, context):  # type: ignore[no-untyped-def]
-        jobs = self._jobs.jobs_of(current_call())
-        return fl_pb2.ListTrainingJobsResponse(jobs=[serde.job_summary_to_pb(j) for j in jobs])
+        return serde.job_list_to_pb(self._jobs.jobs_for(current_call(), request.limit))
 
 
 class VerificationServicer(verify_pb2_grpc.VerificationServiceServicer):
@@ -474,8 +475,8 @@ def add_servicers(
 ) -> list[Callable[[], None]]:
     """Register every service; returns what must be closed at shutdown."""
     dp = DpQueryServicer(config)
-    fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(
-        FlTrainingServicer(fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config)), config), server)
+    jobs = fl_jobs.JobManager(db, dp.cache, fl_jobs.backend_for(config))
+    fl_pb2_grpc.add_FlTrainingServiceServicer_to_server(FlTrainingServicer(jobs, config), server)
     # One index of entity ids for HE scoring and verification; the server's secret keys their pseudonyms too.
     index = he_scoring.EntityIndex(dp.cache, catalogue_key)
     he = HeScoringServicer(config, dp.cache, index, catalogue_key)
@@ -488,4 +489,4 @@ def add_servicers(
     applicant_pb2_grpc.add_ApplicantServiceServicer_to_server(ApplicantServicer(config), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log), server)
     admin_pb2_grpc.add_StewardServiceServicer_to_server(StewardServicer(), server)
-    return [he.close]
+    return [he.close, jobs.close]

@@ -37,7 +37,7 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/admin/principals", "Principals", frozenset({"admin"})),
     ("/steward", "Stewardship", frozenset({"steward"})),
     ("/scenarios", "My scenarios", frozenset({"applicant", "researcher"})),
-    ("/training", "Training jobs", frozenset({"researcher"})),
+    ("/training", "Training jobs", frozenset({"researcher", "admin", "auditor"})),
     ("/audit", "Audit log", frozenset({"admin", "auditor"})),
     ("/catalogue", "Catalogue", frozenset({"admin", "applicant", "researcher", "auditor", "steward"})),
 )

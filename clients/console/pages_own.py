@@ -1,5 +1,6 @@
 """An applicant's or researcher's pages: their scenarios (read-only), what each grant leaves of its budget and
-quota and whether it verifies, and a researcher's training jobs round by round."""
+quota and whether it verifies, and training jobs: a researcher's own round by round with the named model, or
+every job with its owner for an administrator or auditor (the server decides which: ``training_jobs``)."""
 
 from __future__ import annotations
 
@@ -39,23 +40,23 @@ def routes(console: Console) -> list[Route]:
         return console.render(request, "own_scenario.html", title=s.title, s=s, verified=verified, note=note)
 
     def training(request: Request) -> Response:
-        console.require("researcher")
-        return console.render(request, "own_training.html", title="Training jobs",
-                              jobs=sdk.researcher.training_jobs())
+        console.require("researcher", "admin", "auditor")
+        jobs = sdk.base.training_jobs()
+        return console.render(request, "own_training.html", title="Training jobs", jobs=jobs,
+                              everyone=any(j.owner_id != sdk.principal_id for j in jobs))
 
     def job(request: Request) -> Response:
-        console.require("researcher")
+        console.require("researcher", "admin", "auditor")
         job_id = request.path_params["job_id"]
-        found = next((j for j in sdk.researcher.training_jobs() if j.job_id == job_id), None)
+        found = next((j for j in sdk.base.training_jobs(limit=1000) if j.job_id == job_id), None)
         result, note = None, ""
-        if found is not None and found.state == "completed":
+        if found is not None and found.state == "completed" and found.owner_id == sdk.principal_id:
             try:
                 result = sdk.researcher.training_result(job_id)
             except (FailedPrecondition, PermissionDenied) as exc:
                 note = exc.message
         return console.render(request, "own_job.html", title=f"Training job {job_id}", job_id=job_id, job=found,
-                              result=result,
-                              note=note)
+                              result=result, note=note)
 
     return as_routes([
         ("/scenarios", scenarios, ["GET"]),

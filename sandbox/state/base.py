@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 #: The schema version this code writes (``meta.schema_version``); older versions are migrated at open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Row = tuple[Any, ...]
 
@@ -258,6 +258,47 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def he_batch_count(self, grant_id: str) -> int: ...
+
+    # --- training jobs: (id, owner_id, grant_id, plan_hash, dataset, settings, state, round, rounds, epsilon_spent,
+    #     charged_epsilon_nano, charged_delta_atto, started_at_ms, heartbeat_at_ms, server_id, message) -------------
+    #     A job is open while its state is 'starting' or 'running'; an ended job's row never changes again.
+    @abc.abstractmethod
+    def training_job_insert(self, job_id: str, owner_id: str, grant_id: str, plan_hash: str, dataset: str,
+                            settings: str, plan: str, rounds: int, charged_epsilon_nano: int,
+                            charged_delta_atto: int, started_at_ms: int, server_id: str) -> None:
+        """A new job in state 'starting'; Conflict if the id is taken, StateError without such a grant."""
+
+    @abc.abstractmethod
+    def training_job_get(self, job_id: str) -> Row | None: ...
+
+    @abc.abstractmethod
+    def training_job_plan(self, job_id: str) -> tuple[str, str | None] | None:
+        """(plan, result) of a job: the engine's canonical plan, and the final model's JSON once completed."""
+
+    @abc.abstractmethod
+    def training_job_list(self, limit: int, owner_id: str | None = None) -> list[Row]:
+        """Up to ``limit`` jobs (of one owner, or of all), newest first (start time, then id, descending)."""
+
+    @abc.abstractmethod
+    def training_job_update(self, job_id: str, *, state: str, round: int, rounds: int, epsilon_spent: float,
+                            message: str, heartbeat_at_ms: int, result: str | None = None) -> bool:
+        """Record progress or the end of an open job; False (and nothing written) if the job has ended."""
+
+    @abc.abstractmethod
+    def training_job_beat(self, server_id: str, now_ms: int) -> int:
+        """Refresh the heartbeat of every open job of ``server_id``; returns how many."""
+
+    @abc.abstractmethod
+    def training_job_stale(self, before_ms: int) -> list[str]:
+        """Ids of the open jobs whose heartbeat is older than ``before_ms``, by id."""
+
+    @abc.abstractmethod
+    def training_event_append(self, job_id: str, event: str) -> None:
+        """Add a progress report after the job's last one."""
+
+    @abc.abstractmethod
+    def training_events(self, job_id: str) -> list[str]:
+        """A job's progress reports, in the order they were appended."""
 
 
 CONTENT_TABLES = ("models", "plans")

@@ -34,12 +34,17 @@ class _Tables:
         self.he: dict[int, tuple[str, bytes]] = {}
         self.grant_cosignatures: dict[tuple[str, str], Row] = {}
         self.stewardship: dict[str, Row] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.job_events: dict[str, list[str]] = {}
 
 
 _PRINCIPAL = ("id", "name", "organisation", "roles", "public_key", "status", "created_at_ms", "active_since_ms")
 _SCENARIO = ("id", "applicant_id", "application", "status", "decision_reason", "created_at_ms")
 _GRANT = ("id", "terms", "signature", "revoked_at_ms", "revoke_reason")
 _DATASET = ("name", "version", "schema_json", "row_count", "imported_at_ms", "public_rows")
+_JOB = ("id", "owner_id", "grant_id", "plan_hash", "dataset", "settings", "state", "round", "rounds", "epsilon_spent",
+        "charged_epsilon_nano", "charged_delta_atto", "started_at_ms", "heartbeat_at_ms", "server_id", "message")
+_OPEN_JOB = ("starting", "running")
 
 
 def _pick(record: dict[str, Any], columns: tuple[str, ...]) -> Row:
@@ -342,6 +347,62 @@ class MemoryTx(Tx):
 
     def he_batch_count(self, grant_id: str) -> int:
         return sum(1 for g, _ in self._t.he.values() if g == grant_id)
+
+    def training_job_insert(self, job_id: str, owner_id: str, grant_id: str, plan_hash: str, dataset: str,
+                            settings: str, plan: str, rounds: int, charged_epsilon_nano: int,
+                            charged_delta_atto: int, started_at_ms: int, server_id: str) -> None:
+        t = self._w()
+        if job_id in t.jobs:
+            raise Conflict("training job")
+        if grant_id not in t.grants:
+            raise StateError("no such grant")
+        t.jobs[job_id] = dict(id=job_id, owner_id=owner_id, grant_id=grant_id, plan_hash=plan_hash, dataset=dataset,
+                              settings=settings, plan=plan, state="starting", round=0, rounds=rounds,
+                              epsilon_spent=0.0, charged_epsilon_nano=charged_epsilon_nano,
+                              charged_delta_atto=charged_delta_atto, started_at_ms=started_at_ms,
+                              heartbeat_at_ms=started_at_ms, server_id=server_id, message="", result=None)
+        t.job_events[job_id] = []
+
+    def training_job_get(self, job_id: str) -> Row | None:
+        j = self._t.jobs.get(job_id)
+        return _pick(j, _JOB) if j else None
+
+    def training_job_plan(self, job_id: str) -> tuple[str, str | None] | None:
+        j = self._t.jobs.get(job_id)
+        return (j["plan"], j["result"]) if j else None
+
+    def training_job_list(self, limit: int, owner_id: str | None = None) -> list[Row]:
+        found = [j for j in self._t.jobs.values() if owner_id is None or j["owner_id"] == owner_id]
+        found.sort(key=lambda j: (j["started_at_ms"], j["id"]), reverse=True)
+        return [_pick(j, _JOB) for j in found[:limit]]
+
+    def training_job_update(self, job_id: str, *, state: str, round: int, rounds: int, epsilon_spent: float,
+                            message: str, heartbeat_at_ms: int, result: str | None = None) -> bool:
+        j = self._w().jobs.get(job_id)
+        if j is None or j["state"] not in _OPEN_JOB:
+            return False
+        j.update(state=state, round=round, rounds=rounds, epsilon_spent=epsilon_spent, message=message,
+                 heartbeat_at_ms=heartbeat_at_ms, result=j["result"] if result is None else result)
+        return True
+
+    def training_job_beat(self, server_id: str, now_ms: int) -> int:
+        mine = [j for j in self._w().jobs.values() if j["server_id"] == server_id and j["state"] in _OPEN_JOB]
+        for j in mine:
+            j["heartbeat_at_ms"] = now_ms
+        return len(mine)
+
+    def training_job_stale(self, before_ms: int) -> list[str]:
+        return sorted(j["id"] for j in self._t.jobs.values()
+                      if j["state"] in _OPEN_JOB and j["heartbeat_at_ms"] < before_ms)
+
+    def training_event_append(self, job_id: str, event: str) -> None:
+        t = self._w()
+        if job_id not in t.jobs:
+            raise StateError("no such training job")
+        t.job_events[job_id].append(event)
+
+    def training_events(self, job_id: str) -> list[str]:
+        return list(self._t.job_events.get(job_id, ()))
 
 
 class MemoryState(State):

@@ -211,3 +211,46 @@ CREATE OR REPLACE TRIGGER no_truncate_grant_cosignatures BEFORE TRUNCATE ON gran
 
 -- Schema version 3: what was asked, on the record.
 ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS request TEXT NOT NULL DEFAULT '';
+
+-- Schema version 4: federated-training jobs and their progress reports (see schema_sqlite.sql).
+CREATE TABLE IF NOT EXISTS training_jobs (
+    id                   TEXT PRIMARY KEY,
+    owner_id             TEXT NOT NULL,
+    grant_id             TEXT NOT NULL REFERENCES grants (id),
+    plan_hash            TEXT NOT NULL,
+    dataset              TEXT NOT NULL,
+    settings             TEXT NOT NULL,
+    plan                 TEXT NOT NULL,
+    state                TEXT NOT NULL CHECK (state IN ('starting', 'running', 'completed', 'failed', 'cancelled',
+                                                        'revoked')),
+    round                BIGINT NOT NULL DEFAULT 0,
+    rounds               BIGINT NOT NULL,
+    epsilon_spent        DOUBLE PRECISION NOT NULL DEFAULT 0,
+    charged_epsilon_nano BIGINT NOT NULL,
+    charged_delta_atto   BIGINT NOT NULL,
+    started_at_ms        BIGINT NOT NULL,
+    heartbeat_at_ms      BIGINT NOT NULL,
+    server_id            TEXT NOT NULL,
+    message              TEXT NOT NULL DEFAULT '',
+    result               TEXT
+);
+CREATE INDEX IF NOT EXISTS training_jobs_owner ON training_jobs (owner_id, started_at_ms);
+CREATE INDEX IF NOT EXISTS training_jobs_started ON training_jobs (started_at_ms);
+CREATE OR REPLACE TRIGGER training_jobs_final BEFORE UPDATE ON training_jobs FOR EACH ROW
+    WHEN (OLD.state NOT IN ('starting', 'running'))
+    EXECUTE FUNCTION sandbox_refuse('an ended training job is read-only');
+CREATE OR REPLACE TRIGGER training_jobs_no_delete BEFORE DELETE ON training_jobs
+    FOR EACH ROW EXECUTE FUNCTION sandbox_refuse('training jobs cannot be deleted');
+CREATE OR REPLACE TRIGGER no_truncate_training_jobs BEFORE TRUNCATE ON training_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION sandbox_refuse('training jobs cannot be deleted');
+
+CREATE TABLE IF NOT EXISTS training_events (
+    job_id TEXT NOT NULL REFERENCES training_jobs (id),
+    seq    BIGINT NOT NULL,
+    event  TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE OR REPLACE TRIGGER training_events_append_only BEFORE UPDATE OR DELETE ON training_events
+    FOR EACH ROW EXECUTE FUNCTION sandbox_refuse('training events are append-only');
+CREATE OR REPLACE TRIGGER no_truncate_training_events BEFORE TRUNCATE ON training_events
+    FOR EACH STATEMENT EXECUTE FUNCTION sandbox_refuse('training events are append-only');

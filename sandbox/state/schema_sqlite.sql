@@ -215,3 +215,50 @@ CREATE TRIGGER IF NOT EXISTS grant_cosignatures_no_update BEFORE UPDATE ON grant
 BEGIN SELECT RAISE(ABORT, 'co-signatures are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS grant_cosignatures_no_delete BEFORE DELETE ON grant_cosignatures
 BEGIN SELECT RAISE(ABORT, 'co-signatures are append-only'); END;
+
+-- Federated-training jobs (schema version 4): a summary row per job, written in the transaction that charged it,
+-- updated while it runs and fixed once it ends (completed, failed, cancelled, revoked); ``plan`` is the engine's
+-- canonical plan (public scaling, no data), ``result`` the final model and metrics (JSON, completed jobs only).
+-- ``server_id`` is the server process running it; that process refreshes ``heartbeat_at_ms`` while the job is
+-- open, so another server can tell a job whose server stopped (sandbox/fl_records.py). ``epsilon_spent`` is the
+-- accountant's report for display; what the grant was charged is the integer pair beside it.
+CREATE TABLE IF NOT EXISTS training_jobs (
+    id                   TEXT PRIMARY KEY,
+    owner_id             TEXT NOT NULL,
+    grant_id             TEXT NOT NULL REFERENCES grants (id),
+    plan_hash            TEXT NOT NULL,
+    dataset              TEXT NOT NULL,
+    settings             TEXT NOT NULL,
+    plan                 TEXT NOT NULL,
+    state                TEXT NOT NULL CHECK (state IN ('starting', 'running', 'completed', 'failed', 'cancelled',
+                                                        'revoked')),
+    round                INTEGER NOT NULL DEFAULT 0,
+    rounds               INTEGER NOT NULL,
+    epsilon_spent        REAL NOT NULL DEFAULT 0,
+    charged_epsilon_nano INTEGER NOT NULL,
+    charged_delta_atto   INTEGER NOT NULL,
+    started_at_ms        INTEGER NOT NULL,
+    heartbeat_at_ms      INTEGER NOT NULL,
+    server_id            TEXT NOT NULL,
+    message              TEXT NOT NULL DEFAULT '',
+    result               TEXT
+);
+CREATE INDEX IF NOT EXISTS training_jobs_owner ON training_jobs (owner_id, started_at_ms);
+CREATE INDEX IF NOT EXISTS training_jobs_started ON training_jobs (started_at_ms);
+CREATE TRIGGER IF NOT EXISTS training_jobs_final BEFORE UPDATE ON training_jobs
+WHEN OLD.state NOT IN ('starting', 'running')
+BEGIN SELECT RAISE(ABORT, 'an ended training job is read-only'); END;
+CREATE TRIGGER IF NOT EXISTS training_jobs_no_delete BEFORE DELETE ON training_jobs
+BEGIN SELECT RAISE(ABORT, 'training jobs cannot be deleted'); END;
+
+-- Each job's progress reports (TrainingEvent as JSON), in the order they were published: append-only.
+CREATE TABLE IF NOT EXISTS training_events (
+    job_id TEXT NOT NULL REFERENCES training_jobs (id),
+    seq    INTEGER NOT NULL,
+    event  TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS training_events_no_update BEFORE UPDATE ON training_events
+BEGIN SELECT RAISE(ABORT, 'training events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS training_events_no_delete BEFORE DELETE ON training_events
+BEGIN SELECT RAISE(ABORT, 'training events are append-only'); END;

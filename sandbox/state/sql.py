@@ -29,6 +29,9 @@ _COSIG = "SELECT size, witness_id, witness_key, head_signed_at_ms, signature FRO
 _STEWARDSHIP = "SELECT dataset, owner, steward_ids, policy, updated_at_ms FROM stewardship"
 _GRANT_COSIG = ("SELECT dataset, steward_id, steward_key, signature, signed_at_ms FROM grant_cosignatures "
                 "WHERE grant_id = ? ORDER BY dataset")
+_JOB = ("SELECT id, owner_id, grant_id, plan_hash, dataset, settings, state, round, rounds, epsilon_spent, "
+        "charged_epsilon_nano, charged_delta_atto, started_at_ms, heartbeat_at_ms, server_id, message FROM training_jobs")
+_OPEN_JOB = "state IN ('starting', 'running')"
 _CONTENT_KEYS = {"models": "model_hash", "plans": "plan_hash"}
 assert set(_CONTENT_KEYS) == set(CONTENT_TABLES)
 
@@ -352,3 +355,52 @@ class SqlTx(Tx):
 
     def he_batch_count(self, grant_id: str) -> int:
         return int(self._run("SELECT COUNT(*) FROM he_scored WHERE grant_id = ?", (grant_id,)).fetchone()[0])
+
+    # --- training jobs
+    def training_job_insert(self, job_id: str, owner_id: str, grant_id: str, plan_hash: str, dataset: str,
+                            settings: str, plan: str, rounds: int, charged_epsilon_nano: int,
+                            charged_delta_atto: int, started_at_ms: int, server_id: str) -> None:
+        self._insert_unique(
+            "INSERT INTO training_jobs (id, owner_id, grant_id, plan_hash, dataset, settings, plan, state, rounds, "
+            "charged_epsilon_nano, charged_delta_atto, started_at_ms, heartbeat_at_ms, server_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?, ?)",
+            (job_id, owner_id, grant_id, plan_hash, dataset, settings, plan, rounds, charged_epsilon_nano,
+             charged_delta_atto, started_at_ms, started_at_ms, server_id), "training job")
+
+    def training_job_get(self, job_id: str) -> Row | None:
+        return self._one(_JOB + " WHERE id = ?", (job_id,))
+
+    def training_job_plan(self, job_id: str) -> tuple[str, str | None] | None:
+        row = self._one("SELECT plan, result FROM training_jobs WHERE id = ?", (job_id,))
+        return (str(row[0]), None if row[1] is None else str(row[1])) if row else None
+
+    def training_job_list(self, limit: int, owner_id: str | None = None) -> list[Row]:
+        order = " ORDER BY started_at_ms DESC, id DESC LIMIT ?"
+        if owner_id is None:
+            return self._all(_JOB + order, (limit,))
+        return self._all(_JOB + " WHERE owner_id = ?" + order, (owner_id, limit))
+
+    def training_job_update(self, job_id: str, *, state: str, round: int, rounds: int, epsilon_spent: float,
+                            message: str, heartbeat_at_ms: int, result: str | None = None) -> bool:
+        cur = self._run(
+            "UPDATE training_jobs SET state = ?, round = ?, rounds = ?, epsilon_spent = ?, message = ?, "
+            f"heartbeat_at_ms = ?, result = COALESCE(?, result) WHERE id = ? AND {_OPEN_JOB}",
+            (state, round, rounds, epsilon_spent, message, heartbeat_at_ms, result, job_id))
+        return bool(cur.rowcount == 1)
+
+    def training_job_beat(self, server_id: str, now_ms: int) -> int:
+        return int(self._run(f"UPDATE training_jobs SET heartbeat_at_ms = ? WHERE server_id = ? AND {_OPEN_JOB}",
+                             (now_ms, server_id)).rowcount)
+
+    def training_job_stale(self, before_ms: int) -> list[str]:
+        return [str(r[0]) for r in self._all(
+            f"SELECT id FROM training_jobs WHERE {_OPEN_JOB} AND heartbeat_at_ms < ? ORDER BY id", (before_ms,))]
+
+    def training_event_append(self, job_id: str, event: str) -> None:
+        self._run("INSERT INTO training_events (job_id, seq, event) "
+                  "SELECT ?, COALESCE(MAX(seq), 0) + 1, ? FROM training_events WHERE job_id = ?",
+                  (job_id, event, job_id))
+
+    def training_events(self, job_id: str) -> list[str]:
+        return [str(r[0]) for r in self._all("SELECT event FROM training_events WHERE job_id = ? ORDER BY seq",
+                                             (job_id,))]

@@ -194,6 +194,7 @@ class SqliteState(State):
             # Version 3: each audit entry keeps a description of what was asked (older entries keep '').
             if "request" not in {row[1] for row in conn.execute("PRAGMA table_info(audit_log)")}:
                 conn.execute("ALTER TABLE audit_log ADD COLUMN request TEXT NOT NULL DEFAULT ''")
+            # Version 4: training jobs and their progress reports (new tables: the schema script above made them).
             with db.write() as tx:
                 tx.meta_put("schema_version", str(SCHEMA_VERSION))
         return db

@@ -312,6 +312,41 @@ def test_train_watch_without_dp_shows_rounds_metrics_and_the_charge(run: Run, fl
     assert gone.exit_code == 0 and f"job {job}: completed" in gone.output
 
 
+def test_jobs_lists_own_and_every_job_and_result_writes_named_raw_unit_weights(
+        run: Run, sandbox: Sandbox, fl_grant: tuple[Path, str, str], tmp_path: Path) -> None:
+    lab, plan, grant = fl_grant
+    r = train(run, lab, grant, plan, "--clipping-norm", "1", "--noise-multiplier", "1", "--delta", "1e-6")
+    job = found(r"started job (j-[0-9a-f]+)", r.output).group(1)
+    mine = run("jobs", key=lab)
+    assert mine.exit_code == 0, mine.output
+    found(rf"{job}\s+│\s+{grant}\s+│\s+completed\s+│\s+3/3\s+│\s+\d+\.\d+\s+│\s+\d{{4}}-\d\d-\d\d", mine.output)
+    assert "owner" not in mine.output  # a researcher's own jobs: no owner column
+    with ResearcherClient(sandbox.address, key=load_key(lab), ca=sandbox.ca) as sdk:
+        lab_id = sdk.principal_id
+        res = sdk.training_result(job)
+    listed = json.loads(run("jobs", "--json", key=lab).output)
+    assert [j["job_id"] for j in listed["jobs"]] == [job] and listed["more"] is False
+    assert listed["jobs"][0]["owner_id"] == lab_id and listed["jobs"][0]["state"] == "completed"
+    every = run("jobs")  # the administrator's key: every job, with its owner
+    assert every.exit_code == 0 and "owner" in every.output and lab_id in every.output and job in every.output
+
+    model = tmp_path / "model.json"
+    got = run("result", job, "-o", model, key=lab)
+    assert got.exit_code == 0, got.output
+    found(r"\(intercept\)\s+│\s+-?\d", got.output)
+    assert "named in raw column units" in got.output and "4 round reports" in got.output
+    doc = json.loads(model.read_text())
+    named = doc["model"]
+    assert named["kind"] == "logistic" and named["units"] == "raw column values"
+    assert list(named["coefficients"]) == FL_FEATURES == named["inputs"]
+    assert named["coefficients"] == res.named.coefficients and named["intercept"] == res.named.intercept  # type: ignore[union-attr]
+    assert [s["column"] for s in named["scaling"]] == FL_FEATURES and "clipped" in named["how_to_apply"]
+    assert [e["round"] for e in doc["history"]] == [1, 2, 3, 3] and doc["history"][-1]["state"] == "completed"
+    assert all(e["loss"] is None for e in doc["history"])  # under DP the rounds' metrics are withheld
+    assert "scaled units" in doc["weights_units"] and [w["shape"] for w in doc["weights"]] == [[8], [1]]
+    assert doc["weights"][0]["values"] == res.weights[0].tolist()
+
+
 def test_train_watch_under_dp_withholds_metrics(run: Run, fl_grant: tuple[Path, str, str]) -> None:
     lab, plan, grant = fl_grant
     r = train(run, lab, grant, plan, "--clipping-norm", "1", "--noise-multiplier", "1", "--delta", "1e-6")

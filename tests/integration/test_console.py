@@ -476,7 +476,15 @@ def test_a_training_plan_is_reviewed_in_full_and_the_researcher_follows_its_job(
         rounds = _table_rows(request(lab_console, "GET", f"/training/{job}", cookie=mine).body, "rounds")
         assert [r[0] for r in rounds][:2] == ["1 / 2", "2 / 2"]
         assert {r[2] for r in rounds[:2]} == {"withheld"}  # under DP the per-round metrics are withheld
-        assert request(admin_console, "GET", "/training", cookie=cookie).status == 403
+        named = _table_rows(request(lab_console, "GET", f"/training/{job}", cookie=mine).body, "coefficients")
+        assert [r[0] for r in named] == [*features, "(intercept)"]
+        result = lab.training_result(job)
+        assert result.named is not None and [float(r[1]) for r in named[:-1]] == pytest.approx(
+            list(result.named.coefficients.values()), rel=1e-5)
+        every = request(admin_console, "GET", "/training", cookie=cookie)  # an administrator sees every job
+        assert every.status == 200 and str(job) in every.body and lab.principal_id in every.body
+        seen = request(admin_console, "GET", f"/training/{job}", cookie=cookie).body
+        assert lab.principal_id in seen and 'id="coefficients"' not in seen  # the model goes to its owner only
     finally:
         admin_console.stop()
         lab_console.stop()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import gzip
 import re
 
 import numpy as np
 import pytest
 
 import fl_server
+from clients import (
+    AuditorClient, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted,
+)
 from clients.types import SecureAggregationTerms
-from clients import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResearcherClient, ResourceExhausted
-from sandbox import catalogue, fl_jobs, fl_plans, ledger
+from sandbox import catalogue, fl_jobs, fl_plans, fl_records, ledger
 from sandbox.state.sqlite import SqliteState as Database
 from tests.conftest import DATA, SCHEMAS, enrol_client, start_sandbox
 from protos.sandbox.v1 import common_pb2, fl_pb2
@@ -246,8 +251,148 @@ def test_no_rpc_returns_a_holders_update_or_rows() -> None:
     for message in (fl_pb2.TrainingEvent, fl_pb2.GetTrainingResultResponse):
         for f in message.DESCRIPTOR.fields:
             assert f.name in {"job_id", "round", "rounds", "loss", "accuracy", "epsilon_spent", "participants",
-                              "dropped", "state", "message", "weights", "metrics", "history", "charged"}, f.name
+                              "dropped", "state", "message", "weights", "metrics", "history", "charged",
+                              "named"}, f.name
     assert [f.name for f in fl_pb2.Tensor.DESCRIPTOR.fields] == ["shape", "values"]
+    # the named model is the aggregate model's weights with public names and public scaling, nothing else
+    assert {f.name for f in fl_pb2.NamedModel.DESCRIPTOR.fields} == {
+        "model", "inputs", "coefficients", "intercept", "raw_units", "scaling", "label", "label_threshold", "note"}
+    assert {f.name for f in fl_pb2.FeatureScaling.DESCRIPTOR.fields} == {"column", "lower", "upper", "categories"}
+
+
+# --- jobs people can find and use: listing, named weights, persistence ------------------------------------------
+
+
+def stored_model(sbx, job_id: str):  # type: ignore[no-untyped-def]
+    """The engine plan and model the server stored for a job, read from its database (not through any RPC)."""
+    db = Database(sbx.data_dir / "sandbox.db")
+    try:
+        with db.read() as tx:
+            return fl_records.plan_and_model(tx, job_id)
+    finally:
+        db.close()
+
+
+def raw_rows(n: int) -> list[dict[str, str]]:
+    """The first ``n`` rows of the bundled CSV with every plan column present, as the file has them."""
+    with gzip.open(DATA / "rand_hie.csv.gz", "rt", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if all(r[c] != "" for c in [*FEATURES, "plan", LABEL])]
+        return rows[:n]
+
+
+def scaled_inputs(plan: fl_server.TrainingPlan, rows: list[dict[str, str]]) -> np.ndarray:
+    """The model inputs of ``rows`` as training prepares them (the engine's own scaling; nothing held out)."""
+    columns = {}
+    for f in plan.features:
+        values = [r[f.column] for r in rows]
+        columns[f.column] = (np.array([f.categories.index(v) for v in values]) if f.categories
+                             else np.array(values, dtype=float))
+    columns[plan.label.column] = np.array([r[plan.label.column] for r in rows], dtype=float)
+    part = fl_server.prepare_partition(dataclasses.replace(plan, eval_fraction=0.0), columns)
+    assert part.x.shape[0] == len(rows)
+    return part.x
+
+
+def test_listing_own_jobs_another_researchers_and_every_job_for_admins_and_auditors(fl_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, lab, plan, grant = fl_env
+    other = enrol_client(admin, sbx, ResearcherClient, "Second lab", ["researcher"])
+    auditor = enrol_client(admin, sbx, AuditorClient, "Regulator", ["auditor"])
+    try:
+        oplan = other.register_plan(dataset="rand_hie", features=FEATURES, label=LABEL,  # type: ignore[attr-defined]
+                                    label_threshold=THRESHOLD)
+        s = other.apply(title="Second model", purpose="Predict spending", legal_basis="Research exemption",  # type: ignore[attr-defined]
+                        kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES, LABEL]}, model_hash=oplan, epsilon=50,
+                        delta="1e-5", quota=3)
+        og = admin.approve(s.id).grant
+        theirs = other.start_training(og.id, oplan, rounds=1, clipping_norm=1.0, noise_multiplier=1.0, delta=1e-6)  # type: ignore[attr-defined]
+        list(other.watch_training(theirs))  # type: ignore[attr-defined]
+        mine = lab.start_training(grant(), plan, rounds=1, clipping_norm=1.0, noise_multiplier=1.0, delta=1e-6)
+        list(lab.watch_training(mine))
+
+        own = lab.training_jobs()
+        assert str(mine) in {j.job_id for j in own} and str(theirs) not in {j.job_id for j in own}
+        assert {j.owner_id for j in own} == {lab.principal_id}
+        assert [j.job_id for j in other.training_jobs()] == [str(theirs)]  # type: ignore[attr-defined]
+        for reader in (admin, auditor):
+            every = reader.training_jobs()  # type: ignore[attr-defined]
+            owners = {j.job_id: j.owner_id for j in every}
+            assert owners[str(mine)] == lab.principal_id and owners[str(theirs)] == other.principal_id  # type: ignore[attr-defined]
+            assert set(owners) >= {j.job_id for j in own}
+            assert [j.started_at for j in every] == sorted((j.started_at for j in every), reverse=True)
+            assert every[0].job_id == str(mine) and not every.more  # the newest first
+        first = admin.training_jobs(limit=1)
+        assert [j.job_id for j in first] == [str(mine)] and first.more
+        done = next(j for j in own if j.job_id == str(mine))
+        assert (done.state, done.dataset, done.message) == ("completed", "rand_hie", "training finished")
+        with pytest.raises(NotFound):  # another researcher's job does not exist for this one
+            other.training_result(mine)  # type: ignore[attr-defined]
+    finally:
+        other.close()  # type: ignore[attr-defined]
+        auditor.close()  # type: ignore[attr-defined]
+
+
+def test_named_weights_are_as_linears_and_reproduce_the_model_on_raw_rows(fl_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, lab, _, grant = fl_env
+    features = ["xage", "coins", "plan", "linc"]  # "plan" is categorical: one-hot over its 19 codes
+    plan_hash = lab.register_plan(dataset="rand_hie", features=features, label=LABEL, label_threshold=THRESHOLD)
+    s = lab.apply(title="With a category", purpose="Predict spending", legal_basis="Research exemption",
+                  kind="FL_TRAINING", datasets={"rand_hie": [*features, LABEL]}, model_hash=plan_hash, epsilon=10,
+                  quota=2)
+    g = admin.approve(s.id).grant
+    job = lab.start_training(g.id, plan_hash, rounds=3, local_epochs=2, learning_rate=0.5)  # no DP: metrics released
+    assert list(lab.watch_training(job))[-1].state == "completed"
+    res = lab.training_result(job)
+    named = res.named
+    plan, model = stored_model(sbx, job)
+    assert model is not None and all(np.array_equal(a, b) for a, b in zip(res.weights, model.params, strict=True))
+    categories = next(f.categories for f in plan.features if f.column == "plan")
+    assert named is not None and named.model == "logistic" and named.raw_units
+    assert list(named.inputs) == ["xage", "coins", *(f"plan={c}" for c in categories), "linc"]
+    assert list(named.coefficients) == list(named.inputs)
+    # The numeric weights are exactly the engine's conversion (fl_server.as_linear, as RegisterTrainedModel uses)
+    numeric = [f for f in plan.features if not f.categories]
+    at = [0, 1, 2 + len(categories)]  # xage, coins, then linc after the one-hot block
+    pairs, _ = fl_server.as_linear(dataclasses.replace(plan, features=tuple(numeric)),
+                                   [model.params[0][at], model.params[1]])
+    assert {k: named.coefficients[k] for k, _ in pairs} == dict(pairs)
+    for c, w in zip(categories, model.params[0][2:2 + len(categories)], strict=True):
+        assert named.coefficients[f"plan={c}"] == w  # a one-hot input is already in raw units
+    assert [(f.column, f.lower, f.upper) for f in named.scaling if not f.categories] == [
+        (f.column, f.lower, f.upper) for f in numeric]
+    # Raw column values through the named weights give the model's own probabilities on the scaled inputs.
+    rows = raw_rows(6)
+    expected = fl_server.predict_proba(plan, list(model.params), scaled_inputs(plan, rows))
+    by_hand = [named.intercept + sum(
+        named.coefficients[f"plan={r['plan']}"] if f.categories
+        else named.coefficients[f.column] * min(max(float(r[f.column]), f.lower), f.upper)
+        for f in named.scaling) for r in rows]
+    assert np.allclose(1 / (1 + np.exp(-np.array(by_hand))), expected, rtol=1e-9, atol=1e-12)
+    assert np.allclose([named.logit(r) for r in rows], by_hand, rtol=1e-12)
+    assert res.history[-1].state == "completed" and all(e.loss is not None for e in res.history[:-1])
+
+
+def test_the_result_under_dp_has_no_per_round_metrics_and_an_mlp_names_its_inputs(fl_env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, lab, _, grant = fl_env
+    mlp = lab.register_plan(dataset="rand_hie", features=FEATURES[:4], label=LABEL, label_threshold=THRESHOLD,
+                            model="mlp", hidden_units=3)
+    s = lab.apply(title="Small mlp", purpose="Predict spending", legal_basis="Research exemption",
+                  kind="FL_TRAINING", datasets={"rand_hie": [*FEATURES[:4], LABEL]}, model_hash=mlp, epsilon=50,
+                  delta="1e-5", quota=2)
+    g = admin.approve(s.id).grant
+    job = lab.start_training(g.id, mlp, rounds=2, clipping_norm=1.0, noise_multiplier=1.0, delta=1e-6)
+    assert list(lab.watch_training(job))[-1].state == "completed"
+    res = lab.training_result(job)
+    running = [e for e in res.history if e.state == "running"]
+    assert [e.round for e in running] == [1, 2] and all(e.loss is None and e.accuracy is None for e in running)
+    assert res.history[-1].loss is None and "loss" not in res.metrics and "accuracy" not in res.metrics
+    named = res.named
+    assert named is not None and named.model == "mlp" and not named.raw_units and named.coefficients == {}
+    assert list(named.inputs) == FEATURES[:4] and [f.column for f in named.scaling] == FEATURES[:4]
+    assert "scaled units" in named.note and res.weights[0].shape == (4, 3)
+    plan, _ = stored_model(sbx, job)
+    assert [(f.lower, f.upper) for f in named.scaling] == [(f.lower, f.upper) for f in plan.features]
+    with pytest.raises(ValueError):
+        named.logit({f: 0 for f in FEATURES})
 
 
 def test_secure_aggregation_is_on_by_default_shown_in_review_and_priced_the_same(fl_env) -> None:  # type: ignore[no-untyped-def]

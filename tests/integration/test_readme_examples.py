@@ -110,6 +110,7 @@ def fl_model(ns: dict[str, Any], out: str) -> None:
     states = [line.split()[-1] for line in out.strip().splitlines()]
     assert states[-1] == "completed" and len(states) >= 2, out
     assert ns["weights"] and all(np.all(np.isfinite(w)) for w in ns["weights"])
+    assert list(ns["coefficients"]) == ns["features"]  # one raw-unit coefficient per feature, named
 
 
 def verified_grant(ns: dict[str, Any], out: str) -> None:

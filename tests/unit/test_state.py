@@ -217,6 +217,44 @@ class TestState:
             assert tx.he_batch_count("g-1") == 2 and tx.he_batch_exists(3) and not tx.he_batch_exists(4)
             assert sorted(tx.he_batches("g-1")) == [b"\x00" * 8, b"\x01" * 16]
 
+    def test_training_jobs_newest_first_and_fixed_once_ended(self, state: State) -> None:
+        with state.write() as tx:
+            _grant(tx)
+            for i, (owner, at) in enumerate((("p-a", 10), ("p-b", 30), ("p-a", 20))):
+                tx.training_job_insert(f"j-{i}", owner, "g-1", "plan", "ds", "{}", "{plan}", 5, 100, 0, at,
+                                       "srv-1")
+            with pytest.raises(Conflict):
+                tx.training_job_insert("j-0", "p-a", "g-1", "plan", "ds", "{}", "{plan}", 5, 100, 0, 1, "srv-1")
+        with state.write() as tx, pytest.raises(StateError):
+            tx.training_job_insert("j-9", "p-a", "g-nope", "plan", "ds", "{}", "{plan}", 5, 100, 0, 1, "srv-1")
+        with state.read() as tx:
+            assert [r[0] for r in tx.training_job_list(10)] == ["j-1", "j-2", "j-0"]
+            assert [r[0] for r in tx.training_job_list(10, owner_id="p-a")] == ["j-2", "j-0"]
+            assert [r[0] for r in tx.training_job_list(1)] == ["j-1"]
+            assert tx.training_job_get("j-0") == ("j-0", "p-a", "g-1", "plan", "ds", "{}", "starting", 0, 5, 0.0,
+                                                  100, 0, 10, 10, "srv-1", "")
+            assert tx.training_job_plan("j-0") == ("{plan}", None) and tx.training_job_get("j-x") is None
+        with state.write() as tx:
+            assert tx.training_job_update("j-0", state="running", round=1, rounds=5, epsilon_spent=0.25,
+                                          message="", heartbeat_at_ms=40)
+            tx.training_event_append("j-0", '{"round": 1}')
+            tx.training_event_append("j-0", '{"round": 2}')
+            tx.training_event_append("j-1", '{"round": 1}')
+            assert tx.training_job_beat("srv-1", 50) == 3 and tx.training_job_beat("srv-2", 50) == 0
+            assert tx.training_job_update("j-0", state="completed", round=2, rounds=5, epsilon_spent=0.5,
+                                          message="done", heartbeat_at_ms=60, result='{"params": []}')
+            assert not tx.training_job_update("j-0", state="failed", round=2, rounds=5, epsilon_spent=0.5,
+                                              message="again", heartbeat_at_ms=70)  # ended: kept as it ended
+        with state.read() as tx:
+            assert tx.training_events("j-0") == ['{"round": 1}', '{"round": 2}']
+            assert tx.training_job_get("j-0")[6:10] == ("completed", 2, 5, 0.5)  # type: ignore[index]
+            assert tx.training_job_plan("j-0") == ("{plan}", '{"params": []}')
+            assert tx.training_job_stale(51) == ["j-1", "j-2"]  # open and silent since 50
+            assert tx.training_job_stale(50) == []
+        if state.kind != "memory":
+            _refused(state, "UPDATE training_jobs SET message = 'x' WHERE id = 'j-0'")
+            _refused(state, "DELETE FROM training_events")
+
     def test_tree_heads_keep_the_first_and_cosignatures_need_a_head(self, state: State) -> None:
         with state.write() as tx:
             tx.head_insert(4, "r4", 10, b"s4")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.sandbox.v1 import common_pb2 as protos_dot_sandbox_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/fl.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"~\n\x0cPlanTemplate\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x17\n\x0flabel_threshold\x18\x05 \x01(\x01\x12\x14\n\x0chidden_units\x18\x06 \x01(\r\"A\n\x13RegisterPlanRequest\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\")\n\x14RegisterPlanResponse\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"k\n\x14StartTrainingRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12.\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\"T\n\x15StartTrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08reserved\x18\x02 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"&\n\x14WatchTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xdc\x01\n\rTrainingEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x11\n\x04loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x03(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\tB\x07\n\x05_lossB\x0b\n\t_accuracy\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"*\n\x18GetTrainingResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcd\x01\n\x19GetTrainingResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07weights\x18\x02 \x03(\x0b\x32\x12.sandbox.v1.Tensor\x12#\n\x07metrics\x18\x03 \x03(\x0b\x32\x12.sandbox.v1.Metric\x12*\n\x07history\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.TrainingEvent\x12*\n\x07\x63harged\x18\x05 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"\'\n\x15\x43\x61ncelTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x16\x43\x61ncelTrainingResponse\x12\r\n\x05state\x18\x01 \x01(\t\"j\n\x1bRegisterTrainedModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10private_features\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"E\n\x1cRegisterTrainedModelResponse\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"+\n\x16GetTrainingPlanRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"\x81\x01\n\x17GetTrainingPlanResponse\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x03 \x01(\t\x12\x11\n\tcanonical\x18\x04 \x01(\x0c\"\x19\n\x17ListTrainingJobsRequest\"\xda\x01\n\x12TrainingJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x1a\n\x12started_at_unix_ms\x18\x08 \x01(\x03\x12.\n\x08settings\x18\t \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\"H\n\x18ListTrainingJobsResponse\x12,\n\x04jobs\x18\x01 \x03(\x0b\x32\x1e.sandbox.v1.TrainingJobSummary2\xed\x05\n\x11\x46lTrainingService\x12Q\n\x0cRegisterPlan\x12\x1f.sandbox.v1.RegisterPlanRequest\x1a .sandbox.v1.RegisterPlanResponse\x12T\n\rStartTraining\x12 .sandbox.v1.StartTrainingRequest\x1a!.sandbox.v1.StartTrainingResponse\x12N\n\rWatchTraining\x12 .sandbox.v1.WatchTrainingRequest\x1a\x19.sandbox.v1.TrainingEvent0\x01\x12`\n\x11GetTrainingResult\x12$.sandbox.v1.GetTrainingResultRequest\x1a%.sandbox.v1.GetTrainingResultResponse\x12W\n\x0e\x43\x61ncelTraining\x12!.sandbox.v1.CancelTrainingRequest\x1a\".sandbox.v1.CancelTrainingResponse\x12i\n\x14RegisterTrainedModel\x12\'.sandbox.v1.RegisterTrainedModelRequest\x1a(.sandbox.v1.RegisterTrainedModelResponse\x12Z\n\x0fGetTrainingPlan\x12\".sandbox.v1.GetTrainingPlanRequest\x1a#.sandbox.v1.GetTrainingPlanResponse\x12]\n\x10ListTrainingJobs\x12#.sandbox.v1.ListTrainingJobsRequest\x1a$.sandbox.v1.ListTrainingJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/fl.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"~\n\x0cPlanTemplate\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x17\n\x0flabel_threshold\x18\x05 \x01(\x01\x12\x14\n\x0chidden_units\x18\x06 \x01(\r\"A\n\x13RegisterPlanRequest\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\")\n\x14RegisterPlanResponse\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"k\n\x14StartTrainingRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12.\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\"T\n\x15StartTrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08reserved\x18\x02 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\"&\n\x14WatchTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xdc\x01\n\rTrainingEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x11\n\x04loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x03(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\tB\x07\n\x05_lossB\x0b\n\t_accuracy\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"*\n\x0bNamedWeight\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"R\n\x0e\x46\x65\x61tureScaling\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05lower\x18\x02 \x01(\x01\x12\r\n\x05upper\x18\x03 \x01(\x01\x12\x12\n\ncategories\x18\x04 \x03(\t\"\xe3\x01\n\nNamedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12-\n\x0c\x63oefficients\x18\x03 \x03(\x0b\x32\x17.sandbox.v1.NamedWeight\x12\x11\n\tintercept\x18\x04 \x01(\x01\x12\x11\n\traw_units\x18\x05 \x01(\x08\x12+\n\x07scaling\x18\x06 \x03(\x0b\x32\x1a.sandbox.v1.FeatureScaling\x12\r\n\x05label\x18\x07 \x01(\t\x12\x17\n\x0flabel_threshold\x18\x08 \x01(\x01\x12\x0c\n\x04note\x18\t \x01(\t\"*\n\x18GetTrainingResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf4\x01\n\x19GetTrainingResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07weights\x18\x02 \x03(\x0b\x32\x12.sandbox.v1.Tensor\x12#\n\x07metrics\x18\x03 \x03(\x0b\x32\x12.sandbox.v1.Metric\x12*\n\x07history\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.TrainingEvent\x12*\n\x07\x63harged\x18\x05 \x01(\x0b\x32\x19.sandbox.v1.PrivacyBudget\x12%\n\x05named\x18\x06 \x01(\x0b\x32\x16.sandbox.v1.NamedModel\"\'\n\x15\x43\x61ncelTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x16\x43\x61ncelTrainingResponse\x12\r\n\x05state\x18\x01 \x01(\t\"j\n\x1bRegisterTrainedModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10private_features\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"E\n\x1cRegisterTrainedModelResponse\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"+\n\x16GetTrainingPlanRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"\x81\x01\n\x17GetTrainingPlanResponse\x12*\n\x08template\x18\x01 \x01(\x0b\x32\x18.sandbox.v1.PlanTemplate\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x03 \x01(\t\x12\x11\n\tcanonical\x18\x04 \x01(\x0c\"(\n\x17ListTrainingJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\x8e\x02\n\x12TrainingJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x1a\n\x12started_at_unix_ms\x18\x08 \x01(\x03\x12.\n\x08settings\x18\t \x01(\x0b\x32\x1c.sandbox.v1.TrainingSettings\x12\x10\n\x08owner_id\x18\n \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\t\"V\n\x18ListTrainingJobsResponse\x12,\n\x04jobs\x18\x01 \x03(\x0b\x32\x1e.sandbox.v1.TrainingJobSummary\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xed\x05\n\x11\x46lTrainingService\x12Q\n\x0cRegisterPlan\x12\x1f.sandbox.v1.RegisterPlanRequest\x1a .sandbox.v1.RegisterPlanResponse\x12T\n\rStartTraining\x12 .sandbox.v1.StartTrainingRequest\x1a!.sandbox.v1.StartTrainingResponse\x12N\n\rWatchTraining\x12 .sandbox.v1.WatchTrainingRequest\x1a\x19.sandbox.v1.TrainingEvent0\x01\x12`\n\x11GetTrainingResult\x12$.sandbox.v1.GetTrainingResultRequest\x1a%.sandbox.v1.GetTrainingResultResponse\x12W\n\x0e\x43\x61ncelTraining\x12!.sandbox.v1.CancelTrainingRequest\x1a\".sandbox.v1.CancelTrainingResponse\x12i\n\x14RegisterTrainedModel\x12\'.sandbox.v1.RegisterTrainedModelRequest\x1a(.sandbox.v1.RegisterTrainedModelResponse\x12Z\n\x0fGetTrainingPlan\x12\".sandbox.v1.GetTrainingPlanRequest\x1a#.sandbox.v1.GetTrainingPlanResponse\x12]\n\x10ListTrainingJobs\x12#.sandbox.v1.ListTrainingJobsRequest\x1a$.sandbox.v1.ListTrainingJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,28 +50,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_end=809
   _globals['_METRIC']._serialized_start=811
   _globals['_METRIC']._serialized_end=848
-  _globals['_GETTRAININGRESULTREQUEST']._serialized_start=850
-  _globals['_GETTRAININGRESULTREQUEST']._serialized_end=892
-  _globals['_GETTRAININGRESULTRESPONSE']._serialized_start=895
-  _globals['_GETTRAININGRESULTRESPONSE']._serialized_end=1100
-  _globals['_CANCELTRAININGREQUEST']._serialized_start=1102
-  _globals['_CANCELTRAININGREQUEST']._serialized_end=1141
-  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1143
-  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1182
-  _globals['_REGISTERTRAINEDMODELREQUEST']._serialized_start=1184
-  _globals['_REGISTERTRAINEDMODELREQUEST']._serialized_end=1290
-  _globals['_REGISTERTRAINEDMODELRESPONSE']._serialized_start=1292
-  _globals['_REGISTERTRAINEDMODELRESPONSE']._serialized_end=1361
-  _globals['_GETTRAININGPLANREQUEST']._serialized_start=1363
-  _globals['_GETTRAININGPLANREQUEST']._serialized_end=1406
-  _globals['_GETTRAININGPLANRESPONSE']._serialized_start=1409
-  _globals['_GETTRAININGPLANRESPONSE']._serialized_end=1538
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1540
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1565
-  _globals['_TRAININGJOBSUMMARY']._serialized_start=1568
-  _globals['_TRAININGJOBSUMMARY']._serialized_end=1786
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1788
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1860
-  _globals['_FLTRAININGSERVICE']._serialized_start=1863
-  _globals['_FLTRAININGSERVICE']._serialized_end=2612
+  _globals['_NAMEDWEIGHT']._serialized_start=850
+  _globals['_NAMEDWEIGHT']._serialized_end=892
+  _globals['_FEATURESCALING']._serialized_start=894
+  _globals['_FEATURESCALING']._serialized_end=976
+  _globals['_NAMEDMODEL']._serialized_start=979
+  _globals['_NAMEDMODEL']._serialized_end=1206
+  _globals['_GETTRAININGRESULTREQUEST']._serialized_start=1208
+  _globals['_GETTRAININGRESULTREQUEST']._serialized_end=1250
+  _globals['_GETTRAININGRESULTRESPONSE']._serialized_start=1253
+  _globals['_GETTRAININGRESULTRESPONSE']._serialized_end=1497
+  _globals['_CANCELTRAININGREQUEST']._serialized_start=1499
+  _globals['_CANCELTRAININGREQUEST']._serialized_end=1538
+  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1540
+  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1579
+  _globals['_REGISTERTRAINEDMODELREQUEST']._serialized_start=1581
+  _globals['_REGISTERTRAINEDMODELREQUEST']._serialized_end=1687
+  _globals['_REGISTERTRAINEDMODELRESPONSE']._serialized_start=1689
+  _globals['_REGISTERTRAINEDMODELRESPONSE']._serialized_end=1758
+  _globals['_GETTRAININGPLANREQUEST']._serialized_start=1760
+  _globals['_GETTRAININGPLANREQUEST']._serialized_end=1803
+  _globals['_GETTRAININGPLANRESPONSE']._serialized_start=1806
+  _globals['_GETTRAININGPLANRESPONSE']._serialized_end=1935
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1937
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1977
+  _globals['_TRAININGJOBSUMMARY']._serialized_start=1980
+  _globals['_TRAININGJOBSUMMARY']._serialized_end=2250
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=2252
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2338
+  _globals['_FLTRAININGSERVICE']._serialized_start=2341
+  _globals['_FLTRAININGSERVICE']._serialized_end=3090
 # @@protoc_insertion_point(module_scope)

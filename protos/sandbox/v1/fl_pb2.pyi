@@ -274,6 +274,124 @@ class Metric(_message.Message):
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 @_typing.final
+class NamedWeight(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a column, or "column=category" for a one-hot input"""
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedWeight: _TypeAlias = NamedWeight  # noqa: Y015
+
+@_typing.final
+class FeatureScaling(_message.Message):
+    """A feature's public scaling in training: a numeric column clipped to [lower, upper] and mapped to
+    (value - lower) / (upper - lower); a categorical column one-hot over its declared categories.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    lower: _builtins.float
+    upper: _builtins.float
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        lower: _builtins.float = ...,
+        upper: _builtins.float = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "column", b"column", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureScaling: _TypeAlias = FeatureScaling  # noqa: Y015
+
+@_typing.final
+class NamedModel(_message.Message):
+    """The trained model with its inputs named. A logistic model is in raw column units:
+    logit = intercept + sum(coefficient * input), a numeric input being the raw value clipped to its feature's
+    [lower, upper] and a "column=category" input 1 where the column has that category. An mlp is not linear in its
+    columns: its weights (GetTrainingResultResponse.weights) are in the plan's scaled units; inputs names the rows
+    of its first layer and scaling says how to scale a row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    COEFFICIENTS_FIELD_NUMBER: _builtins.int
+    INTERCEPT_FIELD_NUMBER: _builtins.int
+    RAW_UNITS_FIELD_NUMBER: _builtins.int
+    SCALING_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    LABEL_THRESHOLD_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"logistic" or "mlp" """
+    intercept: _builtins.float
+    """logistic only"""
+    raw_units: _builtins.bool
+    """true: coefficients apply to raw column values"""
+    label: _builtins.str
+    """label = 1 where this column is above label_threshold"""
+    label_threshold: _builtins.float
+    note: _builtins.str
+    """how to apply the weights, in a sentence"""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the model's inputs, in order"""
+
+    @_builtins.property
+    def coefficients(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedWeight]:
+        """logistic only: one per input, raw units"""
+
+    @_builtins.property
+    def scaling(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureScaling]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        coefficients: _abc.Iterable[Global___NamedWeight] | None = ...,
+        intercept: _builtins.float = ...,
+        raw_units: _builtins.bool = ...,
+        scaling: _abc.Iterable[Global___FeatureScaling] | None = ...,
+        label: _builtins.str = ...,
+        label_threshold: _builtins.float = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coefficients", b"coefficients", "inputs", b"inputs", "intercept", b"intercept", "label", b"label", "label_threshold", b"label_threshold", "model", b"model", "note", b"note", "raw_units", b"raw_units", "scaling", b"scaling"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedModel: _TypeAlias = NamedModel  # noqa: Y015
+
+@_typing.final
 class GetTrainingResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -301,19 +419,26 @@ class GetTrainingResultResponse(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     CHARGED_FIELD_NUMBER: _builtins.int
+    NAMED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tensor]:
-        """the aggregate model only"""
+        """the aggregate model only, in the plan's scaled units ([0, 1] inputs)"""
 
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]:
         """federated (aggregate) metrics only"""
 
     @_builtins.property
-    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingEvent]: ...
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingEvent]:
+        """one report per round (evaluations only where the plan releases them)"""
+
     @_builtins.property
     def charged(self) -> _common_pb2.PrivacyBudget: ...
+    @_builtins.property
+    def named(self) -> Global___NamedModel:
+        """the same model with its inputs named (raw column units for a logistic model)"""
+
     def __init__(
         self,
         *,
@@ -322,10 +447,11 @@ class GetTrainingResultResponse(_message.Message):
         metrics: _abc.Iterable[Global___Metric] | None = ...,
         history: _abc.Iterable[Global___TrainingEvent] | None = ...,
         charged: _common_pb2.PrivacyBudget | None = ...,
+        named: Global___NamedModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged", "named", b"named"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged", "history", b"history", "job_id", b"job_id", "metrics", b"metrics", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged", "history", b"history", "job_id", b"job_id", "metrics", b"metrics", "named", b"named", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,12 +602,17 @@ Global___GetTrainingPlanResponse: _TypeAlias = GetTrainingPlanResponse  # noqa: 
 class ListTrainingJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """at most this many jobs, the newest (0: 100; never more than 1000)"""
     def __init__(
         self,
+        *,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -500,6 +631,9 @@ class TrainingJobSummary(_message.Message):
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     grant_id: _builtins.str
     plan_hash: _builtins.str
@@ -508,6 +642,11 @@ class TrainingJobSummary(_message.Message):
     rounds: _builtins.int
     epsilon_spent: _builtins.float
     started_at_unix_ms: _builtins.int
+    owner_id: _builtins.str
+    """the researcher who started it"""
+    dataset: _builtins.str
+    message: _builtins.str
+    """how it ended, or a note on its last round"""
     @_builtins.property
     def settings(self) -> _common_pb2.TrainingSettings: ...
     def __init__(
@@ -522,10 +661,13 @@ class TrainingJobSummary(_message.Message):
         epsilon_spent: _builtins.float = ...,
         started_at_unix_ms: _builtins.int = ...,
         settings: _common_pb2.TrainingSettings | None = ...,
+        owner_id: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_spent", b"epsilon_spent", "grant_id", b"grant_id", "job_id", b"job_id", "plan_hash", b"plan_hash", "round", b"round", "rounds", b"rounds", "settings", b"settings", "started_at_unix_ms", b"started_at_unix_ms", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epsilon_spent", b"epsilon_spent", "grant_id", b"grant_id", "job_id", b"job_id", "message", b"message", "owner_id", b"owner_id", "plan_hash", b"plan_hash", "round", b"round", "rounds", b"rounds", "settings", b"settings", "started_at_unix_ms", b"started_at_unix_ms", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -536,16 +678,20 @@ class ListTrainingJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """there are older jobs than those listed (ask with a higher limit)"""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingJobSummary]: ...
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___TrainingJobSummary] | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "more", b"more"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -129,7 +129,8 @@ class FlTrainingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTrainingJobs(self, request, context):
-        """The caller's training jobs on this server (newest first).
+        """Training jobs, newest first: a researcher's own; every job (with its owner) to administrators and auditors.
+        Jobs are kept in the state, so they outlive the server process that ran them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
