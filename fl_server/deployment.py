@@ -253,7 +253,9 @@ class DeploymentBackend:
         keys = self.node_keys(holders)
         if len(keys) < plan.min_holders:
             raise TrainingError(f"only {len(keys)} of the {len(holders)} data holders have a node key; "
-                                f"the plan needs {plan.min_holders}")
+                                f"the plan needs {plan.min_holders}"
+                                + (" (secure aggregation needs 3 a round; without it, 2 suffice)"
+                                   if plan.secure_aggregation and len(keys) >= 2 else ""))
         for holder in holders:
             if holder not in keys:
                 log.warning("data holder %s has no node key: it is reported as dropped", holder)

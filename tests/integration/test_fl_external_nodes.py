@@ -8,6 +8,7 @@ tests/integration/test_fl_deployment_integration.py.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -227,6 +228,11 @@ def test_the_node_key_directory_decides_who_may_join(tmp_path: Path) -> None:
     plan = TrainingPlan(features=PLAN.features, label=PLAN.label, min_holders=3, clients_per_round=3)
     with pytest.raises(TrainingError, match="only 2 of the 3 data holders have a node key; the plan needs 3"):
         backend.run(plan, dict.fromkeys(["site-1", "site-2", "site-3"]), on_round=lambda r: None,
+                    should_stop=lambda: False)
+    secure = dataclasses.replace(plan, secure_aggregation=True)  # the default with three holders: say why
+    with pytest.raises(TrainingError, match=r"the plan needs 3 \(secure aggregation needs 3 a round; without it, "
+                                            r"2 suffice\)"):
+        backend.run(secure, dict.fromkeys(["site-1", "site-2", "site-3"]), on_round=lambda r: None,
                     should_stop=lambda: False)
     other = ed25519.Ed25519PrivateKey.generate().public_key()
     (keys / "site-3.pub").write_bytes(other.public_bytes(serialization.Encoding.OpenSSH,
