@@ -198,13 +198,14 @@ def test_secure_aggregation_runs_on_the_deployment_runtime_and_matches_in_proces
         hie: dict[str, np.ndarray], tls: TlsFiles) -> None:
     """Flower's SecAgg+ between three SuperNode processes over TLS: every round sums the three masked updates,
     and the model equals the in-process run's (training is seeded per holder) to the quantisation's error."""
-    plan = dataclasses.replace(PLAN, rounds=2, secure_aggregation=True, min_holders=3)
+    plan = dataclasses.replace(PLAN, rounds=1, secure_aggregation=True, min_holders=3)
     parts = site_partitions(plan, hie, ("1", "2", "5"))
     reports: list[RoundReport] = []
     backend = DeploymentBackend(tls=tls, timing=Timing(round_timeout=120.0, connect_timeout=240.0, poll_interval=0.1),
                                 startup_timeout=240.0)
     result = backend.run(plan, parts, on_round=reports.append, should_stop=lambda: False)
     print(f"\ndeployment, secure aggregation: rounds {', '.join(f'{r.seconds:.1f}' for r in reports)} s")
+    assert [r.round for r in reports] == [1]
     assert all(r.participants == ("1", "2", "5") and r.failed == () and r.aggregated and r.note == ""
                for r in reports)
     local = InProcessBackend().run(plan, parts, on_round=lambda r: None, should_stop=lambda: False)
