@@ -62,6 +62,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from fl_server.data import Partition, load_partition
+from fl_server.grids import NodeView, exchange
 from fl_server.model import param_shapes
 from fl_server.plan import TrainingPlan
 
@@ -138,35 +139,14 @@ def site_clipping_norm(plan: TrainingPlan) -> float:
     return plan.clipping_norm * (1.0 - 2.0 * math.sqrt(dims) / QUANTISATION_LEVELS)
 
 
-class _Exchange(Grid):
-    """The grid the workflow drives: ``send_and_receive`` goes through the driver's exchange."""
+class _Exchange(NodeView):
+    """The round's nodes, with ``send_and_receive`` through the driver's exchange (its timeout and poll)."""
 
-    def __init__(self, grid: Grid, timeout: float, poll: float) -> None:
-        self._grid, self._timeout, self._poll = grid, timeout, poll
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
+    def __init__(self, grid: Grid, nodes: Sequence[int], timeout: float, poll: float) -> None:
+        super().__init__(grid, nodes)
+        self._timeout, self._poll = timeout, poll
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        from fl_server.rounds import exchange  # rounds imports this module
-
         return list(exchange(self._grid, messages, self._timeout, self._poll).values())
 
 
@@ -280,7 +260,7 @@ def secure_round(grid: Grid, plan: TrainingPlan, rnd: int, start: Sequence[np.nd
     fit_config: dict[str, Scalar] = {**{k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))},
                                      "server-round": rnd, WEIGHT_CAP_KEY: weight_cap,
                                      RANGE_KEY: quantisation_range(plan)}
-    view = _Exchange(grid, timeout, poll)
+    view = _Exchange(grid, nodes, timeout, poll)
     collect = _Collect(fit_config)
     nodes_asked = SimpleClientManager()  # the workflow's client manager: exactly the nodes the driver sampled
     for node in nodes:

@@ -31,7 +31,8 @@ from fl_server.client import PERSON_KEY
 from fl_server.errors import FlServerError, TrainingCancelled
 from fl_server.plan import TrainingPlan
 from fl_server.report import RoundReport
-from fl_server.rounds import NodeView, Timing, drive
+from fl_server.grids import NodeView
+from fl_server.rounds import Timing, drive
 from fl_server.secagg import DEFAULT_MAX_WEIGHT
 
 log = logging.getLogger(__name__)
