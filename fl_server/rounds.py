@@ -141,6 +141,8 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
     if len(registry.node_of) < plan.min_holders:
         raise TrainingError(f"only {len(registry.node_of)} of {len(holders)} holders connected; "
                             f"the plan needs {plan.min_holders}")
+    # under secure aggregation the driver adds the noise itself, with the measurement the accountant prices
+    noise = round_measurement(plan) if plan.dp and plan.secure_aggregation else None
     strategy, inner = build_strategy(plan)
     config: dict[str, ConfigRecordValues] = {**(extra_config or {}), PLAN_KEY: plan.canonical().decode()}
     arrays = to_array_record(init_params(plan))
@@ -160,7 +162,7 @@ def drive(grid: Grid, plan: TrainingPlan, holders: Sequence[str], *, on_round: O
         note = ""
         if len(live) >= plan.min_holders and plan.secure_aggregation:
             new_arrays, train_metrics, participants, note = _secure_train(
-                plan, rnd, arrays, config, grid, live, failed, timing, max_weight)
+                plan, rnd, arrays, config, grid, live, failed, timing, max_weight, noise)
         elif len(live) >= plan.min_holders:
             set_sampling(inner, len(live), train=min(plan.sample_size(len(live)), len(live)))
             new_arrays, train_metrics, participants = _train(strategy, plan, rnd, arrays, config, grid, live,
@@ -219,7 +221,8 @@ def _train(strategy: Strategy, plan: TrainingPlan, rnd: int, arrays: ArrayRecord
 
 def _secure_train(plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dict[str, ConfigRecordValues],
                   grid: Grid, live: dict[int, str], failed: set[str], timing: Timing,
-                  max_weight: int) -> tuple[ArrayRecord | None, MetricRecord | None, list[str], str]:
+                  max_weight: int, noise: Callable[[list[float]], object] | None
+                  ) -> tuple[ArrayRecord | None, MetricRecord | None, list[str], str]:
     """One training step under SecAgg+: as ``_train``, plus why a round made no model (its report's note).
 
     The ServerApp gets the mean of the contributors' updates and losses and nothing per holder; under DP the
@@ -242,8 +245,8 @@ def _secure_train(plan: TrainingPlan, rnd: int, arrays: ArrayRecord, config: dic
     if not all(np.all(np.isfinite(u)) for u in outcome.update):
         return None, None, [], "the secure aggregate was not finite"
     update = outcome.update
-    if plan.dp:
-        update = noisy_mean_update(round_measurement(plan), update, len(contributors))
+    if noise is not None:
+        update = noisy_mean_update(noise, update, len(contributors))
     new = ArrayRecord([np.asarray(s + u, dtype=np.float64) for s, u in zip(start, update, strict=True)])
     metrics = MetricRecord({"train-loss": outcome.train_loss}) if outcome.train_loss is not None else None
     return new, metrics, sorted(live[n] for n in contributors), ""

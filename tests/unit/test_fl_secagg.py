@@ -262,6 +262,18 @@ def test_accuracy_and_price_with_and_without_secure_aggregation(partitions: dict
             assert all(np.allclose(p, q, atol=1e-3) for p, q in zip(a.params, b.params, strict=True))
 
 
+def test_under_dp_the_secure_sum_gets_the_noise_the_accountant_prices(partitions: dict[str, Partition]) -> None:
+    """One round: the new model minus the mean of the six site-clipped updates is the noise on the sum divided by
+    six; its spread is noise_multiplier * C, as round_measurement prices it (193 coordinates)."""
+    plan = dataclasses.replace(DP_SECURE, **MLP, rounds=1, noise_multiplier=4.0, clipping_norm=0.5, eval_fraction=0.0)
+    result = InProcessBackend().run(plan, partitions, on_round=lambda r: None, should_stop=lambda: False)
+    mean = sum(flat(true_update(plan, partitions[h], h)) for h in partitions) / len(partitions)
+    noise_on_sum = (flat(result.params) - flat(init_params(plan)) - mean) * len(partitions)
+    sd = float(np.std(noise_on_sum))
+    assert abs(float(np.mean(noise_on_sum))) < 0.25 * plan.noise_multiplier * plan.clipping_norm
+    assert 0.8 < sd / (plan.noise_multiplier * plan.clipping_norm) < 1.2, sd
+
+
 def test_a_site_clipped_update_stays_within_the_clipping_norm_after_quantisation() -> None:
     plan = dataclasses.replace(DP_SECURE, clipping_norm=0.5)
     dims = sum(int(np.prod(s)) for s in param_shapes(plan))
