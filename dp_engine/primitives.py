@@ -22,7 +22,8 @@ number of groups). Grouped counts and histograms are a single
 
 What composition prices is `Primitive.build`; what a release runs is
 `Primitive.runner`, the same measurement without a leading 1-stable cast where
-the primitive has one (the count by categories: see `statistics.count`).
+the primitive has one (the count by categories: see `statistics.count`), or
+without the clamp numpy applies (the sum: see `statistics.sum`).
 """
 
 from __future__ import annotations

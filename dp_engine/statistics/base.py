@@ -15,7 +15,8 @@ distance (`FLOATS`, `ROWS`), so all of a query's primitives share one input
 space and `dp.c.make_composition` can price them together. Noise always comes
 from an opendp measurement: `Primitive.build` is what composition prices,
 `Primitive.runner` what a release runs (the same measurement without a leading
-1-stable cast, where the primitive has one).
+1-stable cast or clamp whose row-wise map `prepare` applies in numpy; opendp's
+map of the runner must not exceed the priced one's, checked at calibration).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class Primitive:
         return None
 
     def runner(self, scale: float, zcdp: bool) -> dp.Measurement:
-        """What a release invokes on `prepare`'s arrays: `build` without the leading cast."""
+        """What a release invokes on `prepare`'s arrays: `build` without the leading cast (or clamp), whose
+        row-wise map `prepare` applies."""
         raise NotImplementedError
 
     def mechanism(self, zcdp: bool) -> str:
@@ -135,7 +137,7 @@ class AggInputs:
     cells: np.ndarray | None = None
     values: tuple[np.ndarray, ...] = ()  # float64 values without NaN, one array per group
     complement_cells: np.ndarray | None = None
-    complement_values: np.ndarray | None = None
+    complement_values: np.ndarray | None = None  # None: `values` already cover every row (an ungrouped sum)
 
 
 class Selection(Protocol):
@@ -168,10 +170,33 @@ class Selection(Protocol):
         """The column's kept, present values, one float64 array per group, then (last) every other row's."""
         ...
 
+    def split_clamped(self, column: str) -> tuple[np.ndarray, ...]:
+        """As `split`, with every value clamped to the column's public bounds."""
+        ...
+
+    def present_zeros(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """As `kept_zeros`, for the rows kept and not missing `column`, and the rest."""
+        ...
+
+    def masked_clamped(self, column: str) -> np.ndarray:
+        """n values, one per row: the column's value clamped to its bounds where the row is kept and not
+        missing it, 0.0 elsewhere (ungrouped queries only). Summed, it is the kept rows' clamped sum, and
+        it covers every row: it needs no complement."""
+        ...
+
 
 def split_inputs(agg: Aggregate, selection: Selection) -> AggInputs:
-    """One value array per group and the complement: what per-group sums and quantiles read."""
+    """One value array per group and the complement: what per-group quantiles read."""
     *values, rest = selection.split(agg.column)
+    return AggInputs(values=tuple(values), complement_values=rest)
+
+
+def sum_inputs(agg: Aggregate, selection: Selection) -> AggInputs:
+    """What a sum's runner reads: every row's masked clamped value if ungrouped (no complement needed: it
+    covers all n rows), else the clamped values split by group and the complement."""
+    if selection.codes is None:
+        return AggInputs(values=(selection.masked_clamped(agg.column),))
+    *values, rest = selection.split_clamped(agg.column)
     return AggInputs(values=tuple(values), complement_values=rest)
 
 

@@ -12,6 +12,7 @@ is not positive), clipped into the interval.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from dp_engine.statistics.base import (
     ScaleOf,
     Selection,
     Slot,
+    sum_inputs,
 )
 from dp_engine.statistics.count import cells_slot
 from dp_engine.statistics.sum import sums_slot
@@ -57,12 +59,12 @@ class Mean(OneNumericColumn):
         return (sums_slot(agg, columns, groups), cells_slot(groups, grouped))
 
     def prepare(self, agg: Aggregate, selection: Selection) -> AggInputs:
-        *values, rest = selection.split(agg.column)
+        sums = sum_inputs(agg, selection)
         if selection.codes is None:
-            cells, rest_cells = values[0], rest  # the count reads only the length
+            cells, rest_cells = selection.present_zeros(agg.column)  # the count reads only the length
         else:
             cells, rest_cells = selection.take_present(agg.column, selection.codes)
-        return AggInputs(cells=cells, values=tuple(values), complement_cells=rest_cells, complement_values=rest)
+        return dataclasses.replace(sums, cells=cells, complement_cells=rest_cells)
 
     def estimate(self, agg: Aggregate, slots: tuple[Slot, ...], scale_of: ScaleOf, zcdp: bool, groups: int,
                  columns: Mapping[str, ColumnInfo], n_hint: int | None) -> StatisticEstimate:

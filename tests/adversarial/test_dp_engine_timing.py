@@ -4,7 +4,9 @@ No test here measures or asserts a time (STYLE.md 14). They check what makes the
 of the data: `prepare` builds, beside each aggregate's kept arrays, their complement (every row the
 kept arrays leave out, as in-domain values of the same kind), kept + complement always cover exactly
 n rows, the kept arrays are exactly what they were before, and `Plan.release` runs every slot's
-measurement once on the complement and discards the output.
+measurement once on the complement and discards the output. An ungrouped sum (also a mean's) needs
+no complement: it reads one value for every row, the clamped value where the row is kept and 0.0
+where it is not.
 """
 
 from __future__ import annotations
@@ -138,20 +140,29 @@ def check_inputs(agg: Aggregate, filters: tuple[Filter, ...], group_by: tuple[st
         dtype = cell_dtype(groups * nbins)
         assert inputs.cells.dtype == inputs.complement_cells.dtype == dtype  # type: ignore[union-attr]
         return
-    expected = [raw[kept & (codes == g)] for g in range(groups)]  # row order within each group, as before
-    assert len(inputs.values) == groups
-    for got, want in zip(inputs.values, expected):
-        assert got.dtype == np.float64 and got.flags.writeable and np.array_equal(got, want)
-    rest = inputs.complement_values
-    assert rest is not None and rest.dtype == np.float64 and rest.flags.writeable and not np.isnan(rest).any()
-    assert np.array_equal(rest, filled[~kept])
-    assert sum(len(v) for v in inputs.values) + len(rest) == N_ROWS
+    summed = agg.kind in (AggKind.SUM, AggKind.MEAN)
+    values = np.clip(filled, column.lower, column.upper) if summed else filled  # a sum's runner reads clamped values
+    if summed and not group_by:  # every row: its clamped value if kept, else 0.0; no complement
+        (got,) = inputs.values
+        assert got.dtype == np.float64 and got.flags.writeable and len(got) == N_ROWS
+        assert np.array_equal(got, np.where(kept, values, 0.0)) and inputs.complement_values is None
+        assert got.sum() == pytest.approx(np.clip(raw[kept], column.lower, column.upper).sum())
+    else:
+        expected = [values[kept & (codes == g)] for g in range(groups)]  # row order within each group, as before
+        assert len(inputs.values) == groups
+        for got, want in zip(inputs.values, expected):
+            assert got.dtype == np.float64 and got.flags.writeable and np.array_equal(got, want)
+        rest = inputs.complement_values
+        assert rest is not None and rest.dtype == np.float64 and rest.flags.writeable and not np.isnan(rest).any()
+        assert np.array_equal(rest, values[~kept])
+        assert sum(len(v) for v in inputs.values) + len(rest) == N_ROWS
     if agg.kind is AggKind.MEAN:
         if group_by:
             assert np.array_equal(inputs.cells, codes[kept])
             assert np.array_equal(inputs.complement_cells, codes[~kept])
-        else:
-            assert inputs.cells is inputs.values[0] and inputs.complement_cells is rest  # a count reads the length
+        else:  # a count reads the length: two slices of one array of zeros
+            assert len(inputs.cells) == np.count_nonzero(kept)  # type: ignore[arg-type]
+            assert inputs.cells.base is inputs.complement_cells.base  # type: ignore[union-attr]
         assert len(inputs.cells) + len(inputs.complement_cells) == N_ROWS  # type: ignore[arg-type]
     else:
         assert inputs.cells is None and inputs.complement_cells is None
@@ -180,7 +191,8 @@ def test_missing_values_and_groups_go_to_the_complement_as_in_domain_values() ->
     query = Query((Aggregate(AggKind.SUM, "income"), Aggregate(AggKind.COUNT)), group_by=("region",))
     total, count = prepare(query, COLUMNS, data).inputs
     assert [list(v) for v in total.values] == [[], [], [], [7.0]]
-    assert list(total.complement_values) == [0.0, 5.0, 0.0, 1e9]  # type: ignore[arg-type]  # NaN as the lower bound
+    # NaN as the lower bound, and clamped as everything a sum reads
+    assert list(total.complement_values) == [0.0, 5.0, 0.0, 100_000.0]  # type: ignore[arg-type]
     assert list(count.cells) == [0, 1, 3] and list(count.complement_cells) == [0, 0]  # type: ignore[arg-type]
 
 
@@ -260,14 +272,17 @@ def test_release_runs_each_measurement_on_the_complement_last_and_drops_it(
     stats = p.release(data)
 
     slots = [slot for slots in p.calibration.layouts for slot in slots]
+    covering = [not group_by and slot.primitive.kind == "sum" for slot in slots]  # reads every row: no complement
     real = [c for c in recorded if not c[2]]
     discarded = [c for c in recorded if c[2]]
     assert recorded == real + discarded  # every discarded call comes after every real one
-    assert [kind for kind, _, _ in discarded] == [slot.primitive.kind for slot in slots]  # one per slot
+    assert [kind for kind, _, _ in discarded] == [slot.primitive.kind for slot, all_rows in zip(slots, covering)
+                                                  if not all_rows]  # one per slot without a covering input
     assert len(real) == sum(slot.copies for slot in slots)  # the real calls are as before: one per group and slot
     # What makes the work independent of the filter: per slot, real and discarded calls read n rows in all.
-    read = iter(real)
-    for slot, (_, rest, _) in zip(slots, discarded):
+    read, thrown = iter(real), iter(discarded)
+    for slot, all_rows in zip(slots, covering):
+        rest = 0 if all_rows else next(thrown)[1]
         assert sum(next(read)[1] for _ in range(slot.copies)) + rest == N_ROWS
     assert all(s.value != POISON for s in stats)
     mask = reference_mask(FILTERS[filtering], group_by, data)

@@ -550,3 +550,70 @@ def test_public_api_is_exactly_all() -> None:
                 if not name.startswith("_") and not inspect.ismodule(getattr(dp_engine, name))}
     assert sorted(dp_engine.__all__) == sorted(exported)
     assert callable(dp_engine.plan) and callable(dp_engine.validate) and callable(dp_engine.prepare)
+
+
+# ---------------------------------------------------------------- speed without a change of price or result
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 100_000.0), (18.0, 90.0), (-1.0, 1.0), (-90.0, -18.0), (1e-3, 1e9)])
+@pytest.mark.parametrize("zcdp", [False, True])
+def test_the_sum_a_release_runs_costs_what_the_priced_one_costs(bounds: tuple[float, float], zcdp: bool) -> None:
+    """The runner leaves the clamp to numpy and widens the bounds to take in the 0.0 of a row left out:
+    opendp's own maps must say that changes nothing of the price (the same for every privacy unit)."""
+    from dp_engine.statistics.sum import SumPrimitive
+
+    primitive = SumPrimitive(bounds=bounds)
+    for unit in (1, 3, 40):
+        assert primitive.runner(7.5, zcdp).map(unit) == primitive.build(7.5, zcdp).map(unit)
+
+
+@pytest.mark.parametrize("flt", [(), (Filter("age", Op.GE, 50.0),), (Filter("age", Op.LT, 0.0),)])
+def test_sums_and_means_equal_opendps_clamped_sum_of_the_kept_rows(data: dict[str, np.ndarray], flt) -> None:  # type: ignore[no-untyped-def]
+    """The masked vector (clamped value where kept, 0.0 elsewhere) sums to what make_clamp >> sum gives."""
+    import opendp.prelude as dp
+
+    mask = np.ones(N_ROWS, dtype=bool) if not flt else data["age"] >= 50 if flt[0].op is Op.GE else data["age"] < 0
+    kept = data["income"][mask]
+    kept = kept[~np.isnan(kept)]
+    reference = (dp.t.make_clamp(dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance(),
+                                 bounds=(0.0, 100_000.0))
+                 >> dp.t.make_bounded_float_checked_sum(2**30, (0.0, 100_000.0), S="Pairwise<f64>"))(kept)
+    total, mean, count = release_at(Query((SUM_INCOME, MEAN_INCOME, COUNT), flt), data, epsilon=1e6)
+    assert total.value == pytest.approx(reference, abs=50.0)  # Laplace scale ~0.3 at epsilon 1e6
+    if len(kept):
+        assert mean.value == pytest.approx(reference / len(kept), rel=1e-4)
+
+
+def test_column_casts_are_kept_only_for_read_only_columns_and_only_while_they_live() -> None:
+    """Column loading off the request path, never stale: a writable array is cast afresh on every call,
+    a read-only one once, and its entry goes when the array does (so a reused id finds nothing)."""
+    import gc
+
+    from dp_engine.prepare import CAST_CACHE as cache
+    query = Query((SUM_INCOME,))
+    writable = np.array([1.0, 2.0, np.nan, 500_000.0])
+    assert release_at(query, {"income": writable}, epsilon=1e6)[0].value == pytest.approx(100_003.0, abs=1)
+    writable[0] = 10.0
+    assert release_at(query, {"income": writable}, epsilon=1e6)[0].value == pytest.approx(100_012.0, abs=1)
+    frozen = np.array([1.0, 2.0, np.nan, 4.0])
+    frozen.setflags(write=False)
+    before = len(cache._items)
+    release_at(query, {"income": frozen}, epsilon=1e6)
+    assert len(cache._items) == before + 1
+    cast = cache.get(frozen, 0.0, 100_000.0)
+    assert cache.get(frozen, 0.0, 100_000.0) is cast  # the second query reuses it
+    del frozen, cast
+    gc.collect()
+    assert len(cache._items) == before
+
+
+def test_the_column_cast_cache_stays_within_its_bytes() -> None:
+    from dp_engine.prepare import _CastCache
+
+    cache = _CastCache(max_bytes=3 * 17 * 1000)  # room for three 1,000-row float columns (17 bytes a row)
+    arrays = [np.arange(1000, dtype=np.float64) for _ in range(5)]
+    for array in arrays:
+        array.setflags(write=False)
+        cache.get(array, 0.0, 10.0)
+    assert len(cache._items) == 3 and cache._bytes <= cache.max_bytes
+    assert [key[0] for key in cache._items] == [id(a) for a in arrays[2:]]  # least recently used out first
