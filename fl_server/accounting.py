@@ -91,9 +91,20 @@ def epsilon_after_rounds(plan: TrainingPlan, rounds: int, delta: float | None = 
     infinity without DP or beyond what opendp can convert."""
     if rounds <= 0:
         return 0.0
-    if not plan.dp or rho_after_rounds(plan, rounds, unit) > MAX_RHO:
+    if not plan.dp:
         return math.inf
-    epsilon, _ = composed_measurement(plan, rounds, delta).map(sensitivity(plan, unit))
+    return _epsilon(float(plan.noise_multiplier * plan.clipping_norm), sensitivity(plan, unit), rounds,
+                    plan.delta if delta is None else delta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon(scale: float, d_in: float, rounds: int, delta: float) -> float:
+    """``composed_measurement``'s map at ``d_in``, kept: a job asks for the same price at the start and round by
+    round (building and mapping the composition took about 8 ms of a 10-round job's start)."""
+    composed = dp.c.make_composition([_gaussian(scale)] * rounds)
+    if float(composed.map(d_in)) > MAX_RHO:
+        return math.inf
+    epsilon, _ = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(composed), delta).map(d_in)
     return float(epsilon)
 
 
