@@ -424,7 +424,7 @@ probes = {"handler": Probe(), "public_part": Probe(), "pool": Probe(), "noise": 
 wrap(he_scoring, "score", probes["handler"])
 wrap(he_scoring, "public_part", probes["public_part"])
 wrap(he_scoring.noise, "release_noise", probes["noise"])
-wrap(he_engine.ScoringPool, "score", probes["pool"])
+wrap(he_engine.ScoringPool, "score_chunks", probes["pool"])
 result = init_data_dir(Path(sys.argv[2]) / "sbx")
 cfg = load_config(result.config.data_dir, flags={"port": 0, "he_scores_per_entity": 10**9}, environ={})
 running = start_server(cfg)

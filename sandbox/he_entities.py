@@ -115,19 +115,23 @@ class EntityCounts:
         Refused: nothing is written (and the call's savepoint rolls back whatever else it did).
         """
         batch = pseudonyms(self._secret, self._person, grant_id.encode() + b"\0", entity_ids)
+        listed = batch.tolist()
+        here = dict.fromkeys(listed, 1)
+        if len(here) != len(listed):  # an id twice in the batch (verification allows it) counts twice
+            here = dict(Counter(listed))
         with self._lock:
             counts = self._current(tx, grant_id)
-            here = Counter(batch.tolist())
-            spent = sum(1 for p, m in here.items() if counts.get(p, 0) + m > limit)
-            if spent:
+            get = counts.get
+            after = [get(p, 0) + m for p, m in here.items()]
+            if after and max(after) > limit:
+                spent = sum(1 for c in after if c > limit)
                 raise SandboxError(ErrorCode.ENTITY_LIMIT, f"{spent} of the {len(here)} ids would be {what} more "
                                                            f"than {limit} time(s) under this grant")
             key = secrets.randbits(63)
             tx.he_batch_insert(key, grant_id, batch.tobytes())
             self._last[grant_id] = key
             self._batches[grant_id] = self._batches.get(grant_id, 0) + 1
-            for p in batch.tolist():
-                counts[p] = counts.get(p, 0) + 1
+            counts.update(zip(here, after))
 
     def _current(self, tx: Tx, grant_id: str) -> dict[int, int]:
         """The grant's counts as this transaction sees them (called with the lock held).
