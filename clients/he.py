@@ -103,9 +103,7 @@ class HeSession:
         cts = self.encrypt(features)
         encrypt = time.perf_counter() - t0
         t1 = time.perf_counter()
-        chunks = len(cts) // max(1, features.shape[1])
-        resp = self._calls.score(grant_id, self.context_id, model_hash, entity_ids, cts, timeout=timeout,
-                                 chunks=chunks)
+        resp = self.score_encrypted(grant_id, model_hash, entity_ids, cts, timeout=timeout)
         server = time.perf_counter() - t1
         t2 = time.perf_counter()
         logits = self.decrypt(resp.chunks or (resp.encrypted_logits,), n)
@@ -116,6 +114,14 @@ class HeSession:
                            bytes_sent=resp.bytes_sent, bytes_received=resp.bytes_received, noise_sd=resp.noise_sd,
                            receipts=(resp.receipt,) if resp.receipt else ())
 
+
+    def score_encrypted(self, grant_id: str, model_hash: str, entity_ids: Sequence[str], encrypted: Sequence[bytes],
+                        *, timeout: float = 120.0) -> EncryptedScores:
+        """One Score call on features already encrypted with :meth:`encrypt` (e.g. ahead, in another thread);
+        :meth:`decrypt` reads its answer."""
+        chunks = -(-len(entity_ids) // self.profile.slots)
+        return self._calls.score(grant_id, self.context_id, model_hash, entity_ids, encrypted, timeout=timeout,
+                                 chunks=chunks)
 
     def encrypt(self, features: np.ndarray) -> list[bytes]:
         """Rows of ``features`` (entities x private features) as Score sends them: ``slots`` entities a chunk,
