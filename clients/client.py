@@ -74,9 +74,12 @@ class _HeCalls:
     def score(self, grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
               encrypted_features: Sequence[bytes], *, timeout: float, chunks: int = 1) -> EncryptedScores:
         req = serde.score_request(grant_id, context_id, model_hash, entity_ids, encrypted_features, chunks)
-        resp = self._t.call(_HE + "Score", req, he_pb2.ScoreResponse, timeout=timeout)
+        # Serialised once here, so its size is known without encoding megabytes of ciphertext again (ByteSize does).
+        body = req.SerializeToString(deterministic=True)
+        resp = self._t.invoke_raw(_HE + "Score", body, self._t.sign(_HE + "Score", body), he_pb2.ScoreResponse,
+                                  timeout=timeout)
         logits = tuple(resp.encrypted_logit_chunks) or (resp.encrypted_logits,)
-        return EncryptedScores(logits[0], resp.noise_sd, req.ByteSize(), resp.ByteSize(), self._t.last_receipt,
+        return EncryptedScores(logits[0], resp.noise_sd, len(body), resp.ByteSize(), self._t.last_receipt,
                                chunks=logits)
 
 
