@@ -1,7 +1,7 @@
 """What does HE scoring cost through the sandbox? ``Score`` through the SDK against the same TenSEAL work in-process.
 
-    .venv/bin/python benchmarks/bench_he_scoring.py            # full run (about 6 s on 2 cores)
-    .venv/bin/python benchmarks/bench_he_scoring.py --quick    # smoke run: 2 batches, 5 single-entity calls (about 4 s)
+    .venv/bin/python benchmarks/bench_he_scoring.py            # full run (about 30 s on 2 cores)
+    .venv/bin/python benchmarks/bench_he_scoring.py --quick    # smoke run: 2 batches, 5 single-entity calls (about 10 s)
 
 Starts a real TLS sandbox server in a process of its own (so it does not share this
 process's GIL; it never imports TenSEAL) on a free port, in a fresh data directory, imports the bundled credit dataset, enrols a bank, submits the model
@@ -29,7 +29,12 @@ from the worker process, the worker) and ``sandbox.he_scoring.score`` /
 ``public_part`` (the handler's synchronous part, which runs inside the write
 transaction) with timers. A second part times 1-entity ``Score`` calls (session
 reused), and the pieces alone (SHA-256 over the request, blob checks, pickling,
-one fsync'd commit). Bytes are protobuf message sizes (before gRPC framing and
+one fsync'd commit). A third part (``run_scale``) sends pre-encrypted batches of 4,096
+and 32,768 entities (one call each: 1 and 8 chunks of ckks-8192's 4,096 slots, the
+chunks split across the server's HE workers) against in-process TenSEAL on the very
+same ciphertexts, three ways: one client with the release noise drawn ahead (burst),
+one client back to back, and several clients at once; throughput there is entities
+per second of wall time. Bytes are protobuf message sizes (before gRPC framing and
 TLS). Throughput is entities per second of one client, one call at a time. It is a
 benchmark, not a test: it asserts nothing about times (STYLE.md 14), only that the
 decrypted scores match the plaintext: the in-process ones within 1e-3, the server's within

@@ -5,6 +5,10 @@ is not safe to use) and import TenSEAL; this process never does. Every blob
 passes :mod:`he_engine.structure` here before it is sent to a worker, and only
 bytes, floats and small dataclasses cross the process boundary.
 
+A large batch comes in chunks (:meth:`ScoringPool.score_chunks`): they are split into
+at most ``workers`` contiguous groups, all submitted at once, so one call uses every
+worker; a group is retried, fails or succeeds like a call of its own below.
+
 When a worker dies (SIGSEGV, SIGFPE, OOM kill) every call in flight on the
 pool fails with ``BrokenProcessPool``, not only the one that killed it. The
 pool is replaced at once for new calls, and each failed call is retried once

@@ -3,6 +3,11 @@
 Every score's sandbox part leaves with the release rule's noise (``sandbox.he_release``), and one
 grant may score one entity id at most ``scores_per_entity`` times.
 
+One call carries up to ``MAX_ENTITIES_PER_CALL`` entities in chunks of one ciphertext's slots
+(``chunk_bounds``): the request declares its chunk count, and every count and every ciphertext's
+size is checked against it before anything is charged or parsed; the chunks are scored in
+parallel by the pool's workers, each masked to its own entities like a one-chunk batch.
+
 Unknown entity ids are answered with a real entity's row: the entity after the id's keyed hash
 on a ring of the dataset's entities (BLAKE2b keyed with the server's secret over the dataset's name and
 the id, so the same unknown id gets the same stand-in under every grant and, mostly, every
