@@ -114,7 +114,6 @@ class HeSession:
                            bytes_sent=resp.bytes_sent, bytes_received=resp.bytes_received, noise_sd=resp.noise_sd,
                            receipts=(resp.receipt,) if resp.receipt else ())
 
-
     def score_encrypted(self, grant_id: str, model_hash: str, entity_ids: Sequence[str], encrypted: Sequence[bytes],
                         *, timeout: float = 120.0) -> EncryptedScores:
         """One Score call on features already encrypted with :meth:`encrypt` (e.g. ahead, in another thread);

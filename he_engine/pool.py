@@ -138,6 +138,9 @@ class ScoringPool:
         # Most groups land on a worker that already parsed the context: do not ship its 0.5 MB again.
         outcomes = self._call_many(worker.score_chunks, [args(g, None) for g in groups], timeout=timeout,
                                    retry_args=[args(g, bytes(context_blob)) for g in groups])
+        for o in outcomes:  # a refused group decides the call: no need to ship the context to the others
+            if isinstance(o, BaseException) and not isinstance(o, worker.NeedContext):
+                raise o
         need = [i for i, o in enumerate(outcomes) if isinstance(o, worker.NeedContext)]
         if need:
             again = self._call_many(worker.score_chunks, [args(groups[i], bytes(context_blob)) for i in need],
@@ -221,8 +224,8 @@ class ScoringPool:
                 outcomes[i] = exc
         if broken:
             self._replace(executor)
-        for i in broken:
-            outcomes[i] = self._isolated(fn, (retry_args or calls)[i], max(0.0, deadline - time.monotonic()))
+        for i in broken:  # each retry gets the whole time limit again, as a call of its own would
+            outcomes[i] = self._isolated(fn, (retry_args or calls)[i], limit)
         return outcomes
 
     def _isolated(self, fn: Callable[..., Any], args: tuple[Any, ...], limit: float) -> Any:
