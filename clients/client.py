@@ -72,11 +72,15 @@ class _HeCalls:
                                    he_pb2.RegisterContextResponse, timeout=120).context_id
 
     def score(self, grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
-              encrypted_features: Sequence[bytes], *, timeout: float) -> EncryptedScores:
-        req = serde.score_request(grant_id, context_id, model_hash, entity_ids, encrypted_features)
-        resp = self._t.call(_HE + "Score", req, he_pb2.ScoreResponse, timeout=timeout)
-        return EncryptedScores(resp.encrypted_logits, resp.noise_sd, req.ByteSize(), resp.ByteSize(),
-                               self._t.last_receipt)
+              encrypted_features: Sequence[bytes], *, timeout: float, chunks: int = 1) -> EncryptedScores:
+        req = serde.score_request(grant_id, context_id, model_hash, entity_ids, encrypted_features, chunks)
+        # Serialised once here, so its size is known without encoding megabytes of ciphertext again (ByteSize does).
+        body = req.SerializeToString(deterministic=True)
+        resp = self._t.invoke_raw(_HE + "Score", body, self._t.sign(_HE + "Score", body), he_pb2.ScoreResponse,
+                                  timeout=timeout)
+        logits = tuple(resp.encrypted_logit_chunks) or (resp.encrypted_logits,)
+        return EncryptedScores(logits[0], resp.noise_sd, len(body), resp.ByteSize(), self._t.last_receipt,
+                               chunks=logits)
 
 
 def _logged(resp: audit_pb2.GetReceiptResponse, audit_public_key: bytes) -> list[str]:
@@ -426,8 +430,8 @@ class ApplicantClient(SandboxClient):
         sess = session or self.he_session(len(entity_ids))
         ids = [str(e) for e in entity_ids]
         parts = []
-        for start in range(0, len(ids), sess.profile.slots):
-            stop = start + sess.profile.slots
+        for start in range(0, len(ids), sess.profile.per_call):  # one Score call per per_call entities
+            stop = start + sess.profile.per_call
             parts.append(sess.score_batch(grant_id, model_hash, ids[start:stop], x[start:stop], logistic=logistic,
                                           timeout=timeout))
         logits = np.concatenate([p.logits for p in parts]) if parts else np.zeros(0)

@@ -47,11 +47,13 @@ class ScoreResult:
 class EncryptedScores:
     """The sandbox's answer to one Score call: the encrypted logits, and what the call sent and received."""
 
-    encrypted_logits: bytes
+    encrypted_logits: bytes  # the first chunk's (the whole batch's when it was one chunk)
     noise_sd: float
     bytes_sent: int
     bytes_received: int
     receipt: Receipt | None
+    #: the logits of every chunk, in order (one ciphertext per ``slots`` entities)
+    chunks: tuple[bytes, ...] = ()
 
 
 class HeCalls(Protocol):
@@ -62,7 +64,8 @@ class HeCalls(Protocol):
         ...
 
     def score(self, grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
-              encrypted_features: Sequence[bytes], *, timeout: float) -> EncryptedScores:
+              encrypted_features: Sequence[bytes], *, timeout: float, chunks: int = 1) -> EncryptedScores:
+        """One Score call; ``encrypted_features`` chunk-major, ``chunks`` ciphertexts per feature."""
         ...
 
 
@@ -92,25 +95,47 @@ class HeSession:
         n = len(entity_ids)
         if features.ndim != 2 or features.shape[0] != n:
             raise serde.invalid("features must be an array of shape (entities, private features)")
-        if n > self.profile.slots:
-            raise serde.invalid(f"at most {self.profile.slots} entities per batch for {self.profile.name}")
+        if n > self.profile.per_call:
+            raise serde.invalid(f"at most {self.profile.per_call} entities per call for {self.profile.name}")
         if not np.all(np.isfinite(features)):
             raise serde.invalid("features must be finite")
         t0 = time.perf_counter()
-        cts = [ts.ckks_vector(self._secret, features[:, k].astype(float).tolist()).serialize()
-               for k in range(features.shape[1])]
+        cts = self.encrypt(features)
         encrypt = time.perf_counter() - t0
         t1 = time.perf_counter()
-        resp = self._calls.score(grant_id, self.context_id, model_hash, entity_ids, cts, timeout=timeout)
+        resp = self.score_encrypted(grant_id, model_hash, entity_ids, cts, timeout=timeout)
         server = time.perf_counter() - t1
         t2 = time.perf_counter()
-        logits = np.array(ts.ckks_vector_from(self._secret, resp.encrypted_logits).decrypt()[:n])
+        logits = self.decrypt(resp.chunks or (resp.encrypted_logits,), n)
         probs = sigmoid(logits) if logistic else None
         decrypt = time.perf_counter() - t2
         return ScoreResult(list(entity_ids), logits, probs,
                            {"encrypt": encrypt, "server": server, "decrypt": decrypt},
                            bytes_sent=resp.bytes_sent, bytes_received=resp.bytes_received, noise_sd=resp.noise_sd,
                            receipts=(resp.receipt,) if resp.receipt else ())
+
+    def score_encrypted(self, grant_id: str, model_hash: str, entity_ids: Sequence[str], encrypted: Sequence[bytes],
+                        *, timeout: float = 120.0) -> EncryptedScores:
+        """One Score call on features already encrypted with :meth:`encrypt` (e.g. ahead, in another thread);
+        :meth:`decrypt` reads its answer."""
+        chunks = -(-len(entity_ids) // self.profile.slots)
+        return self._calls.score(grant_id, self.context_id, model_hash, entity_ids, encrypted, timeout=timeout,
+                                 chunks=chunks)
+
+    def encrypt(self, features: np.ndarray) -> list[bytes]:
+        """Rows of ``features`` (entities x private features) as Score sends them: ``slots`` entities a chunk,
+        one CKKS vector per feature, chunk-major."""
+        slots = self.profile.slots
+        return [ts.ckks_vector(self._secret, features[start:start + slots, k].astype(float).tolist()).serialize()
+                for start in range(0, features.shape[0], slots) for k in range(features.shape[1])]
+
+    def decrypt(self, chunks: Sequence[bytes], n: int) -> np.ndarray:
+        """The n logits of a Score answer's chunks, in order (only each chunk's own entities are read)."""
+        slots = self.profile.slots
+        if len(chunks) != -(-n // slots):
+            raise serde.invalid("the sandbox answered with a different number of chunks")
+        return np.concatenate([np.array(ts.ckks_vector_from(self._secret, blob).decrypt()[:min(slots, n - c * slots)])
+                               for c, blob in enumerate(chunks)])
 
 
 def choose_profile(profiles: Sequence[HeProfile], entities: int) -> HeProfile:

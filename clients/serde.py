@@ -281,7 +281,8 @@ def model_review(r: he_pb2.ModelReview) -> t.ModelReview:
 
 
 def he_profile(p: he_pb2.HeProfile) -> t.HeProfile:
-    return t.HeProfile(p.name, p.poly_modulus_degree, tuple(p.coeff_mod_bit_sizes), p.scale_bits, p.slots)
+    return t.HeProfile(p.name, p.poly_modulus_degree, tuple(p.coeff_mod_bit_sizes), p.scale_bits, p.slots,
+                       p.max_entities_per_call)
 
 
 def context_chunks(profile: str, blob: bytes, chunk: int) -> list[he_pb2.ContextChunk]:
@@ -291,9 +292,11 @@ def context_chunks(profile: str, blob: bytes, chunk: int) -> list[he_pb2.Context
 
 
 def score_request(grant_id: str, context_id: str, model_hash: str, entity_ids: Sequence[str],
-                  encrypted_features: Sequence[bytes]) -> he_pb2.ScoreRequest:
+                  encrypted_features: Sequence[bytes], chunks: int = 1) -> he_pb2.ScoreRequest:
+    """``encrypted_features`` chunk-major: each chunk's vectors, one per private feature, chunk after chunk."""
     return he_pb2.ScoreRequest(grant_id=grant_id, context_id=context_id, model_hash=model_hash,
-                               entity_ids=list(entity_ids), encrypted_features=list(encrypted_features))
+                               entity_ids=list(entity_ids), encrypted_features=list(encrypted_features),
+                               chunks=chunks if chunks > 1 else 0)
 
 
 _CHECK_RESULTS = {verify_pb2.MATCH: "MATCH", verify_pb2.NO_MATCH: "NO_MATCH",

@@ -367,6 +367,13 @@ class HeProfile:
     coeff_mod_bit_sizes: tuple[int, ...]
     scale_bits: int
     slots: int
+    #: entities one Score call may carry, in chunks of ``slots`` (a sandbox that does not say takes one chunk)
+    max_entities_per_call: int = 0
+
+    @property
+    def per_call(self) -> int:
+        """Entities one Score call carries at most."""
+        return max(self.slots, self.max_entities_per_call)
 
 
 @dataclass(frozen=True)

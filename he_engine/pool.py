@@ -5,6 +5,10 @@ is not safe to use) and import TenSEAL; this process never does. Every blob
 passes :mod:`he_engine.structure` here before it is sent to a worker, and only
 bytes, floats and small dataclasses cross the process boundary.
 
+A large batch comes in chunks (:meth:`ScoringPool.score_chunks`): they are split into
+at most ``workers`` contiguous groups, all submitted at once, so one call uses every
+worker; a group is retried, fails or succeeds like a call of its own below.
+
 When a worker dies (SIGSEGV, SIGFPE, OOM kill) every call in flight on the
 pool fails with ``BrokenProcessPool``, not only the one that killed it. The
 pool is replaced at once for new calls, and each failed call is retried once
@@ -21,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
@@ -93,6 +98,19 @@ class ScoringPool:
         per entity. Raises :class:`HeInputError` for a bad context, ciphertext
         or batch size, and ``ValueError`` for bad weights or plain values.
         """
+        return self.score_chunks(context_blob, context_sha, [ciphertexts], weights, [plain], timeout=timeout)[0]
+
+    def score_chunks(self, context_blob: bytes, context_sha: str, chunks: Sequence[Sequence[bytes]],
+                     weights: Sequence[float], plains: Sequence[np.ndarray], *,
+                     timeout: float | None = None) -> list[bytes]:
+        """:meth:`score` for a batch in several chunks (each at most one ciphertext's slots), in parallel.
+
+        Chunk c is ``chunks[c]`` (one ciphertext per weight) with ``plains[c]``; the result is one serialised
+        ciphertext per chunk, in order. Every blob is checked here before any worker sees it; the chunks are
+        split into at most ``workers`` contiguous groups, each scored in one worker, all at once. A group caught
+        in a worker's crash is retried in a one-off worker of its own (module docstring); if any group fails,
+        the whole call fails.
+        """
         profile = self._known.get(context_sha)
         if profile is None:  # not registered through this pool: check it here once
             if hashlib.sha256(context_blob).hexdigest() != context_sha:
@@ -100,21 +118,41 @@ class ScoringPool:
             profile = check_context_blob(context_blob, self._profiles)
             self._known[context_sha] = profile
         weight_array = _finite_vector(weights, "weights")
-        plain_array = _finite_vector(plain, "plain")
         if not len(weight_array):
             raise ValueError("the model has no private feature")
-        if len(ciphertexts) != len(weight_array):
-            raise HeInputError("the number of ciphertexts differs from the model's private features")
-        for blob in ciphertexts:
-            check_ciphertext_blob(blob, profile, len(plain_array))
-        cts = [bytes(b) for b in ciphertexts]
-        try:  # most calls land on a worker that already parsed the context: do not ship its 0.5 MB again
-            result: bytes = self._call(worker.score, None, context_sha, profile, cts, weight_array.tolist(),
-                                       plain_array, timeout=timeout)
-        except worker.NeedContext:
-            result = self._call(worker.score, bytes(context_blob), context_sha, profile, cts, weight_array.tolist(),
-                                plain_array, timeout=timeout)
-        return result
+        if not chunks or len(chunks) != len(plains):
+            raise HeInputError("the number of chunks differs from the batch's")
+        plain_arrays = [_finite_vector(p, "plain") for p in plains]
+        for cts, plain in zip(chunks, plain_arrays, strict=True):
+            if len(cts) != len(weight_array):
+                raise HeInputError("the number of ciphertexts differs from the model's private features")
+            for blob in cts:
+                check_ciphertext_blob(blob, profile, len(plain))
+        w = weight_array.tolist()
+        groups = _split(len(chunks), self._workers)
+
+        def args(group: range, blob: bytes | None) -> tuple[Any, ...]:
+            return (blob, context_sha, profile, [list(chunks[c]) for c in group], w,
+                    [plain_arrays[c] for c in group])
+
+        # Most groups land on a worker that already parsed the context: do not ship its 0.5 MB again.
+        outcomes = self._call_many(worker.score_chunks, [args(g, None) for g in groups], timeout=timeout,
+                                   retry_args=[args(g, bytes(context_blob)) for g in groups])
+        for o in outcomes:  # a refused group decides the call: no need to ship the context to the others
+            if isinstance(o, BaseException) and not isinstance(o, worker.NeedContext):
+                raise o
+        need = [i for i, o in enumerate(outcomes) if isinstance(o, worker.NeedContext)]
+        if need:
+            again = self._call_many(worker.score_chunks, [args(groups[i], bytes(context_blob)) for i in need],
+                                    timeout=timeout)
+            for i, o in zip(need, again, strict=True):
+                outcomes[i] = o
+        results: list[bytes] = []
+        for o in outcomes:
+            if isinstance(o, BaseException):
+                raise o
+            results.extend(o)
+        return results
 
     def warm(self, *, timeout: float | None = None) -> None:
         """Start the workers now rather than at the first call (each one spawned imports Python afresh)."""
@@ -144,25 +182,66 @@ class ScoringPool:
 
     def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run ``fn(*args)`` in a worker; after a crash, retry it once in a worker of its own (module docstring)."""
+        outcome = self._call_many(fn, [args], timeout=timeout)[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        result: T = outcome
+        return result
+
+    def _call_many(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], *, timeout: float | None = None,
+                   retry_args: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
+        """Run ``fn(*args)`` for every ``args`` of ``calls`` at once in the pool's workers; each one's result or the
+        exception it raised, in order. Calls caught in a worker's crash are retried once, each in a one-off worker
+        of its own, with ``retry_args`` when given; one that crashes that worker too is ``HeInputError(CRASHED)``.
+        A timeout (for all the calls together) kills the pool's workers and raises :class:`HeUnavailableError`.
+        """
         limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         executor = self._current()
-        try:
-            return _run(executor, fn, args, limit)
-        except BrokenProcessPool:
+        outcomes: list[Any] = [None] * len(calls)
+        futures: list[Future[Any] | None] = []
+        for args in calls:
+            try:
+                futures.append(executor.submit(fn, *args))
+            except RuntimeError:  # shut down under us (replaced by another thread): as broken
+                futures.append(None)
+        broken = []
+        for i, future in enumerate(futures):
+            if future is None:
+                broken.append(i)
+                continue
+            try:
+                outcomes[i] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except (BrokenProcessPool, CancelledError):  # cancelled: the pool was replaced under it
+                broken.append(i)
+            except FutureTimeout:
+                for f in futures:
+                    if f is not None:
+                        f.cancel()
+                self._replace(executor, kill=True)
+                raise HeUnavailableError("the HE engine timed out") from None
+            except Exception as exc:  # noqa: BLE001 -- the worker's own answer (HeInputError, NeedContext, ...)
+                outcomes[i] = exc
+        if broken:
             self._replace(executor)
-        except FutureTimeout:
-            self._replace(executor, kill=True)
-            raise HeUnavailableError("the HE engine timed out") from None
+        for i in broken:  # each retry gets the whole time limit again, as a call of its own would
+            outcomes[i] = self._isolated(fn, (retry_args or calls)[i], limit)
+        return outcomes
+
+    def _isolated(self, fn: Callable[..., Any], args: tuple[Any, ...], limit: float) -> Any:
+        """``fn(*args)`` in a one-off worker of its own: its result or the exception it raised."""
         with self._isolation:
             self._current()  # refuse if closed meanwhile
             alone = self._new_executor(workers=1)
             try:
                 return _run(alone, fn, args, limit)
             except BrokenProcessPool:
-                raise HeInputError(CRASHED) from None
+                return HeInputError(CRASHED)
             except FutureTimeout:
                 _kill(alone)
                 raise HeUnavailableError("the HE engine timed out") from None
+            except Exception as exc:  # noqa: BLE001 -- the worker's own answer
+                return exc
             finally:
                 alone.shutdown(wait=False, cancel_futures=True)
 
@@ -198,6 +277,18 @@ def _run(executor: ProcessPoolExecutor, fn: Callable[..., T], args: tuple[Any, .
     except FutureTimeout:
         future.cancel()
         raise
+
+
+def _split(count: int, parts: int) -> list[range]:
+    """``range(count)`` in at most ``parts`` contiguous pieces whose sizes differ by at most one."""
+    parts = max(1, min(parts, count))
+    size, extra = divmod(count, parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    return out
 
 
 def _kill(executor: ProcessPoolExecutor) -> None:

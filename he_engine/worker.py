@@ -128,6 +128,15 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
     ``context_blob`` may be None when the worker probably has the context cached (it saves shipping ~0.5 MB
     per call); a worker without it raises :class:`NeedContext`.
     """
+    return score_chunks(context_blob, context_sha, profile, [ciphertexts], weights, [plain])[0]
+
+
+def score_chunks(context_blob: bytes | None, context_sha: str, profile: Profile,
+                 chunks: Sequence[Sequence[bytes]], weights: Sequence[float], plains: Sequence[np.ndarray]) -> list[bytes]:
+    """:func:`score` for several chunks of one batch in turn: chunk c's ciphertexts (one per weight) with
+    ``plains[c]``; one serialised result per chunk, in order. The context is looked up (or parsed) once."""
+    if len(chunks) != len(plains) or not chunks:
+        raise HeInputError("the number of chunks differs from the batch's")
     parsed = _contexts.get(context_sha)
     if parsed is None:
         if context_blob is None:
@@ -137,6 +146,11 @@ def score(context_blob: bytes | None, context_sha: str, profile: Profile, cipher
         parsed = _parse_context(context_blob, context_sha, profile)
     else:
         _contexts.move_to_end(context_sha)
+    return [_score_one(parsed, profile, cts, weights, plain) for cts, plain in zip(chunks, plains, strict=True)]
+
+
+def _score_one(parsed: _Parsed, profile: Profile, ciphertexts: Sequence[bytes], weights: Sequence[float],
+               plain: np.ndarray) -> bytes:
     n = len(plain)
     cts = [_parse_vector(parsed, blob, profile, n) for blob in ciphertexts]
     if not cts or len(cts) != len(weights):

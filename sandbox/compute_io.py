@@ -72,12 +72,13 @@ class ScoreBatch:
     context_id: str
     model_hash: str
     entity_ids: tuple[str, ...]
-    encrypted_features: tuple[bytes, ...]
+    encrypted_features: tuple[bytes, ...]  # chunk-major: chunk 0's vectors (one per private feature), then chunk 1's
+    chunks: int = 1  # ciphertexts per private feature, as the request declared it
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    encrypted_logits: bytes
+    encrypted_logits: tuple[bytes, ...]  # one vector per chunk, in order
     entities: int
     usage: GrantUsage
     noise_sd: float

@@ -3,6 +3,11 @@
 Every score's sandbox part leaves with the release rule's noise (``sandbox.he_release``), and one
 grant may score one entity id at most ``scores_per_entity`` times.
 
+One call carries up to ``MAX_ENTITIES_PER_CALL`` entities in chunks of one ciphertext's slots
+(``chunk_bounds``): the request declares its chunk count, and every count and every ciphertext's
+size is checked against it before anything is charged or parsed; the chunks are scored in
+parallel by the pool's workers, each masked to its own entities like a one-chunk batch.
+
 Unknown entity ids are answered with a real entity's row: the entity after the id's keyed hash
 on a ring of the dataset's entities (BLAKE2b keyed with the server's secret over the dataset's name and
 the id, so the same unknown id gets the same stand-in under every grant and, mostly, every
@@ -33,6 +38,9 @@ from sandbox.he_entities import EntityCounts, EntityIndex
 
 MAX_ENTITY_ID = 64
 MAX_CONTEXTS_PER_PRINCIPAL = 8
+#: Most entities one Score call may carry, in chunks of one ciphertext's slots (16 chunks of ckks-8192): the
+#: request stays far below the message limit and one call's work stays a few seconds at most.
+MAX_ENTITIES_PER_CALL = 65_536
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,16 @@ def list_profiles() -> tuple[he_engine.Profile, ...]:
     return tuple(he_engine.PROFILES.values())
 
 
+def max_entities(profile: he_engine.Profile) -> int:
+    """The most entities one Score call may carry under ``profile``: whole chunks up to MAX_ENTITIES_PER_CALL."""
+    return profile.slots * max(1, MAX_ENTITIES_PER_CALL // profile.slots)
+
+
+def chunk_bounds(n: int, slots: int) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of an n-entity batch: ``slots`` entities each, the last one the rest."""
+    return [(start, min(start + slots, n)) for start in range(0, n, slots)]
+
+
 def register_context(call: Call, chunks: list[ContextChunk], pool: he_engine.ScoringPool,
                      store: ContextStore) -> StoredContext:
     if not chunks:
@@ -135,18 +153,25 @@ def score(call: Call, req: ScoreBatch, pool: he_engine.ScoringPool, store: Conte
     info = auth.dataset
     ids = list(req.entity_ids)
     n = len(ids)
-    if not 1 <= n <= profile.slots:
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"send 1 to {profile.slots} entity ids per batch")
+    most = max_entities(profile)
+    if not 1 <= n <= most:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"send 1 to {most} entity ids per call")
     unique = set(ids)
     if len(unique) != n or "" in unique or max(map(len, ids)) > MAX_ENTITY_ID:
         raise SandboxError(ErrorCode.INVALID_ARGUMENT, "entity ids must be unique, 1 to 64 characters")
-    if len(req.encrypted_features) != len(spec.private_features):
-        raise SandboxError(ErrorCode.INVALID_ARGUMENT,
-                           f"the model takes {len(spec.private_features)} encrypted features")
-    cts = list(req.encrypted_features)
+    # Every count and size is checked here, before anything is charged and before TenSEAL sees a byte.
+    bounds = chunk_bounds(n, profile.slots)
+    if req.chunks != len(bounds):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"{n} entities travel in {len(bounds)} chunk(s) of at most "
+                                                       f"{profile.slots} for {profile.name}")
+    features = len(spec.private_features)
+    if len(req.encrypted_features) != features * len(bounds):
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, f"the model takes {features} encrypted features per chunk")
+    chunks = [req.encrypted_features[c * features:(c + 1) * features] for c in range(len(bounds))]
     with engine_errors():
-        for ct in cts:
-            he_engine.check_ciphertext_blob(ct, profile, n)
+        for cts, (start, stop) in zip(chunks, bounds, strict=True):
+            for ct in cts:
+                he_engine.check_ciphertext_blob(ct, profile, stop - start)
     try:  # a model stored under older rules or another dataset version's bounds is checked again, never run blind
         release = he_release.check(spec.public_features, tuple(w for _, w in spec.private_features), spec.bias,
                                    info.schema, rule)
@@ -172,7 +197,8 @@ def score(call: Call, req: ScoreBatch, pool: he_engine.ScoringPool, store: Conte
             plain = noise.laplace_noisy(plain, he_release.contribution_range(spec.public_features, info.schema),
                                         per_call / ledger.NANO)
         with engine_errors():
-            result = pool.score(ctx.blob, ctx.sha256, cts, weights, plain)
-        return ScoreResult(encrypted_logits=result, entities=n, usage=state.usage, noise_sd=noise_sd)
+            results = pool.score_chunks(ctx.blob, ctx.sha256, chunks, weights,
+                                        [plain[start:stop] for start, stop in bounds])
+        return ScoreResult(encrypted_logits=tuple(results), entities=n, usage=state.usage, noise_sd=noise_sd)
 
     return Deferred(compute)

@@ -441,11 +441,13 @@ def stored_release_to_pb(r: io.StoredRelease) -> dp_pb2.RunQueryResponse:
     return replay
 
 
-def profiles_to_pb(profiles: Iterable[Profile]) -> he_pb2.ListProfilesResponse:
+def profiles_to_pb(profiles: Iterable[tuple[Profile, int]]) -> he_pb2.ListProfilesResponse:
+    """Each profile with the most entities one Score call may carry with it."""
     return he_pb2.ListProfilesResponse(profiles=[
         he_pb2.HeProfile(name=p.name, poly_modulus_degree=p.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes), scale_bits=p.scale_bits, slots=p.slots)
-        for p in profiles])
+                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes), scale_bits=p.scale_bits, slots=p.slots,
+                         max_entities_per_call=most)
+        for p, most in profiles])
 
 
 def context_chunks_from_pb(chunks: Iterable[he_pb2.ContextChunk]) -> list[io.ContextChunk]:
@@ -458,12 +460,15 @@ def context_to_pb(context_id: str, expires_ms: int) -> he_pb2.RegisterContextRes
 
 def score_batch_from_pb(req: he_pb2.ScoreRequest) -> io.ScoreBatch:
     return io.ScoreBatch(grant_id=req.grant_id, context_id=req.context_id, model_hash=req.model_hash,
-                         entity_ids=tuple(req.entity_ids), encrypted_features=tuple(req.encrypted_features))
+                         entity_ids=tuple(req.entity_ids), encrypted_features=tuple(req.encrypted_features),
+                         chunks=req.chunks or 1)
 
 
 def score_result_to_pb(r: io.ScoreResult) -> he_pb2.ScoreResponse:
-    return he_pb2.ScoreResponse(encrypted_logits=r.encrypted_logits, entities=r.entities, usage=usage_to_pb(r.usage),
-                                noise_sd=r.noise_sd)
+    one = len(r.encrypted_logits) == 1  # a one-chunk answer keeps the field every client reads
+    return he_pb2.ScoreResponse(encrypted_logits=r.encrypted_logits[0] if one else b"", entities=r.entities,
+                                usage=usage_to_pb(r.usage), noise_sd=r.noise_sd,
+                                encrypted_logit_chunks=() if one else r.encrypted_logits)
 
 
 def training_settings_from_pb(s: common_pb2.TrainingSettings) -> io.TrainingSettings:

@@ -365,7 +365,7 @@ class HeScoringServicer(he_pb2_grpc.HeScoringServiceServicer):
                 self._pool = None
 
     def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
-        return serde.profiles_to_pb(he_scoring.list_profiles())
+        return serde.profiles_to_pb((p, he_scoring.max_entities(p)) for p in he_scoring.list_profiles())
 
     def RegisterContext(self, request_iterator, context):  # type: ignore[no-untyped-def]
         ctx = he_scoring.register_context(current_call(), serde.context_chunks_from_pb(request_iterator), self.pool(),

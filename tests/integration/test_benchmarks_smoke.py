@@ -99,12 +99,15 @@ def test_he_scoring_benchmark_quick_run_prints_tables_and_ratios() -> None:
                     "upload: RegisterContext", "entities/s", "Server side vs the same TenSEAL computation in-process",
                     "in-process TenSEAL (baseline)", "ScoringPool.score inside the server", "throughput / in-process",
                     "Where the Score RPC's time goes", "Single-entity latency", "p50 ms", "Bytes on the wire",
-                    "bytes per entity", "Plaintext reference", "score_plain"))
+                    "bytes per entity", "Plaintext reference", "score_plain",
+                    "Score throughput by batch size and clients", "32,768 (8 chunks)", "clients at once",
+                    "the release rule's noise alone"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("RATIOS server/in-process: "), last
     ratios = {k: float(v) for k, v in HE_RATIO.findall(last.split(": ", 1)[1])}
-    assert sorted(ratios) == ["end_to_end", "in-process/numpy", "pool", "score_rpc", "worker_fn",
-                             "worker_fn/score_rpc"], last
+    scale = [f"{way}_{n}" for way in ("burst", "conc", "seq") for n in (32768, 4096)]
+    assert sorted(ratios) == sorted(["end_to_end", "in-process/numpy", "noise/in-process", "pool", "score_rpc",
+                                     "worker_fn", "worker_fn/score_rpc", *scale]), last
     assert all(math.isfinite(v) and v > 0 for v in ratios.values()), last
 
 

@@ -190,6 +190,63 @@ def test_bad_ciphertexts_are_refused_and_the_server_keeps_serving(he_env) -> Non
     assert _valid(bank, g, model, session, rows).logits.shape == (50,)
 
 
+def test_a_batch_larger_than_one_ciphertext_is_one_call_in_chunks(he_env) -> None:  # type: ignore[no-untyped-def]
+    """5,000 entities (two chunks of ckks-8192's 4,096 slots) in one Score call: one receipt, every id charged,
+    and the scores are the plaintext model plus the stated noise in both chunks."""
+    _, _, bank, model, grant, session, rows = he_env
+    assert session.profile.slots == 4096 and session.profile.per_call >= 5000
+    picked = rows[10_000:15_000]
+    result = bank.score(grant(), model, [r["ID"] for r in picked], bank_features(picked), session=session)
+    assert len(result.receipts) == 1 and result.logits.shape == (5000,)
+    diff = result.logits - plaintext_logits(picked)
+    for part in (diff[:4096], diff[4096:]):
+        assert abs(part.mean()) < 5 * NOISE_SD / np.sqrt(len(part))
+        assert part.std() == pytest.approx(NOISE_SD, rel=0.15)
+
+
+def test_chunked_requests_are_checked_before_anything_is_charged(he_env) -> None:  # type: ignore[no-untyped-def]
+    """Wrong chunk counts, mixed sizes, empty or crafted chunks and too many entities are refused as
+    INVALID_ARGUMENT before any charge; a chunk hiding values beyond its entities gets zeros there."""
+    from tests.unit.test_he_engine import decrypt, encrypt, with_length
+
+    _, _, bank, model, grant, session, rows = he_env
+    g = grant()
+    slots = session.profile.slots
+    ids = [str(100_000 + i) for i in range(slots + 10)]  # unknown ids: answered by stand-ins, charged alike
+    full = ts.ckks_vector(session._secret, [0.5] * slots).serialize()
+    rest = ts.ckks_vector(session._secret, [0.5] * 10).serialize()
+
+    def raw(cts: list[bytes], chunks: int, entity_ids: list[str] = ids) -> he_pb2.ScoreResponse:
+        req = he_pb2.ScoreRequest(grant_id=g, context_id=session.context_id, model_hash=model, entity_ids=entity_ids,
+                                  encrypted_features=cts, chunks=chunks)
+        return bank.transport.call("/sandbox.v1.HeScoringService/Score", req, he_pb2.ScoreResponse)
+
+    bad = {
+        "chunks not declared": ([full, full, rest, rest], 0),
+        "one chunk too many": ([full, full, rest, rest, rest, rest], 3),
+        "a chunk short of a feature": ([full, full, rest], 2),
+        "mixed sizes": ([rest, rest, full, full], 2),
+        "every chunk full": ([full, full, full, full], 2),
+        "empty chunk": ([full, full, b"", rest], 2),
+        "crafted chunk": ([full, full, b"\x0a\x01\x0a", rest], 2),
+    }
+    for name, (cts, chunks) in bad.items():
+        with pytest.raises(InvalidArgument, match="."):
+            raw(cts, chunks)
+    too_many = [str(i) for i in range(session.profile.per_call + 1)]
+    with pytest.raises(InvalidArgument, match="per call"):
+        raw([full] * 2 * -(-len(too_many) // slots), -(-len(too_many) // slots), too_many)
+    # Nothing was charged by the refusals; the valid call is charged for every id.
+    junk = np.random.default_rng(5).uniform(100, 1000, slots - 10)
+    hiding = [encrypt(session._secret, np.concatenate([[0.5] * 10, junk]))] * 2  # 10 values, junk beyond
+    resp = raw([full, full, *(with_length(h, 10) for h in hiding)], 2)
+    assert resp.usage.quota_used == slots + 10 and not resp.encrypted_logits
+    assert len(resp.encrypted_logit_chunks) == 2
+    last = decrypt(session._secret, resp.encrypted_logit_chunks[1], length=slots)
+    assert np.abs(last[10:]).max() < 1e-3 and np.abs(last[:10]).max() > 1e-3
+    assert _valid(bank, g, model, session, rows).logits.shape == (50,)
+
+
 def test_bad_contexts_are_refused(he_env) -> None:  # type: ignore[no-untyped-def]
     _, _, bank, model, grant, session, rows = he_env
     p = session.profile

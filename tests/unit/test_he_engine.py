@@ -31,6 +31,7 @@ from he_engine import (
     check_ciphertext_blob,
     score_plain,
 )
+from he_engine import pool as he_pool
 from he_engine import worker as he_worker
 from he_engine.wire import read_varint
 from he_engine.wire import write_varint as varint  # the structure tests import it from here
@@ -106,6 +107,12 @@ def tenseal_sigfpe() -> None:
     """Sum a vector that declares 5 values but holds no ciphertext: TenSEAL divides by zero (SIGFPE)."""
     ctx = secret_context()
     ts.ckks_vector_from(ctx, b"\x0a\x01\x05").sum()
+
+
+def crash_or_echo(crash: bool, value: int) -> int:
+    if crash:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return value
 
 
 def slow_echo(value: int, seconds: float, started: str = "") -> int:
@@ -270,6 +277,47 @@ def test_time_one_full_batch_in_the_pool_and_in_process(pool: ScoringPool, bank:
     with capsys.disabled():
         print(f"\nHE score, {P8K.slots} entities x 3 features (median of 5): pool {in_pool:.1f} ms, "
               f"in-process {in_process:.1f} ms, ratio {in_pool / in_process:.2f}")
+
+
+def test_a_batch_in_chunks_scores_each_chunk_and_masks_every_unused_slot(pool: ScoringPool, bank: Bank) -> None:
+    """Three chunks (two full, one of 700 with junk beyond it) split across both workers: every chunk decrypts to
+    its entities' plaintext scores and every slot beyond a chunk's entities is zero."""
+    rng = np.random.default_rng(3)
+    sizes = (P8K.slots, P8K.slots, 700)
+    xs = [rng.normal(size=(len(WEIGHTS), m)) for m in sizes]
+    plains = [rng.normal(size=m) for m in sizes]
+    chunks = [[encrypt(bank.ctx, row, junk_beyond=m < P8K.slots) for row in x] for x, m in zip(xs, sizes)]
+    out = pool.score_chunks(bank.public, bank.sha, chunks, WEIGHTS, plains)
+    assert len(out) == 3
+    for blob, x, plain, m in zip(out, xs, plains, sizes, strict=True):
+        every_slot = decrypt(bank.ctx, blob, length=P8K.slots)
+        np.testing.assert_allclose(every_slot[:m], score_plain(x, WEIGHTS, plain), atol=1e-3)
+        assert np.abs(every_slot[m:]).max(initial=0.0) < 1e-3
+    assert [list(r) for r in he_pool._split(5, 2)] == [[0, 1, 2], [3, 4]]  # one group per worker, all at once
+    assert [list(r) for r in he_pool._split(1, 2)] == [[0]]
+
+
+def test_chunk_counts_and_sizes_are_checked_before_any_worker(pool: ScoringPool, bank: Bank) -> None:
+    full = [encrypt(bank.ctx, np.zeros(P8K.slots)) for _ in WEIGHTS]
+    small = bank.cts
+    plains = [np.zeros(P8K.slots), bank.plain]
+    for chunks, plain, match in (
+        ([full, small], plains[:1], "number of chunks"),  # more chunks than plain parts
+        ([], [], "number of chunks"),
+        ([full, small[:2]], plains, "number of ciphertexts"),  # a chunk short of a feature
+        ([small, full], plains, "length differs"),  # chunks of mixed sizes in the wrong order
+        ([full, [b"", *small[1:]]], plains, "empty"),
+        ([full, [b"\x0a\x01\x05", *small[1:]]], plains, "."),  # crafted: TenSEAL would die of SIGFPE on it
+    ):
+        with pytest.raises(HeInputError, match=match):
+            pool.score_chunks(bank.public, bank.sha, chunks, WEIGHTS, plain)
+    assert_serves(pool, bank)
+
+
+def test_a_chunk_group_caught_in_a_crash_is_retried_alone_and_the_crashing_one_fails(pool: ScoringPool) -> None:
+    outcomes = pool._call_many(crash_or_echo, [(False, 1), (True, 2), (False, 3)])
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    assert isinstance(outcomes[1], HeInputError) and outcomes[1].message == he_pool.CRASHED
 
 
 def test_a_ciphertext_count_other_than_the_weights_is_rejected(pool: ScoringPool, bank: Bank) -> None:

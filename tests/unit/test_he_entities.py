@@ -130,3 +130,29 @@ def test_an_unknown_id_gets_a_fixed_real_stand_in() -> None:
     assert np.array_equal(again, rows[1:])  # the same stand-in in another process and another version
     other, _ = EntityIndex(_Cache(ids), os.urandom(32)).rows(_info("v1"), "id", unknown)  # type: ignore[arg-type]
     assert np.mean(other == rows[1:]) < 0.05  # keyed: another server's secret gives other stand-ins
+
+
+def test_counts_match_a_plain_tally_over_random_batches_with_repeats(db: Database) -> None:
+    """The vectorised counts against a dict tally: batches of repeated and new ids, refusals included."""
+    counts, tally = EntityCounts(SECRET), {}  # type: ignore[var-annotated]
+    rng = np.random.default_rng(11)
+    refused = 0
+    for _ in range(40):
+        ids = [f"e{i}" for i in rng.integers(0, 60, size=int(rng.integers(1, 12)))]  # repeats within a batch too
+        want = {e: tally.get(e, 0) + ids.count(e) for e in set(ids)}
+        if max(want.values()) > 3:
+            with pytest.raises(SandboxError) as exc:
+                _count(db, counts, ids, limit=3)
+            over = sum(1 for v in want.values() if v > 3)
+            assert f"{over} of the {len(want)} ids" in exc.value.public_message
+            refused += 1
+        else:
+            _count(db, counts, ids, limit=3)
+            tally.update(want)
+    assert refused and len(tally) > 20
+    fresh = EntityCounts(SECRET)  # reloaded from the table: the same counts
+    for e, n in tally.items():
+        if n < 3:
+            _count(db, fresh, [e] * (3 - n), limit=3)
+        with pytest.raises(SandboxError):
+            _count(db, fresh, [e], limit=3)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos.sandbox.v1 import common_pb2 as protos_dot_sandbox_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/he.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"/\n\rPublicFeature\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\".\n\x0ePrivateFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xdc\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.sandbox.v1.ModelKind\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x32\n\x0fpublic_features\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.PublicFeature\x12\x34\n\x10private_features\x18\x05 \x03(\x0b\x32\x1a.sandbox.v1.PrivateFeature\x12\x0c\n\x04\x62ias\x18\x06 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"9\n\x12SubmitModelRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandbox.v1.ModelSpec\"<\n\x13SubmitModelResponse\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"%\n\x0fGetModelRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\"\x8a\x01\n\x10GetModelResponse\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandbox.v1.ModelSpec\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x03 \x01(\t\x12\'\n\x06review\x18\x04 \x01(\x0b\x32\x17.sandbox.v1.ModelReview\"n\n\tTermShare\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x01\x12\r\n\x05share\x18\x06 \x01(\x01\"\xc9\x01\n\x0bModelReview\x12$\n\x05terms\x18\x01 \x03(\x0b\x32\x15.sandbox.v1.TermShare\x12\x1a\n\x12\x63ontribution_range\x18\x02 \x01(\x01\x12\x10\n\x08noise_sd\x18\x03 \x01(\x01\x12\x16\n\x0e\x62its_per_score\x18\x04 \x01(\x01\x12\x19\n\x11scores_per_entity\x18\x05 \x01(\r\x12\x17\n\x0f\x62its_per_entity\x18\x06 \x01(\x01\x12\x1a\n\x12step_tv_per_entity\x18\x07 \x01(\x01\"v\n\tHeProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13poly_modulus_degree\x18\x02 \x01(\r\x12\x1b\n\x13\x63oeff_mod_bit_sizes\x18\x03 \x03(\r\x12\x12\n\nscale_bits\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\"\x15\n\x13ListProfilesRequest\"?\n\x14ListProfilesResponse\x12\'\n\x08profiles\x18\x01 \x03(\x0b\x32\x15.sandbox.v1.HeProfile\"-\n\x0c\x43ontextChunk\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"I\n\x17RegisterContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x02 \x01(\x03\"x\n\x0cScoreRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x12\n\nentity_ids\x18\x04 \x03(\t\x12\x1a\n\x12\x65ncrypted_features\x18\x05 \x03(\x0c\"t\n\rScoreResponse\x12\x18\n\x10\x65ncrypted_logits\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ntities\x18\x02 \x01(\r\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.sandbox.v1.GrantUsage\x12\x10\n\x08noise_sd\x18\x04 \x01(\x01*M\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODEL_LINEAR\x10\x01\x12\x12\n\x0eMODEL_LOGISTIC\x10\x02\x32\xa5\x01\n\x0cModelService\x12N\n\x0bSubmitModel\x12\x1e.sandbox.v1.SubmitModelRequest\x1a\x1f.sandbox.v1.SubmitModelResponse\x12\x45\n\x08GetModel\x12\x1b.sandbox.v1.GetModelRequest\x1a\x1c.sandbox.v1.GetModelResponse2\xf7\x01\n\x10HeScoringService\x12Q\n\x0cListProfiles\x12\x1f.sandbox.v1.ListProfilesRequest\x1a .sandbox.v1.ListProfilesResponse\x12R\n\x0fRegisterContext\x12\x18.sandbox.v1.ContextChunk\x1a#.sandbox.v1.RegisterContextResponse(\x01\x12<\n\x05Score\x12\x18.sandbox.v1.ScoreRequest\x1a\x19.sandbox.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/sandbox/v1/he.proto\x12\nsandbox.v1\x1a\x1eprotos/sandbox/v1/common.proto\"/\n\rPublicFeature\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\".\n\x0ePrivateFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xdc\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.sandbox.v1.ModelKind\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x32\n\x0fpublic_features\x18\x04 \x03(\x0b\x32\x19.sandbox.v1.PublicFeature\x12\x34\n\x10private_features\x18\x05 \x03(\x0b\x32\x1a.sandbox.v1.PrivateFeature\x12\x0c\n\x04\x62ias\x18\x06 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"9\n\x12SubmitModelRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandbox.v1.ModelSpec\"<\n\x13SubmitModelResponse\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"%\n\x0fGetModelRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\"\x8a\x01\n\x10GetModelResponse\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandbox.v1.ModelSpec\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x03 \x01(\t\x12\'\n\x06review\x18\x04 \x01(\x0b\x32\x17.sandbox.v1.ModelReview\"n\n\tTermShare\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x01\x12\r\n\x05share\x18\x06 \x01(\x01\"\xc9\x01\n\x0bModelReview\x12$\n\x05terms\x18\x01 \x03(\x0b\x32\x15.sandbox.v1.TermShare\x12\x1a\n\x12\x63ontribution_range\x18\x02 \x01(\x01\x12\x10\n\x08noise_sd\x18\x03 \x01(\x01\x12\x16\n\x0e\x62its_per_score\x18\x04 \x01(\x01\x12\x19\n\x11scores_per_entity\x18\x05 \x01(\r\x12\x17\n\x0f\x62its_per_entity\x18\x06 \x01(\x01\x12\x1a\n\x12step_tv_per_entity\x18\x07 \x01(\x01\"\x95\x01\n\tHeProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13poly_modulus_degree\x18\x02 \x01(\r\x12\x1b\n\x13\x63oeff_mod_bit_sizes\x18\x03 \x03(\r\x12\x12\n\nscale_bits\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x1d\n\x15max_entities_per_call\x18\x06 \x01(\r\"\x15\n\x13ListProfilesRequest\"?\n\x14ListProfilesResponse\x12\'\n\x08profiles\x18\x01 \x03(\x0b\x32\x15.sandbox.v1.HeProfile\"-\n\x0c\x43ontextChunk\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"I\n\x17RegisterContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x02 \x01(\x03\"\x88\x01\n\x0cScoreRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x12\n\nentity_ids\x18\x04 \x03(\t\x12\x1a\n\x12\x65ncrypted_features\x18\x05 \x03(\x0c\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\r\"\x94\x01\n\rScoreResponse\x12\x18\n\x10\x65ncrypted_logits\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ntities\x18\x02 \x01(\r\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.sandbox.v1.GrantUsage\x12\x10\n\x08noise_sd\x18\x04 \x01(\x01\x12\x1e\n\x16\x65ncrypted_logit_chunks\x18\x05 \x03(\x0c*M\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODEL_LINEAR\x10\x01\x12\x12\n\x0eMODEL_LOGISTIC\x10\x02\x32\xa5\x01\n\x0cModelService\x12N\n\x0bSubmitModel\x12\x1e.sandbox.v1.SubmitModelRequest\x1a\x1f.sandbox.v1.SubmitModelResponse\x12\x45\n\x08GetModel\x12\x1b.sandbox.v1.GetModelRequest\x1a\x1c.sandbox.v1.GetModelResponse2\xf7\x01\n\x10HeScoringService\x12Q\n\x0cListProfiles\x12\x1f.sandbox.v1.ListProfilesRequest\x1a .sandbox.v1.ListProfilesResponse\x12R\n\x0fRegisterContext\x12\x18.sandbox.v1.ContextChunk\x1a#.sandbox.v1.RegisterContextResponse(\x01\x12<\n\x05Score\x12\x18.sandbox.v1.ScoreRequest\x1a\x19.sandbox.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sandbox.v1.he_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELKIND']._serialized_start=1581
-  _globals['_MODELKIND']._serialized_end=1658
+  _globals['_MODELKIND']._serialized_start=1663
+  _globals['_MODELKIND']._serialized_end=1740
   _globals['_PUBLICFEATURE']._serialized_start=74
   _globals['_PUBLICFEATURE']._serialized_end=121
   _globals['_PRIVATEFEATURE']._serialized_start=123
@@ -52,22 +52,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TERMSHARE']._serialized_end=805
   _globals['_MODELREVIEW']._serialized_start=808
   _globals['_MODELREVIEW']._serialized_end=1009
-  _globals['_HEPROFILE']._serialized_start=1011
-  _globals['_HEPROFILE']._serialized_end=1129
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1131
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1152
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1154
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1217
-  _globals['_CONTEXTCHUNK']._serialized_start=1219
-  _globals['_CONTEXTCHUNK']._serialized_end=1264
-  _globals['_REGISTERCONTEXTRESPONSE']._serialized_start=1266
-  _globals['_REGISTERCONTEXTRESPONSE']._serialized_end=1339
-  _globals['_SCOREREQUEST']._serialized_start=1341
-  _globals['_SCOREREQUEST']._serialized_end=1461
-  _globals['_SCORERESPONSE']._serialized_start=1463
-  _globals['_SCORERESPONSE']._serialized_end=1579
-  _globals['_MODELSERVICE']._serialized_start=1661
-  _globals['_MODELSERVICE']._serialized_end=1826
-  _globals['_HESCORINGSERVICE']._serialized_start=1829
-  _globals['_HESCORINGSERVICE']._serialized_end=2076
+  _globals['_HEPROFILE']._serialized_start=1012
+  _globals['_HEPROFILE']._serialized_end=1161
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1163
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1184
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1186
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1249
+  _globals['_CONTEXTCHUNK']._serialized_start=1251
+  _globals['_CONTEXTCHUNK']._serialized_end=1296
+  _globals['_REGISTERCONTEXTRESPONSE']._serialized_start=1298
+  _globals['_REGISTERCONTEXTRESPONSE']._serialized_end=1371
+  _globals['_SCOREREQUEST']._serialized_start=1374
+  _globals['_SCOREREQUEST']._serialized_end=1510
+  _globals['_SCORERESPONSE']._serialized_start=1513
+  _globals['_SCORERESPONSE']._serialized_end=1661
+  _globals['_MODELSERVICE']._serialized_start=1743
+  _globals['_MODELSERVICE']._serialized_end=1908
+  _globals['_HESCORINGSERVICE']._serialized_start=1911
+  _globals['_HESCORINGSERVICE']._serialized_end=2158
 # @@protoc_insertion_point(module_scope)

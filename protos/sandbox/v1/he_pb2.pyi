@@ -316,10 +316,14 @@ class HeProfile(_message.Message):
     COEFF_MOD_BIT_SIZES_FIELD_NUMBER: _builtins.int
     SCALE_BITS_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
+    MAX_ENTITIES_PER_CALL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     poly_modulus_degree: _builtins.int
     scale_bits: _builtins.int
     slots: _builtins.int
+    """entities per ciphertext"""
+    max_entities_per_call: _builtins.int
+    """entities one Score call may carry (in several chunks); 0: slots"""
     @_builtins.property
     def coeff_mod_bit_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -330,10 +334,11 @@ class HeProfile(_message.Message):
         coeff_mod_bit_sizes: _abc.Iterable[_builtins.int] | None = ...,
         scale_bits: _builtins.int = ...,
         slots: _builtins.int = ...,
+        max_entities_per_call: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coeff_mod_bit_sizes", b"coeff_mod_bit_sizes", "name", b"name", "poly_modulus_degree", b"poly_modulus_degree", "scale_bits", b"scale_bits", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coeff_mod_bit_sizes", b"coeff_mod_bit_sizes", "max_entities_per_call", b"max_entities_per_call", "name", b"name", "poly_modulus_degree", b"poly_modulus_degree", "scale_bits", b"scale_bits", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,6 +426,12 @@ Global___RegisterContextResponse: _TypeAlias = RegisterContextResponse  # noqa: 
 
 @_typing.final
 class ScoreRequest(_message.Message):
+    """A batch of n entities travels in C = ceil(n / slots) chunks: chunk c holds entities
+    [c * slots, min((c + 1) * slots, n)), one slot per entity. encrypted_features is chunk-major:
+    chunk 0's CKKS vectors (one per private feature, in the model's order), then chunk 1's, and so on;
+    each vector holds exactly its chunk's entities.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GRANT_ID_FIELD_NUMBER: _builtins.int
@@ -428,14 +439,17 @@ class ScoreRequest(_message.Message):
     MODEL_HASH_FIELD_NUMBER: _builtins.int
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
     ENCRYPTED_FEATURES_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     context_id: _builtins.str
     model_hash: _builtins.str
+    chunks: _builtins.int
+    """C, which must equal ceil(n / slots); 0 means 1"""
     @_builtins.property
     def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def encrypted_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """one CKKS vector per private feature, one slot per entity"""
+        """C x private features CKKS vectors, chunk-major"""
 
     def __init__(
         self,
@@ -445,10 +459,11 @@ class ScoreRequest(_message.Message):
         model_hash: _builtins.str = ...,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
         encrypted_features: _abc.Iterable[_builtins.bytes] | None = ...,
+        chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_id", b"context_id", "encrypted_features", b"encrypted_features", "entity_ids", b"entity_ids", "grant_id", b"grant_id", "model_hash", b"model_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "context_id", b"context_id", "encrypted_features", b"encrypted_features", "entity_ids", b"entity_ids", "grant_id", b"grant_id", "model_hash", b"model_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -462,12 +477,18 @@ class ScoreResponse(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     NOISE_SD_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_LOGIT_CHUNKS_FIELD_NUMBER: _builtins.int
     encrypted_logits: _builtins.bytes
+    """the logits when the batch was one chunk"""
     entities: _builtins.int
     noise_sd: _builtins.float
     """sd of the Gaussian noise the release rule added to each logit (plus any DP noise)"""
     @_builtins.property
     def usage(self) -> _common_pb2.GrantUsage: ...
+    @_builtins.property
+    def encrypted_logit_chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """when the batch had several chunks: one CKKS vector per chunk, in order"""
+
     def __init__(
         self,
         *,
@@ -475,10 +496,11 @@ class ScoreResponse(_message.Message):
         entities: _builtins.int = ...,
         usage: _common_pb2.GrantUsage | None = ...,
         noise_sd: _builtins.float = ...,
+        encrypted_logit_chunks: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_logits", b"encrypted_logits", "entities", b"entities", "noise_sd", b"noise_sd", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_logit_chunks", b"encrypted_logit_chunks", "encrypted_logits", b"encrypted_logits", "entities", b"entities", "noise_sd", b"noise_sd", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
