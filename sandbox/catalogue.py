@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sandbox.datasets import (  # noqa: F401 - the catalogue's API
-    MAX_CATEGORIES, MAX_COLUMNS, MAX_TEXT_CHARS, NAME_RE, VERSION_LABEL, content_digest, keyed_version, privacy_unit,
-    public_rows, public_rows_of_stored, schema_from_json, schema_to_json, validate_schema,
+    DATASET_NAME_RE, MAX_CATEGORIES, MAX_COLUMNS, MAX_TEXT_CHARS, VERSION_LABEL, content_digest, keyed_version,
+    privacy_unit, public_rows, public_rows_of_stored, schema_from_json, schema_to_json, validate_schema,
 )
 from sandbox.domain import DatasetInfo, DatasetSchema, ImportReport
 from sandbox.errors import ErrorCode, SandboxError
@@ -91,7 +91,7 @@ def get_dataset(tx: Tx, name: str, version: str = "") -> DatasetInfo:
     """The given version of a dataset, or its latest; NOT_FOUND if there is none."""
     row = tx.dataset_get(name, version) if version else _latest(tx.dataset_rows(name)).get(name)
     if row is None:
-        shown = f"dataset '{name}'" if NAME_RE.fullmatch(name) else "dataset"
+        shown = f"dataset '{name}'" if DATASET_NAME_RE.fullmatch(name) else "dataset"
         if version and _VERSION_RE.fullmatch(version):
             shown += f" version {version}"
         raise SandboxError(ErrorCode.NOT_FOUND, public_detail=shown)

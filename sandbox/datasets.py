@@ -30,7 +30,7 @@ from sandbox.registry import canonical_json
 MAX_CATEGORIES = 1000
 MAX_COLUMNS = 1000
 MAX_TEXT_CHARS = 2000  # descriptions and source
-NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+DATASET_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: What a dataset version's HMAC message starts with (domain separation from the key's other uses).
 VERSION_LABEL = b"dataset-version\0"
 
@@ -69,7 +69,7 @@ def _validate_column(col: ColumnSchema) -> None:
 
 def validate_schema(schema: DatasetSchema) -> None:
     """Raise INVALID_SCHEMA unless the schema is complete and consistent."""
-    good_name = isinstance(schema.name, str) and bool(NAME_RE.fullmatch(schema.name))
+    good_name = isinstance(schema.name, str) and bool(DATASET_NAME_RE.fullmatch(schema.name))
     _require(good_name, "dataset name must match [a-z][a-z0-9_]{0,63}")
     long_text = max(len(schema.description), len(schema.source)) > MAX_TEXT_CHARS
     _require(not long_text, f"description and source are limited to {MAX_TEXT_CHARS} characters")

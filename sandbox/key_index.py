@@ -100,10 +100,12 @@ class KeyIndex:
                     run.counts[pos[mine]] = np.minimum(run.counts[pos[mine]] + counts[mine], np.iinfo(np.uint32).max)
             new = run_of < 0
             hi, lo, counts = hi[new], lo[new], counts[new]
+        else:
+            counts = None
         if not len(hi):
             return
         order = np.argsort(hi, kind="stable")
-        kept = None if not self._counted else np.minimum(counts, np.iinfo(np.uint32).max).astype(np.uint32)[order]
+        kept = None if counts is None else np.minimum(counts, np.iinfo(np.uint32).max).astype(np.uint32)[order]
         self._runs.append(_Run(np.ascontiguousarray(hi[order], dtype=np.uint64),
                                np.ascontiguousarray(lo[order], dtype=np.uint64), kept))
         self.size += len(hi)
