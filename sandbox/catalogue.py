@@ -2,7 +2,10 @@
 
 Datasets are imported all or nothing from a CSV (``sandbox.import_stream``: streamed, staged outside the write
 lock, registered in one short transaction); a version's files are read-only and identified by its keyed version
-(``sandbox.datasets``: schema rules, versions, released row counts, all re-exported here).
+(``sandbox.datasets``: schema rules and versions, re-exported here).
+
+The catalogue never shows the exact row count: each version's count is released once, at import, with
+differential privacy (``dp_engine.counts``) and that figure is stored and served.
 
 Rejection reasons and error details name lines, columns and counts, never a data value: the administrator's
 import error may end up in logs and replies.
@@ -10,6 +13,7 @@ import error may end up in logs and replies.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -17,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dp_engine.counts import release_count
 from sandbox.datasets import (  # noqa: F401 - the catalogue's API
     DATASET_NAME_RE, MAX_CATEGORIES, MAX_COLUMNS, MAX_TEXT_CHARS, VERSION_LABEL, content_digest, keyed_version,
-    privacy_unit, public_rows, public_rows_of_stored, schema_from_json, schema_to_json, validate_schema,
+    schema_from_json, schema_to_json, validate_schema,
 )
 from sandbox.domain import DatasetInfo, DatasetSchema, ImportReport
 from sandbox.errors import ErrorCode, SandboxError
@@ -32,6 +37,21 @@ from sandbox.state import Row, State, Tx
 MAX_CSV_BYTES = 512 * 1024 * 1024
 _VERSION_RE = re.compile(r"[0-9a-f]{64}")
 _content_digest = content_digest  # the name tests and older callers use
+
+
+def privacy_unit(schema: DatasetSchema) -> int:
+    """How far one person can move the row count: the most rows the import lets one person have, else 1."""
+    return max(1, schema.max_rows_per_person) if schema.person_key else 1
+
+
+def public_rows(schema: DatasetSchema, row_count: int, *, epsilon: float) -> int:
+    """Release a version's row count (spends ``epsilon`` once): the figure the catalogue stores and shows."""
+    return release_count(row_count, epsilon=epsilon, unit=privacy_unit(schema)).value
+
+
+def public_rows_of_stored(schema_json: str, row_count: int, *, epsilon: float) -> int:
+    """:func:`public_rows` for a stored row (the migration of datasets imported before counts were released)."""
+    return public_rows(schema_from_json(schema_json), row_count, epsilon=epsilon)
 
 
 def import_csv(
@@ -59,7 +79,8 @@ def import_csv(
                           max_rejected=max_rejected, dry_run=dry_run)
     try:
         with nullcontext(tx) if tx is not None else db.write() as c:
-            report = staged.register(c, imported_by=imported_by, now_ms=now_ms, count_epsilon=count_epsilon)
+            report = staged.register(c, imported_by=imported_by, now_ms=now_ms,
+                                     release_rows=functools.partial(public_rows, epsilon=count_epsilon))
     except BaseException:
         staged.discard()
         raise

@@ -6,8 +6,7 @@ version on one server, but nobody without the key can recompute a version from a
 digest let a one-row table be found by trying values). The digest stays in the database and never leaves
 through an RPC.
 
-The catalogue never shows the exact row count: each version's count is released once, at import, with
-differential privacy (``dp_engine.counts``) and that figure is stored and served.
+(The row count a version shows is released with differential privacy: ``catalogue.public_rows``.)
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import re
 
 import numpy as np
 
-from dp_engine.counts import release_count
 from sandbox.domain import ColumnSchema, ColumnType, DatasetSchema, Level
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.import_columns import COLUMN_RE, MAX_STRING_CHARS
@@ -145,20 +143,3 @@ def keyed_version(version_key: bytes, content_sha256: str) -> str:
     The key is the server's secret, which other HMACs use too (HE pseudonyms), each under a label of its own.
     """
     return hmac.new(version_key, VERSION_LABEL + bytes.fromhex(content_sha256), hashlib.sha256).hexdigest()
-
-
-def privacy_unit(schema: DatasetSchema) -> int:
-    """How far one person can move the row count: the most rows the import lets one person have, else 1."""
-    return max(1, schema.max_rows_per_person) if schema.person_key else 1
-
-
-def public_rows(schema: DatasetSchema, row_count: int, *, epsilon: float) -> int:
-    """Release a version's row count (spends ``epsilon`` once): the figure the catalogue stores and shows."""
-    return release_count(row_count, epsilon=epsilon, unit=privacy_unit(schema)).value
-
-
-def public_rows_of_stored(schema_json: str, row_count: int, *, epsilon: float) -> int:
-    """:func:`public_rows` for a stored row (the migration of datasets imported before counts were released)."""
-    return public_rows(schema_from_json(schema_json), row_count, epsilon=epsilon)
-
-

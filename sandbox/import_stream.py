@@ -29,14 +29,14 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from sandbox import csv_stream
-from sandbox.datasets import keyed_version, public_rows, schema_to_json, validate_schema
+from sandbox.datasets import keyed_version, schema_to_json, validate_schema
 from sandbox.domain import ColumnType, DatasetInfo, DatasetSchema, ImportReport
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.import_columns import Batch, check_header, parse_batch, person_keys, row_keys, stored_dtype
@@ -232,8 +232,10 @@ class StagedImport:
     made: list[Path]  # directories made for it, removed again by a dry run or a failure if left empty
     registered: bool = False
 
-    def register(self, tx: Tx, *, imported_by: str, now_ms: int, count_epsilon: float) -> ImportReport:
-        """In the caller's write transaction: the catalogue row, with the files renamed into place.
+    def register(self, tx: Tx, *, imported_by: str, now_ms: int,
+                 release_rows: Callable[[DatasetSchema, int], int]) -> ImportReport:
+        """In the caller's write transaction: the catalogue row, with the files renamed into place and the row count
+        released once (``release_rows``, ``catalogue.public_rows``).
 
         If the transaction does not commit, the caller must call ``discard``.
         """
@@ -249,8 +251,7 @@ class StagedImport:
             self.directory = final
             os.chmod(final, 0o555)
             _fsync_dir(final.parent)
-            info = dataclasses.replace(info, public_rows=public_rows(info.schema, info.row_count,
-                                                                     epsilon=count_epsilon))
+            info = dataclasses.replace(info, public_rows=release_rows(info.schema, info.row_count))
             tx.dataset_insert(name, version, self.schema_json, info.row_count, now_ms, imported_by,
                               self.content_sha256, info.public_rows)
             self.registered = True

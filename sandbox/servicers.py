@@ -8,6 +8,7 @@ open transaction in ``current_call()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -121,9 +122,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
         def commit(call: Call) -> Any:
-            return serde.import_report_to_pb(staged.register(
-                call.tx, imported_by=call.principal.id, now_ms=call.now_ms,
-                count_epsilon=self._config.catalogue_count_epsilon))
+            release = functools.partial(catalogue.public_rows, epsilon=self._config.catalogue_count_epsilon)
+            return serde.import_report_to_pb(staged.register(call.tx, imported_by=call.principal.id,
+                                                             now_ms=call.now_ms, release_rows=release))
 
         return Staged(commit=commit, discard=staged.discard, committed=staged.committed)
 
