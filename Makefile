@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_verification.py
 	$(PY) benchmarks/bench_fl_training.py
 	$(PY) benchmarks/bench_state.py
+	$(PY) benchmarks/bench_import.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

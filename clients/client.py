@@ -54,6 +54,8 @@ _FL = "/sandbox.v1.FlTrainingService/"
 _STEWARD = "/sandbox.v1.StewardService/"
 _VERIFY = "/sandbox.v1.VerificationService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
+#: The CSV bytes in one message of an import stream.
+IMPORT_CHUNK_BYTES = 60 * 1024  # under the smallest max_message_bytes a server accepts (64 KiB)
 
 
 def default_server(environ: Mapping[str, str] = os.environ) -> str:
@@ -717,18 +719,45 @@ class AdminClient(AuditorClient):
 
     def import_dataset(
         self, schema: str | Path | t.DatasetSchema | common_pb2.DatasetSchema, csv: str | Path | bytes, *,
-        max_rejected: int = 0, dry_run: bool = False, timeout: float = 120.0,
+        max_rejected: int = 0, dry_run: bool = False, timeout: float | None = None,
     ) -> t.ImportResult:
-        """Import a CSV (plain or gzip) under a schema file (or a schema it was loaded into); all or nothing."""
+        """Import a CSV (plain or gzip) under a schema file (or a schema it was loaded into); all or nothing.
+
+        A file is streamed from disk in ``IMPORT_CHUNK_BYTES`` pieces and never read whole (it is read twice: once
+        for the signed digest, once to send). The default deadline is 120 s plus 1 s per 256 KiB.
+        """
         if isinstance(schema, common_pb2.DatasetSchema):
             schema_pb = schema
         else:
             schema_pb = serde.schema_to_pb(schema if isinstance(schema, t.DatasetSchema) else load_schema_file(schema))
-        data = csv if isinstance(csv, bytes) else Path(csv).read_bytes()
-        req = admin_pb2.ImportDatasetRequest(schema=schema_pb, csv=data, max_rejected_rows=max_rejected,
-                                             dry_run=dry_run)
-        return serde.import_result(self._t.call(_ADMIN + "ImportDataset", req, admin_pb2.ImportDatasetResponse,
-                                                timeout=timeout))
+        if isinstance(csv, bytes):
+            data, size = csv, len(csv)
+
+            def pieces() -> Iterator[bytes]:
+                for start in range(0, len(data), IMPORT_CHUNK_BYTES):
+                    yield data[start:start + IMPORT_CHUNK_BYTES]
+        else:
+            path = Path(csv)
+            size = path.stat().st_size
+
+            def pieces() -> Iterator[bytes]:
+                with open(path, "rb") as f:
+                    while piece := f.read(IMPORT_CHUNK_BYTES):
+                        yield piece
+
+        def bodies() -> Iterator[bytes]:
+            """The first message carries the schema, the options and the first piece; each later one a piece."""
+            first = admin_pb2.ImportDatasetRequest(schema=schema_pb, max_rejected_rows=max_rejected, dry_run=dry_run)
+            for i, piece in enumerate(pieces()):
+                message = first if i == 0 else admin_pb2.ImportDatasetRequest()
+                message.csv = piece
+                yield message.SerializeToString(deterministic=True)
+            if not size:
+                yield first.SerializeToString(deterministic=True)
+
+        deadline = 120.0 + size // (256 * 1024) if timeout is None else timeout
+        return serde.import_result(self._t.call_stream_of(_ADMIN + "ImportDataset", bodies,
+                                                          admin_pb2.ImportDatasetResponse, timeout=deadline))
 
     def pending(self) -> list[t.Scenario]:
         resp = self._t.call(_ADMIN + "ListPendingScenarios", admin_pb2.ListPendingScenariosRequest(),

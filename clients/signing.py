@@ -19,7 +19,7 @@ from wire.signing import (
 )
 
 __all__ = [
-    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "sign_stream",
+    "generate_key", "load_key", "save_key", "public_key_of", "principal_id_for", "sign_request", "sign_stream", "sign_stream_digest",
     "stream_digest", "verify_terms_signature",
 ]
 
@@ -65,7 +65,13 @@ def sign_request(
 def sign_stream(key: Ed25519PrivateKey, principal_id: str, method: str, messages: list[bytes],
                 **overrides: object) -> list[tuple[str, str]]:
     """The metadata of a client stream: signed over its total size and digest, both also sent, before any of it."""
-    total, digest = sum(len(m) for m in messages), stream_digest(messages)
+    return sign_stream_digest(key, principal_id, method, sum(len(m) for m in messages), stream_digest(messages),
+                              **overrides)
+
+
+def sign_stream_digest(key: Ed25519PrivateKey, principal_id: str, method: str, total: int, digest: str,
+                       **overrides: object) -> list[tuple[str, str]]:
+    """``sign_stream`` for a stream whose size and digest (``wire.signing.StreamDigest``) were computed already."""
     md = sign_request(key, principal_id, method, b"", body_sha256=stream_body(total, digest), **overrides)  # type: ignore[arg-type]
     return md + [(MD_STREAM_BYTES, str(total)), (MD_STREAM_SHA256, digest)]
 

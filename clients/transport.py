@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
 from clients.errors import from_rpc_error, receipt_of
-from clients.signing import principal_id_for, public_key_of, sign_request, sign_stream
+from clients.signing import principal_id_for, public_key_of, sign_request, sign_stream, sign_stream_digest
 from clients.types import Receipt
+from wire.signing import StreamDigest
 
 R = TypeVar("R", bound=Message)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
@@ -121,9 +122,25 @@ class SignedTransport:
         """A client-streaming call, signed over its total size and digest before any of it is sent."""
         bodies = [r.SerializeToString(deterministic=True) for r in requests]
         metadata = sign_stream(self.key, self.principal_id, method, bodies, timestamp_ms=int(self.clock() * 1000))
+        return self._send_stream(method, iter(bodies), metadata, response_type, timeout)
+
+    def call_stream_of(self, method: str, bodies: Callable[[], Iterator[bytes]], response_type: type[R], *,
+                       timeout: float | None = None) -> R:
+        """A client stream too large to hold (a dataset import): ``bodies()`` yields its serialised messages and is
+        called twice, once to sign the total size and digest, once to send; it must give the same bytes both
+        times, or the server refuses the stream (SIGNATURE_INVALID) and keeps nothing."""
+        digest = StreamDigest()
+        for body in bodies():
+            digest.update(body)
+        metadata = sign_stream_digest(self.key, self.principal_id, method, digest.total, digest.hexdigest(),
+                                      timestamp_ms=int(self.clock() * 1000))
+        return self._send_stream(method, bodies(), metadata, response_type, timeout)
+
+    def _send_stream(self, method: str, bodies: Iterator[bytes], metadata: Sequence[tuple[str, str]],
+                     response_type: type[R], timeout: float | None) -> R:
         stub = self._stub("stream_unary", method, None)
         try:
-            raw, call = stub.with_call(iter(bodies), metadata=metadata,
+            raw, call = stub.with_call(bodies, metadata=list(metadata),
                                        timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             self._keep_receipt(method, exc, None)

@@ -62,6 +62,23 @@ class Deferred:
     on_failure: Callable[[Tx], None] | None = None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A streamed handler's result: its work done outside any transaction, waiting to be registered.
+
+    For a method the boundary runs in its streamed mode (``SigningInterceptor(streamed=...)``) the handler reads
+    the request stream as it arrives and returns this. Only once the boundary has verified the whole stream
+    against its signed size and digest does it open the call's write transaction and call ``commit`` (which
+    returns the response message) together with the audit entry. If that transaction does not commit, or the
+    call fails in any way after the handler returned, the boundary calls ``discard``; once it has committed, it
+    calls ``committed``.
+    """
+
+    commit: Callable[[Call], Any]
+    discard: Callable[[], None]
+    committed: Callable[[], None] = lambda: None
+
+
 _CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("sandbox_call")
 
 

@@ -27,6 +27,8 @@ class ServerConfig:
     port: int = 50051
     reflection: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
+    # One import's stream, and its CSV after decompression (a streamed import holds O(batch) of it, not all).
+    max_import_bytes: int = 8 * 1024 * 1024 * 1024
     clock_skew_seconds: int = 300
     workers: int = 16
     audit_checkpoint_every: int = 32
@@ -172,7 +174,7 @@ def load_config(
 
 #: Lower bounds of the settings that make no sense at zero.
 _AT_LEAST = {"workers": 1, "he_workers": 1, "audit_checkpoint_every": 1, "unauthenticated_audits_per_minute": 1,
-             "max_message_bytes": 64 * 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1,
+             "max_message_bytes": 64 * 1024, "max_import_bytes": 1024, "busy_timeout_ms": 1, "he_context_ttl_seconds": 1,
              "min_public_weights": 1, "he_scores_per_entity": 1, "he_max_contribution_ratio": 1,
              "registrations_per_minute": 1}
 FL_BACKENDS = ("in-process", "deployment")
@@ -217,6 +219,7 @@ host = "{d.host}"                  # address to bind
 port = {d.port}                          # 0 picks a free port
 reflection = {str(d.reflection).lower()}                   # gRPC server reflection (reveals no data)
 max_message_bytes = {d.max_message_bytes}       # largest request or response (HE contexts need tens of MB)
+max_import_bytes = {d.max_import_bytes}      # largest dataset import: its stream, and its CSV once decompressed
 clock_skew_seconds = {d.clock_skew_seconds}             # accepted difference between a request's time and the server's
 workers = {d.workers}                         # threads serving calls
 audit_checkpoint_every = {d.audit_checkpoint_every}           # sign a tree head of the audit log every N entries (and at shutdown)

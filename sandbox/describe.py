@@ -25,7 +25,7 @@ from protos.sandbox.v1 import common_pb2
 from wire.signing import principal_id_for
 from wire.verification import batch_digest
 
-__all__ = ["MAX_CHARS", "describe", "describe_stream"]
+__all__ = ["MAX_CHARS", "describe", "describe_stream", "describe_streamed"]
 
 #: The longest description kept whole (characters of canonical JSON).
 MAX_CHARS = 16_000
@@ -148,3 +148,13 @@ def describe(method: str, request: Message) -> str:
 def describe_stream(method: str, messages: list[bytes]) -> str:
     """A client stream (an HE context upload): how many messages and bytes, never their content."""
     return _canonical({"messages": len(messages), "bytes": sum(len(m) for m in messages)})
+
+
+def describe_streamed(first: Message | None, messages: int, total: int) -> str:
+    """A client stream read as it arrived (a dataset import): its first message's fields (the schema and options;
+    bytes as their length), how many messages and bytes in all."""
+    try:
+        doc = _message(first) if first is not None else {}
+    except (TypeError, ValueError):
+        doc = {"undescribed": True}
+    return _canonical({**doc, "messages": messages, "bytes": total})

@@ -54,6 +54,7 @@ class ErrorCode(str, enum.Enum):
     REGISTRATION_LIMIT = "REGISTRATION_LIMIT"
     RELEASE_LOST = "RELEASE_LOST"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    STREAM_CUT = "STREAM_CUT"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
     AUDIT_DAMAGED = "AUDIT_DAMAGED"
     HEAD_NOT_READY = "HEAD_NOT_READY"
@@ -114,6 +115,8 @@ CATALOGUE: dict[ErrorCode, tuple[str, str]] = {
                                  "(their authorisation number); nothing was charged"),
     ErrorCode.CERTIFICATE_INVALID: ("INVALID_ARGUMENT", "this is not a certificate the sandbox signed"),
     ErrorCode.MESSAGE_TOO_LARGE: ("RESOURCE_EXHAUSTED", "message too large"),
+    ErrorCode.STREAM_CUT: ("CANCELLED", "the stream was cancelled or its deadline passed before it was complete; "
+                           "nothing was kept"),
     ErrorCode.REGISTRATION_LIMIT: ("RESOURCE_EXHAUSTED", "registration limit reached"),
     ErrorCode.RELEASE_LOST: ("FAILED_PRECONDITION", "the answer for this idempotency key was lost in a server "
                              "crash before it was released; the charge stands (see the audit log); use a new key"),

@@ -14,6 +14,15 @@ the declared total size and digest (``wire.signing.stream_body``), the server
 stops at the first byte beyond that size, and a stream whose bytes do not match
 its digest is refused. Nothing an unauthenticated peer sends is buffered.
 
+Most client streams are small (an HE context) and are buffered whole, up to ``max_stream_bytes``, then handled
+like a unary request. A method listed in ``streamed`` (a dataset import: gigabytes) is handled in the streamed
+mode instead, under a size limit of its own: the signature and the caller's role are checked and the nonce is
+claimed before any message is read; the handler reads the messages as they arrive, outside any transaction,
+through ``VerifiedStream`` (which stops at the first byte beyond the signed size and ends the stream only once
+the bytes match the signed digest) and returns a ``Staged``; only then does one short write transaction run
+``Staged.commit`` and append the audit entry. A stream that is too long, differs from its digest, is cut off or
+outlives its deadline, and any error, leaves nothing (``Staged.discard``) and is refused and audited.
+
 Every answer carries its receipt in the trailing metadata (``x-sandbox-receipt``):
 the sequence number of the audit entry that records it, whose inclusion in a
 signed tree head the caller can check (``GetReceipt``).
@@ -41,8 +50,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sandbox import principals
-from sandbox.calls import _CURRENT, Call, Deferred
-from sandbox.describe import describe, describe_stream
+from sandbox.calls import _CURRENT, Call, Deferred, Staged
+from sandbox.describe import describe, describe_stream, describe_streamed
 from sandbox.audit import FAILED, AuditLog
 from sandbox.domain import AuditRecord, Principal, PrincipalStatus, Role
 from sandbox.errors import ErrorCode, SandboxError
@@ -140,6 +149,73 @@ def _peer_host(context: grpc.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+class VerifiedStream:
+    """A client stream's messages as they arrive, held to what was signed: MESSAGE_TOO_LARGE at the first message
+    that goes beyond the declared size; at the end, SIGNATURE_INVALID instead of the end unless the size and digest
+    match; STREAM_CUT if the caller cancels or its deadline passes. Each message is decoded as it is read."""
+
+    def __init__(self, raws: Any, declared: int, declared_sha: str, deserialize: Callable[[bytes], Any]) -> None:
+        self._raws = iter(raws)
+        self._declared = declared
+        self._declared_sha = declared_sha
+        self._deserialize = deserialize
+        self._digest = StreamDigest()
+        self.messages = 0
+        self.first: Any = None
+        self.verified = False
+
+    @property
+    def total(self) -> int:
+        return self._digest.total
+
+    def __iter__(self) -> VerifiedStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self.verified:
+            raise StopIteration
+        try:
+            raw = next(self._raws)
+        except StopIteration:
+            if self._digest.total != self._declared or self._digest.hexdigest() != self._declared_sha:
+                raise SandboxError(ErrorCode.SIGNATURE_INVALID,
+                                   log_detail="stream differs from its signed digest") from None
+            self.verified = True
+            raise
+        except grpc.RpcError:
+            raise SandboxError(ErrorCode.STREAM_CUT, log_detail="the caller cancelled the stream") from None
+        if self._digest.total + len(raw) > self._declared:
+            raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream is longer than its signed size")
+        self._digest.update(raw)
+        self.messages += 1
+        try:
+            message = self._deserialize(raw)
+        except DecodeError as exc:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "request is not a valid message") from exc
+        if self.first is None:
+            self.first = message
+        return message
+
+    def finish(self) -> None:
+        """Read (and verify) whatever the handler left unread."""
+        for _ in self:
+            pass
+
+
+def _declared_stream(metadata: dict, limit: int) -> tuple[int, str]:  # type: ignore[type-arg]
+    """A client stream's declared size and digest; SIGNATURE_MISSING if malformed, MESSAGE_TOO_LARGE over ``limit``."""
+    declared_sha = str(metadata.get(MD_STREAM_SHA256, ""))
+    try:
+        declared = int(str(metadata.get(MD_STREAM_BYTES, "")))
+    except ValueError:
+        raise SandboxError(ErrorCode.SIGNATURE_MISSING) from None
+    if not _HEX64.match(declared_sha) or declared < 0:
+        raise SandboxError(ErrorCode.SIGNATURE_MISSING)
+    if declared > limit:
+        raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream exceeds the upload limit")
+    return declared, declared_sha
+
+
 @dataclass(frozen=True)
 class _Admitted:
     """What authentication established about a request before its transaction."""
@@ -153,7 +229,11 @@ class SigningInterceptor(grpc.ServerInterceptor):
         self, db: State, audit: AuditLog, method_roles: MethodRoles, *, skew_ms: int,
         clock: Callable[[], float] = time.time, max_stream_bytes: int = 64 * 1024 * 1024,
         unauthenticated_audits_per_minute: int = 60, registrations_per_minute: int = 5,
+        streamed: Mapping[str, int] | None = None,
     ) -> None:
+        """``streamed``: the client-stream methods handled in the streamed mode (module docstring), each with the
+        most bytes its stream may declare; every other client stream is buffered, up to ``max_stream_bytes``."""
+        self._streamed = dict(streamed or {})
         self._refusals = PeerBudget(unauthenticated_audits_per_minute, "refusals of callers without an active key")
         self._registrations = PeerBudget(registrations_per_minute, "registrations")
         self._max_stream_bytes = max_stream_bytes
@@ -173,6 +253,12 @@ class SigningInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())}
+        if handler.stream_unary is not None and method in self._streamed:
+            def streamed_behaviour(raws: Any, context: grpc.ServicerContext) -> bytes:
+                return self._handle_streamed(method, handler, metadata, raws, context)
+
+            return grpc.stream_unary_rpc_method_handler(streamed_behaviour, request_deserializer=None,
+                                                        response_serializer=None)
         if handler.stream_unary is not None:
             def stream_behaviour(raws: Any, context: grpc.ServicerContext) -> bytes:
                 return self._handle_client_stream(method, handler, metadata, raws, context)
@@ -200,14 +286,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
         declared_sha = str(metadata.get(MD_STREAM_SHA256, ""))
         admitted: _Admitted | None = None
         try:
-            try:
-                declared = int(str(metadata.get(MD_STREAM_BYTES, "")))
-            except ValueError:
-                raise SandboxError(ErrorCode.SIGNATURE_MISSING) from None
-            if not _HEX64.match(declared_sha) or declared < 0:
-                raise SandboxError(ErrorCode.SIGNATURE_MISSING)
-            if declared > self._max_stream_bytes:
-                raise SandboxError(ErrorCode.MESSAGE_TOO_LARGE, "stream exceeds the upload limit")
+            declared, declared_sha = _declared_stream(metadata, self._max_stream_bytes)
             now_ms = int(self._clock() * 1000)
             admitted = self._authenticate(method, metadata, stream_body(declared, declared_sha), now_ms,
                                           _peer_host(context))
@@ -223,6 +302,58 @@ class SigningInterceptor(grpc.ServerInterceptor):
             self._refuse(context, method, claimed, declared_sha if _HEX64.match(declared_sha) else "", exc, None,
                          admitted)
         return self._handle(method, handler, metadata, chunks, context, admitted=admitted, request_sha=declared_sha)
+
+    def _handle_streamed(self, method: str, handler: Any, metadata: dict, raws: Any,  # type: ignore[type-arg]
+                         context: grpc.ServicerContext) -> bytes:
+        """The streamed mode (module docstring): read as it arrives, registered once verified, in one transaction."""
+        claimed = _claimed_principal(metadata)
+        shown_sha = str(metadata.get(MD_STREAM_SHA256, ""))
+        shown_sha = shown_sha if _HEX64.match(shown_sha) else ""
+        admitted: _Admitted | None = None
+        call: Call | None = None
+        stream: VerifiedStream | None = None
+        staged: Staged | None = None
+        committed = False
+        try:
+            declared, declared_sha = _declared_stream(metadata, self._streamed[method])
+            now_ms = int(self._clock() * 1000)
+            admitted = self._authenticate(method, metadata, stream_body(declared, declared_sha), now_ms,
+                                          _peer_host(context))
+            principal, headers = admitted.principal, admitted.headers
+            self._check_role(method, principal)
+            with self._db.write() as tx:  # claimed now, so that a replay is refused before any of it is read
+                claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
+            stream = VerifiedStream(raws, declared, declared_sha, handler.request_deserializer)
+            staged = handler.stream_unary(stream, context)
+            if not isinstance(staged, Staged):
+                raise TypeError(f"{method}: a streamed handler must return a Staged")
+            stream.finish()
+            remaining = context.time_remaining()
+            if not context.is_active() or (remaining is not None and remaining <= 0):
+                raise SandboxError(ErrorCode.STREAM_CUT, log_detail="the deadline passed before registration")
+            described = describe_streamed(stream.first, stream.messages, stream.total)
+            with self._db.write() as tx:
+                call = Call(principal, tx, now_ms, request_sha256=declared_sha, request=described)
+                token = _CURRENT.set(call)
+                try:
+                    response = staged.commit(call)
+                finally:
+                    _CURRENT.reset(token)
+                body: bytes = handler.response_serializer(response)
+                entry = self._audit.append(tx, self._record(call, method, "OK", declared_sha, sha256_hex(body)))
+                self._maybe_prune(tx, now_ms)
+            committed = True
+            staged.committed()
+            self._audit.after_commit()
+            context.set_trailing_metadata(answer_trailers(receipt=entry.seq))
+            log.info("%s principal=%s status=OK", method, principal.id)
+            return body
+        except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
+            if staged is not None and not committed:
+                staged.discard()
+            described = "" if stream is None else describe_streamed(stream.first, stream.messages, stream.total)
+            self._refuse(context, method, claimed, shown_sha, exc, call, admitted, described)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _handle(
         self, method: str, handler: Any, metadata: dict, raw: bytes | list[bytes],  # type: ignore[type-arg]
@@ -285,11 +416,14 @@ class SigningInterceptor(grpc.ServerInterceptor):
         except Exception:  # noqa: BLE001 - the handler raises the real error in its transaction
             log.debug("warm-up failed; the handler will report it", exc_info=True)
 
-    def _admit(self, method: str, handler: Any, principal: Principal, raw: bytes | list[bytes]) -> Any:
-        """After authentication, before any handler runs: the caller's role, then the message itself."""
+    def _check_role(self, method: str, principal: Principal) -> None:
         allowed = self._roles.get(method, frozenset())
         if allowed is not None and not (principal.roles & allowed):
             raise SandboxError(ErrorCode.WRONG_ROLE)
+
+    def _admit(self, method: str, handler: Any, principal: Principal, raw: bytes | list[bytes]) -> Any:
+        """After authentication, before any handler runs: the caller's role, then the message itself."""
+        self._check_role(method, principal)
         try:
             if isinstance(raw, list):
                 return iter([handler.request_deserializer(chunk) for chunk in raw])

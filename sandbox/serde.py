@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
@@ -154,6 +154,26 @@ def dataset_info_to_pb(info: d.DatasetInfo, stewardship: d.Stewardship | None = 
     if stewardship is not None:
         pb.stewardship.CopyFrom(stewardship_to_pb(stewardship))
     return pb
+
+
+def import_first(messages: Iterator[admin_pb2.ImportDatasetRequest]) -> admin_pb2.ImportDatasetRequest:
+    """The first message of an ImportDataset stream: the schema and options (INVALID_ARGUMENT if there is none)."""
+    first = next(messages, None)
+    if first is None:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "an import stream needs a first message with its schema")
+    return first
+
+
+def import_chunks(first: admin_pb2.ImportDatasetRequest,
+                  rest: Iterator[admin_pb2.ImportDatasetRequest]) -> Iterator[bytes]:
+    """The CSV bytes of an ImportDataset stream, in order; a later message carrying anything but CSV bytes is
+    INVALID_ARGUMENT (only the first one carries the schema and options)."""
+    yield first.csv
+    for message in rest:
+        if message.HasField("schema") or message.max_rejected_rows or message.dry_run:
+            raise SandboxError(ErrorCode.INVALID_ARGUMENT, "only the first message of an import carries its schema "
+                                                           "and options")
+        yield message.csv
 
 
 def import_report_to_pb(r: d.ImportReport) -> admin_pb2.ImportDatasetResponse:

@@ -24,7 +24,7 @@ from sandbox.errors import SandboxError
 from sandbox.datadir import catalogue_secret
 from sandbox.identity import read_private_key
 from sandbox.interceptor import SigningInterceptor
-from sandbox.servicers import METHOD_ROLES, add_servicers
+from sandbox.servicers import METHOD_ROLES, add_servicers, streamed_methods
 from sandbox.state import State, open_state
 
 log = logging.getLogger("sandbox.server")
@@ -89,7 +89,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000,
                                      max_stream_bytes=config.max_message_bytes,
                                      unauthenticated_audits_per_minute=config.unauthenticated_audits_per_minute,
-                                     registrations_per_minute=config.registrations_per_minute)
+                                     registrations_per_minute=config.registrations_per_minute,
+                                     streamed=streamed_methods(config))
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),

@@ -8,6 +8,7 @@ open transaction in ``current_call()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,11 +21,11 @@ from protos.sandbox.v1 import (
     fl_pb2_grpc, he_pb2, he_pb2_grpc, verify_pb2, verify_pb2_grpc,
 )
 from sandbox import (
-    audit, catalogue, dp_queries, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
+    audit, catalogue, dp_queries, import_stream, fl_jobs, fl_plans, grants, he_models, he_scoring, policy, principals, scenarios,
     serde, stewards, verification,
 )
 from sandbox.audit import AuditLog
-from sandbox.calls import Deferred, current_call
+from sandbox.calls import Call, Deferred, Staged, current_call
 from sandbox.columns import ArrayCache
 from sandbox.compute_io import StoredRelease
 from sandbox.config import ServerConfig
@@ -72,6 +73,14 @@ METHOD_ROLES: dict[str, frozenset[Role] | None] = {
     "/sandbox.v1.VerificationService/CheckCertificate": None,  # anyone holding a certificate the sandbox signed
 }
 
+IMPORT_METHOD = "/sandbox.v1.AdminService/ImportDataset"
+
+
+def streamed_methods(config: ServerConfig) -> dict[str, int]:
+    """The client streams the boundary hands to their handler as they arrive (its streamed mode), with the most
+    bytes each may declare; other client streams are buffered up to ``max_message_bytes``."""
+    return {IMPORT_METHOD: config.max_import_bytes}
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, config: ServerConfig, catalogue_key: bytes) -> None:
@@ -102,15 +111,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         p = principals.set_status(call.tx, request.principal_id, PrincipalStatus.SUSPENDED)
         return admin_pb2.SuspendPrincipalResponse(principal=serde.principal_to_pb(p))
 
-    def ImportDataset(self, request, context):  # type: ignore[no-untyped-def]
-        call = current_call()
-        report = catalogue.import_csv(
-            None, self._config.datasets_dir, serde.schema_from_pb(request.schema), request.csv,  # type: ignore[arg-type]
-            imported_by=call.principal.id, version_key=self._catalogue_key,
-            count_epsilon=self._config.catalogue_count_epsilon, max_rejected=request.max_rejected_rows,
-            dry_run=request.dry_run, now_ms=call.now_ms, tx=call.tx,
+    def ImportDataset(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """Streamed mode: parse and stage the CSV as it arrives, outside the write lock; register it once the
+        boundary has verified the whole stream (``Staged``)."""
+        first = serde.import_first(request_iterator)
+        staged = import_stream.stage_import(
+            self._config.datasets_dir, serde.schema_from_pb(first.schema), serde.import_chunks(first, request_iterator),
+            version_key=self._catalogue_key, max_csv_bytes=self._config.max_import_bytes,
+            max_rejected=first.max_rejected_rows, dry_run=first.dry_run,
         )
-        return serde.import_report_to_pb(report)
+
+        def commit(call: Call) -> Any:
+            release = functools.partial(catalogue.public_rows, epsilon=self._config.catalogue_count_epsilon)
+            return serde.import_report_to_pb(staged.register(call.tx, imported_by=call.principal.id,
+                                                             now_ms=call.now_ms, release_rows=release))
+
+        return Staged(commit=commit, discard=staged.discard, committed=staged.committed)
 
     def ListPendingScenarios(self, request, context):  # type: ignore[no-untyped-def]
         found = scenarios.list_pending(current_call().tx)

@@ -180,3 +180,22 @@ def test_verification_benchmark_quick_run_prints_tables_and_ratios() -> None:
     assert private is not None, last
     for v in [*(x for xs in plain.values() for x in xs), *(float(x) for x in private.groups())]:
         assert math.isfinite(v) and v > 0, last
+
+
+IMPORT_BENCH = ROOT / "benchmarks" / "bench_import.py"
+IMPORT_RATIO = re.compile(r"rows=(\d+) rows_per_s=(\S+) mb_per_s=(\S+) vs_in_process=(\S+) vs_csv_module=(\S+) "
+                          r"peak_rss_mb=(\S+) peak_before_mb=(\S+) file_mb=(\S+)")
+
+
+def test_import_benchmark_quick_run_prints_tables_and_ratios() -> None:
+    out = quick_run(IMPORT_BENCH, timeout=120, shows=(
+                    "ImportDataset of 100,000 rows", "server ImportDataset (SDK, TLS, streamed)",
+                    "in-process stage_import (no RPC)", "Python csv module: read and split only", "rows/s", "MB/s",
+                    "Server process memory", "VmHWM MB", "before the import", "after the import"))
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RATIOS import: "), last
+    found = IMPORT_RATIO.search(last)
+    assert found is not None and int(found.group(1)) == 100_000, last
+    values = [float(x) for x in found.groups()[1:]]
+    assert all(math.isfinite(v) and v > 0 for v in values), last
+    assert float(found.group(6)) >= float(found.group(7)), last  # a peak never falls

@@ -425,13 +425,24 @@ def test_replay_after_restart_and_reflection_off(tmp_path: Path) -> None:
         sbx.stop()
 
 
-def test_oversized_message_is_resource_exhausted(tmp_path: Path) -> None:
-    sbx = start_sandbox(tmp_path, max_message_bytes=256 * 1024)
+def test_an_import_over_its_limit_is_resource_exhausted(tmp_path: Path) -> None:
+    """An import has its own limit (max_import_bytes), on its stream and on its CSV once decompressed; it streams in
+    messages under max_message_bytes however large it is."""
+    sbx = start_sandbox(tmp_path, max_message_bytes=64 * 1024, max_import_bytes=1024 * 1024)
     try:
         with sbx.admin() as admin:
-            with pytest.raises(ResourceExhausted):
+            with pytest.raises(ResourceExhausted) as sent:  # 1.05 MB of gzip: refused on its signed size
                 admin.import_dataset(SCHEMAS / "credit_default.toml", DATA / "credit_default.csv.gz")
+            assert sent.value.code == "MESSAGE_TOO_LARGE"
+            with pytest.raises(InvalidArgument) as unpacked:  # 0.6 MB of gzip, 5.3 MB of CSV
+                admin.import_dataset(SCHEMAS / "adult_census.toml", DATA / "adult_census.csv.gz")
+            assert unpacked.value.code == "INVALID_CSV" and "larger than 1 MiB" in unpacked.value.message
             assert admin.catalogue() == []
+            assert [p for p in (sbx.data_dir / "datasets").rglob("*") if not p.is_dir()] == []
+            schema = load_schema_file_from_text(tmp_path / "tiny.toml", TINY_SCHEMA)
+            rows = b"".join(f"id{i},{i % 100},north,{i}.5,a,T{i}\n".encode() for i in range(9000))
+            big = TINY_CSV.split(b"\n", 1)[0] + b"\n" + rows  # about 250 KB: several 64 KiB messages
+            assert admin.import_dataset(schema, big).rows_imported == 9000
             assert admin.whoami().roles == ("admin",)  # and the server keeps serving
     finally:
         sbx.stop()

@@ -192,6 +192,8 @@ Global___SuspendPrincipalResponse: _TypeAlias = SuspendPrincipalResponse  # noqa
 
 @_typing.final
 class ImportDatasetRequest(_message.Message):
+    """One message of the ImportDataset stream. Fields 1, 3 and 4 are set in the first message only."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SCHEMA_FIELD_NUMBER: _builtins.int
@@ -199,7 +201,7 @@ class ImportDatasetRequest(_message.Message):
     MAX_REJECTED_ROWS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     csv: _builtins.bytes
-    """CSV with a header row; gzip-compressed if it starts with the gzip magic"""
+    """the next bytes of a CSV with a header row; gzip-compressed if the stream starts with the gzip magic"""
     max_rejected_rows: _builtins.int
     """rows that may be rejected and skipped; above it nothing is imported"""
     dry_run: _builtins.bool

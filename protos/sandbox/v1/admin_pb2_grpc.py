@@ -54,7 +54,7 @@ class AdminServiceStub:
                 request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SuspendPrincipalRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SuspendPrincipalResponse.FromString,
                 _registered_method=True)
-        self.ImportDataset = channel.unary_unary(
+        self.ImportDataset = channel.stream_unary(
                 '/sandbox.v1.AdminService/ImportDataset',
                 request_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ImportDatasetRequest.SerializeToString,
                 response_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ImportDatasetResponse.FromString,
@@ -113,8 +113,11 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ImportDataset(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def ImportDataset(self, request_iterator, context):
+        """A client stream: the first message carries the schema and the options (and may carry the first CSV bytes),
+        every later one only the next CSV bytes. Signed over the stream's total size and digest like every client
+        stream; the server parses and stages it as it arrives and registers it once the whole stream is verified.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -172,7 +175,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SuspendPrincipalRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.SuspendPrincipalResponse.SerializeToString,
             ),
-            'ImportDataset': grpc.unary_unary_rpc_method_handler(
+            'ImportDataset': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportDataset,
                     request_deserializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ImportDatasetRequest.FromString,
                     response_serializer=protos_dot_sandbox_dot_v1_dot_admin__pb2.ImportDatasetResponse.SerializeToString,
@@ -322,7 +325,7 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
-    def ImportDataset(request,
+    def ImportDataset(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -332,8 +335,8 @@ class AdminService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/sandbox.v1.AdminService/ImportDataset',
             protos_dot_sandbox_dot_v1_dot_admin__pb2.ImportDatasetRequest.SerializeToString,

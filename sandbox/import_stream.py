@@ -1,0 +1,334 @@
+"""A dataset import, streamed: the CSV parsed as it arrives, staged to disk outside any lock, registered in one
+short transaction. All or nothing.
+
+1. ``stage_import`` reads the CSV as it arrives (``csv_stream``), converts it in batches of about
+   ``BATCH_CELLS`` fields (``import_columns``), drops exact duplicates of earlier rows and counts each person's
+   rows (two ``KeyIndex``), and appends the kept rows to one file per column in a staging directory beside the
+   dataset's place (``<datasets>/<name>/.tmp-*``). At the end of the stream it writes the ``.npy`` files while
+   hashing them: the content digest, and so the version. None of this holds a transaction.
+2. ``StagedImport.register`` runs in the caller's write transaction: it refuses a version that exists, renames
+   the staging directory into place, releases the public row count and inserts the catalogue row.
+3. ``StagedImport.discard`` removes whatever is left when the call does not commit (an error, a cancelled or cut
+   stream, a refused digest, a dry run): no directory, no file, no row.
+
+Results are those of the whole-file import: the same rows kept and dropped, the same rejections with the same
+lines and reasons, the same version, and for a file with several problems the same error (``csv_stream``).
+
+Memory, whatever the file's size: one batch (``BATCH_CELLS`` fields as Python strings, and their converted
+columns: O(batch x columns)), one decompressed piece and one line (``csv_stream``), one block while finishing
+(``BLOCK_BYTES``), the first ``REPORTED_REJECTIONS`` rejections. Two structures grow with the table, because
+deduplication and the per-person limit need to know every earlier row: the index of distinct rows, 16 bytes a
+row, and with a person key the index of persons, 20 bytes a person (``key_index``); 10 million distinct rows
+take 160 MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from sandbox import csv_stream
+from sandbox.datasets import keyed_version, schema_to_json, validate_schema
+from sandbox.domain import ColumnType, DatasetInfo, DatasetSchema, ImportReport
+from sandbox.errors import ErrorCode, SandboxError
+from sandbox.import_columns import Batch, check_header, parse_batch, person_keys, row_keys, stored_dtype
+from sandbox.key_index import KeyIndex
+from sandbox.state import Tx
+
+#: Fields converted at a time (rows per batch: this over the number of columns).
+BATCH_CELLS = 1 << 18
+BLOCK_BYTES = 8 << 20
+REPORTED_REJECTIONS = 100
+
+
+def _invalid_csv(detail: str) -> SandboxError:
+    return SandboxError(ErrorCode.INVALID_CSV, public_detail=detail)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents; the ones made, deepest first."""
+    made = []
+    while not path.exists():
+        made.append(path)
+        path = path.parent
+    for directory in reversed(made):
+        directory.mkdir(exist_ok=True)
+    return made
+
+
+def _unique_first(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of each key's first occurrence (in order), and each position's key number."""
+    pairs = np.ascontiguousarray(np.stack([hi, lo], axis=1)).view(np.dtype((np.void, 16))).ravel()
+    _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
+
+
+class _Builder:
+    """The batches of one import: conversion, duplicates, persons, rejections, the staged column files."""
+
+    def __init__(self, schema: DatasetSchema, header: list[str], directory: Path, max_rejected: int) -> None:
+        self.schema, self.header, self.directory, self.max_rejected = schema, header, directory, max_rejected
+        self.batch_rows = max(1, BATCH_CELLS // len(header))
+        self.rows: list[list[str]] = []
+        self.lines: list[int] = []
+        self.data_rows = self.kept = self.duplicates = self.rejected_count = 0
+        self.rejected: list[tuple[int, str, str]] = []
+        self.distinct = KeyIndex()
+        self.persons = KeyIndex(counted=True) if schema.person_key else None
+        self.files: dict[str, BinaryIO] = {}
+        self.segments: dict[str, list[tuple[int, int]]] = {}  # string columns: (rows, width) of each batch written
+        self.widths: dict[str, int] = {}  # string columns: the longest value seen
+        for col in schema.columns:
+            self.files[col.name] = open(directory / f"{col.name}.raw", "xb")
+            if col.type is ColumnType.STRING:
+                self.segments[col.name], self.widths[col.name] = [], 1
+
+    def add(self, row: list[str], line: int) -> None:
+        self.rows.append(row)
+        self.lines.append(line)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        batch = parse_batch(self.schema, self.header, self.rows, self.lines)
+        self.data_rows += len(self.rows)
+        self.rows, self.lines = [], []
+        keep = self._first_occurrences(batch)
+        if self.persons is not None:
+            keep = self._within_person_limit(batch, keep)
+        for line in sorted(batch.rejected):
+            self.rejected_count += 1
+            if len(self.rejected) < REPORTED_REJECTIONS:
+                self.rejected.append((line, *batch.rejected[line]))
+        for name in self.widths:  # as wide as every parsed value, kept or not (the whole-file import's dtype)
+            self.widths[name] = max(self.widths[name], batch.columns[name].dtype.itemsize // 4)
+        if self.rejected_count > self.max_rejected:
+            return  # it fails at the end; only the counting goes on
+        self.kept += len(keep)
+        for col in self.schema.columns:
+            arr = batch.columns[col.name][keep]
+            if col.type is ColumnType.STRING:
+                self.segments[col.name].append((len(arr), arr.dtype.itemsize // 4))
+            else:
+                arr = arr.astype(stored_dtype(col), copy=False)
+            self.files[col.name].write(np.ascontiguousarray(arr).tobytes())
+
+    def _first_occurrences(self, batch: Batch) -> np.ndarray:
+        """The valid rows that are not an exact copy of an earlier valid row (of this batch or one before)."""
+        if not len(batch.valid):
+            return batch.valid
+        hi, lo = row_keys([batch.columns[c.name] for c in self.schema.columns], batch.valid)
+        first, _ = _unique_first(hi, lo)
+        first.sort()
+        run, _ = self.distinct.find(hi[first], lo[first])
+        new = first[run < 0]
+        self.distinct.add(hi[new], lo[new])
+        self.duplicates += len(batch.valid) - len(new)
+        return batch.valid[new]  # type: ignore[no-any-return]
+
+    def _within_person_limit(self, batch: Batch, keep: np.ndarray) -> np.ndarray:
+        """``keep`` without the rows past the most a person may have (counted in file order, over all batches)."""
+        assert self.persons is not None
+        if not len(keep):
+            return keep
+        key = self.schema.person_key
+        hi, lo = person_keys(batch.columns[key][keep])
+        first, inverse = _unique_first(hi, lo)
+        before = self.persons.counts(hi[first], lo[first])
+        order = np.argsort(inverse, kind="stable")
+        starts = np.searchsorted(inverse[order], np.arange(len(first)))
+        nth = np.empty(len(keep), dtype=np.int64)  # 0 for a person's first row in this batch, 1 for the next ...
+        nth[order] = np.arange(len(keep)) - starts[inverse[order]]
+        over = before[inverse] + nth + 1 > self.schema.max_rows_per_person
+        self.persons.add(hi[first], lo[first], np.bincount(inverse, minlength=len(first)))
+        reason = f"more than {self.schema.max_rows_per_person} rows for one person"
+        for position in np.flatnonzero(over):
+            batch.rejected[batch.lines[keep[position]]] = (key, reason)
+        return keep[~over]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def finish(self) -> tuple[str, str]:
+        """Write the .npy files and schema.json from the staged columns; (schema JSON, content digest).
+
+        The digest is ``datasets.content_digest`` of the stored arrays, computed block by block from disk.
+        """
+        self.close()
+        schema_json = schema_to_json(self.schema)
+        digest = hashlib.sha256(schema_json.encode("utf-8"))
+        for col in self.schema.columns:
+            dtype = stored_dtype(col, self.widths.get(col.name, 1))
+            raw, path = self.directory / f"{col.name}.raw", self.directory / f"{col.name}.npy"
+            digest.update(f"\n{col.name}\0{dtype.str}\0{(self.kept,)}\0{self.kept * dtype.itemsize}\n".encode())
+            with open(raw, "rb") as src, open(path, "xb") as dst:
+                np.lib.format.write_array_header_1_0(dst, {  # what np.save writes for a 1-d array
+                    "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.kept,)})
+                for block in self._blocks(col.name, src, dtype):
+                    digest.update(block)
+                    dst.write(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+            raw.unlink()
+            os.chmod(path, 0o444)
+        path = self.directory / "schema.json"
+        with open(path, "xb") as f:
+            f.write(schema_json.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(path, 0o444)
+        _fsync_dir(self.directory)
+        return schema_json, digest.hexdigest()
+
+    def _blocks(self, name: str, src: BinaryIO, dtype: np.dtype) -> Iterable[bytes]:
+        if name not in self.segments:
+            while block := src.read(BLOCK_BYTES):
+                yield block
+            return
+        for rows, width in self.segments[name]:  # each batch at its own width, widened to the column's
+            step = max(1, BLOCK_BYTES // (4 * width))
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                yield np.frombuffer(src.read(n * 4 * width), dtype=f"<U{width}").astype(dtype).tobytes()
+
+
+@dataclasses.dataclass
+class StagedImport:
+    """A validated, staged import waiting to be registered (``register``) or thrown away (``discard``)."""
+
+    info: DatasetInfo  # version and exact row count; imported_at_ms and public_rows are set by register
+    schema_json: str
+    content_sha256: str
+    duplicates: int
+    rejected: tuple[tuple[int, str, str], ...]
+    rejected_count: int
+    dry_run: bool
+    directory: Path  # the staging directory, then the dataset's own once renamed
+    made: list[Path]  # directories made for it, removed again by a dry run or a failure if left empty
+    registered: bool = False
+
+    def register(self, tx: Tx, *, imported_by: str, now_ms: int,
+                 release_rows: Callable[[DatasetSchema, int], int]) -> ImportReport:
+        """In the caller's write transaction: the catalogue row, with the files renamed into place and the row count
+        released once (``release_rows``, ``catalogue.public_rows``).
+
+        If the transaction does not commit, the caller must call ``discard``.
+        """
+        name, version = self.info.schema.name, self.info.version
+        # By content too: a dataset migrated from before keyed versions has the same content under its old version.
+        if tx.dataset_exists(name, version, self.content_sha256):
+            raise SandboxError(ErrorCode.ALREADY_EXISTS, f"dataset '{name}' already has this version")
+        info = dataclasses.replace(self.info, imported_at_ms=now_ms)
+        if not self.dry_run:
+            final = self.directory.parent / version
+            _remove_tree(final)  # we hold the write lock: a directory without a row is debris of a crash
+            os.rename(self.directory, final)
+            self.directory = final
+            os.chmod(final, 0o555)
+            _fsync_dir(final.parent)
+            info = dataclasses.replace(info, public_rows=release_rows(info.schema, info.row_count))
+            tx.dataset_insert(name, version, self.schema_json, info.row_count, now_ms, imported_by,
+                              self.content_sha256, info.public_rows)
+            self.registered = True
+        return ImportReport(info, info.row_count, self.duplicates, self.rejected, self.rejected_count)
+
+    def discard(self) -> None:
+        """Remove what is left unless a registration committed; call it when the transaction did not commit
+        (and after a dry run). A committed registration must not be discarded."""
+        _remove_tree(self.directory)
+        _remove_empty(self.made)
+
+    def committed(self) -> None:
+        """The transaction of ``register`` committed: the dataset is in place; a dry run's files go now."""
+        if not self.registered:
+            self.discard()
+
+
+def _remove_empty(made: list[Path]) -> None:
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:
+            break  # not empty: another import uses it
+
+
+def stage_import(
+    datasets_dir: Path, schema: DatasetSchema, chunks: Iterable[bytes], *, version_key: bytes, max_csv_bytes: int,
+    max_rejected: int = 0, dry_run: bool = False,
+) -> StagedImport:
+    """Validate a (possibly gzipped) CSV arriving in ``chunks`` against ``schema`` and stage it (module docstring).
+
+    Holds no transaction. On any error nothing is left behind.
+    """
+    if len(version_key) < 16:
+        raise ValueError("the catalogue key is missing or too short")
+    validate_schema(schema)
+    if max_rejected < 0:
+        raise SandboxError(ErrorCode.INVALID_ARGUMENT, "max_rejected must not be negative")
+    found = csv_stream.records(chunks, max_bytes=max_csv_bytes)
+    parent = Path(datasets_dir) / schema.name
+    made = _make_dirs(parent)
+    directory = parent / f".tmp-{secrets.token_hex(8)}"
+    builder: _Builder | None = None
+    try:
+        directory.mkdir(mode=0o700)
+        for row, line in found:
+            if builder is None:
+                header = [h.strip() for h in row]
+                try:
+                    check_header(schema, header)
+                except SandboxError:
+                    csv_stream.drain(found)  # an error of the stream itself comes first
+                    raise
+                builder = _Builder(schema, header, directory, max_rejected)
+            else:
+                builder.add(row, line)
+        if builder is None:
+            raise _invalid_csv("empty CSV: no header")
+        builder.flush()
+        if not builder.data_rows:
+            raise _invalid_csv("no data rows after the header")
+        if builder.rejected_count > max_rejected:
+            examples = "; ".join(
+                f"line {line}, column '{column}': {reason}" if column else f"line {line}: {reason}"
+                for line, column, reason in builder.rejected[:3]
+            )
+            raise SandboxError(ErrorCode.ROWS_REJECTED,
+                               f"{builder.rejected_count} rows rejected (limit {max_rejected}); first: {examples}")
+        if not builder.kept:
+            raise _invalid_csv("no rows left to import")
+        schema_json, digest = builder.finish()
+    except BaseException:
+        if builder is not None:
+            builder.close()
+        _remove_tree(directory)
+        _remove_empty(made)
+        raise
+    info = DatasetInfo(schema, keyed_version(version_key, digest), builder.kept, 0, public_rows=0)
+    return StagedImport(info, schema_json, digest, builder.duplicates, tuple(builder.rejected),
+                        builder.rejected_count, dry_run, directory, made if dry_run else [])

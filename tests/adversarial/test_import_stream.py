@@ -1,0 +1,270 @@
+"""The streamed import (issue 14) under attack, against a real server through the SDK.
+
+THREATS.md, "unauthenticated memory" and "import streams": an import is read as it arrives, so every stream that
+should not be imported must leave nothing (no catalogue row, no file, no staging directory) and be refused with
+the right status, its error naming no value of the CSV: unsigned, unknown or non-admin streams (refused before a
+single message is read), a stream longer than its signed size, one whose bytes differ from its signed digest after
+many messages, one cut off by its deadline, one with a rejected row, one hit by a server error. And the heavy work
+runs outside the server's write lock.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients import (
+    AdminClient, AlreadyExists, ApplicantClient, DeadlineExceeded, InternalServerError, InvalidArgument, PermissionDenied,
+    ResourceExhausted, Unauthenticated, generate_key,
+)
+from clients.schema_file import load_schema_file
+from clients.serde import schema_to_pb
+from clients.signing import sign_stream
+from protos.sandbox.v1 import admin_pb2
+from sandbox import catalogue, import_stream
+from sandbox.datadir import catalogue_secret
+from sandbox.interceptor import SigningInterceptor
+from sandbox.serde import schema_from_pb
+from sandbox.state.sqlite import SqliteState
+from tests.conftest import Sandbox, enrol_client, start_sandbox
+
+METHOD = "/sandbox.v1.AdminService/ImportDataset"
+SECRET = "ZZSECRET42"
+SCHEMA = """
+name = "{name}"
+[[columns]]
+name = "person_id"
+type = "string"
+level = "identifier"
+[[columns]]
+name = "age"
+type = "integer"
+level = "open"
+lower = 0
+upper = 120
+[[columns]]
+name = "region"
+type = "categorical"
+level = "open"
+categories = ["north", "south"]
+[[columns]]
+name = "income"
+type = "float"
+level = "internal"
+lower = 0
+upper = 1000000
+"""
+HEADER = b"person_id,age,region,income\n"
+ROWS = [f"id{i},{i % 100},{'north' if i % 3 else 'south'},{i}.25\n".encode() for i in range(9000)]
+CSV = HEADER + b"".join(ROWS) + ROWS[5]  # one exact duplicate
+CHUNK = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, AdminClient, ApplicantClient]]:
+    sbx = start_sandbox(tmp_path_factory.mktemp("import-stream"))
+    admin = sbx.admin(timeout=30)
+    bank = enrol_client(admin, sbx, ApplicantClient, "Bank", ["applicant"])
+    yield sbx, admin, bank  # type: ignore[misc]
+    admin.close()
+    bank.close()  # type: ignore[attr-defined]
+    sbx.stop()
+
+
+def schema_pb(tmp: Path, name: str) -> Any:
+    path = tmp / f"{name}.toml"
+    path.write_text(SCHEMA.format(name=name))
+    return schema_to_pb(load_schema_file(path))
+
+
+def bodies_of(schema: Any, data: bytes, **options: Any) -> list[bytes]:
+    chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+    first = admin_pb2.ImportDatasetRequest(schema=schema, csv=chunks[0], **options).SerializeToString()
+    return [first, *(admin_pb2.ImportDatasetRequest(csv=c).SerializeToString() for c in chunks[1:])]
+
+
+def send(client: Any, bodies: list[bytes], metadata: list[tuple[str, str]], timeout: float = 30) -> Any:
+    return client.transport._send_stream(METHOD, iter(bodies), metadata, admin_pb2.ImportDatasetResponse, timeout)
+
+
+def last_import_entry(admin: AdminClient) -> Any:
+    return [e for e in admin.audit_entries() if e.method == METHOD][-1]
+
+
+def assert_nothing_left(sbx: Sandbox, admin: AdminClient, name: str, code: str) -> None:
+    """No dataset ``name``, nothing of it on disk, and the refusal audited with ``code`` and no CSV value."""
+    assert name not in {d.name for d in admin.catalogue()}
+    place = sbx.data_dir / "datasets" / name
+    assert not place.exists() or list(place.iterdir()) == []
+    assert not [p for p in (sbx.data_dir / "datasets").rglob(".tmp-*")]
+    entry = last_import_entry(admin)
+    assert entry.error_code == code and SECRET not in entry.request
+
+
+def test_a_streamed_import_is_the_whole_file_import(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Through the SDK in many messages, from a file on disk, plain and gzipped: the same dataset as the whole-file
+    import of the same bytes (rows, duplicates, version), and the audit entry says what was asked, not the rows."""
+    sbx, admin, _ = env
+    schema_path = tmp_path / "streamed.toml"
+    schema_path.write_text(SCHEMA.format(name="streamed"))
+    csv_path = tmp_path / "streamed.csv"
+    csv_path.write_bytes(CSV)
+    report = admin.import_dataset(schema_path, csv_path)
+    entry = last_import_entry(admin)
+    assert entry.status == "OK" and '"messages":' in entry.request and '"name":"streamed"' in entry.request
+    assert "id17," not in entry.request
+    db = SqliteState.create(tmp_path / "whole.db")
+    key = catalogue_secret(sbx.data_dir / "keys" / "catalogue.key")
+    whole = catalogue.import_csv(db, tmp_path / "whole", schema_from_pb(schema_pb(tmp_path, "streamed")), CSV,
+                                 imported_by="a", version_key=key, count_epsilon=0.1, now_ms=1)
+    assert (report.rows_imported, report.duplicates_dropped) == (9000, 1)
+    assert (whole.rows_imported, whole.duplicates_dropped, whole.info.version) == (9000, 1, report.dataset.version)
+    gz = tmp_path / "streamed.csv.gz"
+    gz.write_bytes(gzip.compress(CSV))
+    with pytest.raises(AlreadyExists):  # the same content, gzipped: the same version
+        admin.import_dataset(schema_path, gz)
+
+
+def test_unsigned_unknown_and_non_admin_streams_are_refused_before_a_message_is_read(env) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, bank = env
+    interceptor: SigningInterceptor = sbx.running.interceptor  # type: ignore[assignment]
+    bodies = bodies_of(admin_pb2.ImportDatasetRequest().schema, CSV)
+    pulled: list[int] = []
+    handled: list[int] = []
+
+    def feed() -> Iterator[bytes]:
+        for i, body in enumerate(bodies):
+            pulled.append(i)
+            yield body
+
+    class Context:
+        status: Any = None
+
+        def peer(self) -> str:
+            return "ipv4:10.0.0.9:1234"
+
+        def set_trailing_metadata(self, md: Any) -> None:
+            pass
+
+        def abort(self, status: Any, message: str) -> None:
+            self.status = status
+            raise RuntimeError(message)
+
+    handler = type("H", (), {"stream_unary": staticmethod(lambda req, ctx: handled.append(1)),
+                             "request_deserializer": staticmethod(admin_pb2.ImportDatasetRequest.FromString)})()
+    stranger = generate_key()
+    for md, status in (({}, "UNAUTHENTICATED"),
+                       (dict(sign_stream(stranger, "p-" + "0" * 24, METHOD, bodies)), "UNAUTHENTICATED"),
+                       (dict(sign_stream(bank.transport.key, bank.principal_id, METHOD, bodies)),  # type: ignore[attr-defined]
+                        "PERMISSION_DENIED")):
+        ctx = Context()
+        with pytest.raises(RuntimeError):
+            interceptor._handle_streamed(METHOD, handler, md, feed(), ctx)  # type: ignore[arg-type]
+        assert ctx.status.name == status and pulled == [] and handled == []
+    with pytest.raises(PermissionDenied) as denied:  # and through gRPC
+        bank.transport.call_stream_of(METHOD, lambda: iter(bodies), admin_pb2.ImportDatasetResponse)  # type: ignore[attr-defined]
+    assert denied.value.code == "WRONG_ROLE"
+
+
+def test_a_stream_longer_than_signed_or_unlike_its_digest_leaves_nothing(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sbx, admin, _ = env
+    bodies = bodies_of(schema_pb(tmp_path, "attacked"), CSV)
+    assert len(bodies) > 10
+    t = admin.transport
+    with pytest.raises(ResourceExhausted) as longer:  # signed over all but the last message, sent whole
+        send(admin, bodies, sign_stream(t.key, t.principal_id, METHOD, bodies[:-1]))
+    assert longer.value.code == "MESSAGE_TOO_LARGE"
+    assert_nothing_left(sbx, admin, "attacked", "MESSAGE_TOO_LARGE")
+    # The same size, one row changed near the end: read and staged up to there, refused at the end.
+    late = len(bodies) - 2
+    tampered = list(bodies)
+    tampered[late] = tampered[late].replace(b"id8", SECRET[:3].encode(), 1)
+    assert len(tampered[late]) == len(bodies[late]) and tampered[late] != bodies[late]
+    with pytest.raises(Unauthenticated) as differs:
+        send(admin, tampered, sign_stream(t.key, t.principal_id, METHOD, bodies))
+    assert differs.value.code == "SIGNATURE_INVALID" and SECRET[:3] not in differs.value.message
+    assert_nothing_left(sbx, admin, "attacked", "SIGNATURE_INVALID")
+    with pytest.raises(Unauthenticated) as shorter:  # cut short by the sender: fewer bytes than signed
+        send(admin, bodies[:-1], sign_stream(t.key, t.principal_id, METHOD, bodies))
+    assert shorter.value.code == "SIGNATURE_INVALID"
+    assert_nothing_left(sbx, admin, "attacked", "SIGNATURE_INVALID")
+    with pytest.raises(InvalidArgument):  # options again in a later message
+        send(admin, [*bodies[:3], bodies[0]], sign_stream(t.key, t.principal_id, METHOD, [*bodies[:3], bodies[0]]))
+    assert_nothing_left(sbx, admin, "attacked", "INVALID_ARGUMENT")
+
+
+def test_a_rejected_row_a_server_error_and_a_cut_stream_leave_nothing(env, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    sbx, admin, _ = env
+    schema = schema_pb(tmp_path, "attacked")
+    bad = HEADER + b"".join(ROWS[:8000]) + f"idX,{SECRET},north,1.0\n".encode() + b"".join(ROWS[8000:])
+    t = admin.transport
+    with pytest.raises(InvalidArgument) as rejected:
+        t.call_stream_of(METHOD, lambda: iter(bodies_of(schema, bad)), admin_pb2.ImportDatasetResponse)
+    assert rejected.value.code == "ROWS_REJECTED" and "line 8002, column 'age'" in rejected.value.message
+    assert SECRET not in rejected.value.message
+    assert_nothing_left(sbx, admin, "attacked", "ROWS_REJECTED")
+
+    def disk_full(self: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(import_stream._Builder, "finish", disk_full)
+        with pytest.raises(InternalServerError) as failed:
+            t.call_stream_of(METHOD, lambda: iter(bodies_of(schema, CSV)), admin_pb2.ImportDatasetResponse)
+    assert failed.value.message == "internal error"
+    assert_nothing_left(sbx, admin, "attacked", "INTERNAL")
+
+    bodies = bodies_of(schema, CSV)
+    release = threading.Event()
+    sent: list[int] = []
+
+    def paused() -> Iterator[bytes]:
+        sent.append(1)
+        for i, body in enumerate(bodies):
+            if len(sent) == 2 and i == 4:
+                release.wait(20)  # the second pass (the one sent) stops here until the deadline has passed
+            yield body
+
+    with pytest.raises(DeadlineExceeded):
+        t.call_stream_of(METHOD, paused, admin_pb2.ImportDatasetResponse, timeout=1.0)
+    release.set()
+    deadline = time.monotonic() + 20
+    while last_import_entry(admin).error_code != "STREAM_CUT" and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server notices the cancelled stream in its own thread
+    assert_nothing_left(sbx, admin, "attacked", "STREAM_CUT")
+    assert admin.whoami().roles == ("admin",)
+
+
+def test_the_parsing_runs_outside_the_write_lock(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """While an import's handler is busy with its batches, other signed calls (each a write transaction) go on."""
+    sbx, admin, _ = env
+    started, release = threading.Event(), threading.Event()
+    flush = import_stream._Builder.flush
+
+    def slow_flush(self: Any) -> None:
+        started.set()
+        release.wait(20)
+        flush(self)
+
+    monkeypatch.setattr(import_stream._Builder, "flush", slow_flush)
+    schema_path = tmp_path / "unlocked.toml"
+    schema_path.write_text(SCHEMA.format(name="unlocked"))
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(admin.import_dataset(schema_path, CSV)))
+    worker.start()
+    try:
+        assert started.wait(20)
+        with sbx.admin(timeout=5) as other:  # answered while the import is inside its handler
+            assert other.whoami().roles == ("admin",)
+            assert "unlocked" not in {d.name for d in other.catalogue()}
+    finally:
+        release.set()
+        worker.join(30)
+    assert result and result[0].rows_imported == 9000
