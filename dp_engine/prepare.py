@@ -306,6 +306,7 @@ class _CastCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[int, float, float], _Cast] = OrderedDict()
         self._bytes = 0
+        self._watched: set[int] = set()  # ids of the live arrays with a finalizer (one each, however often cast)
 
     def get(self, col: np.ndarray, lower: float, upper: float) -> _Cast:
         if col.flags.writeable or self.max_bytes <= 0:
@@ -318,20 +319,24 @@ class _CastCache:
                 return cast
         cast = _Cast(col, lower, upper)
         with self._lock:
-            if key not in self._items:
-                self._items[key] = cast
-                self._bytes += cast.nbytes
-                weakref.finalize(col, self._drop, key, cast)
-                while self._bytes > self.max_bytes and self._items:
-                    _, old = self._items.popitem(last=False)
-                    self._bytes -= old.nbytes
+            if key in self._items:  # another thread cast it meanwhile
+                return self._items[key]
+            self._items[key] = cast
+            self._bytes += cast.nbytes
+            if key[0] not in self._watched:
+                self._watched.add(key[0])
+                weakref.finalize(col, self._drop, key[0])
+            while self._bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
         return cast
 
-    def _drop(self, key: tuple[int, float, float], cast: _Cast) -> None:
+    def _drop(self, array_id: int) -> None:
+        """The array is freed: forget every cast of it (its id may be reused by another array)."""
         with self._lock:
-            if self._items.get(key) is cast:
-                del self._items[key]
-                self._bytes -= cast.nbytes
+            self._watched.discard(array_id)
+            for key in [k for k in self._items if k[0] == array_id]:
+                self._bytes -= self._items.pop(key).nbytes
 
     def clear(self) -> None:
         with self._lock:
