@@ -83,6 +83,22 @@ def schema_pb(tmp: Path, name: str) -> Any:
     return schema_to_pb(load_schema_file(path))
 
 
+class Context:
+    """A servicer context for calling the interceptor directly: records the status a refusal aborts with."""
+
+    status: Any = None
+
+    def peer(self) -> str:
+        return "ipv4:10.0.0.9:1234"
+
+    def set_trailing_metadata(self, md: Any) -> None:
+        pass
+
+    def abort(self, status: Any, message: str) -> None:
+        self.status = status
+        raise RuntimeError(message)
+
+
 def bodies_of(schema: Any, data: bytes, **options: Any) -> list[bytes]:
     chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
     first = admin_pb2.ImportDatasetRequest(schema=schema, csv=chunks[0], **options).SerializeToString()
@@ -142,19 +158,6 @@ def test_unsigned_unknown_and_non_admin_streams_are_refused_before_a_message_is_
         for i, body in enumerate(bodies):
             pulled.append(i)
             yield body
-
-    class Context:
-        status: Any = None
-
-        def peer(self) -> str:
-            return "ipv4:10.0.0.9:1234"
-
-        def set_trailing_metadata(self, md: Any) -> None:
-            pass
-
-        def abort(self, status: Any, message: str) -> None:
-            self.status = status
-            raise RuntimeError(message)
 
     handler = type("H", (), {"stream_unary": staticmethod(lambda req, ctx: handled.append(1)),
                              "request_deserializer": staticmethod(admin_pb2.ImportDatasetRequest.FromString)})()
@@ -268,3 +271,31 @@ def test_the_parsing_runs_outside_the_write_lock(env, tmp_path: Path, monkeypatc
         release.set()
         worker.join(30)
     assert result and result[0].rows_imported == 9000
+
+
+def test_a_replayed_import_stream_is_refused_before_a_message_is_read(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The nonce is claimed before the stream is read: the same signed stream sent again imports nothing more, and
+    the server refuses it without pulling one message (a replayer cannot make it parse gigabytes)."""
+    sbx, admin, _ = env
+    bodies = bodies_of(schema_pb(tmp_path, "replayed"), CSV)
+    t = admin.transport
+    metadata = sign_stream(t.key, t.principal_id, METHOD, bodies)
+    assert send(admin, bodies, metadata).rows_imported == 9000
+    with pytest.raises(Unauthenticated) as replayed:
+        send(admin, bodies, metadata)
+    assert replayed.value.code == "NONCE_REPLAYED"
+    assert [d.name for d in admin.catalogue()].count("replayed") == 1
+    assert last_import_entry(admin).error_code == "NONCE_REPLAYED"
+    pulled: list[int] = []
+
+    def feed() -> Iterator[bytes]:
+        for i, body in enumerate(bodies):
+            pulled.append(i)
+            yield body
+
+    handler = type("H", (), {"stream_unary": staticmethod(lambda req, ctx: pytest.fail("the handler ran")),
+                             "request_deserializer": staticmethod(admin_pb2.ImportDatasetRequest.FromString)})()
+    ctx = Context()
+    with pytest.raises(RuntimeError):
+        sbx.running.interceptor._handle_streamed(METHOD, handler, dict(metadata), feed(), ctx)  # type: ignore[attr-defined]
+    assert ctx.status.name == "UNAUTHENTICATED" and pulled == []
