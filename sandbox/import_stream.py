@@ -11,6 +11,11 @@ short transaction. All or nothing.
 3. ``StagedImport.discard`` removes whatever is left when the call does not commit (an error, a cancelled or cut
    stream, a refused digest, a dry run): no directory, no file, no row.
 
+A staging directory is locked (``flock`` on the directory) by the process staging into it for as long as it does;
+the lock goes with the process. What a crashed server left is debris: ``sweep_staging`` removes every staging
+directory no living process holds, at server start and before each import of the same dataset name, so servers
+sharing a datasets directory never remove each other's work in progress.
+
 Results are those of the whole-file import: the same rows kept and dropped, the same rejections with the same
 lines and reasons, the same version, and for a file with several problems the same error (``csv_stream``).
 
@@ -25,7 +30,9 @@ take 160 MB.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -47,6 +54,10 @@ from sandbox.state import Tx
 BATCH_CELLS = 1 << 18
 BLOCK_BYTES = 8 << 20
 REPORTED_REJECTIONS = 100
+#: A staging directory's name starts with this (``<datasets>/<name>/.tmp-<random>``).
+STAGING_PREFIX = ".tmp-"
+
+log = logging.getLogger("sandbox.import")
 
 
 def _invalid_csv(detail: str) -> SandboxError:
@@ -65,6 +76,67 @@ def _remove_tree(path: Path) -> None:
     if path.exists():
         os.chmod(path, 0o700)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _claim_staging(parent: Path) -> tuple[Path, int]:
+    """A new staging directory under ``parent`` and the descriptor that holds its lock (close it to release).
+
+    The directory is visible before it is locked, so a sweep may lock and remove it in between; the sweep holds the
+    lock while it removes, so once ours is granted the directory is either ours or gone, and if gone we start again.
+    """
+    while True:
+        directory = parent / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+        directory.mkdir(mode=0o700)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            now = os.stat(directory)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return directory, fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def sweep_staging(datasets_dir: Path, name: str | None = None) -> int:
+    """Remove the staging directories (of dataset ``name``, or of all) that no living import holds; how many.
+
+    A crashed server's import leaves its staging directory behind, unlocked once the process is gone.
+    """
+    root = Path(datasets_dir)
+    pattern = f"{STAGING_PREFIX}*"
+    candidates = (root / name).glob(pattern) if name is not None else root.glob(f"*/{pattern}")
+    removed = 0
+    for directory in candidates:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, or not a directory
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # an import in progress
+        try:
+            _remove_tree(directory)
+            removed += 1
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d staging director%s left by an interrupted import", removed, "y" if removed == 1 else "ies")
+    return removed
+
+
+def _release(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -230,6 +302,7 @@ class StagedImport:
     dry_run: bool
     directory: Path  # the staging directory, then the dataset's own once renamed
     made: list[Path]  # directories made for it, removed again by a dry run or a failure if left empty
+    lock: int = -1  # the descriptor holding the staging directory's lock, until committed or discarded
     registered: bool = False
 
     def register(self, tx: Tx, *, imported_by: str, now_ms: int,
@@ -262,11 +335,17 @@ class StagedImport:
         (and after a dry run). A committed registration must not be discarded."""
         _remove_tree(self.directory)
         _remove_empty(self.made)
+        self._unlock()
 
     def committed(self) -> None:
         """The transaction of ``register`` committed: the dataset is in place; a dry run's files go now."""
         if not self.registered:
             self.discard()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        _release(self.lock)
+        self.lock = -1
 
 
 def _remove_empty(made: list[Path]) -> None:
@@ -293,10 +372,12 @@ def stage_import(
     found = csv_stream.records(chunks, max_bytes=max_csv_bytes)
     parent = Path(datasets_dir) / schema.name
     made = _make_dirs(parent)
-    directory = parent / f".tmp-{secrets.token_hex(8)}"
+    directory: Path | None = None
+    lock = -1
     builder: _Builder | None = None
     try:
-        directory.mkdir(mode=0o700)
+        sweep_staging(datasets_dir, schema.name)
+        directory, lock = _claim_staging(parent)
         for row, line in found:
             if builder is None:
                 header = [h.strip() for h in row]
@@ -323,12 +404,15 @@ def stage_import(
         if not builder.kept:
             raise _invalid_csv("no rows left to import")
         schema_json, digest = builder.finish()
+        staged_in = directory
     except BaseException:
         if builder is not None:
             builder.close()
-        _remove_tree(directory)
+        if directory is not None:
+            _remove_tree(directory)
         _remove_empty(made)
+        _release(lock)
         raise
     info = DatasetInfo(schema, keyed_version(version_key, digest), builder.kept, 0, public_rows=0)
     return StagedImport(info, schema_json, digest, builder.duplicates, tuple(builder.rejected),
-                        builder.rejected_count, dry_run, directory, made if dry_run else [])
+                        builder.rejected_count, dry_run, staged_in, made if dry_run else [], lock)

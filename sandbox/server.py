@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.sandbox.v1 import admin_pb2, applicant_pb2, audit_pb2, dp_pb2, fl_pb2, he_pb2
-from sandbox import catalogue, recovery
+from sandbox import catalogue, import_stream, recovery
 from sandbox.audit import AuditLog
 from sandbox.config import ServerConfig
 from sandbox.errors import SandboxError
@@ -86,6 +86,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     audit_key = read_private_key(_checked_audit_key(config))
     audit = AuditLog(db, audit_key, checkpoint_every=config.audit_checkpoint_every)
     recovery.close_open_records(audit)
+    import_stream.sweep_staging(config.datasets_dir)  # staging left by a crashed import; live ones are locked
     interceptor = SigningInterceptor(db, audit, METHOD_ROLES, skew_ms=config.clock_skew_seconds * 1000,
                                      max_stream_bytes=config.max_message_bytes,
                                      unauthenticated_audits_per_minute=config.unauthenticated_audits_per_minute,

@@ -11,6 +11,7 @@ runs outside the server's write lock.
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -299,3 +300,94 @@ def test_a_replayed_import_stream_is_refused_before_a_message_is_read(env, tmp_p
     with pytest.raises(RuntimeError):
         sbx.running.interceptor._handle_streamed(METHOD, handler, dict(metadata), feed(), ctx)  # type: ignore[attr-defined]
     assert ctx.status.name == "UNAUTHENTICATED" and pulled == []
+
+
+STAGER = """
+import sys
+from pathlib import Path
+from sandbox import import_stream
+from sandbox.datasets import schema_from_json
+
+schema = schema_from_json(sys.argv[2])
+
+def chunks():
+    yield sys.argv[3].encode()
+    print("staging", flush=True)
+    sys.stdin.read()  # holds its staging directory until killed, as a server dies mid-import
+
+import_stream.stage_import(Path(sys.argv[1]), schema, chunks(), version_key=b"k" * 32, max_csv_bytes=1 << 20)
+"""
+
+
+def test_a_crashed_imports_staging_is_swept_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    """A process staging an import holds its staging directory: a sweep (another server's start, another import of
+    the same name) leaves it. Killed mid-import, like a server that crashes, it leaves debris; the next sweep
+    removes it, and a server starting on the directory removes any it finds."""
+    import signal
+    import subprocess
+    import sys
+
+    from sandbox.datasets import schema_to_json
+
+    root = Path(__file__).resolve().parents[2]
+    datasets = tmp_path / "datasets"
+    schema = schema_from_pb(schema_pb(tmp_path, "crashy"))
+    first_rows = (HEADER + b"".join(ROWS[:50])).decode()
+    stager = subprocess.Popen([sys.executable, "-c", STAGER, str(datasets), schema_to_json(schema), first_rows],
+                              cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert stager.stdout is not None and stager.stdout.readline().strip() == "staging"
+        (live,) = (datasets / "crashy").glob(".tmp-*")
+        assert import_stream.sweep_staging(datasets) == 0
+        assert import_stream.sweep_staging(datasets, "crashy") == 0
+        assert live.is_dir()
+        # An import of the same name in this process meanwhile: it sweeps, keeps the live one, and cleans up after
+        # itself.
+        csv = HEADER + b"".join(ROWS[:20])
+        import_stream.stage_import(datasets, schema, [csv], version_key=b"k" * 32, max_csv_bytes=1 << 20,
+                                   dry_run=True).discard()
+        assert list((datasets / "crashy").glob(".tmp-*")) == [live]
+    finally:
+        stager.send_signal(signal.SIGKILL)
+        stager.wait()
+    assert live.is_dir()  # the crash's debris
+    assert import_stream.sweep_staging(datasets) == 1
+    assert not live.exists()
+
+    # A server starting on a data directory with debris removes it.
+    sbx = start_sandbox(tmp_path / "server")
+    sbx.stop()
+    debris = sbx.data_dir / "datasets" / "census_crashed" / ".tmp-0123456789abcdef"
+    debris.mkdir(parents=True)
+    (debris / "age.raw").write_bytes(b"\0" * 64)
+    os.chmod(debris, 0o500)
+    sbx.restart()
+    try:
+        assert not debris.exists()
+    finally:
+        sbx.stop()
+
+
+def test_a_staging_directory_swept_before_its_lock_is_taken_is_replaced(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep can lock and remove a staging directory in the moment between its creation and its lock; the
+    import then makes another and stages there, and nothing is left behind."""
+    real_flock = import_stream.fcntl.flock
+    swept: list[Path] = []
+
+    def flock(fd: int, op: int) -> None:
+        if not swept and op == import_stream.fcntl.LOCK_EX:  # the import's first lock: a sweep gets in first
+            (found,) = (tmp_path / "datasets" / "racy").glob(".tmp-*")
+            swept.append(found)
+            assert import_stream.sweep_staging(tmp_path / "datasets", "racy") == 1
+        real_flock(fd, op)
+
+    monkeypatch.setattr(import_stream.fcntl, "flock", flock)
+    schema = schema_from_pb(schema_pb(tmp_path, "racy"))
+    staged = import_stream.stage_import(tmp_path / "datasets", schema, [HEADER + b"".join(ROWS[:30])],
+                                        version_key=b"k" * 32, max_csv_bytes=1 << 20, dry_run=True)
+    assert swept and not swept[0].exists()
+    assert staged.directory != swept[0] and (staged.directory / "age.npy").is_file()
+    assert staged.info.row_count == 30
+    staged.discard()
+    assert not list((tmp_path / "datasets").rglob(".tmp-*"))
