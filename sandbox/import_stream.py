@@ -2,10 +2,11 @@
 short transaction. All or nothing.
 
 1. ``stage_import`` reads the CSV as it arrives (``csv_stream``), converts it in batches of about
-   ``BATCH_CELLS`` fields (``import_columns``), drops exact duplicates of earlier rows and counts each person's
-   rows (two ``KeyIndex``), and appends the kept rows to one file per column in a staging directory beside the
-   dataset's place (``<datasets>/<name>/.tmp-*``). At the end of the stream it writes the ``.npy`` files while
-   hashing them: the content digest, and so the version. None of this holds a transaction.
+   ``BATCH_CELLS`` fields (``import_columns``) and appends the rows to one file per column in a staging
+   directory beside the dataset's place (``<datasets>/<name>/.tmp-*``), their keys to hash buckets on disk. At
+   the end of the stream it finds the copies of earlier rows and the rows past a person's limit, bucket by
+   bucket (``import_keys``), and writes the ``.npy`` files of the rows kept while hashing them: the content
+   digest, and so the version. None of this holds a transaction.
 2. ``StagedImport.register`` runs in the caller's write transaction: it refuses a version that exists, renames
    the staging directory into place, releases the public row count and inserts the catalogue row.
 3. ``StagedImport.discard`` removes whatever is left when the call does not commit (an error, a cancelled or cut
@@ -21,10 +22,10 @@ lines and reasons, the same version, and for a file with several problems the sa
 
 Memory, whatever the file's size: one batch (``BATCH_CELLS`` fields as Python strings, and their converted
 columns: O(batch x columns)), one decompressed piece and one line (``csv_stream``), one block while finishing
-(``BLOCK_BYTES``), the first ``REPORTED_REJECTIONS`` rejections. Two structures grow with the table, because
-deduplication and the per-person limit need to know every earlier row: the index of distinct rows, 16 bytes a
-row, and with a person key the index of persons, 20 bytes a person (``key_index``); 10 million distinct rows
-take 160 MB.
+(``BLOCK_BYTES``), the first ``REPORTED_REJECTIONS`` rejections, and while the stream's end is resolved one
+bucket of row or person keys (``import_keys``: at most ``SPLIT_RECORDS`` keys and one block of records).
+Deduplication and the per-person limit need every earlier row; their keys wait on disk in the staging directory
+(24 bytes a row, 32 more with a person key, one byte a row for the marks), not in memory.
 """
 
 from __future__ import annotations
@@ -42,12 +43,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from sandbox import csv_stream
+from sandbox import csv_stream, import_keys
 from sandbox.datasets import keyed_version, schema_to_json, validate_schema
 from sandbox.domain import ColumnType, DatasetInfo, DatasetSchema, ImportReport
 from sandbox.errors import ErrorCode, SandboxError
 from sandbox.import_columns import Batch, check_header, parse_batch, person_keys, row_keys, stored_dtype
-from sandbox.key_index import KeyIndex
 from sandbox.state import Tx
 
 #: Fields converted at a time (rows per batch: this over the number of columns).
@@ -150,25 +150,27 @@ def _make_dirs(path: Path) -> list[Path]:
     return made
 
 
-def _unique_first(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of each key's first occurrence (in order), and each position's key number."""
-    pairs = np.ascontiguousarray(np.stack([hi, lo], axis=1)).view(np.dtype((np.void, 16))).ravel()
-    _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
-    return first, inverse.ravel()
-
-
 class _Builder:
-    """The batches of one import: conversion, duplicates, persons, rejections, the staged column files."""
+    """The batches of one import: conversion, candidates and their keys, rejections, the staged column files.
+
+    A candidate is a row that parsed and is no copy of an earlier row of its batch; candidates are numbered in file
+    order and their columns staged. Which of them are copies of rows of earlier batches, or past their person's
+    limit, is found at the end (``resolve``, ``import_keys``) and they are left out when the columns are written.
+    """
 
     def __init__(self, schema: DatasetSchema, header: list[str], directory: Path, max_rejected: int) -> None:
         self.schema, self.header, self.directory, self.max_rejected = schema, header, directory, max_rejected
         self.batch_rows = max(1, BATCH_CELLS // len(header))
         self.rows: list[list[str]] = []
         self.lines: list[int] = []
-        self.data_rows = self.kept = self.duplicates = self.rejected_count = 0
+        self.data_rows = self.kept = self.duplicates = self.rejected_count = self.candidates = 0
         self.rejected: list[tuple[int, str, str]] = []
-        self.distinct = KeyIndex()
-        self.persons = KeyIndex(counted=True) if schema.person_key else None
+        self.keys_dir = directory / ".keys"
+        self.keys_dir.mkdir(mode=0o700)
+        self.row_keys = import_keys.Buckets(self.keys_dir, "rows", import_keys.ROW)
+        self.person_keys = (import_keys.Buckets(self.keys_dir, "persons", import_keys.PERSON) if schema.person_key
+                            else None)
+        self.marks: import_keys.Marks | None = None
         self.files: dict[str, BinaryIO] = {}
         self.segments: dict[str, list[tuple[int, int]]] = {}  # string columns: (rows, width) of each batch written
         self.widths: dict[str, int] = {}  # string columns: the longest value seen
@@ -189,9 +191,7 @@ class _Builder:
         batch = parse_batch(self.schema, self.header, self.rows, self.lines)
         self.data_rows += len(self.rows)
         self.rows, self.lines = [], []
-        keep = self._first_occurrences(batch)
-        if self.persons is not None:
-            keep = self._within_person_limit(batch, keep)
+        keep = self._candidates(batch)
         for line in sorted(batch.rejected):
             self.rejected_count += 1
             if len(self.rejected) < REPORTED_REJECTIONS:
@@ -200,7 +200,6 @@ class _Builder:
             self.widths[name] = max(self.widths[name], batch.columns[name].dtype.itemsize // 4)
         if self.rejected_count > self.max_rejected:
             return  # it fails at the end; only the counting goes on
-        self.kept += len(keep)
         for col in self.schema.columns:
             arr = batch.columns[col.name][keep]
             if col.type is ColumnType.STRING:
@@ -209,42 +208,60 @@ class _Builder:
                 arr = arr.astype(stored_dtype(col), copy=False)
             self.files[col.name].write(np.ascontiguousarray(arr).tobytes())
 
-    def _first_occurrences(self, batch: Batch) -> np.ndarray:
-        """The valid rows that are not an exact copy of an earlier valid row (of this batch or one before)."""
+    def _candidates(self, batch: Batch) -> np.ndarray:
+        """The valid rows that are no exact copy of an earlier valid row of this batch; their keys recorded."""
         if not len(batch.valid):
             return batch.valid
         hi, lo = row_keys([batch.columns[c.name] for c in self.schema.columns], batch.valid)
-        first, _ = _unique_first(hi, lo)
+        first, _ = import_keys._unique_first(hi, lo)
         first.sort()
-        run, _ = self.distinct.find(hi[first], lo[first])
-        new = first[run < 0]
-        self.distinct.add(hi[new], lo[new])
-        self.duplicates += len(batch.valid) - len(new)
-        return batch.valid[new]  # type: ignore[no-any-return]
+        self.duplicates += len(batch.valid) - len(first)
+        numbers = np.arange(self.candidates, self.candidates + len(first), dtype=np.int64)
+        self.candidates += len(first)
+        records = np.empty(len(first), dtype=import_keys.ROW)
+        records["hi"], records["lo"], records["g"] = hi[first], lo[first], numbers
+        self.row_keys.append(records)
+        keep: np.ndarray = batch.valid[first]
+        if self.person_keys is not None:
+            people = np.empty(len(keep), dtype=import_keys.PERSON)
+            people["hi"], people["lo"] = person_keys(batch.columns[self.schema.person_key][keep])
+            people["g"], people["line"] = numbers, np.asarray(batch.lines, dtype=np.int64)[keep]
+            self.person_keys.append(people)
+        return keep
 
-    def _within_person_limit(self, batch: Batch, keep: np.ndarray) -> np.ndarray:
-        """``keep`` without the rows past the most a person may have (counted in file order, over all batches)."""
-        assert self.persons is not None
-        if not len(keep):
-            return keep
-        key = self.schema.person_key
-        hi, lo = person_keys(batch.columns[key][keep])
-        first, inverse = _unique_first(hi, lo)
-        before = self.persons.counts(hi[first], lo[first])
-        order = np.argsort(inverse, kind="stable")
-        starts = np.searchsorted(inverse[order], np.arange(len(first)))
-        nth = np.empty(len(keep), dtype=np.int64)  # 0 for a person's first row in this batch, 1 for the next ...
-        nth[order] = np.arange(len(keep)) - starts[inverse[order]]
-        over = before[inverse] + nth + 1 > self.schema.max_rows_per_person
-        self.persons.add(hi[first], lo[first], np.bincount(inverse, minlength=len(first)))
-        reason = f"more than {self.schema.max_rows_per_person} rows for one person"
-        for position in np.flatnonzero(over):
-            batch.rejected[batch.lines[keep[position]]] = (key, reason)
-        return keep[~over]  # type: ignore[no-any-return]
+    def resolve(self) -> None:
+        """At the end of the stream: drop the copies of rows of earlier batches, reject rows past a person's limit
+        (counted in file order over the rows left), and so know the rows kept."""
+        self.marks = import_keys.Marks(self.keys_dir / "marks", self.candidates)
+        copies = import_keys.copies_of_earlier_rows(self.row_keys, self.marks.array)
+        self.duplicates += copies
+        over = 0
+        if self.person_keys is not None:
+            key = self.schema.person_key
+            over, lines = import_keys.rows_past_the_limit(self.person_keys, self.marks.array,
+                                                          self.schema.max_rows_per_person, REPORTED_REJECTIONS)
+            reason = f"more than {self.schema.max_rows_per_person} rows for one person"
+            self.rejected_count += over
+            self.rejected = sorted(self.rejected + [(line, key, reason) for line in lines])[:REPORTED_REJECTIONS]
+        self.kept = self.candidates - copies - over
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
+        self.row_keys.close()
+        if self.person_keys is not None:
+            self.person_keys.close()
+
+    def abort(self) -> None:
+        """The import failed: close the files without writing anything more (the directory is removed next)."""
+        self.row_keys.abandon()
+        if self.person_keys is not None:
+            self.person_keys.abandon()
+        for f in self.files.values():
+            try:
+                f.close()
+            except OSError:
+                pass  # e.g. a full disk: the failure being handled says so already
 
     def finish(self) -> tuple[str, str]:
         """Write the .npy files and schema.json from the staged columns; (schema JSON, content digest).
@@ -268,6 +285,8 @@ class _Builder:
                 os.fsync(dst.fileno())
             raw.unlink()
             os.chmod(path, 0o444)
+        self.marks = None
+        import_keys.remove(self.keys_dir)
         path = self.directory / "schema.json"
         with open(path, "xb") as f:
             f.write(schema_json.encode("utf-8"))
@@ -278,15 +297,23 @@ class _Builder:
         return schema_json, digest.hexdigest()
 
     def _blocks(self, name: str, src: BinaryIO, dtype: np.dtype) -> Iterable[bytes]:
+        """The kept rows of a staged column, in blocks, in the stored dtype."""
+        assert self.marks is not None
+        row = 0
         if name not in self.segments:
-            while block := src.read(BLOCK_BYTES):
-                yield block
+            step = max(1, BLOCK_BYTES // dtype.itemsize)
+            while block := src.read(step * dtype.itemsize):
+                values = np.frombuffer(block, dtype=dtype)
+                yield values[self.marks.kept(row, row + len(values))].tobytes()
+                row += len(values)
             return
         for rows, width in self.segments[name]:  # each batch at its own width, widened to the column's
             step = max(1, BLOCK_BYTES // (4 * width))
             for start in range(0, rows, step):
                 n = min(step, rows - start)
-                yield np.frombuffer(src.read(n * 4 * width), dtype=f"<U{width}").astype(dtype).tobytes()
+                values = np.frombuffer(src.read(n * 4 * width), dtype=f"<U{width}")
+                yield values[self.marks.kept(row, row + n)].astype(dtype).tobytes()
+                row += n
 
 
 @dataclasses.dataclass
@@ -394,6 +421,7 @@ def stage_import(
         builder.flush()
         if not builder.data_rows:
             raise _invalid_csv("no data rows after the header")
+        builder.resolve()
         if builder.rejected_count > max_rejected:
             examples = "; ".join(
                 f"line {line}, column '{column}': {reason}" if column else f"line {line}: {reason}"
@@ -407,7 +435,7 @@ def stage_import(
         staged_in = directory
     except BaseException:
         if builder is not None:
-            builder.close()
+            builder.abort()
         if directory is not None:
             _remove_tree(directory)
         _remove_empty(made)

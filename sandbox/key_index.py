@@ -1,13 +1,14 @@
-"""Distinct 128-bit keys, each with a count, in sorted runs: what a streamed import remembers of the rows before.
+"""Distinct 128-bit keys, each with a count, in sorted runs: one bucket's keys while an import resolves it.
 
 An import drops exact duplicates of earlier rows and counts each person's rows without holding the rows: each
-row (or person key) is reduced to 128 bits, two uint64 (``hi``, ``lo``), and this index keeps them sorted by
+row (or person key) is reduced to 128 bits, two uint64 (``hi``, ``lo``), and kept on disk in hash buckets
+(``import_keys``); resolving a bucket reads its keys in file order against this index, which keeps them sorted by
 ``hi`` in a few runs whose lengths fall geometrically (each batch of new keys is a run; the newest two runs are
 merged while the newer is at least as long as the older, up to ``MAX_MERGE`` keys). A lookup is one vectorised
 binary search per run; a key is copied O(log n) times.
 
-Memory: 16 bytes a distinct key (20 with counts), plus, while two runs merge, at most ``MAX_MERGE`` keys' worth.
-This is the import's one structure that grows with the table (ARCHITECTURE.md's bound, catalogue docstring).
+Memory: 16 bytes a distinct key (20 with counts), plus, while two runs merge, at most ``MAX_MERGE`` keys' worth;
+an import's bucket holds at most ``import_keys.SPLIT_RECORDS`` keys.
 """
 
 from __future__ import annotations
