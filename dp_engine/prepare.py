@@ -30,7 +30,7 @@ path of its own for all-true and all-false masks) and are gathered with
 `np.count_nonzero` of the mask); a grouped split sorts every row, the left-out ones as one more group,
 with two sentinel keys in front so that numpy's radix sort takes neither its
 already-sorted nor its constant-byte shortcut; a plain count reads a slice of
-one shared array of n zeros and the complement reads the rest. What remains:
+one shared array of n False values and the complement reads the rest. What remains:
 the noise samplers' time, opendp's own internals (e.g. the quantile's
 exponential mechanism over the candidates, constant in n), memory allocation
 and caches (a kept set of scattered rows gathers a little slower than a block).
@@ -75,7 +75,7 @@ __all__ = ["MAX_ROWS", "AggInputs", "Prepared", "cell_dtype", "prepare"]
 
 #: Up to this many wanted values, `in` is an OR of `==` passes; past it, one sorted look-up per row.
 _FEW_VALUES = 8
-#: Plain counts on tables of up to this many rows share one zeros array, never written (8 bytes a row).
+#: Plain counts on tables of up to this many rows share one array of False values, never written (a byte a row).
 _SHARED_ZEROS_MAX = 2**24
 #: Most buckets the radix-sorted grouped split handles (keys below the sentinels' high byte 0xFF).
 _RADIX_BUCKETS = 0xFF00
@@ -158,7 +158,7 @@ class _Selection:
         return self._column_cache[name]
 
     def kept_zeros(self) -> tuple[np.ndarray, np.ndarray]:
-        # A plain count reads only the length of its float64 input: two slices of one array of n zeros.
+        # A plain count reads only the length of its input: two slices of one array of n False values.
         kept = self.n if self.keep is None else int(np.count_nonzero(self.keep))
         zeros = _zeros(self.n)
         return zeros[:kept], zeros[kept:]
@@ -352,21 +352,22 @@ def _cast_column(col: np.ndarray, lower: float, upper: float) -> _Cast:
     return CAST_CACHE.get(col, lower, upper)
 
 
-_shared_zeros = np.zeros(0)
+_shared_zeros = np.zeros(0, dtype=bool)
 
 
 def _zeros(rows: int) -> np.ndarray:
-    """A float64 array of `rows` zeros, a view of one shared array when not too long.
+    """`rows` False values (what a plain count reads: only their number), a view of one shared array when not too
+    long.
 
     Writable, because opendp does not accept read-only arrays; nothing here writes to it, and a plain
     count reads only its length. It grows to n once per table size, so its cost depends on n alone.
     """
     global _shared_zeros
     if rows > _SHARED_ZEROS_MAX:
-        return np.zeros(rows)
+        return np.zeros(rows, dtype=bool)
     zeros = _shared_zeros
     if len(zeros) < rows:
-        zeros = np.zeros(rows)
+        zeros = np.zeros(rows, dtype=bool)
         _shared_zeros = zeros  # another thread may replace it too: both arrays are zeros
     return zeros[:rows]
 

@@ -52,6 +52,9 @@ ALPHA = 0.05
 #: The input space every primitive reads: float64 vectors without NaN, rows added or removed.
 FLOATS = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 ROWS = dp.symmetric_distance()
+#: What a plain count's runner reads: booleans, of which it reads only the number (opendp copies an eighth of
+#: the bytes a float64 vector would need).
+BOOLS = dp.vector_domain(dp.atom_domain(T=bool))
 
 #: A slot's calibrated noise scale.
 ScaleOf = Callable[["Slot"], float]
@@ -151,7 +154,7 @@ class Selection(Protocol):
     codes: np.ndarray | None  # every row's group code (0 for a row in no group), if grouped
 
     def kept_zeros(self) -> tuple[np.ndarray, np.ndarray]:
-        """float64 zeros, one per kept row and one per other row: what a plain count reads (only lengths)."""
+        """False values, one per kept row and one per other row: what a plain count reads (only lengths)."""
         ...
 
     def take_kept(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

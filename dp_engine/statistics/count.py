@@ -34,6 +34,7 @@ import opendp.prelude as dp
 from dp_engine.spec import Aggregate, ColumnInfo, Limits, QueryError, Statistic, StatisticEstimate
 from dp_engine.statistics.base import (
     ALPHA,
+    BOOLS,
     FLOATS,
     ROWS,
     AggInputs,
@@ -68,12 +69,16 @@ def discrete_half_width(scale: float, zcdp: bool, alpha: float) -> float:
 
 @dataclass(frozen=True)
 class CountPrimitive(Primitive):
-    """`make_count` with integer noise: reads only the length of its float64 input."""
+    """`make_count` with integer noise: reads only the length of its input (booleans; priced from float64 vectors
+    through opendp's 1-stable cast, like every primitive)."""
 
     kind: ClassVar[str] = "count"
 
+    def cast(self) -> dp.Transformation:
+        return dp.t.make_cast_default(FLOATS, ROWS, TOA="bool")
+
     def runner(self, scale: float, zcdp: bool) -> dp.Measurement:
-        return dp.t.make_count(FLOATS, ROWS) >> noise(scale, zcdp)
+        return dp.t.make_count(BOOLS, ROWS) >> noise(scale, zcdp)
 
     def mechanism(self, zcdp: bool) -> str:
         return f"discrete {family(zcdp)}"

@@ -123,7 +123,7 @@ def check_inputs(agg: Aggregate, filters: tuple[Filter, ...], group_by: tuple[st
             assert inputs.cells.dtype == inputs.complement_cells.dtype == cell_dtype(groups)  # type: ignore[union-attr]
             assert np.all((inputs.complement_cells >= 0) & (inputs.complement_cells < groups))  # type: ignore[operator]
         else:
-            assert inputs.cells.dtype == inputs.complement_cells.dtype == np.float64  # type: ignore[union-attr]
+            assert inputs.cells.dtype == inputs.complement_cells.dtype == np.bool_  # type: ignore[union-attr]
             assert len(inputs.cells) == np.count_nonzero(mask)  # type: ignore[arg-type]
         assert len(inputs.cells) + len(inputs.complement_cells) == N_ROWS  # type: ignore[arg-type]
         return
