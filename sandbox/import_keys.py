@@ -154,7 +154,7 @@ class Buckets:
         return fan.buckets()
 
 
-def _unique_first(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unique_first(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of each key's first occurrence, and each position's key number."""
     pairs = np.ascontiguousarray(np.stack([hi, lo], axis=1)).view(np.dtype((np.void, 16))).ravel()
     _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
@@ -168,7 +168,7 @@ def copies_of_earlier_rows(rows: Buckets, marks: np.ndarray) -> int:
         index = KeyIndex()
         for block in blocks:
             hi, lo = block["hi"], block["lo"]
-            first, _ = _unique_first(hi, lo)
+            first, _ = unique_first(hi, lo)
             first.sort()
             run, _ = index.find(hi[first], lo[first])
             new = first[run < 0]
@@ -192,7 +192,7 @@ def rows_past_the_limit(persons: Buckets, marks: np.ndarray, limit: int, reporte
             if not len(block):
                 continue
             hi, lo = block["hi"], block["lo"]
-            first, inverse = _unique_first(hi, lo)
+            first, inverse = unique_first(hi, lo)
             before = index.counts(hi[first], lo[first])
             order = np.argsort(inverse, kind="stable")
             starts = np.searchsorted(inverse[order], np.arange(len(first)))

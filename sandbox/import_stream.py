@@ -213,7 +213,7 @@ class _Builder:
         if not len(batch.valid):
             return batch.valid
         hi, lo = row_keys([batch.columns[c.name] for c in self.schema.columns], batch.valid)
-        first, _ = import_keys._unique_first(hi, lo)
+        first, _ = import_keys.unique_first(hi, lo)
         first.sort()
         self.duplicates += len(batch.valid) - len(first)
         numbers = np.arange(self.candidates, self.candidates + len(first), dtype=np.int64)
