@@ -170,7 +170,8 @@ class Selection(Protocol):
         ...
 
     def split(self, column: str) -> tuple[np.ndarray, ...]:
-        """The column's kept, present values, one float64 array per group, then (last) every other row's."""
+        """The column's kept, present values, one float64 array per group, then (last) every other row's, each
+        in ascending order."""
         ...
 
     def split_clamped(self, column: str) -> tuple[np.ndarray, ...]:
@@ -187,6 +188,11 @@ class Selection(Protocol):
         it covers every row: it needs no complement."""
         ...
 
+    def masked_clamped_by_group(self, column: str) -> tuple[np.ndarray, ...]:
+        """One array of n values per group (grouped queries only): the column's clamped value where the row is
+        kept, not missing it and in that group, 0.0 elsewhere. Each covers every row: no complement."""
+        ...
+
 
 def split_inputs(agg: Aggregate, selection: Selection) -> AggInputs:
     """One value array per group and the complement: what per-group quantiles read."""
@@ -194,11 +200,19 @@ def split_inputs(agg: Aggregate, selection: Selection) -> AggInputs:
     return AggInputs(values=tuple(values), complement_values=rest)
 
 
+#: Grouped sums over at most this many groups read one masked array of n values per group (no sort, no gather,
+#: the same work whichever rows fall in which group); over more, the clamped values split by group.
+MASKED_GROUPS = 16
+
+
 def sum_inputs(agg: Aggregate, selection: Selection) -> AggInputs:
-    """What a sum's runner reads: every row's masked clamped value if ungrouped (no complement needed: it
-    covers all n rows), else the clamped values split by group and the complement."""
+    """What a sum's runner reads: every row's masked clamped value, one array of n per group (no complement
+    needed: each covers all n rows); over more than `MASKED_GROUPS` groups, the clamped values split by group and
+    the complement."""
     if selection.codes is None:
         return AggInputs(values=(selection.masked_clamped(agg.column),))
+    if selection.groups <= MASKED_GROUPS:
+        return AggInputs(values=selection.masked_clamped_by_group(agg.column))
     *values, rest = selection.split_clamped(agg.column)
     return AggInputs(values=tuple(values), complement_values=rest)
 

@@ -33,7 +33,9 @@ from dp_engine import (
 from dp_engine.calibrate import Calibration
 from dp_engine.prepare import _RADIX_BUCKETS, Prepared, _split_by_group, cell_dtype
 
+
 plan_module = importlib.import_module("dp_engine.plan")  # `dp_engine.plan` the attribute is the function
+statistics_base = importlib.import_module("dp_engine.statistics.base")
 
 N_ROWS = 1500
 REGIONS = ("north", "south", "east", "west")
@@ -147,14 +149,21 @@ def check_inputs(agg: Aggregate, filters: tuple[Filter, ...], group_by: tuple[st
         assert got.dtype == np.float64 and got.flags.writeable and len(got) == N_ROWS
         assert np.array_equal(got, np.where(kept, values, 0.0)) and inputs.complement_values is None
         assert got.sum() == pytest.approx(np.clip(raw[kept], column.lower, column.upper).sum())
+    elif summed and groups <= statistics_base.MASKED_GROUPS:  # one masked array of n per group; no complement
+        assert len(inputs.values) == groups and inputs.complement_values is None
+        for g, got in enumerate(inputs.values):
+            assert got.dtype == np.float64 and got.flags.writeable and len(got) == N_ROWS
+            assert np.array_equal(got, np.where(kept & (codes == g), values, 0.0))
     else:
-        expected = [values[kept & (codes == g)] for g in range(groups)]  # row order within each group, as before
+        # A sum's split keeps row order within each group; a quantile's parts are each in ascending order.
+        arrange = np.sort if agg.kind is AggKind.QUANTILE else (lambda a: a)
+        expected = [arrange(values[kept & (codes == g)]) for g in range(groups)]
         assert len(inputs.values) == groups
         for got, want in zip(inputs.values, expected):
             assert got.dtype == np.float64 and got.flags.writeable and np.array_equal(got, want)
         rest = inputs.complement_values
         assert rest is not None and rest.dtype == np.float64 and rest.flags.writeable and not np.isnan(rest).any()
-        assert np.array_equal(rest, values[~kept])
+        assert np.array_equal(rest, arrange(values[~kept]))
         assert sum(len(v) for v in inputs.values) + len(rest) == N_ROWS
     if agg.kind is AggKind.MEAN:
         if group_by:
@@ -176,6 +185,16 @@ def test_kept_arrays_are_unchanged_and_with_the_complement_cover_every_row(
     check_inputs(AGGREGATES[kind], FILTERS[filtering], GROUPINGS[grouping], data)
 
 
+@pytest.mark.parametrize("grouping", ["by region", "by region and sex"])
+@pytest.mark.parametrize("filtering", sorted(FILTERS))
+@pytest.mark.parametrize("kind", ["sum", "mean"])
+def test_grouped_sums_over_more_groups_than_masked_split_by_group(
+        data: dict[str, np.ndarray], kind: str, filtering: str, grouping: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MASKED_GROUPS groups a sum reads its values split by group, and the complement."""
+    monkeypatch.setattr(statistics_base, "MASKED_GROUPS", 1)
+    check_inputs(AGGREGATES[kind], FILTERS[filtering], GROUPINGS[grouping], data)
+
+
 def test_the_filters_of_the_cases_keep_what_their_names_say(data: dict[str, np.ndarray]) -> None:
     """Otherwise the cases above would not cover both ends."""
     assert reference_mask(FILTERS["keeps all"], (), data).all()
@@ -190,10 +209,16 @@ def test_missing_values_and_groups_go_to_the_complement_as_in_domain_values() ->
     data = {"income": income, "region": region}
     query = Query((Aggregate(AggKind.SUM, "income"), Aggregate(AggKind.COUNT)), group_by=("region",))
     total, count = prepare(query, COLUMNS, data).inputs
+    # A few groups: one masked array per group, 0.0 for every row not in it (missing values and groups included)
+    assert [list(v) for v in total.values] == [[0.0] * 5, [0.0] * 5, [0.0] * 5, [0.0, 0.0, 0.0, 7.0, 0.0]]
+    assert total.complement_values is None
+    assert list(count.cells) == [0, 1, 3] and list(count.complement_cells) == [0, 0]  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as patch:  # many groups: split, and the complement
+        patch.setattr(statistics_base, "MASKED_GROUPS", 1)
+        total, _ = prepare(query, COLUMNS, data).inputs
     assert [list(v) for v in total.values] == [[], [], [], [7.0]]
     # NaN as the lower bound, and clamped as everything a sum reads
     assert list(total.complement_values) == [0.0, 5.0, 0.0, 100_000.0]  # type: ignore[arg-type]
-    assert list(count.cells) == [0, 1, 3] and list(count.complement_cells) == [0, 0]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("buckets", [2, 5, 256, 257, _RADIX_BUCKETS, _RADIX_BUCKETS + 1])
@@ -272,7 +297,8 @@ def test_release_runs_each_measurement_on_the_complement_last_and_drops_it(
     stats = p.release(data)
 
     slots = [slot for slots in p.calibration.layouts for slot in slots]
-    covering = [not group_by and slot.primitive.kind == "sum" for slot in slots]  # reads every row: no complement
+    masked = not group_by or groups_of(group_by) <= statistics_base.MASKED_GROUPS
+    covering = [masked and slot.primitive.kind == "sum" for slot in slots]  # reads every row: no complement
     real = [c for c in recorded if not c[2]]
     discarded = [c for c in recorded if c[2]]
     assert recorded == real + discarded  # every discarded call comes after every real one
@@ -282,8 +308,10 @@ def test_release_runs_each_measurement_on_the_complement_last_and_drops_it(
     # What makes the work independent of the filter: per slot, real and discarded calls read n rows in all.
     read, thrown = iter(real), iter(discarded)
     for slot, all_rows in zip(slots, covering):
-        rest = 0 if all_rows else next(thrown)[1]
-        assert sum(next(read)[1] for _ in range(slot.copies)) + rest == N_ROWS
+        if all_rows:  # every copy (one per group) reads a masked array of all n rows
+            assert [next(read)[1] for _ in range(slot.copies)] == [N_ROWS] * slot.copies
+            continue
+        assert sum(next(read)[1] for _ in range(slot.copies)) + next(thrown)[1] == N_ROWS
     assert all(s.value != POISON for s in stats)
     mask = reference_mask(FILTERS[filtering], group_by, data)
     counts = [s.value for s in stats if s.aggregate == "count"]

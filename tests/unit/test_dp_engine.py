@@ -611,7 +611,7 @@ def test_column_casts_are_kept_only_for_read_only_columns_and_only_while_they_li
 def test_the_column_cast_cache_stays_within_its_bytes() -> None:
     from dp_engine.prepare import _CastCache
 
-    cache = _CastCache(max_bytes=3 * 17 * 1000)  # room for three 1,000-row float columns (17 bytes a row)
+    cache = _CastCache(max_bytes=3 * 33 * 1000)  # room for three 1,000-row float columns (33 bytes a row)
     arrays = [np.arange(1000, dtype=np.float64) for _ in range(5)]
     for array in arrays:
         array.setflags(write=False)
