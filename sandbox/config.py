@@ -31,6 +31,9 @@ class ServerConfig:
     max_import_bytes: int = 8 * 1024 * 1024 * 1024
     clock_skew_seconds: int = 300
     workers: int = 16
+    # glibc keeps large freed blocks in one arena (sandbox.server.keep_freed_memory): faster large DP queries,
+    # resident memory stays near its peak.
+    keep_freed_memory: bool = True
     audit_checkpoint_every: int = 32
     unauthenticated_audits_per_minute: int = 60  # per network peer; more refusals are refused but not audited
     registrations_per_minute: int = 5  # self-registrations per network peer and minute
@@ -222,6 +225,8 @@ max_message_bytes = {d.max_message_bytes}       # largest request or response (H
 max_import_bytes = {d.max_import_bytes}      # largest dataset import: its stream, and its CSV once decompressed
 clock_skew_seconds = {d.clock_skew_seconds}             # accepted difference between a request's time and the server's
 workers = {d.workers}                         # threads serving calls
+keep_freed_memory = {str(d.keep_freed_memory).lower()}             # glibc keeps large freed blocks for the next query (a 1M-row DP
+                                        # query a quarter faster; resident memory stays near its peak)
 audit_checkpoint_every = {d.audit_checkpoint_every}           # sign a tree head of the audit log every N entries (and at shutdown)
 # The audit signing key, kept outside the data directory so that whoever holds the directory cannot re-sign a
 # rewritten log; the server refuses a key file others can read. Keep it on another disk or machine (README).

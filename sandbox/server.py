@@ -105,7 +105,8 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    keep_freed_memory()
+    if config.keep_freed_memory:
+        keep_freed_memory()
     catalogue_key = catalogue_secret(config.catalogue_key)  # read once; created here for older data directories
     db = open_state(config.state_location, busy_timeout_ms=config.busy_timeout_ms, release_rows=functools.partial(
         catalogue.public_rows_of_stored, epsilon=config.catalogue_count_epsilon))

@@ -153,3 +153,22 @@ def test_init_refuses_an_audit_key_inside_the_data_directory(tmp_path: Path) -> 
     inside = subprocess.run([*SANDBOX, "init", str(tmp_path / "sbx"), "--audit-key-dir", str(tmp_path / "sbx" / "k")],
                             capture_output=True, text=True, cwd=ROOT)
     assert inside.returncode == 1 and "outside the data directory" in inside.stderr, inside.stderr
+
+
+def test_keeping_freed_memory_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On by default (glibc's mallopt applies here); ``keep_freed_memory = false`` leaves the allocator alone."""
+    import sandbox.server as server_module
+    from tests.conftest import start_sandbox
+
+    assert server_module.keep_freed_memory() is True  # this machine's libc has mallopt and takes the values
+    calls: list[int] = []
+    monkeypatch.setattr(server_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    for value, expected in ((False, 0), (True, 1)):
+        calls.clear()
+        sbx = start_sandbox(tmp_path / str(value), keep_freed_memory=value)
+        try:
+            with sbx.admin() as admin:
+                assert admin.whoami().name  # the server serves either way
+        finally:
+            sbx.stop()
+        assert len(calls) == expected
