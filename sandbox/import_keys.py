@@ -21,7 +21,6 @@ marks.
 from __future__ import annotations
 
 import heapq
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class _Fan:
     (an import keeps no descriptor per bucket, however many run at once)."""
 
     def __init__(self, stem: Path, depth: int) -> None:
-        self.stem, self.depth = stem, depth
+        self.depth = depth
         self.paths = [stem.with_name(f"{stem.name}-{b:02x}") for b in range(FAN_OUT)]
         self.counts = [0] * FAN_OUT
         self._pending: list[list[bytes]] = [[] for _ in range(FAN_OUT)]
@@ -113,11 +112,9 @@ class Buckets:
     def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
         self.dtype = dtype
         self._fan = _Fan(directory / name, 0)
-        self.records = 0
 
     def append(self, records: np.ndarray) -> None:
         self._fan.write(records)
-        self.records += len(records)
 
     def close(self) -> None:
         self._fan.close()
@@ -216,13 +213,8 @@ class Marks:
     """One byte per candidate row, on disk (``KEPT``, ``DUPLICATE`` or ``OVER_LIMIT``)."""
 
     def __init__(self, path: Path, rows: int) -> None:
-        self.path = path
         self.array: np.ndarray = (np.memmap(path, dtype=np.uint8, mode="w+", shape=(rows,)) if rows
                                   else np.zeros(0, dtype=np.uint8))
 
     def kept(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop] == KEPT  # type: ignore[no-any-return]
-
-
-def remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)

@@ -286,7 +286,7 @@ class _Builder:
             raw.unlink()
             os.chmod(path, 0o444)
         self.marks = None
-        import_keys.remove(self.keys_dir)
+        _remove_tree(self.keys_dir)
         path = self.directory / "schema.json"
         with open(path, "xb") as f:
             f.write(schema_json.encode("utf-8"))
