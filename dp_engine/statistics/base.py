@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -135,10 +135,11 @@ class AggInputs:
     outputs.
     """
 
-    # float64 for a plain count (only its length matters); otherwise group codes or group*bins + bin,
+    # booleans for a plain count (only its length matters); otherwise group codes or group*bins + bin,
     # of cell_dtype(cells)
     cells: np.ndarray | None = None
-    values: tuple[np.ndarray, ...] = ()  # float64 values without NaN, one array per group
+    # float64 values without NaN, one array per group (a grouped sum's are made as they are read)
+    values: Sequence[np.ndarray] = ()
     complement_cells: np.ndarray | None = None
     complement_values: np.ndarray | None = None  # None: `values` already cover every row (an ungrouped sum)
 
@@ -188,9 +189,10 @@ class Selection(Protocol):
         it covers every row: it needs no complement."""
         ...
 
-    def masked_clamped_by_group(self, column: str) -> tuple[np.ndarray, ...]:
-        """One array of n values per group (grouped queries only): the column's clamped value where the row is
-        kept, not missing it and in that group, 0.0 elsewhere. Each covers every row: no complement."""
+    def masked_clamped_by_group(self, column: str) -> Sequence[np.ndarray]:
+        """One array of n values per group (grouped queries only), each made as it is read: the column's clamped
+        value where the row is kept, not missing it and in that group, 0.0 elsewhere. Each covers every row: no
+        complement."""
         ...
 
 

@@ -618,3 +618,31 @@ def test_the_column_cast_cache_stays_within_its_bytes() -> None:
         cache.get(array, 0.0, 10.0)
     assert len(cache._items) == 3 and cache._bytes <= cache.max_bytes
     assert [key[0] for key in cache._items] == [id(a) for a in arrays[2:]]  # least recently used out first
+
+
+def test_a_grouped_sum_holds_one_group_array_at_a_time() -> None:
+    """Each group reads a masked array of all n rows; a release makes them as it reads them, so 16 groups of n rows
+    never sit in memory at once (all at once would be 16 x 8 bytes a row). The sums are still each group's."""
+    import tracemalloc
+
+    n, groups = 200_000, 16
+    rng = np.random.default_rng(3)
+    region = rng.integers(0, groups, n).astype(np.int16)
+    hours = rng.uniform(1.0, 99.0, n)
+    for array in (region, hours):
+        array.setflags(write=False)
+    columns = {"region": CategoricalColumn("region", tuple(f"r{i}" for i in range(groups))),
+               "hours": NumericColumn("hours", 1.0, 99.0)}
+    query = Query((Aggregate(AggKind.SUM, "hours"),), group_by=("region",))
+    data = {"region": region, "hours": hours}
+    p = plan(query, columns, epsilon=1e6, delta=0.0, unit=1)
+    p.release(data)  # the column's cast, kept for later queries, is made here
+    tracemalloc.start()
+    try:
+        stats = p.release(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 8 * n  # a few group arrays' worth, not sixteen
+    for g, stat in enumerate(stats):
+        assert stat.value == pytest.approx(hours[region == g].sum(), abs=1e-3 * n)  # epsilon 1e6
