@@ -375,6 +375,8 @@ def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardC
                                                description="Pilot: expected-cost bands for a supplementary plan.")
             break
         except InvalidArgument as exc:
+            if "contributions are unbalanced" not in str(exc):  # any other refusal is the demo's own mistake
+                raise
             console.print(f"The registry refused the lab's {what}: [red]{exc}[/] (each DP run draws fresh noise).")
     else:
         raise SystemExit("the registry refused every model the lab trained")
