@@ -273,8 +273,10 @@ FL_FEATURES = ["xage", "female", "educdec", "lfam", "coins", "linc", "disea", "p
 FL_THRESHOLD = 35.0  # dollars a year: the label is "medical spending above this public threshold"
 
 
-def federated_training(admin: AdminClient, lab: ResearcherClient, steward: StewardClient) -> list[tuple[str, str]]:
-    """Chapter 10; returns (job id, what it is) of the three runs: DP with and without secure aggregation, no DP."""
+def federated_training(admin: AdminClient, lab: ResearcherClient, steward: StewardClient
+                       ) -> list[tuple[str, str, str]]:
+    """Chapter 10; returns (job id, what it is, a registry name) of the three runs: DP with and without secure
+    aggregation, no DP."""
     chapter(10, "A researcher trains across the six RAND sites: with and without DP, only the model leaves")
     plan = lab.register_plan(dataset="rand_hie", features=FL_FEATURES, label="meddol", label_threshold=FL_THRESHOLD)
     s = lab.apply(title="Medical spending model", purpose="Predict above-threshold medical spending",
@@ -354,24 +356,24 @@ def federated_training(admin: AdminClient, lab: ResearcherClient, steward: Stewa
                   f"{on_res.epsilon_charged.normalize()}. Under DP the per-round federated metrics are withheld "
                   "(epsilon does not cover them); the researcher received each model and nothing from any single "
                   "site.")
-    return [(jobs[0], "DP model"), (jobs[1], "other DP model (trained with secure aggregation off)"),
-            (jobs[2], "model trained without DP")]
+    return [(jobs[0], "DP model", "medical-spending-dp"),
+            (jobs[1], "other DP model (trained with secure aggregation off)", "medical-spending-dp"),
+            (jobs[2], "model trained without DP", "medical-spending")]
 
 
 FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insurer holds for its own customers
 
 
-def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardClient, jobs: list[tuple[str, str]],
-                    address: str, ca: Path) -> None:
+def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardClient,
+                    jobs: list[tuple[str, str, str]], address: str, ca: Path) -> None:
     chapter(11, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
     private = list(FL_PRIVATE)
     # A DP model's weights carry the training noise: now and then one term dwarfs all but one or two others, and the
     # release rule's balance check refuses it (folding the small terms would leave too few sandbox columns). The lab
-    # then registers its next run; the model trained without DP always passes.
-    for job, what in jobs:
+    # then registers its next run; the model trained without DP has no noise and passes.
+    for job, what, name in jobs:
         try:
-            model = lab.register_trained_model(job, name="medical-spending" + ("-dp" if "DP model" in what else ""),
-                                               private_features=private,
+            model = lab.register_trained_model(job, name=name, private_features=private,
                                                description="Pilot: expected-cost bands for a supplementary plan.")
             break
         except InvalidArgument as exc:
