@@ -364,24 +364,32 @@ def federated_training(admin: AdminClient, lab: ResearcherClient, steward: Stewa
 FL_PRIVATE = ["linc", "lfam"]  # log income and log family size: figures an insurer holds for its own customers
 
 
-def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardClient,
-                    jobs: list[tuple[str, str, str]], address: str, ca: Path) -> None:
-    chapter(11, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
-    private = list(FL_PRIVATE)
-    # A DP model's weights carry the training noise: now and then one term dwarfs all but one or two others, and the
-    # release rule's balance check refuses it (folding the small terms would leave too few sandbox columns). The lab
-    # then registers its next run; the model trained without DP has no noise and passes.
+def register_first_accepted(lab: ResearcherClient, jobs: list[tuple[str, str, str]],
+                            private: list[str]) -> tuple[str, str, str]:
+    """Register the first of ``jobs`` the release rule accepts: (model hash, job id, what it is).
+
+    A DP model's weights carry the training noise: now and then one term dwarfs all but one or two others, and the
+    rule's balance check refuses it (folding the small terms would leave too few sandbox columns). The lab then
+    registers its next run; the model trained without DP has no noise and passes. Any other refusal is the demo's
+    own mistake and ends it.
+    """
     for job, what, name in jobs:
         try:
             model = lab.register_trained_model(job, name=name, private_features=private,
                                                description="Pilot: expected-cost bands for a supplementary plan.")
-            break
+            return model, job, what
         except InvalidArgument as exc:
-            if "contributions are unbalanced" not in str(exc):  # any other refusal is the demo's own mistake
+            if "contributions are unbalanced" not in str(exc):
                 raise
             console.print(f"The registry refused the lab's {what}: [red]{exc}[/] (each DP run draws fresh noise).")
-    else:
-        raise SystemExit("the registry refused every model the lab trained")
+    raise SystemExit("the registry refused every model the lab trained")
+
+
+def insurer_scoring(admin: AdminClient, lab: ResearcherClient, steward: StewardClient,
+                    jobs: list[tuple[str, str, str]], address: str, ca: Path) -> None:
+    chapter(11, "The lab's DP model goes into the registry; an insurer scores people with it under HE")
+    private = list(FL_PRIVATE)
+    model, job, what = register_first_accepted(lab, jobs, private)
     spec = admin.model(model)
     public = [c for c, _ in spec.public_features]
     folded = [f for f in FL_FEATURES if f not in private and f not in public]
