@@ -149,13 +149,25 @@ def _peer_host(context: grpc.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+def _caller_waits(context: grpc.ServicerContext) -> bool:
+    """The call is not cancelled and its deadline has not passed (``is_active()`` turns false a little after the
+    deadline; ``time_remaining()`` says it at once)."""
+    remaining = context.time_remaining()
+    return bool(context.is_active()) and (remaining is None or remaining > 0)
+
+
 class VerifiedStream:
     """A client stream's messages as they arrive, held to what was signed: MESSAGE_TOO_LARGE at the first message
     that goes beyond the declared size; at the end, SIGNATURE_INVALID instead of the end unless the size and digest
-    match; STREAM_CUT if the caller cancels or its deadline passes. Each message is decoded as it is read."""
+    match; STREAM_CUT if the caller cancels or its deadline passes. Each message is decoded as it is read.
 
-    def __init__(self, raws: Any, declared: int, declared_sha: str, deserialize: Callable[[bytes], Any]) -> None:
+    A cancelled call's stream may look as if it ended (gRPC can deliver the end of the messages before it marks
+    the call cancelled): a short stream whose caller is ``gone()`` is STREAM_CUT too."""
+
+    def __init__(self, raws: Any, declared: int, declared_sha: str, deserialize: Callable[[bytes], Any],
+                 gone: Callable[[], bool] = lambda: False) -> None:
         self._raws = iter(raws)
+        self._gone = gone
         self._declared = declared
         self._declared_sha = declared_sha
         self._deserialize = deserialize
@@ -178,6 +190,9 @@ class VerifiedStream:
             raw = next(self._raws)
         except StopIteration:
             if self._digest.total != self._declared or self._digest.hexdigest() != self._declared_sha:
+                if self._gone():
+                    raise SandboxError(ErrorCode.STREAM_CUT, log_detail="the caller went before the stream's end") \
+                        from None
                 raise SandboxError(ErrorCode.SIGNATURE_INVALID,
                                    log_detail="stream differs from its signed digest") from None
             self.verified = True
@@ -323,13 +338,13 @@ class SigningInterceptor(grpc.ServerInterceptor):
             self._check_role(method, principal)
             with self._db.write() as tx:  # claimed now, so that a replay is refused before any of it is read
                 claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
-            stream = VerifiedStream(raws, declared, declared_sha, handler.request_deserializer)
+            stream = VerifiedStream(raws, declared, declared_sha, handler.request_deserializer,
+                                    gone=lambda: not _caller_waits(context))
             staged = handler.stream_unary(stream, context)
             if not isinstance(staged, Staged):
                 raise TypeError(f"{method}: a streamed handler must return a Staged")
             stream.finish()
-            remaining = context.time_remaining()
-            if not context.is_active() or (remaining is not None and remaining <= 0):
+            if not _caller_waits(context):
                 raise SandboxError(ErrorCode.STREAM_CUT, log_detail="the deadline passed before registration")
             described = describe_streamed(stream.first, stream.messages, stream.total)
             with self._db.write() as tx:
@@ -489,9 +504,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 raise
             raise failed from exc
         body: bytes = handler.response_serializer(response)
-        # is_active() turns false a little after the deadline; time_remaining() says it at once.
-        remaining = context.time_remaining()
-        released = context.is_active() and (remaining is None or remaining > 0)
+        released = _caller_waits(context)
         with self._db.write() as tx:
             if deferred.on_success is not None:
                 deferred.on_success(tx, body)

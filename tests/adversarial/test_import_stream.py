@@ -14,7 +14,7 @@ import gzip
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +391,29 @@ def test_a_staging_directory_swept_before_its_lock_is_taken_is_replaced(tmp_path
     assert staged.info.row_count == 30
     staged.discard()
     assert not list((tmp_path / "datasets").rglob(".tmp-*"))
+
+
+def test_a_stream_that_ends_short_is_cut_if_its_caller_is_gone_and_refused_as_unsigned_if_not(tmp_path: Path) -> None:
+    """gRPC may hand the server the end of a cancelled call's messages before it marks the call cancelled: a stream
+    that ends short of its signed size is then STREAM_CUT (the caller went), and SIGNATURE_INVALID while the caller
+    still waits (it sent less than it signed). The whole stream is read and verified either way."""
+    from sandbox.errors import SandboxError
+    from sandbox.interceptor import VerifiedStream
+    from wire.signing import stream_digest
+
+    bodies = bodies_of(schema_pb(tmp_path, "short"), CSV)
+    assert len(bodies) > 4
+    total, digest = sum(map(len, bodies)), stream_digest(bodies)
+    decode = admin_pb2.ImportDatasetRequest.FromString
+
+    def caller(gone: bool) -> Callable[[], bool]:
+        return lambda: gone
+
+    for gone, code in ((False, "SIGNATURE_INVALID"), (True, "STREAM_CUT")):
+        stream = VerifiedStream(bodies[:4], total, digest, decode, gone=caller(gone))
+        with pytest.raises(SandboxError) as refused:
+            list(stream)
+        assert refused.value.code.value == code and stream.messages == 4 and not stream.verified
+    for gone in (False, True):
+        whole = VerifiedStream(bodies, total, digest, decode, gone=caller(gone))
+        assert len(list(whole)) == len(bodies) and whole.verified
