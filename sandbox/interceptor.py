@@ -156,13 +156,40 @@ def _caller_waits(context: grpc.ServicerContext) -> bool:
     return bool(context.is_active()) and (remaining is None or remaining > 0)
 
 
+#: How long a stream that ended short of its signed size waits for gRPC to say whether its caller cancelled.
+SHORT_STREAM_GRACE_S = 1.0
+
+
+def _caller_went(context: grpc.ServicerContext, wait: float = SHORT_STREAM_GRACE_S) -> bool:
+    """Whether the call was cancelled or its deadline passed, waiting up to ``wait`` seconds for gRPC to say so.
+
+    gRPC can end a cancelled call's messages before it marks the call cancelled (seen under load: the stream ended,
+    the call still active, cancelled 0.2 s later). A caller that only sent less than it signed still waits for the
+    answer, so its call does not end meanwhile and the whole wait is its own.
+    """
+    if not _caller_waits(context):
+        return True
+    ended = threading.Event()
+    if not context.add_callback(ended.set):  # the call has already ended
+        return True
+    return ended.wait(wait) or not _caller_waits(context)
+
+
+def _unsigned_end(short: bool, gone: Callable[[], bool]) -> SandboxError:
+    """The refusal of a stream that ended without its signed size and digest: cut if it ended ``short`` of the size
+    and its caller went; otherwise it is not what was signed."""
+    if short and gone():
+        return SandboxError(ErrorCode.STREAM_CUT, log_detail="the caller went before the stream's end")
+    return SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="stream differs from its signed digest")
+
+
 class VerifiedStream:
     """A client stream's messages as they arrive, held to what was signed: MESSAGE_TOO_LARGE at the first message
     that goes beyond the declared size; at the end, SIGNATURE_INVALID instead of the end unless the size and digest
     match; STREAM_CUT if the caller cancels or its deadline passes. Each message is decoded as it is read.
 
-    A cancelled call's stream may look as if it ended (gRPC can deliver the end of the messages before it marks
-    the call cancelled): a short stream whose caller is ``gone()`` is STREAM_CUT too."""
+    A cancelled call's stream may look as if it ended (``_caller_went``): a short stream whose caller is ``gone()``
+    is STREAM_CUT too."""
 
     def __init__(self, raws: Any, declared: int, declared_sha: str, deserialize: Callable[[bytes], Any],
                  gone: Callable[[], bool] = lambda: False) -> None:
@@ -190,11 +217,7 @@ class VerifiedStream:
             raw = next(self._raws)
         except StopIteration:
             if self._digest.total != self._declared or self._digest.hexdigest() != self._declared_sha:
-                if self._gone():
-                    raise SandboxError(ErrorCode.STREAM_CUT, log_detail="the caller went before the stream's end") \
-                        from None
-                raise SandboxError(ErrorCode.SIGNATURE_INVALID,
-                                   log_detail="stream differs from its signed digest") from None
+                raise _unsigned_end(self._digest.total < self._declared, self._gone) from None
             self.verified = True
             raise
         except grpc.RpcError:
@@ -312,7 +335,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
                 digest.update(raw)
                 chunks.append(raw)
             if digest.total != declared or digest.hexdigest() != declared_sha:
-                raise SandboxError(ErrorCode.SIGNATURE_INVALID, log_detail="stream differs from its signed digest")
+                raise _unsigned_end(digest.total < declared, lambda: _caller_went(context))
         except Exception as exc:  # noqa: BLE001 - every failure leaves through _refuse
             self._refuse(context, method, claimed, declared_sha if _HEX64.match(declared_sha) else "", exc, None,
                          admitted)
@@ -339,7 +362,7 @@ class SigningInterceptor(grpc.ServerInterceptor):
             with self._db.write() as tx:  # claimed now, so that a replay is refused before any of it is read
                 claim_nonce(tx, principal.id, headers.nonce, headers.timestamp_ms)
             stream = VerifiedStream(raws, declared, declared_sha, handler.request_deserializer,
-                                    gone=lambda: not _caller_waits(context))
+                                    gone=lambda: _caller_went(context))
             staged = handler.stream_unary(stream, context)
             if not isinstance(staged, Staged):
                 raise TypeError(f"{method}: a streamed handler must return a Staged")

@@ -417,3 +417,42 @@ def test_a_stream_that_ends_short_is_cut_if_its_caller_is_gone_and_refused_as_un
     for gone in (False, True):
         whole = VerifiedStream(bodies, total, digest, decode, gone=caller(gone))
         assert len(list(whole)) == len(bodies) and whole.verified
+
+
+class Call:
+    """A servicer context's view of a call's end: active or not, time left, and callbacks run when it ends."""
+
+    def __init__(self, *, active: bool = True, remaining: float | None = 10.0, ended: bool = False,
+                 ends_when_asked: bool = False) -> None:
+        self.active, self.remaining, self.ended, self.ends_when_asked = active, remaining, ended, ends_when_asked
+        self.callbacks: list[Callable[[], None]] = []
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        if self.ended:
+            return False
+        self.callbacks.append(callback)
+        if self.ends_when_asked:  # gRPC marks the call cancelled just after the stream's end was seen
+            callback()
+        return True
+
+
+def test_a_caller_went_if_its_call_ends_even_after_its_stream_did() -> None:
+    """What decides between STREAM_CUT and SIGNATURE_INVALID for a short stream: gone at once (inactive, no time
+    left, already ended), gone once gRPC ends the call within the grace, and still there if the call goes on."""
+    from sandbox.interceptor import SHORT_STREAM_GRACE_S, _caller_went
+
+    assert SHORT_STREAM_GRACE_S > 0
+    assert _caller_went(Call(active=False), wait=0.0)  # type: ignore[arg-type]
+    assert _caller_went(Call(remaining=0.0), wait=0.0)  # type: ignore[arg-type]
+    assert _caller_went(Call(ended=True), wait=0.0)  # type: ignore[arg-type]
+    assert _caller_went(Call(ends_when_asked=True), wait=0.0)  # type: ignore[arg-type]
+    waiting = Call()
+    assert not _caller_went(waiting, wait=0.0)  # type: ignore[arg-type]
+    assert len(waiting.callbacks) == 1  # it listened for the call's end
+    assert _caller_went(Call(remaining=None, ends_when_asked=True), wait=0.0)  # type: ignore[arg-type]
