@@ -338,6 +338,17 @@ def test_a_client_stream_is_authenticated_before_any_of_it_is_read(env) -> None:
             self.status = status
             raise RuntimeError(message)
 
+        # A caller that waits for its answer: a stream that ends short of what it signed is refused as unsigned
+        # (once the interceptor has waited to see whether the call was cancelled instead).
+        def is_active(self) -> bool:
+            return True
+
+        def time_remaining(self) -> float | None:
+            return None
+
+        def add_callback(self, callback) -> bool:  # type: ignore[no-untyped-def]
+            return True  # the call goes on: the callback would run at its end
+
     handler = type("H", (), {"stream_unary": staticmethod(lambda req, ctx: None)})()
     stranger = generate_key()
     md = dict(sign_stream(stranger, "p-" + "0" * 24, method, chunks))  # an unknown principal
